@@ -1,0 +1,80 @@
+/*
+ * delivery.h - the contract between delivery/ and whatever stores deliveries.
+ *
+ * delivery/ knows nothing about SQLite. server/ implements struct delivery_store;
+ * the dispatcher claims due jobs through it and hands back one result per attempt.
+ *
+ * Ownership: a claimed job belongs to the dispatcher until it is freed with
+ * delivery_job_free(). A result passed to complete() belongs to the store from then on
+ * and is freed with delivery_result_free().
+ */
+#ifndef HOOKRELAY_DELIVERY_H
+#define HOOKRELAY_DELIVERY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DELIVERY_SNIPPET_MAX 4096 /* bytes of response body kept per attempt */
+#define DELIVERY_ERROR_MAX 256    /* bytes of error text per attempt, NUL included */
+
+/* One attempt to make: everything the sender needs, copied out of the store. */
+struct delivery_job {
+	int64_t delivery_id;
+	int64_t subscription_id;
+	int attempt;          /* number of this attempt, 1-based */
+	char *url;            /* absolute http(s) URL */
+	char *event_id;       /* webhook-id: the event id, same on every retry */
+	unsigned char *body;  /* the stored envelope bytes, sent and signed as they are */
+	size_t body_len;      /* bytes */
+	char *secrets;        /* space-separated signing secrets ("whsec_..." for v1,
+	                         "whsk_..." for v1a), newest first; never empty */
+	char *headers_json;   /* JSON object {"Name": "value"} of custom headers, or NULL */
+};
+
+enum delivery_outcome {
+	DELIVERY_DELIVERED, /* 2xx: delivery done */
+	DELIVERY_RETRY,     /* failed; try again at next_attempt_at_ms */
+	DELIVERY_FAILED,    /* failed and the schedule is exhausted */
+	DELIVERY_GONE,      /* 410: delivery failed, disable the subscription */
+	DELIVERY_RELEASED   /* not attempted (shutdown): put back as due, log no attempt */
+};
+
+/* What one attempt came to. */
+struct delivery_result {
+	int64_t delivery_id;
+	int64_t subscription_id;
+	int attempt;                    /* as in the job */
+	int64_t started_at_ms;          /* unix ms when the request started */
+	int duration_ms;                /* ms from start to response or failure */
+	int http_status;                /* 0 = no response */
+	char error[DELIVERY_ERROR_MAX]; /* "" on success; curl's text or our reason */
+	char *response_snippet;         /* first DELIVERY_SNIPPET_MAX bytes of body, or NULL */
+	size_t snippet_len;             /* bytes */
+	enum delivery_outcome outcome;
+	int64_t next_attempt_at_ms;     /* unix ms, meaningful for DELIVERY_RETRY only */
+};
+
+/*
+ * Implemented by the store. Both functions are called from the dispatcher thread only.
+ *
+ * claim: lease up to max jobs whose next attempt is due at now_ms, so that no other
+ *   claim returns them until they are completed or the process restarts (a restart
+ *   makes every leased job due again: that is the crash-safety promise).
+ *   On success returns the count (0..max) and sets *jobs_out to a malloc'd array the
+ *   caller frees with free() after freeing each job; sets *next_due_ms to the earliest
+ *   unix ms at which a pending, unleased job becomes due (INT64_MAX if none).
+ *   Returns -1 on storage error (the dispatcher backs off and tries again).
+ * complete: hand over finished attempts; takes ownership of every results[i] (not of
+ *   the array). Must not block on I/O for long: it queues for the writer.
+ */
+struct delivery_store {
+	void *ctx;
+	int (*claim)(void *ctx, int64_t now_ms, int max, struct delivery_job ***jobs_out,
+	             int64_t *next_due_ms);
+	void (*complete)(void *ctx, struct delivery_result **results, int n);
+};
+
+void delivery_job_free(struct delivery_job *job);       /* accepts NULL */
+void delivery_result_free(struct delivery_result *res); /* accepts NULL */
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * dispatcher.h - the delivery engine: one thread that claims due jobs from a
+ * delivery_store, pushes them through the curl-multi sender, decides each outcome
+ * (delivered / retry with backoff / failed / gone) and hands results back.
+ *
+ * Threads: dispatcher_start() and dispatcher_stop() from the main thread;
+ * dispatcher_wake() from any thread. Everything else runs on the dispatcher's thread.
+ */
+#ifndef HOOKRELAY_DISPATCHER_H
+#define HOOKRELAY_DISPATCHER_H
+
+#include <stdint.h>
+
+#include "delivery.h"
+
+struct dispatcher;
+
+struct dispatcher_options {
+	int max_in_flight;              /* transfers in flight at once, all targets */
+	int max_per_host;               /* connections per host (CURLMOPT_MAX_HOST_CONNECTIONS) */
+	int timeout_ms;                 /* whole-request timeout per attempt */
+	const int64_t *retry_schedule;  /* ms delays after attempt 1, 2, ...; borrowed */
+	int retry_count;                /* entries in retry_schedule */
+	const char *user_agent;         /* e.g. "hookrelay/0.1.0"; borrowed */
+};
+
+/* Starts the dispatcher thread. Both arguments are borrowed and must outlive the
+ * dispatcher. Returns NULL (with a message on stderr) if the thread or curl cannot start. */
+struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
+                                    const struct delivery_store *store);
+
+/* Tells the dispatcher that new jobs may be due now. Thread-safe, cheap, never blocks. */
+void dispatcher_wake(struct dispatcher *d);
+
+/* Stops claiming, lets in-flight transfers finish for up to deadline_ms, completes the
+ * rest as DELIVERY_RELEASED, joins the thread and frees everything. Accepts NULL. */
+void dispatcher_stop(struct dispatcher *d, int deadline_ms);
+
+#endif

@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs what hookrelay needs to build and test, only where it is missing:
+# the -dev packages pkg-config cannot find, a C compiler, Node.js/npm for the
+# integration tests (they verify signatures with the standardwebhooks npm package).
+# Debian 12; uses apt-get (run as root, or with sudo available).
+set -eu
+need=""
+have_pc() { pkg-config --exists "$1" 2>/dev/null; }
+command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+command -v cc >/dev/null 2>&1 || need="$need gcc"
+command -v make >/dev/null 2>&1 || need="$need make"
+have_pc libmicrohttpd || need="$need libmicrohttpd-dev"
+have_pc libcurl || need="$need libcurl4-openssl-dev"
+have_pc sqlite3 || need="$need libsqlite3-dev"
+have_pc jansson || need="$need libjansson-dev"
+have_pc libcrypto || need="$need libssl-dev"
+command -v node >/dev/null 2>&1 || need="$need nodejs"
+command -v npm >/dev/null 2>&1 || need="$need npm"
+[ -z "$need" ] && exit 0
+echo "install-deps: installing:$need"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need
