@@ -1,0 +1,464 @@
+/*
+ * sign.c - Standard Webhooks signatures (v1 HMAC-SHA256, v1a ed25519) and secret
+ * handling, on OpenSSL libcrypto.
+ *
+ * Owns: base64 with strict validation, parsing "whsec_" / "whsk_" secrets into raw keys,
+ * building the signed content "msg_id.timestamp.body", and the header value.
+ *
+ * Invariants:
+ * - The signed content is built once per call in one malloc'd buffer (ed25519 cannot
+ *   stream, so both schemes sign a contiguous buffer); it is freed before return.
+ * - Raw key bytes live only on the stack and are wiped with OPENSSL_cleanse before return.
+ * - A "whsk_" secret is exactly 64 bytes, seed then public key; the public half must be
+ *   the one the seed derives, else the secret is malformed (we would publish a wrong whpk_).
+ * - sign_verify re-signs with the given secret and compares whole values in constant
+ *   time; ed25519 is deterministic, so this also works for a "whsk_" secret.
+ *
+ * Threads: no state; every function is safe from any thread.
+ */
+#include "sign.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#define V1_PREFIX "whsec_"
+#define V1A_PREFIX "whsk_"
+#define PK_PREFIX "whpk_"
+#define V1_KEY_MIN 24     /* bytes */
+#define V1_KEY_MAX 64     /* bytes */
+#define V1_KEY_GEN 32     /* bytes in a generated secret */
+#define ED_SEED_LEN 32    /* bytes */
+#define ED_PUB_LEN 32     /* bytes */
+#define ED_SIG_LEN 64     /* bytes */
+#define KEY_BUF_MAX 64    /* bytes: the largest raw key we keep */
+
+enum key_kind { KEY_V1, KEY_V1A };
+
+struct key {
+	enum key_kind kind;
+	unsigned char raw[KEY_BUF_MAX]; /* v1: HMAC key; v1a: seed then public key */
+	size_t len;                     /* bytes used in raw */
+};
+
+static int b64_char_ok(unsigned char c)
+{
+	return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       c == '+' || c == '/';
+}
+
+/* Checks `in` is standard, padded base64 (no whitespace, '=' only as the last one or two
+ * characters) and gives the number of bytes it decodes to. Returns 0 or -1. */
+static int b64_decoded_len(const char *in, size_t in_len, size_t *out_len)
+{
+	size_t pad = 0;
+	size_t i;
+
+	if (in_len == 0 || in_len % 4 != 0)
+		return -1;
+	if (in[in_len - 1] == '=')
+		pad++;
+	if (in[in_len - 2] == '=')
+		pad++;
+	for (i = 0; i < in_len - pad; i++) {
+		if (!b64_char_ok((unsigned char)in[i]))
+			return -1;
+	}
+	*out_len = in_len / 4 * 3 - pad;
+	return 0;
+}
+
+/* Decodes strict base64 into out (out_cap bytes). EVP_DecodeBlock writes whole 3-byte
+ * groups and counts the padding as output, so the true length comes from the text. */
+static int b64_decode(const char *in, size_t in_len, unsigned char *out, size_t out_cap,
+                      size_t *out_len)
+{
+	unsigned char tmp[KEY_BUF_MAX + 3];
+	size_t len;
+	int rc = -1;
+
+	if (b64_decoded_len(in, in_len, &len) != 0)
+		goto out;
+	if (len > out_cap || in_len / 4 * 3 > sizeof(tmp))
+		goto out;
+	if (EVP_DecodeBlock(tmp, (const unsigned char *)in, (int)in_len) < 0)
+		goto out;
+	memcpy(out, tmp, len);
+	*out_len = len;
+	rc = 0;
+out:
+	OPENSSL_cleanse(tmp, sizeof(tmp));
+	return rc;
+}
+
+/* Writes prefix + base64(in) + NUL into out. Returns 0, or -1 if out is too small. */
+static int b64_encode_prefixed(const char *prefix, const unsigned char *in, size_t in_len,
+                               char *out, size_t out_size)
+{
+	size_t plen = strlen(prefix);
+	size_t elen = (in_len + 2) / 3 * 4;
+
+	if (out == NULL || in_len > 1024 || out_size < plen + elen + 1)
+		return -1;
+	memcpy(out, prefix, plen);
+	EVP_EncodeBlock((unsigned char *)out + plen, in, (int)in_len);
+	out[plen + elen] = '\0';
+	return 0;
+}
+
+static int has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Derives the raw ed25519 public key from a 32-byte seed. */
+static int ed_public_from_seed(const unsigned char *seed, unsigned char *pub)
+{
+	EVP_PKEY *pkey = NULL;
+	size_t len = ED_PUB_LEN;
+	int rc = -1;
+
+	pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, seed, ED_SEED_LEN);
+	if (pkey == NULL)
+		goto out;
+	if (EVP_PKEY_get_raw_public_key(pkey, pub, &len) != 1 || len != ED_PUB_LEN)
+		goto out;
+	rc = 0;
+out:
+	EVP_PKEY_free(pkey);
+	return rc;
+}
+
+/* Parses "whsec_<base64 24..64 bytes>" or "whsk_<base64 seed+public>" into k.
+ * On failure sets *why (when why is not NULL) and leaves k wiped. */
+static int key_parse(const char *secret, struct key *k, const char **why)
+{
+	const char *b64;
+	const char *reason = "secret must start with whsec_";
+	unsigned char pub[ED_PUB_LEN];
+	size_t len;
+	int rc = -1;
+
+	memset(k, 0, sizeof(*k));
+	if (secret == NULL)
+		goto out;
+	if (has_prefix(secret, V1_PREFIX)) {
+		k->kind = KEY_V1;
+		b64 = secret + strlen(V1_PREFIX);
+	} else if (has_prefix(secret, V1A_PREFIX)) {
+		k->kind = KEY_V1A;
+		b64 = secret + strlen(V1A_PREFIX);
+	} else {
+		goto out;
+	}
+	reason = "secret is not valid base64";
+	if (b64_decoded_len(b64, strlen(b64), &len) != 0)
+		goto out;
+	if (k->kind == KEY_V1) {
+		reason = "secret must decode to 24-64 bytes";
+		if (len < V1_KEY_MIN || len > V1_KEY_MAX)
+			goto out;
+	} else {
+		reason = "ed25519 secret must decode to 64 bytes";
+		if (len != ED_SEED_LEN + ED_PUB_LEN)
+			goto out;
+	}
+	reason = "secret is not valid base64";
+	if (b64_decode(b64, strlen(b64), k->raw, sizeof(k->raw), &k->len) != 0)
+		goto out;
+	if (k->kind == KEY_V1A) {
+		reason = "ed25519 secret has a public key that does not match its seed";
+		if (ed_public_from_seed(k->raw, pub) != 0)
+			goto out;
+		if (CRYPTO_memcmp(pub, k->raw + ED_SEED_LEN, ED_PUB_LEN) != 0)
+			goto out;
+	}
+	rc = 0;
+out:
+	if (rc != 0) {
+		OPENSSL_cleanse(k, sizeof(*k));
+		if (why != NULL)
+			*why = reason;
+	}
+	return rc;
+}
+
+/* Builds the malloc'd signed content "msg_id.timestamp.body" (no NUL). */
+static unsigned char *content_new(const char *msg_id, int64_t timestamp,
+                                  const unsigned char *body, size_t body_len, size_t *len_out)
+{
+	char ts[24];
+	size_t id_len;
+	size_t ts_len;
+	size_t total;
+	unsigned char *buf = NULL;
+	int n;
+
+	if (msg_id == NULL || (body == NULL && body_len != 0))
+		return NULL;
+	n = snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
+	if (n < 0 || (size_t)n >= sizeof(ts))
+		return NULL;
+	ts_len = (size_t)n;
+	id_len = strlen(msg_id);
+	if (body_len > SIZE_MAX - id_len - ts_len - 2)
+		return NULL;
+	total = id_len + 1 + ts_len + 1 + body_len;
+	buf = malloc(total ? total : 1);
+	if (buf == NULL)
+		return NULL;
+	memcpy(buf, msg_id, id_len);
+	buf[id_len] = '.';
+	memcpy(buf + id_len + 1, ts, ts_len);
+	buf[id_len + 1 + ts_len] = '.';
+	if (body_len != 0)
+		memcpy(buf + id_len + ts_len + 2, body, body_len);
+	*len_out = total;
+	return buf;
+}
+
+static int sign_ed25519(const struct key *k, const unsigned char *msg, size_t msg_len,
+                        unsigned char *sig)
+{
+	EVP_PKEY *pkey = NULL;
+	EVP_MD_CTX *ctx = NULL;
+	size_t sig_len = ED_SIG_LEN;
+	int rc = -1;
+
+	pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, k->raw, ED_SEED_LEN);
+	if (pkey == NULL)
+		goto out;
+	ctx = EVP_MD_CTX_new();
+	if (ctx == NULL)
+		goto out;
+	if (EVP_DigestSignInit(ctx, NULL, NULL, NULL, pkey) != 1)
+		goto out;
+	if (EVP_DigestSign(ctx, sig, &sig_len, msg, msg_len) != 1 || sig_len != ED_SIG_LEN)
+		goto out;
+	rc = 0;
+out:
+	EVP_MD_CTX_free(ctx);
+	EVP_PKEY_free(pkey);
+	return rc;
+}
+
+/* Signs prepared content with a parsed key: "v1,<b64>" or "v1a,<b64>" into out. */
+static int sign_content(const struct key *k, const unsigned char *msg, size_t msg_len,
+                        char *out, size_t out_size)
+{
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int mac_len = 0;
+	unsigned char sig[ED_SIG_LEN];
+	int rc = -1;
+
+	if (k->kind == KEY_V1) {
+		if (HMAC(EVP_sha256(), k->raw, (int)k->len, msg, msg_len, mac, &mac_len) == NULL)
+			goto out;
+		rc = b64_encode_prefixed("v1,", mac, mac_len, out, out_size);
+	} else {
+		if (sign_ed25519(k, msg, msg_len, sig) != 0)
+			goto out;
+		rc = b64_encode_prefixed("v1a,", sig, sizeof(sig), out, out_size);
+	}
+out:
+	return rc;
+}
+
+int sign_one(const char *secret, const char *msg_id, int64_t timestamp,
+             const unsigned char *body, size_t body_len, char *out, size_t out_size)
+{
+	struct key k;
+	unsigned char *msg = NULL;
+	size_t msg_len = 0;
+	int rc = -1;
+
+	if (key_parse(secret, &k, NULL) != 0)
+		goto out;
+	msg = content_new(msg_id, timestamp, body, body_len, &msg_len);
+	if (msg == NULL)
+		goto out;
+	rc = sign_content(&k, msg, msg_len, out, out_size);
+out:
+	OPENSSL_cleanse(&k, sizeof(k));
+	free(msg);
+	return rc;
+}
+
+/* Next space-separated token of s starting at *pos: sets *start and *len, advances *pos.
+ * Returns 0, or -1 at the end. */
+static int next_token(const char *s, size_t *pos, const char **start, size_t *len)
+{
+	size_t i = *pos;
+	size_t j;
+
+	while (s[i] == ' ')
+		i++;
+	if (s[i] == '\0')
+		return -1;
+	j = i;
+	while (s[j] != ' ' && s[j] != '\0')
+		j++;
+	*start = s + i;
+	*len = j - i;
+	*pos = j;
+	return 0;
+}
+
+char *sign_header_value(const char *secrets, const char *msg_id, int64_t timestamp,
+                        const unsigned char *body, size_t body_len)
+{
+	char secret[SIGN_SECRET_MAX];
+	char one[SIGN_ONE_MAX];
+	struct key k;
+	unsigned char *msg = NULL;
+	size_t msg_len = 0;
+	char *value = NULL;
+	char *result = NULL;
+	size_t cap;
+	size_t used = 0;
+	size_t pos = 0;
+	size_t count = 0;
+	size_t one_len;
+	const char *tok;
+	size_t tok_len;
+
+	memset(&k, 0, sizeof(k));
+	if (secrets == NULL)
+		goto out;
+	while (next_token(secrets, &pos, &tok, &tok_len) == 0)
+		count++;
+	if (count == 0)
+		goto out;
+	msg = content_new(msg_id, timestamp, body, body_len, &msg_len);
+	if (msg == NULL)
+		goto out;
+	cap = count * SIGN_ONE_MAX; /* count <= strlen(secrets), no overflow in practice */
+	value = malloc(cap);
+	if (value == NULL)
+		goto out;
+	pos = 0;
+	while (next_token(secrets, &pos, &tok, &tok_len) == 0) {
+		if (tok_len >= sizeof(secret))
+			goto out;
+		memcpy(secret, tok, tok_len);
+		secret[tok_len] = '\0';
+		if (key_parse(secret, &k, NULL) != 0)
+			goto out;
+		if (sign_content(&k, msg, msg_len, one, sizeof(one)) != 0)
+			goto out;
+		one_len = strlen(one);
+		if (used + 1 + one_len + 1 > cap)
+			goto out;
+		if (used != 0)
+			value[used++] = ' ';
+		memcpy(value + used, one, one_len + 1);
+		used += one_len;
+	}
+	result = value;
+	value = NULL;
+out:
+	OPENSSL_cleanse(secret, sizeof(secret));
+	OPENSSL_cleanse(&k, sizeof(k));
+	free(msg);
+	free(value);
+	return result;
+}
+
+int sign_secret_check(const char *secret, const char **why)
+{
+	struct key k;
+	const char *reason = "secret must start with whsec_";
+	int rc = -1;
+
+	if (secret == NULL || !has_prefix(secret, V1_PREFIX))
+		goto out;
+	if (key_parse(secret, &k, &reason) != 0)
+		goto out;
+	rc = 0;
+out:
+	OPENSSL_cleanse(&k, sizeof(k));
+	if (rc != 0 && why != NULL)
+		*why = reason;
+	return rc;
+}
+
+int sign_secret_generate(char *out, size_t out_size)
+{
+	unsigned char raw[V1_KEY_GEN];
+	int rc = -1;
+
+	if (RAND_bytes(raw, sizeof(raw)) != 1)
+		goto out;
+	rc = b64_encode_prefixed(V1_PREFIX, raw, sizeof(raw), out, out_size);
+out:
+	OPENSSL_cleanse(raw, sizeof(raw));
+	return rc;
+}
+
+int sign_keypair_generate(char *secret_out, char *public_out)
+{
+	unsigned char raw[ED_SEED_LEN + ED_PUB_LEN];
+	int rc = -1;
+
+	if (secret_out == NULL || public_out == NULL)
+		goto out;
+	if (RAND_bytes(raw, ED_SEED_LEN) != 1)
+		goto out;
+	if (ed_public_from_seed(raw, raw + ED_SEED_LEN) != 0)
+		goto out;
+	if (b64_encode_prefixed(V1A_PREFIX, raw, sizeof(raw), secret_out, SIGN_SECRET_MAX) != 0)
+		goto out;
+	if (b64_encode_prefixed(PK_PREFIX, raw + ED_SEED_LEN, ED_PUB_LEN, public_out,
+	                        SIGN_SECRET_MAX) != 0)
+		goto out;
+	rc = 0;
+out:
+	OPENSSL_cleanse(raw, sizeof(raw));
+	return rc;
+}
+
+int sign_public_key(const char *secret, char *public_out, size_t out_size)
+{
+	struct key k;
+	int rc = -1;
+
+	if (key_parse(secret, &k, NULL) != 0 || k.kind != KEY_V1A)
+		goto out;
+	rc = b64_encode_prefixed(PK_PREFIX, k.raw + ED_SEED_LEN, ED_PUB_LEN, public_out,
+	                         out_size);
+out:
+	OPENSSL_cleanse(&k, sizeof(k));
+	return rc;
+}
+
+int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
+                const unsigned char *body, size_t body_len, const char *header_value)
+{
+	char expected[SIGN_ONE_MAX];
+	size_t exp_len;
+	size_t pos = 0;
+	const char *tok;
+	size_t tok_len;
+	int matched = 0;
+	int rc = -1;
+
+	if (header_value == NULL)
+		goto out;
+	if (sign_one(secret, msg_id, timestamp, body, body_len, expected, sizeof(expected)) != 0)
+		goto out;
+	exp_len = strlen(expected);
+	while (next_token(header_value, &pos, &tok, &tok_len) == 0) {
+		if (tok_len == exp_len && CRYPTO_memcmp(tok, expected, exp_len) == 0)
+			matched = 1;
+	}
+	if (matched)
+		rc = 0;
+out:
+	return rc;
+}
