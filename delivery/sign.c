@@ -31,13 +31,13 @@
 #define V1_PREFIX "whsec_"
 #define V1A_PREFIX "whsk_"
 #define PK_PREFIX "whpk_"
-#define V1_KEY_MIN 24     /* bytes */
-#define V1_KEY_MAX 64     /* bytes */
-#define V1_KEY_GEN 32     /* bytes in a generated secret */
-#define ED_SEED_LEN 32    /* bytes */
-#define ED_PUB_LEN 32     /* bytes */
-#define ED_SIG_LEN 64     /* bytes */
-#define KEY_BUF_MAX 64    /* bytes: the largest raw key we keep */
+#define V1_KEY_MIN 24  /* bytes */
+#define V1_KEY_MAX 64  /* bytes */
+#define V1_KEY_GEN 32  /* bytes in a generated secret */
+#define ED_SEED_LEN 32 /* bytes */
+#define ED_PUB_LEN 32  /* bytes */
+#define ED_SIG_LEN 64  /* bytes */
+#define KEY_BUF_MAX 64 /* bytes: the largest raw key we keep */
 
 enum key_kind { KEY_V1, KEY_V1A };
 
@@ -59,19 +59,22 @@ static int b64_decoded_len(const char *in, size_t in_len, size_t *out_len)
 {
 	size_t pad = 0;
 	size_t i;
+	int rc = -1;
 
 	if (in_len == 0 || in_len % 4 != 0)
-		return -1;
+		goto out;
 	if (in[in_len - 1] == '=')
 		pad++;
 	if (in[in_len - 2] == '=')
 		pad++;
 	for (i = 0; i < in_len - pad; i++) {
 		if (!b64_char_ok((unsigned char)in[i]))
-			return -1;
+			goto out;
 	}
 	*out_len = in_len / 4 * 3 - pad;
-	return 0;
+	rc = 0;
+out:
+	return rc;
 }
 
 /* Decodes strict base64 into out (out_cap bytes). EVP_DecodeBlock writes whole 3-byte
@@ -103,13 +106,16 @@ static int b64_encode_prefixed(const char *prefix, const unsigned char *in, size
 {
 	size_t plen = strlen(prefix);
 	size_t elen = (in_len + 2) / 3 * 4;
+	int rc = -1;
 
 	if (out == NULL || in_len > 1024 || out_size < plen + elen + 1)
-		return -1;
+		goto out;
 	memcpy(out, prefix, plen);
 	EVP_EncodeBlock((unsigned char *)out + plen, in, (int)in_len);
 	out[plen + elen] = '\0';
-	return 0;
+	rc = 0;
+out:
+	return rc;
 }
 
 static int has_prefix(const char *s, const char *prefix)
@@ -190,8 +196,8 @@ out:
 }
 
 /* Builds the malloc'd signed content "msg_id.timestamp.body" (no NUL). */
-static unsigned char *content_new(const char *msg_id, int64_t timestamp,
-                                  const unsigned char *body, size_t body_len, size_t *len_out)
+static unsigned char *content_new(const char *msg_id, int64_t timestamp, const unsigned char *body,
+                                  size_t body_len, size_t *len_out)
 {
 	char ts[24];
 	size_t id_len;
@@ -201,18 +207,18 @@ static unsigned char *content_new(const char *msg_id, int64_t timestamp,
 	int n;
 
 	if (msg_id == NULL || (body == NULL && body_len != 0))
-		return NULL;
+		goto out;
 	n = snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
 	if (n < 0 || (size_t)n >= sizeof(ts))
-		return NULL;
+		goto out;
 	ts_len = (size_t)n;
 	id_len = strlen(msg_id);
-	if (body_len > SIZE_MAX - id_len - ts_len - 2)
-		return NULL;
+	if (id_len > SIZE_MAX / 2 || body_len > SIZE_MAX / 2 - id_len - ts_len - 2)
+		goto out;
 	total = id_len + 1 + ts_len + 1 + body_len;
-	buf = malloc(total ? total : 1);
+	buf = malloc(total);
 	if (buf == NULL)
-		return NULL;
+		goto out;
 	memcpy(buf, msg_id, id_len);
 	buf[id_len] = '.';
 	memcpy(buf + id_len + 1, ts, ts_len);
@@ -220,6 +226,7 @@ static unsigned char *content_new(const char *msg_id, int64_t timestamp,
 	if (body_len != 0)
 		memcpy(buf + id_len + ts_len + 2, body, body_len);
 	*len_out = total;
+out:
 	return buf;
 }
 
@@ -249,8 +256,8 @@ out:
 }
 
 /* Signs prepared content with a parsed key: "v1,<b64>" or "v1a,<b64>" into out. */
-static int sign_content(const struct key *k, const unsigned char *msg, size_t msg_len,
-                        char *out, size_t out_size)
+static int sign_content(const struct key *k, const unsigned char *msg, size_t msg_len, char *out,
+                        size_t out_size)
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int mac_len = 0;
@@ -270,8 +277,8 @@ out:
 	return rc;
 }
 
-int sign_one(const char *secret, const char *msg_id, int64_t timestamp,
-             const unsigned char *body, size_t body_len, char *out, size_t out_size)
+int sign_one(const char *secret, const char *msg_id, int64_t timestamp, const unsigned char *body,
+             size_t body_len, char *out, size_t out_size)
 {
 	struct key k;
 	unsigned char *msg = NULL;
@@ -299,15 +306,13 @@ static int next_token(const char *s, size_t *pos, const char **start, size_t *le
 
 	while (s[i] == ' ')
 		i++;
-	if (s[i] == '\0')
-		return -1;
 	j = i;
 	while (s[j] != ' ' && s[j] != '\0')
 		j++;
 	*start = s + i;
 	*len = j - i;
 	*pos = j;
-	return 0;
+	return j > i ? 0 : -1;
 }
 
 char *sign_header_value(const char *secrets, const char *msg_id, int64_t timestamp,
@@ -430,8 +435,7 @@ int sign_public_key(const char *secret, char *public_out, size_t out_size)
 
 	if (key_parse(secret, &k, NULL) != 0 || k.kind != KEY_V1A)
 		goto out;
-	rc = b64_encode_prefixed(PK_PREFIX, k.raw + ED_SEED_LEN, ED_PUB_LEN, public_out,
-	                         out_size);
+	rc = b64_encode_prefixed(PK_PREFIX, k.raw + ED_SEED_LEN, ED_PUB_LEN, public_out, out_size);
 out:
 	OPENSSL_cleanse(&k, sizeof(k));
 	return rc;

@@ -24,12 +24,12 @@
  * seed + public key (64 bytes), so the public half below was derived from the seed and
  * cross-checked with both `openssl pkey` and python-cryptography.
  */
-#define V1A_SECRET                                                                       \
-	"whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTllmU3h6Dt1JKqLSahf2FBSTeius6i4rdBVBKUlr" \
+#define V1A_SECRET                                                                                 \
+	"whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTllmU3h6Dt1JKqLSahf2FBSTeius6i4rdBVBKUlr"    \
 	"bjxz+A=="
 #define V1A_PUBLIC "whpk_ZlN4eg7dSSqi0moX9hQUk3orrOouK3QVQSlJa248c/g="
-#define V1A_SIG                                                                          \
-	"v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeF" \
+#define V1A_SIG                                                                                    \
+	"v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeF"    \
 	"iL8Ag=="
 
 static const unsigned char *body(void)
@@ -55,8 +55,7 @@ static void test_vectors(void)
 
 	/* out too small: exactly one byte short of the NUL, and zero. */
 	CHECK(sign_one(V1_SECRET, MSG_ID, TS, body(), strlen(BODY), out, strlen(V1_SIG)) == -1);
-	CHECK(sign_one(V1_SECRET, MSG_ID, TS, body(), strlen(BODY), out,
-	               strlen(V1_SIG) + 1) == 0);
+	CHECK(sign_one(V1_SECRET, MSG_ID, TS, body(), strlen(BODY), out, strlen(V1_SIG) + 1) == 0);
 	CHECK(sign_one(V1_SECRET, MSG_ID, TS, body(), strlen(BODY), out, 0) == -1);
 
 	/* Any change to id, timestamp or body changes the signature. */
@@ -77,19 +76,19 @@ static void test_vectors(void)
 static void test_malformed_secrets(void)
 {
 	static const char *const bad[] = {
-		NULL,
-		"",
-		"whsec_",
-		"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-		"WHSEC_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",   /* not a multiple of 4 */
-		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLa!w",  /* bad character */
-		"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La LaSw", /* space */
-		"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAA=",      /* 20 bytes */
-		"whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=", /* bare 32-byte seed */
-		/* seed + a public key that is not the seed's (last byte changed) */
-		"whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTllmU3h6Dt1JKqLSahf2FBSTeius6i4rdBVBKU"
-		"lrbjxz+Q==",
+	    NULL,
+	    "",
+	    "whsec_",
+	    "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+	    "WHSEC_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+	    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS",             /* not a multiple of 4 */
+	    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLa!w",            /* bad character */
+	    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2La LaSw",           /* space */
+	    "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAA=",                /* 20 bytes */
+	    "whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=", /* bare 32-byte seed */
+	    /* seed + a public key that is not the seed's (last byte changed) */
+	    "whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTllmU3h6Dt1JKqLSahf2FBSTeius6i4rdBVBKU"
+	    "lrbjxz+Q==",
 	};
 	char out[SIGN_ONE_MAX];
 	size_t i;
@@ -137,7 +136,8 @@ static void test_verify(void)
 	CHECK(sign_verify(V1_SECRET, MSG_ID, TS, b, n,
 	                  "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= " V1_SIG) == 0);
 	CHECK(sign_verify(V1_SECRET, MSG_ID, TS, b, n,
-	                  "v2,abc " V1_SIG " v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=") == 0);
+	                  "v2,abc " V1_SIG
+	                  " v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=") == 0);
 	CHECK(sign_verify(V1_SECRET, MSG_ID, TS, b, n,
 	                  "v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=") == -1);
 	CHECK(sign_verify(V1_SECRET, MSG_ID, TS + 1, b, n, V1_SIG) == -1);
@@ -163,37 +163,37 @@ static void test_secret_check(void)
 		int rc;
 		const char *why;
 	} cases[] = {
-		{V1_SECRET, 0, NULL},
-		/* exactly 24 bytes and exactly 64 bytes */
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 0, NULL},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-		 "AAAAAAA==",
-		 0, NULL},
-		/* padding forms: 25 bytes ("==") and 26 bytes ("=") */
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", 0, NULL},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", 0, NULL},
-		{NULL, -1, "secret must start with whsec_"},
-		{"", -1, "secret must start with whsec_"},
-		{"whsec", -1, "secret must start with whsec_"},
-		{"whsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret must start with whsec_"},
-		{" whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret must start with whsec_"},
-		{"whsec_", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA ", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-_", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAA=AA", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", -1, "secret must decode to 24-64 bytes"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAA=AAA", -1, "secret is not valid base64"},
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA===", -1, "secret is not valid base64"},
-		{"whsec_AAAA", -1, "secret must decode to 24-64 bytes"},
-		/* 23 bytes */
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", -1, "secret must decode to 24-64 bytes"},
-		/* 65 bytes */
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-		 "AAAAAAAA=",
-		 -1, "secret must decode to 24-64 bytes"},
-		/* unicode bytes */
-		{"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\xc3\xa9", -1, "secret is not valid base64"},
+	    {V1_SECRET, 0, NULL},
+	    /* exactly 24 bytes and exactly 64 bytes */
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", 0, NULL},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	     "AAAAAAA==",
+	     0, NULL},
+	    /* padding forms: 25 bytes ("==") and 26 bytes ("=") */
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", 0, NULL},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", 0, NULL},
+	    {NULL, -1, "secret must start with whsec_"},
+	    {"", -1, "secret must start with whsec_"},
+	    {"whsec", -1, "secret must start with whsec_"},
+	    {"whsk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret must start with whsec_"},
+	    {" whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret must start with whsec_"},
+	    {"whsec_", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA ", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA-_", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAA=AA", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", -1, "secret must decode to 24-64 bytes"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAA=AAA", -1, "secret is not valid base64"},
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA===", -1, "secret is not valid base64"},
+	    {"whsec_AAAA", -1, "secret must decode to 24-64 bytes"},
+	    /* 23 bytes */
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", -1, "secret must decode to 24-64 bytes"},
+	    /* 65 bytes */
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+	     "AAAAAAAA=",
+	     -1, "secret must decode to 24-64 bytes"},
+	    /* unicode bytes */
+	    {"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\xc3\xa9", -1, "secret is not valid base64"},
 	};
 	size_t i;
 
