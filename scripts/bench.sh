@@ -1,0 +1,478 @@
+#!/usr/bin/env bash
+# scripts/bench.sh - `make bench`: hookrelay against bare ceilings measured in the same run.
+#
+# Prints one Markdown table (measurement | figure | ceiling | ratio):
+#   1a bare libmicrohttpd + wrk, 1b raw SQLite group commit, 1c bare libcurl multi loop;
+#   2 relay single-event ingest, 3 batch ingest, 4 delivery of a backlog,
+#   5 end-to-end latency at a fixed 1,000 events/s, 6 relay peak RSS (VmHWM).
+# Loopback only; everything it starts it stops (trap on EXIT); every wait is bounded.
+# Programs and scripts live in scripts/bench/ (see the comment at the top of each).
+# Knobs (env): BENCH_DUR (wrk seconds, default 5), BENCH_BACKLOG_EVENTS (default 100000),
+# BENCH_BUDGET (seconds the whole run may take, default 180), BENCH_KEEP=1 keeps the run dir.
+set -eu
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=$ROOT/build/bench
+SRC=$ROOT/scripts/bench
+RELAY=$ROOT/build/hookrelay
+DUR=${BENCH_DUR:-5}
+BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
+BUDGET=${BENCH_BUDGET:-180}
+BIG_EVENTS=333334 # x 3 subscriptions = 1,000,002 deliveries
+
+log() { printf '[bench %3ds] %s\n' "$SECONDS" "$*" >&2; }
+
+# ---- tools ---------------------------------------------------------------------------
+if ! command -v wrk >/dev/null 2>&1; then
+	log "installing wrk"
+	SUDO=""
+	[ "$(id -u)" -ne 0 ] && SUDO=sudo
+	$SUDO apt-get install -y -qq wrk >/dev/null
+fi
+mkdir -p "$BIN"
+CFLAGS_B="-std=c11 -O2 -Wall -Wextra -Werror"
+# shellcheck disable=SC2086,SC2046 # word splitting of flags is intended
+build() { # name pkg
+	cc $CFLAGS_B $(pkg-config --cflags "$2") -o "$BIN/$1" "$SRC/$1.c" \
+		$(pkg-config --libs "$2") -lpthread
+}
+build bare_mhd libmicrohttpd
+build bare_sqlite sqlite3
+build bare_curl libcurl
+build loadgen libcurl
+
+RUN=$(mktemp -d "$BIN/run.XXXXXX")
+LOGS=$BIN/logs # relay stderr of the last run, kept for post-mortems
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+PIDS=""
+
+cleanup() {
+	set +e
+	for p in $PIDS; do kill -TERM "$p" 2>/dev/null; done
+	for p in $PIDS; do
+		for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null
+		wait "$p" 2>/dev/null
+	done
+	[ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# stop PID [name]: SIGTERM, up to 15 s, then SIGKILL. Sets STOP_NOTE when it was not clean.
+STOP_NOTE=""
+stop() {
+	local p=$1 name=${2:-process} rc=0
+	STOP_NOTE=""
+	kill -TERM "$p" 2>/dev/null || true
+	for _ in $(seq 1 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+	if kill -0 "$p" 2>/dev/null; then
+		STOP_NOTE="$name did not exit within 15 s of SIGTERM (killed)"
+		kill -KILL "$p" 2>/dev/null || true
+	fi
+	wait "$p" 2>/dev/null || rc=$?
+	[ -z "$STOP_NOTE" ] && [ "$rc" -ne 0 ] && STOP_NOTE="$name exited with status $rc after SIGTERM"
+	PIDS=$(echo " $PIDS " | sed "s/ $p / /")
+	[ -z "$STOP_NOTE" ] || log "$STOP_NOTE"
+}
+
+# wait_file FILE REGEX TIMEOUT_S: until a line of FILE matches (bounded).
+wait_file() {
+	for _ in $(seq 1 $(($3 * 10))); do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# start_mhd NAME ARGS...: a bare_mhd in the background; sets MHD_PID, MHD_PORT.
+start_mhd() {
+	local name=$1
+	shift
+	"$BIN/bare_mhd" --max-seconds 900 "$@" >"$RUN/$name.port" 2>"$RUN/$name.err" &
+	MHD_PID=$!
+	PIDS="$PIDS $MHD_PID"
+	wait_file "$RUN/$name.port" '^[0-9]+$' 5 || { echo "bare_mhd $name did not start" >&2; exit 1; }
+	MHD_PORT=$(head -1 "$RUN/$name.port")
+	RECV="$RECV $MHD_PID"
+}
+RECV="" # receivers of the current section
+stop_receivers() {
+	local p
+	for p in $RECV; do stop "$p" bare_mhd; done
+	RECV=""
+}
+
+# kv KEY LINE: value of KEY=value in a line of key=value words.
+kv() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
+fmt_int() { # 1234567.8 -> 1,234,568
+	awk -v x="$1" 'BEGIN { s = sprintf("%d", x + 0.5); o = ""
+		while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) }
+		print s o }'
+}
+us() { awk -v x="$1" 'BEGIN { if (x >= 1000) printf "%.2f ms", x / 1000; else printf "%d µs", x }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "—" }'; }
+
+ROWS=$RUN/rows.md
+NOTES=$RUN/notes.txt
+: >"$ROWS"
+: >"$NOTES"
+row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" >>"$ROWS"; log "row: $1 = $2"; }
+note() { printf -- '- %s\n' "$*" >>"$NOTES"; log "note: $*"; }
+
+EVENT=$SRC/event.json
+# the same event with a timestamp slot the load generator overwrites (row 5)
+sed 's/"data":{/"data":{"sent_at_ns":1000000000000000000,/' "$EVENT" >"$RUN/event_stamp.json"
+# batch bodies: N copies of the event in a JSON array
+batch_body() { # N FILE
+	awk -v n="$1" 'NR == 1 { e = $0 } END { printf "["; for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? "," : ""), e; printf "]" }' "$EVENT" >"$2"
+}
+batch_body 100 "$RUN/batch100.json"
+batch_body 1000 "$RUN/batch1000.json"
+
+# wrk_run LUA URL EXTRA_ARGS...: prints the WRK summary line
+wrk_run() {
+	local lua=$1 url=$2 conns=$3
+	shift 3
+	timeout $((DUR + 30)) wrk -t2 -c"$conns" -d"${DUR}s" --timeout 10s -s "$SRC/$lua" "$url" -- "$@" \
+		| grep '^WRK ' || true
+}
+
+# ---- 1. bare ceilings ------------------------------------------------------------------
+log "1a: bare libmicrohttpd + wrk"
+start_mhd sink --status 202 --threads 2
+W=$(wrk_run post.lua "http://127.0.0.1:$MHD_PORT/v1/events" 64 "$EVENT")
+[ -n "$W" ] || { echo "wrk against bare_mhd failed" >&2; exit 1; }
+CEIL_HTTP=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+row "1a bare libmicrohttpd, wrk POST 617 B, 64 conns, 2 threads, ${DUR} s" \
+	"$(fmt_int "$CEIL_HTTP") req/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" "—" "—"
+stop "$MHD_PID" bare_mhd
+
+log "1b: raw SQLite"
+S=$("$BIN/bare_sqlite" --db "$RUN/bare.db" --body "$EVENT" --seconds "$DUR" --events 1000000)
+CEIL_SQL=$(kv events_per_s "$S")
+row "1b raw SQLite: event + 3 delivery rows, WAL, synchronous=FULL, 100/tx" "$(fmt_int "$CEIL_SQL") events/s" "—" "—"
+rm -f "$RUN"/bare.db*
+
+log "1c: bare libcurl multi"
+start_mhd curlrecv --status 200 --threads 2
+C=$("$BIN/bare_curl" --url "http://127.0.0.1:$MHD_PORT/hook" --body "$EVENT" --inflight 128 \
+	--seconds "$DUR" --requests 2000000)
+CEIL_CURL=$(kv requests_per_s "$C")
+row "1c bare libcurl multi, 128 in flight, keep-alive, to bare MHD (200)" "$(fmt_int "$CEIL_CURL") req/s" "—" "—"
+stop "$MHD_PID" bare_mhd
+
+# ---- relay helpers --------------------------------------------------------------------
+# start_relay NAME [FLAGS]: fresh db; sets RELAY_PID, API.
+start_relay() { # NAME [extra flags...]
+	local name=$1
+	shift
+	mkdir -p "$RUN/$name"
+	"$RELAY" serve --listen 127.0.0.1:0 --db "$RUN/$name/hookrelay.db" --allow-private-targets "$@" \
+		>"$RUN/$name/stdout" 2>"$LOGS/$name.stderr" &
+	RELAY_PID=$!
+	PIDS="$PIDS $RELAY_PID"
+	if ! wait_file "$RUN/$name/stdout" '^hookrelay listening on http://' 10; then
+		note "relay ($name) did not print its listening line within 10 s; stderr: $(tail -c 300 "$LOGS/$name.stderr" | tr '\n' ' ')"
+		return 1
+	fi
+	API=$(sed -n 's/^hookrelay listening on \(http:[^ ]*\).*/\1/p' "$RUN/$name/stdout" | head -1)
+	API=${API%/}
+	log "relay $name pid $RELAY_PID at $API"
+}
+alive() { kill -0 "$RELAY_PID" 2>/dev/null; }
+RELAY_PID=""
+stop_relay_if_running() {
+	case " $PIDS " in *" $RELAY_PID "*) [ -n "$RELAY_PID" ] && stop "$RELAY_PID" relay ;; esac
+	RELAY_PID=""
+}
+
+# api METHOD PATH [BODY]: sets HTTP_STATUS and HTTP_BODY
+api() {
+	local out
+	out=$(curl -sS -m 30 -o "$RUN/api.body" -w '%{http_code}' -X "$1" \
+		-H 'Content-Type: application/json' ${3:+--data-binary "$3"} "$API$2" 2>&1) || true
+	HTTP_STATUS=$out
+	HTTP_BODY=$(cat "$RUN/api.body" 2>/dev/null || true)
+}
+
+# subscribe URL...: one subscription per URL for order.*; sets SUBS
+subscribe() {
+	SUBS=""
+	local u id
+	for u in "$@"; do
+		api POST /v1/subscriptions "{\"url\":\"$u\",\"event_types\":[\"order.*\"]}"
+		id=$(printf '%s' "$HTTP_BODY" | jq -r '.id // empty' 2>/dev/null || true)
+		if [ "$HTTP_STATUS" != 201 ] || [ -z "$id" ]; then
+			note "POST /v1/subscriptions answered $HTTP_STATUS: $(printf '%s' "$HTTP_BODY" | head -c 200)"
+			return 1
+		fi
+		SUBS="$SUBS $id"
+	done
+}
+set_enabled() { # true|false
+	local id
+	for id in $SUBS; do
+		api PATCH "/v1/subscriptions/$id" "{\"enabled\": $1}"
+		if [ "$HTTP_STATUS" != 200 ]; then
+			note "PATCH /v1/subscriptions/$id enabled=$1 answered $HTTP_STATUS: $(printf '%s' "$HTTP_BODY" | head -c 200)"
+			return 1
+		fi
+	done
+}
+vmhwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+vmrss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
+recv_sum() { # ports...: sum of /count
+	local s=0 p c
+	for p in "$@"; do
+		c=$(curl -s -m 5 "http://127.0.0.1:$p/count" 2>/dev/null || echo 0)
+		s=$((s + ${c:-0}))
+	done
+	echo "$s"
+}
+pending_empty() { # 0 when GET /v1/deliveries?status=pending&limit=1 lists nothing
+	api GET '/v1/deliveries?status=pending&limit=1'
+	[ "$HTTP_STATUS" = 200 ] && [ "$(printf '%s' "$HTTP_BODY" | jq '.data | length' 2>/dev/null)" = 0 ]
+}
+relay_gone() { # NAME: note a dead relay
+	note "relay ($1) died (pid $RELAY_PID); last stderr: $(tail -c 400 "$LOGS/$1.stderr" | tr '\n' ' ')"
+}
+
+skip_relay_rows() {
+	row "2 hookrelay POST /v1/events" "skipped: $1" "—" "—"
+	row "3 hookrelay POST /v1/events/batch" "skipped: $1" "—" "—"
+	row "4 hookrelay delivery of a backlog" "skipped: $1" "—" "—"
+	row "5 end-to-end latency at 1,000 events/s" "skipped: $1" "—" "—"
+	row "6 relay peak RSS" "skipped: $1" "—" "—"
+}
+
+# ---- 2 + 3. ingest ---------------------------------------------------------------------
+section_ingest() {
+	local r1 r2 r3 W n
+	start_mhd i1 --status 200 --threads 1; r1=$MHD_PORT
+	start_mhd i2 --status 200 --threads 1; r2=$MHD_PORT
+	start_mhd i3 --status 200 --threads 1; r3=$MHD_PORT
+	start_relay ingest || return 1
+	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	api POST /v1/events "$(cat "$EVENT")"
+	if [ "$HTTP_STATUS" != 202 ] || [ "$(printf '%s' "$HTTP_BODY" | jq -r .deliveries 2>/dev/null)" != 3 ]; then
+		note "probe POST /v1/events answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200) (expected 202 with deliveries 3)"
+	fi
+
+	log "2: relay single-event ingest"
+	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
+	if [ -z "$W" ] || ! alive; then
+		alive || relay_gone ingest
+		row "2 hookrelay POST /v1/events, 3 matching subs, 64 conns, ${DUR} s" "failed (see notes)" "—" "—"
+		return 1
+	fi
+	n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	row "2 hookrelay POST /v1/events, 3 matching subs, 64 conns, ${DUR} s" \
+		"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
+		"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
+	[ "$(kv non2xx "$W")" = 0 ] || note "row 2: $(kv non2xx "$W") of $(kv requests "$W") answers were >= 400"
+	[ "$(kv timeout "$W")$(kv connect "$W")$(kv read "$W")" = 000 ] ||
+		note "row 2: wrk socket errors connect=$(kv connect "$W") read=$(kv read "$W") timeout=$(kv timeout "$W")"
+
+	log "3: relay batch ingest"
+	W=$(wrk_run batch.lua "$API/v1/events/batch" 16 "$EVENT" 100)
+	if [ -z "$W" ] || ! alive; then
+		alive || relay_gone ingest
+		row "3 hookrelay POST /v1/events/batch" "failed (see notes)" "—" "—"
+		return 1
+	fi
+	n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print 100 * r / (d / 1e6) }')
+	BATCH_RATE=$n
+	row "3 hookrelay POST /v1/events/batch, 100 events/call, 16 conns, ${DUR} s" \
+		"$(fmt_int "$n") events/s (call p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")"))" \
+		"$(fmt_int "$CEIL_SQL") events/s (1b)" "$(pct "$n" "$CEIL_SQL")"
+	[ "$(kv non2xx "$W")" = 0 ] || note "row 3: $(kv non2xx "$W") of $(kv requests "$W") batch calls were answered >= 400"
+	note "rows 2-3: the relay delivered $(fmt_int "$(recv_sum "$r1" "$r2" "$r3")") webhooks to the receivers while ingesting (deliveries run beside ingest); peak RSS $(vmhwm "$RELAY_PID") MiB"
+	stop "$RELAY_PID" relay
+	[ -z "$STOP_NOTE" ] || note "ingest relay: $STOP_NOTE"
+	stop_receivers
+	return 0
+}
+
+# fill_backlog EVENTS BODYFILE PER_CALL: batch-ingest into $API; sets FILL_OK, FILL_S
+fill_backlog() {
+	local calls=$(($1 / $3)) out t0
+	t0=$SECONDS
+	out=$("$BIN/loadgen" --url "$API/v1/events/batch" --body "$2" --requests "$calls" \
+		--inflight 4 --seconds 120)
+	FILL_S=$((SECONDS - t0))
+	FILL_OK=$(($(kv ok "$out") * $3))
+	[ "$(kv ok "$out")" = "$calls" ] || note "backlog fill: $out"
+	log "filled $FILL_OK events in ${FILL_S}s: $out"
+}
+
+# ---- 4 + 6. delivery of a backlog, memory ----------------------------------------------
+# The backlog: disabled subscriptions get no delivery rows (the matcher only holds enabled
+# ones), so events are ingested with the subscriptions enabled while the receivers hold
+# every request unanswered (bare_mhd --hold): the relay's sender stalls on at most
+# --max-in-flight requests and the rest stay pending in the db. Then the subscriptions are
+# disabled (they keep their pending deliveries), the receivers release what they hold,
+# and the clock starts when the subscriptions are enabled again.
+release() { # ports...
+	local p
+	for p in "$@"; do curl -s -m 5 -o /dev/null "http://127.0.0.1:$p/release" || true; done
+}
+wait_stable() { # ports...: until the receivers' total stops moving (1 s steady, max 15 s)
+	local prev=-1 cur steady=0
+	for _ in $(seq 1 60); do
+		cur=$(recv_sum "$@")
+		if [ "$cur" = "$prev" ]; then steady=$((steady + 1)); else steady=0; fi
+		[ "$steady" -ge 4 ] && return 0
+		prev=$cur
+		sleep 0.25
+	done
+	return 1
+}
+
+section_delivery() {
+	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left
+	start_mhd d1 --status 200 --threads 1 --hold; r1=$MHD_PORT
+	start_mhd d2 --status 200 --threads 1 --hold; r2=$MHD_PORT
+	start_mhd d3 --status 200 --threads 1 --hold; r3=$MHD_PORT
+	start_relay delivery --delivery-timeout 300s || return 1
+	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	api POST /v1/events "$(cat "$EVENT")"
+	probe=$(printf '%s' "$HTTP_BODY" | jq -r .deliveries 2>/dev/null || true)
+	if [ "$HTTP_STATUS" != 202 ] || [ "$probe" != 3 ]; then
+		note "row 4: probe POST /v1/events answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200) (expected 202, deliveries 3)"
+		row "4 hookrelay delivery of a backlog" "not measured (see notes)" "—" "—"
+		return 1
+	fi
+	log "4: building backlog of $BACKLOG_EVENTS events x 3 (receivers holding)"
+	fill_backlog "$BACKLOG_EVENTS" "$RUN/batch100.json" 100
+	alive || { relay_gone delivery; return 1; }
+	expect=$(((FILL_OK + 1) * 3))
+	note "row 4: backlog of $(fmt_int "$((FILL_OK + 1))") events x 3 subscriptions built through the batch route (100/call, 4 in flight) in ${FILL_S} s = $(fmt_int "$(awk -v a="$FILL_OK" -v s="$FILL_S" 'BEGIN { print a / (s > 0 ? s : 1) }')") events/s, receivers holding; relay run with --delivery-timeout 300s so held requests do not time out"
+	set_enabled false || return 1
+	release "$r1" "$r2" "$r3"
+	wait_stable "$r1" "$r2" "$r3" || note "row 4: deliveries kept arriving for 15 s after the subscriptions were disabled"
+	base=$(recv_sum "$r1" "$r2" "$r3")
+	hwm_before=$(vmhwm "$RELAY_PID")
+	log "4: $base delivered before the clock starts (the requests the receivers held)"
+
+	left=$((BUDGET - SECONDS - 55))
+	[ "$left" -gt 20 ] || left=20
+	[ "$left" -lt 120 ] || left=120
+	log "4: enabling subscriptions; draining up to ${left}s"
+	t0=$(date +%s.%N)
+	set_enabled true || return 1
+	got=$base
+	t_end=$((SECONDS + left))
+	while [ "$SECONDS" -lt "$t_end" ]; do
+		got=$(recv_sum "$r1" "$r2" "$r3")
+		[ "$got" -ge "$expect" ] && break
+		alive || break
+		sleep 0.25
+	done
+	el=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+	n=$(awk -v g="$((got - base))" -v e="$el" 'BEGIN { print g / e }')
+	alive || relay_gone delivery
+	if [ "$got" -ge "$expect" ]; then
+		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers" \
+			"$(fmt_int "$n") deliveries/s (drained in $(printf '%.1f' "$el") s)" "$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
+		[ "$got" -eq "$expect" ] || note "row 4: receivers counted $got requests for $expect deliveries (duplicates)"
+		pending_empty || note "row 4: after all $expect arrived, GET /v1/deliveries?status=pending&limit=1 answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 300)"
+	else
+		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers" \
+			"only $(fmt_int "$((got - base))") delivered in $(printf '%.0f' "$el") s = $(fmt_int "$n") deliveries/s (not drained)" \
+			"$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
+	fi
+	HWM_DELIVERY=$(vmhwm "$RELAY_PID")
+	row "6a relay peak RSS (VmHWM) during 4" "$HWM_DELIVERY MiB ($hwm_before MiB when the backlog was built)" "—" "—"
+	stop "$RELAY_PID" relay
+	[ -z "$STOP_NOTE" ] || note "delivery relay: $STOP_NOTE"
+	stop_receivers
+	return 0
+}
+
+# ---- 5. end to end ---------------------------------------------------------------------
+section_e2e() {
+	local r out st ok
+	start_mhd lat --status 200 --threads 2 --latency; r=$MHD_PORT
+	start_relay e2e || return 1
+	subscribe "http://127.0.0.1:$r/a" "http://127.0.0.1:$r/b" "http://127.0.0.1:$r/c" || return 1
+	log "5: 1,000 events/s for 10 s"
+	out=$("$BIN/loadgen" --url "$API/v1/events" --body "$RUN/event_stamp.json" --rate 1000 \
+		--seconds 10 --requests 10000 --inflight 256 --stamp)
+	ok=$(kv ok "$out")
+	[ "$ok" = 10000 ] || note "row 5: load generator: $out"
+	for _ in $(seq 1 150); do
+		[ "$(recv_sum "$r")" -ge $((ok * 3)) ] && break
+		alive || break
+		sleep 0.2
+	done
+	alive || relay_gone e2e
+	st=$(curl -s -m 10 "http://127.0.0.1:$r/stats")
+	row "5 end to end at 1,000 events/s x 10 s, 3 subs: publisher send -> receiver arrival" \
+		"p50 $(us "$(kv p50_us "$st")"), p99 $(us "$(kv p99_us "$st")"), max $(us "$(kv max_us "$st")") ($(kv with_stamp "$st") of $((ok * 3)) deliveries)" "—" "—"
+	row "5b ingest answer (202) latency in the same run" \
+		"p50 $(us "$(kv p50_us "$out")"), p99 $(us "$(kv p99_us "$out")"), max $(us "$(kv max_us "$out")")" "—" "—"
+	stop "$RELAY_PID" relay
+	[ -z "$STOP_NOTE" ] || note "e2e relay: $STOP_NOTE"
+	stop_receivers
+	return 0
+}
+
+# ---- 6b. 1,000,000-delivery backlog -----------------------------------------------------
+section_big() {
+	local r1 r2 r3 need rate hwm_built got
+	rate=${BATCH_RATE:-0}
+	need=$(awk -v n="$BIG_EVENTS" -v r="$rate" 'BEGIN { if (r <= 0) print 9999; else printf "%d", n / r + 25 }')
+	if [ $((SECONDS + need)) -gt "$BUDGET" ]; then
+		row "6b relay peak RSS with a 1,000,000-delivery backlog" \
+			"skipped: would need ~${need} s at the measured batch rate, $((BUDGET - SECONDS)) s of the ${BUDGET} s budget left" "—" "—"
+		return 0
+	fi
+	start_mhd b1 --status 200 --threads 1 --hold; r1=$MHD_PORT
+	start_mhd b2 --status 200 --threads 1 --hold; r2=$MHD_PORT
+	start_mhd b3 --status 200 --threads 1 --hold; r3=$MHD_PORT
+	start_relay big --delivery-timeout 600s || return 1
+	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	log "6b: building backlog of $BIG_EVENTS events x 3 (receivers holding)"
+	fill_backlog "$BIG_EVENTS" "$RUN/batch1000.json" 1000
+	alive || { relay_gone big; return 1; }
+	hwm_built=$(vmhwm "$RELAY_PID")
+	release "$r1" "$r2" "$r3"
+	sleep 10
+	alive || relay_gone big
+	got=$(recv_sum "$r1" "$r2" "$r3")
+	row "6b relay peak RSS with a $(fmt_int "$((FILL_OK * 3))")-delivery backlog" \
+		"$hwm_built MiB after ingest (${FILL_S} s); $(vmhwm "$RELAY_PID") MiB after 10 s of delivering ($(fmt_int "$got") delivered)" "—" "—"
+	stop "$RELAY_PID" relay
+	[ -z "$STOP_NOTE" ] || note "big-backlog relay: $STOP_NOTE"
+	stop_receivers
+	return 0
+}
+
+if [ ! -x "$RELAY" ]; then
+	skip_relay_rows "build/hookrelay is missing"
+else
+	BATCH_RATE=0
+	section_ingest || note "section 2-3 stopped early"
+	stop_relay_if_running; stop_receivers
+	section_delivery || note "section 4 stopped early"
+	stop_relay_if_running; stop_receivers
+	section_e2e || note "section 5 stopped early"
+	stop_relay_if_running; stop_receivers
+	section_big || note "section 6b stopped early"
+	stop_relay_if_running; stop_receivers
+fi
+
+# ---- table ---------------------------------------------------------------------------
+echo
+echo "hookrelay bench — $(date -u '+%Y-%m-%d %H:%M UTC') — nproc $(nproc) — CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) — $(sed -n 's/^MemTotal: *//p' /proc/meminfo) RAM"
+echo
+echo "| measurement | figure | ceiling | ratio |"
+echo "| --- | --- | --- | --- |"
+cat "$ROWS"
+echo
+echo "Notes:"
+echo "- Everything (wrk/loadgen, relay, receivers) shares the same $(nproc) CPUs on 127.0.0.1; wrk runs are ${DUR} s, not 10 s; total run time ${SECONDS} s."
+echo "- The db files are in build/bench/run.*/ on the repo's filesystem (fsync is real); relay stderr of this run: build/bench/logs/."
+cat "$NOTES"

@@ -1,0 +1,274 @@
+/*
+ * bare_mhd.c - the HTTP ceiling and the fast receiver for `make bench`.
+ *
+ * Measures nothing by itself: it is the smallest libmicrohttpd server that reads a whole
+ * POST body and answers, so that wrk against it gives the HTTP ceiling that hookrelay's
+ * ingest is compared with (bench row 1a), and so that the relay's deliveries have a
+ * receiver that is not the bottleneck (rows 1c, 4, 5).
+ *
+ *   bare_mhd [--status 202|200] [--threads N] [--max-seconds S] [--latency] [--hold]
+ *
+ * Listens on 127.0.0.1, port chosen by the kernel, and prints "PORT\n" on stdout.
+ * MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL with a pool of --threads (default 2).
+ * Every POST (any path) is read to the end and answered with --status and an empty body,
+ * and counted. GET /count answers the count of POSTs as a decimal number.
+ * With --latency, each POST body is searched for "sent_at_ns":<int> (unix ns, taken by
+ * the load generator just before sending) and now - sent_at_ns is recorded; GET /stats
+ * answers "count=N with_stamp=M p50_us=.. p99_us=.. max_us=..".
+ * With --hold, POSTs are read but left unanswered (connection suspended) until
+ * GET /release; from then on it answers at once. The bench uses this to let the relay
+ * build a backlog of pending deliveries: its sender stalls on the held requests.
+ * Stops on SIGINT/SIGTERM or after --max-seconds (default 600) so it can never linger.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BODY_MAX (1024 * 1024)      /* bytes kept per request in --latency mode */
+#define LAT_MAX (4 * 1024 * 1024)   /* latency samples kept */
+#define HELD_MAX 65536              /* connections held at once in --hold mode */
+
+static unsigned int g_status = 202;
+static int g_latency;
+static atomic_ullong g_count;
+static atomic_ullong g_lat_n;
+static int64_t *g_lat;
+static struct MHD_Response *g_empty;
+static pthread_mutex_t g_hold_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_holding; /* under g_hold_mu */
+static struct MHD_Connection **g_held;
+static size_t g_held_n;
+
+struct req {
+	char *buf;
+	size_t len, cap;
+	int held;
+};
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void record_latency(const char *body, size_t len, int64_t arrived)
+{
+	static const char key[] = "\"sent_at_ns\":";
+	const char *p = memmem(body, len, key, sizeof key - 1);
+	if (!p)
+		return;
+	p += sizeof key - 1;
+	int64_t sent = strtoll(p, NULL, 10);
+	if (sent <= 0)
+		return;
+	unsigned long long i = atomic_fetch_add(&g_lat_n, 1);
+	if (i < LAT_MAX)
+		g_lat[i] = arrived - sent;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static enum MHD_Result answer_text(struct MHD_Connection *c, const char *text)
+{
+	struct MHD_Response *r =
+	    MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+	if (!r)
+		return MHD_NO;
+	enum MHD_Result ret = MHD_queue_response(c, 200, r);
+	MHD_destroy_response(r);
+	return ret;
+}
+
+static enum MHD_Result stats(struct MHD_Connection *c)
+{
+	char text[256];
+	unsigned long long n = atomic_load(&g_lat_n);
+	if (n > LAT_MAX)
+		n = LAT_MAX;
+	int64_t p50 = 0, p99 = 0, max = 0;
+	if (n > 0) {
+		int64_t *copy = malloc(n * sizeof *copy);
+		if (!copy)
+			return MHD_NO;
+		memcpy(copy, g_lat, n * sizeof *copy);
+		qsort(copy, n, sizeof *copy, cmp_i64);
+		p50 = copy[(n - 1) * 50 / 100];
+		p99 = copy[(n - 1) * 99 / 100];
+		max = copy[n - 1];
+		free(copy);
+	}
+	snprintf(text, sizeof text, "count=%llu with_stamp=%llu p50_us=%.1f p99_us=%.1f max_us=%.1f\n",
+	         (unsigned long long)atomic_load(&g_count), n, p50 / 1e3, p99 / 1e3, max / 1e3);
+	return answer_text(c, text);
+}
+
+static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version,
+                               const char *upload_data, size_t *upload_data_size,
+                               void **con_cls)
+{
+	(void)cls;
+	(void)version;
+	if (strcmp(method, "POST") != 0) {
+		char text[32];
+		if (strcmp(url, "/stats") == 0)
+			return stats(c);
+		if (strcmp(url, "/release") == 0) {
+			pthread_mutex_lock(&g_hold_mu);
+			size_t n = g_held_n;
+			g_holding = 0;
+			for (size_t i = 0; i < g_held_n; i++)
+				MHD_resume_connection(g_held[i]);
+			g_held_n = 0;
+			pthread_mutex_unlock(&g_hold_mu);
+			snprintf(text, sizeof text, "released %zu\n", n);
+			return answer_text(c, text);
+		}
+		snprintf(text, sizeof text, "%llu\n", (unsigned long long)atomic_load(&g_count));
+		return answer_text(c, text);
+	}
+	if (*con_cls == NULL) {
+		struct req *r = calloc(1, sizeof *r);
+		if (!r)
+			return MHD_NO;
+		*con_cls = r;
+		return MHD_YES;
+	}
+	struct req *r = *con_cls;
+	if (*upload_data_size > 0) {
+		if (g_latency && r->len + *upload_data_size <= BODY_MAX) {
+			if (r->len + *upload_data_size > r->cap) {
+				size_t cap = r->cap ? r->cap : 4096;
+				while (cap < r->len + *upload_data_size)
+					cap *= 2;
+				char *nb = realloc(r->buf, cap);
+				if (!nb)
+					return MHD_NO;
+				r->buf = nb;
+				r->cap = cap;
+			}
+			memcpy(r->buf + r->len, upload_data, *upload_data_size);
+			r->len += *upload_data_size;
+		}
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (g_held && !r->held) {
+		/* suspend under the lock so /release cannot miss this connection */
+		pthread_mutex_lock(&g_hold_mu);
+		if (g_holding && g_held_n < HELD_MAX) {
+			r->held = 1;
+			g_held[g_held_n++] = c;
+			MHD_suspend_connection(c);
+			pthread_mutex_unlock(&g_hold_mu);
+			return MHD_YES; /* called again with no data once resumed */
+		}
+		pthread_mutex_unlock(&g_hold_mu);
+	}
+	if (g_latency)
+		record_latency(r->buf ? r->buf : "", r->len, now_ns());
+	atomic_fetch_add(&g_count, 1);
+	return MHD_queue_response(c, g_status, g_empty);
+}
+
+static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)c;
+	(void)toe;
+	struct req *r = *con_cls;
+	if (r) {
+		free(r->buf);
+		free(r);
+		*con_cls = NULL;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	unsigned int threads = 2;
+	long max_seconds = 600;
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--status") == 0 && i + 1 < argc)
+			g_status = (unsigned int)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+			threads = (unsigned int)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--max-seconds") == 0 && i + 1 < argc)
+			max_seconds = atol(argv[++i]);
+		else if (strcmp(argv[i], "--latency") == 0)
+			g_latency = 1;
+		else if (strcmp(argv[i], "--hold") == 0)
+			g_holding = 1;
+		else {
+			fprintf(stderr, "usage: bare_mhd [--status N] [--threads N] "
+			                "[--max-seconds S] [--latency] [--hold]\n");
+			return 2;
+		}
+	}
+	if (g_latency && !(g_lat = malloc(LAT_MAX * sizeof *g_lat))) {
+		perror("malloc");
+		return 1;
+	}
+	if (g_holding && !(g_held = calloc(HELD_MAX, sizeof *g_held))) {
+		perror("calloc");
+		return 1;
+	}
+	g_empty = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!g_empty)
+		return 1;
+
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL); /* MHD threads inherit the mask */
+
+	struct sockaddr_in addr = {0};
+	addr.sin_family = AF_INET;
+	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	addr.sin_port = 0;
+	struct MHD_Daemon *d = MHD_start_daemon(
+	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, handler, NULL,
+	    MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE,
+	    threads, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_LIMIT,
+	    4096u, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_END);
+	if (!d) {
+		fprintf(stderr, "bare_mhd: MHD_start_daemon failed\n");
+		return 1;
+	}
+	const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+	printf("%u\n", info ? (unsigned)info->port : 0u);
+	fflush(stdout);
+
+	struct timespec limit = {.tv_sec = max_seconds, .tv_nsec = 0};
+	siginfo_t si;
+	sigtimedwait(&set, &si, &limit); /* a signal or the time limit, whichever first */
+
+	pthread_mutex_lock(&g_hold_mu); /* MHD must not stop with suspended connections */
+	g_holding = 0;
+	for (size_t i = 0; i < g_held_n; i++)
+		MHD_resume_connection(g_held[i]);
+	g_held_n = 0;
+	pthread_mutex_unlock(&g_hold_mu);
+	MHD_stop_daemon(d);
+	MHD_destroy_response(g_empty);
+	free(g_lat);
+	free(g_held);
+	return 0;
+}
