@@ -1,0 +1,286 @@
+// delivery.test.mjs - what happens between hookrelay and a receiver: retries with the
+// configured schedule, exhaustion, unreachable receivers, 410, Retry-After, redirects,
+// manual retry, timeouts, resets, slow and hanging receivers, and the attempt log.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
+  waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs,
+} from './harness.mjs';
+
+afterEach(cleanup);
+
+async function oneDelivery(relay, eventId) {
+  const ds = await eventDeliveries(relay, eventId);
+  assert.equal(ds.length, 1, `one delivery for ${eventId}: ${JSON.stringify(ds)}`);
+  return ds[0];
+}
+
+function assertAttemptShape(a, n) {
+  assert.equal(a.attempt, n, `attempt number: ${JSON.stringify(a)}`);
+  assert.match(a.started_at, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+  assert.equal(typeof a.duration_ms, 'number');
+  assert.ok(Number.isInteger(a.duration_ms) && a.duration_ms >= 0, `duration_ms ${a.duration_ms}`);
+  assert.equal(typeof a.http_status, 'number');
+}
+
+test('retries: 500, 500, then 200 is delivered on the third attempt with the same webhook-id', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '200ms,200ms,200ms' });
+  const r = await startReceiver({ behavior: [
+    { status: 500, body: 'boom-1' }, { status: 500, body: 'boom-2' }, { status: 200, body: 'thanks' },
+  ] });
+  const sub = await createSub(relay, r, { event_types: ['pay.*'] });
+  const ev = await postEvent(relay, { type: 'pay.captured', data: { amount: 100 } });
+  const reqs = await r.waitFor(3, 8000);
+  const d0 = await oneDelivery(relay, ev.id);
+  const d = await waitDelivery(relay, d0.id, 'delivered');
+  await assertNoMore(r, 3, 600);
+
+  assert.equal(d.id, d0.id);
+  assert.equal(d.event_id, ev.id);
+  assert.equal(d.subscription_id, sub.id);
+  assert.equal(d.event_type, 'pay.captured');
+  assert.equal(d.attempt_count, 3);
+  assert.equal(d.last_http_status, 200);
+  assert.equal(d.next_attempt_at, null);
+  assert.equal(d.attempts.length, 3);
+  d.attempts.forEach((a, i) => assertAttemptShape(a, i + 1));
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [500, 500, 200]);
+  assert.deepEqual(d.attempts.map((a) => a.response_body), ['boom-1', 'boom-2', 'thanks']);
+  assert.ok(Date.parse(d.attempts[0].started_at) <= Date.parse(d.attempts[1].started_at));
+  assert.ok(Date.parse(d.attempts[1].started_at) <= Date.parse(d.attempts[2].started_at));
+  assert.equal(d.attempts[2].error, null, 'no error on the successful attempt');
+
+  // Same webhook-id and byte-identical body on every attempt; each attempt signed afresh.
+  for (const q of reqs) {
+    assert.equal(q.headers['webhook-id'], ev.id);
+    assert.ok(q.body.equals(reqs[0].body));
+    assert.equal(verifySigned(q, sub.secret).id, ev.id);
+  }
+  // The schedule is honoured (200ms +-20%, loosely: not immediately).
+  assert.ok(reqs[1].arrivedMono - reqs[0].arrivedMono >= 120, 'retry 1 waited');
+  assert.ok(reqs[2].arrivedMono - reqs[1].arrivedMono >= 120, 'retry 2 waited');
+
+  const list = await api(relay, 'GET', `/v1/deliveries?event=${ev.id}`);
+  assert.equal(list.json.data[0].status, 'delivered');
+}));
+
+test('exhaustion: always 500 with two retries ends failed after 3 attempts', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms,100ms' });
+  const r = await startReceiver({ behavior: { status: 500, body: 'nope' } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'x.y' });
+  await r.waitFor(3, 6000);
+  const d0 = await oneDelivery(relay, ev.id);
+  const d = await waitDelivery(relay, d0.id, 'failed');
+  await assertNoMore(r, 3, 700);
+  assert.equal(d.attempt_count, 3);
+  assert.equal(d.attempts.length, 3);
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [500, 500, 500]);
+  assert.equal(d.last_http_status, 500);
+  assert.equal(d.next_attempt_at, null);
+  const failed = await api(relay, 'GET', '/v1/deliveries?status=failed');
+  assert.deepEqual(failed.json.data.map((x) => x.id), [d.id]);
+}));
+
+test('unreachable receiver: attempts record http_status 0 and an error', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const url = await closedPortUrl();
+  await createSub(relay, null, { url: url + '/hook' });
+  const ev = await postEvent(relay, { type: 'down.test' });
+  const d0 = await oneDelivery(relay, ev.id);
+  const d = await waitDelivery(relay, d0.id, 'failed', 8000);
+  assert.equal(d.attempt_count, 2);
+  assert.equal(d.attempts.length, 2);
+  for (const [i, a] of d.attempts.entries()) {
+    assertAttemptShape(a, i + 1);
+    assert.equal(a.http_status, 0);
+    assert.equal(typeof a.error, 'string');
+    assert.ok(a.error.length > 0, 'error text is set');
+    assert.equal(a.response_body, null);
+  }
+  assert.equal(typeof d.last_error, 'string');
+  assert.ok(d.last_error.length > 0);
+}));
+
+test('410 Gone disables the subscription with a reason and fails the delivery', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms,100ms' });
+  const r = await startReceiver({ behavior: { status: 410, body: 'gone' } });
+  const sub = await createSub(relay, r, { event_types: ['gone.*'] });
+  const ev = await postEvent(relay, { type: 'gone.now' });
+  await r.waitFor(1);
+  const d0 = await oneDelivery(relay, ev.id);
+  const d = await waitDelivery(relay, d0.id, 'failed');
+  assert.equal(d.attempt_count, 1, 'no retry after 410');
+  assert.equal(d.attempts[0].http_status, 410);
+  const s = await waitUntil(async () => {
+    const g = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+    return g.json.enabled === false ? g.json : false;
+  }, 5000, 'subscription disabled');
+  assert.equal(typeof s.disabled_reason, 'string');
+  assert.ok(s.disabled_reason.length > 0);
+  // Disabled means no new deliveries.
+  const ev2 = await postEvent(relay, { type: 'gone.again' });
+  assert.equal(ev2.deliveries, 0);
+  await assertNoMore(r, 1, 500);
+  // Re-enabling clears the reason.
+  const re = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+  assert.equal(re.status, 200, re.text);
+  assert.equal(re.json.enabled, true);
+  assert.equal(re.json.disabled_reason, null);
+}));
+
+test('503 with Retry-After: 1 delays the next attempt by at least a second', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms,100ms' });
+  const r = await startReceiver({ behavior: [{ status: 503, retryAfter: 1, body: 'busy' }, { status: 200 }] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'ra.test' });
+  const reqs = await r.waitFor(2, 8000);
+  const gap = reqs[1].arrivedMono - reqs[0].arrivedMono;
+  assert.ok(gap >= 950, `second attempt came ${gap.toFixed(0)} ms after the first (Retry-After: 1)`);
+  assert.ok(gap < 5000, `second attempt came ${gap.toFixed(0)} ms after the first`);
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered');
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [503, 200]);
+}));
+
+test('429 with Retry-After keeps the delivery pending until then', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: { status: 429, retryAfter: 3600 } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'ra.long' });
+  await r.waitFor(1);
+  const id = (await oneDelivery(relay, ev.id)).id;
+  const d = await waitUntil(async () => {
+    const x = await getDelivery(relay, id);
+    return x.attempt_count === 1 ? x : false;
+  }, 5000, 'first attempt logged');
+  assert.equal(d.status, 'pending');
+  assert.ok(Date.parse(d.next_attempt_at) - Date.now() > 3000 * 1000,
+    `next_attempt_at ${d.next_attempt_at} honours Retry-After: 3600`);
+  await assertNoMore(r, 1, 800);
+}));
+
+test('redirects are not followed and count as failures', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: (req) => (req.url.startsWith('/moved')
+    ? { status: 200 }
+    : { status: 302, headers: { location: '/moved' }, body: '' }) });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'redir.test' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'failed');
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [302, 302]);
+  assert.ok(r.requests.every((q) => q.url === '/hook'), `followed a redirect: ${r.requests.map((q) => q.url)}`);
+}));
+
+test('manual retry of a failed delivery delivers it and logs one more attempt', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: { status: 500, body: 'down' } });
+  const sub = await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'manual.retry', data: { n: 1 } });
+  const id = (await oneDelivery(relay, ev.id)).id;
+  await waitDelivery(relay, id, 'failed');
+  assert.equal(r.requests.length, 2);
+
+  r.setBehavior({ status: 200, body: 'ok now' });
+  const res = await api(relay, 'POST', `/v1/deliveries/${id}/retry`);
+  assert.equal(res.status, 202, res.text);
+  assert.equal(res.json.id, id);
+  assert.equal(res.json.status, 'pending');
+  assert.ok(res.json.next_attempt_at, 'due now');
+  assert.ok(Math.abs(Date.parse(res.json.next_attempt_at) - Date.now()) < 60_000);
+  const reqs = await r.waitFor(3, 5000);
+  assert.equal(reqs[2].headers['webhook-id'], ev.id);
+  assert.ok(reqs[2].body.equals(reqs[0].body), 'the same stored bytes are resent');
+  assert.equal(verifySigned(reqs[2], sub.secret).id, ev.id);
+  const d = await waitDelivery(relay, id, 'delivered');
+  assert.equal(d.attempt_count, 3);
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [500, 500, 200]);
+  assert.equal(d.attempts[2].response_body, 'ok now');
+  await assertNoMore(r, 3, 500);
+
+  // "whatever its state": retrying a delivered delivery sends it once more.
+  const again = await api(relay, 'POST', `/v1/deliveries/${id}/retry`, undefined, { 'content-type': 'text/plain' });
+  assert.equal(again.status, 202, again.text);
+  await r.waitFor(4, 5000);
+  const d2 = await waitUntil(async () => {
+    const x = await getDelivery(relay, id);
+    return x.status === 'delivered' && x.attempt_count === 4 ? x : false;
+  }, 5000, 'fourth attempt logged');
+  assert.equal(d2.attempts.length, 4);
+}));
+
+test('slow receiver within the timeout is delivered', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '3s'] });
+  const r = await startReceiver({ behavior: { delayMs: 1000, status: 204, body: '' } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'slow.ok' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered', 8000);
+  assert.equal(d.attempt_count, 1);
+  assert.equal(d.attempts[0].http_status, 204);
+  assert.ok(d.attempts[0].duration_ms >= 900, `duration_ms ${d.attempts[0].duration_ms} measures the wait`);
+  assert.ok(d.attempts[0].duration_ms < 3000);
+}));
+
+test('receiver hanging past --delivery-timeout: attempt with status 0 and a timeout error', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '500ms'], retrySchedule: '5m' });
+  const r = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'hang.timeout' });
+  await r.waitFor(1);
+  const id = (await oneDelivery(relay, ev.id)).id;
+  const d = await waitUntil(async () => {
+    const x = await getDelivery(relay, id);
+    return x.attempt_count >= 1 ? x : false;
+  }, 5000, 'timed-out attempt logged');
+  assert.equal(d.status, 'pending', 'retried later');
+  const a = d.attempts[0];
+  assert.equal(a.http_status, 0);
+  assert.match(a.error ?? '', /time(d)?[ -]?out/i, `error: ${a.error}`);
+  assert.ok(a.duration_ms >= 400 && a.duration_ms < 3000, `duration_ms ${a.duration_ms}`);
+}));
+
+test('connection reset by the receiver is logged as a failed attempt', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: [{ reset: true }, { status: 200 }] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'reset.once' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered', 8000);
+  assert.equal(d.attempts.length, 2);
+  assert.equal(d.attempts[0].http_status, 0);
+  assert.ok((d.attempts[0].error ?? '').length > 0, 'reset has an error text');
+  assert.equal(d.attempts[1].http_status, 200);
+}));
+
+test('error responses: body snippet is logged, capped at 4 KiB', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const big = 'x'.repeat(10_000);
+  const r = await startReceiver({ behavior: [
+    { status: 500, body: '{"error":"database on fire"}', headers: { 'content-type': 'application/json' } },
+    { status: 500, body: big },
+  ] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'snip.test' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'failed');
+  assert.equal(d.attempts[0].http_status, 500);
+  assert.equal(d.attempts[0].response_body, '{"error":"database on fire"}');
+  assert.equal(d.attempts[1].response_body, 'x'.repeat(4096), 'first 4 KiB of the body');
+}));
+
+test('a hanging receiver does not hold up a healthy one', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '5s'] });
+  const stuck = await startReceiver({ behavior: { hang: true } });
+  const healthy = await startReceiver();
+  await createSub(relay, stuck, { event_types: ['both.*', 'stuck.*'] });
+  await createSub(relay, healthy, { event_types: ['both.*', 'healthy.*'] });
+  // Several events to the hanging receiver first, so its transfers are in flight.
+  for (let i = 0; i < 5; i++) await postEvent(relay, { type: 'stuck.one', data: i });
+  await stuck.waitFor(1, 3000);
+  const t0 = performance.now();
+  await postEvent(relay, { type: 'both.go' });
+  await healthy.waitFor(1, 1000);
+  await postEvent(relay, { type: 'healthy.only' });
+  await healthy.waitFor(2, 1000);
+  assert.ok(performance.now() - t0 < 1500, 'healthy receiver served promptly');
+  stuck.dropConnections();
+}));

@@ -1,0 +1,270 @@
+// errors.test.mjs - bad input gets the documented status and error code, stores nothing,
+// and never takes the relay down or loses what was already accepted.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import {
+  startRelay, api, assertError, listAll, postEvent, cleanup, withLogs,
+} from './harness.mjs';
+
+// One relay for the whole file: every bad request hits the same process, and the last
+// test checks it is still up and still has what it accepted first.
+let relay;
+let accepted;
+let subsBefore;
+
+before(async () => {
+  relay = await startRelay({ args: ['--max-body', '4KiB'] });
+  accepted = await postEvent(relay, { type: 'good.event', data: { keep: true } });
+  accepted.extra = []; // ids of events later tests accept on purpose
+  const s = await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/h', event_types: ['nomatch.*'] });
+  assert.equal(s.status, 201, s.text);
+  subsBefore = await listAll(relay, '/v1/subscriptions');
+});
+after(cleanup);
+
+async function assertNothingStored() {
+  const events = await listAll(relay, '/v1/events');
+  assert.deepEqual(new Set(events.map((e) => e.id)), new Set([accepted.id, ...accepted.extra]),
+    'no event stored by a rejected request');
+  assert.equal(events.length, 1 + accepted.extra.length);
+  const subs = await listAll(relay, '/v1/subscriptions');
+  assert.deepEqual(subs, subsBefore, 'no subscription stored or changed by a rejected request');
+}
+
+const SUB = { url: 'http://127.0.0.1:9/hook', event_types: ['a.*'] };
+
+test('malformed JSON is 400 malformed_json', withLogs(async () => {
+  for (const [route, body] of [
+    ['/v1/events', '{"type": "a.b",'],
+    ['/v1/events', '{type: a}'],
+    ['/v1/events', ''],
+    ['/v1/events', '{"type":"a.b"} trailing'],
+    ['/v1/events/batch', '[{"type":"a.b"}'],
+    ['/v1/subscriptions', '{"url": }'],
+  ]) {
+    const res = await api(relay, 'POST', route, body);
+    assertError(res, 400, 'malformed_json', `POST ${route} ${JSON.stringify(body)}`);
+  }
+  const p = await api(relay, 'PATCH', `/v1/subscriptions/${subsBefore[0].id}`, '{"enabled": tru');
+  assertError(p, 400, 'malformed_json', 'PATCH malformed');
+  await assertNothingStored();
+}));
+
+test('events: wrong types and invalid event types are 422 invalid_field', withLogs(async () => {
+  const cases = [
+    { type: 5 },
+    {},
+    { data: { x: 1 } },
+    { type: null },
+    { type: '' },
+    { type: 'a..b' },
+    { type: '.a' },
+    { type: 'a.' },
+    { type: 'a b' },
+    { type: 'a.*' },
+    { type: '*' },
+    { type: 'a.#' },
+    { type: 'ünï.code' },
+    { type: 'x'.repeat(65) },
+    { type: Array.from({ length: 17 }, () => 'w').join('.') },
+    { type: 'ok.type', key: 7 },
+    { type: 'ok.type', key: 'k'.repeat(256) },
+    { type: 'ok.type', id: 12 },
+    { type: 'ok.type', id: '' },
+    { type: 'ok.type', id: 'i'.repeat(256) },
+  ];
+  for (const body of cases) {
+    const res = await api(relay, 'POST', '/v1/events', body);
+    assertError(res, 422, 'invalid_field', `POST /v1/events ${JSON.stringify(body).slice(0, 80)}`);
+  }
+  for (const body of ['[1,2]', '"just a string"', '42', 'null']) {
+    const res = await api(relay, 'POST', '/v1/events', body);
+    assertError(res, 422, 'invalid_field', `POST /v1/events ${body}`);
+  }
+  const named = await api(relay, 'POST', '/v1/events', { type: 5 });
+  assert.match(named.json.error.message, /type/, 'message names the field');
+  // Limits are inclusive: 16 words of 64 chars would exceed 255 bytes, so test them apart.
+  const edge = await api(relay, 'POST', '/v1/events', { type: Array.from({ length: 16 }, () => 'w').join('.'), id: 'edge-16-words' });
+  assert.equal(edge.status, 202, `16 words is allowed: ${edge.text}`);
+  const edge2 = await api(relay, 'POST', '/v1/events', { type: 'x'.repeat(64), id: 'edge-64-chars' });
+  assert.equal(edge2.status, 202, `a 64-char word is allowed: ${edge2.text}`);
+  accepted.extra.push(edge.json.id, edge2.json.id);
+  await assertNothingStored();
+}));
+
+test('subscriptions: wrong field types and bad values are 422 invalid_field', withLogs(async () => {
+  const cases = [
+    { ...SUB, event_types: 'x' },
+    { ...SUB, event_types: [] },
+    { ...SUB, event_types: [5] },
+    { ...SUB, event_types: Array.from({ length: 65 }, (_, i) => `p${i}.*`) },
+    { ...SUB, event_types: ['a*'] },
+    { ...SUB, event_types: ['a..b'] },
+    { ...SUB, event_types: ['a.b*'] },
+    { ...SUB, event_types: ['a b'] },
+    { ...SUB, headers: [] },
+    { ...SUB, headers: 'X-A: b' },
+    { ...SUB, headers: { 'X-A': 5 } },
+    { ...SUB, headers: { 'X-A': 'ok\r\nX-Injected: 1' } },
+    { ...SUB, headers: { 'X-A': 'line\nbreak' } },
+    { ...SUB, headers: { 'X-A': 'carriage\rreturn' } },
+    { ...SUB, headers: { 'webhook-signature': 'v1,forged' } },
+    { ...SUB, headers: { 'Webhook-Id': 'x' } },
+    { ...SUB, headers: { 'webhook-timestamp': '1' } },
+    { ...SUB, headers: { 'Content-Type': 'text/plain' } },
+    { ...SUB, headers: { host: 'evil.example' } },
+    { ...SUB, headers: { 'bad name': 'x' } },
+    { ...SUB, headers: { 'X-A:': 'x' } },
+    { ...SUB, enabled: 'yes' },
+    { ...SUB, enabled: 1 },
+    { ...SUB, description: 5 },
+    { ...SUB, secret: 'not-a-secret' },
+    { ...SUB, secret: 'whsec_' + Buffer.alloc(8).toString('base64') },
+    { ...SUB, url: 'ftp://x' },
+    { ...SUB, url: 'not a url' },
+    { ...SUB, url: 'http://user:pw@127.0.0.1/' },
+    { ...SUB, url: 'http://127.0.0.1/' + 'p'.repeat(3 * 1024) },
+    { ...SUB, url: '/relative/path' },
+    { ...SUB, url: 'http://' },
+    { ...SUB, url: 42 },
+    { event_types: ['a.*'] },
+    { url: SUB.url },
+  ];
+  for (const body of cases) {
+    const res = await api(relay, 'POST', '/v1/subscriptions', body);
+    assertError(res, 422, 'invalid_field', `POST /v1/subscriptions ${JSON.stringify(body).slice(0, 120)}`);
+  }
+  const named = await api(relay, 'POST', '/v1/subscriptions', { ...SUB, url: 'ftp://x' });
+  assert.match(named.json.error.message, /url/, 'message names the field');
+  const id = subsBefore[0].id;
+  for (const body of [{ enabled: 'yes' }, { event_types: 'x' }, { headers: [] }, { url: 'not a url' },
+    { headers: { 'webhook-signature': 'x' } }]) {
+    const res = await api(relay, 'PATCH', `/v1/subscriptions/${id}`, body);
+    assertError(res, 422, 'invalid_field', `PATCH ${JSON.stringify(body)}`);
+  }
+  await assertNothingStored();
+}));
+
+test('list limits out of range are 422 invalid_field', withLogs(async () => {
+  for (const route of ['/v1/events', '/v1/subscriptions', '/v1/deliveries']) {
+    for (const limit of ['0', '1001', 'abc', '-1', '1.5']) {
+      const res = await api(relay, 'GET', `${route}?limit=${limit}`);
+      assertError(res, 422, 'invalid_field', `GET ${route}?limit=${limit}`);
+    }
+    for (const limit of ['1', '1000']) {
+      const res = await api(relay, 'GET', `${route}?limit=${limit}`);
+      assert.equal(res.status, 200, `GET ${route}?limit=${limit}: ${res.text}`);
+    }
+  }
+}));
+
+test('body over --max-body is 413 payload_too_large, promptly', withLogs(async () => {
+  const big = JSON.stringify({ type: 'big.event', data: 'x'.repeat(64 * 1024) });
+  const t0 = performance.now();
+  const res = await api(relay, 'POST', '/v1/events', big, {}, { timeoutMs: 5000 });
+  assertError(res, 413, 'payload_too_large', 'POST 64 KiB with --max-body 4KiB');
+  assert.ok(performance.now() - t0 < 5000);
+  const subBig = await api(relay, 'POST', '/v1/subscriptions', { ...SUB, description: 'd'.repeat(8 * 1024) }, {}, { timeoutMs: 5000 });
+  assertError(subBig, 413, 'payload_too_large', 'POST subscription 8 KiB');
+  // Just under the limit is fine.
+  const fits = await api(relay, 'POST', '/v1/events', { type: 'fits.event', data: 'y'.repeat(3000), id: 'fits' });
+  assert.equal(fits.status, 202, fits.text);
+  accepted.extra.push(fits.json.id);
+}));
+
+test('body over --max-body without Content-Length (chunked) is 413 too', withLogs(async () => {
+  const { port } = relay;
+  const result = await new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/events',
+      headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, timeout: 5000 },
+    (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', (err) => (err.code === 'EPIPE' || err.code === 'ECONNRESET'
+      ? resolve({ status: 'closed', text: err.code }) : reject(err)));
+    req.write('{"type":"chunked.big","data":"');
+    for (let i = 0; i < 16; i++) req.write('z'.repeat(4096));
+    req.end('"}');
+  });
+  assert.equal(result.status, 413, `chunked oversize body: ${JSON.stringify(result)}`);
+  assert.equal(JSON.parse(result.text).error.code, 'payload_too_large');
+}));
+
+test('wrong content type is 415 unsupported_media_type; charset parameter is fine', withLogs(async () => {
+  const body = JSON.stringify({ type: 'ct.test' });
+  for (const ct of ['text/plain', 'application/x-www-form-urlencoded', 'application/jsonx']) {
+    const res = await api(relay, 'POST', '/v1/events', body, { 'content-type': ct });
+    assertError(res, 415, 'unsupported_media_type', `content-type ${ct}`);
+  }
+  const none = await fetch(relay.url + '/v1/events', { method: 'POST', body: Buffer.from(body), signal: AbortSignal.timeout(5000) });
+  assert.equal(none.status, 415, 'no content type at all');
+  const sub = await api(relay, 'POST', '/v1/subscriptions', JSON.stringify(SUB), { 'content-type': 'text/plain' });
+  assertError(sub, 415, 'unsupported_media_type', 'subscription as text/plain');
+  await assertNothingStored();
+  const ok = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-ok' }), { 'content-type': 'application/json; charset=utf-8' });
+  assert.equal(ok.status, 202, ok.text);
+  accepted.extra.push(ok.json.id);
+}));
+
+test('unknown ids on every {id} route are 404 not_found; unknown routes too', withLogs(async () => {
+  const calls = [
+    ['GET', '/v1/events/evt_00000000000000000000000000'],
+    ['GET', '/v1/events/nope'],
+    ['GET', '/v1/subscriptions/sub_999999'],
+    ['GET', '/v1/subscriptions/sub_abc'],
+    ['PATCH', '/v1/subscriptions/sub_999999', { enabled: false }],
+    ['DELETE', '/v1/subscriptions/sub_999999'],
+    ['POST', '/v1/subscriptions/sub_999999/rotate-secret', { grace_seconds: 10 }],
+    ['GET', '/v1/deliveries/dlv_999999'],
+    ['GET', '/v1/deliveries/whatever'],
+    ['POST', '/v1/deliveries/dlv_999999/retry'],
+    ['GET', '/v1/nothing'],
+    ['GET', '/'],
+    ['POST', '/v2/events', { type: 'a.b' }],
+  ];
+  for (const [method, p, body] of calls) {
+    const res = await api(relay, method, p, body);
+    assertError(res, 404, 'not_found', `${method} ${p}`);
+  }
+  await assertNothingStored();
+}));
+
+test('wrong method on a known path is 405 with Allow', withLogs(async () => {
+  const calls = [
+    ['PUT', '/v1/events', /POST/],
+    ['DELETE', '/v1/events', /GET/],
+    ['GET', '/v1/events/batch', /POST/],
+    ['PUT', '/v1/subscriptions', /POST/],
+    ['POST', `/v1/subscriptions/${subsBefore[0].id}`, /PATCH/],
+    ['GET', `/v1/subscriptions/${subsBefore[0].id}/rotate-secret`, /POST/],
+    ['DELETE', '/v1/deliveries', /GET/],
+    ['POST', '/healthz', /GET/],
+  ];
+  for (const [method, p, allow] of calls) {
+    const res = await api(relay, method, p, method === 'GET' || method === 'DELETE' ? undefined : {});
+    assertError(res, 405, 'method_not_allowed', `${method} ${p}`);
+    assert.match(res.headers.get('allow') ?? '', allow, `Allow header of ${method} ${p}`);
+  }
+  await assertNothingStored();
+}));
+
+test('after all the bad input the relay is up and still has what it accepted', withLogs(async () => {
+  assert.equal(relay.exitCode, undefined, 'relay still running');
+  const h = await api(relay, 'GET', '/healthz');
+  assert.equal(h.status, 200);
+  const got = await api(relay, 'GET', `/v1/events/${accepted.id}`);
+  assert.equal(got.status, 200, got.text);
+  assert.deepEqual(got.json.data, { keep: true });
+  const events = await listAll(relay, '/v1/events');
+  assert.deepEqual(new Set(events.map((e) => e.id)), new Set([accepted.id, ...accepted.extra]));
+  const more = await postEvent(relay, { type: 'good.again' });
+  assert.match(more.id, /^evt_/);
+  relay.assertNoSanitizerReport();
+}));

@@ -1,0 +1,351 @@
+// events.test.mjs - publishing: fan-out to matching subscribers, the envelope and its
+// Standard Webhooks signature, idempotent publishing, batches, and reading events back.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { Webhook } from 'standardwebhooks';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError,
+  assertNoMore, listAll, waitUntil, eventDeliveries, cleanup, withLogs,
+} from './harness.mjs';
+
+afterEach(cleanup);
+
+const RFC3339_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+
+test('fan-out: one event reaches exactly the matching subscribers with identical signed bytes', withLogs(async () => {
+  const relay = await startRelay();
+  const star = await startReceiver();
+  const hash = await startReceiver();
+  const invoice = await startReceiver();
+  const subStar = await createSub(relay, star, {
+    url: star.url + '/hooks/orders?src=hr',
+    event_types: ['order.*'],
+    headers: { 'X-Api-Key': 'k-123' },
+  });
+  const subHash = await createSub(relay, hash, { event_types: ['order.#'], headers: { 'X-Tenant': 't9' } });
+  await createSub(relay, invoice, { event_types: ['invoice.*'] });
+  assert.match(subStar.id, /^sub_\d+$/);
+
+  // ASCII-only data with integers so the compact form is exactly JSON.stringify's.
+  const data = { order: 42, items: [{ sku: 'A-1', qty: 2 }], paid: true, note: null, tags: [] };
+  const t0 = Date.now();
+  const res = await api(relay, 'POST', '/v1/events', { type: 'order.updated', key: 'order-42', data });
+  assert.equal(res.status, 202, res.text);
+  assert.deepEqual(Object.keys(res.json).sort(), ['deliveries', 'id']);
+  assert.match(res.json.id, /^evt_[0-9A-Za-z]{26}$/);
+  assert.equal(res.json.deliveries, 2);
+
+  const [a] = await star.waitFor(1, 5000);
+  const [b] = await hash.waitFor(1, 5000);
+  await assertNoMore(invoice, 0);
+  await assertNoMore(star, 1, 0);
+  await assertNoMore(hash, 1, 0);
+
+  assert.equal(a.method, 'POST');
+  assert.equal(a.url, '/hooks/orders?src=hr', 'path and query of the subscription URL are kept');
+  assert.ok(a.body.equals(b.body), `bodies differ:\n${a.body}\n${b.body}`);
+  const env = JSON.parse(a.body.toString('utf8'));
+  assert.deepEqual(Object.keys(env), ['id', 'type', 'key', 'timestamp', 'data']);
+  assert.equal(env.id, res.json.id);
+  assert.equal(env.type, 'order.updated');
+  assert.equal(env.key, 'order-42');
+  assert.match(env.timestamp, RFC3339_MS);
+  assert.ok(Math.abs(Date.parse(env.timestamp) - t0) < 60_000, `timestamp ${env.timestamp} is not now`);
+  assert.deepEqual(env.data, data);
+  assert.equal(a.body.toString('utf8'), JSON.stringify(env), 'envelope is compact JSON');
+
+  for (const r of [a, b]) {
+    assert.equal(r.headers['webhook-id'], res.json.id);
+    assert.match(r.headers['content-type'], /^application\/json/);
+    assert.match(r.headers['user-agent'] ?? '', /^hookrelay\//);
+    assert.match(r.headers['webhook-timestamp'], /^\d+$/);
+    assert.ok(Math.abs(Number(r.headers['webhook-timestamp']) - Date.now() / 1000) < 60);
+    assert.equal(Number(r.headers['content-length']), r.body.length);
+  }
+  assert.equal(a.headers['x-api-key'], 'k-123', 'custom header of subscription 1 arrives');
+  assert.equal(b.headers['x-tenant'], 't9', 'custom header of subscription 2 arrives');
+  assert.equal(a.headers['x-tenant'], undefined, 'custom headers do not leak across subscriptions');
+
+  // Signatures: each receiver's request verifies with its own secret, not another one.
+  assert.deepEqual(verifySigned(a, subStar.secret), env);
+  assert.deepEqual(verifySigned(b, subHash.secret), env);
+  assert.throws(() => verifySigned(a, subHash.secret), /signature/i);
+  assert.throws(() => verifySigned(a, 'whsec_' + Buffer.alloc(32, 7).toString('base64')), /signature/i);
+  // One secret, one signature while no rotation is in grace.
+  assert.equal(a.headers['webhook-signature'].split(' ').length, 1);
+  assert.match(a.headers['webhook-signature'], /^v1,[A-Za-z0-9+/]+={0,2}$/);
+  // A tampered body does not verify.
+  const tampered = { ...a, body: Buffer.from(a.body.toString().replace('42', '43')) };
+  assert.throws(() => verifySigned(tampered, subStar.secret));
+}));
+
+test('patterns: * is one word, # is zero or more words, # alone matches everything', withLogs(async () => {
+  const relay = await startRelay();
+  const rcv = {};
+  const patterns = {
+    star: ['order.*'], hash: ['order.#'], all: ['#'], mid: ['order.*.done'], exact: ['order'],
+    multi: ['invoice.paid', 'refund.#'],
+  };
+  const subs = {};
+  for (const [name, p] of Object.entries(patterns)) {
+    rcv[name] = await startReceiver();
+    subs[name] = await createSub(relay, rcv[name], { event_types: p });
+  }
+  const expect = {
+    'order': ['hash', 'all', 'exact'],
+    'order.created': ['star', 'hash', 'all'],
+    'order.item.done': ['hash', 'all', 'mid'],
+    'invoice.paid': ['all', 'multi'],
+    'refund': ['all', 'multi'],
+    'orders.created': ['all'],
+  };
+  const want = Object.fromEntries(Object.keys(patterns).map((n) => [n, new Set()]));
+  for (const [type, names] of Object.entries(expect)) {
+    const ev = await postEvent(relay, { type, data: { type } });
+    assert.equal(ev.deliveries, names.length, `deliveries for ${type}`);
+    for (const n of names) want[n].add(ev.id);
+  }
+  for (const [name, ids] of Object.entries(want)) {
+    await rcv[name].waitFor(ids.size, 5000);
+  }
+  for (const [name, ids] of Object.entries(want)) {
+    await assertNoMore(rcv[name], ids.size, name === 'star' ? 500 : 0);
+    const got = new Set(rcv[name].requests.map((r) => r.headers['webhook-id']));
+    assert.deepEqual(got, ids, `subscription ${name} ${patterns[name]} got the wrong events`);
+  }
+}));
+
+test('unicode and nested data round-trip exactly; data defaults to null; key defaults to null', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['#'] });
+  const data = { name: 'Zoë “quotes” 日本語 🚀', esc: 'a"b\\c/d\ne\tf', n: [1, -2, 1.5, 0, 1e3], deep: { a: { b: { c: [null, false] } } } };
+  const e1 = await postEvent(relay, { type: 'user.renamed', data });
+  const e2 = await postEvent(relay, { type: 'user.ping' });
+  const reqs = await r.waitFor(2, 5000);
+  const byId = Object.fromEntries(reqs.map((q) => [q.headers['webhook-id'], q]));
+  const env1 = verifySigned(byId[e1.id], sub.secret);
+  assert.deepEqual(env1.data, data);
+  assert.equal(env1.key, null);
+  const env2 = verifySigned(byId[e2.id], sub.secret);
+  assert.equal(env2.data, null);
+  assert.ok(/"data":null\}$/.test(byId[e2.id].body.toString()), `data null is sent: ${byId[e2.id].body}`);
+
+  const got = await api(relay, 'GET', `/v1/events/${e1.id}`);
+  assert.equal(got.status, 200);
+  assert.deepEqual(got.json.data, data);
+}));
+
+test('idempotency: the same id or Idempotency-Key is stored and delivered once', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['order.*'] });
+  await createSub(relay, null, { url: r.url + '/second', event_types: ['order.#'] }).then((s) => r.secrets.push(s.secret));
+
+  const first = await api(relay, 'POST', '/v1/events', { type: 'order.paid', id: 'abc', data: { v: 1 } });
+  assert.equal(first.status, 202, first.text);
+  assert.equal(first.json.deliveries, 2);
+  const again = await api(relay, 'POST', '/v1/events', { type: 'order.paid', id: 'abc', data: { v: 1 } });
+  assert.equal(again.status, 200, again.text);
+  assert.deepEqual(again.json, first.json, 'replay returns the original id and deliveries');
+  // Reused with a different body: still a replay of the original, not an error.
+  const different = await api(relay, 'POST', '/v1/events', { type: 'order.cancelled', id: 'abc', data: { v: 2 } });
+  assert.equal(different.status, 200, different.text);
+  assert.equal(different.json.id, first.json.id);
+
+  const h1 = await api(relay, 'POST', '/v1/events', { type: 'order.paid', data: { v: 3 } }, { 'Idempotency-Key': 'key-7' });
+  assert.equal(h1.status, 202, h1.text);
+  assert.notEqual(h1.json.id, first.json.id);
+  const h2 = await api(relay, 'POST', '/v1/events', { type: 'order.paid', data: { v: 3 } }, { 'Idempotency-Key': 'key-7' });
+  assert.equal(h2.status, 200, h2.text);
+  assert.deepEqual(h2.json, h1.json);
+
+  await r.waitFor(4, 5000);
+  await assertNoMore(r, 4);
+  const ids = r.requests.map((q) => q.headers['webhook-id']).sort();
+  assert.deepEqual(ids, [first.json.id, first.json.id, h1.json.id, h1.json.id].sort());
+
+  const events = await listAll(relay, '/v1/events');
+  assert.equal(events.length, 2, `stored events: ${JSON.stringify(events)}`);
+  const stored = events.find((e) => e.id === first.json.id);
+  assert.equal(stored.idempotency_key, 'abc');
+  assert.equal(stored.type, 'order.paid', 'the original event is kept');
+  assert.deepEqual(stored.data, { v: 1 });
+  assert.equal(events.find((e) => e.id === h1.json.id).idempotency_key, 'key-7');
+  const dl = await listAll(relay, '/v1/deliveries');
+  assert.equal(dl.length, 4, 'no extra delivery rows for replays');
+}));
+
+test('batch: all items are stored and delivered, ids in order', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['batch.#'] });
+  const items = [
+    { type: 'batch.one', data: { i: 0 } },
+    { type: 'batch.two', data: { i: 1 }, key: 'k2' },
+    { type: 'batch.three.x', data: { i: 2 } },
+  ];
+  const res = await api(relay, 'POST', '/v1/events/batch', items);
+  assert.equal(res.status, 202, res.text);
+  assert.equal(res.json.ids.length, 3);
+  assert.equal(new Set(res.json.ids).size, 3);
+  for (const id of res.json.ids) assert.match(id, /^evt_[0-9A-Za-z]{26}$/);
+  for (let i = 0; i < 3; i++) {
+    const ev = await api(relay, 'GET', `/v1/events/${res.json.ids[i]}`);
+    assert.equal(ev.status, 200);
+    assert.equal(ev.json.type, items[i].type, `ids[${i}] is item ${i}`);
+    assert.deepEqual(ev.json.data, items[i].data);
+  }
+  const reqs = await r.waitFor(3, 5000);
+  await assertNoMore(r, 3);
+  assert.deepEqual(new Set(reqs.map((q) => q.headers['webhook-id'])), new Set(res.json.ids));
+  for (const q of reqs) {
+    const env = verifySigned(q, sub.secret);
+    assert.equal(env.id, q.headers['webhook-id']);
+  }
+}));
+
+test('batch: one invalid item rejects the whole batch and stores nothing', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['#'] });
+  await postEvent(relay, { type: 'before.batch' });
+  await r.waitFor(1, 5000);
+  const eventsBefore = await listAll(relay, '/v1/events');
+
+  const bad = await api(relay, 'POST', '/v1/events/batch', [
+    { type: 'ok.one' }, { type: 'ok.two' }, { type: 'bad..type' },
+  ]);
+  assertError(bad, 422, 'invalid_field', 'batch with bad item');
+  assert.match(bad.json.error.message, /items\[2\]/, 'message names the bad index');
+  const missing = await api(relay, 'POST', '/v1/events/batch', [{ type: 'ok.one' }, { data: 1 }]);
+  assertError(missing, 422, 'invalid_field', 'batch item without type');
+  assert.match(missing.json.error.message, /items\[1\]/);
+  assertError(await api(relay, 'POST', '/v1/events/batch', []), 422, 'invalid_field', 'empty batch');
+  assertError(await api(relay, 'POST', '/v1/events/batch', { type: 'not.array' }), 422, 'invalid_field', 'object instead of array');
+  assertError(await api(relay, 'POST', '/v1/events/batch', [5]), 422, 'invalid_field', 'item not an object');
+  const tooMany = Array.from({ length: 1001 }, (_, i) => ({ type: 'many.x', data: i }));
+  assertError(await api(relay, 'POST', '/v1/events/batch', tooMany), 422, 'invalid_field', '1001 items');
+
+  assert.deepEqual(await listAll(relay, '/v1/events'), eventsBefore, 'nothing stored');
+  await assertNoMore(r, 1);
+}));
+
+test('events list: newest first, cursor pagination visits each event once, type filter', withLogs(async () => {
+  const relay = await startRelay();
+  const posted = [];
+  const types = ['a.created', 'b.created', 'a.created', 'c.deleted', 'a.created', 'b.created', 'a.created'];
+  for (const [i, type] of types.entries()) {
+    posted.push(await postEvent(relay, { type, data: { i }, key: `k${i}` }));
+  }
+  const newestFirst = posted.map((p) => p.id).reverse();
+
+  const all = await api(relay, 'GET', '/v1/events');
+  assert.equal(all.status, 200);
+  assert.equal(all.json.next, null);
+  assert.deepEqual(all.json.data.map((e) => e.id), newestFirst);
+  const e0 = all.json.data.at(-1);
+  assert.deepEqual(Object.keys(e0).sort(), ['data', 'id', 'idempotency_key', 'key', 'timestamp', 'type']);
+  assert.equal(e0.type, 'a.created');
+  assert.equal(e0.key, 'k0');
+  assert.equal(e0.idempotency_key, null);
+  assert.deepEqual(e0.data, { i: 0 });
+  assert.match(e0.timestamp, RFC3339_MS);
+
+  const seen = [];
+  let url = '/v1/events?limit=2';
+  let pages = 0;
+  for (;;) {
+    const page = await api(relay, 'GET', url);
+    assert.equal(page.status, 200, page.text);
+    assert.ok(page.json.data.length <= 2, `page of ${page.json.data.length}`);
+    seen.push(...page.json.data.map((e) => e.id));
+    pages++;
+    assert.ok(pages <= 10, 'pagination does not end');
+    if (page.json.next === null) break;
+    assert.equal(typeof page.json.next, 'string');
+    url = `/v1/events?limit=2&after=${encodeURIComponent(page.json.next)}`;
+  }
+  assert.deepEqual(seen, newestFirst, 'pages visit every event exactly once, newest first');
+  assert.ok(pages >= 4);
+
+  const onlyA = await listAll(relay, '/v1/events?type=a.created', 2);
+  const expectA = posted.filter((_, i) => types[i] === 'a.created').map((p) => p.id).reverse();
+  assert.deepEqual(onlyA.map((e) => e.id), expectA);
+  assert.equal(onlyA.length, 4);
+  const none = await api(relay, 'GET', '/v1/events?type=nothing.here');
+  assert.equal(none.status, 200);
+  assert.deepEqual(none.json, { data: [], next: null });
+}));
+
+test('GET /v1/events/{id} returns the event with its deliveries', withLogs(async () => {
+  const relay = await startRelay();
+  const r1 = await startReceiver();
+  const r2 = await startReceiver();
+  const s1 = await createSub(relay, r1, { event_types: ['ship.*'] });
+  const s2 = await createSub(relay, r2, { event_types: ['ship.#'] });
+  await createSub(relay, null, { url: r2.url + '/other', event_types: ['never.*'] });
+  const ev = await postEvent(relay, { type: 'ship.sent', data: [1, 2, 3], key: 'p-9' });
+  await r1.waitFor(1);
+  await r2.waitFor(1);
+  const got = await api(relay, 'GET', `/v1/events/${ev.id}`);
+  assert.equal(got.status, 200);
+  assert.equal(got.json.id, ev.id);
+  assert.equal(got.json.type, 'ship.sent');
+  assert.equal(got.json.key, 'p-9');
+  assert.deepEqual(got.json.data, [1, 2, 3]);
+  assert.equal(got.json.deliveries.length, 2);
+  assert.deepEqual(new Set(got.json.deliveries.map((d) => d.subscription_id)), new Set([s1.id, s2.id]));
+  for (const d of got.json.deliveries) {
+    assert.match(d.id, /^dlv_\d+$/);
+    assert.equal(d.event_id, ev.id);
+    assert.equal(d.event_type, 'ship.sent');
+    assert.ok(['pending', 'delivered'].includes(d.status), d.status);
+  }
+  await waitUntil(async () => (await eventDeliveries(relay, ev.id)).every((d) => d.status === 'delivered'),
+    5000, 'both deliveries delivered');
+  const done = await eventDeliveries(relay, ev.id);
+  for (const d of done) {
+    assert.equal(d.attempt_count, 1);
+    assert.equal(d.last_http_status, 200);
+    assert.equal(d.next_attempt_at, null);
+  }
+  // The signature check in the fan-out test proves v1 format; here: a fresh library
+  // instance over the stored bytes agrees with what arrived.
+  const wh = new Webhook(s1.secret);
+  assert.ok(wh.verify(r1.requests[0].body, r1.requests[0].headers));
+}));
+
+test('concurrent publishes: every one is accepted, stored and delivered once to each subscriber', withLogs(async () => {
+  const relay = await startRelay();
+  const r1 = await startReceiver();
+  const r2 = await startReceiver({ behavior: { delayMs: 20 } });
+  await createSub(relay, r1, { event_types: ['load.#'] });
+  await createSub(relay, r2, { event_types: ['load.*'] });
+  const N = 100;
+  const ids = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < N) {
+      const i = next++;
+      const ev = await postEvent(relay, { type: 'load.test', data: { i }, key: `k-${i % 7}` });
+      assert.equal(ev.deliveries, 2);
+      ids.push(ev.id);
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  assert.equal(new Set(ids).size, N, 'distinct event ids');
+  await r1.waitFor(N, 15_000);
+  await r2.waitFor(N, 15_000);
+  await assertNoMore(r1, N, 300);
+  await assertNoMore(r2, N, 0);
+  for (const rcv of [r1, r2]) {
+    assert.deepEqual(new Set(rcv.requests.map((q) => q.headers['webhook-id'])), new Set(ids));
+  }
+  const events = await listAll(relay, '/v1/events', 37);
+  assert.equal(events.length, N);
+  assert.deepEqual(new Set(events.map((e) => e.id)), new Set(ids));
+  await waitUntil(async () => (await listAll(relay, '/v1/deliveries?status=delivered')).length === 2 * N,
+    5000, 'all deliveries marked delivered');
+}));

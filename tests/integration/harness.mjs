@@ -1,0 +1,497 @@
+// harness.mjs - shared helpers for the hookrelay integration tests.
+//
+// Everything here talks to the real binary ($HOOKRELAY_BIN) and to real HTTP receivers,
+// on 127.0.0.1 only. Every wait is bounded. Every process and server a test starts is
+// tracked and torn down by cleanup() (wire it with afterEach(cleanup)), and killed with
+// SIGKILL at process exit as a last resort, so no relay is ever left behind.
+//
+// The same suite runs against the ASan/UBSan build: start-up and waits are generous, and
+// cleanup() fails the test if a relay wrote a sanitizer report to stderr.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import assert from 'node:assert/strict';
+import { Webhook } from 'standardwebhooks';
+
+export { sleep };
+
+const HOST = '127.0.0.1';
+const START_TIMEOUT_MS = Number(process.env.HOOKRELAY_TEST_START_TIMEOUT_MS || 10_000);
+const STOP_TIMEOUT_MS = Number(process.env.HOOKRELAY_TEST_STOP_TIMEOUT_MS || 10_000);
+const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: LeakSanitizer'];
+
+const liveRelays = new Set();
+const allRelays = []; // every relay started in this file, in order (for failure logs)
+const liveReceivers = new Set();
+const tmpDirs = new Set();
+
+process.on('exit', () => {
+  for (const r of liveRelays) {
+    try { r.proc.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+  for (const d of tmpDirs) {
+    try { rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ }
+  }
+});
+
+export function relayBin() {
+  const bin = process.env.HOOKRELAY_BIN;
+  assert.ok(bin, 'HOOKRELAY_BIN must point at the hookrelay binary');
+  assert.ok(existsSync(bin), `HOOKRELAY_BIN=${bin} does not exist`);
+  return bin;
+}
+
+export function tmpDir() {
+  const d = mkdtempSync(path.join(os.tmpdir(), 'hookrelay-it-'));
+  tmpDirs.add(d);
+  return d;
+}
+
+function tail(text, n = 4000) {
+  return text.length > n ? '...' + text.slice(-n) : text;
+}
+
+function sanitizerReport(stderr) {
+  return SANITIZER_MARKERS.some((m) => stderr.includes(m));
+}
+
+// Environment for the child: the parent's, minus any HOOKRELAY_* setting (a developer's
+// shell must not change what the tests see), plus what the test asks for.
+function childEnv(extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('HOOKRELAY_')) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+/**
+ * Starts `hookrelay serve` on 127.0.0.1:0 with a fresh (or the given) database.
+ * opts.args: extra flags; opts.env: extra environment; opts.dbPath: reuse a database;
+ * opts.retrySchedule: --retry-schedule value (default "200ms,400ms"; null to omit);
+ * opts.bare: pass only opts.args (plus nothing else), for CLI/env tests.
+ */
+export async function startRelay(opts = {}) {
+  const bin = relayBin();
+  const dbPath = opts.dbPath ?? path.join(tmpDir(), 'hr.db');
+  const schedule = opts.retrySchedule === undefined ? '200ms,400ms' : opts.retrySchedule;
+  const args = opts.bare
+    ? ['serve', ...(opts.args ?? [])]
+    : [
+        'serve',
+        '--listen', `${HOST}:0`,
+        '--db', dbPath,
+        '--allow-private-targets',
+        ...(schedule ? ['--retry-schedule', schedule] : []),
+        ...(opts.args ?? []),
+      ];
+  const proc = spawn(bin, args, {
+    env: childEnv(opts.env ?? {}),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const relay = {
+    proc,
+    dbPath,
+    args,
+    url: null,
+    port: null,
+    exitCode: undefined, // number | null (signal) once exited
+    exitSignal: null,
+    stdoutText: '',
+    stderrText: '',
+    get stderr() { return this.stderrText; },
+    exited: null,
+    stopped: false,
+  };
+  relay.exited = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => {
+      relay.exitCode = code;
+      relay.exitSignal = signal;
+      liveRelays.delete(relay);
+      resolve({ code, signal });
+    });
+  });
+  proc.stderr.setEncoding('utf8');
+  proc.stderr.on('data', (d) => {
+    if (relay.stderrText.length < 4_000_000) relay.stderrText += d;
+  });
+  proc.stdout.setEncoding('utf8');
+  liveRelays.add(relay);
+  allRelays.push(relay);
+
+  const listening = new Promise((resolve, reject) => {
+    proc.stdout.on('data', (d) => {
+      relay.stdoutText += d;
+      const m = relay.stdoutText.match(/hookrelay listening on http:\/\/127\.0\.0\.1:(\d+)\r?\n/);
+      if (m) resolve(Number(m[1]));
+    });
+    proc.on('error', (err) => reject(err));
+    relay.exited.then(({ code, signal }) =>
+      reject(new Error(`hookrelay exited before listening (code ${code}, signal ${signal})`)));
+  });
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(
+      `hookrelay did not print "hookrelay listening on http://127.0.0.1:PORT" within ${START_TIMEOUT_MS} ms`)),
+    START_TIMEOUT_MS);
+  });
+  try {
+    relay.port = await Promise.race([listening, timeout]);
+  } catch (err) {
+    try { proc.kill('SIGKILL'); } catch { /* gone */ }
+    await relay.exited;
+    err.message += `\nargs: ${args.join(' ')}\nstdout: ${tail(relay.stdoutText)}\nstderr: ${tail(relay.stderrText)}`;
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  assert.ok(relay.port > 0 && relay.port < 65536, `bad port ${relay.port}`);
+  relay.url = `http://${HOST}:${relay.port}`;
+
+  relay.assertNoSanitizerReport = () => {
+    assert.ok(!sanitizerReport(relay.stderrText),
+      `sanitizer report in relay stderr:\n${tail(relay.stderrText, 8000)}`);
+  };
+
+  // Graceful stop: SIGTERM, wait (bounded) for the exit, expect exit code 0.
+  relay.stop = async ({ signal = 'SIGTERM', timeoutMs = STOP_TIMEOUT_MS } = {}) => {
+    if (relay.stopped) return relay.exited;
+    relay.stopped = true;
+    if (relay.exitCode === undefined) {
+      try { proc.kill(signal); } catch { /* gone */ }
+    }
+    let t;
+    const res = await Promise.race([
+      relay.exited,
+      new Promise((resolve) => { t = setTimeout(() => resolve('timeout'), timeoutMs); }),
+    ]);
+    clearTimeout(t);
+    if (res === 'timeout') {
+      try { proc.kill('SIGKILL'); } catch { /* gone */ }
+      await relay.exited;
+      throw new Error(`hookrelay did not exit within ${timeoutMs} ms of ${signal}\nstderr: ${tail(relay.stderrText)}`);
+    }
+    relay.assertNoSanitizerReport();
+    assert.equal(res.code, 0,
+      `hookrelay exited with code ${res.code} signal ${res.signal} after ${signal}\nstderr: ${tail(relay.stderrText)}`);
+    return res;
+  };
+
+  // Crash: SIGKILL, no chance to clean up.
+  relay.kill9 = async () => {
+    relay.stopped = true;
+    if (relay.exitCode === undefined) {
+      try { proc.kill('SIGKILL'); } catch { /* gone */ }
+    }
+    await relay.exited;
+    relay.assertNoSanitizerReport();
+  };
+
+  relay.stderrTail = (n) => tail(relay.stderrText, n);
+  return relay;
+}
+
+/** Lets the OS pick a free port and closes it again: a URL nobody listens on. */
+export async function closedPortUrl() {
+  const srv = net.createServer();
+  await new Promise((resolve) => srv.listen(0, HOST, resolve));
+  const { port } = srv.address();
+  await new Promise((resolve) => srv.close(resolve));
+  return `http://${HOST}:${port}`;
+}
+
+/**
+ * HTTP call to the relay. body: undefined (none), a string/Buffer (sent as is), or any
+ * other value (JSON-encoded). Content-Type defaults to application/json when a body is
+ * sent; pass headers to override. Returns {status, headers, json, text}.
+ */
+export async function api(relay, method, urlPath, body, headers = {}, { timeoutMs = 10_000 } = {}) {
+  const h = { ...headers };
+  let payload;
+  if (body !== undefined) {
+    payload = typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body);
+    if (!Object.keys(h).some((k) => k.toLowerCase() === 'content-type')) {
+      h['content-type'] = 'application/json';
+    }
+  }
+  let res;
+  try {
+    res = await fetch(relay.url + urlPath, {
+      method,
+      headers: h,
+      body: payload,
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+  } catch (err) {
+    const state = relay.exitCode === undefined
+      ? 'relay still running'
+      : `relay exited (code ${relay.exitCode}, signal ${relay.exitSignal})`;
+    const e = new Error(`${method} ${urlPath} failed: ${err.message} (${err.cause?.message ?? ''}); ${state}\nrelay stderr: ${tail(relay.stderrText)}`);
+    e.cause = err;
+    throw e;
+  }
+  const text = await res.text();
+  let json;
+  try { json = text.length ? JSON.parse(text) : undefined; } catch { json = undefined; }
+  return { status: res.status, headers: res.headers, json, text };
+}
+
+/** Asserts a JSON error response: status, error.code and a non-empty message. */
+export function assertError(res, status, code, what = '') {
+  const ctx = `${what} -> ${res.status} ${res.text}`;
+  assert.equal(res.status, status, `expected ${status} ${code}: ${ctx}`);
+  assert.ok(res.json && typeof res.json.error === 'object', `no error object: ${ctx}`);
+  assert.equal(res.json.error.code, code, `error.code: ${ctx}`);
+  assert.equal(typeof res.json.error.message, 'string', `error.message: ${ctx}`);
+  assert.ok(res.json.error.message.length > 0, `empty error.message: ${ctx}`);
+}
+
+/** Polls fn() (sync or async) until it returns a truthy value; returns that value. */
+export async function waitUntil(fn, timeoutMs = 5000, what = 'condition', intervalMs = 25) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  let lastErr;
+  for (;;) {
+    try {
+      last = await fn();
+      lastErr = undefined;
+      if (last) return last;
+    } catch (err) {
+      lastErr = err;
+    }
+    if (Date.now() >= deadline) break;
+    await sleep(intervalMs);
+  }
+  const relays = [...liveRelays].map((r) => `relay :${r.port} stderr:\n${tail(r.stderrText, 2000)}`).join('\n');
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last value: ${
+    JSON.stringify(last)}${lastErr ? `; last error: ${lastErr.message}` : ''}\n${relays}`);
+}
+
+/**
+ * An HTTP receiver on 127.0.0.1:0 that records every request and answers as told.
+ *
+ * behavior: an action, an array of actions (request i gets actions[min(i, len-1)]) or a
+ * function (request, index) => action. An action is
+ *   {status = 200, body = 'ok', headers = {}, delayMs = 0, retryAfter, reset, hang}
+ * reset: destroy the socket without answering; hang: never answer.
+ * Each recorded request: {method, url, headers, body (Buffer), arrivedAt (ms, wall clock),
+ * arrivedMono (ms, monotonic), index}.
+ */
+export async function startReceiver({ behavior = {} } = {}) {
+  const requests = [];
+  const waiters = new Set();
+  let current = behavior;
+  let count = 0;
+  const secrets = [];
+
+  const pick = (req, i) => {
+    const b = current;
+    if (typeof b === 'function') return b(req, i) ?? {};
+    if (Array.isArray(b)) return b[Math.min(i, b.length - 1)] ?? {};
+    return b ?? {};
+  };
+
+  const server = http.createServer((req, res) => {
+    const arrivedAt = Date.now();
+    const arrivedMono = performance.now();
+    const index = count++;
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', async () => {
+      const rec = {
+        method: req.method,
+        url: req.url,
+        headers: req.headers,
+        body: Buffer.concat(chunks),
+        arrivedAt,
+        arrivedMono,
+        index,
+      };
+      requests.push(rec);
+      for (const w of [...waiters]) w();
+      const a = pick(rec, index);
+      if (a.delayMs) await sleep(a.delayMs);
+      if (a.reset) {
+        req.socket.destroy();
+        return;
+      }
+      if (a.hang) return; // keep the socket open until the relay gives up or close()
+      const headers = { 'content-type': 'text/plain', ...(a.headers ?? {}) };
+      if (a.retryAfter !== undefined) headers['retry-after'] = String(a.retryAfter);
+      try {
+        res.writeHead(a.status ?? 200, headers);
+        res.end(a.body ?? 'ok');
+      } catch { /* the relay went away */ }
+    });
+  });
+  server.on('clientError', (_err, socket) => socket.destroy());
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, HOST, resolve);
+  });
+  const { port } = server.address();
+  const receiver = {
+    url: `http://${HOST}:${port}`,
+    port,
+    requests,
+    secrets, // secrets every recorded request must verify with (checked by cleanup())
+    setBehavior(b) { current = b; },
+    /** Resolves with the requests once at least n have arrived; rejects after timeoutMs. */
+    waitFor(n, timeoutMs = 5000) {
+      if (requests.length >= n) return Promise.resolve(requests);
+      return new Promise((resolve, reject) => {
+        const check = () => {
+          if (requests.length >= n) {
+            clearTimeout(timer);
+            waiters.delete(check);
+            resolve(requests);
+          }
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          const relays = [...liveRelays].map((r) => `relay :${r.port} stderr:\n${tail(r.stderrText, 2000)}`).join('\n');
+          reject(new Error(`receiver ${port}: expected ${n} request(s) within ${timeoutMs} ms, got ${requests.length}\n${relays}`));
+        }, timeoutMs);
+        waiters.add(check);
+      });
+    },
+    /** Drops every open connection (e.g. hanging ones) without closing the listener. */
+    dropConnections() { server.closeAllConnections(); },
+    async close() {
+      liveReceivers.delete(receiver);
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+  liveReceivers.add(receiver);
+  return receiver;
+}
+
+/** Verifies one recorded request with the Standard Webhooks library; returns the envelope. */
+export function verifySigned(req, secret) {
+  const wh = new Webhook(secret);
+  return wh.verify(req.body, {
+    'webhook-id': req.headers['webhook-id'],
+    'webhook-timestamp': req.headers['webhook-timestamp'],
+    'webhook-signature': req.headers['webhook-signature'],
+  });
+}
+
+/** Creates a subscription for `receiver` (201 expected) and remembers its secret so
+ * cleanup() verifies the signature of every request the receiver got. */
+export async function createSub(relay, receiver, body = {}) {
+  const res = await api(relay, 'POST', '/v1/subscriptions', {
+    url: receiver ? receiver.url + '/hook' : undefined,
+    event_types: ['#'],
+    ...body,
+  });
+  assert.equal(res.status, 201, `create subscription: ${res.status} ${res.text}`);
+  assert.match(res.json.secret ?? '', /^whsec_[A-Za-z0-9+/]+={0,2}$/, `secret: ${res.text}`);
+  if (receiver) receiver.secrets.push(res.json.secret);
+  return res.json;
+}
+
+/** POST /v1/events expecting 202; returns {id, deliveries}. */
+export async function postEvent(relay, body, headers = {}) {
+  const res = await api(relay, 'POST', '/v1/events', body, headers);
+  assert.equal(res.status, 202, `POST /v1/events ${JSON.stringify(body)}: ${res.status} ${res.text}`);
+  assert.match(res.json.id, /^evt_[0-9A-Za-z]{26}$/, `event id: ${res.text}`);
+  assert.equal(typeof res.json.deliveries, 'number');
+  return res.json;
+}
+
+/** GET /v1/events/{id} -> its deliveries (200 expected). */
+export async function eventDeliveries(relay, eventId) {
+  const res = await api(relay, 'GET', `/v1/events/${eventId}`);
+  assert.equal(res.status, 200, `GET /v1/events/${eventId}: ${res.status} ${res.text}`);
+  assert.ok(Array.isArray(res.json.deliveries), `deliveries array: ${res.text}`);
+  return res.json.deliveries;
+}
+
+/** GET /v1/deliveries/{id} (200 expected). */
+export async function getDelivery(relay, id) {
+  const res = await api(relay, 'GET', `/v1/deliveries/${id}`);
+  assert.equal(res.status, 200, `GET /v1/deliveries/${id}: ${res.status} ${res.text}`);
+  return res.json;
+}
+
+/** Waits until delivery `id` reaches `status`; returns the delivery with its attempts. */
+export async function waitDelivery(relay, id, status, timeoutMs = 8000) {
+  return waitUntil(async () => {
+    const d = await getDelivery(relay, id);
+    return d.status === status ? d : false;
+  }, timeoutMs, `delivery ${id} to be ${status}`, 50);
+}
+
+/** Follows `next` cursors through a list route; returns every item in order. */
+export async function listAll(relay, urlPath, limit = 1000) {
+  const items = [];
+  const sep = urlPath.includes('?') ? '&' : '?';
+  let url = `${urlPath}${sep}limit=${limit}`;
+  for (let page = 0; page < 1000; page++) {
+    const res = await api(relay, 'GET', url);
+    assert.equal(res.status, 200, `GET ${url}: ${res.status} ${res.text}`);
+    assert.ok(Array.isArray(res.json.data), `list shape: ${res.text}`);
+    items.push(...res.json.data);
+    if (res.json.next === null) return items;
+    assert.equal(typeof res.json.next, 'string', `next: ${res.text}`);
+    url = `${urlPath}${sep}limit=${limit}&after=${encodeURIComponent(res.json.next)}`;
+  }
+  throw new Error(`pagination of ${urlPath} did not end`);
+}
+
+/** Waits a little to be sure nothing more arrives at a receiver. */
+export async function assertNoMore(receiver, count, quietMs = 700) {
+  await sleep(quietMs);
+  assert.equal(receiver.requests.length, count,
+    `receiver ${receiver.port} got ${receiver.requests.length} request(s), expected ${count}: ${
+      receiver.requests.map((r) => r.body.toString()).join(' | ')}`);
+}
+
+/**
+ * Tears down everything the test started: receivers are closed; relays still running are
+ * stopped with SIGTERM and must exit 0; no relay may have a sanitizer report; every
+ * request a receiver got must verify with one of the secrets registered on it.
+ */
+export async function cleanup() {
+  const errors = [];
+  for (const rcv of [...liveReceivers]) {
+    if (rcv.secrets.length) {
+      for (const req of rcv.requests) {
+        const ok = rcv.secrets.some((s) => {
+          try { verifySigned(req, s); return true; } catch { return false; }
+        });
+        if (!ok) errors.push(new Error(`request #${req.index} to receiver ${rcv.port} does not verify with any subscription secret: headers ${JSON.stringify(req.headers)}`));
+      }
+    }
+    try { await rcv.close(); } catch (e) { errors.push(e); }
+  }
+  for (const relay of [...liveRelays]) {
+    try { await relay.stop(); } catch (e) { errors.push(e); }
+  }
+  if (errors.length) throw errors[0];
+}
+
+/**
+ * Wraps a test body so a failure message carries the tail of the stderr of every relay
+ * started during the test.
+ */
+export function withLogs(fn) {
+  return async (t) => {
+    const first = allRelays.length;
+    try {
+      await fn(t);
+    } catch (err) {
+      const mine = allRelays.slice(first);
+      if (mine.length && err && typeof err.message === 'string') {
+        err.message += '\n' + mine.map((r) => `--- relay :${r.port} stderr (tail) ---\n${tail(r.stderrText, 3000)}`).join('\n');
+      }
+      throw err;
+    }
+  };
+}

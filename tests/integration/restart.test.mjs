@@ -1,0 +1,168 @@
+// restart.test.mjs - durability and lifecycle: kill -9 with deliveries in flight loses
+// nothing that got a 202, graceful SIGTERM/SIGINT exits 0, restarts on the same database.
+// Also the command line: --help, HOOKRELAY_* environment variables, --api-key.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
+  waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs,
+} from './harness.mjs';
+
+afterEach(cleanup);
+
+test('kill -9 with deliveries in flight: after restart every accepted event is delivered', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '30s'], retrySchedule: '200ms,200ms,200ms' });
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { event_types: ['crash.*'] });
+  const ids = [];
+  for (let i = 0; i < 10; i++) ids.push((await postEvent(relay, { type: 'crash.test', data: { i } })).id);
+  await r.waitFor(10, 5000); // all ten are in flight, hanging
+  await relay.kill9();
+  r.dropConnections();
+  r.setBehavior({ status: 200 });
+  const before = r.requests.length;
+
+  const again = await startRelay({ dbPath: relay.dbPath, args: ['--delivery-timeout', '30s'], retrySchedule: '200ms,200ms,200ms' });
+  await waitUntil(() => new Set(r.requests.slice(before).map((q) => q.headers['webhook-id'])).size === 10,
+    10_000, 'all ten events delivered after restart');
+  const redelivered = new Set(r.requests.slice(before).map((q) => q.headers['webhook-id']));
+  assert.deepEqual(redelivered, new Set(ids));
+  for (const q of r.requests.slice(before)) assert.equal(verifySigned(q, sub.secret).id, q.headers['webhook-id']);
+
+  const events = await listAll(again, '/v1/events');
+  assert.deepEqual(new Set(events.map((e) => e.id)), new Set(ids));
+  assert.equal(events.length, 10);
+  await waitUntil(async () => (await listAll(again, '/v1/deliveries?status=delivered')).length === 10,
+    5000, 'all ten deliveries marked delivered');
+  const subs = await api(again, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.equal(subs.status, 200, 'subscription survives the crash');
+}));
+
+test('kill -9 during a burst of publishes: every 202 survives the restart', withLogs(async () => {
+  const relay = await startRelay();
+  const acceptedIds = [];
+  let stop = false;
+  const worker = async (w) => {
+    for (let i = 0; !stop && i < 10_000; i++) {
+      try {
+        const res = await fetch(`${relay.url}/v1/events`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ type: 'burst.event', data: { w, i } }),
+          signal: AbortSignal.timeout(5000),
+        });
+        const text = await res.text();
+        if (res.status === 202) acceptedIds.push(JSON.parse(text).id);
+      } catch {
+        return; // the relay is gone: this request's outcome is unknown, which is fine
+      }
+    }
+  };
+  const workers = Array.from({ length: 8 }, (_, w) => worker(w));
+  await waitUntil(() => acceptedIds.length >= 60, 10_000, '60 events accepted');
+  await relay.kill9();
+  stop = true;
+  await Promise.all(workers);
+  assert.ok(acceptedIds.length >= 60);
+
+  const again = await startRelay({ dbPath: relay.dbPath });
+  const stored = new Set((await listAll(again, '/v1/events')).map((e) => e.id));
+  const lost = acceptedIds.filter((id) => !stored.has(id));
+  assert.deepEqual(lost, [], `${lost.length} of ${acceptedIds.length} accepted events lost by kill -9`);
+}));
+
+test('SIGTERM exits 0 promptly; restart on the same database keeps everything', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['life.*'] });
+  const e1 = await postEvent(relay, { type: 'life.one', data: { n: 1 } });
+  await r.waitFor(1);
+  const t0 = performance.now();
+  await relay.stop({ signal: 'SIGTERM', timeoutMs: 5000 });
+  assert.ok(performance.now() - t0 < 5000);
+
+  const again = await startRelay({ dbPath: relay.dbPath });
+  const got = await api(again, 'GET', `/v1/events/${e1.id}`);
+  assert.equal(got.status, 200);
+  assert.deepEqual(got.json.data, { n: 1 });
+  assert.equal(got.json.deliveries[0].status, 'delivered');
+  const e2 = await postEvent(again, { type: 'life.two' });
+  assert.equal(e2.deliveries, 1, 'subscriptions are loaded on start');
+  const q = (await r.waitFor(2))[1];
+  assert.equal(verifySigned(q, sub.secret).id, e2.id, 'same secret after restart');
+  // The first event is not delivered again after a clean stop.
+  await sleep(500);
+  assert.equal(r.requests.filter((x) => x.headers['webhook-id'] === e1.id).length, 1);
+  await again.stop({ signal: 'SIGINT', timeoutMs: 5000 });
+}));
+
+test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes after restart', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '60s'] });
+  const r = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'inflight.stop' });
+  await r.waitFor(1);
+  await relay.stop({ signal: 'SIGTERM', timeoutMs: 10_000 });
+  r.dropConnections();
+  r.setBehavior({ status: 200 });
+  const again = await startRelay({ dbPath: relay.dbPath });
+  await r.waitFor(2, 8000);
+  assert.equal(r.requests[1].headers['webhook-id'], ev.id);
+  const d = await waitUntil(async () => {
+    const ds = (await api(again, 'GET', `/v1/events/${ev.id}`)).json.deliveries;
+    return ds[0].status === 'delivered' ? ds[0] : false;
+  }, 5000, 'delivered after restart');
+  assert.ok(d.attempt_count >= 1);
+}));
+
+test('--help lists every flag', withLogs(async () => {
+  const res = spawnSync(relayBin(), ['--help'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(res.status, 0, `--help exit ${res.status}: ${res.stderr}`);
+  const out = res.stdout + res.stderr;
+  for (const flag of ['--listen', '--db', '--http-threads', '--max-body', '--delivery-timeout',
+    '--max-in-flight', '--max-per-host', '--retry-schedule', '--api-key', '--allow-private-targets']) {
+    assert.ok(out.includes(flag), `--help mentions ${flag}`);
+  }
+}));
+
+test('bad flags are refused at start with a non-zero exit', withLogs(async () => {
+  const db = path.join(tmpDir(), 'flags.db');
+  for (const args of [['--no-such-flag'], ['--retry-schedule', 'soon'], ['--max-body', 'lots'],
+    ['--delivery-timeout', '-5s'], ['--listen', 'nowhere']]) {
+    const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, ...args],
+      { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+    assert.ok(!res.error, `serve ${args.join(' ')} started anyway (${res.error?.code}); stdout: ${res.stdout}`);
+    assert.equal(res.signal, null, `serve ${args.join(' ')} crashed: ${res.stderr}`);
+    assert.notEqual(res.status, 0, `serve ${args.join(' ')} should fail`);
+    assert.ok(res.stderr.length > 0, `serve ${args.join(' ')} explains itself on stderr`);
+    assert.ok(!/AddressSanitizer|runtime error:/.test(res.stderr), res.stderr);
+  }
+}));
+
+test('HOOKRELAY_* environment variables configure the server like flags', withLogs(async () => {
+  const relay = await startRelay({ env: { HOOKRELAY_MAX_BODY: '4KiB', HOOKRELAY_API_KEY: 'env-key' } });
+  const auth = { authorization: 'Bearer env-key' };
+  const big = await api(relay, 'POST', '/v1/events', { type: 'env.big', data: 'x'.repeat(16 * 1024) }, auth);
+  assertError(big, 413, 'payload_too_large', 'HOOKRELAY_MAX_BODY=4KiB');
+  assertError(await api(relay, 'GET', '/v1/events'), 401, 'unauthorized', 'HOOKRELAY_API_KEY set, no key');
+}));
+
+test('--api-key: 401 without or with a wrong bearer, works with it; healthz needs none', withLogs(async () => {
+  const relay = await startRelay({ args: ['--api-key', 's3cret-key'] });
+  const good = { authorization: 'Bearer s3cret-key' };
+  assertError(await api(relay, 'GET', '/v1/events'), 401, 'unauthorized', 'no key');
+  assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer wrong' }), 401, 'unauthorized', 'wrong key');
+  assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 's3cret-key' }), 401, 'unauthorized', 'no Bearer');
+  assertError(await api(relay, 'POST', '/v1/events', { type: 'auth.x' }), 401, 'unauthorized', 'publish without key');
+  assertError(await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/', event_types: ['#'] }), 401, 'unauthorized', 'subscribe without key');
+  const h = await api(relay, 'GET', '/healthz');
+  assert.equal(h.status, 200);
+  const ev = await api(relay, 'POST', '/v1/events', { type: 'auth.ok' }, good);
+  assert.equal(ev.status, 202, ev.text);
+  const list = await api(relay, 'GET', '/v1/events', undefined, good);
+  assert.equal(list.status, 200);
+  assert.deepEqual(list.json.data.map((e) => e.id), [ev.json.id], 'only the authorised publish was stored');
+}));

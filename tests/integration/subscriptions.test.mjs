@@ -1,0 +1,266 @@
+// subscriptions.test.mjs - managing subscriptions (create, list, get, patch, delete,
+// rotate-secret) and reading the delivery log with its filters; healthz.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { Webhook } from 'standardwebhooks';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
+  assertError, waitUntil, eventDeliveries, getDelivery, waitDelivery, listAll, cleanup, withLogs,
+} from './harness.mjs';
+
+afterEach(cleanup);
+
+const SUB_KEYS = ['created_at', 'description', 'disabled_reason', 'enabled', 'event_types', 'headers',
+  'id', 'updated_at', 'url'];
+
+test('create returns the subscription and its secret; reads never show a secret', withLogs(async () => {
+  const relay = await startRelay();
+  const res = await api(relay, 'POST', '/v1/subscriptions', {
+    url: 'http://127.0.0.1:9/hook', event_types: ['order.*', 'invoice.#'], description: 'billing',
+    headers: { 'X-Api-Key': 'abc' },
+  });
+  assert.equal(res.status, 201, res.text);
+  const sub = res.json;
+  assert.deepEqual(Object.keys(sub).sort(), [...SUB_KEYS, 'secret'].sort());
+  assert.match(sub.id, /^sub_\d+$/);
+  assert.equal(sub.url, 'http://127.0.0.1:9/hook');
+  assert.deepEqual(sub.event_types, ['order.*', 'invoice.#']);
+  assert.equal(sub.description, 'billing');
+  assert.deepEqual(sub.headers, { 'X-Api-Key': 'abc' });
+  assert.equal(sub.enabled, true);
+  assert.equal(sub.disabled_reason, null);
+  assert.match(sub.created_at, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+  assert.match(sub.secret, /^whsec_[A-Za-z0-9+/]+={0,2}$/);
+  const keyLen = Buffer.from(sub.secret.slice(6), 'base64').length;
+  assert.ok(keyLen >= 24 && keyLen <= 64, `secret key is ${keyLen} bytes`);
+
+  const own = 'whsec_' + Buffer.alloc(32, 9).toString('base64');
+  const mine = await api(relay, 'POST', '/v1/subscriptions', { url: 'https://127.0.0.1:9/x', event_types: ['#'], secret: own, enabled: false });
+  assert.equal(mine.status, 201, mine.text);
+  assert.equal(mine.json.secret, own, 'a given secret is kept');
+  assert.equal(mine.json.enabled, false);
+  assert.notEqual(mine.json.id, sub.id);
+  const other = await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/y', event_types: ['#'] });
+  assert.notEqual(other.json.secret, sub.secret, 'generated secrets differ');
+
+  const list = await api(relay, 'GET', '/v1/subscriptions');
+  assert.equal(list.status, 200);
+  assert.equal(list.json.data.length, 3);
+  assert.equal(list.json.next, null);
+  const one = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.equal(one.status, 200);
+  assert.deepEqual(Object.keys(one.json).sort(), SUB_KEYS);
+  assert.equal(one.json.description, 'billing');
+  for (const r of [list, one]) {
+    assert.ok(!r.text.includes('"secret"'), `secret key in ${r.text}`);
+    assert.ok(!r.text.includes(sub.secret.slice(6)), 'secret value leaked');
+    assert.ok(!r.text.includes(own.slice(6)), 'secret value leaked');
+  }
+  const page = await api(relay, 'GET', '/v1/subscriptions?limit=2');
+  assert.equal(page.json.data.length, 2);
+  assert.equal(typeof page.json.next, 'string');
+  const all = await listAll(relay, '/v1/subscriptions', 1);
+  assert.deepEqual(new Set(all.map((s) => s.id)), new Set([sub.id, mine.json.id, other.json.id]));
+  assert.equal(all.length, 3);
+}));
+
+test('PATCH: disabling stops new deliveries, re-enabling resumes them; other fields update', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['ord.*'] });
+  const e1 = await postEvent(relay, { type: 'ord.one' });
+  assert.equal(e1.deliveries, 1);
+  await r.waitFor(1);
+
+  const off = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: false });
+  assert.equal(off.status, 200, off.text);
+  assert.equal(off.json.enabled, false);
+  assert.ok(!off.text.includes('"secret"'));
+  const e2 = await postEvent(relay, { type: 'ord.two' });
+  assert.equal(e2.deliveries, 0);
+  await assertNoMore(r, 1, 600);
+
+  const on = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+  assert.equal(on.status, 200);
+  assert.equal(on.json.enabled, true);
+  const e3 = await postEvent(relay, { type: 'ord.three' });
+  assert.equal(e3.deliveries, 1);
+  await r.waitFor(2);
+  assert.equal(r.requests[1].headers['webhook-id'], e3.id);
+
+  // Change patterns, URL, headers and description in one go.
+  const r2 = await startReceiver();
+  r2.secrets.push(sub.secret);
+  const ch = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, {
+    url: r2.url + '/moved', event_types: ['inv.#'], headers: { 'X-New': 'yes' }, description: 'moved',
+  });
+  assert.equal(ch.status, 200, ch.text);
+  assert.equal(ch.json.url, r2.url + '/moved');
+  assert.deepEqual(ch.json.event_types, ['inv.#']);
+  assert.deepEqual(ch.json.headers, { 'X-New': 'yes' });
+  assert.equal(ch.json.description, 'moved');
+  assert.ok(Date.parse(ch.json.updated_at) >= Date.parse(ch.json.created_at));
+  assert.equal((await postEvent(relay, { type: 'ord.four' })).deliveries, 0, 'old pattern no longer matches');
+  const e5 = await postEvent(relay, { type: 'inv.paid.late' });
+  assert.equal(e5.deliveries, 1);
+  const [q] = await r2.waitFor(1);
+  assert.equal(q.url, '/moved');
+  assert.equal(q.headers['x-new'], 'yes');
+  assert.equal(verifySigned(q, sub.secret).id, e5.id, 'secret unchanged by PATCH');
+  await assertNoMore(r, 2, 300);
+
+  const got = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.deepEqual(got.json.event_types, ['inv.#']);
+  const bad = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { event_types: [] });
+  assertError(bad, 422, 'invalid_field', 'empty event_types');
+  const bad2 = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: 'ftp://127.0.0.1/' });
+  assertError(bad2, 422, 'invalid_field', 'PATCH bad url');
+  const after = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.equal(after.json.url, r2.url + '/moved', 'rejected PATCH changed nothing');
+}));
+
+test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  // 503 + Retry-After: 3600 keeps the first delivery pending for an hour.
+  const r = await startReceiver({ behavior: { status: 503, retryAfter: 3600 } });
+  const sub = await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'del.me' });
+  await r.waitFor(1);
+  const id = (await eventDeliveries(relay, ev.id))[0].id;
+  await waitUntil(async () => (await getDelivery(relay, id)).attempt_count === 1, 5000, 'attempt logged');
+  assert.equal((await getDelivery(relay, id)).status, 'pending');
+
+  const del = await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`);
+  assert.equal(del.status, 204, del.text);
+  assert.equal(del.text, '');
+  assertError(await api(relay, 'GET', `/v1/subscriptions/${sub.id}`), 404, 'not_found', 'GET deleted');
+  assertError(await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`), 404, 'not_found', 'DELETE twice');
+  assertError(await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true }), 404, 'not_found', 'PATCH deleted');
+  assert.equal((await postEvent(relay, { type: 'del.after' })).deliveries, 0);
+  const d = await waitDelivery(relay, id, 'failed', 3000);
+  assert.equal(d.next_attempt_at, null);
+  const list = await api(relay, 'GET', '/v1/subscriptions');
+  assert.deepEqual(list.json.data, []);
+  // The delivery log keeps the history.
+  const ev2 = await api(relay, 'GET', `/v1/events/${ev.id}`);
+  assert.equal(ev2.status, 200);
+  await assertNoMore(r, 1, 300);
+}));
+
+test('rotate-secret with grace: deliveries carry new and old signatures, both verify', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['rot.*'] });
+  const old = sub.secret;
+  const e1 = await postEvent(relay, { type: 'rot.before' });
+  const [q1] = await r.waitFor(1);
+  assert.equal(q1.headers['webhook-signature'].split(' ').length, 1);
+
+  const rot = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 3600 });
+  assert.equal(rot.status, 200, rot.text);
+  assert.equal(rot.json.id, sub.id);
+  assert.match(rot.json.secret, /^whsec_[A-Za-z0-9+/]+={0,2}$/);
+  assert.notEqual(rot.json.secret, old);
+  r.secrets.push(rot.json.secret);
+  const got = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.ok(!got.text.includes('"secret"'));
+
+  const e2 = await postEvent(relay, { type: 'rot.after', data: { x: 1 } });
+  const reqs = await r.waitFor(2);
+  const q2 = reqs[1];
+  assert.equal(q2.headers['webhook-id'], e2.id);
+  const sigs = q2.headers['webhook-signature'].split(' ');
+  assert.equal(sigs.length, 2, `two signatures in grace: ${q2.headers['webhook-signature']}`);
+  assert.equal(verifySigned(q2, rot.json.secret).id, e2.id, 'verifies with the new secret');
+  assert.equal(verifySigned(q2, old).id, e2.id, 'verifies with the old secret');
+  const ts = new Date(Number(q2.headers['webhook-timestamp']) * 1000);
+  assert.equal(sigs[0], new Webhook(rot.json.secret).sign(e2.id, ts, q2.body), 'new signature first');
+  assert.equal(sigs[1], new Webhook(old).sign(e2.id, ts, q2.body), 'old signature second');
+  assert.throws(() => verifySigned(q2, 'whsec_' + Buffer.alloc(32, 1).toString('base64')));
+  assert.ok(e1.id);
+
+  // Rotating with no grace and a chosen secret: only the new one signs.
+  const mine = 'whsec_' + Buffer.alloc(40, 3).toString('base64');
+  const rot2 = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 0, secret: mine });
+  assert.equal(rot2.status, 200, rot2.text);
+  assert.equal(rot2.json.secret, mine);
+  r.secrets.push(mine);
+  const e3 = await postEvent(relay, { type: 'rot.nograce' });
+  const q3 = (await r.waitFor(3))[2];
+  assert.equal(q3.headers['webhook-id'], e3.id);
+  assert.equal(verifySigned(q3, mine).id, e3.id);
+  assert.throws(() => verifySigned(q3, rot.json.secret), 'previous secret no longer signs');
+  // (Whether `old`, still inside its own 1 h grace, keeps signing after a second rotation
+  // is not pinned by the docs, so it is not asserted.)
+
+  const badSecret = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: 'not-a-secret' });
+  assertError(badSecret, 422, 'invalid_field', 'rotate with a malformed secret');
+  const badGrace = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: -5 });
+  assertError(badGrace, 422, 'invalid_field', 'negative grace');
+}));
+
+test('delivery log: filters by subscription, event and status', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const ok = await startReceiver();
+  const bad = await startReceiver({ behavior: { status: 500 } });
+  const later = await startReceiver({ behavior: { status: 503, retryAfter: 3600 } });
+  const sOk = await createSub(relay, ok, { event_types: ['f.*'] });
+  const sBad = await createSub(relay, bad, { event_types: ['f.*'] });
+  const sLater = await createSub(relay, later, { event_types: ['f.b'] });
+  const ea = await postEvent(relay, { type: 'f.a' });
+  const eb = await postEvent(relay, { type: 'f.b' });
+  assert.equal(ea.deliveries, 2);
+  assert.equal(eb.deliveries, 3);
+  await ok.waitFor(2);
+  await later.waitFor(1);
+  await waitUntil(async () => {
+    const f = await listAll(relay, '/v1/deliveries?status=failed');
+    return f.length === 2;
+  }, 6000, 'both deliveries to the 500 receiver failed');
+  await waitUntil(async () => {
+    const dl = await api(relay, 'GET', `/v1/deliveries?subscription=${sLater.id}`);
+    return dl.json.data[0]?.attempt_count === 1;
+  }, 5000, 'the 503 attempt logged');
+
+  const all = await listAll(relay, '/v1/deliveries');
+  assert.equal(all.length, 5);
+  const bySub = await listAll(relay, `/v1/deliveries?subscription=${sOk.id}`);
+  assert.equal(bySub.length, 2);
+  assert.ok(bySub.every((d) => d.subscription_id === sOk.id && d.status === 'delivered'));
+  const byEvent = await listAll(relay, `/v1/deliveries?event=${eb.id}`);
+  assert.deepEqual(new Set(byEvent.map((d) => d.subscription_id)), new Set([sOk.id, sBad.id, sLater.id]));
+  assert.ok(byEvent.every((d) => d.event_id === eb.id));
+  const delivered = await listAll(relay, '/v1/deliveries?status=delivered');
+  assert.deepEqual(new Set(delivered.map((d) => d.subscription_id)), new Set([sOk.id]));
+  const failed = await listAll(relay, '/v1/deliveries?status=failed');
+  assert.ok(failed.every((d) => d.subscription_id === sBad.id && d.next_attempt_at === null));
+  const pending = await listAll(relay, '/v1/deliveries?status=pending');
+  assert.equal(pending.length, 1);
+  assert.equal(pending[0].subscription_id, sLater.id);
+  assert.equal(pending[0].last_http_status, 503);
+  assert.ok(pending[0].next_attempt_at);
+  const combo = await listAll(relay, `/v1/deliveries?event=${ea.id}&status=failed&subscription=${sBad.id}`);
+  assert.equal(combo.length, 1);
+  assert.equal(combo[0].event_id, ea.id);
+  const none = await api(relay, 'GET', `/v1/deliveries?subscription=${sLater.id}&event=${ea.id}`);
+  assert.deepEqual(none.json, { data: [], next: null });
+  const paged = await listAll(relay, '/v1/deliveries', 2);
+  assert.deepEqual(paged.map((d) => d.id), all.map((d) => d.id), 'pagination matches the full list');
+  assert.equal(new Set(paged.map((d) => d.id)).size, 5);
+  assertError(await api(relay, 'GET', '/v1/deliveries?status=bogus'), 422, 'invalid_field', 'status=bogus');
+
+  const d = await getDelivery(relay, bySub[0].id);
+  for (const k of ['id', 'event_id', 'subscription_id', 'event_type', 'status', 'attempt_count',
+    'next_attempt_at', 'last_http_status', 'last_error', 'created_at', 'updated_at', 'attempts']) {
+    assert.ok(k in d, `delivery has ${k}: ${JSON.stringify(d)}`);
+  }
+  assert.equal(d.attempts.length, 1);
+}));
+
+test('healthz answers 200 ok', withLogs(async () => {
+  const relay = await startRelay();
+  const res = await api(relay, 'GET', '/healthz');
+  assert.equal(res.status, 200);
+  assert.deepEqual(res.json, { status: 'ok' });
+}));
