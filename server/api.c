@@ -1,0 +1,267 @@
+/*
+ * api.c - what the routes share: authorization, JSON body parsing, list queries,
+ * replies for store results, and suspended writes (api_write).
+ *
+ * An api_write lives from the handler that creates it until its continuation replied;
+ * the writer thread touches it only between store_submit and done().
+ */
+#include "api.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+struct api {
+	struct store *store;
+	char **admin_keys;   /* NULL-terminated copies */
+	char **publish_keys;
+	int allow_private_targets;
+};
+
+static char **copy_keys(const char *const *keys)
+{
+	size_t n = 0;
+	while (keys && keys[n])
+		n++;
+	char **out = calloc(n + 1, sizeof(*out));
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		out[i] = strdup(keys[i]);
+		if (!out[i]) {
+			for (size_t j = 0; j < i; j++)
+				free(out[j]);
+			free(out);
+			return NULL;
+		}
+	}
+	return out;
+}
+
+static void free_keys(char **keys)
+{
+	for (size_t i = 0; keys && keys[i]; i++) {
+		OPENSSL_cleanse(keys[i], strlen(keys[i]));
+		free(keys[i]);
+	}
+	free(keys);
+}
+
+struct api *api_new(struct store *store, const struct api_options *opts)
+{
+	struct api *api = calloc(1, sizeof(*api));
+	if (!api)
+		return NULL;
+	api->store = store;
+	api->allow_private_targets = opts->allow_private_targets;
+	api->admin_keys = copy_keys(opts->admin_keys);
+	api->publish_keys = copy_keys(opts->publish_keys);
+	if (!api->admin_keys || !api->publish_keys) {
+		api_free(api);
+		return NULL;
+	}
+	return api;
+}
+
+void api_free(struct api *api)
+{
+	if (!api)
+		return;
+	free_keys(api->admin_keys);
+	free_keys(api->publish_keys);
+	free(api);
+}
+
+struct store *api_store(const struct api *api)
+{
+	return api->store;
+}
+
+int api_allow_private_targets(const struct api *api)
+{
+	return api->allow_private_targets;
+}
+
+/* Compares digests, not the keys, so neither length nor content leaks through timing. */
+static int key_in(char **keys, const char *given)
+{
+	unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+	int found = 0;
+
+	SHA256((const unsigned char *)given, strlen(given), got);
+	for (size_t i = 0; keys[i]; i++) {
+		SHA256((const unsigned char *)keys[i], strlen(keys[i]), want);
+		found |= CRYPTO_memcmp(want, got, sizeof(got)) == 0;
+	}
+	return found;
+}
+
+int api_authorize(struct api *api, struct http_request *req, api_handler handler)
+{
+	const char *auth, *given;
+
+	if (handler == api_healthz || (!api->admin_keys[0] && !api->publish_keys[0]))
+		return 0;
+	auth = http_header(req, "Authorization");
+	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) {
+		http_add_header(req, "WWW-Authenticate", "Bearer");
+		http_reply_error(req, 401, "unauthorized",
+		                 "send an API key as 'Authorization: Bearer <key>'");
+		return -1;
+	}
+	given = auth + 7;
+	if (key_in(api->admin_keys, given))
+		return 0;
+	if (key_in(api->publish_keys, given)) {
+		if (handler == api_events_create || handler == api_events_batch)
+			return 0;
+		http_reply_error(req, 403, "forbidden", "this key may only publish events");
+		return -1;
+	}
+	http_add_header(req, "WWW-Authenticate", "Bearer");
+	http_reply_error(req, 401, "unauthorized", "the API key is not valid");
+	return -1;
+}
+
+json_t *api_parse_body(struct http_request *req)
+{
+	json_error_t error;
+	size_t len;
+	const char *body = http_body(req, &len);
+	json_t *v;
+
+	if (len == 0) {
+		http_reply_error(req, 400, "malformed_json", "the request body is empty; send JSON");
+		return NULL;
+	}
+	v = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &error);
+	if (!v)
+		http_reply_error(req, 400, "malformed_json", "invalid JSON at line %d, column %d: %s",
+		                 error.line, error.column, error.text);
+	return v;
+}
+
+int api_list_query(struct http_request *req, struct store_list_query *q)
+{
+	const char *limit = http_query(req, "limit");
+	const char *after = http_query(req, "after");
+	int64_t v;
+
+	memset(q, 0, sizeof(*q));
+	q->status = -1;
+	q->limit = 50;
+	if (limit) {
+		if (util_parse_int(limit, 1, 1000, &v) != 0) {
+			http_reply_error(req, 422, "invalid_field", "limit must be an integer from 1 to 1000");
+			return -1;
+		}
+		q->limit = (int)v;
+	}
+	if (after) {
+		if (util_parse_int(after, 1, INT64_MAX, &v) != 0) {
+			http_reply_error(req, 422, "invalid_field",
+			                 "after must be a cursor from a previous page's 'next'");
+			return -1;
+		}
+		q->after = v;
+	}
+	return 0;
+}
+
+void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what)
+{
+	switch (rc) {
+	case STORE_OK:
+		http_reply_json(req, 200, result);
+		return;
+	case STORE_NOTFOUND:
+		http_reply_error(req, 404, "not_found", "no %s with that id", what);
+		return;
+	default:
+		http_add_header(req, "Retry-After", "1");
+		http_reply_error(req, 503, "storage_unavailable", "the store did not answer; try again");
+		return;
+	}
+}
+
+/* ---------- suspended writes ---------- */
+
+struct api_write *api_write_new(struct http_request *req, enum store_call_kind kind)
+{
+	struct api_write *w = calloc(1, sizeof(*w));
+	if (!w) {
+		http_reply_error(req, 503, "overloaded", "out of memory");
+		return NULL;
+	}
+	w->req = req;
+	w->call.kind = kind;
+	w->what = "resource";
+	return w;
+}
+
+static void api_write_free(struct api_write *w)
+{
+	if (w->cleanup)
+		w->cleanup(w);
+	json_decref(w->call.result);
+	json_decref(w->body);
+	free(w);
+}
+
+/* The writer thread: the commit is done; wake the connection. */
+static void write_done(struct store_call *call)
+{
+	struct api_write *w = call->arg;
+	http_resume(w->req);
+}
+
+/* An MHD thread, after resume: reply and free. */
+static void write_then(struct http_request *req, void *arg)
+{
+	struct api_write *w = arg;
+
+	switch (w->call.rc) {
+	case STORE_OK:
+		w->reply(req, w);
+		break;
+	case STORE_NOTFOUND:
+		http_reply_error(req, 404, "not_found", "no %s with that id", w->what);
+		break;
+	case STORE_CONFLICT:
+		http_reply_error(req, 409, "conflict", "%s", w->call.why);
+		break;
+	case STORE_OVERLOADED:
+		http_add_header(req, "Retry-After", "1");
+		http_reply_error(req, 503, "overloaded", "too many writes queued; retry shortly");
+		break;
+	case STORE_ERR:
+		http_add_header(req, "Retry-After", "5");
+		http_reply_error(req, 503, "storage_unavailable", "%s",
+		                 w->call.why[0] ? w->call.why : "the store failed; nothing was kept");
+		break;
+	}
+	api_write_free(w);
+}
+
+void api_write_submit(struct api *api, struct api_write *w)
+{
+	w->call.done = write_done;
+	w->call.arg = w;
+	http_await(w->req, write_then, w);
+	if (store_submit(api->store, &w->call) != 0) {
+		w->call.rc = STORE_OVERLOADED;
+		http_resume(w->req);
+	}
+}
+
+void api_healthz(struct api *api, struct http_request *req)
+{
+	if (store_health(api->store) == STORE_OK) {
+		http_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+		return;
+	}
+	http_reply_error(req, 503, "storage_unavailable", "the store does not answer");
+}

@@ -1,0 +1,84 @@
+/*
+ * api.h - the v1 routes (docs/api.md): one api_*.c per resource, plus what they share
+ * in api.c (body parsing, list queries, store errors, auth, suspended writes).
+ *
+ * Threads: handlers run on MHD pool threads; struct api is immutable after api_new.
+ */
+#ifndef HOOKRELAY_API_H
+#define HOOKRELAY_API_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "http.h"
+#include "store.h"
+
+struct api;
+
+struct api_options {
+	const char *const *admin_keys;   /* bearer keys with full access; NULL-terminated or NULL */
+	const char *const *publish_keys; /* bearer keys that may only publish events */
+	int allow_private_targets;       /* subscriptions may point at private/loopback hosts */
+};
+
+struct api *api_new(struct store *store, const struct api_options *opts); /* NULL on OOM */
+void api_free(struct api *api);                                            /* accepts NULL */
+
+typedef void (*api_handler)(struct api *api, struct http_request *req);
+
+/* Checks the Authorization header for the route; returns 0 if allowed, else replies
+ * 401/403 and returns -1. */
+int api_authorize(struct api *api, struct http_request *req, api_handler handler);
+
+void api_healthz(struct api *api, struct http_request *req);
+void api_events_create(struct api *api, struct http_request *req);
+void api_events_batch(struct api *api, struct http_request *req);
+void api_events_list(struct api *api, struct http_request *req);
+void api_events_get(struct api *api, struct http_request *req);
+void api_subscriptions_create(struct api *api, struct http_request *req);
+void api_subscriptions_list(struct api *api, struct http_request *req);
+void api_subscriptions_get(struct api *api, struct http_request *req);
+void api_subscriptions_update(struct api *api, struct http_request *req);
+void api_subscriptions_delete(struct api *api, struct http_request *req);
+void api_subscriptions_rotate(struct api *api, struct http_request *req);
+void api_deliveries_list(struct api *api, struct http_request *req);
+void api_deliveries_get(struct api *api, struct http_request *req);
+void api_deliveries_retry(struct api *api, struct http_request *req);
+
+/* ---- shared by the api_*.c files ---- */
+
+struct store *api_store(const struct api *api);
+int api_allow_private_targets(const struct api *api);
+
+/* Parses the request body as JSON. On failure replies 400 malformed_json (with line and
+ * column) and returns NULL. Returns a new reference. */
+json_t *api_parse_body(struct http_request *req);
+
+/* Fills limit/after from the query string; replies 422 and returns -1 when out of range. */
+int api_list_query(struct http_request *req, struct store_list_query *q);
+
+/* Replies for a read's store_rc: 404 naming `what`, or 503. For STORE_OK replies 200. */
+void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);
+
+/*
+ * A write waiting on the writer. The handler fills call (kind, inputs), sets reply, and
+ * calls api_write_submit. `reply` runs on an MHD thread after the commit and must reply
+ * for STORE_OK; for other rcs api_write_submit's continuation replies (404/409/503)
+ * before reply is called. cleanup (may be NULL) frees the handler's inputs; the struct
+ * itself is freed by api.c.
+ */
+struct api_write {
+	struct store_call call;
+	struct http_request *req;
+	void (*reply)(struct http_request *req, struct api_write *w);
+	void (*cleanup)(struct api_write *w);
+	json_t *body;      /* the parsed request, kept while the write borrows from it */
+	void *owned;       /* handler-specific data freed by cleanup */
+	const char *what;  /* noun for a 404 message, e.g. "subscription" */
+};
+struct api_write *api_write_new(struct http_request *req, enum store_call_kind kind);
+/* Suspends req and queues the call; replies 503 overloaded at once if the writer queue
+ * is full. Takes ownership of w in every case. */
+void api_write_submit(struct api *api, struct api_write *w);
+
+#endif

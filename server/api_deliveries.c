@@ -1,0 +1,80 @@
+/*
+ * api_deliveries.c - the delivery log: GET /v1/deliveries[/{id}] and the manual retry.
+ */
+#include <string.h>
+
+#include "api.h"
+#include "util.h"
+
+static int parse_status(const char *text)
+{
+	static const char *const names[] = {"pending", "delivered", "failed"};
+	for (int i = 0; i < 3; i++) {
+		if (strcmp(text, names[i]) == 0)
+			return i;
+	}
+	return -1;
+}
+
+void api_deliveries_list(struct api *api, struct http_request *req)
+{
+	struct store_list_query q;
+	const char *status;
+	json_t *out = NULL;
+
+	if (api_list_query(req, &q) != 0)
+		return;
+	q.subscription = http_query(req, "subscription");
+	q.event = http_query(req, "event");
+	status = http_query(req, "status");
+	if (status) {
+		q.status = parse_status(status);
+		if (q.status < 0) {
+			http_reply_error(req, 422, "invalid_field",
+			                 "status must be pending, delivered or failed");
+			return;
+		}
+	}
+	enum store_rc rc = store_deliveries_list(api_store(api), &q, &out);
+	api_reply_read(req, rc, out, "delivery");
+}
+
+static int path_id(struct http_request *req, int64_t *id)
+{
+	if (util_parse_id("dlv_", http_path_param(req), id) != 0) {
+		http_reply_error(req, 404, "not_found", "no delivery with that id");
+		return -1;
+	}
+	return 0;
+}
+
+void api_deliveries_get(struct api *api, struct http_request *req)
+{
+	json_t *out = NULL;
+	int64_t id;
+	if (path_id(req, &id) != 0)
+		return;
+	enum store_rc rc = store_delivery_get(api_store(api), id, &out);
+	api_reply_read(req, rc, out, "delivery");
+}
+
+static void reply_accepted(struct http_request *req, struct api_write *w)
+{
+	http_reply_json(req, 202, json_incref(w->call.result));
+}
+
+void api_deliveries_retry(struct api *api, struct http_request *req)
+{
+	struct api_write *w;
+	int64_t id;
+
+	if (path_id(req, &id) != 0)
+		return;
+	w = api_write_new(req, STORE_DELIVERY_RETRY);
+	if (!w)
+		return;
+	w->call.id = id;
+	w->what = "delivery";
+	w->reply = reply_accepted;
+	api_write_submit(api, w);
+}

@@ -1,0 +1,372 @@
+/*
+ * api_subscriptions.c - /v1/subscriptions routes: validation of url, patterns, custom
+ * headers and secrets; create, read, update, delete, rotate-secret.
+ *
+ * Secrets are returned only by create and rotate-secret, never by reads.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api.h"
+#include "matcher.h"
+#include "sign.h"
+#include "target.h"
+#include "util.h"
+
+#define PATTERNS_MAX 64          /* patterns per subscription */
+#define HEADERS_MAX 32           /* custom headers per subscription */
+#define HEADER_NAME_MAX 256      /* bytes */
+#define HEADER_VALUE_MAX 4096    /* bytes */
+#define DESCRIPTION_MAX 1024     /* bytes */
+#define GRACE_MAX_SECONDS (30 * 86400)
+#define GRACE_DEFAULT_SECONDS 86400
+
+/* Headers a subscription may not set: ours, or ones that would break the request. */
+static const char *const reserved_headers[] = {
+	"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
+	"host", "user-agent", "transfer-encoding", "connection", "expect", NULL,
+};
+
+static int is_token_char(unsigned char c)
+{
+	return isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int check_headers(json_t *headers, char *why, size_t whylen)
+{
+	const char *name;
+	json_t *value;
+
+	if (json_is_null(headers))
+		return 0;
+	if (!json_is_object(headers)) {
+		snprintf(why, whylen, "headers must be an object of header names to string values");
+		return -1;
+	}
+	if (json_object_size(headers) > HEADERS_MAX) {
+		snprintf(why, whylen, "headers: at most %d custom headers", HEADERS_MAX);
+		return -1;
+	}
+	json_object_foreach(headers, name, value)
+	{
+		size_t nlen = strlen(name);
+		if (nlen == 0 || nlen > HEADER_NAME_MAX) {
+			snprintf(why, whylen, "headers: a name must be 1 to %d bytes", HEADER_NAME_MAX);
+			return -1;
+		}
+		for (size_t i = 0; i < nlen; i++) {
+			if (!is_token_char((unsigned char)name[i])) {
+				snprintf(why, whylen, "headers: '%.64s' is not a valid header name", name);
+				return -1;
+			}
+		}
+		for (size_t i = 0; reserved_headers[i]; i++) {
+			if (strcasecmp(name, reserved_headers[i]) == 0) {
+				snprintf(why, whylen, "headers: %s is set by hookrelay and cannot be overridden",
+				         reserved_headers[i]);
+				return -1;
+			}
+		}
+		if (!json_is_string(value)) {
+			snprintf(why, whylen, "headers: the value of %.64s must be a string", name);
+			return -1;
+		}
+		const char *v = json_string_value(value);
+		size_t vlen = json_string_length(value);
+		if (vlen > HEADER_VALUE_MAX) {
+			snprintf(why, whylen, "headers: the value of %.64s is over %d bytes", name,
+			         HEADER_VALUE_MAX);
+			return -1;
+		}
+		for (size_t i = 0; i < vlen; i++) {
+			unsigned char c = (unsigned char)v[i];
+			if (c == '\r' || c == '\n' || c == '\0' || (c < 0x20 && c != '\t') || c == 0x7f) {
+				snprintf(why, whylen,
+				         "headers: the value of %.64s contains CR, LF or control characters", name);
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
+static int check_patterns(json_t *patterns, char *why, size_t whylen)
+{
+	size_t i;
+	json_t *p;
+	const char *reason;
+
+	if (!json_is_array(patterns) || json_array_size(patterns) == 0 ||
+	    json_array_size(patterns) > PATTERNS_MAX) {
+		snprintf(why, whylen, "event_types must be an array of 1 to %d patterns", PATTERNS_MAX);
+		return -1;
+	}
+	json_array_foreach(patterns, i, p)
+	{
+		if (!json_is_string(p)) {
+			snprintf(why, whylen, "event_types[%zu] must be a string", i);
+			return -1;
+		}
+		if (pattern_check(json_string_value(p), &reason) != 0) {
+			snprintf(why, whylen, "event_types[%zu]: %s", i, reason);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Validates the fields of a create (all required ones present) or an update (any
+ * subset) into `out`, a new object holding only known fields. Returns 0 or -1 with why.
+ */
+static int check_subscription(json_t *body, int creating, json_t *out, char *why, size_t whylen)
+{
+	const char *reason = NULL;
+	json_t *v;
+
+	if (!json_is_object(body)) {
+		snprintf(why, whylen, "the body must be a JSON object");
+		return -1;
+	}
+	v = json_object_get(body, "url");
+	if (v) {
+		if (!json_is_string(v)) {
+			snprintf(why, whylen, "url must be a string");
+			return -1;
+		}
+		if (target_url_check(json_string_value(v), &reason) != 0) {
+			snprintf(why, whylen, "%s", reason);
+			return -1;
+		}
+		json_object_set(out, "url", v);
+	} else if (creating) {
+		snprintf(why, whylen, "url is required");
+		return -1;
+	}
+	v = json_object_get(body, "event_types");
+	if (v) {
+		if (check_patterns(v, why, whylen) != 0)
+			return -1;
+		json_object_set(out, "event_types", v);
+	} else if (creating) {
+		snprintf(why, whylen, "event_types is required");
+		return -1;
+	}
+	v = json_object_get(body, "description");
+	if (v) {
+		if (!json_is_null(v) && (!json_is_string(v) || json_string_length(v) > DESCRIPTION_MAX)) {
+			snprintf(why, whylen, "description must be a string of at most %d bytes",
+			         DESCRIPTION_MAX);
+			return -1;
+		}
+		json_object_set(out, "description", v);
+	}
+	v = json_object_get(body, "headers");
+	if (v) {
+		if (check_headers(v, why, whylen) != 0)
+			return -1;
+		json_object_set(out, "headers", v);
+	}
+	v = json_object_get(body, "enabled");
+	if (v) {
+		if (!json_is_boolean(v)) {
+			snprintf(why, whylen, "enabled must be true or false");
+			return -1;
+		}
+		json_object_set(out, "enabled", v);
+	}
+	v = json_object_get(body, "secret");
+	if (v && !creating) {
+		snprintf(why, whylen, "secret cannot be changed here; use rotate-secret");
+		return -1;
+	}
+	return 0;
+}
+
+/* Puts a valid "secret" into out: the one given in body, or a fresh one. */
+static int take_secret(json_t *body, json_t *out, char *why, size_t whylen)
+{
+	json_t *v = json_object_get(body, "secret");
+	const char *reason;
+	char fresh[SIGN_SECRET_MAX];
+
+	if (v && !json_is_null(v)) {
+		if (!json_is_string(v)) {
+			snprintf(why, whylen, "secret must be a string");
+			return -1;
+		}
+		if (sign_secret_check(json_string_value(v), &reason) != 0) {
+			snprintf(why, whylen, "%s", reason);
+			return -1;
+		}
+		json_object_set(out, "secret", v);
+		return 0;
+	}
+	if (sign_secret_generate(fresh, sizeof(fresh)) != 0) {
+		snprintf(why, whylen, "no entropy to generate a secret");
+		return -1;
+	}
+	json_object_set_new(out, "secret", json_string(fresh));
+	return 0;
+}
+
+static void reply_created(struct http_request *req, struct api_write *w)
+{
+	http_reply_json(req, 201, json_incref(w->call.result));
+}
+
+static void reply_ok(struct http_request *req, struct api_write *w)
+{
+	http_reply_json(req, 200, json_incref(w->call.result));
+}
+
+static void reply_no_content(struct http_request *req, struct api_write *w)
+{
+	(void)w;
+	http_reply_empty(req, 204);
+}
+
+/* Submits a write whose input is `fields` (stolen). */
+static void submit_fields(struct api *api, struct http_request *req, enum store_call_kind kind,
+                          int64_t id, json_t *fields,
+                          void (*reply)(struct http_request *, struct api_write *))
+{
+	struct api_write *w = api_write_new(req, kind);
+	if (!w) {
+		json_decref(fields);
+		return;
+	}
+	w->body = fields; /* freed with the write */
+	w->call.fields = fields;
+	w->call.id = id;
+	w->what = "subscription";
+	w->reply = reply;
+	api_write_submit(api, w);
+}
+
+/* Parses the {id} segment; replies 404 and returns -1 if it is not a subscription id. */
+static int path_id(struct http_request *req, int64_t *id)
+{
+	if (util_parse_id("sub_", http_path_param(req), id) != 0) {
+		http_reply_error(req, 404, "not_found", "no subscription with that id");
+		return -1;
+	}
+	return 0;
+}
+
+void api_subscriptions_create(struct api *api, struct http_request *req)
+{
+	json_t *body = api_parse_body(req);
+	json_t *fields = json_object();
+	char why[256];
+
+	if (!body || !fields)
+		goto out;
+	if (check_subscription(body, 1, fields, why, sizeof(why)) != 0 ||
+	    take_secret(body, fields, why, sizeof(why)) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", why);
+		goto out;
+	}
+	submit_fields(api, req, STORE_SUB_CREATE, 0, fields, reply_created);
+	fields = NULL;
+out:
+	json_decref(fields);
+	json_decref(body);
+}
+
+void api_subscriptions_update(struct api *api, struct http_request *req)
+{
+	json_t *body = NULL, *fields = NULL;
+	char why[256];
+	int64_t id;
+
+	if (path_id(req, &id) != 0)
+		return;
+	body = api_parse_body(req);
+	fields = json_object();
+	if (!body || !fields)
+		goto out;
+	if (check_subscription(body, 0, fields, why, sizeof(why)) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", why);
+		goto out;
+	}
+	submit_fields(api, req, STORE_SUB_UPDATE, id, fields, reply_ok);
+	fields = NULL;
+out:
+	json_decref(fields);
+	json_decref(body);
+}
+
+void api_subscriptions_delete(struct api *api, struct http_request *req)
+{
+	int64_t id;
+	if (path_id(req, &id) != 0)
+		return;
+	submit_fields(api, req, STORE_SUB_DELETE, id, NULL, reply_no_content);
+}
+
+void api_subscriptions_rotate(struct api *api, struct http_request *req)
+{
+	json_t *body = NULL, *fields = json_object(), *grace;
+	char why[256];
+	size_t len;
+	int64_t id, grace_s = GRACE_DEFAULT_SECONDS;
+
+	if (!fields || path_id(req, &id) != 0)
+		goto out;
+	http_body(req, &len);
+	if (len > 0) {
+		body = api_parse_body(req);
+		if (!body)
+			goto out;
+		if (!json_is_object(body)) {
+			http_reply_error(req, 422, "invalid_field", "the body must be a JSON object");
+			goto out;
+		}
+	} else {
+		body = json_object();
+	}
+	grace = json_object_get(body, "grace_seconds");
+	if (grace) {
+		if (!json_is_integer(grace) || json_integer_value(grace) < 0 ||
+		    json_integer_value(grace) > GRACE_MAX_SECONDS) {
+			http_reply_error(req, 422, "invalid_field",
+			                 "grace_seconds must be an integer from 0 to %d", GRACE_MAX_SECONDS);
+			goto out;
+		}
+		grace_s = json_integer_value(grace);
+	}
+	if (take_secret(body, fields, why, sizeof(why)) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", why);
+		goto out;
+	}
+	json_object_set_new(fields, "grace_ms", json_integer(grace_s * 1000));
+	submit_fields(api, req, STORE_SUB_ROTATE, id, fields, reply_ok);
+	fields = NULL;
+out:
+	json_decref(fields);
+	json_decref(body);
+}
+
+void api_subscriptions_get(struct api *api, struct http_request *req)
+{
+	json_t *out = NULL;
+	int64_t id;
+	if (path_id(req, &id) != 0)
+		return;
+	enum store_rc rc = store_subscription_get(api_store(api), id, &out);
+	api_reply_read(req, rc, out, "subscription");
+}
+
+void api_subscriptions_list(struct api *api, struct http_request *req)
+{
+	struct store_list_query q;
+	json_t *out = NULL;
+	if (api_list_query(req, &q) != 0)
+		return;
+	enum store_rc rc = store_subscriptions_list(api_store(api), &q, &out);
+	api_reply_read(req, rc, out, "subscription");
+}

@@ -1,0 +1,459 @@
+/*
+ * http.c - libmicrohttpd front: request state, bounded body, routing, replies.
+ *
+ * Each request goes through MHD's three phases (STYLE.md): the first call allocates a
+ * struct http_request and refuses a declared Content-Length over max_body at once; the
+ * middle calls append upload data to a buffer that never grows past max_body; the last
+ * call routes. A handler that must wait for the writer suspends the connection
+ * (http_await) and MHD calls us once more after http_resume, when the continuation
+ * replies. Request state is freed in the completion callback, whatever happened.
+ *
+ * Threads: MHD pool threads run everything here except http_resume, which the writer
+ * thread calls; MHD_resume_connection is safe from any thread.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <unistd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+#define PATH_MAX_SEGMENTS 8
+#define REPLY_HEADERS_MAX 4
+#define DISCARD_FACTOR 16 /* a chunked body is read and dropped up to this many max_body */
+
+struct http_server {
+	struct MHD_Daemon *daemon;
+	struct api *api;
+	size_t max_body;          /* bytes */
+	atomic_int suspended;     /* requests waiting for the writer */
+};
+
+struct reply_header {
+	char *name;
+	char *value;
+};
+
+struct http_request {
+	struct http_server *srv;
+	struct MHD_Connection *conn;
+	const char *method;
+	char *body;             /* NUL-terminated, at most srv->max_body bytes */
+	size_t body_len;        /* bytes held */
+	size_t body_seen;       /* bytes received, held or dropped */
+	int too_large;          /* body passed max_body */
+	int routed;             /* the handler ran */
+	int replied;            /* a response was queued */
+	const char *path_param; /* points into path_copy */
+	char *path_copy;
+	struct reply_header headers[REPLY_HEADERS_MAX];
+	int nheaders;
+	void (*then)(struct http_request *, void *);
+	void *then_arg;
+	int suspended;
+};
+
+/* ---------- replies ---------- */
+
+static void queue_reply(struct http_request *req, int status, char *body, size_t len)
+{
+	struct MHD_Response *resp;
+
+	resp = MHD_create_response_from_buffer(len, body, body ? MHD_RESPMEM_MUST_FREE
+	                                                       : MHD_RESPMEM_PERSISTENT);
+	if (!resp) {
+		free(body);
+		return;
+	}
+	if (body)
+		MHD_add_response_header(resp, "Content-Type", "application/json");
+	for (int i = 0; i < req->nheaders; i++)
+		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
+	if (req->too_large)
+		MHD_add_response_header(resp, "Connection", "close");
+	MHD_queue_response(req->conn, (unsigned int)status, resp);
+	MHD_destroy_response(resp);
+	req->replied = 1;
+}
+
+void http_reply_json(struct http_request *req, int status, json_t *body)
+{
+	char *text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+	json_decref(body);
+	if (!text) {
+		http_reply_error(req, 500, "internal", "out of memory");
+		return;
+	}
+	queue_reply(req, status, text, strlen(text));
+}
+
+void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
+{
+	char message[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	queue_reply(req, status, text, text ? strlen(text) : 0);
+}
+
+void http_reply_empty(struct http_request *req, int status)
+{
+	queue_reply(req, status, NULL, 0);
+}
+
+void http_add_header(struct http_request *req, const char *name, const char *value)
+{
+	if (req->nheaders == REPLY_HEADERS_MAX)
+		return;
+	struct reply_header *h = &req->headers[req->nheaders];
+	h->name = strdup(name);
+	h->value = strdup(value);
+	if (!h->name || !h->value) {
+		free(h->name);
+		free(h->value);
+		return;
+	}
+	req->nheaders++;
+}
+
+/* ---------- accessors ---------- */
+
+const char *http_method(const struct http_request *req)
+{
+	return req->method;
+}
+
+const char *http_path_param(const struct http_request *req)
+{
+	return req->path_param;
+}
+
+const char *http_query(const struct http_request *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *http_header(const struct http_request *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *http_body(const struct http_request *req, size_t *len)
+{
+	*len = req->body_len;
+	return req->body ? req->body : "";
+}
+
+void http_await(struct http_request *req, void (*then)(struct http_request *req, void *arg),
+                void *arg)
+{
+	req->then = then;
+	req->then_arg = arg;
+	req->suspended = 1;
+	atomic_fetch_add(&req->srv->suspended, 1);
+	MHD_suspend_connection(req->conn);
+}
+
+void http_resume(struct http_request *req)
+{
+	MHD_resume_connection(req->conn);
+}
+
+/* ---------- routing ---------- */
+
+enum body_rule { BODY_NONE, BODY_JSON, BODY_OPTIONAL_JSON };
+
+struct route {
+	const char *method;
+	const char *pattern; /* e.g. "/v1/events/{id}" written with a star for the id */
+	enum body_rule body;
+	void (*handler)(struct api *api, struct http_request *req);
+};
+
+static const struct route routes[] = {
+	{"GET", "/healthz", BODY_NONE, api_healthz},
+	{"POST", "/v1/events/batch", BODY_JSON, api_events_batch},
+	{"POST", "/v1/events", BODY_JSON, api_events_create},
+	{"GET", "/v1/events", BODY_NONE, api_events_list},
+	{"GET", "/v1/events/*", BODY_NONE, api_events_get},
+	{"POST", "/v1/subscriptions", BODY_JSON, api_subscriptions_create},
+	{"GET", "/v1/subscriptions", BODY_NONE, api_subscriptions_list},
+	{"GET", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_get},
+	{"PATCH", "/v1/subscriptions/*", BODY_JSON, api_subscriptions_update},
+	{"DELETE", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_delete},
+	{"POST", "/v1/subscriptions/*/rotate-secret", BODY_OPTIONAL_JSON, api_subscriptions_rotate},
+	{"GET", "/v1/deliveries", BODY_NONE, api_deliveries_list},
+	{"GET", "/v1/deliveries/*", BODY_NONE, api_deliveries_get},
+	{"POST", "/v1/deliveries/*/retry", BODY_NONE, api_deliveries_retry},
+};
+#define ROUTE_COUNT (sizeof(routes) / sizeof(routes[0]))
+
+/* Matches `path` against `pattern`; on a match returns the number of wildcard segments
+ * used (0 or 1) and points *param at the wildcard segment inside `path`; -1 otherwise.
+ * `path` is modified: the wildcard segment is NUL-terminated in place by the caller's copy. */
+static int path_match(const char *pattern, const char *path, const char **param, size_t *param_len)
+{
+	int wild = 0;
+	while (*pattern && *path) {
+		if (*pattern == '*') {
+			const char *end = strchr(path, '/');
+			size_t len = end ? (size_t)(end - path) : strlen(path);
+			if (len == 0)
+				return -1;
+			*param = path;
+			*param_len = len;
+			path += len;
+			pattern++;
+			wild = 1;
+			continue;
+		}
+		if (*pattern != *path)
+			return -1;
+		pattern++;
+		path++;
+	}
+	return *pattern == '\0' && *path == '\0' ? wild : -1;
+}
+
+static int content_type_is_json(const char *ct)
+{
+	static const char want[] = "application/json";
+	if (!ct || strncasecmp(ct, want, sizeof(want) - 1) != 0)
+		return 0;
+	ct += sizeof(want) - 1;
+	while (*ct == ' ')
+		ct++;
+	return *ct == '\0' || *ct == ';';
+}
+
+static void route_request(struct http_request *req, const char *url)
+{
+	const struct route *found = NULL;
+	const char *param = NULL;
+	size_t param_len = 0;
+	int best_wild = 2;
+	char allow[128] = "";
+	size_t allow_len = 0;
+
+	/* Prefer literal routes ("/v1/events/batch") over wildcard ones ("/v1/events/{id}"). */
+	for (int pass = 0; pass <= 1 && !found && allow_len == 0; pass++) {
+		for (size_t i = 0; i < ROUTE_COUNT; i++) {
+			const char *p = NULL;
+			size_t plen = 0;
+			int wild = path_match(routes[i].pattern, url, &p, &plen);
+			if (wild != pass)
+				continue;
+			if (strcmp(routes[i].method, req->method) == 0) {
+				found = &routes[i];
+				param = p;
+				param_len = plen;
+				best_wild = wild;
+				break;
+			}
+			allow_len += (size_t)snprintf(allow + allow_len, sizeof(allow) - allow_len, "%s%s",
+			                              allow_len ? ", " : "", routes[i].method);
+			if (allow_len >= sizeof(allow))
+				allow_len = sizeof(allow) - 1;
+		}
+	}
+	(void)best_wild;
+	if (!found) {
+		if (allow_len) {
+			http_add_header(req, "Allow", allow);
+			http_reply_error(req, 405, "method_not_allowed", "%s is not allowed on %s (allowed: %s)",
+			                 req->method, url, allow);
+		} else {
+			http_reply_error(req, 404, "not_found", "no route for %s", url);
+		}
+		return;
+	}
+	if (req->too_large) {
+		http_reply_error(req, 413, "payload_too_large", "the request body is over the %zu-byte limit",
+		                 req->srv->max_body);
+		return;
+	}
+	if (found->body == BODY_JSON || (found->body == BODY_OPTIONAL_JSON && req->body_len > 0)) {
+		if (!content_type_is_json(http_header(req, "Content-Type"))) {
+			http_reply_error(req, 415, "unsupported_media_type",
+			                 "the body must be JSON with Content-Type: application/json");
+			return;
+		}
+	}
+	if (param) {
+		req->path_copy = strndup(param, param_len);
+		if (!req->path_copy) {
+			http_reply_error(req, 500, "internal", "out of memory");
+			return;
+		}
+		req->path_param = req->path_copy;
+	}
+	if (api_authorize(req->srv->api, req, found->handler) != 0)
+		return; /* it replied */
+	found->handler(req->srv->api, req);
+}
+
+/* ---------- MHD callbacks ---------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+	struct http_server *srv = cls;
+	struct http_request *req = *con_cls;
+	(void)version;
+
+	if (!req) {
+		req = calloc(1, sizeof(*req));
+		if (!req)
+			return MHD_NO;
+		req->srv = srv;
+		req->conn = conn;
+		req->method = method;
+		*con_cls = req;
+		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+		                                             MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl) {
+			char *end = NULL;
+			unsigned long long n = strtoull(cl, &end, 10);
+			if (end && *end == '\0' && n > srv->max_body) {
+				/* Refuse before reading it: MHD closes the connection after the reply. */
+				req->too_large = 1;
+				http_reply_error(req, 413, "payload_too_large",
+				                 "the request body is over the %zu-byte limit", srv->max_body);
+			}
+		}
+		return MHD_YES;
+	}
+
+	if (*upload_data_size > 0) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (req->replied)
+			return MHD_YES;
+		req->body_seen += n;
+		if (req->too_large || req->body_len + n > srv->max_body) {
+			req->too_large = 1;
+			/* A chunked body has no length to refuse up front: drop it, but not forever. */
+			return req->body_seen > srv->max_body * DISCARD_FACTOR ? MHD_NO : MHD_YES;
+		}
+		char *grown = realloc(req->body, req->body_len + n + 1);
+		if (!grown)
+			return MHD_NO;
+		req->body = grown;
+		memcpy(req->body + req->body_len, upload_data, n);
+		req->body_len += n;
+		req->body[req->body_len] = '\0';
+		return MHD_YES;
+	}
+
+	if (req->replied)
+		return MHD_YES;
+	if (req->suspended) {
+		/* Resumed: the continuation replies. */
+		req->suspended = 0;
+		atomic_fetch_sub(&srv->suspended, 1);
+		req->then(req, req->then_arg);
+		if (!req->replied)
+			http_reply_error(req, 500, "internal", "no reply");
+		return MHD_YES;
+	}
+	if (!req->routed) {
+		req->routed = 1;
+		route_request(req, url);
+		if (!req->replied && !req->suspended)
+			http_reply_error(req, 500, "internal", "no reply");
+	}
+	return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+	struct http_request *req = *con_cls;
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	if (!req)
+		return;
+	for (int i = 0; i < req->nheaders; i++) {
+		free(req->headers[i].name);
+		free(req->headers[i].value);
+	}
+	free(req->path_copy);
+	free(req->body);
+	free(req);
+	*con_cls = NULL;
+}
+
+struct http_server *http_start(const struct http_options *opts, struct api *api, int *port_out,
+                               char *err, size_t errlen)
+{
+	struct http_server *srv = calloc(1, sizeof(*srv));
+	struct sockaddr_storage addr;
+	const union MHD_DaemonInfo *info;
+	unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+	                     MHD_USE_ERROR_LOG;
+
+	if (!srv) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	srv->api = api;
+	srv->max_body = opts->max_body;
+	memset(&addr, 0, sizeof(addr));
+	struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
+	if (inet_pton(AF_INET, opts->host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)opts->port);
+	} else if (inet_pton(AF_INET6, opts->host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)opts->port);
+		flags |= MHD_USE_IPv6;
+	} else {
+		snprintf(err, errlen, "--listen: '%s' is not a numeric IPv4 or IPv6 address", opts->host);
+		free(srv);
+		return NULL;
+	}
+	srv->daemon = MHD_start_daemon(
+	    flags, (uint16_t)opts->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
+	    MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(opts->threads > 0 ? opts->threads : 1),
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
+	    opts->max_connections ? opts->max_connections : 1024U, MHD_OPTION_CONNECTION_TIMEOUT, 60U,
+	    MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U, MHD_OPTION_END);
+	if (!srv->daemon) {
+		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address of this host)",
+		         opts->host, opts->port);
+		free(srv);
+		return NULL;
+	}
+	info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+	*port_out = info ? info->port : opts->port;
+	return srv;
+}
+
+void http_stop(struct http_server *srv)
+{
+	if (!srv)
+		return;
+	/* Stop accepting, then let requests waiting on the writer get their reply: MHD must
+	 * not be stopped with a connection suspended. */
+	MHD_quiesce_daemon(srv->daemon);
+	for (int i = 0; i < 500 && atomic_load(&srv->suspended) > 0; i++)
+		usleep(10 * 1000);
+	MHD_stop_daemon(srv->daemon);
+	free(srv);
+}

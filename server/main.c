@@ -1,0 +1,428 @@
+/*
+ * main.c - hookrelay's entry: flags and HOOKRELAY_* environment, start-up in order
+ * (store, dispatcher, HTTP), and a graceful stop on SIGINT/SIGTERM.
+ *
+ * Every configuration error exits here with a message; after start-up nothing exits.
+ * Signals are blocked in every thread and taken by sigwait() in main, so no handler
+ * runs in the middle of anything.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "api.h"
+#include "backoff.h"
+#include "dispatcher.h"
+#include "http.h"
+#include "store.h"
+#include "util.h"
+
+#define KEYS_MAX 16
+#define STOP_DEADLINE_MS 10000 /* in-flight deliveries get this long to finish on stop */
+
+struct config {
+	char listen_host[64];
+	int listen_port;
+	const char *db_path;
+	int http_threads;
+	size_t max_body;                       /* bytes */
+	int64_t delivery_timeout_ms;
+	int max_in_flight;
+	int max_per_host;
+	int64_t retry_schedule[BACKOFF_MAX_STEPS]; /* ms */
+	int retry_count;
+	const char *admin_keys[KEYS_MAX + 1];
+	int nadmin;
+	const char *publish_keys[KEYS_MAX + 1];
+	int npublish;
+	int allow_private_targets;
+	int synchronous_full;
+	size_t max_queue;
+};
+
+static const char usage[] =
+    "usage: hookrelay serve [flags]      run the relay\n"
+    "       hookrelay --help | --version\n"
+    "\n"
+    "Flags (each also an environment variable HOOKRELAY_<FLAG>, e.g. HOOKRELAY_LISTEN):\n"
+    "  --listen ADDR:PORT         where to listen (default 127.0.0.1:8080; port 0 = any free)\n"
+    "  --db PATH                  SQLite database file (default ./data/hookrelay.db)\n"
+    "  --http-threads N           HTTP worker threads (default 4)\n"
+    "  --max-body SIZE            largest request body, e.g. 1MiB, 64KiB (default 1MiB)\n"
+    "  --delivery-timeout DUR     per-attempt timeout, e.g. 15s, 500ms (default 15s)\n"
+    "  --max-in-flight N          deliveries in flight at once (default 256)\n"
+    "  --max-per-host N           connections per receiver host (default 32)\n"
+    "  --retry-schedule LIST      delays after each failed attempt\n"
+    "                             (default " BACKOFF_DEFAULT ")\n"
+    "  --api-key KEY              require 'Authorization: Bearer KEY' on /v1 (repeatable)\n"
+    "  --api-key-file PATH        read admin keys from a file, one per line\n"
+    "  --publish-key KEY          a key that may only POST events (repeatable)\n"
+    "  --allow-private-targets    allow subscriptions to loopback/private addresses\n"
+    "  --synchronous full|normal  fsync every commit (full, default) or not (normal)\n"
+    "  --max-queue N              writes queued before answering 503 (default 8192)\n"
+    "\n"
+    "Send SIGINT or SIGTERM to stop: in-flight deliveries finish or are put back.\n";
+
+static void die(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "hookrelay: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\n");
+	exit(2);
+}
+
+static int parse_size(const char *text, size_t *out)
+{
+	char *end = NULL;
+	unsigned long long n;
+	unsigned long long mult = 1;
+
+	errno = 0;
+	if (!text || text[0] < '0' || text[0] > '9')
+		return -1;
+	n = strtoull(text, &end, 10);
+	if (errno)
+		return -1;
+	if (*end == '\0' || strcasecmp(end, "b") == 0)
+		mult = 1;
+	else if (strcasecmp(end, "kib") == 0 || strcasecmp(end, "k") == 0 || strcasecmp(end, "kb") == 0)
+		mult = 1024;
+	else if (strcasecmp(end, "mib") == 0 || strcasecmp(end, "m") == 0 || strcasecmp(end, "mb") == 0)
+		mult = 1024 * 1024;
+	else
+		return -1;
+	if (n == 0 || n > (64ULL << 20) / mult)
+		return -1; /* 1 byte .. 64 MiB */
+	*out = (size_t)(n * mult);
+	return 0;
+}
+
+static void parse_listen(struct config *c, const char *text)
+{
+	const char *colon = strrchr(text, ':');
+	const char *host = text;
+	size_t hlen;
+	int64_t port;
+
+	if (!colon || util_parse_int(colon + 1, 0, 65535, &port) != 0)
+		die("--listen wants ADDR:PORT, e.g. 127.0.0.1:8080 or [::1]:8080, not '%s'", text);
+	hlen = (size_t)(colon - text);
+	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+		host++;
+		hlen -= 2;
+	}
+	if (hlen == 0 || hlen >= sizeof(c->listen_host))
+		die("--listen: bad address in '%s'", text);
+	memcpy(c->listen_host, host, hlen);
+	c->listen_host[hlen] = '\0';
+	if (strcmp(c->listen_host, "localhost") == 0)
+		memcpy(c->listen_host, "127.0.0.1", sizeof("127.0.0.1"));
+	c->listen_port = (int)port;
+}
+
+static int parse_positive(const char *text, int max, int *out)
+{
+	int64_t v;
+	if (util_parse_int(text, 1, max, &v) != 0)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+static void add_key(const char **keys, int *n, const char *key, const char *flag)
+{
+	if (strlen(key) < 16)
+		die("%s: a key must be at least 16 characters", flag);
+	if (*n == KEYS_MAX)
+		die("%s: too many keys", flag);
+	keys[(*n)++] = key;
+}
+
+/* Keys from a file: one per line; blank lines and # comments skipped. Never freed
+ * before exit: the config lives as long as the process. */
+static void add_key_file(struct config *c, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char line[1024];
+
+	if (!f)
+		die("--api-key-file: cannot read %s", path);
+	while (fgets(line, sizeof(line), f)) {
+		size_t len = strcspn(line, "\r\n");
+		line[len] = '\0';
+		if (len == 0 || line[0] == '#')
+			continue;
+		char *key = strdup(line);
+		if (!key)
+			die("%s", "out of memory");
+		add_key(c->admin_keys, &c->nadmin, key, "--api-key-file");
+	}
+	fclose(f);
+}
+
+/* Applies one flag (name without "--") with its value (NULL for switches). Returns 1 if
+ * the flag takes a value, 0 for a switch. */
+static int apply_flag(struct config *c, const char *name, const char *value)
+{
+	const char *why = NULL;
+	int64_t ms;
+
+#define NEED_VALUE()                                                   \
+	do {                                                           \
+		if (!value)                                            \
+			die("--%s needs a value (see --help)", name);  \
+	} while (0)
+	if (strcmp(name, "allow-private-targets") == 0) {
+		c->allow_private_targets = !value || strcmp(value, "0") != 0;
+		return 0;
+	}
+	NEED_VALUE();
+	if (strcmp(name, "listen") == 0) {
+		parse_listen(c, value);
+	} else if (strcmp(name, "db") == 0) {
+		c->db_path = value;
+	} else if (strcmp(name, "http-threads") == 0) {
+		if (parse_positive(value, 256, &c->http_threads) != 0)
+			die("--http-threads wants 1..256, not '%s'", value);
+	} else if (strcmp(name, "max-body") == 0) {
+		if (parse_size(value, &c->max_body) != 0)
+			die("--max-body wants a size like 1MiB or 65536 (at most 64MiB), not '%s'", value);
+	} else if (strcmp(name, "delivery-timeout") == 0) {
+		if (backoff_parse_duration(value, &ms) != 0 || ms < 100 || ms > 300000)
+			die("--delivery-timeout wants a duration from 100ms to 5m, not '%s'", value);
+		c->delivery_timeout_ms = ms;
+	} else if (strcmp(name, "max-in-flight") == 0) {
+		if (parse_positive(value, 100000, &c->max_in_flight) != 0)
+			die("--max-in-flight wants 1..100000, not '%s'", value);
+	} else if (strcmp(name, "max-per-host") == 0) {
+		if (parse_positive(value, 10000, &c->max_per_host) != 0)
+			die("--max-per-host wants 1..10000, not '%s'", value);
+	} else if (strcmp(name, "retry-schedule") == 0) {
+		c->retry_count = backoff_parse_schedule(value, c->retry_schedule, BACKOFF_MAX_STEPS, &why);
+		if (c->retry_count < 0)
+			die("--retry-schedule: %s", why);
+	} else if (strcmp(name, "api-key") == 0) {
+		add_key(c->admin_keys, &c->nadmin, value, "--api-key");
+	} else if (strcmp(name, "api-key-file") == 0) {
+		add_key_file(c, value);
+	} else if (strcmp(name, "publish-key") == 0) {
+		add_key(c->publish_keys, &c->npublish, value, "--publish-key");
+	} else if (strcmp(name, "synchronous") == 0) {
+		if (strcmp(value, "full") == 0)
+			c->synchronous_full = 1;
+		else if (strcmp(value, "normal") == 0)
+			c->synchronous_full = 0;
+		else
+			die("--synchronous wants full or normal, not '%s'", value);
+	} else if (strcmp(name, "max-queue") == 0) {
+		int q;
+		if (parse_positive(value, 1000000, &q) != 0)
+			die("--max-queue wants 1..1000000, not '%s'", value);
+		c->max_queue = (size_t)q;
+	} else {
+		die("unknown flag --%s (see --help)", name);
+	}
+	return 1;
+#undef NEED_VALUE
+}
+
+static const char *const env_flags[] = {
+	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
+	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
+	"allow-private-targets", "synchronous", "max-queue", NULL,
+};
+
+static void load_config(struct config *c, int argc, char **argv)
+{
+	const char *why;
+
+	memset(c, 0, sizeof(*c));
+	parse_listen(c, "127.0.0.1:8080");
+	c->db_path = "./data/hookrelay.db";
+	c->http_threads = 4;
+	c->max_body = 1024 * 1024;
+	c->delivery_timeout_ms = 15000;
+	c->max_in_flight = 256;
+	c->max_per_host = 32;
+	c->synchronous_full = 1;
+	c->max_queue = 8192;
+	c->retry_count = backoff_parse_schedule(BACKOFF_DEFAULT, c->retry_schedule,
+	                                        BACKOFF_MAX_STEPS, &why);
+
+	/* Environment first, flags override it. */
+	for (int i = 0; env_flags[i]; i++) {
+		char var[64] = "HOOKRELAY_";
+		size_t off = strlen(var);
+		for (const char *p = env_flags[i]; *p && off < sizeof(var) - 1; p++)
+			var[off++] = *p == '-' ? '_' : (char)(*p - ('a' <= *p && *p <= 'z' ? 32 : 0));
+		var[off] = '\0';
+		const char *value = getenv(var);
+		if (value && *value)
+			apply_flag(c, env_flags[i], value);
+	}
+	for (int i = 2; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "--", 2) != 0)
+			die("unexpected argument '%s' (see --help)", arg);
+		char name[64];
+		const char *eq = strchr(arg + 2, '=');
+		size_t nlen = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+		if (nlen >= sizeof(name))
+			die("unknown flag %s", arg);
+		memcpy(name, arg + 2, nlen);
+		name[nlen] = '\0';
+		if (eq) {
+			apply_flag(c, name, eq + 1);
+		} else if (strcmp(name, "allow-private-targets") == 0) {
+			apply_flag(c, name, NULL);
+		} else {
+			apply_flag(c, name, i + 1 < argc ? argv[i + 1] : NULL);
+			i++;
+		}
+	}
+	c->admin_keys[c->nadmin] = NULL;
+	c->publish_keys[c->npublish] = NULL;
+}
+
+static int is_loopback(const char *host)
+{
+	return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
+}
+
+/* Creates the database's directory if it is missing (one level, like `make run` needs). */
+static void ensure_db_dir(const char *path)
+{
+	char dir[4096];
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path || (size_t)(slash - path) >= sizeof(dir))
+		return;
+	memcpy(dir, path, (size_t)(slash - path));
+	dir[slash - path] = '\0';
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		fprintf(stderr, "hookrelay: cannot create %s: %s\n", dir, strerror(errno));
+}
+
+static void wake_dispatcher(void *arg)
+{
+	dispatcher_wake(arg);
+}
+
+static int serve(int argc, char **argv)
+{
+	struct config cfg;
+	struct store *store = NULL;
+	struct dispatcher *dispatcher = NULL;
+	struct api *api = NULL;
+	struct http_server *http = NULL;
+	char err[512];
+	int port = 0, sig = 0, rc = 1;
+	sigset_t stop_signals;
+
+	load_config(&cfg, argc, argv);
+	if (!is_loopback(cfg.listen_host) && cfg.nadmin == 0) {
+		fprintf(stderr,
+		        "hookrelay: refusing to listen on %s without an API key.\n"
+		        "  Set one with --api-key KEY (or HOOKRELAY_API_KEY, or --api-key-file PATH),\n"
+		        "  e.g. --api-key \"$(openssl rand -hex 32)\"; or listen on 127.0.0.1.\n",
+		        cfg.listen_host);
+		return 2;
+	}
+
+	/* Block the stop signals before any thread starts so every thread inherits it. */
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		fprintf(stderr, "hookrelay: curl_global_init failed\n");
+		return 1;
+	}
+
+	ensure_db_dir(cfg.db_path);
+	struct store_options sopts = {
+	    .path = cfg.db_path, .synchronous_full = cfg.synchronous_full, .max_queue = cfg.max_queue};
+	store = store_open(&sopts, err, sizeof(err));
+	if (!store) {
+		fprintf(stderr, "hookrelay: %s\n", err);
+		goto out;
+	}
+	struct dispatcher_options dopts = {
+	    .max_in_flight = cfg.max_in_flight,
+	    .max_per_host = cfg.max_per_host,
+	    .timeout_ms = (int)cfg.delivery_timeout_ms,
+	    .retry_schedule = cfg.retry_schedule,
+	    .retry_count = cfg.retry_count,
+	    .user_agent = "hookrelay/" HOOKRELAY_VERSION,
+	};
+	dispatcher = dispatcher_start(&dopts, store_delivery_source(store));
+	if (!dispatcher)
+		goto out;
+	store_set_due_hook(store, wake_dispatcher, dispatcher);
+
+	struct api_options aopts = {
+	    .admin_keys = cfg.admin_keys,
+	    .publish_keys = cfg.publish_keys,
+	    .allow_private_targets = cfg.allow_private_targets,
+	};
+	api = api_new(store, &aopts);
+	if (!api) {
+		fprintf(stderr, "hookrelay: out of memory\n");
+		goto out;
+	}
+	struct http_options hopts = {
+	    .host = cfg.listen_host,
+	    .port = cfg.listen_port,
+	    .threads = cfg.http_threads,
+	    .max_body = cfg.max_body,
+	};
+	http = http_start(&hopts, api, &port, err, sizeof(err));
+	if (!http) {
+		fprintf(stderr, "hookrelay: %s\n", err);
+		goto out;
+	}
+	printf("hookrelay listening on http://%s%s%s:%d\n", strchr(cfg.listen_host, ':') ? "[" : "",
+	       cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "", port);
+	fflush(stdout);
+	fprintf(stderr,
+	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, retry schedule of %d steps%s%s\n",
+	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.max_in_flight, cfg.retry_count,
+	        cfg.nadmin ? ", API keys required" : ", no API key (loopback only)",
+	        cfg.allow_private_targets ? ", private targets ALLOWED" : "");
+
+	if (sigwait(&stop_signals, &sig) == 0)
+		fprintf(stderr, "hookrelay: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	rc = 0;
+out:
+	/* Stop in reverse: no new requests, then no new attempts, then drain the writer. */
+	http_stop(http);
+	dispatcher_stop(dispatcher, STOP_DEADLINE_MS);
+	store_close(store);
+	api_free(api);
+	curl_global_cleanup();
+	if (rc == 0)
+		fprintf(stderr, "hookrelay: stopped cleanly\n");
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		fputs(usage, argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	if (strcmp(argv[1], "--version") == 0) {
+		printf("hookrelay %s\n", HOOKRELAY_VERSION);
+		return 0;
+	}
+	if (strcmp(argv[1], "serve") == 0)
+		return serve(argc, argv);
+	fprintf(stderr, "hookrelay: unknown command '%s'\n\n%s", argv[1], usage);
+	return 2;
+}

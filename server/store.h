@@ -1,0 +1,120 @@
+/*
+ * store.h - hookrelay's storage: the only way server/ reads or writes events,
+ * subscriptions, deliveries and attempts.
+ *
+ * Writes are asynchronous: a struct store_call goes to the single writer thread, which
+ * runs everything queued in one transaction (group commit) and then calls each call's
+ * done() on the writer thread, after COMMIT has returned (so after fsync when the call
+ * is durable). Reads are synchronous and run on the caller's thread over a pool of
+ * read-only connections (WAL lets them run beside the writer).
+ *
+ * Results are jansson values in the shapes of docs/api.md, built here so that every
+ * route shows an object the same way.
+ */
+#ifndef HOOKRELAY_STORE_H
+#define HOOKRELAY_STORE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "delivery.h"
+
+enum store_rc {
+	STORE_OK,
+	STORE_NOTFOUND,   /* unknown id */
+	STORE_CONFLICT,   /* state forbids it (e.g. retry of a delivery in flight) */
+	STORE_OVERLOADED, /* writer queue full */
+	STORE_ERR         /* storage failed (disk full, I/O); nothing of the call was kept */
+};
+
+struct store;
+
+struct store_options {
+	const char *path;        /* database file; created with its directory's permission */
+	int synchronous_full;    /* 1: fsync every commit (default); 0: NORMAL */
+	size_t max_queue;        /* writer calls queued before store_submit says overloaded */
+};
+
+/* Opens (creating and migrating) the database, drops leases left by a crash, loads
+ * subscriptions and starts the writer thread. NULL with a message in err on failure. */
+struct store *store_open(const struct store_options *opts, char *err, size_t errlen);
+
+/* Stops the writer after it drains its queue, closes every connection. Accepts NULL. */
+void store_close(struct store *s);
+
+/* The delivery/ side of the store, for the dispatcher. Valid until store_close. */
+const struct delivery_store *store_delivery_source(struct store *s);
+
+/* fn(arg) is called on the writer thread after each commit that made deliveries due
+ * (new events, retries, re-enabled subscriptions). Set once before deliveries start. */
+void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg);
+
+/* One event to ingest; built by the caller, borrowed by the store until done(). */
+struct store_event {
+	char id[32];                  /* "evt_" + 26 chars */
+	const char *type;
+	const char *key;              /* or NULL */
+	const char *idempotency_key;  /* or NULL */
+	int64_t created_at_ms;
+	const char *envelope;         /* exact bytes to store and send */
+	size_t envelope_len;          /* bytes */
+};
+
+enum store_call_kind {
+	STORE_INGEST,         /* events[0..nevents): all-or-nothing */
+	STORE_SUB_CREATE,     /* fields: validated subscription fields incl. "secret" */
+	STORE_SUB_UPDATE,     /* id, fields: validated fields to change */
+	STORE_SUB_DELETE,     /* id */
+	STORE_SUB_ROTATE,     /* id, fields: {"secret": new, "grace_ms": n} */
+	STORE_DELIVERY_RETRY, /* id */
+	STORE_CLAIM,          /* internal: the dispatcher's claim */
+	STORE_COMPLETE        /* internal: the dispatcher's results */
+};
+
+struct store_call {
+	enum store_call_kind kind;
+	/* inputs, borrowed until done() */
+	struct store_event *events;   /* STORE_INGEST */
+	size_t nevents;
+	int64_t id;                   /* row id for SUB_* and DELIVERY_RETRY */
+	json_t *fields;               /* SUB_CREATE, SUB_UPDATE, SUB_ROTATE */
+	/* outputs, valid from done() on */
+	enum store_rc rc;
+	json_t *result;   /* new reference the caller owns: INGEST: array of
+	                     {"id","deliveries","replayed"}; SUB_*: the subscription
+	                     (with "secret" after CREATE/ROTATE); RETRY: the delivery */
+	char why[160];    /* for rc != STORE_OK: what went wrong, for the error message */
+	/* completion, called on the writer thread; may free the call */
+	void (*done)(struct store_call *call);
+	void *arg;
+	/* private to the store */
+	struct store_call *next;
+	void *internal;
+};
+
+/* Queues a call for the writer. Returns 0, or -1 when the queue is full (the call is
+ * untouched, done() will not be called: answer 503). */
+int store_submit(struct store *s, struct store_call *call);
+
+/* Reads. Each returns STORE_OK with *out a new reference, STORE_NOTFOUND, or STORE_ERR.
+ * Lists set *out to {"data": [...], "next": cursor|null}. Ids are the external strings. */
+struct store_list_query {
+	const char *type;          /* events: exact type filter, or NULL */
+	const char *subscription;  /* deliveries: "sub_N" filter, or NULL */
+	const char *event;         /* deliveries: "evt_..." filter, or NULL */
+	int status;                /* deliveries: -1 any, 0 pending, 1 delivered, 2 failed */
+	int64_t after;             /* cursor: rows strictly older than this; 0 = from newest */
+	int limit;                 /* 1..1000 */
+};
+enum store_rc store_health(struct store *s);
+enum store_rc store_event_get(struct store *s, const char *id, json_t **out);
+enum store_rc store_events_list(struct store *s, const struct store_list_query *q, json_t **out);
+enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);
+enum store_rc store_subscriptions_list(struct store *s, const struct store_list_query *q,
+                                       json_t **out);
+enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out);
+enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
+                                    json_t **out);
+
+#endif

@@ -1,0 +1,1585 @@
+/*
+ * store_sqlite.c - the store on SQLite: migrations, the writer's batch function, the
+ * delivery_store the dispatcher claims from, and the read routes' queries.
+ *
+ * Threads and connections:
+ * - `wdb`, its prepared statements, the subscription cache and the matcher belong to the
+ *   writer thread (and to store_open/store_close before/after it runs).
+ * - Read routes borrow a read-only connection from `readers` (mutex-guarded stack);
+ *   one connection is used by one thread at a time.
+ * Invariants:
+ * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
+ *   both change only after the COMMIT that changed the row (reload_subscription).
+ * - a delivery row with leased = 1 is in the dispatcher's hands; every lease is dropped
+ *   at open, so a crash re-sends what was in flight.
+ */
+#include "store.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "matcher.h"
+#include "schema.h"
+#include "util.h"
+#include "writer.h"
+
+#define READERS_MAX 16          /* idle read connections kept */
+#define WRITER_BATCH_MAX 4096   /* calls per transaction */
+#define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
+
+enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
+static const char *const state_names[] = {"pending", "delivered", "failed"};
+
+struct sub_secret {
+	char *secret;
+	int64_t expires_at; /* unix ms; 0 = current */
+};
+
+/* What the writer keeps in memory for each subscription that is not deleted. */
+struct sub_entry {
+	int64_t id;
+	int enabled;
+	char *url;
+	char *headers_json;           /* or NULL */
+	struct sub_secret secrets[SECRETS_MAX]; /* newest first */
+	int nsecrets;
+};
+
+enum {
+	ST_IDEM_LOOKUP,
+	ST_EVENT_INSERT,
+	ST_DELIVERY_INSERT,
+	ST_CLAIM,
+	ST_NEXT_DUE,
+	ST_ENVELOPE,
+	ST_ATTEMPT_INSERT,
+	ST_DELIVERY_FINISH,
+	ST_DELIVERY_RELEASE,
+	ST_COUNT
+};
+
+static const char *const writer_sql[ST_COUNT] = {
+	[ST_IDEM_LOOKUP] = "SELECT e.id, (SELECT count(*) FROM deliveries d WHERE d.event_seq = e.seq)"
+	                   " FROM events e WHERE e.idempotency_key = ?1",
+	[ST_EVENT_INSERT] = "INSERT INTO events(id, type, key, idempotency_key, created_at, envelope)"
+	                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+	[ST_DELIVERY_INSERT] = "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
+	                       " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
+	[ST_CLAIM] = "UPDATE deliveries SET leased = 1 WHERE id IN (SELECT id FROM deliveries"
+	             " WHERE state = 0 AND leased = 0 AND next_attempt_at <= ?1"
+	             " ORDER BY next_attempt_at LIMIT ?2)"
+	             " RETURNING id, event_seq, subscription_id, attempt_count",
+	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE state = 0 AND leased = 0",
+	[ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
+	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
+	                      " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+	[ST_DELIVERY_FINISH] = "UPDATE deliveries SET leased = 0, state = ?2, attempt_count = ?3,"
+	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
+	                       " updated_at = ?7 WHERE id = ?1",
+	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET leased = 0, next_attempt_at = ?2 WHERE id = ?1",
+};
+
+struct store {
+	sqlite3 *wdb;                   /* the write connection: writer thread only */
+	sqlite3_stmt *st[ST_COUNT];     /* prepared on wdb */
+	int synchronous_full;           /* durable commits fsync */
+	int sync_now;                   /* the synchronous level wdb is set to: 0 OFF, 1 durable */
+	int last_batch_failed;          /* slows the writer down while storage fails */
+	struct writer *writer;
+	struct matcher *matcher;        /* enabled subscriptions' patterns */
+	struct sub_entry *subs;         /* sorted by id */
+	size_t nsubs, subs_cap;
+	int64_t *match_ids;             /* matcher_match scratch */
+	size_t match_cap;
+	void (*due_hook)(void *);
+	void *due_arg;
+	struct delivery_store source;   /* for the dispatcher */
+	char *path;
+	pthread_mutex_t readers_lock;
+	sqlite3 *readers[READERS_MAX];  /* idle read-only connections */
+	int nreaders;
+};
+
+/* The dispatcher's side of a STORE_CLAIM / STORE_COMPLETE call. */
+struct claim_args {
+	int64_t now_ms;
+	int max;
+	struct delivery_job **jobs; /* filled on the writer thread */
+	int njobs;
+	int64_t next_due_ms;
+	int finished;               /* set under lock when done() ran */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
+
+struct complete_args {
+	struct delivery_result **results;
+	int n;
+};
+
+/* ---------- small SQLite helpers ---------- */
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		if (err)
+			snprintf(err, errlen, "%s", msg ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *text)
+{
+	if (text)
+		sqlite3_bind_text(st, i, text, -1, SQLITE_TRANSIENT);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static const char *column_text(sqlite3_stmt *st, int i)
+{
+	return (const char *)sqlite3_column_text(st, i);
+}
+
+/* Runs a prepared statement that returns no rows to be read; resets it. */
+static int step_done(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+static json_t *json_time_or_null(sqlite3_stmt *st, int i)
+{
+	char buf[UTIL_TIME_MAX];
+	if (sqlite3_column_type(st, i) == SQLITE_NULL)
+		return json_null();
+	util_format_time(sqlite3_column_int64(st, i), buf);
+	return json_string(buf);
+}
+
+static json_t *json_text_or_null(sqlite3_stmt *st, int i)
+{
+	const char *t = column_text(st, i);
+	return t ? json_string(t) : json_null();
+}
+
+static json_t *json_parsed_or_null(sqlite3_stmt *st, int i)
+{
+	const char *t = column_text(st, i);
+	json_t *v = t ? json_loads(t, JSON_DECODE_ANY, NULL) : NULL;
+	return v ? v : json_null();
+}
+
+static json_t *json_id(const char *prefix, int64_t n)
+{
+	char buf[UTIL_ID_MAX];
+	util_format_id(prefix, n, buf);
+	return json_string(buf);
+}
+
+/* ---------- JSON for rows (shared by the writer and the read routes) ---------- */
+
+#define SUB_COLUMNS                                                                    \
+	"id, url, event_types, description, headers, enabled, disabled_reason, created_at," \
+	" updated_at"
+
+static json_t *subscription_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_id("sub_", sqlite3_column_int64(st, 0)));
+	json_object_set_new(o, "url", json_text_or_null(st, 1));
+	json_object_set_new(o, "event_types", json_parsed_or_null(st, 2));
+	json_object_set_new(o, "description", json_text_or_null(st, 3));
+	json_object_set_new(o, "headers", json_parsed_or_null(st, 4));
+	json_object_set_new(o, "enabled", json_boolean(sqlite3_column_int(st, 5)));
+	json_object_set_new(o, "disabled_reason", json_text_or_null(st, 6));
+	json_object_set_new(o, "created_at", json_time_or_null(st, 7));
+	json_object_set_new(o, "updated_at", json_time_or_null(st, 8));
+	return o;
+}
+
+#define DELIVERY_COLUMNS                                                                    \
+	"d.id, e.id, d.subscription_id, e.type, d.state, d.attempt_count, d.next_attempt_at," \
+	" d.last_http_status, d.last_error, d.created_at, d.updated_at"
+#define DELIVERY_FROM " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+
+static json_t *delivery_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	int state = sqlite3_column_int(st, 4);
+	json_object_set_new(o, "id", json_id("dlv_", sqlite3_column_int64(st, 0)));
+	json_object_set_new(o, "event_id", json_text_or_null(st, 1));
+	json_object_set_new(o, "subscription_id", json_id("sub_", sqlite3_column_int64(st, 2)));
+	json_object_set_new(o, "event_type", json_text_or_null(st, 3));
+	json_object_set_new(o, "status", json_string(state_names[state >= 0 && state <= 2 ? state : 0]));
+	json_object_set_new(o, "attempt_count", json_integer(sqlite3_column_int(st, 5)));
+	json_object_set_new(o, "next_attempt_at",
+	                    state == STATE_PENDING ? json_time_or_null(st, 6) : json_null());
+	json_object_set_new(o, "last_http_status",
+	                    sqlite3_column_type(st, 7) == SQLITE_NULL
+	                        ? json_null()
+	                        : json_integer(sqlite3_column_int(st, 7)));
+	json_object_set_new(o, "last_error", json_text_or_null(st, 8));
+	json_object_set_new(o, "created_at", json_time_or_null(st, 9));
+	json_object_set_new(o, "updated_at", json_time_or_null(st, 10));
+	return o;
+}
+
+#define EVENT_COLUMNS "seq, envelope, idempotency_key"
+
+/* The event object is the envelope as sent, plus its idempotency key. */
+static json_t *event_json(sqlite3_stmt *st)
+{
+	json_t *o = json_loadb(sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), 0,
+	                       NULL);
+	if (!o)
+		o = json_object();
+	json_object_set_new(o, "idempotency_key", json_text_or_null(st, 2));
+	return o;
+}
+
+/* Runs a prepared SELECT and builds one object per row with `row`. Returns an array,
+ * or NULL on error. Finalizes nothing. */
+static json_t *rows_json(sqlite3_stmt *st, json_t *(*row)(sqlite3_stmt *), int limit,
+                         int64_t *last_key, int *more)
+{
+	json_t *arr = json_array();
+	int rc, n = 0;
+
+	*more = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (limit > 0 && n == limit) {
+			*more = 1;
+			break;
+		}
+		json_array_append_new(arr, row(st));
+		if (last_key)
+			*last_key = sqlite3_column_int64(st, 0);
+		n++;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		json_decref(arr);
+		return NULL;
+	}
+	return arr;
+}
+
+/* One subscription row (not deleted) as JSON, on the given connection. */
+static enum store_rc load_subscription_json(sqlite3 *db, int64_t id, json_t **out)
+{
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+
+	if (sqlite3_prepare_v2(db,
+	                       "SELECT " SUB_COLUMNS " FROM subscriptions WHERE id = ?1 AND deleted_at IS NULL",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	switch (sqlite3_step(st)) {
+	case SQLITE_ROW:
+		*out = subscription_json(st);
+		rc = STORE_OK;
+		break;
+	case SQLITE_DONE:
+		rc = STORE_NOTFOUND;
+		break;
+	default:
+		break;
+	}
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static enum store_rc load_delivery_json(sqlite3 *db, int64_t id, json_t **out)
+{
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+
+	if (sqlite3_prepare_v2(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.id = ?1", -1,
+	                       &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	switch (sqlite3_step(st)) {
+	case SQLITE_ROW:
+		*out = delivery_json(st);
+		rc = STORE_OK;
+		break;
+	case SQLITE_DONE:
+		rc = STORE_NOTFOUND;
+		break;
+	default:
+		break;
+	}
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* ---------- the subscription cache (writer thread) ---------- */
+
+static struct sub_entry *sub_find(struct store *s, int64_t id)
+{
+	size_t lo = 0, hi = s->nsubs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->subs[mid].id == id)
+			return &s->subs[mid];
+		if (s->subs[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static void sub_entry_clear(struct sub_entry *e)
+{
+	free(e->url);
+	free(e->headers_json);
+	for (int i = 0; i < e->nsecrets; i++)
+		free(e->secrets[i].secret);
+	memset(e, 0, sizeof(*e));
+}
+
+static void sub_remove(struct store *s, int64_t id)
+{
+	struct sub_entry *e = sub_find(s, id);
+	matcher_remove(s->matcher, id);
+	if (!e)
+		return;
+	sub_entry_clear(e);
+	size_t i = (size_t)(e - s->subs);
+	memmove(&s->subs[i], &s->subs[i + 1], (s->nsubs - i - 1) * sizeof(*s->subs));
+	s->nsubs--;
+}
+
+static char *strdup_or_null(const char *t)
+{
+	return t ? strdup(t) : NULL;
+}
+
+/* Reads subscription `id` from wdb into the cache and the matcher, or removes it if it
+ * is gone. Returns 0 or -1 (the cache is then left without it: deliveries fail safe). */
+static int reload_subscription(struct store *s, int64_t id)
+{
+	sqlite3_stmt *st = NULL;
+	struct sub_entry fresh;
+	json_t *patterns = NULL;
+	const char **pats = NULL;
+	int rc = -1, step;
+
+	memset(&fresh, 0, sizeof(fresh));
+	sub_remove(s, id);
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT url, headers, enabled, event_types FROM subscriptions"
+	                       " WHERE id = ?1 AND deleted_at IS NULL",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	step = sqlite3_step(st);
+	if (step == SQLITE_DONE) {
+		rc = 0; /* deleted */
+		goto out;
+	}
+	if (step != SQLITE_ROW)
+		goto out;
+	fresh.id = id;
+	fresh.url = strdup_or_null(column_text(st, 0));
+	fresh.headers_json = strdup_or_null(column_text(st, 1));
+	fresh.enabled = sqlite3_column_int(st, 2);
+	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
+	if (!fresh.url || !json_is_array(patterns))
+		goto out;
+	sqlite3_finalize(st);
+	st = NULL;
+
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT secret, coalesce(expires_at, 0) FROM subscription_secrets"
+	                       " WHERE subscription_id = ?1 ORDER BY id DESC LIMIT 11",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW && fresh.nsecrets < SECRETS_MAX) {
+		struct sub_secret *sec = &fresh.secrets[fresh.nsecrets];
+		sec->secret = strdup_or_null(column_text(st, 0));
+		sec->expires_at = sqlite3_column_int64(st, 1);
+		if (!sec->secret)
+			goto out;
+		fresh.nsecrets++;
+	}
+
+	if (fresh.enabled) {
+		size_t n = json_array_size(patterns);
+		pats = calloc(n ? n : 1, sizeof(*pats));
+		if (!pats)
+			goto out;
+		for (size_t i = 0; i < n; i++)
+			pats[i] = json_string_value(json_array_get(patterns, i));
+		if (matcher_set(s->matcher, id, pats, n) != 0)
+			goto out;
+	}
+	if (s->nsubs == s->subs_cap) {
+		size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
+		struct sub_entry *grown = realloc(s->subs, cap * sizeof(*grown));
+		if (!grown)
+			goto out;
+		s->subs = grown;
+		s->subs_cap = cap;
+	}
+	size_t at = s->nsubs;
+	while (at > 0 && s->subs[at - 1].id > id)
+		at--;
+	memmove(&s->subs[at + 1], &s->subs[at], (s->nsubs - at) * sizeof(*s->subs));
+	s->subs[at] = fresh;
+	s->nsubs++;
+	memset(&fresh, 0, sizeof(fresh));
+	rc = 0;
+out:
+	if (rc != 0)
+		matcher_remove(s->matcher, id);
+	sub_entry_clear(&fresh);
+	free(pats);
+	json_decref(patterns);
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int load_all_subscriptions(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1, step;
+
+	if (sqlite3_prepare_v2(s->wdb, "SELECT id FROM subscriptions WHERE deleted_at IS NULL", -1,
+	                       &st, NULL) != SQLITE_OK)
+		goto out;
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		if (reload_subscription(s, sqlite3_column_int64(st, 0)) != 0)
+			goto out;
+	}
+	rc = step == SQLITE_DONE ? 0 : -1;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* The signing secrets still in force at now_ms, newest first, space-separated. */
+static char *sub_secrets_text(const struct sub_entry *e, int64_t now_ms)
+{
+	size_t len = 0, off = 0;
+	char *out;
+
+	for (int i = 0; i < e->nsecrets; i++)
+		len += strlen(e->secrets[i].secret) + 1;
+	out = malloc(len + 1);
+	if (!out)
+		return NULL;
+	for (int i = 0; i < e->nsecrets; i++) {
+		const struct sub_secret *sec = &e->secrets[i];
+		if (sec->expires_at != 0 && sec->expires_at <= now_ms)
+			continue;
+		size_t l = strlen(sec->secret);
+		if (off)
+			out[off++] = ' ';
+		memcpy(out + off, sec->secret, l);
+		off += l;
+	}
+	out[off] = '\0';
+	return out;
+}
+
+/* ---------- the writer's calls ---------- */
+
+/* Sets call->why from the write connection's last error. */
+static enum store_rc fail_storage(struct store *s, struct store_call *call)
+{
+	snprintf(call->why, sizeof(call->why), "storage error: %s", sqlite3_errmsg(s->wdb));
+	return STORE_ERR;
+}
+
+static enum store_rc apply_ingest(struct store *s, struct store_call *call, int *made_due)
+{
+	json_t *items = json_array();
+	int64_t now = clock_now_ms();
+
+	for (size_t i = 0; i < call->nevents; i++) {
+		const struct store_event *ev = &call->events[i];
+		json_t *item;
+		int n;
+
+		if (ev->idempotency_key) {
+			sqlite3_stmt *st = s->st[ST_IDEM_LOOKUP];
+			sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
+			int step = sqlite3_step(st);
+			if (step == SQLITE_ROW) {
+				item = json_pack("{s:s, s:i, s:b}", "id", column_text(st, 0),
+				                 "deliveries", sqlite3_column_int(st, 1), "replayed", 1);
+				sqlite3_reset(st);
+				sqlite3_clear_bindings(st);
+				json_array_append_new(items, item);
+				continue;
+			}
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			if (step != SQLITE_DONE)
+				goto fail;
+		}
+
+		sqlite3_stmt *ins = s->st[ST_EVENT_INSERT];
+		sqlite3_bind_text(ins, 1, ev->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(ins, 2, ev->type, -1, SQLITE_STATIC);
+		bind_text_or_null(ins, 3, ev->key);
+		bind_text_or_null(ins, 4, ev->idempotency_key);
+		sqlite3_bind_int64(ins, 5, ev->created_at_ms);
+		sqlite3_bind_blob(ins, 6, ev->envelope, (int)ev->envelope_len, SQLITE_STATIC);
+		if (step_done(ins) != 0)
+			goto fail;
+		int64_t seq = sqlite3_last_insert_rowid(s->wdb);
+
+		n = matcher_match(s->matcher, ev->type, &s->match_ids, &s->match_cap);
+		if (n < 0)
+			goto fail;
+		sqlite3_stmt *dl = s->st[ST_DELIVERY_INSERT];
+		for (int k = 0; k < n; k++) {
+			sqlite3_bind_int64(dl, 1, seq);
+			sqlite3_bind_int64(dl, 2, s->match_ids[k]);
+			sqlite3_bind_int64(dl, 3, now);
+			if (step_done(dl) != 0)
+				goto fail;
+		}
+		if (n > 0)
+			*made_due = 1;
+		item = json_pack("{s:s, s:i, s:b}", "id", ev->id, "deliveries", n, "replayed", 0);
+		json_array_append_new(items, item);
+	}
+	call->result = items;
+	return STORE_OK;
+fail:
+	json_decref(items);
+	return fail_storage(s, call);
+}
+
+/* Binds a JSON value as text (compact) or NULL. */
+static void bind_json_or_null(sqlite3_stmt *st, int i, json_t *v)
+{
+	char *text = (v && !json_is_null(v)) ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+	bind_text_or_null(st, i, text);
+	free(text);
+}
+
+static int insert_secret(struct store *s, int64_t sub_id, const char *secret, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "INSERT INTO subscription_secrets(subscription_id, secret, created_at)"
+	                       " VALUES (?1, ?2, ?3)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, sub_id);
+	sqlite3_bind_text(st, 2, secret, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now);
+	rc = step_done(st);
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Runs one parameterless-but-id statement: "... WHERE subscription_id = ?1" style. */
+static int exec_with_id_time(struct store *s, const char *sql, int64_t id, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+	if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_bind_parameter_count(st) >= 2)
+		sqlite3_bind_int64(st, 2, now);
+	rc = step_done(st);
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int subscription_exists(struct store *s, int64_t id)
+{
+	sqlite3_stmt *st = NULL;
+	int found = -1;
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT 1 FROM subscriptions WHERE id = ?1 AND deleted_at IS NULL", -1,
+	                       &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	int step = sqlite3_step(st);
+	found = step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
+out:
+	sqlite3_finalize(st);
+	return found;
+}
+
+/* Holds (next_attempt_at NULL) or releases (due now) a subscription's pending rows. */
+static int hold_pending(struct store *s, int64_t sub_id, int hold, int64_t now)
+{
+	return exec_with_id_time(
+	    s,
+	    hold ? "UPDATE deliveries SET next_attempt_at = NULL WHERE subscription_id = ?1"
+	           " AND state = 0 AND leased = 0 AND ?2 IS NOT NULL"
+	         : "UPDATE deliveries SET next_attempt_at = ?2 WHERE subscription_id = ?1"
+	           " AND state = 0 AND leased = 0 AND next_attempt_at IS NULL",
+	    sub_id, now);
+}
+
+static enum store_rc apply_sub_create(struct store *s, struct store_call *call, int64_t *changed)
+{
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+	int64_t now = clock_now_ms(), id;
+	json_t *f = call->fields;
+	json_t *enabled = json_object_get(f, "enabled");
+
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "INSERT INTO subscriptions(url, event_types, description, headers,"
+	                       " enabled, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, json_string_value(json_object_get(f, "url")), -1, SQLITE_STATIC);
+	bind_json_or_null(st, 2, json_object_get(f, "event_types"));
+	bind_text_or_null(st, 3, json_string_value(json_object_get(f, "description")));
+	bind_json_or_null(st, 4, json_object_get(f, "headers"));
+	sqlite3_bind_int(st, 5, enabled ? json_is_true(enabled) : 1);
+	sqlite3_bind_int64(st, 6, now);
+	if (step_done(st) != 0)
+		goto out;
+	id = sqlite3_last_insert_rowid(s->wdb);
+	if (insert_secret(s, id, json_string_value(json_object_get(f, "secret")), now) != 0)
+		goto out;
+	if (load_subscription_json(s->wdb, id, &call->result) != STORE_OK)
+		goto out;
+	json_object_set(call->result, "secret", json_object_get(f, "secret"));
+	*changed = id;
+	rc = STORE_OK;
+out:
+	sqlite3_finalize(st);
+	return rc == STORE_OK ? rc : fail_storage(s, call);
+}
+
+static enum store_rc apply_sub_update(struct store *s, struct store_call *call, int64_t *changed,
+                                      int *made_due)
+{
+	sqlite3_stmt *st = NULL;
+	json_t *f = call->fields;
+	json_t *v;
+	int64_t now = clock_now_ms();
+	int found = subscription_exists(s, call->id);
+
+	if (found <= 0)
+		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	/* One statement per field keeps each one simple and every value bound. */
+	static const struct {
+		const char *field;
+		const char *sql;
+		int is_json;
+	} setters[] = {
+	    {"url", "UPDATE subscriptions SET url = ?2, updated_at = ?3 WHERE id = ?1", 0},
+	    {"event_types", "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
+	    {"description", "UPDATE subscriptions SET description = ?2, updated_at = ?3 WHERE id = ?1", 0},
+	    {"headers", "UPDATE subscriptions SET headers = ?2, updated_at = ?3 WHERE id = ?1", 1},
+	};
+	for (size_t i = 0; i < sizeof(setters) / sizeof(setters[0]); i++) {
+		v = json_object_get(f, setters[i].field);
+		if (!v)
+			continue;
+		if (sqlite3_prepare_v2(s->wdb, setters[i].sql, -1, &st, NULL) != SQLITE_OK)
+			goto fail;
+		sqlite3_bind_int64(st, 1, call->id);
+		if (setters[i].is_json)
+			bind_json_or_null(st, 2, v);
+		else
+			bind_text_or_null(st, 2, json_string_value(v));
+		sqlite3_bind_int64(st, 3, now);
+		if (step_done(st) != 0)
+			goto fail;
+		sqlite3_finalize(st);
+		st = NULL;
+	}
+	v = json_object_get(f, "enabled");
+	if (v) {
+		int on = json_is_true(v);
+		if (exec_with_id_time(s,
+		                      on ? "UPDATE subscriptions SET enabled = 1, disabled_reason = NULL,"
+		                           " updated_at = ?2 WHERE id = ?1"
+		                         : "UPDATE subscriptions SET enabled = 0, disabled_reason ="
+		                           " coalesce(disabled_reason, 'disabled through the API'),"
+		                           " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
+		                      call->id, now) != 0)
+			goto fail;
+		if (hold_pending(s, call->id, !on, now) != 0)
+			goto fail;
+		if (on)
+			*made_due = 1;
+	}
+	if (load_subscription_json(s->wdb, call->id, &call->result) != STORE_OK)
+		goto fail;
+	*changed = call->id;
+	return STORE_OK;
+fail:
+	sqlite3_finalize(st);
+	return fail_storage(s, call);
+}
+
+static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, int64_t *changed)
+{
+	int64_t now = clock_now_ms();
+	int found = subscription_exists(s, call->id);
+
+	if (found <= 0)
+		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	if (exec_with_id_time(s,
+	                      "UPDATE subscriptions SET deleted_at = ?2, enabled = 0, updated_at = ?2"
+	                      " WHERE id = ?1",
+	                      call->id, now) != 0 ||
+	    exec_with_id_time(s,
+	                      "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
+	                      " last_error = 'subscription deleted', updated_at = ?2"
+	                      " WHERE subscription_id = ?1 AND state = 0 AND leased = 0",
+	                      call->id, now) != 0)
+		return fail_storage(s, call);
+	*changed = call->id;
+	return STORE_OK;
+}
+
+static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, int64_t *changed)
+{
+	int64_t now = clock_now_ms();
+	json_t *f = call->fields;
+	int64_t grace_ms = json_integer_value(json_object_get(f, "grace_ms"));
+	sqlite3_stmt *st = NULL;
+	int found = subscription_exists(s, call->id);
+
+	if (found <= 0)
+		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "UPDATE subscription_secrets SET expires_at = ?2 WHERE subscription_id = ?1"
+	                       " AND expires_at IS NULL",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, call->id);
+	sqlite3_bind_int64(st, 2, now + grace_ms);
+	if (step_done(st) != 0)
+		goto fail;
+	if (insert_secret(s, call->id, json_string_value(json_object_get(f, "secret")), now) != 0)
+		goto fail;
+	/* Keep the current secret and at most 10 old ones still in their grace. */
+	if (exec_with_id_time(s,
+	                      "DELETE FROM subscription_secrets WHERE subscription_id = ?1 AND"
+	                      " ((expires_at IS NOT NULL AND expires_at <= ?2) OR id NOT IN"
+	                      " (SELECT id FROM subscription_secrets WHERE subscription_id = ?1"
+	                      " ORDER BY id DESC LIMIT 11))",
+	                      call->id, now) != 0)
+		goto fail;
+	if (exec_with_id_time(s, "UPDATE subscriptions SET updated_at = ?2 WHERE id = ?1", call->id,
+	                      now) != 0)
+		goto fail;
+	if (load_subscription_json(s->wdb, call->id, &call->result) != STORE_OK)
+		goto fail;
+	json_object_set(call->result, "secret", json_object_get(f, "secret"));
+	sqlite3_finalize(st);
+	*changed = call->id;
+	return STORE_OK;
+fail:
+	sqlite3_finalize(st);
+	return fail_storage(s, call);
+}
+
+static enum store_rc apply_delivery_retry(struct store *s, struct store_call *call, int *made_due)
+{
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+	int64_t now = clock_now_ms();
+
+	if (sqlite3_prepare_v2(s->wdb, "SELECT leased FROM deliveries WHERE id = ?1", -1, &st,
+	                       NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, call->id);
+	int step = sqlite3_step(st);
+	if (step == SQLITE_DONE) {
+		rc = STORE_NOTFOUND;
+		goto out;
+	}
+	if (step != SQLITE_ROW)
+		goto out;
+	if (sqlite3_column_int(st, 0)) {
+		snprintf(call->why, sizeof(call->why), "the delivery is being attempted right now");
+		rc = STORE_CONFLICT;
+		goto out;
+	}
+	if (exec_with_id_time(s,
+	                      "UPDATE deliveries SET state = 0, next_attempt_at = ?2, updated_at = ?2"
+	                      " WHERE id = ?1",
+	                      call->id, now) != 0)
+		goto out;
+	if (load_delivery_json(s->wdb, call->id, &call->result) != STORE_OK)
+		goto out;
+	*made_due = 1;
+	rc = STORE_OK;
+out:
+	sqlite3_finalize(st);
+	return rc == STORE_ERR ? fail_storage(s, call) : rc;
+}
+
+/* Leases due jobs and fills them from the envelope and the subscription cache. */
+static enum store_rc apply_claim(struct store *s, struct store_call *call)
+{
+	struct claim_args *a = call->internal;
+	sqlite3_stmt *st = s->st[ST_CLAIM];
+	sqlite3_stmt *env = s->st[ST_ENVELOPE];
+	int step;
+
+	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
+	if (!a->jobs)
+		return STORE_ERR;
+	sqlite3_bind_int64(st, 1, a->now_ms);
+	sqlite3_bind_int(st, 2, a->max);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW && a->njobs < a->max) {
+		struct delivery_job *job = calloc(1, sizeof(*job));
+		if (!job)
+			break;
+		a->jobs[a->njobs++] = job;
+		job->delivery_id = sqlite3_column_int64(st, 0);
+		int64_t seq = sqlite3_column_int64(st, 1);
+		job->subscription_id = sqlite3_column_int64(st, 2);
+		job->attempt = sqlite3_column_int(st, 3) + 1;
+		const struct sub_entry *sub = sub_find(s, job->subscription_id);
+		if (sub) {
+			job->url = strdup(sub->url);
+			job->headers_json = strdup_or_null(sub->headers_json);
+			job->secrets = sub_secrets_text(sub, a->now_ms);
+		}
+		sqlite3_bind_int64(env, 1, seq);
+		if (sqlite3_step(env) == SQLITE_ROW) {
+			int len = sqlite3_column_bytes(env, 1);
+			job->event_id = strdup_or_null(column_text(env, 0));
+			job->body = malloc((size_t)len + 1);
+			if (job->body) {
+				memcpy(job->body, sqlite3_column_blob(env, 1), (size_t)len);
+				job->body[len] = '\0';
+				job->body_len = (size_t)len;
+			}
+		}
+		sqlite3_reset(env);
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		return STORE_ERR;
+
+	sqlite3_stmt *nd = s->st[ST_NEXT_DUE];
+	a->next_due_ms = INT64_MAX;
+	if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL)
+		a->next_due_ms = sqlite3_column_int64(nd, 0);
+	sqlite3_reset(nd);
+	return STORE_OK;
+}
+
+static const enum delivery_state outcome_state[] = {
+	[DELIVERY_DELIVERED] = STATE_DELIVERED, [DELIVERY_RETRY] = STATE_PENDING,
+	[DELIVERY_FAILED] = STATE_FAILED,       [DELIVERY_GONE] = STATE_FAILED,
+	[DELIVERY_RELEASED] = STATE_PENDING,
+};
+
+static enum store_rc apply_complete(struct store *s, struct store_call *call, int64_t *changed,
+                                    int *made_due)
+{
+	struct complete_args *a = call->internal;
+	int64_t now = clock_now_ms();
+
+	for (int i = 0; i < a->n; i++) {
+		const struct delivery_result *r = a->results[i];
+		const struct sub_entry *sub = sub_find(s, r->subscription_id);
+		int held = sub && !sub->enabled;
+
+		if (r->outcome == DELIVERY_RELEASED) {
+			sqlite3_stmt *rel = s->st[ST_DELIVERY_RELEASE];
+			sqlite3_bind_int64(rel, 1, r->delivery_id);
+			if (held)
+				sqlite3_bind_null(rel, 2);
+			else
+				sqlite3_bind_int64(rel, 2, now);
+			if (step_done(rel) != 0)
+				return fail_storage(s, call);
+			*made_due = 1;
+			continue;
+		}
+
+		sqlite3_stmt *at = s->st[ST_ATTEMPT_INSERT];
+		sqlite3_bind_int64(at, 1, r->delivery_id);
+		sqlite3_bind_int(at, 2, r->attempt);
+		sqlite3_bind_int64(at, 3, r->started_at_ms);
+		sqlite3_bind_int(at, 4, r->duration_ms);
+		sqlite3_bind_int(at, 5, r->http_status);
+		bind_text_or_null(at, 6, r->error[0] ? r->error : NULL);
+		if (r->response_snippet)
+			sqlite3_bind_blob(at, 7, r->response_snippet, (int)r->snippet_len, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(at, 7);
+		if (step_done(at) != 0)
+			return fail_storage(s, call);
+
+		enum delivery_state state = outcome_state[r->outcome];
+		const char *error = r->error[0] ? r->error : NULL;
+		if (state == STATE_PENDING && !sub) {
+			state = STATE_FAILED; /* deleted while in flight */
+			error = "subscription deleted";
+		}
+		sqlite3_stmt *fin = s->st[ST_DELIVERY_FINISH];
+		sqlite3_bind_int64(fin, 1, r->delivery_id);
+		sqlite3_bind_int(fin, 2, (int)state);
+		sqlite3_bind_int(fin, 3, r->attempt);
+		if (state == STATE_PENDING && !held)
+			sqlite3_bind_int64(fin, 4, r->next_attempt_at_ms);
+		else
+			sqlite3_bind_null(fin, 4);
+		if (r->http_status)
+			sqlite3_bind_int(fin, 5, r->http_status);
+		else
+			sqlite3_bind_null(fin, 5);
+		bind_text_or_null(fin, 6, error);
+		sqlite3_bind_int64(fin, 7, now);
+		if (step_done(fin) != 0)
+			return fail_storage(s, call);
+
+		if (r->outcome == DELIVERY_GONE && sub && sub->enabled) {
+			if (exec_with_id_time(s,
+			                      "UPDATE subscriptions SET enabled = 0, disabled_reason ="
+			                      " 'the endpoint answered 410 Gone', updated_at = ?2"
+			                      " WHERE id = ?1",
+			                      r->subscription_id, now) != 0 ||
+			    hold_pending(s, r->subscription_id, 1, now) != 0)
+				return fail_storage(s, call);
+			changed[i] = r->subscription_id;
+		}
+	}
+	return STORE_OK;
+}
+
+static void set_sync(struct store *s, int durable)
+{
+	if (s->sync_now == durable)
+		return;
+	exec_sql(s->wdb,
+	         durable ? (s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
+	                 : "PRAGMA synchronous=OFF",
+	         NULL, 0);
+	s->sync_now = durable;
+}
+
+static void free_claim_jobs(struct claim_args *a)
+{
+	for (int i = 0; i < a->njobs; i++)
+		delivery_job_free(a->jobs[i]);
+	free(a->jobs);
+	a->jobs = NULL;
+	a->njobs = 0;
+}
+
+/*
+ * The writer's batch: everything in one transaction. Each call runs inside its own
+ * SAVEPOINT so a failing call leaves the others intact; if COMMIT itself fails, every
+ * call fails. The cache and the matcher follow only committed rows. A batch that only
+ * claims leases is not fsynced: leases are dropped at start-up anyway.
+ */
+static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
+{
+	struct store *s = ctx;
+	int durable = 0, made_due = 0, committed = 0;
+	int64_t *changed = NULL; /* subscriptions to reload after COMMIT */
+	size_t nchanged = 0, changed_cap = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		if (calls[i]->kind != STORE_CLAIM)
+			durable = 1;
+		if (calls[i]->kind == STORE_COMPLETE)
+			changed_cap += (size_t)((struct complete_args *)calls[i]->internal)->n;
+		else
+			changed_cap++;
+	}
+	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
+	if (s->last_batch_failed)
+		usleep(100 * 1000); /* storage was failing: do not spin */
+	set_sync(s, durable);
+	if (!changed || exec_sql(s->wdb, "BEGIN IMMEDIATE", NULL, 0) != 0)
+		goto finish;
+
+	for (size_t i = 0; i < n; i++) {
+		struct store_call *c = calls[i];
+		int64_t *slot = &changed[nchanged];
+		exec_sql(s->wdb, "SAVEPOINT call", NULL, 0);
+		switch (c->kind) {
+		case STORE_INGEST:
+			c->rc = apply_ingest(s, c, &made_due);
+			break;
+		case STORE_SUB_CREATE:
+			c->rc = apply_sub_create(s, c, slot);
+			break;
+		case STORE_SUB_UPDATE:
+			c->rc = apply_sub_update(s, c, slot, &made_due);
+			break;
+		case STORE_SUB_DELETE:
+			c->rc = apply_sub_delete(s, c, slot);
+			break;
+		case STORE_SUB_ROTATE:
+			c->rc = apply_sub_rotate(s, c, slot);
+			break;
+		case STORE_DELIVERY_RETRY:
+			c->rc = apply_delivery_retry(s, c, &made_due);
+			break;
+		case STORE_CLAIM:
+			c->rc = apply_claim(s, c);
+			break;
+		case STORE_COMPLETE:
+			c->rc = apply_complete(s, c, slot, &made_due);
+			break;
+		}
+		if (c->rc == STORE_OK) {
+			size_t span = c->kind == STORE_COMPLETE
+			                  ? (size_t)((struct complete_args *)c->internal)->n
+			                  : 1;
+			nchanged += span;
+		} else {
+			memset(slot, 0, sizeof(*slot));
+			exec_sql(s->wdb, "ROLLBACK TO call", NULL, 0);
+			json_decref(c->result);
+			c->result = NULL;
+			if (c->kind == STORE_CLAIM)
+				free_claim_jobs(c->internal);
+		}
+		exec_sql(s->wdb, "RELEASE call", NULL, 0);
+	}
+	if (exec_sql(s->wdb, "COMMIT", NULL, 0) == 0)
+		committed = 1;
+	else if (!sqlite3_get_autocommit(s->wdb))
+		exec_sql(s->wdb, "ROLLBACK", NULL, 0);
+
+finish:
+	s->last_batch_failed = !committed;
+	if (!committed) {
+		for (size_t i = 0; i < n; i++) {
+			struct store_call *c = calls[i];
+			if (c->rc == STORE_OK || c->rc == STORE_NOTFOUND || c->rc == STORE_CONFLICT) {
+				snprintf(c->why, sizeof(c->why), "storage unavailable: %s",
+				         sqlite3_errmsg(s->wdb));
+				c->rc = STORE_ERR;
+			}
+			json_decref(c->result);
+			c->result = NULL;
+			if (c->kind == STORE_CLAIM)
+				free_claim_jobs(c->internal);
+		}
+		free(changed);
+		return;
+	}
+	for (size_t i = 0; i < nchanged; i++) {
+		if (changed[i])
+			reload_subscription(s, changed[i]);
+	}
+	free(changed);
+	if (made_due && s->due_hook)
+		s->due_hook(s->due_arg);
+}
+
+int store_submit(struct store *s, struct store_call *call)
+{
+	call->rc = STORE_ERR;
+	call->result = NULL;
+	call->why[0] = '\0';
+	return writer_submit(s->writer, call, 0);
+}
+
+/* ---------- the delivery_store for the dispatcher ---------- */
+
+static void claim_done(struct store_call *call)
+{
+	struct claim_args *a = call->internal;
+	pthread_mutex_lock(&a->lock);
+	a->finished = 1;
+	pthread_cond_signal(&a->cond);
+	pthread_mutex_unlock(&a->lock);
+}
+
+static int source_claim(void *ctx, int64_t now_ms, int max, struct delivery_job ***jobs_out,
+                        int64_t *next_due_ms)
+{
+	struct store *s = ctx;
+	struct store_call call;
+	struct claim_args a;
+	int rc = -1;
+
+	memset(&call, 0, sizeof(call));
+	memset(&a, 0, sizeof(a));
+	a.now_ms = now_ms;
+	a.max = max > 0 ? max : 1;
+	pthread_mutex_init(&a.lock, NULL);
+	pthread_cond_init(&a.cond, NULL);
+	call.kind = STORE_CLAIM;
+	call.internal = &a;
+	call.done = claim_done;
+	if (writer_submit(s->writer, &call, 1) != 0)
+		goto out;
+	pthread_mutex_lock(&a.lock);
+	while (!a.finished)
+		pthread_cond_wait(&a.cond, &a.lock);
+	pthread_mutex_unlock(&a.lock);
+	if (call.rc != STORE_OK)
+		goto out;
+	*jobs_out = a.jobs;
+	*next_due_ms = a.next_due_ms;
+	rc = a.njobs;
+	a.jobs = NULL; /* handed over */
+	a.njobs = 0;
+out:
+	free_claim_jobs(&a);
+	pthread_cond_destroy(&a.cond);
+	pthread_mutex_destroy(&a.lock);
+	return rc;
+}
+
+static void complete_done(struct store_call *call)
+{
+	struct complete_args *a = call->internal;
+	struct store *s = call->arg;
+
+	if (call->rc != STORE_OK && writer_submit(s->writer, call, 1) == 0)
+		return; /* storage failed: keep the results and try again next batch */
+	for (int i = 0; i < a->n; i++)
+		delivery_result_free(a->results[i]);
+	free(a->results);
+	free(a);
+	free(call);
+}
+
+static void source_complete(void *ctx, struct delivery_result **results, int n)
+{
+	struct store *s = ctx;
+	struct store_call *call = calloc(1, sizeof(*call));
+	struct complete_args *a = calloc(1, sizeof(*a));
+	struct delivery_result **copy = calloc((size_t)(n > 0 ? n : 1), sizeof(*copy));
+
+	if (!call || !a || !copy || n <= 0) {
+		/* Out of memory: the leases stay until restart, which re-sends them. */
+		for (int i = 0; i < n; i++)
+			delivery_result_free(results[i]);
+		free(call);
+		free(a);
+		free(copy);
+		return;
+	}
+	memcpy(copy, results, (size_t)n * sizeof(*copy));
+	a->results = copy;
+	a->n = n;
+	call->kind = STORE_COMPLETE;
+	call->internal = a;
+	call->arg = s;
+	call->done = complete_done;
+	if (writer_submit(s->writer, call, 1) != 0) {
+		call->rc = STORE_OK; /* writer stopping: free without resubmitting */
+		complete_done(call);
+	}
+}
+
+const struct delivery_store *store_delivery_source(struct store *s)
+{
+	return &s->source;
+}
+
+void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg)
+{
+	s->due_hook = fn;
+	s->due_arg = arg;
+}
+
+/* ---------- open / close ---------- */
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int version = 0;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+		goto fail;
+	if (sqlite3_step(st) == SQLITE_ROW)
+		version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (version > schema_migration_count) {
+		snprintf(err, errlen,
+		         "database schema version %d is newer than this hookrelay knows (%d)", version,
+		         schema_migration_count);
+		return -1;
+	}
+	for (int v = version; v < schema_migration_count; v++) {
+		char bump[64];
+		snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
+		if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != 0)
+			return -1;
+		if (exec_sql(db, schema_migrations[v], err, errlen) != 0 ||
+		    exec_sql(db, bump, err, errlen) != 0 || exec_sql(db, "COMMIT", err, errlen) != 0) {
+			exec_sql(db, "ROLLBACK", NULL, 0);
+			return -1;
+		}
+	}
+	return 0;
+fail:
+	snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+	return -1;
+}
+
+struct store *store_open(const struct store_options *opts, char *err, size_t errlen)
+{
+	struct store *s = calloc(1, sizeof(*s));
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&s->readers_lock, NULL);
+	s->synchronous_full = opts->synchronous_full;
+	s->sync_now = 1;
+	s->path = strdup(opts->path);
+	s->matcher = matcher_new();
+	if (!s->path || !s->matcher) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (sqlite3_open_v2(opts->path, &s->wdb,
+	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "cannot open %s: %s", opts->path,
+		         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
+		goto fail;
+	}
+	sqlite3_busy_timeout(s->wdb, 5000);
+	sqlite3_extended_result_codes(s->wdb, 1);
+	if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err, errlen) != 0 ||
+	    exec_sql(s->wdb, s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+	             err, errlen) != 0 ||
+	    exec_sql(s->wdb, "PRAGMA cache_size=-16000", err, errlen) != 0 ||
+	    migrate(s->wdb, err, errlen) != 0)
+		goto fail;
+	/* Whatever was in flight when the last process died is due again now. */
+	if (exec_sql(s->wdb, "UPDATE deliveries SET leased = 0 WHERE leased = 1", err, errlen) != 0)
+		goto fail;
+	for (int i = 0; i < ST_COUNT; i++) {
+		if (sqlite3_prepare_v3(s->wdb, writer_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
+		                       NULL) != SQLITE_OK) {
+			snprintf(err, errlen, "preparing statement %d: %s", i, sqlite3_errmsg(s->wdb));
+			goto fail;
+		}
+	}
+	if (load_all_subscriptions(s) != 0) {
+		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
+	s->source.ctx = s;
+	s->source.claim = source_claim;
+	s->source.complete = source_complete;
+	s->writer = writer_start(store_run_batch, s, opts->max_queue ? opts->max_queue : 8192,
+	                         WRITER_BATCH_MAX);
+	if (!s->writer) {
+		snprintf(err, errlen, "cannot start the writer thread");
+		goto fail;
+	}
+	return s;
+fail:
+	store_close(s);
+	return NULL;
+}
+
+void store_close(struct store *s)
+{
+	if (!s)
+		return;
+	writer_stop(s->writer);
+	for (int i = 0; i < ST_COUNT; i++)
+		sqlite3_finalize(s->st[i]);
+	for (int i = 0; i < s->nreaders; i++)
+		sqlite3_close(s->readers[i]);
+	for (size_t i = 0; i < s->nsubs; i++)
+		sub_entry_clear(&s->subs[i]);
+	free(s->subs);
+	free(s->match_ids);
+	matcher_free(s->matcher);
+	if (s->wdb) {
+		/* A clean close checkpoints the WAL into the main file. */
+		sqlite3_close(s->wdb);
+	}
+	pthread_mutex_destroy(&s->readers_lock);
+	free(s->path);
+	free(s);
+}
+
+/* ---------- reads ---------- */
+
+static sqlite3 *reader_acquire(struct store *s)
+{
+	sqlite3 *db = NULL;
+
+	pthread_mutex_lock(&s->readers_lock);
+	if (s->nreaders > 0)
+		db = s->readers[--s->nreaders];
+	pthread_mutex_unlock(&s->readers_lock);
+	if (db)
+		return db;
+	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+	    SQLITE_OK) {
+		sqlite3_close(db);
+		return NULL;
+	}
+	sqlite3_busy_timeout(db, 5000);
+	return db;
+}
+
+static void reader_release(struct store *s, sqlite3 *db)
+{
+	pthread_mutex_lock(&s->readers_lock);
+	if (s->nreaders < READERS_MAX) {
+		s->readers[s->nreaders++] = db;
+		db = NULL;
+	}
+	pthread_mutex_unlock(&s->readers_lock);
+	sqlite3_close(db);
+}
+
+enum store_rc store_health(struct store *s)
+{
+	sqlite3 *db = reader_acquire(s);
+	enum store_rc rc = STORE_ERR;
+	if (db && exec_sql(db, "SELECT 1 FROM events LIMIT 1", NULL, 0) == 0)
+		rc = STORE_OK;
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+/* Wraps rows into {"data": [...], "next": cursor|null}. */
+static json_t *page_json(json_t *rows, int more, int64_t last_key)
+{
+	char cursor[UTIL_ID_MAX];
+	json_t *next = json_null();
+	if (more) {
+		util_format_id("", last_key, cursor);
+		next = json_string(cursor);
+	}
+	return json_pack("{s:o, s:o}", "data", rows, "next", next);
+}
+
+/* Runs a list query (sql ends in "LIMIT ?n" = limit + 1) with text/int binds. */
+struct bind {
+	const char *text;
+	int64_t num;
+	int is_text;
+};
+
+static enum store_rc run_list(struct store *s, const char *sql, const struct bind *binds, int nbinds,
+                              json_t *(*row)(sqlite3_stmt *), int limit, json_t **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+	json_t *rows;
+	int more = 0;
+	int64_t last = 0;
+
+	if (!db || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	for (int i = 0; i < nbinds; i++) {
+		if (binds[i].is_text)
+			sqlite3_bind_text(st, i + 1, binds[i].text, -1, SQLITE_STATIC);
+		else
+			sqlite3_bind_int64(st, i + 1, binds[i].num);
+	}
+	rows = rows_json(st, row, limit, &last, &more);
+	if (!rows)
+		goto out;
+	*out = page_json(rows, more, last);
+	rc = STORE_OK;
+out:
+	sqlite3_finalize(st);
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+enum store_rc store_events_list(struct store *s, const struct store_list_query *q, json_t **out)
+{
+	char sql[512];
+	struct bind b[3];
+	int nb = 0;
+
+	snprintf(sql, sizeof(sql), "SELECT " EVENT_COLUMNS " FROM events WHERE 1%s%s ORDER BY seq DESC LIMIT ?%d",
+	         q->type ? " AND type = ?1" : "", q->after ? (q->type ? " AND seq < ?2" : " AND seq < ?1") : "",
+	         1 + (q->type != NULL) + (q->after != 0));
+	if (q->type)
+		b[nb++] = (struct bind){.text = q->type, .is_text = 1};
+	if (q->after)
+		b[nb++] = (struct bind){.num = q->after};
+	b[nb++] = (struct bind){.num = q->limit + 1};
+	return run_list(s, sql, b, nb, event_json, q->limit, out);
+}
+
+enum store_rc store_event_get(struct store *s, const char *id, json_t **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+	json_t *event = NULL, *deliveries;
+	int more;
+
+	if (!db || sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1,
+	                              &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	int step = sqlite3_step(st);
+	if (step != SQLITE_ROW) {
+		rc = step == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
+		goto out;
+	}
+	event = event_json(st);
+	int64_t seq = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (sqlite3_prepare_v2(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.event_seq = ?1 ORDER BY d.id",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, seq);
+	deliveries = rows_json(st, delivery_json, 0, NULL, &more);
+	if (!deliveries)
+		goto out;
+	json_object_set_new(event, "deliveries", deliveries);
+	*out = event;
+	event = NULL;
+	rc = STORE_OK;
+out:
+	json_decref(event);
+	sqlite3_finalize(st);
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	enum store_rc rc = db ? load_subscription_json(db, id, out) : STORE_ERR;
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+enum store_rc store_subscriptions_list(struct store *s, const struct store_list_query *q,
+                                       json_t **out)
+{
+	struct bind b[2];
+	int nb = 0;
+	const char *sql = q->after ? "SELECT " SUB_COLUMNS " FROM subscriptions WHERE deleted_at IS NULL"
+	                             " AND id < ?1 ORDER BY id DESC LIMIT ?2"
+	                           : "SELECT " SUB_COLUMNS " FROM subscriptions WHERE deleted_at IS NULL"
+	                             " ORDER BY id DESC LIMIT ?1";
+	if (q->after)
+		b[nb++] = (struct bind){.num = q->after};
+	b[nb++] = (struct bind){.num = q->limit + 1};
+	return run_list(s, sql, b, nb, subscription_json, q->limit, out);
+}
+
+static json_t *attempt_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "attempt", json_integer(sqlite3_column_int(st, 0)));
+	json_object_set_new(o, "started_at", json_time_or_null(st, 1));
+	json_object_set_new(o, "duration_ms", json_integer(sqlite3_column_int(st, 2)));
+	json_object_set_new(o, "http_status", json_integer(sqlite3_column_int(st, 3)));
+	json_object_set_new(o, "error", json_text_or_null(st, 4));
+	if (sqlite3_column_type(st, 5) == SQLITE_NULL)
+		json_object_set_new(o, "response_body", json_null());
+	else
+		json_object_set_new(o, "response_body",
+		                    json_stringn_nocheck(sqlite3_column_blob(st, 5),
+		                                         (size_t)sqlite3_column_bytes(st, 5)));
+	return o;
+}
+
+enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+	json_t *delivery = NULL, *attempts;
+	int more;
+
+	if (!db)
+		goto out;
+	rc = load_delivery_json(db, id, &delivery);
+	if (rc != STORE_OK)
+		goto out;
+	rc = STORE_ERR;
+	if (sqlite3_prepare_v2(db,
+	                       "SELECT attempt, started_at, duration_ms, http_status, error, response_body"
+	                       " FROM attempts WHERE delivery_id = ?1 ORDER BY attempt, id",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	attempts = rows_json(st, attempt_json, 0, NULL, &more);
+	if (!attempts)
+		goto out;
+	json_object_set_new(delivery, "attempts", attempts);
+	*out = delivery;
+	delivery = NULL;
+	rc = STORE_OK;
+out:
+	json_decref(delivery);
+	sqlite3_finalize(st);
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
+                                    json_t **out)
+{
+	char sql[768];
+	size_t off;
+	struct bind b[5];
+	int nb = 0;
+	int64_t sub_id = 0;
+
+	off = (size_t)snprintf(sql, sizeof(sql), "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE 1");
+	if (q->subscription) {
+		if (util_parse_id("sub_", q->subscription, &sub_id) != 0)
+			sub_id = -1; /* matches nothing: an unknown id filters to an empty list */
+		b[nb++] = (struct bind){.num = sub_id};
+		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.subscription_id = ?%d", nb);
+	}
+	if (q->event) {
+		b[nb++] = (struct bind){.text = q->event, .is_text = 1};
+		off += (size_t)snprintf(sql + off, sizeof(sql) - off,
+		                        " AND d.event_seq = (SELECT seq FROM events WHERE id = ?%d)", nb);
+	}
+	if (q->status >= 0) {
+		b[nb++] = (struct bind){.num = q->status};
+		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.state = ?%d", nb);
+	}
+	if (q->after) {
+		b[nb++] = (struct bind){.num = q->after};
+		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.id < ?%d", nb);
+	}
+	b[nb++] = (struct bind){.num = q->limit + 1};
+	snprintf(sql + off, sizeof(sql) - off, " ORDER BY d.id DESC LIMIT ?%d", nb);
+	return run_list(s, sql, b, nb, delivery_json, q->limit, out);
+}

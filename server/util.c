@@ -1,0 +1,144 @@
+/*
+ * util.c - RFC 3339 times and external ids. Pure functions, no allocation.
+ */
+#include "util.h"
+
+#include <errno.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void util_format_time(int64_t ms, char out[UTIL_TIME_MAX])
+{
+	time_t secs = (time_t)(ms / 1000);
+	unsigned int millis = (unsigned int)(((ms % 1000) + 1000) % 1000);
+	struct tm tm;
+	size_t len;
+
+	gmtime_r(&secs, &tm);
+	len = strftime(out, UTIL_TIME_MAX, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out + len, UTIL_TIME_MAX - len, ".%03uZ", millis % 1000u);
+}
+
+static int parse_digits(const char **p, int n, int *out)
+{
+	int v = 0;
+	for (int i = 0; i < n; i++) {
+		if ((*p)[i] < '0' || (*p)[i] > '9')
+			return -1;
+		v = v * 10 + ((*p)[i] - '0');
+	}
+	*p += n;
+	*out = v;
+	return 0;
+}
+
+int util_parse_time(const char *text, int64_t *ms_out)
+{
+	const char *p = text;
+	int year, mon, day, hour, min, sec, frac_ms = 0, offset_min = 0;
+	struct tm tm;
+
+	if (parse_digits(&p, 4, &year) || *p++ != '-' || parse_digits(&p, 2, &mon) ||
+	    *p++ != '-' || parse_digits(&p, 2, &day) || (*p != 'T' && *p != 't'))
+		return -1;
+	p++;
+	if (parse_digits(&p, 2, &hour) || *p++ != ':' || parse_digits(&p, 2, &min) ||
+	    *p++ != ':' || parse_digits(&p, 2, &sec))
+		return -1;
+	if (*p == '.') {
+		int scale = 100;
+		p++;
+		if (*p < '0' || *p > '9')
+			return -1;
+		while (*p >= '0' && *p <= '9') {
+			frac_ms += (*p - '0') * scale;
+			scale /= 10;
+			p++;
+		}
+	}
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int sign = *p == '-' ? -1 : 1, oh, om;
+		p++;
+		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om))
+			return -1;
+		offset_min = sign * (oh * 60 + om);
+	} else {
+		return -1;
+	}
+	if (*p != '\0' || mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 ||
+	    sec > 60)
+		return -1;
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = year - 1900;
+	tm.tm_mon = mon - 1;
+	tm.tm_mday = day;
+	tm.tm_hour = hour;
+	tm.tm_min = min;
+	tm.tm_sec = sec;
+	*ms_out = ((int64_t)timegm(&tm) - (int64_t)offset_min * 60) * 1000 + frac_ms;
+	return 0;
+}
+
+void util_format_id(const char *prefix, int64_t n, char out[UTIL_ID_MAX])
+{
+	snprintf(out, UTIL_ID_MAX, "%s%lld", prefix, (long long)n);
+}
+
+int util_parse_int(const char *text, int64_t min, int64_t max, int64_t *out)
+{
+	char *end = NULL;
+	long long v;
+
+	if (!text || !*text || (*text != '-' && (*text < '0' || *text > '9')))
+		return -1;
+	errno = 0;
+	v = strtoll(text, &end, 10);
+	if (errno || *end != '\0' || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+int util_parse_id(const char *prefix, const char *text, int64_t *n)
+{
+	size_t plen = strlen(prefix);
+
+	if (!text || strncmp(text, prefix, plen) != 0 || text[plen] == '-')
+		return -1;
+	return util_parse_int(text + plen, 1, INT64_MAX, n);
+}
+
+int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX])
+{
+	static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+	unsigned char bytes[16];
+	char *p = out;
+
+	/* 48-bit big-endian time, then 80 random bits: 128 bits as 26 base32 chars. */
+	for (int i = 0; i < 6; i++)
+		bytes[i] = (unsigned char)((uint64_t)now_ms >> (40 - 8 * i));
+	if (RAND_bytes(bytes + 6, 10) != 1)
+		return -1;
+	memcpy(p, "evt_", 4);
+	p += 4;
+	/* 130 bits of output for 128 bits of input: the first char carries 3 bits. */
+	unsigned int acc = 0;
+	int bits = 2; /* two leading zero bits pad 128 to 130 */
+	size_t in = 0;
+	for (int c = 0; c < 26; c++) {
+		while (bits < 5) {
+			acc = (acc << 8) | bytes[in++];
+			bits += 8;
+		}
+		*p++ = crockford[(acc >> (bits - 5)) & 31];
+		bits -= 5;
+		acc &= (1u << bits) - 1;
+	}
+	*p = '\0';
+	return 0;
+}

@@ -1,0 +1,34 @@
+/*
+ * util.h - small pure helpers shared by server/: RFC 3339 times, external ids
+ * ("sub_12", "dlv_7", "evt_<26 chars>"). Thread-safe.
+ */
+#ifndef HOOKRELAY_UTIL_H
+#define HOOKRELAY_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define UTIL_TIME_MAX 32 /* bytes for an RFC 3339 time with ms, NUL included */
+#define UTIL_ID_MAX 32   /* bytes for any external id, NUL included */
+
+/* Writes unix ms as "2026-11-24T17:00:00.123Z". */
+void util_format_time(int64_t ms, char out[UTIL_TIME_MAX]);
+
+/* Parses an RFC 3339 time ("2026-11-24T17:00:00Z", fractional seconds and numeric
+ * offsets allowed) into unix ms. Returns 0 or -1. */
+int util_parse_time(const char *text, int64_t *ms_out);
+
+/* Writes "<prefix><n>", e.g. ("sub_", 12) -> "sub_12". */
+void util_format_id(const char *prefix, int64_t n, char out[UTIL_ID_MAX]);
+
+/* Parses "<prefix><positive decimal>" into *n. Returns 0, or -1 if it is not one. */
+int util_parse_id(const char *prefix, const char *text, int64_t *n);
+
+/* Writes a fresh event id: "evt_" + 26 Crockford base32 chars of a ULID (48-bit ms
+ * time, 80 random bits), so ids sort by creation time. Returns 0 or -1 (no entropy). */
+int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX]);
+
+/* Parses a decimal in [min, max] from the whole of text. Returns 0 or -1. */
+int util_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
+
+#endif
