@@ -27,7 +27,8 @@
 
 #define PATH_MAX_SEGMENTS 8
 #define REPLY_HEADERS_MAX 4
-#define DISCARD_FACTOR 16 /* a chunked body is read and dropped up to this many max_body */
+#define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
+#define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
 
 struct http_server {
 	struct MHD_Daemon *daemon;
@@ -60,6 +61,12 @@ struct http_request {
 	int suspended;
 };
 
+static size_t discard_limit(const struct http_server *srv)
+{
+	size_t limit = srv->max_body * DISCARD_FACTOR;
+	return limit > DISCARD_MIN ? limit : DISCARD_MIN;
+}
+
 /* ---------- replies ---------- */
 
 static void queue_reply(struct http_request *req, int status, char *body, size_t len)
@@ -78,9 +85,9 @@ static void queue_reply(struct http_request *req, int status, char *body, size_t
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
 	if (req->too_large)
 		MHD_add_response_header(resp, "Connection", "close");
-	MHD_queue_response(req->conn, (unsigned int)status, resp);
+	if (MHD_queue_response(req->conn, (unsigned int)status, resp) == MHD_YES)
+		req->replied = 1;
 	MHD_destroy_response(resp);
-	req->replied = 1;
 }
 
 void http_reply_json(struct http_request *req, int status, json_t *body)
@@ -345,9 +352,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_YES;
 		req->body_seen += n;
 		if (req->too_large || req->body_len + n > srv->max_body) {
+			/* A chunked body has no length to refuse up front, and MHD 0.9.75 cannot
+			 * answer mid-upload: drop the bytes (no memory held) and answer 413 at the
+			 * end, unless the sender goes on past the discard bound: then hang up. */
 			req->too_large = 1;
-			/* A chunked body has no length to refuse up front: drop it, but not forever. */
-			return req->body_seen > srv->max_body * DISCARD_FACTOR ? MHD_NO : MHD_YES;
+			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
 		}
 		char *grown = realloc(req->body, req->body_len + n + 1);
 		if (!grown)

@@ -23,7 +23,7 @@
 #include "util.h"
 
 #define KEYS_MAX 16
-#define STOP_DEADLINE_MS 10000 /* in-flight deliveries get this long to finish on stop */
+#define STOP_DEADLINE_MS 5000 /* in-flight deliveries get this long to finish on stop */
 
 struct config {
 	char listen_host[64];
