@@ -1,0 +1,365 @@
+/*
+ * dispatcher.c - the delivery engine: one thread that claims due jobs from the store,
+ * runs them through the curl-multi sender, decides each outcome and hands the results
+ * back to the store in batches.
+ *
+ * One turn of the loop:
+ *   1. claim   if there is room (in flight < max_in_flight) and work may be due
+ *              (dispatcher_wake() was called, or now >= next_due), claim up to the room
+ *              and start every job; a full claim means more may be waiting, so the next
+ *              claim is due as soon as there is room again;
+ *   2. perform move every transfer forward (curl_multi_perform);
+ *   3. collect turn each finished transfer into a result (outcome decided here) and
+ *              hand them all to store->complete in ONE call;
+ *   4. wait    curl_multi_poll until a socket is ready, a wake, curl's own timer,
+ *              next_due, or DISPATCH_WAIT_MAX_MS, whichever is first.
+ *
+ * Invariants:
+ * - The dispatcher thread is the only thread that touches the sender and so any curl
+ *   handle, except dispatcher_wake() (curl_multi_wakeup is thread-safe), and the main
+ *   thread creating the sender before pthread_create and freeing it after pthread_join.
+ * - Every job claimed yields exactly one result passed to complete(), including at
+ *   shutdown (DELIVERY_RELEASED), so the store never keeps a lease we forgot.
+ * - next_due is never more than DISPATCH_RECLAIM_MS ahead: the store's next_due only
+ *   knows what it had committed at claim time (results we complete are written later
+ *   by the writer), so an idle dispatcher still looks again once a second.
+ * - After a claim error no claim is made before claim_retry_at (200 ms doubling to 5 s).
+ *
+ * Threads: dispatcher_start/dispatcher_stop on the main thread; dispatcher_wake on any
+ * thread (atomics and curl_multi_wakeup only); everything else on the dispatcher thread.
+ */
+#include "dispatcher.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "backoff.h"
+#include "clock.h"
+#include "sender.h"
+
+#define DISPATCH_WAIT_MAX_MS 1000       /* longest single curl_multi_poll */
+#define DISPATCH_RECLAIM_MS 1000        /* longest time between claims while there is room */
+#define DISPATCH_CLAIM_BACKOFF_MIN 200  /* ms after the first failed claim */
+#define DISPATCH_CLAIM_BACKOFF_MAX 5000 /* ms between claims while the store keeps failing */
+#define DISPATCH_ERROR_PAUSE_MS 100     /* ms to sleep when curl_multi_poll itself fails */
+
+struct dispatcher {
+	struct dispatcher_options opts;     /* copy; the pointers inside are borrowed */
+	const struct delivery_store *store; /* borrowed */
+	struct sender *sender;              /* dispatcher thread only (see invariants) */
+	struct delivery_result **batch;     /* max_in_flight slots: one turn's results */
+	pthread_t thread;
+	atomic_int woken;                /* 1 after dispatcher_wake(), until the next claim */
+	atomic_int stopping;             /* 1 once dispatcher_stop() has begun */
+	_Atomic int64_t stop_at_mono_ms; /* monotonic ms: in-flight transfers end by then */
+	uint64_t rng;                    /* xorshift64* state; dispatcher thread only */
+};
+
+/* State of the loop, all on the dispatcher thread. */
+struct loop {
+	int64_t next_due;       /* unix ms: claim once now >= next_due and there is room */
+	int64_t claim_retry_at; /* monotonic ms: no claim before this after a claim error */
+	int claim_backoff;      /* ms; 0 while claims succeed */
+	int n;                  /* results in d->batch not yet handed to the store */
+};
+
+static uint64_t rng_next(uint64_t *state)
+{
+	uint64_t x = *state;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*state = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void rng_seed(struct dispatcher *d)
+{
+	uint64_t seed = 0;
+
+	if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+		seed = (uint64_t)clock_mono_ms() ^ (uint64_t)(uintptr_t)d;
+	d->rng = seed ? seed : 0x9E3779B97F4A7C15ULL; /* xorshift must not start at 0 */
+}
+
+static void pause_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Sets outcome, error text and next attempt time for one finished transfer. */
+static void decide(struct dispatcher *d, const struct sender_done *done)
+{
+	struct delivery_result *r = done->result;
+	int status = r->http_status;
+	int64_t delay, next;
+
+	if (done->complete && status >= 200 && status <= 299) {
+		r->outcome = DELIVERY_DELIVERED;
+		r->error[0] = '\0';
+		return;
+	}
+	if (done->complete && status == 410) {
+		r->outcome = DELIVERY_GONE;
+		snprintf(r->error, sizeof r->error, "HTTP 410: receiver says gone");
+		return;
+	}
+	if (r->error[0] == '\0') { /* a whole response, but not one we accept */
+		if (status >= 300 && status <= 399)
+			snprintf(r->error, sizeof r->error, "redirect not followed (HTTP %d)",
+			         status);
+		else if (status > 0)
+			snprintf(r->error, sizeof r->error, "HTTP %d", status);
+		else
+			snprintf(r->error, sizeof r->error, "no response");
+	}
+	delay = backoff_delay_ms(d->opts.retry_schedule, d->opts.retry_count, r->attempt,
+	                         rng_next(&d->rng));
+	if (delay < 0) {
+		r->outcome = DELIVERY_FAILED;
+		return;
+	}
+	next = r->started_at_ms + delay;
+	if ((status == 429 || status == 503) && done->retry_after_ms > next)
+		next = done->retry_after_ms;
+	r->outcome = DELIVERY_RETRY;
+	r->next_attempt_at_ms = next;
+}
+
+static void batch_flush(struct dispatcher *d, struct loop *lp)
+{
+	if (lp->n == 0)
+		return;
+	d->store->complete(d->store->ctx, d->batch, lp->n);
+	lp->n = 0;
+}
+
+/* Moves finished transfers into the batch until none is left or the batch is full.
+ * Returns 1 if finished transfers may remain (batch full), else 0. */
+static int collect(struct dispatcher *d, struct loop *lp)
+{
+	struct sender_done done;
+
+	while (lp->n < d->opts.max_in_flight) {
+		if (!sender_next(d->sender, &done))
+			return 0;
+		decide(d, &done);
+		/* A retry due sooner than our next look must not wait for it. */
+		if (done.result->outcome == DELIVERY_RETRY &&
+		    done.result->next_attempt_at_ms < lp->next_due)
+			lp->next_due = done.result->next_attempt_at_ms;
+		delivery_job_free(done.job);
+		d->batch[lp->n++] = done.result;
+	}
+	return 1;
+}
+
+/* At the deadline: reports what finished, then every transfer left as RELEASED. */
+static void release_all(struct dispatcher *d, struct loop *lp)
+{
+	struct sender_done done;
+
+	while (collect(d, lp))
+		batch_flush(d, lp);
+	for (;;) {
+		if (lp->n == d->opts.max_in_flight)
+			batch_flush(d, lp);
+		if (!sender_release(d->sender, &done))
+			break;
+		done.result->outcome = DELIVERY_RELEASED;
+		done.result->next_attempt_at_ms = 0;
+		delivery_job_free(done.job);
+		d->batch[lp->n++] = done.result;
+	}
+	batch_flush(d, lp);
+}
+
+static void claim_failed(struct loop *lp, int64_t mono, const char *why)
+{
+	if (lp->claim_backoff == 0)
+		lp->claim_backoff = DISPATCH_CLAIM_BACKOFF_MIN;
+	else if (lp->claim_backoff < DISPATCH_CLAIM_BACKOFF_MAX / 2)
+		lp->claim_backoff *= 2;
+	else
+		lp->claim_backoff = DISPATCH_CLAIM_BACKOFF_MAX;
+	lp->claim_retry_at = mono + lp->claim_backoff;
+	fprintf(stderr, "dispatcher: %s; next claim in %d ms\n", why, lp->claim_backoff);
+}
+
+static void claim_and_start(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
+{
+	int room = d->opts.max_in_flight - sender_in_flight(d->sender);
+	struct delivery_job **jobs = NULL;
+	int64_t due = INT64_MAX;
+	int n, i, lost = 0;
+
+	n = d->store->claim(d->store->ctx, now, room, &jobs, &due);
+	if (n < 0) {
+		claim_failed(lp, mono, "claim failed (storage error)");
+		return;
+	}
+	lp->claim_backoff = 0;
+	for (i = 0; i < n; i++) {
+		if (!jobs[i])
+			continue;
+		if (sender_start(d->sender, jobs[i]) != 0) {
+			/* Out of memory: the lease stays until restart makes the job due again. */
+			delivery_job_free(jobs[i]);
+			lost++;
+		}
+	}
+	free(jobs);
+	if (lost > 0)
+		claim_failed(lp, mono, "out of memory starting transfers");
+	/* A full claim means more may be waiting: look again as soon as there is room. */
+	lp->next_due = n >= room ? now : due;
+	if (lp->next_due > now + DISPATCH_RECLAIM_MS)
+		lp->next_due = now + DISPATCH_RECLAIM_MS;
+}
+
+static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, int64_t now,
+                   int64_t mono)
+{
+	int64_t t = DISPATCH_WAIT_MAX_MS;
+	int64_t until;
+
+	if (!stopping && sender_in_flight(d->sender) < d->opts.max_in_flight) {
+		until = lp->next_due - now;
+		if (lp->claim_retry_at - mono > until)
+			until = lp->claim_retry_at - mono;
+		if (until < t)
+			t = until;
+	}
+	if (stopping && atomic_load(&d->stop_at_mono_ms) - mono < t)
+		t = atomic_load(&d->stop_at_mono_ms) - mono;
+	return t < 0 ? 0 : (int)t;
+}
+
+static void *dispatcher_main(void *arg)
+{
+	struct dispatcher *d = arg;
+	struct loop lp = {0, 0, 0, 0};
+	int more, stopping, poll_failed = 0;
+	int64_t now, mono;
+
+	rng_seed(d);
+	for (;;) {
+		now = clock_now_ms();
+		mono = clock_mono_ms();
+		stopping = atomic_load(&d->stopping);
+
+		if (!stopping && atomic_exchange(&d->woken, 0))
+			lp.next_due = now;
+		if (lp.next_due > now + DISPATCH_RECLAIM_MS) /* the wall clock went back */
+			lp.next_due = now + DISPATCH_RECLAIM_MS;
+		if (!stopping && sender_in_flight(d->sender) < d->opts.max_in_flight &&
+		    now >= lp.next_due && mono >= lp.claim_retry_at)
+			claim_and_start(d, &lp, now, mono);
+
+		sender_perform(d->sender); /* a failure here shows up again in sender_wait */
+		more = collect(d, &lp);
+		batch_flush(d, &lp);
+
+		if (stopping) {
+			if (sender_in_flight(d->sender) == 0)
+				break;
+			if (mono >= atomic_load(&d->stop_at_mono_ms)) {
+				release_all(d, &lp);
+				break;
+			}
+		}
+		if (more)
+			continue;
+		if (sender_wait(d->sender,
+		                wait_ms(d, &lp, stopping, clock_now_ms(), clock_mono_ms())) != 0) {
+			if (!poll_failed)
+				fprintf(stderr, "dispatcher: curl_multi_poll failed\n");
+			poll_failed = 1;
+			pause_ms(DISPATCH_ERROR_PAUSE_MS);
+		} else {
+			poll_failed = 0;
+		}
+	}
+	return NULL;
+}
+
+static void dispatcher_free(struct dispatcher *d)
+{
+	if (!d)
+		return;
+	sender_free(d->sender);
+	free(d->batch);
+	free(d);
+}
+
+struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
+                                    const struct delivery_store *store)
+{
+	struct dispatcher *d = NULL;
+	struct dispatcher *ret = NULL;
+	struct sender_options so;
+	int err;
+
+	if (opts->max_in_flight < 1 || opts->max_per_host < 1 || opts->timeout_ms < 1 ||
+	    opts->retry_count < 0 || (opts->retry_count > 0 && !opts->retry_schedule) ||
+	    !opts->user_agent || !store || !store->claim || !store->complete) {
+		fprintf(stderr, "dispatcher: invalid options\n");
+		goto out;
+	}
+	d = calloc(1, sizeof *d);
+	if (d)
+		d->batch = calloc((size_t)opts->max_in_flight, sizeof *d->batch);
+	if (!d || !d->batch) {
+		fprintf(stderr, "dispatcher: out of memory\n");
+		goto out;
+	}
+	d->opts = *opts;
+	d->store = store;
+	atomic_init(&d->woken, 0);
+	atomic_init(&d->stopping, 0);
+	atomic_init(&d->stop_at_mono_ms, INT64_MAX);
+	so.max_total = opts->max_in_flight;
+	so.max_per_host = opts->max_per_host;
+	so.timeout_ms = opts->timeout_ms;
+	so.user_agent = opts->user_agent;
+	d->sender = sender_new(&so);
+	if (!d->sender)
+		goto out; /* sender_new said why */
+	err = pthread_create(&d->thread, NULL, dispatcher_main, d);
+	if (err != 0) {
+		fprintf(stderr, "dispatcher: cannot start thread: %s\n", strerror(err));
+		goto out;
+	}
+	ret = d;
+	d = NULL;
+out:
+	dispatcher_free(d);
+	return ret;
+}
+
+void dispatcher_wake(struct dispatcher *d)
+{
+	atomic_store(&d->woken, 1);
+	sender_wakeup(d->sender);
+}
+
+void dispatcher_stop(struct dispatcher *d, int deadline_ms)
+{
+	if (!d)
+		return;
+	atomic_store(&d->stop_at_mono_ms, clock_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0));
+	atomic_store(&d->stopping, 1);
+	sender_wakeup(d->sender);
+	pthread_join(d->thread, NULL);
+	dispatcher_free(d);
+}

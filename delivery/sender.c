@@ -1,0 +1,496 @@
+/*
+ * sender.c - the curl-multi sender: many signed webhook POSTs in flight on one thread.
+ *
+ * Each job runs in a struct transfer that owns one easy handle. Easy handles are kept
+ * on an idle list and reused (curl_easy_reset between jobs) rather than created per
+ * attempt; the connections themselves live in the multi handle's pool, so keep-alive
+ * to a receiver survives from one delivery to the next.
+ *
+ * Invariants:
+ * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
+ *   (could not start; waiting for sender_next) or `idle` (no job, handle reset).
+ * - in_flight == length(live) + length(failed): every job taken by sender_start comes
+ *   back exactly once, from sender_next or sender_release.
+ * - While a transfer is live, curl writes its error text straight into
+ *   res->error (CURLOPT_ERRORBUFFER) and reads the request body straight from
+ *   job->body (CURLOPT_POSTFIELDS, no copy). Both belong to the transfer until it is
+ *   removed from the multi handle and its easy handle reset, which clears those
+ *   pointers before job and result are handed back.
+ * - At most SENDER_BODY_MAX bytes of response body are accepted; the first
+ *   DELIVERY_SNIPPET_MAX are kept.
+ *
+ * Threads: everything here runs on the owning thread (the dispatcher's), except
+ * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
+ */
+#include "sender.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "backoff.h"
+#include "clock.h"
+#include "sign.h"
+
+_Static_assert(DELIVERY_ERROR_MAX >= CURL_ERROR_SIZE,
+               "result->error is curl's CURLOPT_ERRORBUFFER and must hold CURL_ERROR_SIZE");
+
+struct transfer {
+	CURL *easy;                   /* owned; reused across jobs, reset while idle */
+	struct curl_slist *headers;   /* request headers; curl reads them while live */
+	struct delivery_job *job;     /* owned while live or failed, NULL while idle */
+	struct delivery_result *res;  /* owned while live or failed, NULL while idle */
+	int64_t start_mono_ms;        /* monotonic ms at sender_start, for duration_ms */
+	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
+	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
+	struct transfer *prev, *next; /* links in the list the transfer is on */
+};
+
+struct sender {
+	CURLM *multi;               /* owned */
+	struct sender_options opts; /* copy; user_agent borrowed */
+	struct transfer *live;      /* added to multi; doubly linked */
+	struct transfer *failed;    /* could not start; singly linked through next */
+	struct transfer *idle;      /* reusable easy handles; singly linked through next */
+	int in_flight;              /* jobs taken and not yet handed back */
+};
+
+static void set_error(struct delivery_result *res, const char *text)
+{
+	snprintf(res->error, sizeof res->error, "%s", text);
+}
+
+static int header_append(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *grown = curl_slist_append(*list, line);
+
+	if (!grown)
+		return -1;
+	*list = grown;
+	return 0;
+}
+
+/* Appends "name: value" (or "name;" for an empty value, curl's way to send it empty).
+ * A bare "Expect:", appended by header_append, is curl's way to send no Expect header
+ * at all: a receiver never makes us wait for 100-continue. */
+static int header_add(struct curl_slist **list, const char *name, const char *value)
+{
+	int rc = -1;
+	size_t nlen = strlen(name);
+	size_t vlen = strlen(value);
+	char *line = NULL;
+
+	if (vlen > SIZE_MAX - nlen - 3)
+		goto out;
+	line = malloc(nlen + vlen + 3);
+	if (!line)
+		goto out;
+	memcpy(line, name, nlen);
+	if (vlen == 0) {
+		line[nlen] = ';';
+		line[nlen + 1] = '\0';
+	} else {
+		line[nlen] = ':';
+		line[nlen + 1] = ' ';
+		memcpy(line + nlen + 2, value, vlen);
+		line[nlen + 2 + vlen] = '\0';
+	}
+	if (header_append(list, line) != 0)
+		goto out;
+	rc = 0;
+out:
+	free(line);
+	return rc;
+}
+
+/* The API validated these; a line break would still let one header smuggle another,
+ * so such a job is refused rather than sent. */
+static int header_text_ok(const char *text)
+{
+	return strpbrk(text, "\r\n") == NULL;
+}
+
+static int add_custom_headers(struct curl_slist **list, const char *headers_json,
+                              struct delivery_result *res)
+{
+	int rc = -1;
+	json_t *root = NULL;
+	json_error_t jerr;
+	const char *name;
+	json_t *value;
+
+	if (!headers_json) {
+		rc = 0;
+		goto out;
+	}
+	root = json_loads(headers_json, 0, &jerr);
+	if (!root || !json_is_object(root)) {
+		set_error(res, "custom headers are not a JSON object");
+		goto out;
+	}
+	json_object_foreach(root, name, value)
+	{
+		if (!json_is_string(value) || !header_text_ok(name) ||
+		    !header_text_ok(json_string_value(value))) {
+			snprintf(res->error, sizeof res->error,
+			         "custom header %.64s is not sendable", name);
+			goto out;
+		}
+		if (header_add(list, name, json_string_value(value)) != 0) {
+			set_error(res, "out of memory building headers");
+			goto out;
+		}
+	}
+	rc = 0;
+out:
+	json_decref(root);
+	return rc;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct transfer *t = userp;
+	struct delivery_result *res = t->res;
+	size_t n = size * nmemb; /* curl documents size as always 1 */
+	size_t keep;
+	char *grown;
+
+	if (n > SENDER_BODY_MAX - t->body_seen) {
+		t->too_big = 1;
+		return 0; /* makes curl abort with CURLE_WRITE_ERROR */
+	}
+	t->body_seen += n;
+	keep = DELIVERY_SNIPPET_MAX - res->snippet_len;
+	if (keep > n)
+		keep = n;
+	if (keep > 0) {
+		grown = realloc(res->response_snippet, res->snippet_len + keep);
+		if (grown) { /* without memory we lose the snippet, not the delivery */
+			memcpy(grown + res->snippet_len, data, keep);
+			res->response_snippet = grown;
+			res->snippet_len += keep;
+		}
+	}
+	return n;
+}
+
+/* Builds the request for t->job on t->easy. On failure returns -1 with the reason in
+ * t->res->error; the caller reports the job as not sent. */
+static int transfer_setup(struct sender *s, struct transfer *t)
+{
+	int rc = -1;
+	const struct delivery_job *job = t->job;
+	struct delivery_result *res = t->res;
+	CURL *e = t->easy;
+	int64_t timestamp = res->started_at_ms / 1000;
+	char timestamp_text[24];
+	char *signature = NULL;
+	static const char empty_body[] = "";
+	const void *body = job->body ? (const void *)job->body : (const void *)empty_body;
+
+	if (!job->url || !job->event_id || !job->secrets) {
+		set_error(res, "job has no url, event id or secret");
+		goto out;
+	}
+	snprintf(timestamp_text, sizeof timestamp_text, "%" PRId64, timestamp);
+	signature =
+	    sign_header_value(job->secrets, job->event_id, timestamp, job->body, job->body_len);
+	if (!signature) {
+		set_error(res, "cannot sign: malformed secret");
+		goto out;
+	}
+	if (header_add(&t->headers, "content-type", "application/json") != 0 ||
+	    header_add(&t->headers, "webhook-id", job->event_id) != 0 ||
+	    header_add(&t->headers, "webhook-timestamp", timestamp_text) != 0 ||
+	    header_add(&t->headers, "webhook-signature", signature) != 0 ||
+	    header_append(&t->headers, "Expect:") != 0) {
+		set_error(res, "out of memory building headers");
+		goto out;
+	}
+	if (add_custom_headers(&t->headers, job->headers_json, res) != 0)
+		goto out;
+
+	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, res->error) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->body_len) !=
+	        CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
+		set_error(res, "curl refused the request options");
+		goto out;
+	}
+	rc = 0;
+out:
+	free(signature);
+	return rc;
+}
+
+static void live_push(struct sender *s, struct transfer *t)
+{
+	t->prev = NULL;
+	t->next = s->live;
+	if (s->live)
+		s->live->prev = t;
+	s->live = t;
+}
+
+static void live_unlink(struct sender *s, struct transfer *t)
+{
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		s->live = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	t->prev = NULL;
+	t->next = NULL;
+}
+
+/* Hands job and result to *out and puts the (already removed) easy handle back on the
+ * idle list with every option, and so every pointer into the job, cleared. */
+static void transfer_finish(struct sender *s, struct transfer *t, struct sender_done *out)
+{
+	int64_t took = clock_mono_ms() - t->start_mono_ms;
+
+	curl_easy_reset(t->easy);
+	curl_slist_free_all(t->headers);
+	t->res->duration_ms = took < 0 ? 0 : took > INT_MAX ? INT_MAX : (int)took;
+	out->job = t->job;
+	out->result = t->res;
+	t->headers = NULL;
+	t->job = NULL;
+	t->res = NULL;
+	t->body_seen = 0;
+	t->too_big = 0;
+	t->prev = NULL;
+	t->next = s->idle;
+	s->idle = t;
+	s->in_flight--;
+}
+
+static void transfer_destroy(struct transfer *t)
+{
+	if (!t)
+		return;
+	curl_slist_free_all(t->headers);
+	delivery_job_free(t->job);
+	delivery_result_free(t->res);
+	curl_easy_cleanup(t->easy);
+	free(t);
+}
+
+struct sender *sender_new(const struct sender_options *opts)
+{
+	struct sender *s = NULL;
+	struct sender *ret = NULL;
+
+	s = calloc(1, sizeof *s);
+	if (!s) {
+		fprintf(stderr, "sender: out of memory\n");
+		goto out;
+	}
+	s->opts = *opts;
+	s->multi = curl_multi_init();
+	if (!s->multi) {
+		fprintf(stderr, "sender: curl_multi_init failed\n");
+		goto out;
+	}
+	if (curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)opts->max_per_host) !=
+	        CURLM_OK ||
+	    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)opts->max_total) !=
+	        CURLM_OK) {
+		fprintf(stderr, "sender: curl refused the connection limits\n");
+		goto out;
+	}
+	ret = s;
+	s = NULL;
+out:
+	sender_free(s);
+	return ret;
+}
+
+void sender_free(struct sender *s)
+{
+	struct transfer *t;
+
+	if (!s)
+		return;
+	while (s->live) {
+		t = s->live;
+		live_unlink(s, t);
+		curl_multi_remove_handle(s->multi, t->easy);
+		transfer_destroy(t);
+	}
+	while (s->failed) {
+		t = s->failed;
+		s->failed = t->next;
+		transfer_destroy(t);
+	}
+	while (s->idle) {
+		t = s->idle;
+		s->idle = t->next;
+		transfer_destroy(t);
+	}
+	curl_multi_cleanup(s->multi);
+	free(s);
+}
+
+int sender_start(struct sender *s, struct delivery_job *job)
+{
+	int rc = -1;
+	struct transfer *t = NULL;
+	struct delivery_result *res = NULL;
+
+	res = calloc(1, sizeof *res);
+	if (!res)
+		goto out;
+	if (s->idle) {
+		t = s->idle;
+		s->idle = t->next;
+		t->next = NULL;
+	} else {
+		t = calloc(1, sizeof *t);
+		if (!t)
+			goto out;
+		t->easy = curl_easy_init();
+		if (!t->easy) {
+			free(t);
+			t = NULL;
+			goto out;
+		}
+	}
+	res->delivery_id = job->delivery_id;
+	res->subscription_id = job->subscription_id;
+	res->attempt = job->attempt;
+	res->started_at_ms = clock_now_ms();
+	t->start_mono_ms = clock_mono_ms();
+	t->job = job;
+	t->res = res;
+	res = NULL;
+	s->in_flight++;
+
+	if (transfer_setup(s, t) != 0) {
+		t->next = s->failed;
+		s->failed = t;
+	} else if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
+		set_error(t->res, "curl could not add the transfer");
+		t->next = s->failed;
+		s->failed = t;
+	} else {
+		live_push(s, t);
+	}
+	rc = 0;
+out:
+	free(res);
+	return rc;
+}
+
+int sender_perform(struct sender *s)
+{
+	int running = 0;
+
+	return curl_multi_perform(s->multi, &running) == CURLM_OK ? 0 : -1;
+}
+
+int sender_wait(struct sender *s, int timeout_ms)
+{
+	long curl_ms = -1;
+
+	if (curl_multi_timeout(s->multi, &curl_ms) == CURLM_OK && curl_ms >= 0 &&
+	    curl_ms < timeout_ms)
+		timeout_ms = (int)curl_ms;
+	if (timeout_ms < 0)
+		timeout_ms = 0;
+	return curl_multi_poll(s->multi, NULL, 0, timeout_ms, NULL) == CURLM_OK ? 0 : -1;
+}
+
+void sender_wakeup(struct sender *s)
+{
+	curl_multi_wakeup(s->multi);
+}
+
+int sender_next(struct sender *s, struct sender_done *out)
+{
+	struct transfer *t;
+	CURLMsg *msg;
+	int left = 0;
+	char *priv = NULL;
+	long status = 0;
+	struct curl_header *h = NULL;
+	CURLcode cc;
+
+	memset(out, 0, sizeof *out);
+	out->retry_after_ms = -1;
+	if (s->failed) {
+		t = s->failed;
+		s->failed = t->next;
+		t->next = NULL;
+		transfer_finish(s, t, out);
+		return 1;
+	}
+	for (;;) {
+		msg = curl_multi_info_read(s->multi, &left);
+		if (!msg)
+			return 0;
+		if (msg->msg == CURLMSG_DONE)
+			break;
+	}
+	cc = msg->data.result;
+	curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+	t = (struct transfer *)(void *)priv;
+
+	/* Everything read from the handle is read before it leaves the multi handle. */
+	if (curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+	    status >= 100 && status <= 999)
+		t->res->http_status = (int)status;
+	if (curl_easy_header(t->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+		out->retry_after_ms = backoff_retry_after_ms(h->value, clock_now_ms());
+	curl_multi_remove_handle(s->multi, t->easy);
+	live_unlink(s, t);
+
+	if (cc == CURLE_OK) {
+		out->complete = 1;
+		t->res->error[0] = '\0';
+	} else if (t->too_big) {
+		set_error(t->res, "response body over 1 MiB");
+	} else if (t->res->error[0] == '\0') {
+		set_error(t->res, curl_easy_strerror(cc));
+	}
+	transfer_finish(s, t, out);
+	return 1;
+}
+
+int sender_release(struct sender *s, struct sender_done *out)
+{
+	struct transfer *t = s->live;
+
+	memset(out, 0, sizeof *out);
+	out->retry_after_ms = -1;
+	if (!t)
+		return 0;
+	curl_multi_remove_handle(s->multi, t->easy);
+	live_unlink(s, t);
+	t->res->http_status = 0;
+	set_error(t->res, "released at shutdown");
+	transfer_finish(s, t, out);
+	return 1;
+}
+
+int sender_in_flight(const struct sender *s)
+{
+	return s->in_flight;
+}

@@ -1,0 +1,82 @@
+/*
+ * sender.h - many webhook POSTs in flight on one thread, over one libcurl multi handle.
+ *
+ * The sender knows HTTP, not policy: it builds and sends the signed request for a job,
+ * bounds what it reads back, and reports what happened (status, timing, error text,
+ * Retry-After). Whether that is delivered, retry or failed is the dispatcher's call.
+ *
+ * Every job given to sender_start() comes back exactly once, from sender_next() when
+ * its transfer ends (or could not start), or from sender_release() at shutdown.
+ *
+ * Threads: a struct sender belongs to one thread at a time (the dispatcher's); every
+ * function but sender_wakeup() must be called from that thread. sender_wakeup() is safe
+ * from any thread while the sender exists.
+ */
+#ifndef HOOKRELAY_SENDER_H
+#define HOOKRELAY_SENDER_H
+
+#include <stdint.h>
+
+#include "delivery.h"
+
+#define SENDER_BODY_MAX (1024 * 1024) /* bytes of response body read before we abort */
+
+struct sender;
+
+struct sender_options {
+	int max_total;          /* connections open at once, all hosts */
+	int max_per_host;       /* connections open at once to one host */
+	int timeout_ms;         /* whole-request timeout per attempt */
+	const char *user_agent; /* user-agent header value; borrowed */
+};
+
+/* One job whose transfer is over. The caller owns job and result from here on. */
+struct sender_done {
+	struct delivery_job *job;
+	struct delivery_result *result; /* ids, attempt, started_at_ms, duration_ms,
+	                                   http_status, error, snippet are filled; outcome
+	                                   and next_attempt_at_ms are left for the caller */
+	int complete;                   /* 1 if the whole response was read (curl said OK);
+	                                   0 after a timeout, network error, oversized body,
+	                                   local failure or release */
+	int64_t retry_after_ms;         /* unix ms named by a Retry-After header, or -1 */
+};
+
+/* Creates the multi handle. Returns NULL (message on stderr) if curl cannot start.
+ * curl_global_init() must have run. opts is copied; user_agent is borrowed. */
+struct sender *sender_new(const struct sender_options *opts);
+
+/* Frees everything. Transfers still in flight are dropped and their jobs freed: call
+ * sender_release() until it returns 0 first to hand them back. Accepts NULL. */
+void sender_free(struct sender *s);
+
+/* Starts the signed POST for job and takes ownership of it; nothing is sent until
+ * sender_perform(). A job that cannot be sent (malformed secret or headers, curl
+ * refuses it) still comes back from sender_next() with complete = 0 and the reason
+ * in result->error. Returns 0, or -1 only when out of memory: then the job is still
+ * the caller's. */
+int sender_start(struct sender *s, struct delivery_job *job);
+
+/* Moves every transfer forward as far as it can without blocking. Returns 0 or -1. */
+int sender_perform(struct sender *s);
+
+/* Blocks until a transfer has something to do, sender_wakeup() is called or
+ * timeout_ms passes, whichever is first (curl's own timers may shorten the wait).
+ * Returns 0 or -1. */
+int sender_wait(struct sender *s, int timeout_ms);
+
+/* Interrupts a sender_wait() in progress or the next one. Thread-safe, never blocks. */
+void sender_wakeup(struct sender *s);
+
+/* Takes one finished transfer: fills *out and returns 1, or returns 0 if none is
+ * finished. */
+int sender_next(struct sender *s, struct sender_done *out);
+
+/* Aborts one transfer still in flight (nothing more is read or sent for it): fills
+ * *out with complete = 0 and returns 1, or returns 0 if none is left. */
+int sender_release(struct sender *s, struct sender_done *out);
+
+/* Jobs started and not yet returned by sender_next() or sender_release(). */
+int sender_in_flight(const struct sender *s);
+
+#endif
