@@ -60,7 +60,8 @@ build/san-unit/%: tests/unit/%.c tests/unit/check.h $(SAN_OBJ)
 
 run: deps build/hookrelay
 	@mkdir -p data
-	./build/hookrelay serve --db ./data/hookrelay.db
+	@echo "make run: --allow-private-targets is on so subscriptions may point at this machine"
+	./build/hookrelay serve --db ./data/hookrelay.db --allow-private-targets
 
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)

@@ -401,6 +401,8 @@ static int serve(int argc, char **argv)
 out:
 	/* Stop in reverse: no new requests, then no new attempts, then drain the writer. */
 	http_stop(http);
+	if (store)
+		store_set_due_hook(store, NULL, NULL); /* the dispatcher is about to go */
 	dispatcher_stop(dispatcher, STOP_DEADLINE_MS);
 	store_close(store);
 	api_free(api);

@@ -47,7 +47,8 @@ void store_close(struct store *s);
 const struct delivery_store *store_delivery_source(struct store *s);
 
 /* fn(arg) is called on the writer thread after each commit that made deliveries due
- * (new events, retries, re-enabled subscriptions). Set once before deliveries start. */
+ * (new events, retries, re-enabled subscriptions). Thread-safe; after
+ * store_set_due_hook(s, NULL, NULL) returns, the old fn is not running and won't run. */
 void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg);
 
 /* One event to ingest; built by the caller, borrowed by the store until done(). */

@@ -96,6 +96,7 @@ struct store {
 	size_t nsubs, subs_cap;
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
+	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
 	void (*due_hook)(void *);
 	void *due_arg;
 	struct delivery_store source;   /* for the dispatcher */
@@ -1064,6 +1065,11 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 				free_claim_jobs(c->internal);
 		}
 		exec_sql(s->wdb, "RELEASE call", NULL, 0);
+		if (sqlite3_get_autocommit(s->wdb)) {
+			/* SQLite rolled the whole transaction back itself (disk full, I/O
+			 * error): nothing of this batch is kept, so every call fails. */
+			goto finish;
+		}
 	}
 	if (exec_sql(s->wdb, "COMMIT", NULL, 0) == 0)
 		committed = 1;
@@ -1093,8 +1099,14 @@ finish:
 			reload_subscription(s, changed[i]);
 	}
 	free(changed);
-	if (made_due && s->due_hook)
-		s->due_hook(s->due_arg);
+	if (made_due) {
+		/* Called under the lock so that store_set_due_hook(NULL) returns only once no
+		 * call into the old target can still be running. */
+		pthread_mutex_lock(&s->hook_lock);
+		if (s->due_hook)
+			s->due_hook(s->due_arg);
+		pthread_mutex_unlock(&s->hook_lock);
+	}
 }
 
 int store_submit(struct store *s, struct store_call *call)
@@ -1203,8 +1215,10 @@ const struct delivery_store *store_delivery_source(struct store *s)
 
 void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg)
 {
+	pthread_mutex_lock(&s->hook_lock);
 	s->due_hook = fn;
 	s->due_arg = arg;
+	pthread_mutex_unlock(&s->hook_lock);
 }
 
 /* ---------- open / close ---------- */
@@ -1250,6 +1264,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		return NULL;
 	}
 	pthread_mutex_init(&s->readers_lock, NULL);
+	pthread_mutex_init(&s->hook_lock, NULL);
 	s->synchronous_full = opts->synchronous_full;
 	s->sync_now = 1;
 	s->path = strdup(opts->path);
@@ -1321,6 +1336,7 @@ void store_close(struct store *s)
 		sqlite3_close(s->wdb);
 	}
 	pthread_mutex_destroy(&s->readers_lock);
+	pthread_mutex_destroy(&s->hook_lock);
 	free(s->path);
 	free(s);
 }
