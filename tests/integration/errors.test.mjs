@@ -52,6 +52,19 @@ test('malformed JSON is 400 malformed_json', withLogs(async () => {
   await assertNothingStored();
 }));
 
+test('invalid UTF-8 is malformed; deep nesting is answered, never a crash', withLogs(async () => {
+  const badUtf8 = Buffer.concat([Buffer.from('{"type":"utf.bad","data":"'), Buffer.from([0xff, 0xfe, 0xc3]), Buffer.from('"}')]);
+  assertError(await api(relay, 'POST', '/v1/events', badUtf8), 400, 'malformed_json', 'invalid UTF-8');
+  const depth = 1500;
+  const deep = `{"type":"deep.data","id":"deep-1","data":${'['.repeat(depth)}${']'.repeat(depth)}}`;
+  const res = await api(relay, 'POST', '/v1/events', deep);
+  assert.ok([202, 400, 422].includes(res.status), `deeply nested data: ${res.status} ${res.text.slice(0, 200)}`);
+  if (res.status === 202) accepted.extra.push(res.json.id);
+  const h = await api(relay, 'GET', '/healthz');
+  assert.equal(h.status, 200, 'relay still answers');
+  await assertNothingStored();
+}));
+
 test('events: wrong types and invalid event types are 422 invalid_field', withLogs(async () => {
   const cases = [
     { type: 5 },

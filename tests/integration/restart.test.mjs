@@ -143,19 +143,19 @@ test('bad flags are refused at start with a non-zero exit', withLogs(async () =>
 }));
 
 test('HOOKRELAY_* environment variables configure the server like flags', withLogs(async () => {
-  const relay = await startRelay({ env: { HOOKRELAY_MAX_BODY: '4KiB', HOOKRELAY_API_KEY: 'env-key' } });
-  const auth = { authorization: 'Bearer env-key' };
+  const relay = await startRelay({ env: { HOOKRELAY_MAX_BODY: '4KiB', HOOKRELAY_API_KEY: 'env-key-0123456789abcdef' } });
+  const auth = { authorization: 'Bearer env-key-0123456789abcdef' };
   const big = await api(relay, 'POST', '/v1/events', { type: 'env.big', data: 'x'.repeat(16 * 1024) }, auth);
   assertError(big, 413, 'payload_too_large', 'HOOKRELAY_MAX_BODY=4KiB');
   assertError(await api(relay, 'GET', '/v1/events'), 401, 'unauthorized', 'HOOKRELAY_API_KEY set, no key');
 }));
 
 test('--api-key: 401 without or with a wrong bearer, works with it; healthz needs none', withLogs(async () => {
-  const relay = await startRelay({ args: ['--api-key', 's3cret-key'] });
-  const good = { authorization: 'Bearer s3cret-key' };
+  const relay = await startRelay({ args: ['--api-key', 's3cret-key-0123456789abcdef'] });
+  const good = { authorization: 'Bearer s3cret-key-0123456789abcdef' };
   assertError(await api(relay, 'GET', '/v1/events'), 401, 'unauthorized', 'no key');
   assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer wrong' }), 401, 'unauthorized', 'wrong key');
-  assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 's3cret-key' }), 401, 'unauthorized', 'no Bearer');
+  assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 's3cret-key-0123456789abcdef' }), 401, 'unauthorized', 'no Bearer');
   assertError(await api(relay, 'POST', '/v1/events', { type: 'auth.x' }), 401, 'unauthorized', 'publish without key');
   assertError(await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/', event_types: ['#'] }), 401, 'unauthorized', 'subscribe without key');
   const h = await api(relay, 'GET', '/healthz');
