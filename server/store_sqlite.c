@@ -241,8 +241,13 @@ static json_t *delivery_json(sqlite3_stmt *st)
 /* The event object is the envelope as sent, plus its idempotency key. */
 static json_t *event_json(sqlite3_stmt *st)
 {
-	json_t *o = json_loadb(sqlite3_column_blob(st, 1), (size_t)sqlite3_column_bytes(st, 1), 0,
-	                       NULL);
+	const char *env = sqlite3_column_blob(st, 1);
+	size_t len = (size_t)sqlite3_column_bytes(st, 1);
+	json_t *o = json_loadb(env, len, JSON_ALLOW_NUL, NULL);
+	/* Integers past 64 bits are kept exactly in the envelope we send; jansson can only
+	 * show them here as reals. */
+	if (!o)
+		o = json_loadb(env, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
 	if (!o)
 		o = json_object();
 	json_object_set_new(o, "idempotency_key", json_text_or_null(st, 2));
