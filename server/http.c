@@ -201,6 +201,7 @@ static const struct route routes[] = {
 	{"PATCH", "/v1/subscriptions/*", BODY_JSON, api_subscriptions_update},
 	{"DELETE", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_delete},
 	{"POST", "/v1/subscriptions/*/rotate-secret", BODY_OPTIONAL_JSON, api_subscriptions_rotate},
+	{"POST", "/v1/subscriptions/*/recover", BODY_JSON, api_subscriptions_recover},
 	{"GET", "/v1/deliveries", BODY_NONE, api_deliveries_list},
 	{"GET", "/v1/deliveries/*", BODY_NONE, api_deliveries_get},
 	{"POST", "/v1/deliveries/*/retry", BODY_NONE, api_deliveries_retry},

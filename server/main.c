@@ -43,6 +43,7 @@ struct config {
 	int allow_private_targets;
 	int synchronous_full;
 	size_t max_queue;
+	int64_t disable_after_ms;
 };
 
 static const char usage[] =
@@ -65,6 +66,8 @@ static const char usage[] =
     "  --allow-private-targets    allow subscriptions to loopback/private addresses\n"
     "  --synchronous full|normal  fsync every commit (full, default) or not (normal)\n"
     "  --max-queue N              writes queued before answering 503 (default 8192)\n"
+    "  --disable-after DUR        disable a subscription whose deliveries all failed this\n"
+    "                             long, e.g. 5d, 12h; 0 = never (default 5d)\n"
     "\n"
     "Send SIGINT or SIGTERM to stop: in-flight deliveries finish or are put back.\n";
 
@@ -219,6 +222,12 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 			c->synchronous_full = 0;
 		else
 			die("--synchronous wants full or normal, not '%s'", value);
+	} else if (strcmp(name, "disable-after") == 0) {
+		if (strcmp(value, "0") == 0)
+			ms = 0;
+		else if (backoff_parse_duration(value, &ms) != 0 || ms < 1000)
+			die("--disable-after wants a duration of at least 1s (or 0 for never), not '%s'", value);
+		c->disable_after_ms = ms;
 	} else if (strcmp(name, "max-queue") == 0) {
 		int q;
 		if (parse_positive(value, 1000000, &q) != 0)
@@ -234,7 +243,7 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 static const char *const env_flags[] = {
 	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
 	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
-	"allow-private-targets", "synchronous", "max-queue", NULL,
+	"allow-private-targets", "synchronous", "max-queue", "disable-after", NULL,
 };
 
 static void load_config(struct config *c, int argc, char **argv)
@@ -251,6 +260,7 @@ static void load_config(struct config *c, int argc, char **argv)
 	c->max_per_host = 32;
 	c->synchronous_full = 1;
 	c->max_queue = 8192;
+	c->disable_after_ms = 5LL * 86400 * 1000;
 	c->retry_count = backoff_parse_schedule(BACKOFF_DEFAULT, c->retry_schedule,
 	                                        BACKOFF_MAX_STEPS, &why);
 
@@ -346,7 +356,11 @@ static int serve(int argc, char **argv)
 
 	ensure_db_dir(cfg.db_path);
 	struct store_options sopts = {
-	    .path = cfg.db_path, .synchronous_full = cfg.synchronous_full, .max_queue = cfg.max_queue};
+	    .path = cfg.db_path,
+	    .synchronous_full = cfg.synchronous_full,
+	    .max_queue = cfg.max_queue,
+	    .disable_after_ms = cfg.disable_after_ms,
+	};
 	store = store_open(&sopts, err, sizeof(err));
 	if (!store) {
 		fprintf(stderr, "hookrelay: %s\n", err);

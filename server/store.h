@@ -34,6 +34,7 @@ struct store_options {
 	const char *path;        /* database file; created with its directory's permission */
 	int synchronous_full;    /* 1: fsync every commit (default); 0: NORMAL */
 	size_t max_queue;        /* writer calls queued before store_submit says overloaded */
+	int64_t disable_after_ms; /* a subscription failing this long is disabled; 0 = never */
 };
 
 /* Opens (creating and migrating) the database, drops leases left by a crash, loads
@@ -68,6 +69,7 @@ enum store_call_kind {
 	STORE_SUB_UPDATE,     /* id, fields: validated fields to change */
 	STORE_SUB_DELETE,     /* id */
 	STORE_SUB_ROTATE,     /* id, fields: {"secret": new, "grace_ms": n} */
+	STORE_SUB_RECOVER,    /* id, fields: {"since_ms": n}: re-queue failed deliveries */
 	STORE_DELIVERY_RETRY, /* id */
 	STORE_CLAIM,          /* internal: the dispatcher's claim */
 	STORE_COMPLETE        /* internal: the dispatcher's results */
@@ -84,7 +86,8 @@ struct store_call {
 	enum store_rc rc;
 	json_t *result;   /* new reference the caller owns: INGEST: array of
 	                     {"id","deliveries","replayed"}; SUB_*: the subscription
-	                     (with "secret" after CREATE/ROTATE); RETRY: the delivery */
+	                     (with "secret" after CREATE/ROTATE); RECOVER:
+	                     {"requeued": n}; RETRY: the delivery */
 	char why[160];    /* for rc != STORE_OK: what went wrong, for the error message */
 	/* completion, called on the writer thread; may free the call */
 	void (*done)(struct store_call *call);

@@ -25,12 +25,14 @@
 #include "clock.h"
 #include "matcher.h"
 #include "schema.h"
+#include "sign.h"
 #include "util.h"
 #include "writer.h"
 
 #define READERS_MAX 16          /* idle read connections kept */
 #define WRITER_BATCH_MAX 4096   /* calls per transaction */
 #define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
+#define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
 
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 static const char *const state_names[] = {"pending", "delivered", "failed"};
@@ -44,6 +46,9 @@ struct sub_secret {
 struct sub_entry {
 	int64_t id;
 	int enabled;
+	int max_in_flight;            /* leases this subscription may hold at once */
+	int leased;                   /* leases it holds now (committed claims - completions) */
+	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
 	char *url;
 	char *headers_json;           /* or NULL */
 	struct sub_secret secrets[SECRETS_MAX]; /* newest first */
@@ -71,10 +76,11 @@ static const char *const writer_sql[ST_COUNT] = {
 	[ST_DELIVERY_INSERT] = "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
 	                       " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
 	[ST_CLAIM] = "UPDATE deliveries SET leased = 1 WHERE id IN (SELECT id FROM deliveries"
-	             " WHERE state = 0 AND leased = 0 AND next_attempt_at <= ?1"
-	             " ORDER BY next_attempt_at LIMIT ?2)"
+	             " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
+	             " AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2)"
 	             " RETURNING id, event_seq, subscription_id, attempt_count",
-	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE state = 0 AND leased = 0",
+	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
+	                " AND state = 0 AND leased = 0",
 	[ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
 	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
 	                      " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -90,6 +96,8 @@ struct store {
 	int synchronous_full;           /* durable commits fsync */
 	int sync_now;                   /* the synchronous level wdb is set to: 0 OFF, 1 durable */
 	int last_batch_failed;          /* slows the writer down while storage fails */
+	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
+	size_t claim_cursor;            /* round-robin start among subs for the next claim */
 	struct writer *writer;
 	struct matcher *matcher;        /* enabled subscriptions' patterns */
 	struct sub_entry *subs;         /* sorted by id */
@@ -192,7 +200,8 @@ static json_t *json_id(const char *prefix, int64_t n)
 
 #define SUB_COLUMNS                                                                    \
 	"id, url, event_types, description, headers, enabled, disabled_reason, created_at," \
-	" updated_at"
+	" updated_at, max_in_flight, failing_since, (SELECT secret FROM subscription_secrets"  \
+	" WHERE subscription_id = subscriptions.id ORDER BY id DESC LIMIT 1)"
 
 static json_t *subscription_json(sqlite3_stmt *st)
 {
@@ -206,6 +215,18 @@ static json_t *subscription_json(sqlite3_stmt *st)
 	json_object_set_new(o, "disabled_reason", json_text_or_null(st, 6));
 	json_object_set_new(o, "created_at", json_time_or_null(st, 7));
 	json_object_set_new(o, "updated_at", json_time_or_null(st, 8));
+	json_object_set_new(o, "max_in_flight", json_integer(sqlite3_column_int(st, 9)));
+	json_object_set_new(o, "failing_since", json_time_or_null(st, 10));
+	/* The signing secret itself is never shown here; an ed25519 key's public half is. */
+	const char *secret = column_text(st, 11);
+	char public_key[SIGN_SECRET_MAX];
+	if (secret && strncmp(secret, "whsk_", 5) == 0 &&
+	    sign_public_key(secret, public_key, sizeof(public_key)) == 0) {
+		json_object_set_new(o, "signature_algorithm", json_string("ed25519"));
+		json_object_set_new(o, "public_key", json_string(public_key));
+	} else {
+		json_object_set_new(o, "signature_algorithm", json_string("hmac-sha256"));
+	}
 	return o;
 }
 
@@ -386,9 +407,14 @@ static int reload_subscription(struct store *s, int64_t id)
 	int rc = -1, step;
 
 	memset(&fresh, 0, sizeof(fresh));
+	{
+		const struct sub_entry *old = sub_find(s, id);
+		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
+	}
 	sub_remove(s, id);
 	if (sqlite3_prepare_v2(s->wdb,
-	                       "SELECT url, headers, enabled, event_types FROM subscriptions"
+	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
+	                       " coalesce(failing_since, 0) FROM subscriptions"
 	                       " WHERE id = ?1 AND deleted_at IS NULL",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
@@ -404,6 +430,8 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.url = strdup_or_null(column_text(st, 0));
 	fresh.headers_json = strdup_or_null(column_text(st, 1));
 	fresh.enabled = sqlite3_column_int(st, 2);
+	fresh.max_in_flight = sqlite3_column_int(st, 4);
+	fresh.failing_since = sqlite3_column_int64(st, 5);
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
 	if (!fresh.url || !json_is_array(patterns))
 		goto out;
@@ -645,6 +673,15 @@ static int hold_pending(struct store *s, int64_t sub_id, int hold, int64_t now)
 	    sub_id, now);
 }
 
+/* After create and rotate the caller sees an HMAC secret once; an ed25519 private key
+ * never (its public half is in the object already). */
+static void show_secret(json_t *result, json_t *fields)
+{
+	const char *secret = json_string_value(json_object_get(fields, "secret"));
+	if (secret && strncmp(secret, "whsec_", 6) == 0)
+		json_object_set_new(result, "secret", json_string(secret));
+}
+
 static enum store_rc apply_sub_create(struct store *s, struct store_call *call, int64_t *changed)
 {
 	sqlite3_stmt *st = NULL;
@@ -655,7 +692,8 @@ static enum store_rc apply_sub_create(struct store *s, struct store_call *call, 
 
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "INSERT INTO subscriptions(url, event_types, description, headers,"
-	                       " enabled, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+	                       " enabled, created_at, updated_at, max_in_flight)"
+	                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, coalesce(?7, 16))",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, json_string_value(json_object_get(f, "url")), -1, SQLITE_STATIC);
@@ -664,6 +702,8 @@ static enum store_rc apply_sub_create(struct store *s, struct store_call *call, 
 	bind_json_or_null(st, 4, json_object_get(f, "headers"));
 	sqlite3_bind_int(st, 5, enabled ? json_is_true(enabled) : 1);
 	sqlite3_bind_int64(st, 6, now);
+	if (json_is_integer(json_object_get(f, "max_in_flight")))
+		sqlite3_bind_int64(st, 7, json_integer_value(json_object_get(f, "max_in_flight")));
 	if (step_done(st) != 0)
 		goto out;
 	id = sqlite3_last_insert_rowid(s->wdb);
@@ -671,7 +711,7 @@ static enum store_rc apply_sub_create(struct store *s, struct store_call *call, 
 		goto out;
 	if (load_subscription_json(s->wdb, id, &call->result) != STORE_OK)
 		goto out;
-	json_object_set(call->result, "secret", json_object_get(f, "secret"));
+	show_secret(call->result, f);
 	*changed = id;
 	rc = STORE_OK;
 out:
@@ -694,12 +734,13 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 	static const struct {
 		const char *field;
 		const char *sql;
-		int is_json;
+		int is_json; /* 0 text, 1 JSON, 2 integer */
 	} setters[] = {
 	    {"url", "UPDATE subscriptions SET url = ?2, updated_at = ?3 WHERE id = ?1", 0},
 	    {"event_types", "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
 	    {"description", "UPDATE subscriptions SET description = ?2, updated_at = ?3 WHERE id = ?1", 0},
 	    {"headers", "UPDATE subscriptions SET headers = ?2, updated_at = ?3 WHERE id = ?1", 1},
+	    {"max_in_flight", "UPDATE subscriptions SET max_in_flight = ?2, updated_at = ?3 WHERE id = ?1", 2},
 	};
 	for (size_t i = 0; i < sizeof(setters) / sizeof(setters[0]); i++) {
 		v = json_object_get(f, setters[i].field);
@@ -708,7 +749,9 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		if (sqlite3_prepare_v2(s->wdb, setters[i].sql, -1, &st, NULL) != SQLITE_OK)
 			goto fail;
 		sqlite3_bind_int64(st, 1, call->id);
-		if (setters[i].is_json)
+		if (setters[i].is_json == 2)
+			sqlite3_bind_int64(st, 2, json_integer_value(v));
+		else if (setters[i].is_json)
 			bind_json_or_null(st, 2, v);
 		else
 			bind_text_or_null(st, 2, json_string_value(v));
@@ -723,7 +766,7 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		int on = json_is_true(v);
 		if (exec_with_id_time(s,
 		                      on ? "UPDATE subscriptions SET enabled = 1, disabled_reason = NULL,"
-		                           " updated_at = ?2 WHERE id = ?1"
+		                           " failing_since = NULL, updated_at = ?2 WHERE id = ?1"
 		                         : "UPDATE subscriptions SET enabled = 0, disabled_reason ="
 		                           " coalesce(disabled_reason, 'disabled through the API'),"
 		                           " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
@@ -798,7 +841,7 @@ static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, 
 		goto fail;
 	if (load_subscription_json(s->wdb, call->id, &call->result) != STORE_OK)
 		goto fail;
-	json_object_set(call->result, "secret", json_object_get(f, "secret"));
+	show_secret(call->result, f);
 	sqlite3_finalize(st);
 	*changed = call->id;
 	return STORE_OK;
@@ -813,8 +856,8 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	enum store_rc rc = STORE_ERR;
 	int64_t now = clock_now_ms();
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT leased FROM deliveries WHERE id = ?1", -1, &st,
-	                       NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->wdb, "SELECT leased, subscription_id FROM deliveries WHERE id = ?1",
+	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, call->id);
 	int step = sqlite3_step(st);
@@ -826,6 +869,11 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 		goto out;
 	if (sqlite3_column_int(st, 0)) {
 		snprintf(call->why, sizeof(call->why), "the delivery is being attempted right now");
+		rc = STORE_CONFLICT;
+		goto out;
+	}
+	if (!sub_find(s, sqlite3_column_int64(st, 1))) {
+		snprintf(call->why, sizeof(call->why), "its subscription was deleted");
 		rc = STORE_CONFLICT;
 		goto out;
 	}
@@ -843,58 +891,211 @@ out:
 	return rc == STORE_ERR ? fail_storage(s, call) : rc;
 }
 
-/* Leases due jobs and fills them from the envelope and the subscription cache. */
+/* Re-queues a subscription's failed deliveries created since `since_ms`, at most
+ * RECOVER_MAX per call; running it again re-queues nothing already pending. */
+static enum store_rc apply_sub_recover(struct store *s, struct store_call *call, int *made_due)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t now = clock_now_ms();
+	const struct sub_entry *sub = sub_find(s, call->id);
+	int requeued;
+
+	if (!sub)
+		return subscription_exists(s, call->id) < 0 ? fail_storage(s, call) : STORE_NOTFOUND;
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "UPDATE deliveries SET state = 0, next_attempt_at = ?3, updated_at = ?4"
+	                       " WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = ?1"
+	                       " AND state = 2 AND leased = 0 AND created_at >= ?2 ORDER BY id LIMIT ?5)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, call->id);
+	sqlite3_bind_int64(st, 2, json_integer_value(json_object_get(call->fields, "since_ms")));
+	if (sub->enabled)
+		sqlite3_bind_int64(st, 3, now);
+	else
+		sqlite3_bind_null(st, 3); /* held until the subscription is enabled again */
+	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_int(st, 5, RECOVER_MAX);
+	if (step_done(st) != 0)
+		goto fail;
+	requeued = sqlite3_changes(s->wdb);
+	sqlite3_finalize(st);
+	call->result = json_pack("{s:i}", "requeued", requeued);
+	if (requeued > 0)
+		*made_due = 1;
+	return STORE_OK;
+fail:
+	sqlite3_finalize(st);
+	return fail_storage(s, call);
+}
+
+/* Copies one leased row into a job: the subscription from the cache, the envelope. */
+static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const struct sub_entry *sub,
+                                      int64_t now_ms)
+{
+	sqlite3_stmt *env = s->st[ST_ENVELOPE];
+	struct delivery_job *job = calloc(1, sizeof(*job));
+
+	if (!job)
+		return NULL;
+	job->delivery_id = sqlite3_column_int64(row, 0);
+	job->subscription_id = sqlite3_column_int64(row, 2);
+	job->attempt = sqlite3_column_int(row, 3) + 1;
+	job->url = strdup(sub->url);
+	job->headers_json = strdup_or_null(sub->headers_json);
+	job->secrets = sub_secrets_text(sub, now_ms);
+	sqlite3_bind_int64(env, 1, sqlite3_column_int64(row, 1));
+	if (sqlite3_step(env) == SQLITE_ROW) {
+		int len = sqlite3_column_bytes(env, 1);
+		job->event_id = strdup_or_null(column_text(env, 0));
+		job->body = malloc((size_t)len + 1);
+		if (job->body) {
+			memcpy(job->body, sqlite3_column_blob(env, 1), (size_t)len);
+			job->body[len] = '\0';
+			job->body_len = (size_t)len;
+		}
+	}
+	sqlite3_reset(env);
+	/* A job missing a part fails its attempt in the sender with a clear error. */
+	return job;
+}
+
+/*
+ * Leases due jobs, subscription by subscription, round-robin from where the last claim
+ * stopped, each subscription up to its max_in_flight: one slow or dead receiver cannot
+ * take every slot. next_due is the earliest due time among subscriptions with room.
+ */
 static enum store_rc apply_claim(struct store *s, struct store_call *call)
 {
 	struct claim_args *a = call->internal;
 	sqlite3_stmt *st = s->st[ST_CLAIM];
-	sqlite3_stmt *env = s->st[ST_ENVELOPE];
-	int step;
+	sqlite3_stmt *nd = s->st[ST_NEXT_DUE];
+	size_t nsubs = s->nsubs;
 
+	a->next_due_ms = INT64_MAX;
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
 		return STORE_ERR;
-	sqlite3_bind_int64(st, 1, a->now_ms);
-	sqlite3_bind_int(st, 2, a->max);
-	while ((step = sqlite3_step(st)) == SQLITE_ROW && a->njobs < a->max) {
-		struct delivery_job *job = calloc(1, sizeof(*job));
-		if (!job)
-			break;
-		a->jobs[a->njobs++] = job;
-		job->delivery_id = sqlite3_column_int64(st, 0);
-		int64_t seq = sqlite3_column_int64(st, 1);
-		job->subscription_id = sqlite3_column_int64(st, 2);
-		job->attempt = sqlite3_column_int(st, 3) + 1;
-		const struct sub_entry *sub = sub_find(s, job->subscription_id);
-		if (sub) {
-			job->url = strdup(sub->url);
-			job->headers_json = strdup_or_null(sub->headers_json);
-			job->secrets = sub_secrets_text(sub, a->now_ms);
+	for (size_t k = 0; k < nsubs; k++) {
+		const struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
+		int room = sub->max_in_flight - sub->leased;
+		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
+		int step;
+
+		if (room <= 0)
+			continue; /* completions will wake the dispatcher when room frees */
+		if (want > 0) {
+			sqlite3_bind_int64(st, 1, a->now_ms);
+			sqlite3_bind_int(st, 2, want);
+			sqlite3_bind_int64(st, 3, sub->id);
+			while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+				struct delivery_job *job = claim_job(s, st, sub, a->now_ms);
+				if (!job || a->njobs == a->max) {
+					delivery_job_free(job);
+					step = SQLITE_NOMEM;
+					break;
+				}
+				a->jobs[a->njobs++] = job;
+			}
+			sqlite3_reset(st);
+			if (step != SQLITE_DONE)
+				return STORE_ERR;
+			if (a->njobs == a->max)
+				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
 		}
-		sqlite3_bind_int64(env, 1, seq);
-		if (sqlite3_step(env) == SQLITE_ROW) {
-			int len = sqlite3_column_bytes(env, 1);
-			job->event_id = strdup_or_null(column_text(env, 0));
-			job->body = malloc((size_t)len + 1);
-			if (job->body) {
-				memcpy(job->body, sqlite3_column_blob(env, 1), (size_t)len);
-				job->body[len] = '\0';
-				job->body_len = (size_t)len;
+		sqlite3_bind_int64(nd, 1, sub->id);
+		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL &&
+		    sqlite3_column_int64(nd, 0) < a->next_due_ms)
+			a->next_due_ms = sqlite3_column_int64(nd, 0);
+		sqlite3_reset(nd);
+	}
+	return STORE_OK;
+}
+
+/* After COMMIT: the leases a claim took and a completion gave back, per subscription.
+ * Returns 1 if a subscription that was full has room again (the dispatcher should claim). */
+static int account_leases(struct store *s, struct store_call *c)
+{
+	int room_freed = 0;
+
+	if (c->kind == STORE_CLAIM) {
+		struct claim_args *a = c->internal;
+		for (int i = 0; i < a->njobs; i++) {
+			struct sub_entry *sub = sub_find(s, a->jobs[i]->subscription_id);
+			if (sub)
+				sub->leased++;
+		}
+	} else if (c->kind == STORE_COMPLETE) {
+		struct complete_args *a = c->internal;
+		for (int i = 0; i < a->n; i++) {
+			struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
+			if (sub && sub->leased > 0) {
+				room_freed |= sub->leased >= sub->max_in_flight;
+				sub->leased--;
 			}
 		}
-		sqlite3_reset(env);
 	}
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
-	if (step != SQLITE_ROW && step != SQLITE_DONE)
-		return STORE_ERR;
+	return room_freed;
+}
 
-	sqlite3_stmt *nd = s->st[ST_NEXT_DUE];
-	a->next_due_ms = INT64_MAX;
-	if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL)
-		a->next_due_ms = sqlite3_column_int64(nd, 0);
-	sqlite3_reset(nd);
-	return STORE_OK;
+static int disable_subscription(struct store *s, int64_t id, const char *reason, int64_t now)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "UPDATE subscriptions SET enabled = 0, disabled_reason = ?2,"
+	                       " updated_at = ?3 WHERE id = ?1",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now);
+	if (step_done(st) != 0 || hold_pending(s, id, 1, now) != 0)
+		goto out;
+	rc = 0;
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/*
+ * A subscription's health after one attempt: a success clears failing_since; a failure
+ * starts it; failing for longer than --disable-after, or a 410, disables it. Writes only
+ * on a change (the cache says what is committed), and asks for a reload when it writes.
+ */
+static int track_health(struct store *s, const struct sub_entry *sub,
+                        const struct delivery_result *r, int64_t now, int64_t *changed)
+{
+	char reason[160], since_text[UTIL_TIME_MAX];
+
+	if (r->outcome == DELIVERY_DELIVERED) {
+		if (!sub->failing_since)
+			return 0;
+		*changed = sub->id;
+		return exec_with_id_time(s, "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1"
+		                            " AND ?2 IS NOT NULL", sub->id, now);
+	}
+	int64_t since = sub->failing_since ? sub->failing_since : r->started_at_ms;
+	if (!sub->failing_since) {
+		*changed = sub->id;
+		if (exec_with_id_time(s, "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1"
+		                         " AND failing_since IS NULL", sub->id, since) != 0)
+			return -1;
+	}
+	if (!sub->enabled)
+		return 0;
+	if (r->outcome == DELIVERY_GONE) {
+		*changed = sub->id;
+		return disable_subscription(s, sub->id, "the endpoint answered 410 Gone", now);
+	}
+	if (s->disable_after_ms > 0 && now - since >= s->disable_after_ms) {
+		util_format_time(since, since_text);
+		snprintf(reason, sizeof(reason), "every delivery failed since %s (--disable-after %llds)",
+		         since_text, (long long)(s->disable_after_ms / 1000));
+		*changed = sub->id;
+		return disable_subscription(s, sub->id, reason, now);
+	}
+	return 0;
 }
 
 static const enum delivery_state outcome_state[] = {
@@ -964,16 +1165,8 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 		if (step_done(fin) != 0)
 			return fail_storage(s, call);
 
-		if (r->outcome == DELIVERY_GONE && sub && sub->enabled) {
-			if (exec_with_id_time(s,
-			                      "UPDATE subscriptions SET enabled = 0, disabled_reason ="
-			                      " 'the endpoint answered 410 Gone', updated_at = ?2"
-			                      " WHERE id = ?1",
-			                      r->subscription_id, now) != 0 ||
-			    hold_pending(s, r->subscription_id, 1, now) != 0)
-				return fail_storage(s, call);
-			changed[i] = r->subscription_id;
-		}
+		if (sub && track_health(s, sub, r, now, &changed[i]) != 0)
+			return fail_storage(s, call);
 	}
 	return STORE_OK;
 }
@@ -1046,6 +1239,9 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		case STORE_SUB_ROTATE:
 			c->rc = apply_sub_rotate(s, c, slot);
 			break;
+		case STORE_SUB_RECOVER:
+			c->rc = apply_sub_recover(s, c, &made_due);
+			break;
 		case STORE_DELIVERY_RETRY:
 			c->rc = apply_delivery_retry(s, c, &made_due);
 			break;
@@ -1098,6 +1294,10 @@ finish:
 		}
 		free(changed);
 		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (calls[i]->rc == STORE_OK && account_leases(s, calls[i]))
+			made_due = 1;
 	}
 	for (size_t i = 0; i < nchanged; i++) {
 		if (changed[i])
@@ -1271,6 +1471,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	pthread_mutex_init(&s->readers_lock, NULL);
 	pthread_mutex_init(&s->hook_lock, NULL);
 	s->synchronous_full = opts->synchronous_full;
+	s->disable_after_ms = opts->disable_after_ms;
 	s->sync_now = 1;
 	s->path = strdup(opts->path);
 	s->matcher = matcher_new();
