@@ -144,6 +144,15 @@ json_t *api_parse_body(struct http_request *req)
 	return v;
 }
 
+int api_path_id(struct http_request *req, const char *prefix, const char *what, int64_t *id)
+{
+	if (util_parse_id(prefix, http_path_param(req), id) != 0) {
+		http_reply_error(req, 404, "not_found", "no %s with that id", what);
+		return -1;
+	}
+	return 0;
+}
+
 int api_list_query(struct http_request *req, struct store_list_query *q)
 {
 	const char *limit = http_query(req, "limit");

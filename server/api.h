@@ -55,6 +55,10 @@ int api_allow_private_targets(const struct api *api);
  * column) and returns NULL. Returns a new reference. */
 json_t *api_parse_body(struct http_request *req);
 
+/* Parses the {id} segment as "<prefix><n>"; replies 404 naming `what` and returns -1 if
+ * it is not one. */
+int api_path_id(struct http_request *req, const char *prefix, const char *what, int64_t *id);
+
 /* Fills limit/after from the query string; replies 422 and returns -1 when out of range. */
 int api_list_query(struct http_request *req, struct store_list_query *q);
 

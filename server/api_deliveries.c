@@ -41,11 +41,7 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 
 static int path_id(struct http_request *req, int64_t *id)
 {
-	if (util_parse_id("dlv_", http_path_param(req), id) != 0) {
-		http_reply_error(req, 404, "not_found", "no delivery with that id");
-		return -1;
-	}
-	return 0;
+	return api_path_id(req, "dlv_", "delivery", id);
 }
 
 void api_deliveries_get(struct api *api, struct http_request *req)

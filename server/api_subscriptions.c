@@ -288,14 +288,9 @@ static void submit_fields(struct api *api, struct http_request *req, enum store_
 	api_write_submit(api, w);
 }
 
-/* Parses the {id} segment; replies 404 and returns -1 if it is not a subscription id. */
 static int path_id(struct http_request *req, int64_t *id)
 {
-	if (util_parse_id("sub_", http_path_param(req), id) != 0) {
-		http_reply_error(req, 404, "not_found", "no subscription with that id");
-		return -1;
-	}
-	return 0;
+	return api_path_id(req, "sub_", "subscription", id);
 }
 
 void api_subscriptions_create(struct api *api, struct http_request *req)

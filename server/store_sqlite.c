@@ -301,20 +301,20 @@ static json_t *rows_json(sqlite3_stmt *st, json_t *(*row)(sqlite3_stmt *), int l
 	return arr;
 }
 
-/* One subscription row (not deleted) as JSON, on the given connection. */
-static enum store_rc load_subscription_json(sqlite3 *db, int64_t id, json_t **out)
+/* Runs `sql` (one ?1 = id) on db and builds the row with `row`: STORE_OK with *out,
+ * STORE_NOTFOUND, or STORE_ERR. */
+static enum store_rc load_one(sqlite3 *db, const char *sql, int64_t id,
+                              json_t *(*row)(sqlite3_stmt *), json_t **out)
 {
 	sqlite3_stmt *st = NULL;
 	enum store_rc rc = STORE_ERR;
 
-	if (sqlite3_prepare_v2(db,
-	                       "SELECT " SUB_COLUMNS " FROM subscriptions WHERE id = ?1 AND deleted_at IS NULL",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
-		*out = subscription_json(st);
+		*out = row(st);
 		rc = STORE_OK;
 		break;
 	case SQLITE_DONE:
@@ -328,29 +328,17 @@ out:
 	return rc;
 }
 
+/* One subscription row (not deleted) as JSON, on the given connection. */
+static enum store_rc load_subscription_json(sqlite3 *db, int64_t id, json_t **out)
+{
+	return load_one(db, "SELECT " SUB_COLUMNS " FROM subscriptions WHERE id = ?1 AND deleted_at IS NULL",
+	                id, subscription_json, out);
+}
+
 static enum store_rc load_delivery_json(sqlite3 *db, int64_t id, json_t **out)
 {
-	sqlite3_stmt *st = NULL;
-	enum store_rc rc = STORE_ERR;
-
-	if (sqlite3_prepare_v2(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.id = ?1", -1,
-	                       &st, NULL) != SQLITE_OK)
-		goto out;
-	sqlite3_bind_int64(st, 1, id);
-	switch (sqlite3_step(st)) {
-	case SQLITE_ROW:
-		*out = delivery_json(st);
-		rc = STORE_OK;
-		break;
-	case SQLITE_DONE:
-		rc = STORE_NOTFOUND;
-		break;
-	default:
-		break;
-	}
-out:
-	sqlite3_finalize(st);
-	return rc;
+	return load_one(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.id = ?1", id,
+	                delivery_json, out);
 }
 
 /* ---------- the subscription cache (writer thread) ---------- */
