@@ -52,6 +52,13 @@ export function tmpDir() {
   return d;
 }
 
+/** Resolves with the promise's value, or 'timeout' after ms (the timer keeps the loop alive). */
+function bounded(promise, ms) {
+  let t;
+  return Promise.race([promise, new Promise((resolve) => { t = setTimeout(() => resolve('timeout'), ms); })])
+    .finally(() => clearTimeout(t));
+}
+
 function tail(text, n = 4000) {
   return text.length > n ? '...' + text.slice(-n) : text;
 }
@@ -115,6 +122,14 @@ export async function startRelay(opts = {}) {
       liveRelays.delete(relay);
       resolve({ code, signal });
     });
+    // spawn itself failed (ENOENT, EACCES, ETXTBSY while the binary is being rebuilt):
+    // there will be no 'exit' event, so settle here or every await on it would hang.
+    proc.on('error', (err) => {
+      relay.spawnError = err;
+      if (relay.exitCode === undefined) relay.exitCode = null;
+      liveRelays.delete(relay);
+      resolve({ code: null, signal: null, error: err });
+    });
   });
   proc.stderr.setEncoding('utf8');
   proc.stderr.on('data', (d) => {
@@ -130,9 +145,9 @@ export async function startRelay(opts = {}) {
       const m = relay.stdoutText.match(/hookrelay listening on http:\/\/127\.0\.0\.1:(\d+)\r?\n/);
       if (m) resolve(Number(m[1]));
     });
-    proc.on('error', (err) => reject(err));
-    relay.exited.then(({ code, signal }) =>
-      reject(new Error(`hookrelay exited before listening (code ${code}, signal ${signal})`)));
+    relay.exited.then(({ code, signal, error }) => reject(error
+      ? new Error(`cannot start ${bin}: ${error.message}`)
+      : new Error(`hookrelay exited before listening (code ${code}, signal ${signal})`)));
   });
   let timer;
   const timeout = new Promise((_, reject) => {
@@ -144,7 +159,7 @@ export async function startRelay(opts = {}) {
     relay.port = await Promise.race([listening, timeout]);
   } catch (err) {
     try { proc.kill('SIGKILL'); } catch { /* gone */ }
-    await relay.exited;
+    await bounded(relay.exited, 5000);
     err.message += `\nargs: ${args.join(' ')}\nstdout: ${tail(relay.stdoutText)}\nstderr: ${tail(relay.stderrText)}`;
     throw err;
   } finally {
@@ -173,7 +188,7 @@ export async function startRelay(opts = {}) {
     clearTimeout(t);
     if (res === 'timeout') {
       try { proc.kill('SIGKILL'); } catch { /* gone */ }
-      await relay.exited;
+      await bounded(relay.exited, 5000);
       throw new Error(`hookrelay did not exit within ${timeoutMs} ms of ${signal}\nstderr: ${tail(relay.stderrText)}`);
     }
     relay.assertNoSanitizerReport();
@@ -188,7 +203,7 @@ export async function startRelay(opts = {}) {
     if (relay.exitCode === undefined) {
       try { proc.kill('SIGKILL'); } catch { /* gone */ }
     }
-    await relay.exited;
+    assert.notEqual(await bounded(relay.exited, 5000), 'timeout', 'relay did not die on SIGKILL');
     relay.assertNoSanitizerReport();
   };
 
@@ -220,22 +235,35 @@ export async function api(relay, method, urlPath, body, headers = {}, { timeoutM
     }
   }
   let res;
+  // A plain (ref'd) timer rather than AbortSignal.timeout(), whose timer does not keep
+  // the event loop alive: a stuck request must fail the test, not silently end the run.
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(new Error(`no complete answer within ${timeoutMs} ms`)), timeoutMs);
   try {
     res = await fetch(relay.url + urlPath, {
       method,
       headers: h,
       body: payload,
-      signal: AbortSignal.timeout(timeoutMs),
+      signal: ac.signal,
     });
   } catch (err) {
+    clearTimeout(timer);
     const state = relay.exitCode === undefined
       ? 'relay still running'
-      : `relay exited (code ${relay.exitCode}, signal ${relay.exitSignal})`;
+      : `relay exited (code ${relay.exitCode}, signal ${relay.exitSignal})${relay.stopped ? ''
+        : ' although the test did not stop it (crash, or a signal from outside the test)'}`;
     const e = new Error(`${method} ${urlPath} failed: ${err.message} (${err.cause?.message ?? ''}); ${state}\nrelay stderr: ${tail(relay.stderrText)}`);
     e.cause = err;
     throw e;
   }
-  const text = await res.text();
+  let text;
+  try {
+    text = await res.text();
+  } catch (err) {
+    throw new Error(`${method} ${urlPath}: reading the ${res.status} body failed: ${err.message}\nrelay stderr: ${tail(relay.stderrText)}`);
+  } finally {
+    clearTimeout(timer);
+  }
   let json;
   try { json = text.length ? JSON.parse(text) : undefined; } catch { json = undefined; }
   return { status: res.status, headers: res.headers, json, text };
@@ -268,7 +296,9 @@ export async function waitUntil(fn, timeoutMs = 5000, what = 'condition', interv
     await sleep(intervalMs);
   }
   const relays = [...liveRelays].map((r) => `relay :${r.port} stderr:\n${tail(r.stderrText, 2000)}`).join('\n');
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last value: ${
+  const dead = allRelays.filter((r) => !r.stopped && r.exitCode !== undefined)
+    .map((r) => `relay :${r.port} exited (code ${r.exitCode}, signal ${r.exitSignal}) without being stopped by the test`).join('\n');
+  throw new Error(`${dead ? dead + '\n' : ''}timed out after ${timeoutMs} ms waiting for ${what}; last value: ${
     JSON.stringify(last)}${lastErr ? `; last error: ${lastErr.message}` : ''}\n${relays}`);
 }
 
@@ -355,7 +385,9 @@ export async function startReceiver({ behavior = {} } = {}) {
         const timer = setTimeout(() => {
           waiters.delete(check);
           const relays = [...liveRelays].map((r) => `relay :${r.port} stderr:\n${tail(r.stderrText, 2000)}`).join('\n');
-          reject(new Error(`receiver ${port}: expected ${n} request(s) within ${timeoutMs} ms, got ${requests.length}\n${relays}`));
+          const dead = allRelays.filter((r) => !r.stopped && r.exitCode !== undefined)
+            .map((r) => `relay :${r.port} exited (code ${r.exitCode}, signal ${r.exitSignal}) without being stopped by the test\n`).join('');
+          reject(new Error(`${dead}receiver ${port}: expected ${n} request(s) within ${timeoutMs} ms, got ${requests.length}\n${relays}`));
         }, timeoutMs);
         waiters.add(check);
       });
