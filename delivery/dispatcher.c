@@ -332,6 +332,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	so.max_per_host = opts->max_per_host;
 	so.timeout_ms = opts->timeout_ms;
 	so.user_agent = opts->user_agent;
+	so.targets = opts->targets;
 	d->sender = sender_new(&so);
 	if (!d->sender)
 		goto out; /* sender_new said why */

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "delivery.h"
+#include "target.h"
 
 struct dispatcher;
 
@@ -22,6 +23,9 @@ struct dispatcher_options {
 	const int64_t *retry_schedule;  /* ms delays after attempt 1, 2, ...; borrowed */
 	int retry_count;                /* entries in retry_schedule */
 	const char *user_agent;         /* e.g. "hookrelay/0.1.0"; borrowed */
+	const struct target_policy *targets; /* addresses deliveries may connect to, checked
+	                                        at connect time; borrowed. NULL: no check
+	                                        (tests only; main always sets one) */
 };
 
 /* Starts the dispatcher thread. Both arguments are borrowed and must outlive the

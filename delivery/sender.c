@@ -18,17 +18,25 @@
  *   pointers before job and result are handed back.
  * - At most SENDER_BODY_MAX bytes of response body are accepted; the first
  *   DELIVERY_SNIPPET_MAX are kept.
+ * - With a target policy, every socket a transfer opens is opened by on_open_socket,
+ *   which checks the address curl is about to connect to (after DNS, so a rebound name
+ *   is caught) and refuses a blocked one. The refusal's reason waits in t->blocked and
+ *   replaces curl's generic "couldn't connect" text when the transfer fails. No proxy
+ *   is ever used (CURLOPT_PROXY ""), so that address is always the receiver's.
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
  */
 #include "sender.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -48,6 +56,8 @@ struct transfer {
 	int64_t start_mono_ms;        /* monotonic ms at sender_start, for duration_ms */
 	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
+	const struct target_policy *targets; /* borrowed from the sender's options */
+	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
 	struct transfer *prev, *next; /* links in the list the transfer is on */
 };
 
@@ -152,6 +162,46 @@ out:
 	return rc;
 }
 
+/* Renders an IPv4 or IPv6 address (no port) for an error text. */
+static void address_text(const struct sockaddr_storage *ss, char *out, size_t size)
+{
+	const void *addr = NULL;
+
+	if (ss->ss_family == AF_INET)
+		addr = &((const struct sockaddr_in *)(const void *)ss)->sin_addr;
+	else if (ss->ss_family == AF_INET6)
+		addr = &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr;
+	if (!addr || !inet_ntop(ss->ss_family, addr, out, (socklen_t)size))
+		snprintf(out, size, "address of family %d", (int)ss->ss_family);
+}
+
+/*
+ * CURLOPT_OPENSOCKETFUNCTION: the last point before connect(), with the address curl
+ * resolved and will use. Blocked: remember why and give curl no socket, so it tries
+ * the next address or fails the transfer with nothing sent anywhere.
+ */
+static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
+                                    struct curl_sockaddr *a)
+{
+	struct transfer *t = clientp;
+	struct sockaddr_storage ss;
+	const char *why = "not a TCP connection to a receiver";
+	char text[INET6_ADDRSTRLEN + 32];
+
+	memset(&ss, 0, sizeof ss);
+	if (purpose == CURLSOCKTYPE_IPCXN && a->addrlen <= sizeof ss) {
+		memcpy(&ss, &a->addr, a->addrlen);
+		if (target_address_allowed(t->targets, (const struct sockaddr *)(const void *)&ss,
+		                           &why))
+			return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	}
+	if (t->blocked[0] == '\0') {
+		address_text(&ss, text, sizeof text);
+		snprintf(t->blocked, sizeof t->blocked, "blocked: %s is %s", text, why);
+	}
+	return CURL_SOCKET_BAD;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct transfer *t = userp;
@@ -218,7 +268,9 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, res->error) != CURLE_OK ||
@@ -231,6 +283,14 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
 		set_error(res, "curl refused the request options");
+		goto out;
+	}
+	t->targets = s->opts.targets;
+	t->blocked[0] = '\0';
+	if (t->targets &&
+	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
+	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK)) {
+		set_error(res, "curl refused the target-address guard");
 		goto out;
 	}
 	rc = 0;
@@ -276,6 +336,8 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->res = NULL;
 	t->body_seen = 0;
 	t->too_big = 0;
+	t->targets = NULL;
+	t->blocked[0] = '\0';
 	t->prev = NULL;
 	t->next = s->idle;
 	s->idle = t;
@@ -467,6 +529,8 @@ int sender_next(struct sender *s, struct sender_done *out)
 		t->res->error[0] = '\0';
 	} else if (t->too_big) {
 		set_error(t->res, "response body over 1 MiB");
+	} else if (t->blocked[0] != '\0') {
+		set_error(t->res, t->blocked); /* curl's text would only say it could not connect */
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}

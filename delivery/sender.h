@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "delivery.h"
+#include "target.h"
 
 #define SENDER_BODY_MAX (1024 * 1024) /* bytes of response body read before we abort */
 
@@ -28,6 +29,9 @@ struct sender_options {
 	int max_per_host;       /* connections open at once to one host */
 	int timeout_ms;         /* whole-request timeout per attempt */
 	const char *user_agent; /* user-agent header value; borrowed */
+	const struct target_policy *targets; /* checked on every address a transfer is
+	                                        about to connect to; borrowed. NULL: no
+	                                        check (unit tests of the HTTP side only) */
 };
 
 /* One job whose transfer is over. The caller owns job and result from here on. */
@@ -43,7 +47,10 @@ struct sender_done {
 };
 
 /* Creates the multi handle. Returns NULL (message on stderr) if curl cannot start.
- * curl_global_init() must have run. opts is copied; user_agent is borrowed. */
+ * curl_global_init() must have run. opts is copied; user_agent and targets are
+ * borrowed. A connection to an address targets refuses is never opened: the transfer
+ * fails with complete = 0 and result->error "blocked: <address> is <rule>". Proxies
+ * from the environment are ignored, so the address checked is the receiver's. */
 struct sender *sender_new(const struct sender_options *opts);
 
 /* Frees everything. Transfers still in flight are dropped and their jobs freed: call

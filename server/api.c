@@ -18,7 +18,7 @@ struct api {
 	struct store *store;
 	char **admin_keys;   /* NULL-terminated copies */
 	char **publish_keys;
-	int allow_private_targets;
+	const struct target_policy *targets; /* borrowed; NULL = default policy */
 };
 
 static char **copy_keys(const char *const *keys)
@@ -56,7 +56,7 @@ struct api *api_new(struct store *store, const struct api_options *opts)
 	if (!api)
 		return NULL;
 	api->store = store;
-	api->allow_private_targets = opts->allow_private_targets;
+	api->targets = opts->targets;
 	api->admin_keys = copy_keys(opts->admin_keys);
 	api->publish_keys = copy_keys(opts->publish_keys);
 	if (!api->admin_keys || !api->publish_keys) {
@@ -80,9 +80,9 @@ struct store *api_store(const struct api *api)
 	return api->store;
 }
 
-int api_allow_private_targets(const struct api *api)
+const struct target_policy *api_targets(const struct api *api)
 {
-	return api->allow_private_targets;
+	return api->targets;
 }
 
 /* Compares digests, not the keys, so neither length nor content leaks through timing. */

@@ -12,13 +12,16 @@
 
 #include "http.h"
 #include "store.h"
+#include "target.h"
 
 struct api;
 
 struct api_options {
 	const char *const *admin_keys;   /* bearer keys with full access; NULL-terminated or NULL */
 	const char *const *publish_keys; /* bearer keys that may only publish events */
-	int allow_private_targets;       /* subscriptions may point at private/loopback hosts */
+	const struct target_policy *targets; /* which subscription URLs are refused for their
+	                                        address; borrowed, must outlive the api.
+	                                        NULL: the default (nothing non-public) */
 };
 
 struct api *api_new(struct store *store, const struct api_options *opts); /* NULL on OOM */
@@ -49,7 +52,7 @@ void api_deliveries_retry(struct api *api, struct http_request *req);
 /* ---- shared by the api_*.c files ---- */
 
 struct store *api_store(const struct api *api);
-int api_allow_private_targets(const struct api *api);
+const struct target_policy *api_targets(const struct api *api); /* may be NULL */
 
 /* Parses the request body as JSON. On failure replies 400 malformed_json (with line and
  * column) and returns NULL. Returns a new reference. */

@@ -125,7 +125,8 @@ static int check_patterns(json_t *patterns, char *why, size_t whylen)
  * Validates the fields of a create (all required ones present) or an update (any
  * subset) into `out`, a new object holding only known fields. Returns 0 or -1 with why.
  */
-static int check_subscription(json_t *body, int creating, json_t *out, char *why, size_t whylen)
+static int check_subscription(const struct api *api, json_t *body, int creating, json_t *out,
+                              char *why, size_t whylen)
 {
 	const char *reason = NULL;
 	json_t *v;
@@ -140,7 +141,7 @@ static int check_subscription(json_t *body, int creating, json_t *out, char *why
 			snprintf(why, whylen, "url must be a string");
 			return -1;
 		}
-		if (target_url_check(json_string_value(v), &reason) != 0) {
+		if (target_url_check(json_string_value(v), api_targets(api), &reason) != 0) {
 			snprintf(why, whylen, "%s", reason);
 			return -1;
 		}
@@ -301,7 +302,7 @@ void api_subscriptions_create(struct api *api, struct http_request *req)
 
 	if (!body || !fields)
 		goto out;
-	if (check_subscription(body, 1, fields, why, sizeof(why)) != 0 ||
+	if (check_subscription(api, body, 1, fields, why, sizeof(why)) != 0 ||
 	    take_secret(body, is_ed25519(json_object_get(body, "signature_algorithm")), fields, why,
 	                sizeof(why)) != 0) {
 		http_reply_error(req, 422, "invalid_field", "%s", why);
@@ -326,7 +327,7 @@ void api_subscriptions_update(struct api *api, struct http_request *req)
 	fields = json_object();
 	if (!body || !fields)
 		goto out;
-	if (check_subscription(body, 0, fields, why, sizeof(why)) != 0) {
+	if (check_subscription(api, body, 0, fields, why, sizeof(why)) != 0) {
 		http_reply_error(req, 422, "invalid_field", "%s", why);
 		goto out;
 	}

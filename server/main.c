@@ -20,6 +20,7 @@
 #include "dispatcher.h"
 #include "http.h"
 #include "store.h"
+#include "target.h"
 #include "util.h"
 
 #define KEYS_MAX 16
@@ -41,6 +42,7 @@ struct config {
 	const char *publish_keys[KEYS_MAX + 1];
 	int npublish;
 	int allow_private_targets;
+	const char *allow_targets;             /* CIDR list, or NULL; parsed in serve() */
 	int synchronous_full;
 	size_t max_queue;
 	int64_t disable_after_ms;
@@ -64,6 +66,8 @@ static const char usage[] =
     "  --api-key-file PATH        read admin keys from a file, one per line\n"
     "  --publish-key KEY          a key that may only POST events (repeatable)\n"
     "  --allow-private-targets    allow subscriptions to loopback/private addresses\n"
+    "  --allow-targets CIDR,...   allow just these otherwise blocked networks, e.g.\n"
+    "                             127.0.0.1/32,10.20.0.0/16,fd00::/8\n"
     "  --synchronous full|normal  fsync every commit (full, default) or not (normal)\n"
     "  --max-queue N              writes queued before answering 503 (default 8192)\n"
     "  --disable-after DUR        disable a subscription whose deliveries all failed this\n"
@@ -187,6 +191,8 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 	NEED_VALUE();
 	if (strcmp(name, "listen") == 0) {
 		parse_listen(c, value);
+	} else if (strcmp(name, "allow-targets") == 0) {
+		c->allow_targets = value;
 	} else if (strcmp(name, "db") == 0) {
 		c->db_path = value;
 	} else if (strcmp(name, "http-threads") == 0) {
@@ -243,7 +249,8 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 static const char *const env_flags[] = {
 	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
 	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
-	"allow-private-targets", "synchronous", "max-queue", "disable-after", NULL,
+	"allow-private-targets", "allow-targets", "synchronous", "max-queue", "disable-after",
+	NULL,
 };
 
 static void load_config(struct config *c, int argc, char **argv)
@@ -325,6 +332,7 @@ static void wake_dispatcher(void *arg)
 static int serve(int argc, char **argv)
 {
 	struct config cfg;
+	struct target_policy targets; /* outlives the dispatcher and the api, which borrow it */
 	struct store *store = NULL;
 	struct dispatcher *dispatcher = NULL;
 	struct api *api = NULL;
@@ -342,6 +350,9 @@ static int serve(int argc, char **argv)
 		        cfg.listen_host);
 		return 2;
 	}
+	if (target_policy_parse(cfg.allow_targets, cfg.allow_private_targets, &targets, err,
+	                        sizeof(err)) != 0)
+		die("--allow-targets: %s", err);
 
 	/* Block the stop signals before any thread starts so every thread inherits it. */
 	sigemptyset(&stop_signals);
@@ -373,6 +384,7 @@ static int serve(int argc, char **argv)
 	    .retry_schedule = cfg.retry_schedule,
 	    .retry_count = cfg.retry_count,
 	    .user_agent = "hookrelay/" HOOKRELAY_VERSION,
+	    .targets = &targets,
 	};
 	dispatcher = dispatcher_start(&dopts, store_delivery_source(store));
 	if (!dispatcher)
@@ -382,7 +394,7 @@ static int serve(int argc, char **argv)
 	struct api_options aopts = {
 	    .admin_keys = cfg.admin_keys,
 	    .publish_keys = cfg.publish_keys,
-	    .allow_private_targets = cfg.allow_private_targets,
+	    .targets = &targets,
 	};
 	api = api_new(store, &aopts);
 	if (!api) {
@@ -404,10 +416,12 @@ static int serve(int argc, char **argv)
 	       cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "", port);
 	fflush(stdout);
 	fprintf(stderr,
-	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, retry schedule of %d steps%s%s\n",
+	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, retry schedule of %d steps%s%s%s%s\n",
 	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.max_in_flight, cfg.retry_count,
 	        cfg.nadmin ? ", API keys required" : ", no API key (loopback only)",
-	        cfg.allow_private_targets ? ", private targets ALLOWED" : "");
+	        cfg.allow_private_targets ? ", private targets ALLOWED" : "",
+	        targets.ncidrs > 0 ? ", targets allowed in " : "",
+	        targets.ncidrs > 0 ? cfg.allow_targets : "");
 
 	if (sigwait(&stop_signals, &sig) == 0)
 		fprintf(stderr, "hookrelay: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
