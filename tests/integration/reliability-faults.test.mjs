@@ -1,0 +1,125 @@
+// reliability-faults.test.mjs - issue #5, parts 2 and 3: receiver faults that
+// delivery.test.mjs does not cover (a 5 MiB response body with the retry schedule timed
+// from the attempt log; a hanging receiver saturating its own subscription's in-flight cap
+// while a healthy one keeps a p99 under a second) and a graceful SIGTERM while slow
+// deliveries are in flight.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, eventDeliveries, getDelivery,
+  listAll, waitUntil, sleep, cleanup, withLogs,
+} from './harness.mjs';
+import { SOAK, SLOW, percentile, idsOf } from './reliability/lib.mjs';
+
+afterEach(cleanup);
+
+const HUGE = 'x'.repeat(5 * 1024 * 1024);
+
+test('a 5 MiB response body: logged as 4 KiB, retried on schedule, and a 2xx with it still counts', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '300ms,600ms' });
+  const r = await startReceiver({ behavior: [
+    { status: 500, body: HUGE }, { status: 500, body: HUGE }, { status: 200, body: HUGE },
+  ] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'huge.body' });
+  const [d0] = await eventDeliveries(relay, ev.id);
+  const d = await waitUntil(async () => {
+    const x = await getDelivery(relay, d0.id);
+    return x.attempt_count >= 3 && x.status !== 'pending' ? x : false;
+  }, 15_000 * SLOW, 'three attempts logged', 50);
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [500, 500, 200],
+    `errors: ${JSON.stringify(d.attempts.map((a) => a.error))}`);
+  for (const a of d.attempts) {
+    assert.ok(typeof a.response_body === 'string' && a.response_body.length <= 4096,
+      `response_body of attempt ${a.attempt} is ${a.response_body?.length} chars (at most 4 KiB)`);
+    assert.equal(a.response_body, 'x'.repeat(4096), 'the first 4 KiB of the body');
+  }
+
+  // The next attempt is due one schedule step (+-20% jitter) after the previous one
+  // started, plus a little for the dispatcher to wake and millisecond rounding.
+  const slack = 150 * SLOW;
+  for (const [i, step] of [[1, 300], [2, 600]]) {
+    const gap = Date.parse(d.attempts[i].started_at) - Date.parse(d.attempts[i - 1].started_at);
+    assert.ok(gap >= 0.8 * step - 2 && gap <= 1.2 * step + slack,
+      `attempt ${i + 1} started ${gap} ms after attempt ${i}; schedule step ${step} ms +-20%`);
+    const seen = r.requests[i].arrivedMono - r.requests[i - 1].arrivedMono;
+    // (the receiver's clock sees connection set-up too: only "not early", loosely)
+    assert.ok(seen >= 0.8 * step - 60, `receiver saw attempt ${i + 1} ${seen.toFixed(0)} ms after attempt ${i}`);
+  }
+  // DESIGN.md: success is a 2xx within the timeout, whatever the body; the receiver has
+  // processed the event, so failing it (and retrying or retrying by hand) duplicates it.
+  assert.equal(d.status, 'delivered',
+    `a 200 with a 5 MiB body: delivery ${d.status}, last_error ${JSON.stringify(d.last_error)}`);
+  assert.equal(d.attempts[2].error, null);
+  assert.equal(r.requests.length, 3, 'no attempt after the 2xx');
+}));
+
+test('a hanging receiver saturating its in-flight cap: a healthy subscription keeps p99 < 1 s', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '5s'], retrySchedule: '5m' });
+  const stuck = await startReceiver({ behavior: { hang: true } });
+  const healthy = await startReceiver();
+  await createSub(relay, stuck, { event_types: ['stuck.#'] });
+  await createSub(relay, healthy, { event_types: ['healthy.#'] });
+  const STUCK = 24; // more than the default max_in_flight of 16
+  for (let i = 0; i < STUCK; i++) await postEvent(relay, { type: 'stuck.one', data: i });
+  await stuck.waitFor(16, 5000 * SLOW);
+  await sleep(100);
+  assert.equal(stuck.requests.length, 16, 'the hanging subscription is capped at max_in_flight 16');
+
+  // While those 16 hang (the delivery timeout is 5 s), publish to the healthy subscription.
+  const N = SOAK ? 400 : 60;
+  const sentAt = new Map();
+  const t0 = performance.now();
+  const pubs = [];
+  for (let i = 0; i < N && performance.now() - t0 < 3500; i++) {
+    const start = performance.now();
+    pubs.push(postEvent(relay, { type: 'healthy.one', data: i }).then((ev) => sentAt.set(ev.id, start)));
+    await sleep(SOAK ? 5 : 40);
+  }
+  await Promise.all(pubs);
+  await healthy.waitFor(sentAt.size, 5000 * SLOW);
+  const latencies = healthy.requests.map((q) => q.arrivedMono - sentAt.get(q.headers['webhook-id']));
+  const p50 = percentile(latencies, 50);
+  const p99 = percentile(latencies, 99);
+  const stillHanging = stuck.requests.length;
+  console.log(`reliability isolation: ${latencies.length} healthy deliveries while ${STUCK} hang `
+    + `(${stillHanging} requests at the hanging receiver): p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms`);
+  assert.ok(performance.now() - t0 < 5000, 'measured while the hanging transfers were still in flight');
+  assert.equal(idsOf(healthy).ids.size, sentAt.size, 'each healthy event delivered');
+  assert.ok(p99 < 1000, `healthy p99 ${p99.toFixed(0)} ms while another subscription hangs`);
+  stuck.dropConnections();
+}));
+
+test('SIGTERM while slow deliveries are in flight: exit 0 promptly, nothing lost or repeated', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '10s'], retrySchedule: '200ms' });
+  const r = await startReceiver({ behavior: { delayMs: 1000, status: 200 } });
+  await createSub(relay, r);
+  const ids = [];
+  for (let i = 0; i < 5; i++) ids.push((await postEvent(relay, { type: 'slow.stop', data: i })).id);
+  await r.waitFor(5, 5000 * SLOW); // all five are being answered slowly
+  const t0 = performance.now();
+  await relay.stop({ signal: 'SIGTERM', timeoutMs: 6000 * SLOW });
+  const took = performance.now() - t0;
+  assert.ok(took < 6000 * SLOW, `stopped in ${took.toFixed(0)} ms`);
+
+  const again = await startRelay({ dbPath: relay.dbPath, retrySchedule: '200ms' });
+  const all = await waitUntil(async () => {
+    const ds = await listAll(again, '/v1/deliveries');
+    return ds.length === 5 && ds.every((d) => d.status === 'delivered') ? ds : false;
+  }, 8000 * SLOW, 'all five deliveries delivered after the restart', 100);
+  await sleep(500);
+  const perId = new Map();
+  for (const q of r.requests) perId.set(q.headers['webhook-id'], (perId.get(q.headers['webhook-id']) ?? 0) + 1);
+  assert.deepEqual(new Set(perId.keys()), new Set(ids));
+  // Every request the receiver got is in the attempt log, and none was lost.
+  for (const d of all) {
+    assert.equal(d.attempt_count, perId.get(d.event_id),
+      `delivery ${d.id}: attempt_count ${d.attempt_count}, receiver got ${perId.get(d.event_id)} request(s)`);
+  }
+  // A 1 s answer fits in the stop deadline: the delivery finished rather than being repeated.
+  assert.equal(r.requests.length, 5,
+    `receiver got ${r.requests.length} requests for 5 events (SIGTERM took ${took.toFixed(0)} ms)`);
+  const got = await api(again, 'GET', '/v1/deliveries?status=pending');
+  assert.deepEqual(got.json.data, []);
+}));
