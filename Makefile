@@ -23,7 +23,15 @@ SAN_OBJ    := $(LIB_SRC:%.c=build/san/%.o) build/san/gen/schema_sql.o
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=build/unit/%)
 SAN_UNIT   := $(UNIT_SRC:tests/unit/%.c=build/san-unit/%)
 
-.PHONY: all deps run test unit integration sanitize clean bench format
+# libFuzzer targets (tests/fuzz): clang only. Each links just the sources it drives.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=all
+FUZZ_TARGETS := fuzz_ingest fuzz_matcher fuzz_url
+FUZZ_BIN     := $(FUZZ_TARGETS:%=build/fuzz/%)
+
+.PHONY: all deps run test unit integration sanitize clean bench format fuzz fuzz-short
 all: build/hookrelay
 
 deps:
@@ -58,6 +66,41 @@ build/san-unit/%: tests/unit/%.c tests/unit/check.h $(SAN_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) -Itests/unit -o $@ $< $(SAN_OBJ) $(LIBS)
 
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+FUZZ_INGEST_SRC := server/ingest.c server/matcher.c server/util.c $(wildcard server/json_check.c)
+build/fuzz/fuzz_ingest: $(FUZZ_INGEST_SRC:%.c=build/fuzz/obj/%.o)
+build/fuzz/fuzz_matcher: build/fuzz/obj/server/matcher.o
+build/fuzz/fuzz_url: build/fuzz/obj/delivery/target.o
+build/fuzz/%: tests/fuzz/%.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< \
+		$(filter %.o,$^) $(LIBS)
+
+# $(call fuzz_run,TARGET,SECONDS): new inputs go to build/fuzz/corpus/TARGET (kept
+# between runs), the committed seeds in tests/fuzz/corpus/TARGET are only read, and
+# crash-*/leak-*/timeout-* reproducers land in build/fuzz/artifacts. Fails on any finding.
+define fuzz_run
+	@mkdir -p build/fuzz/corpus/$(1) build/fuzz/artifacts build/fuzz/logs
+	@if build/fuzz/$(1) -max_total_time=$(2) -timeout=10 -print_final_stats=1 \
+		-artifact_prefix=build/fuzz/artifacts/$(1)- \
+		build/fuzz/corpus/$(1) tests/fuzz/corpus/$(1) >build/fuzz/logs/$(1).log 2>&1; then \
+		echo "$(1): $$(sed -n 's/^stat::number_of_executed_units: *//p' build/fuzz/logs/$(1).log) runs in $(2) s, $$(sed -n 's/^stat::average_exec_per_sec: *//p' build/fuzz/logs/$(1).log) exec/s, corpus $$(ls build/fuzz/corpus/$(1) | wc -l) files"; \
+	else \
+		tail -n 40 build/fuzz/logs/$(1).log; \
+		echo "$(1): FAILED (log build/fuzz/logs/$(1).log); reproduce with build/fuzz/$(1) build/fuzz/artifacts/$(1)-<file>"; \
+		exit 1; \
+	fi
+endef
+
+fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
+fuzz-short: $(FUZZ_TARGETS:%=fuzz-short-%)
+fuzz-run-%: build/fuzz/%
+	$(call fuzz_run,$*,$(FUZZ_SECONDS))
+fuzz-short-%: build/fuzz/%
+	$(call fuzz_run,$*,20)
+
 run: deps build/hookrelay
 	@mkdir -p data
 	@echo "make run: --allow-private-targets is on so subscriptions may point at this machine"
@@ -82,6 +125,7 @@ test: deps
 	$(MAKE) unit
 	$(MAKE) integration
 	$(MAKE) sanitize
+	$(MAKE) fuzz-short
 
 bench: deps build/hookrelay
 	scripts/bench.sh

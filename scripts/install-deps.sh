@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what hookrelay needs to build and test, only where it is missing:
-# the -dev packages pkg-config cannot find, a C compiler, Node.js/npm for the
-# integration tests (they verify signatures with the standardwebhooks npm package).
+# the -dev packages pkg-config cannot find, a C compiler, clang with its libFuzzer
+# runtime (make fuzz), Node.js/npm for the integration tests (they verify signatures
+# with the standardwebhooks npm package).
 # Debian 12; uses apt-get (run as root, or with sudo available).
 set -eu
 need=""
@@ -14,6 +15,12 @@ have_pc libcurl || need="$need libcurl4-openssl-dev"
 have_pc sqlite3 || need="$need libsqlite3-dev"
 have_pc jansson || need="$need libjansson-dev"
 have_pc libcrypto || need="$need libssl-dev"
+have_fuzzer_rt() {
+	command -v clang >/dev/null 2>&1 &&
+		ls "$(clang --print-runtime-dir 2>/dev/null)"/libclang_rt.fuzzer*.a >/dev/null 2>&1
+}
+command -v clang >/dev/null 2>&1 || need="$need clang"
+have_fuzzer_rt || need="$need libclang-rt-dev"
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 [ -z "$need" ] && exit 0
