@@ -1,0 +1,93 @@
+// reliability-disable.test.mjs - issue #5, part 6: a receiver that always fails gets its
+// subscription disabled by --disable-after; while disabled its deliveries are held and new
+// events create none; re-enabling resumes the held ones; once the receiver is fixed,
+// POST /v1/subscriptions/{id}/recover re-queues exactly the failed ones and they arrive.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, listAll, waitUntil, sleep, cleanup,
+  withLogs,
+} from './harness.mjs';
+import { SLOW, idsOf } from './reliability/lib.mjs';
+
+afterEach(cleanup);
+
+test('--disable-after: disabled with a reason, held, resumed by PATCH, recovered after the fix', withLogs(async () => {
+  const relay = await startRelay({
+    args: ['--disable-after', '1s'],
+    retrySchedule: '200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms',
+  });
+  const r = await startReceiver({ behavior: { status: 500, body: 'still broken' } });
+  const sub = await createSub(relay, r, { event_types: ['dis.#'] });
+  const since = new Date(Date.now() - 1000).toISOString();
+  const evs = [];
+  for (let i = 0; i < 3; i++) evs.push(await postEvent(relay, { type: 'dis.event', data: { i } }));
+  assert.deepEqual(evs.map((e) => e.deliveries), [1, 1, 1]);
+  const getSub = async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+
+  // 1. Disabled after a second of nothing but failures, with a reason saying so.
+  const disabled = await waitUntil(async () => {
+    const s = await getSub();
+    return s.enabled === false ? s : false;
+  }, 6000 * SLOW, 'subscription disabled by --disable-after 1s', 50);
+  assert.match(disabled.disabled_reason ?? '', /fail/i, `disabled_reason: ${disabled.disabled_reason}`);
+  assert.ok(disabled.failing_since, 'failing_since is set');
+  const pendingHeld = (await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=pending`)).length;
+
+  // 2. Held: no attempt while disabled (several schedule steps of quiet), and a new event
+  // creates no delivery.
+  const atDisable = r.requests.length;
+  const late = await postEvent(relay, { type: 'dis.while_disabled' });
+  assert.equal(late.deliveries, 0, 'a disabled subscription gets no new deliveries');
+  await sleep(800);
+  assert.equal(r.requests.length, atDisable, 'no attempt while the subscription is disabled');
+  assert.ok(!idsOf(r).ids.has(late.id));
+
+  // 3. PATCH enabled:true releases the held deliveries (they fail again: still broken).
+  // (9 attempts 200 ms apart outlast a 1 s --disable-after, so some are still pending)
+  assert.ok(pendingHeld > 0, 'deliveries with attempts left are held, not failed');
+  const re = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+  assert.equal(re.status, 200, re.text);
+  assert.equal(re.json.enabled, true);
+  assert.equal(re.json.disabled_reason, null);
+  await waitUntil(() => r.requests.length > atDisable, 3000 * SLOW, 'held deliveries resume after PATCH enabled:true');
+  // Let every delivery run out of attempts (re-enabling again if it trips once more).
+  let reenabled = 0;
+  await waitUntil(async () => {
+    const s = await getSub();
+    if (s.enabled === false && reenabled < 3) {
+      reenabled++;
+      await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+    }
+    const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+    return ds.length === 3 && ds.every((d) => d.status === 'failed');
+  }, 10_000 * SLOW, 'all three deliveries failed', 100);
+  assert.equal((await getSub()).enabled, true);
+
+  // 4. Fixed receiver + recover: exactly the failed ones come back and arrive.
+  r.setBehavior({ status: 200, body: 'fixed' });
+  const failed = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=failed`);
+  const beforeRecover = r.requests.length;
+  const rec = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/recover`, { since });
+  assert.equal(rec.status, 202, rec.text);
+  assert.deepEqual(rec.json, { requeued: failed.length });
+  assert.equal(failed.length, 3);
+  await waitUntil(async () => {
+    const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+    return ds.every((d) => d.status === 'delivered');
+  }, 5000 * SLOW, 'recovered deliveries delivered', 50);
+  const after = r.requests.slice(beforeRecover);
+  assert.equal(after.length, 3, 'one request per recovered delivery');
+  const delivered = new Set(after.map((q) => q.headers['webhook-id']));
+  assert.deepEqual(delivered, new Set(evs.map((e) => e.id)), 'the three events arrive after recover');
+  assert.equal((await getSub()).failing_since, null, 'a success clears failing_since');
+
+  // 5. Nothing left to recover.
+  const again = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/recover`, { since });
+  assert.equal(again.status, 202, again.text);
+  assert.deepEqual(again.json, { requeued: 0 });
+  const n = r.requests.length;
+  await sleep(500);
+  assert.equal(r.requests.length, n, 'a second recover sends nothing');
+}));
