@@ -31,7 +31,7 @@ FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 FUZZ_TARGETS := fuzz_ingest fuzz_matcher fuzz_url
 FUZZ_BIN     := $(FUZZ_TARGETS:%=build/fuzz/%)
 
-.PHONY: all deps run test unit integration sanitize clean bench format fuzz fuzz-short
+.PHONY: all deps run test unit integration sanitize clean bench format fuzz fuzz-short soak
 all: build/hookrelay
 
 deps:
@@ -126,6 +126,12 @@ test: deps
 	$(MAKE) integration
 	$(MAKE) sanitize
 	$(MAKE) fuzz-short
+
+# Issue #5 at length: the reliability tests with RELIABILITY_SOAK=1 (20 kills under load,
+# bigger bursts; RELIABILITY_KILLS=N to change the kill count), one file at a time.
+soak: deps build/hookrelay tests/node_modules/.package-lock.json
+	RELIABILITY_SOAK=1 HOOKRELAY_BIN=$(CURDIR)/build/hookrelay \
+	node --test --test-concurrency=1 $(sort $(wildcard tests/integration/reliability*.test.mjs))
 
 bench: deps build/hookrelay
 	scripts/bench.sh

@@ -21,6 +21,7 @@ have_fuzzer_rt() {
 }
 command -v clang >/dev/null 2>&1 || need="$need clang"
 have_fuzzer_rt || need="$need libclang-rt-dev"
+command -v sqlite3 >/dev/null 2>&1 || need="$need sqlite3"  # integrity checks in the reliability tests
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 [ -z "$need" ] && exit 0
