@@ -528,7 +528,10 @@ int sender_next(struct sender *s, struct sender_done *out)
 		out->complete = 1;
 		t->res->error[0] = '\0';
 	} else if (t->too_big) {
-		set_error(t->res, "response body over 1 MiB");
+		/* The status line arrived: the receiver answered, and its status decides the
+		 * outcome. We only stopped reading a body we would not keep anyway. */
+		out->complete = 1;
+		set_error(t->res, "response body over 1 MiB (not read past it)");
 	} else if (t->blocked[0] != '\0') {
 		set_error(t->res, t->blocked); /* curl's text would only say it could not connect */
 	} else if (t->res->error[0] == '\0') {

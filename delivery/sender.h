@@ -40,9 +40,10 @@ struct sender_done {
 	struct delivery_result *result; /* ids, attempt, started_at_ms, duration_ms,
 	                                   http_status, error, snippet are filled; outcome
 	                                   and next_attempt_at_ms are left for the caller */
-	int complete;                   /* 1 if the whole response was read (curl said OK);
-	                                   0 after a timeout, network error, oversized body,
-	                                   local failure or release */
+	int complete;                   /* 1 if the receiver answered: the whole response
+	                                   was read, or the body passed 1 MiB after the
+	                                   status; 0 after a timeout, network error, local
+	                                   failure or release */
 	int64_t retry_after_ms;         /* unix ms named by a Retry-After header, or -1 */
 };
 

@@ -33,9 +33,13 @@ static int all_replayed(json_t *items)
 static void reply_single(struct http_request *req, struct api_write *w)
 {
 	json_t *item = json_array_get(w->call.result, 0);
-	http_reply_json(req, all_replayed(w->call.result) ? 200 : 202,
-	                json_pack("{s:O, s:O}", "id", json_object_get(item, "id"), "deliveries",
-	                          json_object_get(item, "deliveries")));
+	char body[96];
+
+	/* The hottest reply: written directly, ids are [A-Za-z0-9_] so nothing needs escaping. */
+	snprintf(body, sizeof(body), "{\"id\":\"%s\",\"deliveries\":%lld}",
+	         json_string_value(json_object_get(item, "id")),
+	         (long long)json_integer_value(json_object_get(item, "deliveries")));
+	http_reply_text(req, all_replayed(w->call.result) ? 200 : 202, body);
 }
 
 static void reply_batch(struct http_request *req, struct api_write *w)

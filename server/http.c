@@ -115,6 +115,12 @@ void http_reply_error(struct http_request *req, int status, const char *code, co
 	queue_reply(req, status, text, text ? strlen(text) : 0);
 }
 
+void http_reply_text(struct http_request *req, int status, const char *json_text)
+{
+	char *copy = strdup(json_text);
+	queue_reply(req, status, copy, copy ? strlen(copy) : 0);
+}
+
 void http_reply_empty(struct http_request *req, int status)
 {
 	queue_reply(req, status, NULL, 0);

@@ -46,6 +46,8 @@ void http_reply_json(struct http_request *req, int status, json_t *body); /* ste
 void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void http_reply_empty(struct http_request *req, int status);
+/* Replies with JSON text the caller already serialized (copied). */
+void http_reply_text(struct http_request *req, int status, const char *json_text);
 /* Adds a header to the reply about to be sent (before http_reply_*). Values copied. */
 void http_add_header(struct http_request *req, const char *name, const char *value);
 

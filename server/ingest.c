@@ -1,13 +1,14 @@
 /*
  * ingest.c - published body -> validated events with their envelopes.
  *
- * jansson validates the whole body (UTF-8, syntax, duplicate keys) and gives us the
- * fields we check; a small scanner over the same bytes finds each event's "data" value
- * so the envelope carries the publisher's bytes, minus insignificant white space.
- * Because jansson accepted the body first, the scanner may assume valid JSON.
+ * json_check validates the whole body (grammar, UTF-8, depth) without building a tree;
+ * then a small scanner over the same bytes finds each event's members, so the envelope
+ * carries the publisher's own bytes for key and data, minus insignificant white space.
+ * Because json_check accepted the body first, the scanner may assume valid JSON.
+ * jansson only decodes the rare escaped key or string.
  *
  * Invariants: every envelope is compact, valid JSON whose "id" and "type" are the
- * event's; `root` outlives the strings the events borrow from it.
+ * event's; `arena` outlives the strings the events point into.
  */
 #include "ingest.h"
 
@@ -16,14 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_check.h"
 #include "matcher.h"
 #include "util.h"
 
 struct ingest {
-	json_t *root;               /* the parsed body: events borrow its strings */
 	struct store_event *events; /* n of them */
 	char **envelopes;           /* malloc'd, one per event */
 	size_t n;
+	char *arena;                /* decoded type/key/id strings the events point into */
+	size_t arena_used;          /* bytes */
 };
 
 /* ---------- raw scanning (valid JSON assumed) ---------- */
@@ -75,48 +78,51 @@ static const char *value_end(const char *p, const char *end)
 	return end;
 }
 
-/* Deepest nesting of arrays/objects in the body, counted without parsing it. */
-static int max_depth(const char *p, const char *end)
+/* The members of one event object that ingest reads, as raw spans (NULL = absent). */
+struct fields {
+	const char *type, *type_end;
+	const char *key, *key_end;
+	const char *id, *id_end;
+	const char *data, *data_end;
+};
+
+/* Is the raw key at [p, key_end) the string `name`? Escaped keys are decoded first:
+ * "d\u0061ta" is "data" too. */
+static int key_is(const char *p, const char *key_end, const char *name)
 {
-	int depth = 0, deepest = 0;
-	while (p < end) {
-		if (*p == '"') {
-			p = string_end(p, end);
-			continue;
-		}
-		if (*p == '{' || *p == '[') {
-			if (++depth > deepest)
-				deepest = depth;
-		} else if (*p == '}' || *p == ']') {
-			depth--;
-		}
-		p++;
-	}
-	return deepest;
+	size_t n = strlen(name);
+	if ((size_t)(key_end - p) == n + 2 && memcmp(p + 1, name, n) == 0)
+		return 1;
+	if (!memchr(p, '\\', (size_t)(key_end - p)))
+		return 0;
+	json_t *key = json_loadb(p, (size_t)(key_end - p), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+	int same = key && json_string_length(key) == n && memcmp(json_string_value(key), name, n) == 0;
+	json_decref(key);
+	return same;
 }
 
-/* Finds the raw value of member "data" in the object at p. Returns 0 with the span set
- * (start == NULL when absent), or -1 if p is not an object. */
-static int find_data(const char *p, const char *end, const char **start, const char **stop)
+/* Collects the members we read from the object at p (valid JSON). Returns 0, or -1 with
+ * *dup naming a member given twice. */
+static int find_fields(const char *p, const char *end, struct fields *f, const char **dup)
 {
-	*start = *stop = NULL;
-	p = skip_ws(p, end);
-	if (p >= end || *p != '{')
-		return -1;
-	p = skip_ws(p + 1, end);
+	static const char *const names[] = {"type", "key", "id", "data"};
+	memset(f, 0, sizeof(*f));
+	p = skip_ws(p + 1, end); /* past the '{' */
 	while (p < end && *p == '"') {
 		const char *key_end = string_end(p, end);
-		/* Compare decoded keys: "d\u0061ta" is "data" too. */
-		json_t *key = json_loadb(p, (size_t)(key_end - p), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
-		int is_data = key && json_string_length(key) == 4 &&
-		              memcmp(json_string_value(key), "data", 4) == 0;
-		json_decref(key);
-		p = skip_ws(key_end, end);
-		p = skip_ws(p + 1, end); /* the colon */
-		const char *v_end = value_end(p, end);
-		if (is_data) {
-			*start = p;
-			*stop = v_end;
+		const char *v = skip_ws(skip_ws(key_end, end) + 1, end); /* past the colon */
+		const char *v_end = value_end(v, end);
+		const char **slots[] = {&f->type, &f->key, &f->id, &f->data};
+		const char **ends[] = {&f->type_end, &f->key_end, &f->id_end, &f->data_end};
+		for (int i = 0; i < 4; i++) {
+			if (!key_is(p, key_end, names[i]))
+				continue;
+			if (*slots[i]) {
+				*dup = names[i];
+				return -1;
+			}
+			*slots[i] = v;
+			*ends[i] = v_end;
 		}
 		p = skip_ws(v_end, end);
 		if (p < end && *p == ',')
@@ -150,82 +156,109 @@ static char *minify(const char *p, const char *end)
 
 /* ---------- validation ---------- */
 
-/* A string field with no NUL inside (the store and the headers are C strings). */
-static int plain_string(json_t *v, size_t min, size_t max)
+/* Decodes the raw JSON string at [v, v_end) into the arena as a C string. Returns it, or
+ * NULL if it is not a string or holds a NUL (we keep these as C strings). */
+static const char *take_string(struct ingest *in, const char *v, const char *v_end,
+                               size_t *len_out)
 {
-	size_t len = json_string_length(v);
-	return json_is_string(v) && len >= min && len <= max && strlen(json_string_value(v)) == len;
-}
-
-/* Validates one event object and fills ev (borrowing from obj). why gets `where`. */
-static int check_event(json_t *obj, const char *idem_header, const char *where,
-                       struct store_event *ev, char *why, size_t whylen)
-{
-	json_t *type, *key, *id;
-	const char *reason = NULL;
-
-	if (!json_is_object(obj)) {
-		snprintf(why, whylen, "%sthe event must be a JSON object", where);
-		return -1;
-	}
-	type = json_object_get(obj, "type");
-	key = json_object_get(obj, "key");
-	id = json_object_get(obj, "id");
-	if (!type) {
-		snprintf(why, whylen, "%stype is required", where);
-		return -1;
-	}
-	if (!json_is_string(type)) {
-		snprintf(why, whylen, "%stype must be a string", where);
-		return -1;
-	}
-	if (!plain_string(type, 1, MATCHER_TYPE_MAX) ||
-	    event_type_check(json_string_value(type), &reason) != 0) {
-		snprintf(why, whylen, "%stype: %s", where, reason ? reason : "not a valid event type");
-		return -1;
-	}
-	if (key && !json_is_null(key) && !plain_string(key, 0, INGEST_KEY_MAX)) {
-		snprintf(why, whylen, "%skey must be a string of at most %d bytes", where, INGEST_KEY_MAX);
-		return -1;
-	}
-	if (id && !json_is_null(id) && !plain_string(id, 1, INGEST_KEY_MAX)) {
-		snprintf(why, whylen, "%sid must be a string of 1 to %d bytes", where, INGEST_KEY_MAX);
-		return -1;
-	}
-	ev->type = json_string_value(type);
-	ev->key = json_is_string(key) ? json_string_value(key) : NULL;
-	ev->idempotency_key = json_is_string(id) ? json_string_value(id) : idem_header;
-	return 0;
-}
-
-/* Builds {"id","type","key","timestamp","data"} with the raw data bytes. */
-static char *build_envelope(const struct store_event *ev, const char *data_start,
-                            const char *data_stop)
-{
-	char ts[UTIL_TIME_MAX];
-	char *data = NULL, *key = NULL, *type = NULL, *out = NULL;
-	json_t *v;
+	char *dst = in->arena + in->arena_used;
 	size_t len;
 
+	if (*v != '"')
+		return NULL;
+	if (!memchr(v, '\\', (size_t)(v_end - v))) {
+		len = (size_t)(v_end - v) - 2;
+		memcpy(dst, v + 1, len);
+	} else {
+		json_t *str = json_loadb(v, (size_t)(v_end - v), JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+		len = json_string_length(str);
+		if (!str || len > (size_t)(v_end - v) || strlen(json_string_value(str)) != len) {
+			json_decref(str);
+			return NULL;
+		}
+		memcpy(dst, json_string_value(str), len);
+		json_decref(str);
+	}
+	if (memchr(dst, '\0', len))
+		return NULL;
+	dst[len] = '\0';
+	in->arena_used += len + 1;
+	*len_out = len;
+	return dst;
+}
+
+static int is_null(const char *v)
+{
+	return v && *v == 'n';
+}
+
+/* Validates one event object at [p, end) (valid JSON) and fills ev. why gets `where`. */
+static enum ingest_rc check_event(struct ingest *in, const char *p, const char *end,
+                                  const char *idem_header, const char *where,
+                                  struct store_event *ev, struct fields *f, char *why, size_t whylen)
+{
+	const char *reason = NULL, *dup = NULL;
+	size_t len;
+
+	if (*p != '{') {
+		snprintf(why, whylen, "%sthe event must be a JSON object", where);
+		return INGEST_INVALID;
+	}
+	if (find_fields(p, end, f, &dup) != 0) {
+		snprintf(why, whylen, "%s\"%s\" is given twice", where, dup);
+		return INGEST_MALFORMED;
+	}
+	if (!f->type) {
+		snprintf(why, whylen, "%stype is required", where);
+		return INGEST_INVALID;
+	}
+	ev->type = take_string(in, f->type, f->type_end, &len);
+	if (!ev->type) {
+		snprintf(why, whylen, "%stype must be a string", where);
+		return INGEST_INVALID;
+	}
+	if (len > MATCHER_TYPE_MAX || event_type_check(ev->type, &reason) != 0) {
+		snprintf(why, whylen, "%stype: %s", where, reason ? reason : "not a valid event type");
+		return INGEST_INVALID;
+	}
+	ev->key = NULL;
+	if (f->key && !is_null(f->key)) {
+		ev->key = take_string(in, f->key, f->key_end, &len);
+		if (!ev->key || len > INGEST_KEY_MAX) {
+			snprintf(why, whylen, "%skey must be a string of at most %d bytes", where,
+			         INGEST_KEY_MAX);
+			return INGEST_INVALID;
+		}
+	}
+	ev->idempotency_key = idem_header;
+	if (f->id && !is_null(f->id)) {
+		ev->idempotency_key = take_string(in, f->id, f->id_end, &len);
+		if (!ev->idempotency_key || len == 0 || len > INGEST_KEY_MAX) {
+			snprintf(why, whylen, "%sid must be a string of 1 to %d bytes", where, INGEST_KEY_MAX);
+			return INGEST_INVALID;
+		}
+	}
+	return INGEST_OK;
+}
+
+/* Builds {"id","type","key","timestamp","data"}: the type as validated (nothing to
+ * escape), the key and data as the publisher wrote them, data minified. */
+static char *build_envelope(const struct store_event *ev, const struct fields *f)
+{
+	char ts[UTIL_TIME_MAX];
+	char *data, *out = NULL;
+	size_t key_len = ev->key ? (size_t)(f->key_end - f->key) : 4, len;
+
 	util_format_time(ev->created_at_ms, ts);
-	data = data_start ? minify(data_start, data_stop) : strdup("null");
-	v = json_string(ev->type);
-	type = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-	json_decref(v);
-	v = ev->key ? json_string(ev->key) : json_null();
-	key = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
-	json_decref(v);
-	if (!data || !type || !key)
-		goto out;
-	len = strlen(ev->id) + strlen(type) + strlen(key) + strlen(ts) + strlen(data) + 64;
+	data = f->data ? minify(f->data, f->data_end) : strdup("null");
+	if (!data)
+		return NULL;
+	len = strlen(ev->id) + strlen(ev->type) + key_len + strlen(ts) + strlen(data) + 64;
 	out = malloc(len);
 	if (out)
-		snprintf(out, len, "{\"id\":\"%s\",\"type\":%s,\"key\":%s,\"timestamp\":\"%s\",\"data\":%s}",
-		         ev->id, type, key, ts, data);
-out:
+		snprintf(out, len, "{\"id\":\"%s\",\"type\":\"%s\",\"key\":%.*s,\"timestamp\":\"%s\",\"data\":%s}",
+		         ev->id, ev->type, (int)key_len, ev->key ? f->key : "null", ts, data);
 	free(data);
-	free(type);
-	free(key);
 	return out;
 }
 
@@ -236,8 +269,8 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 	struct ingest *in = NULL;
 	const char *end = body + len;
 	const char *p;
-	json_error_t error;
-	size_t n;
+	struct json_check_error jerr;
+	size_t n = 1;
 
 	*out = NULL;
 	why[0] = '\0';
@@ -245,66 +278,70 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 		snprintf(why, whylen, "the request body is empty; send JSON");
 		return INGEST_MALFORMED;
 	}
-	if (max_depth(body, end) > INGEST_DEPTH_MAX) {
-		snprintf(why, whylen, "the body nests deeper than %d levels", INGEST_DEPTH_MAX);
-		return INGEST_INVALID;
-	}
 	if (idempotency_key &&
 	    (idempotency_key[0] == '\0' || strlen(idempotency_key) > INGEST_KEY_MAX)) {
 		snprintf(why, whylen, "Idempotency-Key must be 1 to %d bytes", INGEST_KEY_MAX);
 		return INGEST_INVALID;
 	}
+	if (json_check(body, len, INGEST_DEPTH_MAX, &jerr) != 0) {
+		if (jerr.too_deep) {
+			snprintf(why, whylen, "the body nests deeper than %d levels", INGEST_DEPTH_MAX);
+			return INGEST_INVALID;
+		}
+		snprintf(why, whylen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+		         jerr.reason);
+		return INGEST_MALFORMED;
+	}
+	p = skip_ws(body, end);
+	if (batch) {
+		const char *q = skip_ws(p + 1, end);
+		if (*p != '[' || *q == ']') {
+			snprintf(why, whylen, "the body must be a JSON array of 1 to %d events",
+			         INGEST_BATCH_MAX);
+			return INGEST_INVALID;
+		}
+		/* Count the items: one more than the top-level commas. */
+		for (n = 1; (q = skip_ws(value_end(q, end), end)) < end && *q == ','; n++) {
+			q = skip_ws(q + 1, end);
+			if (n == INGEST_BATCH_MAX) {
+				snprintf(why, whylen, "the body must be a JSON array of 1 to %d events",
+				         INGEST_BATCH_MAX);
+				return INGEST_INVALID;
+			}
+		}
+		p = skip_ws(p + 1, end); /* into the array */
+	}
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return INGEST_NOMEM;
-	/* Integers as reals: data may hold integers of any size; we keep its raw bytes. */
-	in->root = json_loadb(body, len,
-	                      JSON_DECODE_ANY | JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL |
-	                          JSON_DECODE_INT_AS_REAL,
-	                      &error);
-	if (!in->root) {
-		snprintf(why, whylen, "invalid JSON at line %d, column %d: %s", error.line, error.column,
-		         error.text);
-		rc = INGEST_MALFORMED;
-		goto out;
-	}
-	if (batch && (!json_is_array(in->root) || json_array_size(in->root) == 0 ||
-	              json_array_size(in->root) > INGEST_BATCH_MAX)) {
-		snprintf(why, whylen, "the body must be a JSON array of 1 to %d events", INGEST_BATCH_MAX);
-		goto out;
-	}
-	n = batch ? json_array_size(in->root) : 1;
 	in->events = calloc(n, sizeof(*in->events));
 	in->envelopes = calloc(n, sizeof(*in->envelopes));
-	if (!in->events || !in->envelopes) {
+	in->arena = malloc(len + 3 * n); /* decoded strings never outgrow their raw spans */
+	if (!in->events || !in->envelopes || !in->arena) {
 		rc = INGEST_NOMEM;
 		goto out;
 	}
-	p = skip_ws(body, end);
-	if (batch)
-		p = skip_ws(p + 1, end); /* into the array */
 	for (size_t i = 0; i < n; i++) {
 		struct store_event *ev = &in->events[i];
-		json_t *obj = batch ? json_array_get(in->root, i) : in->root;
-		const char *data_start, *data_stop, *item_end = value_end(p, end);
+		const char *item_end = value_end(p, end);
+		struct fields f;
 		char where[32] = "";
 
 		if (batch)
 			snprintf(where, sizeof(where), "items[%zu].", i);
-		if (check_event(obj, batch ? NULL : idempotency_key, where, ev, why, whylen) != 0)
+		rc = check_event(in, p, item_end, batch ? NULL : idempotency_key, where, ev, &f, why,
+		                 whylen);
+		if (rc != INGEST_OK)
 			goto out;
-		find_data(p, item_end, &data_start, &data_stop);
+		rc = INGEST_NOMEM;
 		ev->created_at_ms = now_ms;
 		if (util_new_event_id(now_ms, ev->id) != 0) {
 			snprintf(why, whylen, "no entropy for an event id");
-			rc = INGEST_NOMEM;
 			goto out;
 		}
-		in->envelopes[i] = build_envelope(ev, data_start, data_stop);
-		if (!in->envelopes[i]) {
-			rc = INGEST_NOMEM;
+		in->envelopes[i] = build_envelope(ev, &f);
+		if (!in->envelopes[i])
 			goto out;
-		}
 		in->n = i + 1;
 		ev->envelope = in->envelopes[i];
 		ev->envelope_len = strlen(in->envelopes[i]);
@@ -340,6 +377,6 @@ void ingest_free(struct ingest *in)
 		free(in->envelopes[i]);
 	free(in->envelopes);
 	free(in->events);
-	json_decref(in->root);
+	free(in->arena);
 	free(in);
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "api.h"
 #include "backoff.h"
@@ -55,7 +56,7 @@ static const char usage[] =
     "Flags (each also an environment variable HOOKRELAY_<FLAG>, e.g. HOOKRELAY_LISTEN):\n"
     "  --listen ADDR:PORT         where to listen (default 127.0.0.1:8080; port 0 = any free)\n"
     "  --db PATH                  SQLite database file (default ./data/hookrelay.db)\n"
-    "  --http-threads N           HTTP worker threads (default 4)\n"
+    "  --http-threads N           HTTP worker threads (default: half the cores, at least 1)\n"
     "  --max-body SIZE            largest request body, e.g. 1MiB, 64KiB (default 1MiB)\n"
     "  --delivery-timeout DUR     per-attempt timeout, e.g. 15s, 500ms (default 15s)\n"
     "  --max-in-flight N          deliveries in flight at once (default 256)\n"
@@ -260,7 +261,10 @@ static void load_config(struct config *c, int argc, char **argv)
 	memset(c, 0, sizeof(*c));
 	parse_listen(c, "127.0.0.1:8080");
 	c->db_path = "./data/hookrelay.db";
-	c->http_threads = 4;
+	/* Requests hand off to the writer; more threads than half the cores only adds
+	 * context switches (measured: 1 thread beat 4 by 1.5x on 2 cores). */
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	c->http_threads = cores >= 4 ? (int)(cores / 2) : 1;
 	c->max_body = 1024 * 1024;
 	c->delivery_timeout_ms = 15000;
 	c->max_in_flight = 256;

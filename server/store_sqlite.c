@@ -65,6 +65,11 @@ enum {
 	ST_ATTEMPT_INSERT,
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_SAVEPOINT,
+	ST_ROLLBACK_TO,
+	ST_RELEASE,
 	ST_COUNT
 };
 
@@ -88,6 +93,12 @@ static const char *const writer_sql[ST_COUNT] = {
 	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
 	                       " updated_at = ?7 WHERE id = ?1",
 	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET leased = 0, next_attempt_at = ?2 WHERE id = ?1",
+	/* The batch's own statements, prepared once: they run for every call. */
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_SAVEPOINT] = "SAVEPOINT call",
+	[ST_ROLLBACK_TO] = "ROLLBACK TO call",
+	[ST_RELEASE] = "RELEASE call",
 };
 
 struct store {
@@ -1204,13 +1215,13 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
 	set_sync(s, durable);
-	if (!changed || exec_sql(s->wdb, "BEGIN IMMEDIATE", NULL, 0) != 0)
+	if (!changed || step_done(s->st[ST_BEGIN]) != 0)
 		goto finish;
 
 	for (size_t i = 0; i < n; i++) {
 		struct store_call *c = calls[i];
 		int64_t *slot = &changed[nchanged];
-		exec_sql(s->wdb, "SAVEPOINT call", NULL, 0);
+		step_done(s->st[ST_SAVEPOINT]);
 		switch (c->kind) {
 		case STORE_INGEST:
 			c->rc = apply_ingest(s, c, &made_due);
@@ -1247,20 +1258,20 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			nchanged += span;
 		} else {
 			memset(slot, 0, sizeof(*slot));
-			exec_sql(s->wdb, "ROLLBACK TO call", NULL, 0);
+			step_done(s->st[ST_ROLLBACK_TO]);
 			json_decref(c->result);
 			c->result = NULL;
 			if (c->kind == STORE_CLAIM)
 				free_claim_jobs(c->internal);
 		}
-		exec_sql(s->wdb, "RELEASE call", NULL, 0);
+		step_done(s->st[ST_RELEASE]);
 		if (sqlite3_get_autocommit(s->wdb)) {
 			/* SQLite rolled the whole transaction back itself (disk full, I/O
 			 * error): nothing of this batch is kept, so every call fails. */
 			goto finish;
 		}
 	}
-	if (exec_sql(s->wdb, "COMMIT", NULL, 0) == 0)
+	if (step_done(s->st[ST_COMMIT]) == 0)
 		committed = 1;
 	else if (!sqlite3_get_autocommit(s->wdb))
 		exec_sql(s->wdb, "ROLLBACK", NULL, 0);

@@ -1,0 +1,113 @@
+/*
+ * test_json_check.c - json_check against a table of cases, and against jansson's verdict
+ * on 300k byte-level mutations of valid documents (jansson is the oracle; only its
+ * real-overflow refusals differ by design: 1e400 is valid JSON syntax).
+ */
+#include <jansson.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "check.h"
+#include "json_check.h"
+
+static int ok(const char *text)
+{
+	struct json_check_error e;
+	return json_check(text, strlen(text), 64, &e) == 0;
+}
+
+static void test_table(void)
+{
+	static const char *const good[] = {
+	    "0", "-0", "1.5e-3", "-12E+2", "\"\"", "\"\\u00e9\\ud83d\\ude00\\n\"", "\"\xc3\xa9\xf0\x9f\x98\x80\"",
+	    "[]", "{}", " [1, {\"a\": [null, true, false]}] ", "{\"a\":{\"b\":{}}}", "\"\\u0000\"",
+	    "123456789012345678901234567890", "1e400",
+	};
+	static const char *const bad[] = {
+	    "", " ", "01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\":1,}", "{\"a\"}", "{a:1}",
+	    "[1 2]", "\"abc", "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"",
+	    "\"\x01\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"", "\"\xe2\x82\"",
+	    "tru", "nul", "[", "]", "{]", "[}", "1 2", "{\"a\":1}}", "NaN", "\"\\u12G4\"",
+	};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		CHECK(ok(good[i]));
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		CHECK(!ok(bad[i]));
+
+	struct json_check_error e;
+	CHECK(json_check("[[[]]]", 6, 3, &e) == 0);
+	CHECK(json_check("[[[[]]]]", 8, 3, &e) == -1 && e.too_deep == 1);
+	CHECK(json_check("{\n \"a\": x}", 10, 64, &e) == -1 && e.line == 2 && e.column == 7 &&
+	      !e.too_deep);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+static uint64_t next(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+static void test_against_jansson(void)
+{
+	static const char *const seeds[] = {
+	    "{\"type\":\"order.updated\",\"data\":{\"n\":[1,2.5e3,-0.1],\"s\":\"\\u00e9x\\n\",\"t\":true}}",
+	    "[{\"a\":null},{\"b\":\"\xc3\xa9\"},[],{}]",
+	    "\"\\ud83d\\ude00 \xf0\x9f\x98\x80\"",
+	};
+	static const char alphabet[] = "{}[]\",:\\ u0123456789abcdefABCDEF.eE+-tnrl\xc3\xa9\xed\xf0\x80\x01";
+	char buf[256];
+	int disagreements = 0, checked = 0;
+
+	for (int iter = 0; iter < 300000; iter++) {
+		const char *seed = seeds[next() % 3];
+		size_t len = strlen(seed);
+		memcpy(buf, seed, len);
+		int edits = 1 + (int)(next() % 3);
+		for (int k = 0; k < edits; k++) {
+			size_t at = next() % len;
+			switch (next() % 3) {
+			case 0: /* replace */
+				buf[at] = alphabet[next() % (sizeof(alphabet) - 1)];
+				break;
+			case 1: /* delete */
+				memmove(buf + at, buf + at + 1, len - at - 1);
+				len--;
+				break;
+			default: /* insert */
+				if (len + 1 < sizeof(buf)) {
+					memmove(buf + at + 1, buf + at, len - at);
+					buf[at] = alphabet[next() % (sizeof(alphabet) - 1)];
+					len++;
+				}
+			}
+			if (len == 0)
+				break;
+		}
+		json_error_t jerr;
+		json_t *v = json_loadb(buf, len, JSON_DECODE_ANY | JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL,
+		                       &jerr);
+		struct json_check_error e;
+		int ours = json_check(buf, len, 64, &e) == 0;
+		if (!v && strstr(jerr.text, "overflow"))
+			continue;
+		checked++;
+		if (ours != (v != NULL)) {
+			if (disagreements++ < 5)
+				fprintf(stderr, "disagree (ours %d, jansson %d): %.*s\n", ours, v != NULL,
+				        (int)len, buf);
+		}
+		json_decref(v);
+	}
+	CHECK(disagreements == 0);
+	CHECK(checked > 250000);
+}
+
+int main(void)
+{
+	test_table();
+	test_against_jansson();
+	return CHECK_DONE();
+}
