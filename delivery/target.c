@@ -30,16 +30,18 @@
 #define TARGET_ENTRY_MAX 64 /* bytes in one allow-list entry, NUL included */
 
 struct target_rule {
-	int family;              /* AF_INET or AF_INET6 */
-	int prefix;              /* bits */
-	int embed;               /* byte offset of an embedded IPv4 address, or -1 */
-	const char *what;        /* "a private address (10.0.0.0/8)" */
-	const char *url_why;     /* the registration error for a literal in this range */
-	unsigned char net[16];   /* network address, network byte order */
+	int family;            /* AF_INET or AF_INET6 */
+	int prefix;            /* bits */
+	int embed;             /* byte offset of an embedded IPv4 address, or -1 */
+	const char *what;      /* "a private address (10.0.0.0/8)" */
+	const char *url_why;   /* the registration error for a literal in this range */
+	unsigned char net[16]; /* network address, network byte order */
 };
 
+/* clang-format off */
 #define RULE(fam, prefix, embed, what, ...) \
 	{fam, prefix, embed, what, "url points at " what TARGET_HINT, {__VA_ARGS__}}
+/* clang-format on */
 
 static const struct target_rule target_rules[] = {
     RULE(AF_INET, 8, -1, "an unspecified address (0.0.0.0/8)", 0),
@@ -53,19 +55,15 @@ static const struct target_rule target_rules[] = {
     RULE(AF_INET, 4, -1, "a reserved or broadcast address (240.0.0.0/4)", 240),
 
     RULE(AF_INET6, 128, -1, "an unspecified address (::)", 0),
-    RULE(AF_INET6, 128, -1, "a loopback address (::1)", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-         0, 0, 0, 1),
-    RULE(AF_INET6, 96, 12,
-         "an IPv4-mapped address (::ffff:0:0/96) of a blocked IPv4 address", 0, 0, 0, 0, 0,
-         0, 0, 0, 0, 0, 0xff, 0xff),
-    RULE(AF_INET6, 96, 12,
-         "an IPv4-compatible address (::/96) of a blocked IPv4 address", 0),
-    RULE(AF_INET6, 96, 12, "a NAT64 address (64:ff9b::/96) of a blocked IPv4 address", 0,
-         0x64, 0xff, 0x9b),
-    RULE(AF_INET6, 48, -1, "a local-use NAT64 address (64:ff9b:1::/48)", 0, 0x64, 0xff, 0x9b,
-         0, 1),
-    RULE(AF_INET6, 16, 2, "a 6to4 address (2002::/16) of a blocked IPv4 address", 0x20,
-         0x02),
+    RULE(AF_INET6, 128, -1, "a loopback address (::1)", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+         1),
+    RULE(AF_INET6, 96, 12, "an IPv4-mapped address (::ffff:0:0/96) of a blocked IPv4 address", 0, 0,
+         0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff),
+    RULE(AF_INET6, 96, 12, "an IPv4-compatible address (::/96) of a blocked IPv4 address", 0),
+    RULE(AF_INET6, 96, 12, "a NAT64 address (64:ff9b::/96) of a blocked IPv4 address", 0, 0x64,
+         0xff, 0x9b),
+    RULE(AF_INET6, 48, -1, "a local-use NAT64 address (64:ff9b:1::/48)", 0, 0x64, 0xff, 0x9b, 0, 1),
+    RULE(AF_INET6, 16, 2, "a 6to4 address (2002::/16) of a blocked IPv4 address", 0x20, 0x02),
     RULE(AF_INET6, 32, -1, "a Teredo address (2001::/32)", 0x20, 0x01, 0, 0),
     RULE(AF_INET6, 7, -1, "a private address (fc00::/7)", 0xfc),
     RULE(AF_INET6, 10, -1, "a link-local address (fe80::/10)", 0xfe, 0x80),
@@ -93,8 +91,7 @@ static int prefix_match(const unsigned char *a, const unsigned char *b, int bits
 	return (a[whole] & mask) == (b[whole] & mask);
 }
 
-static int allow_listed(const struct target_policy *policy, int family,
-                        const unsigned char *addr)
+static int allow_listed(const struct target_policy *policy, int family, const unsigned char *addr)
 {
 	if (!policy)
 		return 0;

@@ -23,15 +23,15 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#define TARGET_URL_MAX 2048  /* bytes in a subscription URL */
-#define TARGET_ALLOW_MAX 64  /* CIDRs in an allow-list */
-#define TARGET_WHY_MAX 160   /* bytes target_policy_parse() writes to why, NUL included */
+#define TARGET_URL_MAX 2048 /* bytes in a subscription URL */
+#define TARGET_ALLOW_MAX 64 /* CIDRs in an allow-list */
+#define TARGET_WHY_MAX 160  /* bytes target_policy_parse() writes to why, NUL included */
 
 /* One allow-listed network. */
 struct target_cidr {
-	int family;                /* AF_INET or AF_INET6 */
-	unsigned char addr[16];    /* network address, network byte order; 4 bytes for v4 */
-	int prefix;                /* bits: 0..32 for AF_INET, 0..128 for AF_INET6 */
+	int family;             /* AF_INET or AF_INET6 */
+	unsigned char addr[16]; /* network address, network byte order; 4 bytes for v4 */
+	int prefix;             /* bits: 0..32 for AF_INET, 0..128 for AF_INET6 */
 };
 
 /*
@@ -40,8 +40,8 @@ struct target_cidr {
  * means the default: nothing non-public is allowed.
  */
 struct target_policy {
-	int allow_private;                         /* 1: no address is blocked at all */
-	int ncidrs;                                /* entries used in cidrs */
+	int allow_private;                          /* 1: no address is blocked at all */
+	int ncidrs;                                 /* entries used in cidrs */
 	struct target_cidr cidrs[TARGET_ALLOW_MAX]; /* always allowed, even when blocked */
 };
 

@@ -207,13 +207,13 @@ struct test_allow {
 static void test_allow_list(void)
 {
 	static const struct test_allow cases[] = {
-	    {"127.0.0.1", 1},          {"127.0.0.2", 0},       {"10.20.0.1", 1},
-	    {"10.20.255.255", 1},      {"10.21.0.0", 0},       {"10.19.255.255", 0},
-	    {"192.168.1.5", 1},        {"192.168.1.6", 0},     {"fd00::1", 1},
-	    {"fdff:ffff::1", 1},       {"fc00::1", 0},         {"::1", 0},
-	    {"::ffff:127.0.0.1", 1},   {"::ffff:127.0.0.2", 0}, {"64:ff9b::a14:1", 1},
-	    {"2002:a14:5::1", 1},      {"169.254.169.254", 0}, {"fe80::1", 1},
-	    {"fe80::2", 0},            {"8.8.8.8", 1},         {"64:ff9b:1::1", 0},
+	    {"127.0.0.1", 1},        {"127.0.0.2", 0},        {"10.20.0.1", 1},
+	    {"10.20.255.255", 1},    {"10.21.0.0", 0},        {"10.19.255.255", 0},
+	    {"192.168.1.5", 1},      {"192.168.1.6", 0},      {"fd00::1", 1},
+	    {"fdff:ffff::1", 1},     {"fc00::1", 0},          {"::1", 0},
+	    {"::ffff:127.0.0.1", 1}, {"::ffff:127.0.0.2", 0}, {"64:ff9b::a14:1", 1},
+	    {"2002:a14:5::1", 1},    {"169.254.169.254", 0},  {"fe80::1", 1},
+	    {"fe80::2", 0},          {"8.8.8.8", 1},          {"64:ff9b:1::1", 0},
 	};
 	struct target_policy p;
 	char why[TARGET_WHY_MAX] = "";
@@ -267,8 +267,7 @@ static void test_policy_parse_errors(void)
 	    {"fe80::1%eth0", "not an IPv4 or IPv6"},
 	    {"[::1]", "not an IPv4 or IPv6"},
 	    {"10.0.0.0 /8", "not an IPv4 or IPv6"},
-	    {"1234567890123456789012345678901234567890123456789012345678901234567890",
-	     "too long"},
+	    {"1234567890123456789012345678901234567890123456789012345678901234567890", "too long"},
 	};
 	struct target_policy p;
 	char why[TARGET_WHY_MAX];
@@ -281,15 +280,15 @@ static void test_policy_parse_errors(void)
 		why[0] = '\0';
 		rc = target_policy_parse(cases[i].list, 0, &p, why, sizeof why);
 		if (rc != -1 || !strstr(why, cases[i].why))
-			fprintf(stderr, "  parse '%s': rc=%d why='%s' (want '%s')\n", cases[i].list, rc,
-			        why, cases[i].why);
+			fprintf(stderr, "  parse '%s': rc=%d why='%s' (want '%s')\n", cases[i].list,
+			        rc, why, cases[i].why);
 		CHECK(rc == -1 && strstr(why, cases[i].why) != NULL);
 		CHECK(p.ncidrs == 0);
 	}
 	/* one entry more than fits */
 	for (int i = 0; i <= TARGET_ALLOW_MAX; i++)
-		off += (size_t)snprintf(many + off, sizeof many - off, "%s10.0.%d.0/24", i ? "," : "",
-		                        i);
+		off += (size_t)snprintf(many + off, sizeof many - off, "%s10.0.%d.0/24",
+		                        i ? "," : "", i);
 	CHECK(target_policy_parse(many, 0, &p, why, sizeof why) == -1);
 	CHECK(strstr(why, "more than") != NULL && p.ncidrs == 0);
 	*strrchr(many, ',') = '\0'; /* exactly TARGET_ALLOW_MAX */
@@ -470,7 +469,8 @@ static void test_url_check(void)
 
 		if (!good)
 			fprintf(stderr, "  url %s (policy %d): rc=%d why=%s (want %s)\n", t->url,
-			        (int)t->policy, rc, reason ? reason : "-", t->why ? t->why : "accepted");
+			        (int)t->policy, rc, reason ? reason : "-",
+			        t->why ? t->why : "accepted");
 		CHECK(good);
 	}
 }
@@ -491,7 +491,7 @@ static void test_empty_policy_is_default(void)
 /* ---- the delivery-time hook -------------------------------------------------------- */
 
 struct test_listener {
-	int fd;   /* listening, non-blocking, on 127.0.0.1 */
+	int fd; /* listening, non-blocking, on 127.0.0.1 */
 	int port;
 };
 
@@ -556,11 +556,14 @@ static struct delivery_job *test_job(const char *url)
  * it runs, plays a minimal receiver on l: any connection that arrives is counted and,
  * once the request body is in, answered 204. Returns 1 with *done filled, else 0.
  */
-static int test_send(const struct target_policy *targets, const char *url,
-                     struct test_listener *l, int *connections, struct sender_done *done)
+static int test_send(const struct target_policy *targets, const char *url, struct test_listener *l,
+                     int *connections, struct sender_done *done)
 {
-	struct sender_options so = {.max_total = 4, .max_per_host = 4, .timeout_ms = 3000,
-	                            .user_agent = "hookrelay-test", .targets = targets};
+	struct sender_options so = {.max_total = 4,
+	                            .max_per_host = 4,
+	                            .timeout_ms = 3000,
+	                            .user_agent = "hookrelay-test",
+	                            .targets = targets};
 	struct sender *s = sender_new(&so);
 	struct delivery_job *job = test_job(url);
 	int64_t deadline = clock_mono_ms() + 5000;
@@ -591,7 +594,8 @@ static int test_send(const struct target_policy *targets, const char *url,
 			if (strstr(req, TEST_BODY)) {
 				static const char resp[] =
 				    "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
-				answered = write(conn, resp, sizeof resp - 1) == (ssize_t)sizeof resp - 1;
+				answered =
+				    write(conn, resp, sizeof resp - 1) == (ssize_t)sizeof resp - 1;
 			}
 		}
 		sender_wait(s, 20);
@@ -628,9 +632,8 @@ static void test_hook_blocks(void)
 	snprintf(url, sizeof url, "http://127.0.0.1:%d/hook", l.port);
 	CHECK(test_send(&strict, url, &l, &connections, &done));
 	CHECK(done.result && done.complete == 0 && done.result->http_status == 0);
-	CHECK(done.result &&
-	      strcmp(done.result->error, "blocked: 127.0.0.1 is a loopback address (127.0.0.0/8)") ==
-	          0);
+	CHECK(done.result && strcmp(done.result->error,
+	                            "blocked: 127.0.0.1 is a loopback address (127.0.0.0/8)") == 0);
 	if (done.result)
 		fprintf(stderr, "  blocked literal: %s\n", done.result->error);
 	CHECK(connections == 0);
