@@ -23,6 +23,7 @@
 #include "store.h"
 #include "target.h"
 #include "util.h"
+#include "verify.h"
 
 #define KEYS_MAX 16
 #define STOP_DEADLINE_MS 5000 /* in-flight deliveries get this long to finish on stop */
@@ -51,6 +52,7 @@ struct config {
 
 static const char usage[] =
     "usage: hookrelay serve [flags]      run the relay\n"
+    "       hookrelay verify [flags]     check a received webhook's signature (verify --help)\n"
     "       hookrelay --help | --version\n"
     "\n"
     "Flags (each also an environment variable HOOKRELAY_<FLAG>, e.g. HOOKRELAY_LISTEN):\n"
@@ -457,6 +459,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "serve") == 0)
 		return serve(argc, argv);
+	if (strcmp(argv[1], "verify") == 0)
+		return verify_main(argc - 1, argv + 1);
 	fprintf(stderr, "hookrelay: unknown command '%s'\n\n%s", argv[1], usage);
 	return 2;
 }

@@ -1,0 +1,171 @@
+// verify.test.mjs - `hookrelay verify`, the receivers' signature debugger: the DESIGN.md
+// test vector and a standardwebhooks-made signature verify; every failure mode exits 1
+// and names its cause (secret form, header form, timestamp, and on a mismatch the signed
+// content, the expected signature and the mistake that reproduces the received one).
+//
+// Runs the real binary ($HOOKRELAY_BIN) as a one-shot command; no relay, no network.
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createHmac } from 'node:crypto';
+import { Webhook } from 'standardwebhooks';
+
+const BIN = process.env.HOOKRELAY_BIN;
+const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+const ID = 'msg_p5jXN8AQM9LWM0D4loKWxJek';
+const TS = 1614265330;
+const BODY = '{"test": 2432232314}';
+const SIG = 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=';
+const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: LeakSanitizer'];
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'hookrelay-verify-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+let files = 0;
+function file(content) {
+  const p = path.join(dir, `f${files++}`);
+  writeFileSync(p, content);
+  return p;
+}
+
+// Runs `hookrelay verify` with the vector's values unless overridden; flags set to null
+// are left out. Returns { code, out } with stdout and stderr together.
+function verify(overrides = {}) {
+  const flags = {
+    '--secret': SECRET, '--id': ID, '--timestamp': String(TS), '--signature': SIG,
+    '--body': file(BODY), '--now': String(TS), ...overrides,
+  };
+  const args = ['verify'];
+  for (const [k, v] of Object.entries(flags)) if (v !== null) args.push(k, v);
+  const r = spawnSync(BIN, args, { encoding: 'utf8', timeout: 30_000 });
+  const out = `${r.stdout}${r.stderr}`;
+  for (const m of SANITIZER_MARKERS) assert.ok(!out.includes(m), `sanitizer report:\n${out}`);
+  return { code: r.status, out };
+}
+
+function assertInvalid(r, ...patterns) {
+  assert.equal(r.code, 1, r.out);
+  assert.match(r.out, /^invalid: /, r.out);
+  for (const p of patterns) assert.match(r.out, p, r.out);
+}
+
+// The key a careless sender uses instead of base64-decode(secret without whsec_).
+function hmacWithKey(key, body = BODY) {
+  return `v1,${createHmac('sha256', key).update(`${ID}.${TS}.${body}`).digest('base64')}`;
+}
+
+test('the DESIGN.md vector is valid', () => {
+  const r = verify();
+  assert.equal(r.code, 0, r.out);
+  assert.equal(r.out.trim(), 'valid (signature 1 of 1 matched, v1)');
+});
+
+test('during a rotation the matching entry is named: signature N of M', () => {
+  const other = hmacWithKey(Buffer.alloc(32, 7));
+  const r = verify({ '--signature': `${other} ${SIG}` });
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /^valid \(signature 2 of 2 matched, v1\)/);
+});
+
+test('a signature made by the standardwebhooks package verifies', () => {
+  const ts = Math.floor(Date.now() / 1000);
+  const body = JSON.stringify({ type: 'order.updated', data: { id: 42, note: 'ünïcode' } });
+  const sig = new Webhook(SECRET).sign(ID, new Date(ts * 1000), body);
+  // Real clock this time: no --now, default tolerance.
+  const r = verify({ '--timestamp': String(ts), '--signature': sig, '--body': file(body), '--now': null });
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /^valid \(signature 1 of 1 matched, v1\)/);
+});
+
+test('--headers reads raw "name: value" lines instead of the three flags', () => {
+  const headers = file(`POST /hooks HTTP/1.1\r\nContent-Type: application/json\r\n` +
+    `Webhook-Id: ${ID}\r\nwebhook-timestamp: ${TS}\r\nWEBHOOK-SIGNATURE: ${SIG}\r\n\r\n`);
+  const r = verify({ '--id': null, '--timestamp': null, '--signature': null, '--headers': headers });
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /^valid/);
+});
+
+test('a missing header value is a usage error naming it', () => {
+  const r = verify({ '--signature': null });
+  assert.equal(r.code, 2, r.out);
+  assert.match(r.out, /missing webhook-signature/);
+});
+
+test('secret without the whsec_ prefix', () => {
+  const r = verify({ '--secret': SECRET.slice('whsec_'.length) });
+  assertInvalid(r, /secret must start with whsec_/, /pass it with its prefix: --secret 'whsec_MfKQ/);
+});
+
+test('secret that is not base64', () => {
+  assertInvalid(verify({ '--secret': 'whsec_MfKQ9r8G!YqrTwjUPD8ILPZIo2LaLaSw' }),
+    /secret is not valid base64/);
+  assertInvalid(verify({ '--secret': 'whsec_MfKQ9r8G-YqrTwjUPD8_LPZIo2LaLaSw' }),
+    /not valid base64/, /URL-safe base64/);
+});
+
+test('secret of the wrong length', () => {
+  assertInvalid(verify({ '--secret': 'whsec_MfKQ9r8GKYqrTwjU' }),
+    /secret must decode to 24-64 bytes/, /decodes to 12 bytes/);
+});
+
+test('signature header without v1 entries', () => {
+  assertInvalid(verify({ '--signature': SIG.slice(3) }),
+    /webhook-signature header is malformed: it has no 'v1,<base64>' entries/, /bare signature/);
+  assertInvalid(verify({ '--signature': 'sha256=abcdef' }), /malformed/, /another provider/);
+});
+
+test('timestamp that is not a number', () => {
+  assertInvalid(verify({ '--timestamp': '2021-02-25T15:02:10Z' }), /is not a number/, /unix\s+seconds/);
+});
+
+test('timestamp outside the tolerance says how far off and why the window exists', () => {
+  const r = verify({ '--now': String(TS + 1000) });
+  assertInvalid(r, /1000 seconds in the past \(tolerance 300 s\)/, /protects against replays/,
+    /signature itself is valid/);
+  assertInvalid(verify({ '--now': String(TS - 301) }), /301 seconds in the future/);
+  assertInvalid(verify({ '--now': String(TS + 1000), '--tolerance': '999' }), /1000 seconds in the past \(tolerance 999 s\)/);
+  assert.equal(verify({ '--now': String(TS + 1000), '--tolerance': '1000' }).code, 0);
+});
+
+test('mismatch shows the signed content, the expected signature and the raw-bytes hint', () => {
+  const r = verify({ '--id': 'msg_other' });
+  assertInvalid(r, /signature mismatch/,
+    /id: +"msg_other" \(9 bytes\)/,
+    /timestamp: 1614265330/,
+    /body: +20 bytes: "\{\\"test\\": 2432232314\}"/,
+    /verify against the raw\s+request bytes, not a parsed-and-re-serialized body/,
+    /check you have the current one/);
+  const exp = createHmac('sha256', Buffer.from(SECRET.slice(6), 'base64'))
+    .update(`msg_other.${TS}.${BODY}`).digest('base64');
+  assert.ok(r.out.includes(`expected signature: v1,${exp}\n`), r.out);
+});
+
+test('mismatch from a re-serialized body is found', () => {
+  const r = verify({ '--body': file('{"test":2432232314}') });
+  assertInvalid(r, /FOUND: the signature matches this body re-serialized/,
+    /verify against the raw\s+request bytes/);
+});
+
+test('mismatch from a trailing newline in the body file is found', () => {
+  const r = verify({ '--body': file(`${BODY}\n`) });
+  assertInvalid(r, /21 bytes: .*\\n"/, /FOUND: the signature matches without the body file's trailing newline/);
+});
+
+test('mismatch from a sender keying HMAC with the secret text is found', () => {
+  assertInvalid(verify({ '--signature': hmacWithKey(SECRET) }),
+    /FOUND: the signature was made with the secret's text, 'whsec_' included/);
+  assertInvalid(verify({ '--signature': hmacWithKey(SECRET.slice(6)) }),
+    /FOUND: the signature was made with the secret's base64 text \(without 'whsec_'\)/);
+});
+
+test('the body is shown escaped and cut at 200 bytes', () => {
+  const body = `${'x'.repeat(250)}\u0001`;
+  const r = verify({ '--body': file(body) });
+  assertInvalid(r, /body: +251 bytes: "x{200}" \.\.\. \(51 more bytes\)/);
+  const r2 = verify({ '--body': file(Buffer.from([0x7b, 0x0d, 0x0a, 0xc3, 0xa9, 0x00, 0x7d])) });
+  assertInvalid(r2, /7 bytes: "\{\\r\\n\\xc3\\xa9\\x00\}"/);
+});
