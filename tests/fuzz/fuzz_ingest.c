@@ -28,10 +28,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define REQUIRE(cond)                    \
-	do {                             \
-		if (!(cond))             \
-			__builtin_trap(); \
+#define REQUIRE(cond)                                                                              \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			__builtin_trap();                                                          \
 	} while (0)
 
 /* Integers as reals: data may hold integers of any size. Duplicate keys are left to
@@ -89,7 +89,8 @@ static void check_envelope(const struct store_event *ev, json_t *source)
 	REQUIRE(strncmp(ev->id, "evt_", 4) == 0);
 
 	v = json_object_get(env, "type");
-	REQUIRE(json_is_string(v) && ev->type != NULL && strcmp(json_string_value(v), ev->type) == 0);
+	REQUIRE(json_is_string(v) && ev->type != NULL &&
+	        strcmp(json_string_value(v), ev->type) == 0);
 
 	v = json_object_get(env, "key");
 	if (ev->key == NULL)

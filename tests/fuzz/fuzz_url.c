@@ -32,10 +32,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define REQUIRE(cond)                    \
-	do {                             \
-		if (!(cond))             \
-			__builtin_trap(); \
+#define REQUIRE(cond)                                                                              \
+	do {                                                                                       \
+		if (!(cond))                                                                       \
+			__builtin_trap();                                                          \
 	} while (0)
 
 static struct target_policy listed;  /* ALLOW_LIST, set once */
