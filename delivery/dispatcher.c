@@ -129,7 +129,8 @@ static void decide(struct dispatcher *d, const struct sender_done *done)
 		r->outcome = DELIVERY_FAILED;
 		return;
 	}
-	next = r->started_at_ms + delay;
+	/* Counted from the end of the failed attempt: a slow failure must not eat the wait. */
+	next = r->started_at_ms + r->duration_ms + delay;
 	if ((status == 429 || status == 503) && done->retry_after_ms > next)
 		next = done->retry_after_ms;
 	r->outcome = DELIVERY_RETRY;

@@ -33,6 +33,7 @@
 #define WRITER_BATCH_MAX 4096   /* calls per transaction */
 #define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
 #define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
+#define CHECKPOINT_PAGES 1000   /* WAL pages that wake the checkpointer (SQLite's default) */
 
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 static const char *const state_names[] = {"pending", "delivered", "failed"};
@@ -120,6 +121,12 @@ struct store {
 	void *due_arg;
 	struct delivery_store source;   /* for the dispatcher */
 	char *path;
+	pthread_t checkpointer;         /* copies the WAL into the database off the writer */
+	int checkpointer_running;
+	pthread_mutex_t ckpt_lock;
+	pthread_cond_t ckpt_wake;
+	int ckpt_wanted;                /* the WAL passed CHECKPOINT_PAGES */
+	int ckpt_stop;
 	pthread_mutex_t readers_lock;
 	sqlite3 *readers[READERS_MAX];  /* idle read-only connections */
 	int nreaders;
@@ -1425,6 +1432,59 @@ void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg)
 	pthread_mutex_unlock(&s->hook_lock);
 }
 
+/* ---------- the checkpointer ---------- */
+
+/*
+ * SQLite's automatic checkpoint runs inside the COMMIT that crosses the threshold, so
+ * the writer (and every request waiting on it) would stall while pages are copied and
+ * the database file is fsynced. Instead the writer's WAL hook only wakes this thread,
+ * which checkpoints PASSIVE on its own connection: it never blocks the writer, and the
+ * writer restarts the WAL from the top once a checkpoint has caught up.
+ */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	struct store *s = arg;
+	(void)db;
+	(void)name;
+	if (pages >= CHECKPOINT_PAGES) {
+		pthread_mutex_lock(&s->ckpt_lock);
+		s->ckpt_wanted = 1;
+		pthread_cond_signal(&s->ckpt_wake);
+		pthread_mutex_unlock(&s->ckpt_lock);
+	}
+	return SQLITE_OK;
+}
+
+static void *checkpointer_main(void *arg)
+{
+	struct store *s = arg;
+	sqlite3 *db = NULL;
+
+	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+	    SQLITE_OK) {
+		fprintf(stderr, "hookrelay: checkpointer cannot open %s; SQLite will checkpoint"
+		                " in the writer\n", s->path);
+		sqlite3_close(db);
+		return NULL;
+	}
+	sqlite3_busy_timeout(db, 1000);
+	/* A fresh connection knows the file is in WAL mode only once it has read it. */
+	exec_sql(db, "PRAGMA journal_mode=WAL", NULL, 0);
+	for (;;) {
+		pthread_mutex_lock(&s->ckpt_lock);
+		while (!s->ckpt_wanted && !s->ckpt_stop)
+			pthread_cond_wait(&s->ckpt_wake, &s->ckpt_lock);
+		int stop = s->ckpt_stop;
+		s->ckpt_wanted = 0;
+		pthread_mutex_unlock(&s->ckpt_lock);
+		if (stop)
+			break;
+		sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+	}
+	sqlite3_close(db);
+	return NULL;
+}
+
 /* ---------- open / close ---------- */
 
 static int migrate(sqlite3 *db, char *err, size_t errlen)
@@ -1507,6 +1567,12 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
+	pthread_mutex_init(&s->ckpt_lock, NULL);
+	pthread_cond_init(&s->ckpt_wake, NULL);
+	if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
+		s->checkpointer_running = 1;
+		sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the automatic checkpoint */
+	}
 	s->source.ctx = s;
 	s->source.claim = source_claim;
 	s->source.complete = source_complete;
@@ -1527,6 +1593,15 @@ void store_close(struct store *s)
 	if (!s)
 		return;
 	writer_stop(s->writer);
+	if (s->checkpointer_running) {
+		pthread_mutex_lock(&s->ckpt_lock);
+		s->ckpt_stop = 1;
+		pthread_cond_signal(&s->ckpt_wake);
+		pthread_mutex_unlock(&s->ckpt_lock);
+		pthread_join(s->checkpointer, NULL);
+		pthread_cond_destroy(&s->ckpt_wake);
+		pthread_mutex_destroy(&s->ckpt_lock);
+	}
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(s->st[i]);
 	for (int i = 0; i < s->nreaders; i++)
