@@ -48,9 +48,8 @@ test('a 5 MiB response body: logged as 4 KiB, retried on schedule, and a 2xx wit
     assert.ok(fromStart >= 0.8 * step - 2 && fromEnd <= 1.2 * step + slack,
       `attempt ${i + 1} started ${fromStart} ms after attempt ${i} started, ${fromEnd} ms after it `
       + `ended (${prev.duration_ms} ms); schedule step ${step} ms +-20%`);
-    const seen = r.requests[i].arrivedMono - r.requests[i - 1].arrivedMono;
-    // (the receiver's clock sees connection set-up too: only "not early", loosely)
-    assert.ok(seen >= 0.8 * step - 60, `receiver saw attempt ${i + 1} ${seen.toFixed(0)} ms after attempt ${i}`);
+    // (not checked on the receiver's clock: writing 5 MiB answers keeps its event loop
+    // busy, so the arrival times it records lag by a varying amount)
   }
   // DESIGN.md: success is a 2xx within the timeout, whatever the body; the receiver has
   // processed the event, so failing it (and retrying or retrying by hand) duplicates it.
