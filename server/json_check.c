@@ -5,6 +5,8 @@
  */
 #include "json_check.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define JSON_CHECK_STACK 256 /* deepest max_depth honoured */
@@ -126,8 +128,50 @@ static int digits(struct scan *s)
 	return s->p > from ? 0 : fail(s, "invalid number");
 }
 
+/* Refuses a number whose magnitude a double cannot hold (1e400): receivers would read it
+ * as infinity or fail. Underflow (1e-400) is fine: it is just 0. */
+static int in_range(struct scan *s, const unsigned char *from)
+{
+	const unsigned char *q = from;
+	long digits = 0, exp = 0;
+	int leading = 1;
+	char buf[400];
+	size_t n;
+
+	if (*q == '-')
+		q++;
+	/* Estimate the decimal exponent: integer digits after leading zeros, plus e. */
+	for (; q < s->p && *q >= '0' && *q <= '9'; q++) {
+		if (*q != '0')
+			leading = 0;
+		if (!leading)
+			digits++;
+	}
+	for (; q < s->p && *q != 'e' && *q != 'E'; q++)
+		;
+	if (q < s->p) {
+		q++;
+		int neg = *q == '-';
+		if (*q == '-' || *q == '+')
+			q++;
+		for (; q < s->p && exp < 100000; q++)
+			exp = exp * 10 + (*q - '0');
+		if (neg)
+			exp = -exp;
+	}
+	if (digits + exp < 300)
+		return 0;
+	if (digits + exp > 310)
+		return fail(s, "number out of range");
+	n = (size_t)(s->p - from) < sizeof(buf) - 1 ? (size_t)(s->p - from) : sizeof(buf) - 1;
+	memcpy(buf, from, n);
+	buf[n] = '\0';
+	return isinf(strtod(buf, NULL)) ? fail(s, "number out of range") : 0;
+}
+
 static int number(struct scan *s)
 {
+	const unsigned char *from = s->p;
 	if (*s->p == '-')
 		s->p++;
 	if (s->p < s->end && *s->p == '0')
@@ -146,7 +190,7 @@ static int number(struct scan *s)
 		if (digits(s) != 0)
 			return -1;
 	}
-	return 0;
+	return in_range(s, from);
 }
 
 static int literal(struct scan *s, const char *word)

@@ -2,7 +2,8 @@
  * json_check.h - strict JSON validation without building a tree (RFC 8259: grammar,
  * UTF-8 with no overlong forms or surrogates, \u escapes with paired surrogates, a
  * nesting limit). For the ingest hot path, where the bytes are kept, not parsed:
- * allocation-free, pure, thread-safe. \u0000 is allowed inside strings.
+ * allocation-free, pure, thread-safe. \u0000 is allowed inside strings. Numbers too large
+ * for a double (1e400) are refused, as jansson refuses them: receivers could not read them.
  */
 #ifndef HOOKRELAY_JSON_CHECK_H
 #define HOOKRELAY_JSON_CHECK_H
