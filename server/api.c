@@ -259,7 +259,12 @@ void api_write_submit(struct api *api, struct api_write *w)
 {
 	w->call.done = write_done;
 	w->call.arg = w;
-	http_await(w->req, write_then, w);
+	if (http_await(w->req, write_then, w) != 0) {
+		http_add_header(w->req, "Retry-After", "5");
+		http_reply_error(w->req, 503, "shutting_down", "hookrelay is stopping; retry shortly");
+		api_write_free(w);
+		return;
+	}
 	if (store_submit(api->store, &w->call) != 0) {
 		w->call.rc = STORE_OVERLOADED;
 		http_resume(w->req);

@@ -17,7 +17,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdarg.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +34,9 @@ struct http_server {
 	struct MHD_Daemon *daemon;
 	struct api *api;
 	size_t max_body;          /* bytes */
-	atomic_int suspended;     /* requests waiting for the writer */
+	pthread_mutex_t lock;     /* guards the two fields below */
+	int suspended;            /* requests waiting for the writer */
+	int stopping;             /* set by http_stop: no request may suspend any more */
 };
 
 struct reply_header {
@@ -169,14 +171,25 @@ const char *http_body(const struct http_request *req, size_t *len)
 	return req->body ? req->body : "";
 }
 
-void http_await(struct http_request *req, void (*then)(struct http_request *req, void *arg),
-                void *arg)
+int http_await(struct http_request *req, void (*then)(struct http_request *req, void *arg),
+               void *arg)
 {
+	struct http_server *srv = req->srv;
+
+	/* Checked and counted under one lock: once http_stop set `stopping`, the count can
+	 * only fall, so MHD is never stopped with a connection suspended. */
+	pthread_mutex_lock(&srv->lock);
+	if (srv->stopping) {
+		pthread_mutex_unlock(&srv->lock);
+		return -1;
+	}
+	srv->suspended++;
+	pthread_mutex_unlock(&srv->lock);
 	req->then = then;
 	req->then_arg = arg;
 	req->suspended = 1;
-	atomic_fetch_add(&req->srv->suspended, 1);
 	MHD_suspend_connection(req->conn);
+	return 0;
 }
 
 void http_resume(struct http_request *req)
@@ -320,6 +333,17 @@ static void route_request(struct http_request *req, const char *url)
 
 /* ---------- MHD callbacks ---------- */
 
+static void run_continuation(struct http_request *req)
+{
+	struct http_server *srv = req->srv;
+
+	req->suspended = 0;
+	req->then(req, req->then_arg);
+	pthread_mutex_lock(&srv->lock);
+	srv->suspended--;
+	pthread_mutex_unlock(&srv->lock);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -379,9 +403,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	if (req->suspended) {
 		/* Resumed: the continuation replies. */
-		req->suspended = 0;
-		atomic_fetch_sub(&srv->suspended, 1);
-		req->then(req, req->then_arg);
+		run_continuation(req);
 		if (!req->replied)
 			http_reply_error(req, 500, "internal", "no reply");
 		return MHD_YES;
@@ -404,6 +426,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void)toe;
 	if (!req)
 		return;
+	/* The client went away while we waited for the writer: MHD resumed the connection
+	 * and found it closed without calling on_request again. The continuation still owns
+	 * the write's resources; its reply goes nowhere. (A suspended connection is completed
+	 * only after it was resumed, so the writer is done with it.) */
+	if (req->suspended)
+		run_continuation(req);
 	for (int i = 0; i < req->nheaders; i++) {
 		free(req->headers[i].name);
 		free(req->headers[i].value);
@@ -429,6 +457,7 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	}
 	srv->api = api;
 	srv->max_body = opts->max_body;
+	pthread_mutex_init(&srv->lock, NULL);
 	memset(&addr, 0, sizeof(addr));
 	struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
@@ -453,6 +482,7 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	if (!srv->daemon) {
 		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address of this host)",
 		         opts->host, opts->port);
+		pthread_mutex_destroy(&srv->lock);
 		free(srv);
 		return NULL;
 	}
@@ -465,11 +495,21 @@ void http_stop(struct http_server *srv)
 {
 	if (!srv)
 		return;
-	/* Stop accepting, then let requests waiting on the writer get their reply: MHD must
-	 * not be stopped with a connection suspended. */
+	/* Stop accepting and stop suspending; let requests already waiting on the writer
+	 * get their reply (the writer runs until after us): MHD must not be stopped with a
+	 * connection suspended. */
 	MHD_quiesce_daemon(srv->daemon);
-	for (int i = 0; i < 500 && atomic_load(&srv->suspended) > 0; i++)
-		usleep(10 * 1000);
+	pthread_mutex_lock(&srv->lock);
+	srv->stopping = 1;
+	pthread_mutex_unlock(&srv->lock);
+	for (int waiting = 1; waiting;) {
+		pthread_mutex_lock(&srv->lock);
+		waiting = srv->suspended > 0;
+		pthread_mutex_unlock(&srv->lock);
+		if (waiting)
+			usleep(5 * 1000);
+	}
 	MHD_stop_daemon(srv->daemon);
+	pthread_mutex_destroy(&srv->lock);
 	free(srv);
 }

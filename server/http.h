@@ -52,9 +52,10 @@ void http_reply_text(struct http_request *req, int status, const char *json_text
 void http_add_header(struct http_request *req, const char *name, const char *value);
 
 /* Suspends the request: `then(req, arg)` runs on an MHD thread after http_resume(req)
- * and must reply. Call http_await before handing req to another thread. */
-void http_await(struct http_request *req, void (*then)(struct http_request *req, void *arg),
-                void *arg);
+ * and must reply. Call http_await before handing req to another thread. Returns 0, or
+ * -1 when the server is stopping (nothing suspended: reply now). */
+int http_await(struct http_request *req, void (*then)(struct http_request *req, void *arg),
+               void *arg);
 void http_resume(struct http_request *req);
 
 #endif
