@@ -667,18 +667,6 @@ out:
 	return found;
 }
 
-/* Holds (next_attempt_at NULL) or releases (due now) a subscription's pending rows. */
-static int hold_pending(struct store *s, int64_t sub_id, int hold, int64_t now)
-{
-	return exec_with_id_time(
-	    s,
-	    hold ? "UPDATE deliveries SET next_attempt_at = NULL WHERE subscription_id = ?1"
-	           " AND state = 0 AND leased = 0 AND ?2 IS NOT NULL"
-	         : "UPDATE deliveries SET next_attempt_at = ?2 WHERE subscription_id = ?1"
-	           " AND state = 0 AND leased = 0 AND next_attempt_at IS NULL",
-	    sub_id, now);
-}
-
 /* After create and rotate the caller sees an HMAC secret once; an ed25519 private key
  * never (its public half is in the object already). */
 static void show_secret(json_t *result, json_t *fields)
@@ -778,8 +766,8 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		                           " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
 		                      call->id, now) != 0)
 			goto fail;
-		if (hold_pending(s, call->id, !on, now) != 0)
-			goto fail;
+		/* Nothing to move: claims skip a disabled subscription, so its pending rows
+		 * wait where they are and go out as soon as it is enabled again. */
 		if (on)
 			*made_due = 1;
 	}
@@ -916,10 +904,7 @@ static enum store_rc apply_sub_recover(struct store *s, struct store_call *call,
 		goto fail;
 	sqlite3_bind_int64(st, 1, call->id);
 	sqlite3_bind_int64(st, 2, json_integer_value(json_object_get(call->fields, "since_ms")));
-	if (sub->enabled)
-		sqlite3_bind_int64(st, 3, now);
-	else
-		sqlite3_bind_null(st, 3); /* held until the subscription is enabled again */
+	sqlite3_bind_int64(st, 3, now); /* held while the subscription is disabled */
 	sqlite3_bind_int64(st, 4, now);
 	sqlite3_bind_int(st, 5, RECOVER_MAX);
 	if (step_done(st) != 0)
@@ -988,8 +973,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
 		int step;
 
-		if (room <= 0)
-			continue; /* completions will wake the dispatcher when room frees */
+		if (!sub->enabled || room <= 0)
+			continue; /* disabled: held; full: completions wake the dispatcher */
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
 			sqlite3_bind_int(st, 2, want);
@@ -1056,7 +1041,7 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, now);
-	if (step_done(st) != 0 || hold_pending(s, id, 1, now) != 0)
+	if (step_done(st) != 0)
 		goto out;
 	rc = 0;
 out:
@@ -1119,15 +1104,11 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 	for (int i = 0; i < a->n; i++) {
 		const struct delivery_result *r = a->results[i];
 		const struct sub_entry *sub = sub_find(s, r->subscription_id);
-		int held = sub && !sub->enabled;
 
 		if (r->outcome == DELIVERY_RELEASED) {
 			sqlite3_stmt *rel = s->st[ST_DELIVERY_RELEASE];
 			sqlite3_bind_int64(rel, 1, r->delivery_id);
-			if (held)
-				sqlite3_bind_null(rel, 2);
-			else
-				sqlite3_bind_int64(rel, 2, now);
+			sqlite3_bind_int64(rel, 2, now);
 			if (step_done(rel) != 0)
 				return fail_storage(s, call);
 			*made_due = 1;
@@ -1158,7 +1139,7 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 		sqlite3_bind_int64(fin, 1, r->delivery_id);
 		sqlite3_bind_int(fin, 2, (int)state);
 		sqlite3_bind_int(fin, 3, r->attempt);
-		if (state == STATE_PENDING && !held)
+		if (state == STATE_PENDING)
 			sqlite3_bind_int64(fin, 4, r->next_attempt_at_ms);
 		else
 			sqlite3_bind_null(fin, 4);
@@ -1182,8 +1163,7 @@ static void set_sync(struct store *s, int durable)
 	if (s->sync_now == durable)
 		return;
 	exec_sql(s->wdb,
-	         durable ? (s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL")
-	                 : "PRAGMA synchronous=OFF",
+	         durable && s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
 	         NULL, 0);
 	s->sync_now = durable;
 }
@@ -1211,7 +1191,11 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	size_t nchanged = 0, changed_cap = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		if (calls[i]->kind != STORE_CLAIM)
+		/* Only what we promised the caller must reach the disk before we answer. Claims
+		 * and attempt results may be lost to a power cut (not to a crash: the OS has
+		 * them): their deliveries are then simply sent again, which at-least-once
+		 * allows. */
+		if (calls[i]->kind != STORE_CLAIM && calls[i]->kind != STORE_COMPLETE)
 			durable = 1;
 		if (calls[i]->kind == STORE_COMPLETE)
 			changed_cap += (size_t)((struct complete_args *)calls[i]->internal)->n;
@@ -1554,7 +1538,8 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	    migrate(s->wdb, err, errlen) != 0)
 		goto fail;
 	/* Whatever was in flight when the last process died is due again now. */
-	if (exec_sql(s->wdb, "UPDATE deliveries SET leased = 0 WHERE leased = 1", err, errlen) != 0)
+	if (exec_sql(s->wdb, "UPDATE deliveries SET leased = 0 WHERE state = 0 AND leased = 1", err,
+	             errlen) != 0)
 		goto fail;
 	for (int i = 0; i < ST_COUNT; i++) {
 		if (sqlite3_prepare_v3(s->wdb, writer_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
@@ -1868,8 +1853,9 @@ enum store_rc store_deliveries_list(struct store *s, const struct store_list_que
 		                        " AND d.event_seq = (SELECT seq FROM events WHERE id = ?%d)", nb);
 	}
 	if (q->status >= 0) {
-		b[nb++] = (struct bind){.num = q->status};
-		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.state = ?%d", nb);
+		/* A literal, not a parameter, so that SQLite can use the partial indexes on
+		 * pending and failed rows (q->status is 0, 1 or 2). */
+		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.state = %d", q->status);
 	}
 	if (q->after) {
 		b[nb++] = (struct bind){.num = q->after};
