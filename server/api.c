@@ -234,7 +234,12 @@ static void write_then(struct http_request *req, void *arg)
 
 	switch (w->call.rc) {
 	case STORE_OK:
-		w->reply(req, w);
+		if (w->reply)
+			w->reply(req, w);
+		else if (w->call.result)
+			http_reply_json(req, w->status, json_incref(w->call.result));
+		else
+			http_reply_empty(req, w->status);
 		break;
 	case STORE_NOTFOUND:
 		http_reply_error(req, 404, "not_found", "no %s with that id", w->what);

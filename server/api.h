@@ -69,15 +69,16 @@ int api_list_query(struct http_request *req, struct store_list_query *q);
 void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);
 
 /*
- * A write waiting on the writer. The handler fills call (kind, inputs), sets reply, and
- * calls api_write_submit. `reply` runs on an MHD thread after the commit and must reply
- * for STORE_OK; for other rcs api_write_submit's continuation replies (404/409/503)
+ * A write waiting on the writer. The handler fills call (kind, inputs), sets status (the
+ * result is then the answer) or reply, and calls api_write_submit. `reply` runs on an
+ * MHD thread after the commit and must reply for STORE_OK; for other rcs api_write_submit's continuation replies (404/409/503)
  * before reply is called. cleanup (may be NULL) frees the handler's inputs; the struct
  * itself is freed by api.c.
  */
 struct api_write {
 	struct store_call call;
 	struct http_request *req;
+	int status;        /* without a reply function: answer the result with this status */
 	void (*reply)(struct http_request *req, struct api_write *w);
 	void (*cleanup)(struct api_write *w);
 	json_t *body;      /* the parsed request, kept while the write borrows from it */

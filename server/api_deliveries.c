@@ -54,11 +54,6 @@ void api_deliveries_get(struct api *api, struct http_request *req)
 	api_reply_read(req, rc, out, "delivery");
 }
 
-static void reply_accepted(struct http_request *req, struct api_write *w)
-{
-	http_reply_json(req, 202, json_incref(w->call.result));
-}
-
 void api_deliveries_retry(struct api *api, struct http_request *req)
 {
 	struct api_write *w;
@@ -71,6 +66,6 @@ void api_deliveries_retry(struct api *api, struct http_request *req)
 		return;
 	w->call.id = id;
 	w->what = "delivery";
-	w->reply = reply_accepted;
+	w->status = 202;
 	api_write_submit(api, w);
 }

@@ -250,22 +250,6 @@ static int take_secret(json_t *body, int ed25519, json_t *out, char *why, size_t
 	return 0;
 }
 
-static void reply_created(struct http_request *req, struct api_write *w)
-{
-	http_reply_json(req, 201, json_incref(w->call.result));
-}
-
-static void reply_ok(struct http_request *req, struct api_write *w)
-{
-	http_reply_json(req, 200, json_incref(w->call.result));
-}
-
-static void reply_no_content(struct http_request *req, struct api_write *w)
-{
-	(void)w;
-	http_reply_empty(req, 204);
-}
-
 static int is_ed25519(json_t *algorithm)
 {
 	return json_is_string(algorithm) && strcmp(json_string_value(algorithm), "ed25519") == 0;
@@ -273,8 +257,7 @@ static int is_ed25519(json_t *algorithm)
 
 /* Submits a write whose input is `fields` (stolen). */
 static void submit_fields(struct api *api, struct http_request *req, enum store_call_kind kind,
-                          int64_t id, json_t *fields,
-                          void (*reply)(struct http_request *, struct api_write *))
+                          int64_t id, json_t *fields, int status)
 {
 	struct api_write *w = api_write_new(req, kind);
 	if (!w) {
@@ -285,7 +268,7 @@ static void submit_fields(struct api *api, struct http_request *req, enum store_
 	w->call.fields = fields;
 	w->call.id = id;
 	w->what = "subscription";
-	w->reply = reply;
+	w->status = status;
 	api_write_submit(api, w);
 }
 
@@ -308,7 +291,7 @@ void api_subscriptions_create(struct api *api, struct http_request *req)
 		http_reply_error(req, 422, "invalid_field", "%s", why);
 		goto out;
 	}
-	submit_fields(api, req, STORE_SUB_CREATE, 0, fields, reply_created);
+	submit_fields(api, req, STORE_SUB_CREATE, 0, fields, 201);
 	fields = NULL;
 out:
 	json_decref(fields);
@@ -331,7 +314,7 @@ void api_subscriptions_update(struct api *api, struct http_request *req)
 		http_reply_error(req, 422, "invalid_field", "%s", why);
 		goto out;
 	}
-	submit_fields(api, req, STORE_SUB_UPDATE, id, fields, reply_ok);
+	submit_fields(api, req, STORE_SUB_UPDATE, id, fields, 200);
 	fields = NULL;
 out:
 	json_decref(fields);
@@ -343,7 +326,7 @@ void api_subscriptions_delete(struct api *api, struct http_request *req)
 	int64_t id;
 	if (path_id(req, &id) != 0)
 		return;
-	submit_fields(api, req, STORE_SUB_DELETE, id, NULL, reply_no_content);
+	submit_fields(api, req, STORE_SUB_DELETE, id, NULL, 204);
 }
 
 void api_subscriptions_rotate(struct api *api, struct http_request *req)
@@ -388,17 +371,12 @@ void api_subscriptions_rotate(struct api *api, struct http_request *req)
 		goto out;
 	}
 	json_object_set_new(fields, "grace_ms", json_integer(grace_s * 1000));
-	submit_fields(api, req, STORE_SUB_ROTATE, id, fields, reply_ok);
+	submit_fields(api, req, STORE_SUB_ROTATE, id, fields, 200);
 	fields = NULL;
 out:
 	json_decref(current);
 	json_decref(fields);
 	json_decref(body);
-}
-
-static void reply_accepted(struct http_request *req, struct api_write *w)
-{
-	http_reply_json(req, 202, json_incref(w->call.result));
 }
 
 void api_subscriptions_recover(struct api *api, struct http_request *req)
@@ -419,7 +397,7 @@ void api_subscriptions_recover(struct api *api, struct http_request *req)
 		goto out;
 	}
 	fields = json_pack("{s:I}", "since_ms", (json_int_t)since_ms);
-	submit_fields(api, req, STORE_SUB_RECOVER, id, fields, reply_accepted);
+	submit_fields(api, req, STORE_SUB_RECOVER, id, fields, 202);
 out:
 	json_decref(body);
 }

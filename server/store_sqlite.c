@@ -1649,6 +1649,26 @@ enum store_rc store_health(struct store *s)
 	return rc;
 }
 
+/* Runs `sql` (?1 = key) on db and sets the rows, built with `row`, as parent[name].
+ * Returns 0 or -1. */
+static int attach_rows(sqlite3 *db, const char *sql, int64_t key, json_t *(*row)(sqlite3_stmt *),
+                       json_t *parent, const char *name)
+{
+	sqlite3_stmt *st = NULL;
+	json_t *rows = NULL;
+	int more;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(st, 1, key);
+		rows = rows_json(st, row, 0, NULL, &more);
+	}
+	sqlite3_finalize(st);
+	if (!rows)
+		return -1;
+	json_object_set_new(parent, name, rows);
+	return 0;
+}
+
 /* Wraps rows into {"data": [...], "next": cursor|null}. */
 static json_t *page_json(json_t *rows, int more, int64_t last_key)
 {
@@ -1720,8 +1740,7 @@ enum store_rc store_event_get(struct store *s, const char *id, json_t **out)
 	sqlite3 *db = reader_acquire(s);
 	sqlite3_stmt *st = NULL;
 	enum store_rc rc = STORE_ERR;
-	json_t *event = NULL, *deliveries;
-	int more;
+	json_t *event = NULL;
 
 	if (!db || sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1,
 	                              &st, NULL) != SQLITE_OK)
@@ -1733,17 +1752,9 @@ enum store_rc store_event_get(struct store *s, const char *id, json_t **out)
 		goto out;
 	}
 	event = event_json(st);
-	int64_t seq = sqlite3_column_int64(st, 0);
-	sqlite3_finalize(st);
-	st = NULL;
-	if (sqlite3_prepare_v2(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.event_seq = ?1 ORDER BY d.id",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (attach_rows(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.event_seq = ?1 ORDER BY d.id",
+	                sqlite3_column_int64(st, 0), delivery_json, event, "deliveries") != 0)
 		goto out;
-	sqlite3_bind_int64(st, 1, seq);
-	deliveries = rows_json(st, delivery_json, 0, NULL, &more);
-	if (!deliveries)
-		goto out;
-	json_object_set_new(event, "deliveries", deliveries);
 	*out = event;
 	event = NULL;
 	rc = STORE_OK;
@@ -1799,10 +1810,8 @@ static json_t *attempt_json(sqlite3_stmt *st)
 enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out)
 {
 	sqlite3 *db = reader_acquire(s);
-	sqlite3_stmt *st = NULL;
 	enum store_rc rc = STORE_ERR;
-	json_t *delivery = NULL, *attempts;
-	int more;
+	json_t *delivery = NULL;
 
 	if (!db)
 		goto out;
@@ -1810,22 +1819,16 @@ enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out)
 	if (rc != STORE_OK)
 		goto out;
 	rc = STORE_ERR;
-	if (sqlite3_prepare_v2(db,
-	                       "SELECT attempt, started_at, duration_ms, http_status, error, response_body"
-	                       " FROM attempts WHERE delivery_id = ?1 ORDER BY attempt, id",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (attach_rows(db,
+	                "SELECT attempt, started_at, duration_ms, http_status, error, response_body"
+	                " FROM attempts WHERE delivery_id = ?1 ORDER BY attempt, id",
+	                id, attempt_json, delivery, "attempts") != 0)
 		goto out;
-	sqlite3_bind_int64(st, 1, id);
-	attempts = rows_json(st, attempt_json, 0, NULL, &more);
-	if (!attempts)
-		goto out;
-	json_object_set_new(delivery, "attempts", attempts);
 	*out = delivery;
 	delivery = NULL;
 	rc = STORE_OK;
 out:
 	json_decref(delivery);
-	sqlite3_finalize(st);
 	if (db)
 		reader_release(s, db);
 	return rc;
