@@ -1212,7 +1212,13 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		struct store_call *c = calls[i];
 		int64_t *slot = &changed[nchanged];
-		step_done(s->st[ST_SAVEPOINT]);
+		/* An ingest call fails only when storage does (event ids are fresh, idempotency
+		 * keys are looked up first), and then the whole batch fails with it. So it skips
+		 * the per-call SAVEPOINT, whose statement journal copies every page it touches:
+		 * that copy was half the writer's time per event. */
+		int guarded = c->kind != STORE_INGEST;
+		if (guarded)
+			step_done(s->st[ST_SAVEPOINT]);
 		switch (c->kind) {
 		case STORE_INGEST:
 			c->rc = apply_ingest(s, c, &made_due);
@@ -1247,6 +1253,10 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			                  ? (size_t)((struct complete_args *)c->internal)->n
 			                  : 1;
 			nchanged += span;
+		} else if (!guarded) {
+			if (!sqlite3_get_autocommit(s->wdb))
+				exec_sql(s->wdb, "ROLLBACK", NULL, 0);
+			goto finish;
 		} else {
 			memset(slot, 0, sizeof(*slot));
 			step_done(s->st[ST_ROLLBACK_TO]);
@@ -1255,7 +1265,8 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			if (c->kind == STORE_CLAIM)
 				free_claim_jobs(c->internal);
 		}
-		step_done(s->st[ST_RELEASE]);
+		if (guarded)
+			step_done(s->st[ST_RELEASE]);
 		if (sqlite3_get_autocommit(s->wdb)) {
 			/* SQLite rolled the whole transaction back itself (disk full, I/O
 			 * error): nothing of this batch is kept, so every call fails. */
@@ -1535,6 +1546,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	    exec_sql(s->wdb, s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
 	             err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA cache_size=-16000", err, errlen) != 0 ||
+	    exec_sql(s->wdb, "PRAGMA temp_store=MEMORY", err, errlen) != 0 ||
 	    migrate(s->wdb, err, errlen) != 0)
 		goto fail;
 	/* Whatever was in flight when the last process died is due again now. */
