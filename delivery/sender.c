@@ -374,7 +374,11 @@ struct sender *sender_new(const struct sender_options *opts)
 	if (curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)opts->max_per_host) !=
 	        CURLM_OK ||
 	    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)opts->max_total) !=
-	        CURLM_OK) {
+	        CURLM_OK ||
+	    /* Idle connections kept for reuse. curl's default follows the number of easy
+	     * handles in the multi, which drops between jobs, and it then closed about one
+	     * connection in 40 only to open it again for the next job. */
+	    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)opts->max_total) != CURLM_OK) {
 		fprintf(stderr, "sender: curl refused the connection limits\n");
 		goto out;
 	}
