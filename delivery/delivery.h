@@ -55,22 +55,36 @@ struct delivery_result {
 };
 
 /*
- * Implemented by the store. Both functions are called from the dispatcher thread only.
+ * One claim request, owned by the dispatcher: the store fills in the answer and calls
+ * done(claim) exactly once, on any thread, possibly before claim() has returned.
+ */
+struct delivery_claim {
+	int64_t now_ms;              /* in: lease jobs due at this unix ms */
+	int max;                     /* in: at most this many */
+	void (*done)(struct delivery_claim *claim); /* in: called with the answer */
+	void *arg;                   /* in: for done() */
+	int count;                   /* out: jobs leased (0..max), or -1 on storage error */
+	struct delivery_job **jobs;  /* out: malloc'd array of count jobs, or NULL */
+	int64_t next_due_ms;         /* out: earliest unix ms a pending, unleased job is due
+	                                (INT64_MAX if none) */
+};
+
+/*
+ * Implemented by the store. Both functions are called from the dispatcher thread only,
+ * and neither waits for storage: the dispatcher keeps its transfers moving meanwhile.
  *
- * claim: lease up to max jobs whose next attempt is due at now_ms, so that no other
- *   claim returns them until they are completed or the process restarts (a restart
- *   makes every leased job due again: that is the crash-safety promise).
- *   On success returns the count (0..max) and sets *jobs_out to a malloc'd array the
- *   caller frees with free() after freeing each job; sets *next_due_ms to the earliest
- *   unix ms at which a pending, unleased job becomes due (INT64_MAX if none).
- *   Returns -1 on storage error (the dispatcher backs off and tries again).
+ * claim: queue a request to lease up to claim->max jobs whose next attempt is due, so
+ *   that no other claim returns them until they are completed or the process restarts
+ *   (a restart makes every leased job due again: that is the crash-safety promise).
+ *   Returns 0 when queued (done() will be called), -1 when it could not be (done() is
+ *   not called). The dispatcher frees the jobs (delivery_job_free) and the array.
+ *   A claim queued after complete() sees the room those completions gave back.
  * complete: hand over finished attempts; takes ownership of every results[i] (not of
- *   the array). Must not block on I/O for long: it queues for the writer.
+ *   the array). Queues for the writer.
  */
 struct delivery_store {
 	void *ctx;
-	int (*claim)(void *ctx, int64_t now_ms, int max, struct delivery_job ***jobs_out,
-	             int64_t *next_due_ms);
+	int (*claim)(void *ctx, struct delivery_claim *claim);
 	void (*complete)(void *ctx, struct delivery_result **results, int n);
 };
 

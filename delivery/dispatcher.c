@@ -4,14 +4,17 @@
  * back to the store in batches.
  *
  * One turn of the loop:
- *   1. claim   if there is room (in flight < max_in_flight) and work may be due
- *              (dispatcher_wake() was called, or now >= next_due), claim up to the room
- *              and start every job; a full claim means more may be waiting, so the next
- *              claim is due as soon as there is room again;
+ *   1. take    if the store has answered our claim, start every job it leased; a full
+ *              claim means more may be waiting, so the next claim is due at once;
  *   2. perform move every transfer forward (curl_multi_perform);
  *   3. collect turn each finished transfer into a result (outcome decided here) and
  *              hand them all to store->complete in ONE call;
- *   4. wait    curl_multi_poll until a socket is ready, a wake, curl's own timer,
+ *   4. claim   if no claim is out, there is room (in flight < max_in_flight) and work
+ *              may be due (dispatcher_wake() was called, or now >= next_due), ask the
+ *              store for up to the room. The claim is queued behind the completions
+ *              just handed over, so it sees the room they gave back; its answer arrives
+ *              on the writer thread and wakes us, and we do not wait for it;
+ *   5. wait    curl_multi_poll until a socket is ready, a wake, curl's own timer,
  *              next_due, or DISPATCH_WAIT_MAX_MS, whichever is first.
  *
  * Invariants:
@@ -24,9 +27,15 @@
  *   knows what it had committed at claim time (results we complete are written later
  *   by the writer), so an idle dispatcher still looks again once a second.
  * - After a claim error no claim is made before claim_retry_at (200 ms doubling to 5 s).
+ * - At most one claim is out at a time, asked for no more than the room at the time;
+ *   transfers only finish while it is out, so its jobs always fit. d->claim belongs to
+ *   the store from claim() until done() sets claim_answered, then to us again.
+ * - The loop does not end while a claim is out: its jobs are started (and released at
+ *   the deadline) like any others.
  *
- * Threads: dispatcher_start/dispatcher_stop on the main thread; dispatcher_wake on any
- * thread (atomics and curl_multi_wakeup only); everything else on the dispatcher thread.
+ * Threads: dispatcher_start/dispatcher_stop on the main thread; dispatcher_wake and the
+ * claim's done() on any thread (atomics and curl_multi_wakeup only); everything else on
+ * the dispatcher thread.
  */
 #include "dispatcher.h"
 
@@ -55,6 +64,8 @@ struct dispatcher {
 	struct sender *sender;              /* dispatcher thread only (see invariants) */
 	struct delivery_result **batch;     /* max_in_flight slots: one turn's results */
 	pthread_t thread;
+	struct delivery_claim claim;     /* the claim request (see invariants) */
+	atomic_int claim_answered;       /* 1 once the store has filled in d->claim */
 	atomic_int woken;                /* 1 after dispatcher_wake(), until the next claim */
 	atomic_int stopping;             /* 1 once dispatcher_stop() has begun */
 	_Atomic int64_t stop_at_mono_ms; /* monotonic ms: in-flight transfers end by then */
@@ -67,6 +78,7 @@ struct loop {
 	int64_t claim_retry_at; /* monotonic ms: no claim before this after a claim error */
 	int claim_backoff;      /* ms; 0 while claims succeed */
 	int n;                  /* results in d->batch not yet handed to the store */
+	int claim_out;          /* a claim was asked for and its answer not yet taken */
 };
 
 static uint64_t rng_next(uint64_t *state)
@@ -197,33 +209,64 @@ static void claim_failed(struct loop *lp, int64_t mono, const char *why)
 	fprintf(stderr, "dispatcher: %s; next claim in %d ms\n", why, lp->claim_backoff);
 }
 
-static void claim_and_start(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
+/* The store's done(): runs on the writer thread. */
+static void on_claimed(struct delivery_claim *claim)
 {
-	int room = d->opts.max_in_flight - sender_in_flight(d->sender);
-	struct delivery_job **jobs = NULL;
-	int64_t due = INT64_MAX;
-	int n, i, lost = 0;
+	struct dispatcher *d = claim->arg;
 
-	n = d->store->claim(d->store->ctx, now, room, &jobs, &due);
-	if (n < 0) {
+	atomic_store_explicit(&d->claim_answered, 1, memory_order_release);
+	sender_wakeup(d->sender);
+}
+
+static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
+{
+	struct delivery_claim *c = &d->claim;
+
+	memset(c, 0, sizeof(*c));
+	c->now_ms = now;
+	c->max = d->opts.max_in_flight - sender_in_flight(d->sender);
+	c->done = on_claimed;
+	c->arg = d;
+	c->count = -1;
+	c->next_due_ms = INT64_MAX;
+	atomic_store(&d->claim_answered, 0);
+	atomic_store(&d->woken, 0); /* this claim sees everything committed before it */
+	lp->claim_out = 1;
+	if (d->store->claim(d->store->ctx, c) != 0) {
+		lp->claim_out = 0;
+		claim_failed(lp, mono, "claim could not be queued");
+	}
+}
+
+/* Starts the jobs of an answered claim. */
+static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
+{
+	struct delivery_claim *c = &d->claim;
+	int lost = 0;
+
+	if (!lp->claim_out || !atomic_load_explicit(&d->claim_answered, memory_order_acquire))
+		return;
+	lp->claim_out = 0;
+	if (c->count < 0) {
 		claim_failed(lp, mono, "claim failed (storage error)");
 		return;
 	}
 	lp->claim_backoff = 0;
-	for (i = 0; i < n; i++) {
-		if (!jobs[i])
+	for (int i = 0; i < c->count; i++) {
+		if (!c->jobs[i])
 			continue;
-		if (sender_start(d->sender, jobs[i]) != 0) {
+		if (sender_start(d->sender, c->jobs[i]) != 0) {
 			/* Out of memory: the lease stays until restart makes the job due again. */
-			delivery_job_free(jobs[i]);
+			delivery_job_free(c->jobs[i]);
 			lost++;
 		}
 	}
-	free(jobs);
+	free(c->jobs);
+	c->jobs = NULL;
 	if (lost > 0)
 		claim_failed(lp, mono, "out of memory starting transfers");
 	/* A full claim means more may be waiting: look again as soon as there is room. */
-	lp->next_due = n >= room ? now : due;
+	lp->next_due = c->count >= c->max ? now : c->next_due_ms;
 	if (lp->next_due > now + DISPATCH_RECLAIM_MS)
 		lp->next_due = now + DISPATCH_RECLAIM_MS;
 }
@@ -234,7 +277,7 @@ static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, in
 	int64_t t = DISPATCH_WAIT_MAX_MS;
 	int64_t until;
 
-	if (!stopping && sender_in_flight(d->sender) < d->opts.max_in_flight) {
+	if (!stopping && !lp->claim_out && sender_in_flight(d->sender) < d->opts.max_in_flight) {
 		until = lp->next_due - now;
 		if (lp->claim_retry_at - mono > until)
 			until = lp->claim_retry_at - mono;
@@ -243,13 +286,15 @@ static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, in
 	}
 	if (stopping && atomic_load(&d->stop_at_mono_ms) - mono < t)
 		t = atomic_load(&d->stop_at_mono_ms) - mono;
+	if (stopping && lp->claim_out && sender_in_flight(d->sender) == 0)
+		t = DISPATCH_WAIT_MAX_MS; /* only the claim's answer is left, and it wakes us */
 	return t < 0 ? 0 : (int)t;
 }
 
 static void *dispatcher_main(void *arg)
 {
 	struct dispatcher *d = arg;
-	struct loop lp = {0, 0, 0, 0};
+	struct loop lp = {0, 0, 0, 0, 0};
 	int more, stopping, poll_failed = 0;
 	int64_t now, mono;
 
@@ -259,25 +304,27 @@ static void *dispatcher_main(void *arg)
 		mono = clock_mono_ms();
 		stopping = atomic_load(&d->stopping);
 
-		if (!stopping && atomic_exchange(&d->woken, 0))
+		take_claim(d, &lp, now, mono);
+		/* A wake while a claim is out stays set: that claim may not have seen it. */
+		if (!stopping && !lp.claim_out && atomic_load(&d->woken))
 			lp.next_due = now;
 		if (lp.next_due > now + DISPATCH_RECLAIM_MS) /* the wall clock went back */
 			lp.next_due = now + DISPATCH_RECLAIM_MS;
-		if (!stopping && sender_in_flight(d->sender) < d->opts.max_in_flight &&
-		    now >= lp.next_due && mono >= lp.claim_retry_at)
-			claim_and_start(d, &lp, now, mono);
 
 		sender_perform(d->sender); /* a failure here shows up again in sender_wait */
 		more = collect(d, &lp);
 		batch_flush(d, &lp);
 
+		if (!stopping && !lp.claim_out &&
+		    sender_in_flight(d->sender) < d->opts.max_in_flight && now >= lp.next_due &&
+		    mono >= lp.claim_retry_at)
+			ask_claim(d, &lp, now, mono);
+
 		if (stopping) {
-			if (sender_in_flight(d->sender) == 0)
-				break;
-			if (mono >= atomic_load(&d->stop_at_mono_ms)) {
+			if (mono >= atomic_load(&d->stop_at_mono_ms))
 				release_all(d, &lp);
+			if (sender_in_flight(d->sender) == 0 && !lp.claim_out)
 				break;
-			}
 		}
 		if (more)
 			continue;
@@ -327,6 +374,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	d->opts = *opts;
 	d->store = store;
 	atomic_init(&d->woken, 0);
+	atomic_init(&d->claim_answered, 0);
 	atomic_init(&d->stopping, 0);
 	atomic_init(&d->stop_at_mono_ms, INT64_MAX);
 	so.max_total = opts->max_in_flight;
@@ -342,6 +390,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 		fprintf(stderr, "dispatcher: cannot start thread: %s\n", strerror(err));
 		goto out;
 	}
+	pthread_setname_np(d->thread, "hr-dispatch");
 	ret = d;
 	d = NULL;
 out:

@@ -134,19 +134,18 @@ struct store {
 
 /* The dispatcher's side of a STORE_CLAIM / STORE_COMPLETE call. */
 struct claim_args {
+	struct delivery_claim *claim; /* the dispatcher's request, answered in claim_done */
 	int64_t now_ms;
 	int max;
-	struct delivery_job **jobs; /* filled on the writer thread */
+	struct delivery_job **jobs;   /* filled on the writer thread */
 	int njobs;
 	int64_t next_due_ms;
-	int finished;               /* set under lock when done() ran */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
 };
 
 struct complete_args {
 	struct delivery_result **results;
 	int n;
+	int leases_returned; /* the subscriptions' lease counts already know (see below) */
 };
 
 /* ---------- small SQLite helpers ---------- */
@@ -1003,30 +1002,35 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	return STORE_OK;
 }
 
-/* After COMMIT: the leases a claim took and a completion gave back, per subscription.
- * Returns 1 if a subscription that was full has room again (the dispatcher should claim). */
-static int account_leases(struct store *s, struct store_call *c)
+/* After COMMIT: the leases a claim took, per subscription. */
+static void account_claimed(struct store *s, struct store_call *c)
 {
-	int room_freed = 0;
+	struct claim_args *a = c->internal;
 
-	if (c->kind == STORE_CLAIM) {
-		struct claim_args *a = c->internal;
-		for (int i = 0; i < a->njobs; i++) {
-			struct sub_entry *sub = sub_find(s, a->jobs[i]->subscription_id);
-			if (sub)
-				sub->leased++;
-		}
-	} else if (c->kind == STORE_COMPLETE) {
-		struct complete_args *a = c->internal;
-		for (int i = 0; i < a->n; i++) {
-			struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
-			if (sub && sub->leased > 0) {
-				room_freed |= sub->leased >= sub->max_in_flight;
-				sub->leased--;
-			}
+	for (int i = 0; i < a->njobs; i++) {
+		struct sub_entry *sub = sub_find(s, a->jobs[i]->subscription_id);
+		if (sub)
+			sub->leased++;
+	}
+}
+
+/* As soon as a completion is applied, before COMMIT: its requests have ended, so a claim
+ * later in the same batch may use the room (that is what lets the dispatcher ask for
+ * new jobs right behind its results). Only once per completion: a completion whose batch
+ * failed is applied again. Sets *made_due if a full subscription has room again. */
+static void return_leases(struct store *s, struct complete_args *a, int *made_due)
+{
+	if (a->leases_returned)
+		return;
+	a->leases_returned = 1;
+	for (int i = 0; i < a->n; i++) {
+		struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
+		if (sub && sub->leased > 0) {
+			if (sub->leased >= sub->max_in_flight)
+				*made_due = 1;
+			sub->leased--;
 		}
 	}
-	return room_freed;
 }
 
 static int disable_subscription(struct store *s, int64_t id, const char *reason, int64_t now)
@@ -1155,6 +1159,7 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 		if (sub && track_health(s, sub, r, now, &changed[i]) != 0)
 			return fail_storage(s, call);
 	}
+	return_leases(s, a, made_due);
 	return STORE_OK;
 }
 
@@ -1297,8 +1302,8 @@ finish:
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (calls[i]->rc == STORE_OK && account_leases(s, calls[i]))
-			made_due = 1;
+		if (calls[i]->rc == STORE_OK && calls[i]->kind == STORE_CLAIM)
+			account_claimed(s, calls[i]);
 	}
 	for (size_t i = 0; i < nchanged; i++) {
 		if (changed[i])
@@ -1325,50 +1330,48 @@ int store_submit(struct store *s, struct store_call *call)
 
 /* ---------- the delivery_store for the dispatcher ---------- */
 
+/* Answers the dispatcher's claim (writer thread, after the batch ended). */
 static void claim_done(struct store_call *call)
 {
 	struct claim_args *a = call->internal;
-	pthread_mutex_lock(&a->lock);
-	a->finished = 1;
-	pthread_cond_signal(&a->cond);
-	pthread_mutex_unlock(&a->lock);
+	struct delivery_claim *claim = a->claim;
+
+	if (call->rc == STORE_OK) {
+		claim->count = a->njobs;
+		claim->jobs = a->jobs;
+		claim->next_due_ms = a->next_due_ms;
+		a->jobs = NULL; /* handed over */
+		a->njobs = 0;
+	} else {
+		claim->count = -1;
+	}
+	free_claim_jobs(a);
+	free(a);
+	free(call);
+	claim->done(claim); /* last: the claim is the dispatcher's again */
 }
 
-static int source_claim(void *ctx, int64_t now_ms, int max, struct delivery_job ***jobs_out,
-                        int64_t *next_due_ms)
+static int source_claim(void *ctx, struct delivery_claim *claim)
 {
 	struct store *s = ctx;
-	struct store_call call;
-	struct claim_args a;
-	int rc = -1;
+	struct store_call *call = calloc(1, sizeof(*call));
+	struct claim_args *a = calloc(1, sizeof(*a));
 
-	memset(&call, 0, sizeof(call));
-	memset(&a, 0, sizeof(a));
-	a.now_ms = now_ms;
-	a.max = max > 0 ? max : 1;
-	pthread_mutex_init(&a.lock, NULL);
-	pthread_cond_init(&a.cond, NULL);
-	call.kind = STORE_CLAIM;
-	call.internal = &a;
-	call.done = claim_done;
-	if (writer_submit(s->writer, &call, 1) != 0)
-		goto out;
-	pthread_mutex_lock(&a.lock);
-	while (!a.finished)
-		pthread_cond_wait(&a.cond, &a.lock);
-	pthread_mutex_unlock(&a.lock);
-	if (call.rc != STORE_OK)
-		goto out;
-	*jobs_out = a.jobs;
-	*next_due_ms = a.next_due_ms;
-	rc = a.njobs;
-	a.jobs = NULL; /* handed over */
-	a.njobs = 0;
-out:
-	free_claim_jobs(&a);
-	pthread_cond_destroy(&a.cond);
-	pthread_mutex_destroy(&a.lock);
-	return rc;
+	if (!call || !a)
+		goto fail;
+	a->claim = claim;
+	a->now_ms = claim->now_ms;
+	a->max = claim->max > 0 ? claim->max : 1;
+	call->kind = STORE_CLAIM;
+	call->internal = a;
+	call->done = claim_done;
+	if (writer_submit(s->writer, call, 1) != 0)
+		goto fail;
+	return 0;
+fail:
+	free(a);
+	free(call);
+	return -1;
 }
 
 static void complete_done(struct store_call *call)
@@ -1567,6 +1570,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	pthread_mutex_init(&s->ckpt_lock, NULL);
 	pthread_cond_init(&s->ckpt_wake, NULL);
 	if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
+		pthread_setname_np(s->checkpointer, "hr-checkpoint");
 		s->checkpointer_running = 1;
 		sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the automatic checkpoint */
 	}

@@ -417,10 +417,9 @@ static struct delivery_job *test_job_copy(const struct delivery_job *src)
 	return j;
 }
 
-static int test_store_claim(void *ctx, int64_t now_ms, int max, struct delivery_job ***jobs_out,
-                            int64_t *next_due_ms)
+static int test_store_lease(struct test_store *st, int64_t now_ms, int max,
+                            struct delivery_job ***jobs_out, int64_t *next_due_ms)
 {
-	struct test_store *st = ctx;
 	struct delivery_job **jobs = NULL;
 	int64_t next = INT64_MAX;
 	int n = 0, i, rc = -1;
@@ -467,6 +466,15 @@ out:
 		free(jobs);
 	}
 	return rc;
+}
+
+/* Answers at once, before returning: the contract allows it. */
+static int test_store_claim(void *ctx, struct delivery_claim *claim)
+{
+	claim->count = test_store_lease(ctx, claim->now_ms, claim->max, &claim->jobs,
+	                                &claim->next_due_ms);
+	claim->done(claim);
+	return 0;
 }
 
 static void test_store_complete(void *ctx, struct delivery_result **results, int n)
