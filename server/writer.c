@@ -83,6 +83,7 @@ struct writer *writer_start(writer_batch_fn fn, void *ctx, size_t max_queue, siz
 		free(w);
 		return NULL;
 	}
+	pthread_setname_np(w->thread, "hr-writer"); /* for top -H and perf */
 	return w;
 }
 
