@@ -75,6 +75,14 @@ enum store_call_kind {
 	STORE_COMPLETE        /* internal: the dispatcher's results */
 };
 
+/* Whether a call's answer promises its writes are on disk. Claims and attempt results
+ * do not: a power cut may lose them (not a crash: the OS has them), and their
+ * deliveries are then simply sent again, which at-least-once allows. */
+static inline int store_call_durable(enum store_call_kind kind)
+{
+	return kind != STORE_CLAIM && kind != STORE_COMPLETE;
+}
+
 struct store_call {
 	enum store_call_kind kind;
 	/* inputs, borrowed until done() */

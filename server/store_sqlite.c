@@ -7,6 +7,13 @@
  *   writer thread (and to store_open/store_close before/after it runs).
  * - Read routes borrow a read-only connection from `readers` (mutex-guarded stack);
  *   one connection is used by one thread at a time.
+ * - The syncer thread only calls fdatasync on `wal_fd` (its own descriptor of the WAL)
+ *   and the due hook.
+ * Durability: wdb runs with synchronous=NORMAL, so COMMIT writes the WAL without
+ *   syncing it; a batch with a durable call is answered only after the syncer's
+ *   fdatasync of the WAL that began after that COMMIT (what synchronous=FULL would have
+ *   done in the writer, but the writer runs the next batch meanwhile). If the WAL cannot
+ *   be opened for that, wdb falls back to synchronous=FULL for durable batches.
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
  *   both change only after the COMMIT that changed the row (reload_subscription).
@@ -15,8 +22,11 @@
  */
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +43,9 @@
 #define WRITER_BATCH_MAX 4096   /* calls per transaction */
 #define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
 #define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
-#define CHECKPOINT_PAGES 1000   /* WAL pages that wake the checkpointer (SQLite's default) */
+#define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
+                                   fewer checkpoints, the fewer times a hot index page
+                                   is copied to the db */
 
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 static const char *const state_names[] = {"pending", "delivered", "failed"};
@@ -107,6 +119,8 @@ struct store {
 	sqlite3_stmt *st[ST_COUNT];     /* prepared on wdb */
 	int synchronous_full;           /* durable commits fsync */
 	int sync_now;                   /* the synchronous level wdb is set to: 0 OFF, 1 durable */
+	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
+	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int last_batch_failed;          /* slows the writer down while storage fails */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
@@ -1165,6 +1179,8 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 
 static void set_sync(struct store *s, int durable)
 {
+	if (s->wal_fd >= 0)
+		return; /* NORMAL throughout: the syncer makes durable batches durable */
 	if (s->sync_now == durable)
 		return;
 	exec_sql(s->wdb,
@@ -1182,13 +1198,25 @@ static void free_claim_jobs(struct claim_args *a)
 	a->njobs = 0;
 }
 
+/* Wakes the dispatcher (under the lock, so that store_set_due_hook(NULL) returns only
+ * once no call into the old target can still be running). */
+static void call_due_hook(struct store *s)
+{
+	pthread_mutex_lock(&s->hook_lock);
+	if (s->due_hook)
+		s->due_hook(s->due_arg);
+	pthread_mutex_unlock(&s->hook_lock);
+}
+
 /*
- * The writer's batch: everything in one transaction. Each call runs inside its own
- * SAVEPOINT so a failing call leaves the others intact; if COMMIT itself fails, every
- * call fails. The cache and the matcher follow only committed rows. A batch that only
- * claims leases is not fsynced: leases are dropped at start-up anyway.
+ * The writer's batch: everything in one transaction. Each call but an ingest runs
+ * inside its own SAVEPOINT so a failing call leaves the others intact; if COMMIT itself
+ * fails, every call fails. The cache and the matcher follow only committed rows. A
+ * batch that only claims leases and records attempts is not synced: leases are dropped
+ * at start-up anyway. Returns 1 if the writer must have the syncer sync before the
+ * durable calls are answered (the WAL is written, not yet synced).
  */
-static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
+static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
 	struct store *s = ctx;
 	int durable = 0, made_due = 0, committed = 0;
@@ -1196,11 +1224,8 @@ static void store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	size_t nchanged = 0, changed_cap = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		/* Only what we promised the caller must reach the disk before we answer. Claims
-		 * and attempt results may be lost to a power cut (not to a crash: the OS has
-		 * them): their deliveries are then simply sent again, which at-least-once
-		 * allows. */
-		if (calls[i]->kind != STORE_CLAIM && calls[i]->kind != STORE_COMPLETE)
+		/* Only what we promised the caller must reach the disk before we answer. */
+		if (store_call_durable(calls[i]->kind))
 			durable = 1;
 		if (calls[i]->kind == STORE_COMPLETE)
 			changed_cap += (size_t)((struct complete_args *)calls[i]->internal)->n;
@@ -1299,7 +1324,7 @@ finish:
 				free_claim_jobs(c->internal);
 		}
 		free(changed);
-		return;
+		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (calls[i]->rc == STORE_OK && calls[i]->kind == STORE_CLAIM)
@@ -1310,14 +1335,57 @@ finish:
 			reload_subscription(s, changed[i]);
 	}
 	free(changed);
-	if (made_due) {
-		/* Called under the lock so that store_set_due_hook(NULL) returns only once no
-		 * call into the old target can still be running. */
-		pthread_mutex_lock(&s->hook_lock);
-		if (s->due_hook)
-			s->due_hook(s->due_arg);
-		pthread_mutex_unlock(&s->hook_lock);
+	int needs_sync = durable && s->synchronous_full && s->wal_fd >= 0;
+	if (made_due && needs_sync)
+		atomic_store(&s->due_after_sync, 1); /* send nothing that is not on disk yet */
+	else if (made_due)
+		call_due_hook(s);
+	return needs_sync;
+}
+
+/* The syncer's half of a durable batch (syncer thread): every commit written to the
+ * WAL so far reaches the disk. */
+static int store_sync(void *ctx, char *why, size_t whylen)
+{
+	struct store *s = ctx;
+	int rc = 0;
+
+	if (fdatasync(s->wal_fd) != 0) {
+		snprintf(why, whylen, "storage error: syncing the WAL failed: %s", strerror(errno));
+		fprintf(stderr, "hookrelay: %s\n", why);
+		rc = -1;
 	}
+	if (atomic_exchange(&s->due_after_sync, 0))
+		call_due_hook(s);
+	return rc;
+}
+
+/* Opens the WAL for the syncer and makes its directory entry durable (SQLite would sync
+ * the directory on a new WAL's first sync). Returns the fd, or -1: SQLite then syncs
+ * in the writer (synchronous=FULL), which is as safe and only slower. */
+static int open_wal_for_sync(struct store *s)
+{
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->wdb, "main"));
+	char *dir = strdup(s->path);
+	int fd = wal ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
+
+	if (fd >= 0 && dir) {
+		char *slash = strrchr(dir, '/');
+		int dfd;
+		if (slash == dir)
+			slash[1] = '\0';
+		else if (slash)
+			*slash = '\0';
+		dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || fsync(dfd) != 0) {
+			close(fd);
+			fd = -1;
+		}
+		if (dfd >= 0)
+			close(dfd);
+	}
+	free(dir);
+	return fd;
 }
 
 int store_submit(struct store *s, struct store_call *call)
@@ -1525,11 +1593,15 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	/* No allocation statistics: they take a global mutex on every malloc of every
+	 * connection. Only possible before SQLite initializes; later calls change nothing. */
+	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	pthread_mutex_init(&s->readers_lock, NULL);
 	pthread_mutex_init(&s->hook_lock, NULL);
 	s->synchronous_full = opts->synchronous_full;
 	s->disable_after_ms = opts->disable_after_ms;
 	s->sync_now = 1;
+	s->wal_fd = -1;
 	s->path = strdup(opts->path);
 	s->matcher = matcher_new();
 	if (!s->path || !s->matcher) {
@@ -1577,8 +1649,13 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	s->source.ctx = s;
 	s->source.claim = source_claim;
 	s->source.complete = source_complete;
-	s->writer = writer_start(store_run_batch, s, opts->max_queue ? opts->max_queue : 8192,
-	                         WRITER_BATCH_MAX);
+	if (s->synchronous_full) {
+		s->wal_fd = open_wal_for_sync(s);
+		if (s->wal_fd >= 0 && exec_sql(s->wdb, "PRAGMA synchronous=NORMAL", err, errlen) != 0)
+			goto fail;
+	}
+	s->writer = writer_start(store_run_batch, store_sync, s,
+	                         opts->max_queue ? opts->max_queue : 8192, WRITER_BATCH_MAX);
 	if (!s->writer) {
 		snprintf(err, errlen, "cannot start the writer thread");
 		goto fail;
@@ -1616,6 +1693,8 @@ void store_close(struct store *s)
 		/* A clean close checkpoints the WAL into the main file. */
 		sqlite3_close(s->wdb);
 	}
+	if (s->wal_fd >= 0)
+		close(s->wal_fd);
 	pthread_mutex_destroy(&s->readers_lock);
 	pthread_mutex_destroy(&s->hook_lock);
 	free(s->path);

@@ -1,31 +1,75 @@
 /*
- * writer.c - the single writer thread and its queue.
+ * writer.c - the single writer thread, its queue, and the syncer thread behind it.
  *
  * Invariants: calls are run in the order they were submitted; a call's done() is called
- * exactly once, after the batch that ran it ended (committed or rolled back); the queue
- * never holds more than max_queue optional calls. Only this thread touches the write
- * connection (through the batch function).
+ * exactly once, after the batch that ran it ended (committed or rolled back) and, for a
+ * durable call of a batch that needs a sync, after a sync that began once that batch had
+ * committed; a failed sync fails those calls. The queue never holds more than max_queue
+ * optional calls. Only the writer thread touches the write connection (through the
+ * batch function); the sync function must not use it.
  */
 #include "writer.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "store.h"
 
 struct writer {
-	pthread_t thread;
+	pthread_t thread, syncer;
 	pthread_mutex_t lock;
-	pthread_cond_t wake;
+	pthread_cond_t wake;            /* writer: calls queued or stopping */
+	pthread_cond_t sync_wake;       /* syncer: calls to sync or stopping */
 	struct store_call *head, *tail; /* FIFO, linked through call->next */
 	size_t queued;                  /* calls in the list */
 	size_t max_queue;               /* calls accepted before submit says no */
 	size_t max_batch;               /* calls per transaction */
-	int stopping;                   /* set by writer_stop; the thread drains and exits */
+	struct store_call *sync_head, *sync_tail; /* committed, waiting for a sync */
+	int stopping;                   /* set by writer_stop; the writer drains and exits */
+	int writer_done;                /* the writer has exited; the syncer drains and exits */
 	writer_batch_fn run_batch;
+	writer_sync_fn sync;
 	void *ctx;
 	struct store_call **batch;      /* max_batch slots, writer thread only */
 };
+
+static void *syncer_main(void *arg)
+{
+	struct writer *w = arg;
+
+	for (;;) {
+		struct store_call *list;
+		char why[sizeof(((struct store_call *)0)->why)];
+		int rc;
+
+		pthread_mutex_lock(&w->lock);
+		while (!w->sync_head && !w->writer_done)
+			pthread_cond_wait(&w->sync_wake, &w->lock);
+		list = w->sync_head;
+		w->sync_head = w->sync_tail = NULL;
+		pthread_mutex_unlock(&w->lock);
+		if (!list)
+			break; /* writer done and nothing left */
+
+		why[0] = '\0';
+		rc = w->sync(w->ctx, why, sizeof(why));
+		while (list) {
+			struct store_call *c = list;
+			list = c->next;
+			c->next = NULL;
+			if (rc != 0 && c->rc == STORE_OK) {
+				c->rc = STORE_ERR;
+				memcpy(c->why, why, sizeof(c->why));
+				json_decref(c->result);
+				c->result = NULL;
+			}
+			if (c->done)
+				c->done(c);
+		}
+	}
+	return NULL;
+}
 
 static void *writer_main(void *arg)
 {
@@ -33,6 +77,8 @@ static void *writer_main(void *arg)
 
 	for (;;) {
 		size_t n = 0;
+		int needs_sync;
+
 		pthread_mutex_lock(&w->lock);
 		while (!w->head && !w->stopping)
 			pthread_cond_wait(&w->wake, &w->lock);
@@ -51,16 +97,41 @@ static void *writer_main(void *arg)
 		w->queued -= n;
 		pthread_mutex_unlock(&w->lock);
 
-		w->run_batch(w->ctx, w->batch, n);
+		needs_sync = w->run_batch(w->ctx, w->batch, n);
 		for (size_t i = 0; i < n; i++) {
-			if (w->batch[i]->done)
-				w->batch[i]->done(w->batch[i]);
+			struct store_call *c = w->batch[i];
+			if (needs_sync && store_call_durable(c->kind)) {
+				pthread_mutex_lock(&w->lock);
+				if (w->sync_tail)
+					w->sync_tail->next = c;
+				else
+					w->sync_head = c;
+				w->sync_tail = c;
+				pthread_cond_signal(&w->sync_wake);
+				pthread_mutex_unlock(&w->lock);
+			} else if (c->done) {
+				c->done(c);
+			}
 		}
 	}
+	pthread_mutex_lock(&w->lock);
+	w->writer_done = 1;
+	pthread_cond_signal(&w->sync_wake);
+	pthread_mutex_unlock(&w->lock);
 	return NULL;
 }
 
-struct writer *writer_start(writer_batch_fn fn, void *ctx, size_t max_queue, size_t max_batch)
+static void writer_free(struct writer *w)
+{
+	pthread_cond_destroy(&w->sync_wake);
+	pthread_cond_destroy(&w->wake);
+	pthread_mutex_destroy(&w->lock);
+	free(w->batch);
+	free(w);
+}
+
+struct writer *writer_start(writer_batch_fn fn, writer_sync_fn sync, void *ctx,
+                            size_t max_queue, size_t max_batch)
 {
 	struct writer *w = calloc(1, sizeof(*w));
 	if (!w)
@@ -71,19 +142,28 @@ struct writer *writer_start(writer_batch_fn fn, void *ctx, size_t max_queue, siz
 		return NULL;
 	}
 	w->run_batch = fn;
+	w->sync = sync;
 	w->ctx = ctx;
 	w->max_queue = max_queue;
 	w->max_batch = max_batch;
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->wake, NULL);
+	pthread_cond_init(&w->sync_wake, NULL);
+	if (pthread_create(&w->syncer, NULL, syncer_main, w) != 0) {
+		writer_free(w);
+		return NULL;
+	}
 	if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
-		pthread_cond_destroy(&w->wake);
-		pthread_mutex_destroy(&w->lock);
-		free(w->batch);
-		free(w);
+		pthread_mutex_lock(&w->lock);
+		w->writer_done = 1;
+		pthread_cond_signal(&w->sync_wake);
+		pthread_mutex_unlock(&w->lock);
+		pthread_join(w->syncer, NULL);
+		writer_free(w);
 		return NULL;
 	}
 	pthread_setname_np(w->thread, "hr-writer"); /* for top -H and perf */
+	pthread_setname_np(w->syncer, "hr-sync");
 	return w;
 }
 
@@ -117,8 +197,6 @@ void writer_stop(struct writer *w)
 	pthread_cond_signal(&w->wake);
 	pthread_mutex_unlock(&w->lock);
 	pthread_join(w->thread, NULL);
-	pthread_cond_destroy(&w->wake);
-	pthread_mutex_destroy(&w->lock);
-	free(w->batch);
-	free(w);
+	pthread_join(w->syncer, NULL);
+	writer_free(w);
 }

@@ -1,10 +1,15 @@
 /*
  * writer.h - the single writer thread: a bounded queue of store calls, drained in
  * batches. Each batch is handed to the store's batch function, which runs it in one
- * transaction; then each call's done() runs. One fsync per batch is group commit.
+ * transaction. A batch that promised durability is then handed to the syncer thread,
+ * which makes everything committed so far durable with one sync and only then runs its
+ * calls' done(); meanwhile the writer already runs the next batch. That is group commit
+ * with the sync out of the writer's way: one sync for every batch that committed while
+ * the last sync ran.
  *
- * Threads: writer_submit from any thread; the batch function and every done() run on
- * the writer thread only.
+ * Threads: writer_submit from any thread; the batch function on the writer thread; the
+ * sync function on the syncer thread; done() on the writer thread for batches that need
+ * no sync and on the syncer thread for those that do.
  */
 #ifndef HOOKRELAY_WRITER_H
 #define HOOKRELAY_WRITER_H
@@ -14,18 +19,24 @@
 struct store_call;
 struct writer;
 
-/* Runs calls[0..n) in one transaction and sets each call's rc/result. */
-typedef void (*writer_batch_fn)(void *ctx, struct store_call **calls, size_t n);
+/* Runs calls[0..n) in one transaction and sets each call's rc/result. Returns 1 if the
+ * calls may be answered only once the sync function has run after it, else 0. */
+typedef int (*writer_batch_fn)(void *ctx, struct store_call **calls, size_t n);
 
-/* Starts the thread. max_queue bounds submitted-but-not-started calls; max_batch bounds
- * one transaction. NULL if the thread cannot start. */
-struct writer *writer_start(writer_batch_fn fn, void *ctx, size_t max_queue, size_t max_batch);
+/* Makes everything committed so far durable. Returns 0, or -1 with why filled in. */
+typedef int (*writer_sync_fn)(void *ctx, char *why, size_t whylen);
+
+/* Starts the threads. max_queue bounds submitted-but-not-started calls; max_batch bounds
+ * one transaction. NULL if a thread cannot start. */
+struct writer *writer_start(writer_batch_fn fn, writer_sync_fn sync, void *ctx,
+                            size_t max_queue, size_t max_batch);
 
 /* Queues a call. Returns 0, or -1 if the queue holds max_queue calls already and
  * `must` is 0. `must` = 1 always queues (the dispatcher's results may not be dropped). */
 int writer_submit(struct writer *w, struct store_call *call, int must);
 
-/* Runs everything still queued, then joins the thread and frees it. Accepts NULL. */
+/* Runs and syncs everything still queued, then joins the threads and frees them.
+ * Accepts NULL. */
 void writer_stop(struct writer *w);
 
 #endif
