@@ -10,6 +10,8 @@
 # Knobs (env): BENCH_DUR (wrk seconds, default 5), BENCH_BACKLOG_EVENTS (default 100000),
 # BENCH_BUDGET (seconds the whole run may take, default 180), BENCH_KEEP=1 keeps the run dir,
 # BENCH_ONLY="ingest delivery e2e big" (the relay sections to run; the ceilings always run).
+# BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
+# which takes ~4 minutes more and so is not in the default set.
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ DUR=${BENCH_DUR:-5}
 BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
 BUDGET=${BENCH_BUDGET:-180}
 ONLY=${BENCH_ONLY:-ingest delivery e2e big}
+STORED_EVENTS=${BENCH_STORED_EVENTS:-5000000}
 BIG_EVENTS=334000 # x 3 subscriptions = 1,002,000 deliveries (334 batch calls of 1,000)
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -44,6 +47,7 @@ build bare_mhd libmicrohttpd
 build bare_sqlite sqlite3
 build bare_curl libcurl
 build loadgen libcurl
+build fill_store sqlite3
 
 RUN=$(mktemp -d "$BIN/run.XXXXXX")
 LOGS=$BIN/logs # relay stderr of the last run, kept for post-mortems
@@ -299,6 +303,24 @@ section_ingest() {
 	stop "$RELAY_PID" relay
 	[ -z "$STOP_NOTE" ] || note "ingest relay: $STOP_NOTE"
 	stop_receivers
+
+	# 2b: the ingest path alone. Receivers that hold every request stall the sender at
+	# the subscriptions' max_in_flight, so no deliveries share the two cores with ingest.
+	start_mhd h1 --status 200 --threads 1 --hold; r1=$MHD_PORT
+	start_mhd h2 --status 200 --threads 1 --hold; r2=$MHD_PORT
+	start_mhd h3 --status 200 --threads 1 --hold; r3=$MHD_PORT
+	start_relay ingest-held --delivery-timeout 300s || return 1
+	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	log "2b: relay single-event ingest, receivers holding"
+	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
+	if [ -n "$W" ]; then
+		n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+		row "2b the same, receivers holding every request (no deliveries beside ingest)" \
+			"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
+			"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
+	fi
+	stop "$RELAY_PID" relay
+	stop_receivers
 	return 0
 }
 
@@ -466,11 +488,45 @@ section_big() {
 	return 0
 }
 
+# ---- 7. ingest with millions of events stored ---------------------------------------
+# Single-event ingest on an empty store, then on the same store grown to STORED_EVENTS
+# old events with a delivered delivery per subscription (fill_store writes them with the
+# relay stopped). The receivers hold every request, so deliveries do not compete with
+# ingest for the CPU and the two runs differ only in what is stored.
+section_stored() {
+	local r1 r2 r3 W n0 n1 out
+	start_mhd s1 --status 200 --threads 1 --hold; r1=$MHD_PORT
+	start_mhd s2 --status 200 --threads 1 --hold; r2=$MHD_PORT
+	start_mhd s3 --status 200 --threads 1 --hold; r3=$MHD_PORT
+	start_relay stored --delivery-timeout 300s || return 1
+	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	log "7: ingest, empty store"
+	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
+	[ -n "$W" ] || { note "row 7: wrk failed on the empty store"; return 1; }
+	n0=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	stop "$RELAY_PID" relay
+	log "7: storing $STORED_EVENTS old events"
+	out=$("$BIN/fill_store" --db "$RUN/stored/relay.db" --events "$STORED_EVENTS") ||
+		{ note "row 7: fill_store failed"; return 1; }
+	note "row 7: fill_store: $out; db $(du -sh "$RUN/stored" | cut -f1)"
+	start_relay stored --delivery-timeout 300s || return 1
+	log "7: ingest, $STORED_EVENTS events stored"
+	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
+	[ -n "$W" ] || { note "row 7: wrk failed on the grown store"; return 1; }
+	n1=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	row "7 POST /v1/events, 3 matching subs (receivers holding), $(fmt_int "$STORED_EVENTS") events already stored" \
+		"$(fmt_int "$n1") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
+		"$(fmt_int "$n0") events/s on the same store empty" "$(pct "$n1" "$n0")"
+	stop "$RELAY_PID" relay
+	stop_receivers
+	return 0
+}
+
 if [ ! -x "$RELAY" ]; then
 	skip_relay_rows "build/hookrelay is missing"
 else
 	BATCH_RATE=0
-	for sec in ingest delivery e2e big; do
+	for sec in ingest delivery e2e big stored; do
 		case " $ONLY " in *" $sec "*) ;; *) continue ;; esac
 		"section_$sec" || note "section $sec stopped early"
 		stop_relay_if_running
