@@ -3,7 +3,7 @@
  * replies for store results, and suspended writes (api_write).
  *
  * An api_write lives from the handler that creates it until its continuation replied;
- * the writer thread touches it only between store_submit and done().
+ * the writer (or syncer) thread touches it only between store_submit and done().
  */
 #include "api.h"
 
@@ -220,7 +220,7 @@ static void api_write_free(struct api_write *w)
 	free(w);
 }
 
-/* The writer thread: the commit is done; wake the connection. */
+/* The writer or syncer thread: the commit is done (and synced); wake the connection. */
 static void write_done(struct store_call *call)
 {
 	struct api_write *w = call->arg;

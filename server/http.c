@@ -9,7 +9,7 @@
  * replies. Request state is freed in the completion callback, whatever happened.
  *
  * Threads: MHD pool threads run everything here except http_resume, which the writer
- * thread calls; MHD_resume_connection is safe from any thread.
+ * or syncer thread calls; MHD_resume_connection is safe from any thread.
  */
 #include "http.h"
 

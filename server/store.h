@@ -4,8 +4,8 @@
  *
  * Writes are asynchronous: a struct store_call goes to the single writer thread, which
  * runs everything queued in one transaction (group commit) and then calls each call's
- * done() on the writer thread, after COMMIT has returned (so after fsync when the call
- * is durable). Reads are synchronous and run on the caller's thread over a pool of
+ * done() after COMMIT has returned: on the writer thread, or for a durable call on the
+ * syncer thread once the WAL is synced (see writer.h). Reads are synchronous and run on the caller's thread over a pool of
  * read-only connections (WAL lets them run beside the writer).
  *
  * Results are jansson values in the shapes of docs/api.md, built here so that every
@@ -47,7 +47,7 @@ void store_close(struct store *s);
 /* The delivery/ side of the store, for the dispatcher. Valid until store_close. */
 const struct delivery_store *store_delivery_source(struct store *s);
 
-/* fn(arg) is called on the writer thread after each commit that made deliveries due
+/* fn(arg) is called on the writer or syncer thread after each commit that made deliveries due
  * (new events, retries, re-enabled subscriptions). Thread-safe; after
  * store_set_due_hook(s, NULL, NULL) returns, the old fn is not running and won't run. */
 void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg);
@@ -97,7 +97,7 @@ struct store_call {
 	                     (with "secret" after CREATE/ROTATE); RECOVER:
 	                     {"requeued": n}; RETRY: the delivery */
 	char why[160];    /* for rc != STORE_OK: what went wrong, for the error message */
-	/* completion, called on the writer thread; may free the call */
+	/* completion, called on the writer or syncer thread; may free the call */
 	void (*done)(struct store_call *call);
 	void *arg;
 	/* private to the store */
