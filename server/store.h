@@ -5,8 +5,9 @@
  * Writes are asynchronous: a struct store_call goes to the single writer thread, which
  * runs everything queued in one transaction (group commit) and then calls each call's
  * done() after COMMIT has returned: on the writer thread, or for a durable call on the
- * syncer thread once the WAL is synced (see writer.h). Reads are synchronous and run on the caller's thread over a pool of
- * read-only connections (WAL lets them run beside the writer).
+ * syncer thread once the WAL is synced (see writer.h). Reads are synchronous and run on
+ * the caller's thread over a pool of read-only connections (WAL lets them run beside
+ * the writer).
  *
  * Results are jansson values in the shapes of docs/api.md, built here so that every
  * route shows an object the same way.
@@ -47,8 +48,8 @@ void store_close(struct store *s);
 /* The delivery/ side of the store, for the dispatcher. Valid until store_close. */
 const struct delivery_store *store_delivery_source(struct store *s);
 
-/* fn(arg) is called on the writer or syncer thread after each commit that made deliveries due
- * (new events, retries, re-enabled subscriptions). Thread-safe; after
+/* fn(arg) is called on the writer or syncer thread after each commit that made
+ * deliveries due (new events, retries, re-enabled subscriptions). Thread-safe; after
  * store_set_due_hook(s, NULL, NULL) returns, the old fn is not running and won't run. */
 void store_set_due_hook(struct store *s, void (*fn)(void *arg), void *arg);
 
