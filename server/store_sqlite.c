@@ -604,14 +604,18 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			goto fail;
 		sqlite3_stmt *dl = s->st[ST_DELIVERY_INSERT];
 		for (int k = 0; k < n; k++) {
+			const struct sub_entry *sub = sub_find(s, s->match_ids[k]);
 			sqlite3_bind_int64(dl, 1, seq);
 			sqlite3_bind_int64(dl, 2, s->match_ids[k]);
 			sqlite3_bind_int64(dl, 3, now);
 			if (step_done(dl) != 0)
 				goto fail;
+			/* A subscription at its max_in_flight gets no claim now: the completion
+			 * that gives it room wakes the dispatcher. Under a backlog that spares a
+			 * claim and a wake-up per event. */
+			if (!sub || sub->leased < sub->max_in_flight)
+				*made_due = 1;
 		}
-		if (n > 0)
-			*made_due = 1;
 		item = json_pack("{s:s, s:i, s:b}", "id", ev->id, "deliveries", n, "replayed", 0);
 		json_array_append_new(items, item);
 	}
