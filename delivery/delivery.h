@@ -78,7 +78,8 @@ struct delivery_claim {
  *   (a restart makes every leased job due again: that is the crash-safety promise).
  *   Returns 0 when queued (done() will be called), -1 when it could not be (done() is
  *   not called). The dispatcher frees the jobs (delivery_job_free) and the array.
- *   A claim queued after complete() sees the room those completions gave back.
+ *   A claim queued after complete() normally sees the room those completions gave
+ *   back (not if their batch failed and they are applied again later).
  * complete: hand over finished attempts; takes ownership of every results[i] (not of
  *   the array). Queues for the writer.
  */

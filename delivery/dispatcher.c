@@ -19,7 +19,8 @@
  *
  * Invariants:
  * - The dispatcher thread is the only thread that touches the sender and so any curl
- *   handle, except dispatcher_wake() (curl_multi_wakeup is thread-safe), and the main
+ *   handle, except dispatcher_wake() and on_claimed() (curl_multi_wakeup is
+ *   thread-safe; the loop ends only after on_claimed has returned), and the main
  *   thread creating the sender before pthread_create and freeing it after pthread_join.
  * - Every job claimed yields exactly one result passed to complete(), including at
  *   shutdown (DELIVERY_RELEASED), so the store never keeps a lease we forgot.
@@ -41,6 +42,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,7 @@ struct dispatcher {
 	pthread_t thread;
 	struct delivery_claim claim;     /* the claim request (see invariants) */
 	atomic_int claim_answered;       /* 1 once the store has filled in d->claim */
+	atomic_int claim_cb_done;        /* 0 while on_claimed may still touch d */
 	atomic_int woken;                /* 1 after dispatcher_wake(), until the next claim */
 	atomic_int stopping;             /* 1 once dispatcher_stop() has begun */
 	_Atomic int64_t stop_at_mono_ms; /* monotonic ms: in-flight transfers end by then */
@@ -216,6 +219,7 @@ static void on_claimed(struct delivery_claim *claim)
 
 	atomic_store_explicit(&d->claim_answered, 1, memory_order_release);
 	sender_wakeup(d->sender);
+	atomic_store_explicit(&d->claim_cb_done, 1, memory_order_release); /* d is ours now */
 }
 
 static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
@@ -230,9 +234,11 @@ static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_
 	c->count = -1;
 	c->next_due_ms = INT64_MAX;
 	atomic_store(&d->claim_answered, 0);
+	atomic_store(&d->claim_cb_done, 0);
 	atomic_store(&d->woken, 0); /* this claim sees everything committed before it */
 	lp->claim_out = 1;
 	if (d->store->claim(d->store->ctx, c) != 0) {
+		atomic_store(&d->claim_cb_done, 1);
 		lp->claim_out = 0;
 		claim_failed(lp, mono, "claim could not be queued");
 	}
@@ -323,8 +329,12 @@ static void *dispatcher_main(void *arg)
 		if (stopping) {
 			if (mono >= atomic_load(&d->stop_at_mono_ms))
 				release_all(d, &lp);
-			if (sender_in_flight(d->sender) == 0 && !lp.claim_out)
+			if (sender_in_flight(d->sender) == 0 && !lp.claim_out) {
+				/* on_claimed may be between its last two lines: d must outlive it */
+				while (!atomic_load_explicit(&d->claim_cb_done, memory_order_acquire))
+					sched_yield();
 				break;
+			}
 		}
 		if (more)
 			continue;
@@ -375,6 +385,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	d->store = store;
 	atomic_init(&d->woken, 0);
 	atomic_init(&d->claim_answered, 0);
+	atomic_init(&d->claim_cb_done, 1);
 	atomic_init(&d->stopping, 0);
 	atomic_init(&d->stop_at_mono_ms, INT64_MAX);
 	so.max_total = opts->max_in_flight;

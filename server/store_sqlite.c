@@ -16,7 +16,9 @@
  *   be opened for that, wdb falls back to synchronous=FULL for durable batches.
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
- *   both change only after the COMMIT that changed the row (reload_subscription).
+ *   both change only after the COMMIT that changed the row (reload_subscription),
+ *   except a subscription's lease count, which a completion lowers when it is applied
+ *   (return_leases) so that a claim in the same batch can use the room.
  * - a delivery row with leased = 1 is in the dispatcher's hands; every lease is dropped
  *   at open, so a crash re-sends what was in flight.
  */
@@ -60,7 +62,7 @@ struct sub_entry {
 	int64_t id;
 	int enabled;
 	int max_in_flight;            /* leases this subscription may hold at once */
-	int leased;                   /* leases it holds now (committed claims - completions) */
+	int leased;                   /* leases it holds now (committed claims - applied completions) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
 	char *url;
 	char *headers_json;           /* or NULL */
@@ -160,6 +162,7 @@ struct complete_args {
 	struct delivery_result **results;
 	int n;
 	int leases_returned; /* the subscriptions' lease counts already know (see below) */
+	int room_freed;      /* returning them gave a full subscription room */
 };
 
 /* ---------- small SQLite helpers ---------- */
@@ -1038,17 +1041,19 @@ static void account_claimed(struct store *s, struct store_call *c)
  * failed is applied again. Sets *made_due if a full subscription has room again. */
 static void return_leases(struct store *s, struct complete_args *a, int *made_due)
 {
-	if (a->leases_returned)
-		return;
-	a->leases_returned = 1;
-	for (int i = 0; i < a->n; i++) {
-		struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
-		if (sub && sub->leased > 0) {
-			if (sub->leased >= sub->max_in_flight)
-				*made_due = 1;
-			sub->leased--;
+	if (!a->leases_returned) {
+		a->leases_returned = 1;
+		for (int i = 0; i < a->n; i++) {
+			struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
+			if (sub && sub->leased > 0) {
+				if (sub->leased >= sub->max_in_flight)
+					a->room_freed = 1;
+				sub->leased--;
+			}
 		}
 	}
+	if (a->room_freed)
+		*made_due = 1; /* again on a retried batch: the failed one woke nobody */
 }
 
 static int disable_subscription(struct store *s, int64_t id, const char *reason, int64_t now)
@@ -1352,16 +1357,23 @@ finish:
 static int store_sync(void *ctx, char *why, size_t whylen)
 {
 	struct store *s = ctx;
-	int rc = 0;
+	/* Taken before the sync: a batch committed during it is not covered by it. */
+	int wake = atomic_exchange(&s->due_after_sync, 0);
 
+	(void)why;
+	(void)whylen;
 	if (fdatasync(s->wal_fd) != 0) {
-		snprintf(why, whylen, "storage error: syncing the WAL failed: %s", strerror(errno));
-		fprintf(stderr, "hookrelay: %s\n", why);
-		rc = -1;
+		/* The batch is committed and visible, and after a failed fdatasync Linux may
+		 * drop the dirty pages and report the next one clean: nothing said from here
+		 * on could be trusted. Stop; at start-up SQLite recovers what reached the
+		 * disk, and every unanswered publisher retries. */
+		fprintf(stderr, "hookrelay: fatal: syncing the WAL failed (%s); stopping so that "
+		                "recovery decides what was kept\n", strerror(errno));
+		abort();
 	}
-	if (atomic_exchange(&s->due_after_sync, 0))
+	if (wake)
 		call_due_hook(s);
-	return rc;
+	return 0;
 }
 
 /* Opens the WAL for the syncer and makes its directory entry durable (SQLite would sync

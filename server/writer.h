@@ -8,8 +8,8 @@
  * the last sync ran.
  *
  * Threads: writer_submit from any thread; the batch function on the writer thread; the
- * sync function on the syncer thread; done() on the writer thread for batches that need
- * no sync and on the syncer thread for those that do.
+ * sync function on the syncer thread; done() on the syncer thread for the durable calls
+ * of a batch that needs a sync, on the writer thread for every other call.
  */
 #ifndef HOOKRELAY_WRITER_H
 #define HOOKRELAY_WRITER_H
