@@ -1354,14 +1354,12 @@ finish:
 
 /* The syncer's half of a durable batch (syncer thread): every commit written to the
  * WAL so far reaches the disk. */
-static int store_sync(void *ctx, char *why, size_t whylen)
+static void store_sync(void *ctx)
 {
 	struct store *s = ctx;
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
 
-	(void)why;
-	(void)whylen;
 	if (fdatasync(s->wal_fd) != 0) {
 		/* The batch is committed and visible, and after a failed fdatasync Linux may
 		 * drop the dirty pages and report the next one clean: nothing said from here
@@ -1373,7 +1371,6 @@ static int store_sync(void *ctx, char *why, size_t whylen)
 	}
 	if (wake)
 		call_due_hook(s);
-	return 0;
 }
 
 /* Opens the WAL for the syncer and makes its directory entry durable (SQLite would sync

@@ -4,15 +4,15 @@
  * Invariants: calls are run in the order they were submitted; a call's done() is called
  * exactly once, after the batch that ran it ended (committed or rolled back) and, for a
  * durable call of a batch that needs a sync, after a sync that began once that batch had
- * committed; a failed sync fails those calls. The queue never holds more than max_queue
- * optional calls. Only the writer thread touches the write connection (through the
- * batch function); the sync function must not use it.
+ * committed (a sync does not fail: the store stops the process if it cannot sync).
+ * The queue never holds more than max_queue optional calls. Only the writer thread
+ * touches the write connection (through the batch function); the sync function must
+ * not use it.
  */
 #include "writer.h"
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "store.h"
 
@@ -40,8 +40,6 @@ static void *syncer_main(void *arg)
 
 	for (;;) {
 		struct store_call *list;
-		char why[sizeof(((struct store_call *)0)->why)];
-		int rc;
 
 		pthread_mutex_lock(&w->lock);
 		while (!w->sync_head && !w->writer_done)
@@ -52,18 +50,11 @@ static void *syncer_main(void *arg)
 		if (!list)
 			break; /* writer done and nothing left */
 
-		why[0] = '\0';
-		rc = w->sync(w->ctx, why, sizeof(why));
+		w->sync(w->ctx);
 		while (list) {
 			struct store_call *c = list;
 			list = c->next;
 			c->next = NULL;
-			if (rc != 0 && c->rc == STORE_OK) {
-				c->rc = STORE_ERR;
-				memcpy(c->why, why, sizeof(c->why));
-				json_decref(c->result);
-				c->result = NULL;
-			}
 			if (c->done)
 				c->done(c);
 		}
@@ -98,20 +89,30 @@ static void *writer_main(void *arg)
 		pthread_mutex_unlock(&w->lock);
 
 		needs_sync = w->run_batch(w->ctx, w->batch, n);
+		/* The durable calls go to the syncer in one piece, so that one sync covers the
+		 * whole batch; the others are answered now. */
+		struct store_call *durable = NULL, *durable_tail = NULL;
 		for (size_t i = 0; i < n; i++) {
 			struct store_call *c = w->batch[i];
 			if (needs_sync && store_call_durable(c->kind)) {
-				pthread_mutex_lock(&w->lock);
-				if (w->sync_tail)
-					w->sync_tail->next = c;
+				if (durable_tail)
+					durable_tail->next = c;
 				else
-					w->sync_head = c;
-				w->sync_tail = c;
-				pthread_cond_signal(&w->sync_wake);
-				pthread_mutex_unlock(&w->lock);
+					durable = c;
+				durable_tail = c;
 			} else if (c->done) {
 				c->done(c);
 			}
+		}
+		if (durable) {
+			pthread_mutex_lock(&w->lock);
+			if (w->sync_tail)
+				w->sync_tail->next = durable;
+			else
+				w->sync_head = durable;
+			w->sync_tail = durable_tail;
+			pthread_cond_signal(&w->sync_wake);
+			pthread_mutex_unlock(&w->lock);
 		}
 	}
 	pthread_mutex_lock(&w->lock);

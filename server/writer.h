@@ -23,8 +23,8 @@ struct writer;
  * calls may be answered only once the sync function has run after it, else 0. */
 typedef int (*writer_batch_fn)(void *ctx, struct store_call **calls, size_t n);
 
-/* Makes everything committed so far durable. Returns 0, or -1 with why filled in. */
-typedef int (*writer_sync_fn)(void *ctx, char *why, size_t whylen);
+/* Makes everything committed so far durable; does not return if it cannot. */
+typedef void (*writer_sync_fn)(void *ctx);
 
 /* Starts the threads. max_queue bounds submitted-but-not-started calls; max_batch bounds
  * one transaction. NULL if a thread cannot start. */
