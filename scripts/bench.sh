@@ -146,12 +146,17 @@ wrk_run() {
 		| grep '^WRK ' || true
 }
 
+# wrk_rate WRKLINE [PER_REQUEST]: requests (x PER_REQUEST) per second of a WRK summary line
+wrk_rate() {
+	awk -v r="$(kv requests "$1")" -v d="$(kv duration_us "$1")" -v k="${2:-1}" 'BEGIN { print k * r / (d / 1e6) }'
+}
+
 # ---- 1. bare ceilings ------------------------------------------------------------------
 log "1a: bare libmicrohttpd + wrk"
 start_mhd sink --status 202 --threads 2
 W=$(wrk_run post.lua "http://127.0.0.1:$MHD_PORT/v1/events" 64 "$EVENT")
 [ -n "$W" ] || { echo "wrk against bare_mhd failed" >&2; exit 1; }
-CEIL_HTTP=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+CEIL_HTTP=$(wrk_rate "$W")
 row "1a bare libmicrohttpd, wrk POST 617 B, 64 conns, 2 threads, ${DUR} s" \
 	"$(fmt_int "$CEIL_HTTP") req/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" "—" "—"
 stop "$MHD_PID" bare_mhd
@@ -222,6 +227,16 @@ subscribe() {
 		SUBS="$SUBS $id"
 	done
 }
+# start_held_relay PREFIX NAME: three receivers that hold every request (ports in HELD1..3),
+# a relay NAME with --delivery-timeout 300s so held requests do not time out, and one
+# subscription per receiver. The sender stalls at the subscriptions' max_in_flight.
+start_held_relay() {
+	start_mhd "${1}1" --status 200 --threads 1 --hold; HELD1=$MHD_PORT
+	start_mhd "${1}2" --status 200 --threads 1 --hold; HELD2=$MHD_PORT
+	start_mhd "${1}3" --status 200 --threads 1 --hold; HELD3=$MHD_PORT
+	start_relay "$2" --delivery-timeout 300s || return 1
+	subscribe "http://127.0.0.1:$HELD1/hook" "http://127.0.0.1:$HELD2/hook" "http://127.0.0.1:$HELD3/hook"
+}
 set_enabled() { # true|false
 	local id
 	for id in $SUBS; do
@@ -278,7 +293,7 @@ section_ingest() {
 		row "2 hookrelay POST /v1/events, 3 matching subs, 64 conns, ${DUR} s" "failed (see notes)" "—" "—"
 		return 1
 	fi
-	n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	n=$(wrk_rate "$W")
 	row "2 hookrelay POST /v1/events, 3 matching subs, 64 conns, ${DUR} s" \
 		"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
 		"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
@@ -293,7 +308,7 @@ section_ingest() {
 		row "3 hookrelay POST /v1/events/batch" "failed (see notes)" "—" "—"
 		return 1
 	fi
-	n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print 100 * r / (d / 1e6) }')
+	n=$(wrk_rate "$W" 100)
 	BATCH_RATE=$n
 	row "3 hookrelay POST /v1/events/batch, 100 events/call, 16 conns, ${DUR} s" \
 		"$(fmt_int "$n") events/s (call p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")"))" \
@@ -306,15 +321,12 @@ section_ingest() {
 
 	# 2b: the ingest path alone. Receivers that hold every request stall the sender at
 	# the subscriptions' max_in_flight, so no deliveries share the two cores with ingest.
-	start_mhd h1 --status 200 --threads 1 --hold; r1=$MHD_PORT
-	start_mhd h2 --status 200 --threads 1 --hold; r2=$MHD_PORT
-	start_mhd h3 --status 200 --threads 1 --hold; r3=$MHD_PORT
-	start_relay ingest-held --delivery-timeout 300s || return 1
-	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	start_held_relay h ingest-held || return 1
+	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	log "2b: relay single-event ingest, receivers holding"
 	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
 	if [ -n "$W" ]; then
-		n=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+		n=$(wrk_rate "$W")
 		row "2b the same, receivers holding every request (no deliveries beside ingest)" \
 			"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
 			"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
@@ -361,11 +373,8 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 
 section_delivery() {
 	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left
-	start_mhd d1 --status 200 --threads 1 --hold; r1=$MHD_PORT
-	start_mhd d2 --status 200 --threads 1 --hold; r2=$MHD_PORT
-	start_mhd d3 --status 200 --threads 1 --hold; r3=$MHD_PORT
-	start_relay delivery --delivery-timeout 300s || return 1
-	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	start_held_relay d delivery || return 1
+	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	api POST /v1/events "$(cat "$EVENT")"
 	probe=$(printf '%s' "$HTTP_BODY" | jq -r .deliveries 2>/dev/null || true)
 	if [ "$HTTP_STATUS" != 202 ] || [ "$probe" != 3 ]; then
@@ -467,11 +476,8 @@ section_big() {
 			"skipped: would need ~${need} s at the measured batch rate, $((BUDGET - SECONDS)) s of the ${BUDGET} s budget left" "—" "—"
 		return 0
 	fi
-	start_mhd b1 --status 200 --threads 1 --hold; r1=$MHD_PORT
-	start_mhd b2 --status 200 --threads 1 --hold; r2=$MHD_PORT
-	start_mhd b3 --status 200 --threads 1 --hold; r3=$MHD_PORT
-	start_relay big --delivery-timeout 300s || return 1
-	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	start_held_relay b big || return 1
+	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	log "6b: building backlog of $BIG_EVENTS events x 3 (receivers holding)"
 	fill_backlog "$BIG_EVENTS" "$RUN/batch1000.json" 1000
 	alive || { relay_gone big; return 1; }
@@ -495,15 +501,12 @@ section_big() {
 # ingest for the CPU and the two runs differ only in what is stored.
 section_stored() {
 	local r1 r2 r3 W n0 n1 out
-	start_mhd s1 --status 200 --threads 1 --hold; r1=$MHD_PORT
-	start_mhd s2 --status 200 --threads 1 --hold; r2=$MHD_PORT
-	start_mhd s3 --status 200 --threads 1 --hold; r3=$MHD_PORT
-	start_relay stored --delivery-timeout 300s || return 1
-	subscribe "http://127.0.0.1:$r1/hook" "http://127.0.0.1:$r2/hook" "http://127.0.0.1:$r3/hook" || return 1
+	start_held_relay s stored || return 1
+	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	log "7: ingest, empty store"
 	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
 	[ -n "$W" ] || { note "row 7: wrk failed on the empty store"; return 1; }
-	n0=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	n0=$(wrk_rate "$W")
 	stop "$RELAY_PID" relay
 	log "7: storing $STORED_EVENTS old events"
 	out=$("$BIN/fill_store" --db "$RUN/stored/relay.db" --events "$STORED_EVENTS") ||
@@ -513,7 +516,7 @@ section_stored() {
 	log "7: ingest, $STORED_EVENTS events stored"
 	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
 	[ -n "$W" ] || { note "row 7: wrk failed on the grown store"; return 1; }
-	n1=$(awk -v r="$(kv requests "$W")" -v d="$(kv duration_us "$W")" 'BEGIN { print r / (d / 1e6) }')
+	n1=$(wrk_rate "$W")
 	row "7 POST /v1/events, 3 matching subs (receivers holding), $(fmt_int "$STORED_EVENTS") events already stored" \
 		"$(fmt_int "$n1") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
 		"$(fmt_int "$n0") events/s on the same store empty" "$(pct "$n1" "$n0")"
