@@ -12,6 +12,8 @@
 # BENCH_ONLY="ingest delivery e2e big" (the relay sections to run; the ceilings always run).
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
+# BENCH_SUB_FIELDS=',"max_in_flight":48' adds fields to every subscription the bench makes.
+# BENCH_PERF=FILE records a perf profile (perf record -g) of the relay while row 4 drains.
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -218,7 +220,7 @@ subscribe() {
 	SUBS=""
 	local u id
 	for u in "$@"; do
-		api POST /v1/subscriptions "{\"url\":\"$u\",\"event_types\":[\"order.*\"]}"
+		api POST /v1/subscriptions "{\"url\":\"$u\",\"event_types\":[\"order.*\"]${BENCH_SUB_FIELDS:-}}"
 		id=$(printf '%s' "$HTTP_BODY" | jq -r '.id // empty' 2>/dev/null || true)
 		if [ "$HTTP_STATUS" != 201 ] || [ -z "$id" ]; then
 			note "POST /v1/subscriptions answered $HTTP_STATUS: $(printf '%s' "$HTTP_BODY" | head -c 200)"
@@ -248,6 +250,8 @@ set_enabled() { # true|false
 	done
 }
 vmhwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "? (process gone)"; }
+# cpu_ticks PID: user + system clock ticks the process has used (proc(5) fields 14, 15)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 vmrss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 recv_sum() { # ports...: sum of /count
 	local s=0 p c
@@ -372,7 +376,7 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 }
 
 section_delivery() {
-	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left
+	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left ticks0
 	start_held_relay d delivery || return 1
 	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	api POST /v1/events "$(cat "$EVENT")"
@@ -401,7 +405,10 @@ section_delivery() {
 	[ "$left" -lt 120 ] || left=120
 	log "4: enabling subscriptions; draining up to ${left}s"
 	t0=$(date +%s.%N)
+	ticks0=$(cpu_ticks "$RELAY_PID")
 	set_enabled true || return 1
+	# BENCH_PERF=FILE: a perf profile of the relay's first 8 s of draining, for tuning
+	[ -z "${BENCH_PERF:-}" ] || perf record -g -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
 	got=$base
 	local s0=$SECONDS
 	HWM_DELIVERY=$hwm_before
@@ -420,6 +427,7 @@ section_delivery() {
 	el=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 	n=$(awk -v g="$((got - base))" -v e="$el" 'BEGIN { print g / e }')
 	alive || relay_gone delivery
+	note "row 4: the relay used $(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$((got - base))" -v e="$el" 'BEGIN { printf "%.2f CPUs while draining, %.0f µs of CPU per delivery", t / hz / e, (g > 0 ? t / hz * 1e6 / g : 0) }')"
 	if [ "$got" -ge "$expect" ]; then
 		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, default caps" \
 			"$(fmt_int "$n") deliveries/s (drained in $(printf '%.1f' "$el") s)" "$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
