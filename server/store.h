@@ -73,15 +73,18 @@ enum store_call_kind {
 	STORE_SUB_RECOVER,    /* id, fields: {"since_ms": n}: re-queue failed deliveries */
 	STORE_DELIVERY_RETRY, /* id */
 	STORE_CLAIM,          /* internal: the dispatcher's claim */
-	STORE_COMPLETE        /* internal: the dispatcher's results */
+	STORE_COMPLETE,       /* internal: the dispatcher's results */
+	STORE_SWEEP           /* internal: fails a chunk of a deleted subscription's pending
+	                         deliveries */
 };
 
 /* Whether a call's answer promises its writes are on disk. Claims and attempt results
  * do not: a power cut may lose them (not a crash: the OS has them), and their
- * deliveries are then simply sent again, which at-least-once allows. */
+ * deliveries are then simply sent again, which at-least-once allows. A lost sweep is
+ * done again at start-up. */
 static inline int store_call_durable(enum store_call_kind kind)
 {
-	return kind != STORE_CLAIM && kind != STORE_COMPLETE;
+	return kind != STORE_CLAIM && kind != STORE_COMPLETE && kind != STORE_SWEEP;
 }
 
 struct store_call {

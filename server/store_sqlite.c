@@ -21,6 +21,11 @@
  *   (return_leases) so that a claim in the same batch can use the room.
  * - a delivery row with leased = 1 is in the dispatcher's hands; every lease is dropped
  *   at open, so a crash re-sends what was in flight.
+ * - a deleted subscription's pending deliveries are failed SWEEP_CHUNK rows per batch
+ *   (the delete does the first chunk, STORE_SWEEP calls the rest, one at a time in the
+ *   queue), so that deleting a subscription with a million pending rows neither holds
+ *   the writer for seconds nor journals them all in memory. sweep.ids lists the deleted
+ *   subscriptions that may have some left; it is rebuilt at open.
  */
 #include "store.h"
 
@@ -45,6 +50,8 @@
 #define WRITER_BATCH_MAX 4096   /* calls per transaction */
 #define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
 #define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
+#define SWEEP_CHUNK 1000        /* pending deliveries of a deleted subscription failed per
+                                   batch (~3 ms of writer time) */
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
@@ -80,6 +87,7 @@ enum {
 	ST_ATTEMPT_INSERT,
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
+	ST_SWEEP,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_SAVEPOINT,
@@ -108,6 +116,10 @@ static const char *const writer_sql[ST_COUNT] = {
 	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
 	                       " updated_at = ?7 WHERE id = ?1",
 	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET leased = 0, next_attempt_at = ?2 WHERE id = ?1",
+	[ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
+	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
+	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
+	             " AND leased = 0 LIMIT ?3)",
 	/* The batch's own statements, prepared once: they run for every call. */
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
@@ -146,6 +158,13 @@ struct store {
 	pthread_mutex_t readers_lock;
 	sqlite3 *readers[READERS_MAX];  /* idle read-only connections */
 	int nreaders;
+	struct {                        /* deleted subscriptions' pending rows: writer thread */
+		int64_t *ids;           /* subscriptions that may have some left, oldest first */
+		size_t n, cap;
+		struct store_call call; /* the one STORE_SWEEP call, queued or not */
+		int queued;             /* call is in the writer's queue */
+		int64_t finished;       /* set by the last sweep: this id has none left */
+	} sweep;
 };
 
 /* The dispatcher's side of a STORE_CLAIM / STORE_COMPLETE call. */
@@ -800,6 +819,18 @@ fail:
 	return fail_storage(s, call);
 }
 
+/* Fails up to SWEEP_CHUNK pending, unleased deliveries of deleted subscription `id`
+ * (leased ones fail when their attempt completes). Returns the rows failed, or -1. */
+static int sweep_chunk(struct store *s, int64_t id, int64_t now)
+{
+	sqlite3_stmt *st = s->st[ST_SWEEP];
+
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_int64(st, 2, now);
+	sqlite3_bind_int(st, 3, SWEEP_CHUNK);
+	return step_done(st) == 0 ? sqlite3_changes(s->wdb) : -1;
+}
+
 static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, int64_t *changed)
 {
 	int64_t now = clock_now_ms();
@@ -807,18 +838,110 @@ static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, 
 
 	if (found <= 0)
 		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	/* The first chunk now, so that a small backlog is failed by the time we answer; the
+	 * rest in STORE_SWEEP calls after the COMMIT (sweep_add). */
 	if (exec_with_id_time(s,
 	                      "UPDATE subscriptions SET deleted_at = ?2, enabled = 0, updated_at = ?2"
 	                      " WHERE id = ?1",
 	                      call->id, now) != 0 ||
-	    exec_with_id_time(s,
-	                      "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
-	                      " last_error = 'subscription deleted', updated_at = ?2"
-	                      " WHERE subscription_id = ?1 AND state = 0 AND leased = 0",
-	                      call->id, now) != 0)
+	    sweep_chunk(s, call->id, now) < 0)
 		return fail_storage(s, call);
 	*changed = call->id;
 	return STORE_OK;
+}
+
+/* One chunk of the oldest deleted subscription still listed. */
+static enum store_rc apply_sweep(struct store *s, struct store_call *call)
+{
+	int swept;
+
+	s->sweep.finished = 0;
+	if (s->sweep.n == 0)
+		return STORE_OK;
+	swept = sweep_chunk(s, s->sweep.ids[0], clock_now_ms());
+	if (swept < 0)
+		return fail_storage(s, call);
+	if (swept < SWEEP_CHUNK)
+		s->sweep.finished = s->sweep.ids[0]; /* dropped from the list after COMMIT */
+	return STORE_OK;
+}
+
+static void sweep_done(struct store_call *call);
+
+/* Queues the sweep call if there is work and it is not queued yet (writer thread, or
+ * store_open before any call). must: internal work is not refused for a full queue. */
+static void sweep_schedule(struct store *s)
+{
+	struct store_call *c = &s->sweep.call;
+
+	if (s->sweep.n == 0 || s->sweep.queued || !s->writer)
+		return;
+	memset(c, 0, sizeof(*c));
+	c->kind = STORE_SWEEP;
+	c->done = sweep_done;
+	c->arg = s;
+	/* Set first: the writer may run the call and its done() before submit returns. */
+	s->sweep.queued = 1;
+	if (writer_submit(s->writer, c, 1) != 0)
+		s->sweep.queued = 0; /* fails only while stopping: open sweeps again */
+}
+
+/* The sweep call's done(): writer thread, after its batch ended either way. */
+static void sweep_done(struct store_call *call)
+{
+	struct store *s = call->arg;
+
+	s->sweep.queued = 0;
+	sweep_schedule(s);
+}
+
+/* After the COMMIT of a delete: the subscription may have pending rows left. */
+static int sweep_add(struct store *s, int64_t id)
+{
+	if (s->sweep.n == s->sweep.cap) {
+		size_t cap = s->sweep.cap ? s->sweep.cap * 2 : 8;
+		int64_t *ids = realloc(s->sweep.ids, cap * sizeof(*ids));
+		if (!ids)
+			return -1; /* the rows stay pending (held) until the next start */
+		s->sweep.ids = ids;
+		s->sweep.cap = cap;
+	}
+	s->sweep.ids[s->sweep.n++] = id;
+	return 0;
+}
+
+static void sweep_remove(struct store *s, int64_t id)
+{
+	for (size_t i = 0; i < s->sweep.n; i++) {
+		if (s->sweep.ids[i] == id) {
+			memmove(&s->sweep.ids[i], &s->sweep.ids[i + 1],
+			        (s->sweep.n - i - 1) * sizeof(*s->sweep.ids));
+			s->sweep.n--;
+			return;
+		}
+	}
+}
+
+/* At open: deleted subscriptions whose sweep a stop or crash cut short. */
+static int load_sweeps(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int step, rc = -1;
+
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT id FROM subscriptions s WHERE deleted_at IS NOT NULL AND"
+	                       " EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = s.id"
+	                       " AND state = 0 AND leased = 0) ORDER BY id",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		if (sweep_add(s, sqlite3_column_int64(st, 0)) != 0)
+			goto out;
+	}
+	rc = step == SQLITE_DONE ? 0 : -1;
+out:
+	sqlite3_finalize(st);
+	return rc;
 }
 
 static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, int64_t *changed)
@@ -1286,6 +1409,9 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		case STORE_COMPLETE:
 			c->rc = apply_complete(s, c, slot, &made_due);
 			break;
+		case STORE_SWEEP:
+			c->rc = apply_sweep(s, c);
+			break;
 		}
 		if (c->rc == STORE_OK) {
 			size_t span = c->kind == STORE_COMPLETE
@@ -1336,9 +1462,16 @@ finish:
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (calls[i]->rc == STORE_OK && calls[i]->kind == STORE_CLAIM)
+		if (calls[i]->rc != STORE_OK)
+			continue;
+		if (calls[i]->kind == STORE_CLAIM)
 			account_claimed(s, calls[i]);
+		else if (calls[i]->kind == STORE_SUB_DELETE)
+			sweep_add(s, calls[i]->id); /* the first sweep finds out if any are left */
+		else if (calls[i]->kind == STORE_SWEEP && s->sweep.finished)
+			sweep_remove(s, s->sweep.finished);
 	}
+	sweep_schedule(s);
 	for (size_t i = 0; i < nchanged; i++) {
 		if (changed[i])
 			reload_subscription(s, changed[i]);
@@ -1652,6 +1785,11 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
+	if (load_sweeps(s) != 0) {
+		snprintf(err, errlen, "finding deleted subscriptions' pending deliveries: %s",
+		         sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
 	pthread_mutex_init(&s->ckpt_lock, NULL);
 	pthread_cond_init(&s->ckpt_wake, NULL);
 	if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
@@ -1673,6 +1811,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "cannot start the writer thread");
 		goto fail;
 	}
+	sweep_schedule(s);
 	return s;
 fail:
 	store_close(s);
@@ -1700,6 +1839,7 @@ void store_close(struct store *s)
 	for (size_t i = 0; i < s->nsubs; i++)
 		sub_entry_clear(&s->subs[i]);
 	free(s->subs);
+	free(s->sweep.ids);
 	free(s->match_ids);
 	matcher_free(s->matcher);
 	if (s->wdb) {

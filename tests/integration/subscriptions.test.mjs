@@ -3,6 +3,7 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { Webhook } from 'standardwebhooks';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
@@ -153,6 +154,41 @@ test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed
   const ev2 = await api(relay, 'GET', `/v1/events/${ev.id}`);
   assert.equal(ev2.status, 200);
   await assertNoMore(r, 1, 300);
+}));
+
+test('DELETE with a backlog of 2,500 pending: all become failed in chunks, and a restart finishes a cut-short sweep', withLogs(async () => {
+  // One delivery hangs in flight (max_in_flight 1); the other 2,499 wait in the queue.
+  const relay = await startRelay({ args: ['--delivery-timeout', '5s'] });
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { event_types: ['bulk.*'], max_in_flight: 1 });
+  const batch = Array.from({ length: 100 }, (_, i) => ({ type: 'bulk.item', data: { i } }));
+  for (let k = 0; k < 25; k++) {
+    const res = await api(relay, 'POST', '/v1/events/batch', batch);
+    assert.equal(res.status, 202, res.text);
+  }
+  await r.waitFor(1);
+  const del = await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`);
+  assert.equal(del.status, 204, del.text);
+  // More than one chunk: the writer keeps taking other work between chunks.
+  assert.equal((await postEvent(relay, { type: 'other.event' })).deliveries, 0);
+  const failedAll = async (rel) => {
+    const failed = await listAll(rel, `/v1/deliveries?subscription=${sub.id}&status=failed`);
+    return failed.length === 2500 && failed.every((d) => d.last_error === 'subscription deleted' &&
+      d.next_attempt_at === null);
+  };
+  await waitUntil(() => failedAll(relay), 15_000, 'all 2,500 deliveries failed', 100);
+  assert.deepEqual(await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=pending`), []);
+  await relay.stop();
+
+  // A stop in the middle of a sweep leaves pending rows of a deleted subscription; the
+  // next start must fail them, or they would stay pending (and held) forever.
+  const n = Number(sub.id.replace('sub_', ''));
+  const res = spawnSync('sqlite3', [relay.dbPath, `UPDATE deliveries SET state = 0, last_error = NULL,
+    next_attempt_at = 1 WHERE subscription_id = ${n} AND id % 3 = 0`], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(res.status, 0, res.stderr);
+  const again = await startRelay({ dbPath: relay.dbPath });
+  await waitUntil(() => failedAll(again), 10_000, 'the sweep finished after restart', 100);
+  assert.equal(r.requests.length, 1, 'nothing of a deleted subscription was sent');
 }));
 
 test('rotate-secret with grace: deliveries carry new and old signatures, both verify', withLogs(async () => {
