@@ -55,6 +55,7 @@
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
+#define WAL_SIZE_LIMIT "67108864" /* bytes the WAL is cut back to when it restarts */
 
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 static const char *const state_names[] = {"pending", "delivered", "failed"};
@@ -1768,6 +1769,9 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	             err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA cache_size=-16000", err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA temp_store=MEMORY", err, errlen) != 0 ||
+	    /* A burst can outrun the checkpointer and grow the WAL far past CHECKPOINT_PAGES;
+	     * without a limit the file keeps that size on disk after it is reset. */
+	    exec_sql(s->wdb, "PRAGMA journal_size_limit=" WAL_SIZE_LIMIT, err, errlen) != 0 ||
 	    migrate(s->wdb, err, errlen) != 0)
 		goto fail;
 	/* Whatever was in flight when the last process died is due again now. */
