@@ -531,16 +531,16 @@ out:
 	return rc;
 }
 
-static int load_all_subscriptions(struct store *s)
+/* Calls fn(s, id) for each id the query returns (at open), stopping at the first error. */
+static int for_each_id(struct store *s, const char *sql, int (*fn)(struct store *, int64_t))
 {
 	sqlite3_stmt *st = NULL;
 	int rc = -1, step;
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT id FROM subscriptions WHERE deleted_at IS NULL", -1,
-	                       &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->wdb, sql, -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-		if (reload_subscription(s, sqlite3_column_int64(st, 0)) != 0)
+		if (fn(s, sqlite3_column_int64(st, 0)) != 0)
 			goto out;
 	}
 	rc = step == SQLITE_DONE ? 0 : -1;
@@ -921,28 +921,6 @@ static void sweep_remove(struct store *s, int64_t id)
 			return;
 		}
 	}
-}
-
-/* At open: deleted subscriptions whose sweep a stop or crash cut short. */
-static int load_sweeps(struct store *s)
-{
-	sqlite3_stmt *st = NULL;
-	int step, rc = -1;
-
-	if (sqlite3_prepare_v2(s->wdb,
-	                       "SELECT id FROM subscriptions s WHERE deleted_at IS NOT NULL AND"
-	                       " EXISTS (SELECT 1 FROM deliveries WHERE subscription_id = s.id"
-	                       " AND state = 0 AND leased = 0) ORDER BY id",
-	                       -1, &st, NULL) != SQLITE_OK)
-		goto out;
-	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
-		if (sweep_add(s, sqlite3_column_int64(st, 0)) != 0)
-			goto out;
-	}
-	rc = step == SQLITE_DONE ? 0 : -1;
-out:
-	sqlite3_finalize(st);
-	return rc;
 }
 
 static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, int64_t *changed)
@@ -1785,11 +1763,17 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 			goto fail;
 		}
 	}
-	if (load_all_subscriptions(s) != 0) {
+	if (for_each_id(s, "SELECT id FROM subscriptions WHERE deleted_at IS NULL",
+	                reload_subscription) != 0) {
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
-	if (load_sweeps(s) != 0) {
+	/* Deleted subscriptions whose sweep a stop or crash cut short. */
+	if (for_each_id(s,
+	                "SELECT id FROM subscriptions s WHERE deleted_at IS NOT NULL AND EXISTS"
+	                " (SELECT 1 FROM deliveries WHERE subscription_id = s.id AND state = 0"
+	                " AND leased = 0) ORDER BY id",
+	                sweep_add) != 0) {
 		snprintf(err, errlen, "finding deleted subscriptions' pending deliveries: %s",
 		         sqlite3_errmsg(s->wdb));
 		goto fail;
