@@ -120,7 +120,7 @@ static const char *const writer_sql[ST_COUNT] = {
 	[ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
 	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
 	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
-	             " AND leased = 0 LIMIT ?3)",
+	             " AND leased = 0 ORDER BY next_attempt_at LIMIT ?3)",
 	/* The batch's own statements, prepared once: they run for every call. */
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
@@ -893,7 +893,14 @@ static void sweep_done(struct store_call *call)
 	struct store *s = call->arg;
 
 	s->sweep.queued = 0;
-	sweep_schedule(s);
+	if (call->rc == STORE_OK) {
+		sweep_schedule(s);
+		return;
+	}
+	/* Not again at once, which would spin on a statement that keeps failing: the next
+	 * batch that commits queues it (the dispatcher claims at least once a second). */
+	fprintf(stderr, "hookrelay: failing a deleted subscription's pending deliveries: %s; "
+	                "will try again\n", call->why[0] ? call->why : "storage error");
 }
 
 /* After the COMMIT of a delete: the subscription may have pending rows left. */
@@ -1443,12 +1450,23 @@ finish:
 	for (size_t i = 0; i < n; i++) {
 		if (calls[i]->rc != STORE_OK)
 			continue;
-		if (calls[i]->kind == STORE_CLAIM)
+		switch (calls[i]->kind) {
+		case STORE_CLAIM:
 			account_claimed(s, calls[i]);
-		else if (calls[i]->kind == STORE_SUB_DELETE)
-			sweep_add(s, calls[i]->id); /* the first sweep finds out if any are left */
-		else if (calls[i]->kind == STORE_SWEEP && s->sweep.finished)
-			sweep_remove(s, s->sweep.finished);
+			break;
+		case STORE_SUB_DELETE: /* the first sweep finds out if any are left */
+			if (sweep_add(s, calls[i]->id) != 0)
+				fprintf(stderr, "hookrelay: out of memory: subscription %lld's pending"
+				                " deliveries stay pending (held) until the next start\n",
+				        (long long)calls[i]->id);
+			break;
+		case STORE_SWEEP:
+			if (s->sweep.finished)
+				sweep_remove(s, s->sweep.finished);
+			break;
+		default:
+			break;
+		}
 	}
 	sweep_schedule(s);
 	for (size_t i = 0; i < nchanged; i++) {

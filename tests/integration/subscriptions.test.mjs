@@ -158,7 +158,8 @@ test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed
 
 test('DELETE with a backlog of 2,500 pending: all become failed in chunks, and a restart finishes a cut-short sweep', withLogs(async () => {
   // One delivery hangs in flight (max_in_flight 1); the other 2,499 wait in the queue.
-  const relay = await startRelay({ args: ['--delivery-timeout', '5s'] });
+  // Retries an hour apart: the hung one is sent once, whenever it times out.
+  const relay = await startRelay({ args: ['--delivery-timeout', '5s'], retrySchedule: '1h' });
   const r = await startReceiver({ behavior: { hang: true } });
   const sub = await createSub(relay, r, { event_types: ['bulk.*'], max_in_flight: 1 });
   const batch = Array.from({ length: 100 }, (_, i) => ({ type: 'bulk.item', data: { i } }));
@@ -181,10 +182,11 @@ test('DELETE with a backlog of 2,500 pending: all become failed in chunks, and a
   await relay.stop();
 
   // A stop in the middle of a sweep leaves pending rows of a deleted subscription; the
-  // next start must fail them, or they would stay pending (and held) forever.
+  // next start must fail them (all 2,500: more than two chunks), or they would stay
+  // pending (and held) forever.
   const n = Number(sub.id.replace('sub_', ''));
   const res = spawnSync('sqlite3', [relay.dbPath, `UPDATE deliveries SET state = 0, last_error = NULL,
-    next_attempt_at = 1 WHERE subscription_id = ${n} AND id % 3 = 0`], { encoding: 'utf8', timeout: 10_000 });
+    next_attempt_at = id WHERE subscription_id = ${n}`], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(res.status, 0, res.stderr);
   const again = await startRelay({ dbPath: relay.dbPath });
   await waitUntil(() => failedAll(again), 10_000, 'the sweep finished after restart', 100);
