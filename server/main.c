@@ -49,6 +49,7 @@ struct config {
 	int synchronous_full;
 	size_t max_queue;
 	int64_t disable_after_ms;
+	int64_t retention_ms;
 };
 
 static const char usage[] =
@@ -76,6 +77,9 @@ static const char usage[] =
     "  --max-queue N              writes queued before answering 503 (default 8192)\n"
     "  --disable-after DUR        disable a subscription whose deliveries all failed this\n"
     "                             long, e.g. 5d, 12h; 0 = never (default 5d)\n"
+    "  --retention DUR            delete events older than this with their deliveries\n"
+    "                             and attempts (not while one is pending), e.g. 90d;\n"
+    "                             0 = keep for ever (default 30d)\n"
     "\n"
     "Send SIGINT or SIGTERM to stop: in-flight deliveries finish or are put back.\n";
 
@@ -143,6 +147,16 @@ static int parse_positive(const char *text, int max, int *out)
 		return -1;
 	*out = (int)v;
 	return 0;
+}
+
+/* "0" (off) or a duration of at least 1s, in ms. */
+static int parse_duration_or_zero(const char *text, int64_t *ms)
+{
+	if (strcmp(text, "0") == 0) {
+		*ms = 0;
+		return 0;
+	}
+	return backoff_parse_duration(text, ms) != 0 || *ms < 1000 ? -1 : 0;
 }
 
 static void add_key(const char **keys, int *n, const char *key, const char *flag)
@@ -233,11 +247,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 		else
 			die("--synchronous wants full or normal, not '%s'", value);
 	} else if (strcmp(name, "disable-after") == 0) {
-		if (strcmp(value, "0") == 0)
-			ms = 0;
-		else if (backoff_parse_duration(value, &ms) != 0 || ms < 1000)
+		if (parse_duration_or_zero(value, &c->disable_after_ms) != 0)
 			die("--disable-after wants a duration of at least 1s (or 0 for never), not '%s'", value);
-		c->disable_after_ms = ms;
+	} else if (strcmp(name, "retention") == 0) {
+		if (parse_duration_or_zero(value, &c->retention_ms) != 0)
+			die("--retention wants a duration of at least 1s (or 0 for ever), not '%s'", value);
 	} else if (strcmp(name, "max-queue") == 0) {
 		int q;
 		if (parse_positive(value, 1000000, &q) != 0)
@@ -254,7 +268,7 @@ static const char *const env_flags[] = {
 	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
 	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
 	"allow-private-targets", "allow-targets", "synchronous", "max-queue", "disable-after",
-	NULL,
+	"retention", NULL,
 };
 
 static void load_config(struct config *c, int argc, char **argv)
@@ -275,6 +289,7 @@ static void load_config(struct config *c, int argc, char **argv)
 	c->synchronous_full = 1;
 	c->max_queue = 8192;
 	c->disable_after_ms = 5LL * 86400 * 1000;
+	c->retention_ms = 30LL * 86400 * 1000;
 	c->retry_count = backoff_parse_schedule(BACKOFF_DEFAULT, c->retry_schedule,
 	                                        BACKOFF_MAX_STEPS, &why);
 
@@ -384,6 +399,7 @@ static int serve(int argc, char **argv)
 	    .synchronous_full = cfg.synchronous_full,
 	    .max_queue = cfg.max_queue,
 	    .disable_after_ms = cfg.disable_after_ms,
+	    .retention_ms = cfg.retention_ms,
 	};
 	store = store_open(&sopts, err, sizeof(err));
 	if (!store) {

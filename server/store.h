@@ -36,6 +36,8 @@ struct store_options {
 	int synchronous_full;    /* 1: fsync every commit (default); 0: NORMAL */
 	size_t max_queue;        /* writer calls queued before store_submit says overloaded */
 	int64_t disable_after_ms; /* a subscription failing this long is disabled; 0 = never */
+	int64_t retention_ms;     /* events older than this are deleted with their deliveries
+	                             and attempts, unless a delivery is pending; 0 = never */
 };
 
 /* Opens (creating and migrating) the database, drops leases left by a crash, loads
@@ -74,17 +76,19 @@ enum store_call_kind {
 	STORE_DELIVERY_RETRY, /* id */
 	STORE_CLAIM,          /* internal: the dispatcher's claim */
 	STORE_COMPLETE,       /* internal: the dispatcher's results */
-	STORE_SWEEP           /* internal: fails a chunk of a deleted subscription's pending
+	STORE_SWEEP,          /* internal: fails a chunk of a deleted subscription's pending
 	                         deliveries */
+	STORE_PRUNE           /* internal: deletes a chunk of events past the retention */
 };
 
 /* Whether a call's answer promises its writes are on disk. Claims and attempt results
  * do not: a power cut may lose them (not a crash: the OS has them), and their
- * deliveries are then simply sent again, which at-least-once allows. A lost sweep is
- * done again at start-up. */
+ * deliveries are then simply sent again, which at-least-once allows. A lost sweep or
+ * prune is done again later. */
 static inline int store_call_durable(enum store_call_kind kind)
 {
-	return kind != STORE_CLAIM && kind != STORE_COMPLETE && kind != STORE_SWEEP;
+	return kind != STORE_CLAIM && kind != STORE_COMPLETE && kind != STORE_SWEEP &&
+	       kind != STORE_PRUNE;
 }
 
 struct store_call {

@@ -26,6 +26,11 @@
  *   queue), so that deleting a subscription with a million pending rows neither holds
  *   the writer for seconds nor journals them all in memory. sweep.ids lists the deleted
  *   subscriptions that may have some left; it is rebuilt at open.
+ * - with a retention, events older than it are deleted PRUNE_CHUNK per STORE_PRUNE call,
+ *   oldest first, with their deliveries and attempts; an event with a pending delivery
+ *   (in flight, retrying or held) is kept, and looked at again by the next pass. A prune is
+ *   queued after a COMMIT once prune.next_at has passed; the dispatcher's claims commit
+ *   at least once a second, so an idle relay prunes too.
  */
 #include "store.h"
 
@@ -52,6 +57,9 @@
 #define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
 #define SWEEP_CHUNK 1000        /* pending deliveries of a deleted subscription failed per
                                    batch (~3 ms of writer time) */
+#define PRUNE_CHUNK 200         /* events (with their deliveries and attempts) deleted per
+                                   batch */
+#define PRUNE_EVERY_MS 1000     /* how often to look for events past the retention */
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
@@ -89,6 +97,11 @@ enum {
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
 	ST_SWEEP,
+	ST_PRUNE_NEXT,
+	ST_PRUNE_PENDING,
+	ST_PRUNE_ATTEMPTS,
+	ST_PRUNE_DELIVERIES,
+	ST_PRUNE_EVENT,
 	ST_BEGIN,
 	ST_COMMIT,
 	ST_SAVEPOINT,
@@ -121,6 +134,12 @@ static const char *const writer_sql[ST_COUNT] = {
 	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
 	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
 	             " AND leased = 0 ORDER BY next_attempt_at LIMIT ?3)",
+	[ST_PRUNE_NEXT] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+	[ST_PRUNE_PENDING] = "SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state = 0 LIMIT 1",
+	[ST_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN"
+	                      " (SELECT id FROM deliveries WHERE event_seq = ?1)",
+	[ST_PRUNE_DELIVERIES] = "DELETE FROM deliveries WHERE event_seq = ?1",
+	[ST_PRUNE_EVENT] = "DELETE FROM events WHERE seq = ?1",
 	/* The batch's own statements, prepared once: they run for every call. */
 	[ST_BEGIN] = "BEGIN IMMEDIATE",
 	[ST_COMMIT] = "COMMIT",
@@ -166,6 +185,18 @@ struct store {
 		int queued;             /* call is in the writer's queue */
 		int64_t finished;       /* set by the last sweep: this id has none left */
 	} sweep;
+	int64_t retention_ms;           /* 0: events are kept for ever */
+	struct {                        /* events past the retention: writer thread */
+		struct store_call call; /* the one STORE_PRUNE call, queued or not */
+		int queued;             /* call is in the writer's queue */
+		int64_t next_at;        /* unix ms: the next prune is queued after this */
+		struct prune_pass {
+			int64_t start;      /* events.seq: every event up to it is gone */
+			int64_t pos;        /* this pass has looked at the events up to here */
+			int64_t first_kept; /* the first event this pass kept, or 0 */
+		} pass, next;               /* next: set by a prune, taken after its COMMIT */
+		int more;                   /* the last prune stopped at PRUNE_CHUNK */
+	} prune;
 };
 
 /* The dispatcher's side of a STORE_CLAIM / STORE_COMPLETE call. */
@@ -867,24 +898,31 @@ static enum store_rc apply_sweep(struct store *s, struct store_call *call)
 	return STORE_OK;
 }
 
-static void sweep_done(struct store_call *call);
-
-/* Queues the sweep call if there is work and it is not queued yet (writer thread, or
- * store_open before any call). must: internal work is not refused for a full queue. */
-static void sweep_schedule(struct store *s)
+/* Queues one of the store's own calls (writer thread, or store_open before any call)
+ * unless *queued says it is in the queue already. must: internal work is not refused
+ * for a full queue. */
+static void queue_own_call(struct store *s, struct store_call *c, enum store_call_kind kind,
+                           void (*done)(struct store_call *), int *queued)
 {
-	struct store_call *c = &s->sweep.call;
-
-	if (s->sweep.n == 0 || s->sweep.queued || !s->writer)
+	if (*queued || !s->writer)
 		return;
 	memset(c, 0, sizeof(*c));
-	c->kind = STORE_SWEEP;
-	c->done = sweep_done;
+	c->kind = kind;
+	c->done = done;
 	c->arg = s;
 	/* Set first: the writer may run the call and its done() before submit returns. */
-	s->sweep.queued = 1;
+	*queued = 1;
 	if (writer_submit(s->writer, c, 1) != 0)
-		s->sweep.queued = 0; /* fails only while stopping: open sweeps again */
+		*queued = 0; /* fails only while stopping: the next start does the work */
+}
+
+static void sweep_done(struct store_call *call);
+
+/* Queues the sweep call if there is work. */
+static void sweep_schedule(struct store *s)
+{
+	if (s->sweep.n > 0)
+		queue_own_call(s, &s->sweep.call, STORE_SWEEP, sweep_done, &s->sweep.queued);
 }
 
 /* The sweep call's done(): writer thread, after its batch ended either way. */
@@ -901,6 +939,98 @@ static void sweep_done(struct store_call *call)
 	 * batch that commits queues it (the dispatcher claims at least once a second). */
 	fprintf(stderr, "hookrelay: failing a deleted subscription's pending deliveries: %s; "
 	                "will try again\n", call->why[0] ? call->why : "storage error");
+}
+
+/* Deletes one event past the retention with its deliveries and attempts, unless one of
+ * its deliveries is pending. Returns 0 (deleted), 1 (kept) or -1. */
+static int prune_event(struct store *s, int64_t seq)
+{
+	sqlite3_stmt *pending = s->st[ST_PRUNE_PENDING];
+	int step;
+
+	sqlite3_bind_int64(pending, 1, seq);
+	step = sqlite3_step(pending);
+	sqlite3_reset(pending);
+	if (step == SQLITE_ROW)
+		return 1; /* kept: still to be delivered */
+	if (step != SQLITE_DONE)
+		return -1;
+	static const int deletes[] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
+	for (size_t i = 0; i < sizeof(deletes) / sizeof(deletes[0]); i++) {
+		sqlite3_bind_int64(s->st[deletes[i]], 1, seq);
+		if (step_done(s->st[deletes[i]]) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* The next PRUNE_CHUNK events of the current pass, which walks from the oldest event
+ * still there up to the first one inside the retention (events are in time order, give
+ * or take a clock step). A pass that ends starts the next one from its first kept event,
+ * so that an event kept while its delivery was pending goes once it is done. */
+static enum store_rc apply_prune(struct store *s, struct store_call *call)
+{
+	sqlite3_stmt *next = s->st[ST_PRUNE_NEXT];
+	int64_t cutoff = clock_now_ms() - s->retention_ms;
+	int64_t seqs[PRUNE_CHUNK];
+	struct prune_pass *p = &s->prune.next;
+	int n = 0, step;
+
+	*p = s->prune.pass;
+	s->prune.more = 0;
+	/* Collected first, so that nothing is deleted under the running SELECT. */
+	sqlite3_bind_int64(next, 1, p->pos);
+	sqlite3_bind_int(next, 2, PRUNE_CHUNK);
+	while ((step = sqlite3_step(next)) == SQLITE_ROW) {
+		if (sqlite3_column_int64(next, 1) >= cutoff)
+			break;
+		seqs[n++] = sqlite3_column_int64(next, 0);
+	}
+	sqlite3_reset(next);
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		return fail_storage(s, call);
+	for (int i = 0; i < n; i++) {
+		int kept = prune_event(s, seqs[i]);
+		if (kept < 0)
+			return fail_storage(s, call);
+		if (kept && !p->first_kept)
+			p->first_kept = seqs[i];
+	}
+	if (n > 0)
+		p->pos = seqs[n - 1];
+	if (n == PRUNE_CHUNK) {
+		s->prune.more = 1;
+	} else { /* the pass has reached the retention: the next starts over */
+		p->start = p->first_kept ? p->first_kept - 1 : p->pos;
+		p->pos = p->start;
+		p->first_kept = 0;
+	}
+	return STORE_OK;
+}
+
+static void prune_done(struct store_call *call);
+
+/* After a COMMIT (and at open): queues a prune once it is time. */
+static void prune_schedule(struct store *s)
+{
+	if (s->retention_ms > 0 && clock_now_ms() >= s->prune.next_at)
+		queue_own_call(s, &s->prune.call, STORE_PRUNE, prune_done, &s->prune.queued);
+}
+
+/* The prune call's done(): writer thread. Straight on while a chunk came back full. */
+static void prune_done(struct store_call *call)
+{
+	struct store *s = call->arg;
+
+	s->prune.queued = 0;
+	if (call->rc != STORE_OK)
+		fprintf(stderr, "hookrelay: deleting events past the retention: %s; will try again\n",
+		        call->why[0] ? call->why : "storage error");
+	if (call->rc == STORE_OK && s->prune.more)
+		s->prune.next_at = 0;
+	else
+		s->prune.next_at = clock_now_ms() + PRUNE_EVERY_MS;
+	prune_schedule(s);
 }
 
 /* After the COMMIT of a delete: the subscription may have pending rows left. */
@@ -1398,6 +1528,9 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		case STORE_SWEEP:
 			c->rc = apply_sweep(s, c);
 			break;
+		case STORE_PRUNE:
+			c->rc = apply_prune(s, c);
+			break;
 		}
 		if (c->rc == STORE_OK) {
 			size_t span = c->kind == STORE_COMPLETE
@@ -1464,11 +1597,15 @@ finish:
 			if (s->sweep.finished)
 				sweep_remove(s, s->sweep.finished);
 			break;
+		case STORE_PRUNE:
+			s->prune.pass = s->prune.next;
+			break;
 		default:
 			break;
 		}
 	}
 	sweep_schedule(s);
+	prune_schedule(s);
 	for (size_t i = 0; i < nchanged; i++) {
 		if (changed[i])
 			reload_subscription(s, changed[i]);
@@ -1743,6 +1880,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	pthread_mutex_init(&s->hook_lock, NULL);
 	s->synchronous_full = opts->synchronous_full;
 	s->disable_after_ms = opts->disable_after_ms;
+	s->retention_ms = opts->retention_ms;
 	s->sync_now = 1;
 	s->wal_fd = -1;
 	s->path = strdup(opts->path);
@@ -1818,6 +1956,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		goto fail;
 	}
 	sweep_schedule(s);
+	prune_schedule(s);
 	return s;
 fail:
 	store_close(s);

@@ -3,6 +3,7 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { Webhook } from 'standardwebhooks';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError,
@@ -348,4 +349,45 @@ test('concurrent publishes: every one is accepted, stored and delivered once to 
   assert.deepEqual(new Set(events.map((e) => e.id)), new Set(ids));
   await waitUntil(async () => (await listAll(relay, '/v1/deliveries?status=delivered')).length === 2 * N,
     5000, 'all deliveries marked delivered');
+}));
+
+test('--retention: older events go with their deliveries and attempts; one still pending stays', withLogs(async () => {
+  const relay = await startRelay({ args: ['--retention', '2s'], retrySchedule: '1h' });
+  const ok = await startReceiver();
+  const bad = await startReceiver({ behavior: { status: 503, retryAfter: 3600 } });
+  await createSub(relay, ok, { event_types: ['ret.done'] });
+  await createSub(relay, bad, { event_types: ['ret.pending'] });
+  const done = await postEvent(relay, { type: 'ret.done' });
+  const pending = await postEvent(relay, { type: 'ret.pending' });
+  const nobody = await postEvent(relay, { type: 'ret.nobody' });
+  assert.equal(nobody.deliveries, 0);
+  await ok.waitFor(1);
+  await bad.waitFor(1);
+  const [dDone] = await eventDeliveries(relay, done.id);
+  const [dPending] = await eventDeliveries(relay, pending.id);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${dDone.id}`)).json?.status === 'delivered',
+    5000, 'first delivery delivered');
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${dPending.id}`)).json?.attempt_count === 1,
+    5000, 'attempt on the failing receiver logged');
+
+  // The prune that deletes one may come a moment before the other is past the retention.
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/events/${done.id}`)).status === 404 &&
+    (await api(relay, 'GET', `/v1/events/${nobody.id}`)).status === 404,
+    10_000, 'the delivered event and the one nobody wanted deleted after the retention', 100);
+  assertError(await api(relay, 'GET', `/v1/deliveries/${dDone.id}`), 404, 'not_found', 'its delivery');
+  const rows = spawnSync('sqlite3', [relay.dbPath, `SELECT count(*) FROM attempts WHERE delivery_id =
+    ${Number(dDone.id.replace('dlv_', ''))}`], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(rows.stdout.trim(), '0', `its attempts are gone too: ${rows.stdout}${rows.stderr}`);
+  // Still to be delivered: kept, with its attempt log.
+  const kept = await api(relay, 'GET', `/v1/deliveries/${dPending.id}`);
+  assert.equal(kept.status, 200, kept.text);
+  assert.equal(kept.json.status, 'pending');
+  assert.equal(kept.json.attempts.length, 1);
+  assert.equal((await api(relay, 'GET', `/v1/events/${pending.id}`)).status, 200);
+  // New events are untouched.
+  const fresh = await postEvent(relay, { type: 'ret.done' });
+  assert.equal((await api(relay, 'GET', `/v1/events/${fresh.id}`)).status, 200);
+  const listed = (await listAll(relay, '/v1/events')).map((e) => e.id);
+  assert.ok(!listed.includes(done.id) && listed.includes(pending.id) && listed.includes(fresh.id),
+    `events listed: ${listed.join(', ')}`);
 }));

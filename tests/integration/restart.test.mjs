@@ -123,7 +123,8 @@ test('--help lists every flag', withLogs(async () => {
   assert.equal(res.status, 0, `--help exit ${res.status}: ${res.stderr}`);
   const out = res.stdout + res.stderr;
   for (const flag of ['--listen', '--db', '--http-threads', '--max-body', '--delivery-timeout',
-    '--max-in-flight', '--max-per-host', '--retry-schedule', '--api-key', '--allow-private-targets']) {
+    '--max-in-flight', '--max-per-host', '--retry-schedule', '--api-key', '--allow-private-targets',
+    '--disable-after', '--retention']) {
     assert.ok(out.includes(flag), `--help mentions ${flag}`);
   }
 }));
@@ -131,7 +132,8 @@ test('--help lists every flag', withLogs(async () => {
 test('bad flags are refused at start with a non-zero exit', withLogs(async () => {
   const db = path.join(tmpDir(), 'flags.db');
   for (const args of [['--no-such-flag'], ['--retry-schedule', 'soon'], ['--max-body', 'lots'],
-    ['--delivery-timeout', '-5s'], ['--listen', 'nowhere']]) {
+    ['--delivery-timeout', '-5s'], ['--listen', 'nowhere'], ['--retention', '500ms'],
+    ['--retention', 'forever'], ['--disable-after', '-1d']]) {
     const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, ...args],
       { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
     assert.ok(!res.error, `serve ${args.join(' ')} started anyway (${res.error?.code}); stdout: ${res.stdout}`);
