@@ -28,7 +28,7 @@
  *   subscriptions that may have some left; it is rebuilt at open.
  * - with a retention, events older than it are deleted PRUNE_CHUNK per STORE_PRUNE call,
  *   oldest first, with their deliveries and attempts; an event with a pending delivery
- *   (in flight, retrying or held) is kept, and looked at again by the next pass. A prune is
+ *   (in flight, retrying or held) is kept, and looked at again a minute later. A prune is
  *   queued after a COMMIT once prune.next_at has passed; the dispatcher's claims commit
  *   at least once a second, so an idle relay prunes too.
  */
@@ -60,6 +60,8 @@
 #define PRUNE_CHUNK 200         /* events (with their deliveries and attempts) deleted per
                                    batch */
 #define PRUNE_EVERY_MS 1000     /* how often to look for events past the retention */
+#define PRUNE_REVISIT_MS 60000  /* how often to look again at the events kept (or once
+                                   per retention, if that is shorter) */
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
@@ -192,10 +194,11 @@ struct store {
 		int64_t next_at;        /* unix ms: the next prune is queued after this */
 		struct prune_pass {
 			int64_t start;      /* events.seq: every event up to it is gone */
-			int64_t pos;        /* this pass has looked at the events up to here */
-			int64_t first_kept; /* the first event this pass kept, or 0 */
+			int64_t pos;        /* the events up to here are gone or kept */
+			int64_t first_kept; /* the first kept after start, or 0 */
 		} pass, next;               /* next: set by a prune, taken after its COMMIT */
 		int more;                   /* the last prune stopped at PRUNE_CHUNK */
+		int64_t revisit_at;         /* unix ms: then go back to start for the kept */
 	} prune;
 };
 
@@ -964,19 +967,26 @@ static int prune_event(struct store *s, int64_t seq)
 	return 0;
 }
 
-/* The next PRUNE_CHUNK events of the current pass, which walks from the oldest event
- * still there up to the first one inside the retention (events are in time order, give
- * or take a clock step). A pass that ends starts the next one from its first kept event,
- * so that an event kept while its delivery was pending goes once it is done. */
+/* The next PRUNE_CHUNK events after pass.pos, stopping at the first one inside the
+ * retention (events are in time order, give or take a clock step). Every
+ * PRUNE_REVISIT_MS the scan goes back to pass.start, so that an event kept while a delivery was pending goes
+ * once that delivery has ended; in between, kept events are not looked at again. */
 static enum store_rc apply_prune(struct store *s, struct store_call *call)
 {
 	sqlite3_stmt *next = s->st[ST_PRUNE_NEXT];
-	int64_t cutoff = clock_now_ms() - s->retention_ms;
+	int64_t now = clock_now_ms(), cutoff = now - s->retention_ms;
 	int64_t seqs[PRUNE_CHUNK];
 	struct prune_pass *p = &s->prune.next;
 	int n = 0, step;
 
 	*p = s->prune.pass;
+	if (!s->prune.more && now >= s->prune.revisit_at) {
+		p->pos = p->start;
+		p->first_kept = 0;
+		/* A short retention (tests) is looked at again as often as it is long. */
+		s->prune.revisit_at = now + (s->retention_ms < PRUNE_REVISIT_MS ? s->retention_ms
+		                                                                 : PRUNE_REVISIT_MS);
+	}
 	s->prune.more = 0;
 	/* Collected first, so that nothing is deleted under the running SELECT. */
 	sqlite3_bind_int64(next, 1, p->pos);
@@ -998,13 +1008,10 @@ static enum store_rc apply_prune(struct store *s, struct store_call *call)
 	}
 	if (n > 0)
 		p->pos = seqs[n - 1];
-	if (n == PRUNE_CHUNK) {
+	if (n == PRUNE_CHUNK)
 		s->prune.more = 1;
-	} else { /* the pass has reached the retention: the next starts over */
+	else /* caught up with the retention: all up to pos is gone but what was kept */
 		p->start = p->first_kept ? p->first_kept - 1 : p->pos;
-		p->pos = p->start;
-		p->first_kept = 0;
-	}
 	return STORE_OK;
 }
 

@@ -390,4 +390,10 @@ test('--retention: older events go with their deliveries and attempts; one still
   const listed = (await listAll(relay, '/v1/events')).map((e) => e.id);
   assert.ok(!listed.includes(done.id) && listed.includes(pending.id) && listed.includes(fresh.id),
     `events listed: ${listed.join(', ')}`);
+  // Once its delivery has ended, the kept event goes too.
+  bad.setBehavior({ status: 200 });
+  assert.equal((await api(relay, 'POST', `/v1/deliveries/${dPending.id}/retry`)).status, 202);
+  await bad.waitFor(2);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/events/${pending.id}`)).status === 404,
+    10_000, 'the kept event deleted once delivered', 100);
 }));
