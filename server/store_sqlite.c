@@ -28,7 +28,9 @@
  *   subscriptions that may have some left; it is rebuilt at open.
  * - with a retention, events older than it are deleted PRUNE_CHUNK per STORE_PRUNE call,
  *   oldest first, with their deliveries and attempts; an event with a pending delivery
- *   (in flight, retrying or held) is kept, and looked at again a minute later. A prune is
+ *   (in flight, retrying or held) is kept, and looked at again a minute later. The
+ *   newest event and the one holding the newest delivery are never deleted, so that no
+ *   id is handed out twice (prune_newest). A prune is
  *   queued after a COMMIT once prune.next_at has passed; the dispatcher's claims commit
  *   at least once a second, so an idle relay prunes too.
  */
@@ -58,7 +60,8 @@
 #define SWEEP_CHUNK 1000        /* pending deliveries of a deleted subscription failed per
                                    batch (~3 ms of writer time) */
 #define PRUNE_CHUNK 200         /* events (with their deliveries and attempts) deleted per
-                                   batch */
+                                   batch, at most */
+#define PRUNE_ROWS 4000         /* rows deleted per batch, about (a chunk stops past it) */
 #define PRUNE_EVERY_MS 1000     /* how often to look for events past the retention */
 #define PRUNE_REVISIT_MS 60000  /* how often to look again at the events kept (or once
                                    per retention, if that is shorter) */
@@ -99,6 +102,7 @@ enum {
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
 	ST_SWEEP,
+	ST_PRUNE_NEWEST,
 	ST_PRUNE_NEXT,
 	ST_PRUNE_PENDING,
 	ST_PRUNE_ATTEMPTS,
@@ -136,6 +140,8 @@ static const char *const writer_sql[ST_COUNT] = {
 	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
 	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
 	             " AND leased = 0 ORDER BY next_attempt_at LIMIT ?3)",
+	[ST_PRUNE_NEWEST] = "SELECT (SELECT max(seq) FROM events),"
+	                    " (SELECT event_seq FROM deliveries ORDER BY id DESC LIMIT 1)",
 	[ST_PRUNE_NEXT] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
 	[ST_PRUNE_PENDING] = "SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state = 0 LIMIT 1",
 	[ST_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN"
@@ -196,9 +202,9 @@ struct store {
 			int64_t start;      /* events.seq: every event up to it is gone */
 			int64_t pos;        /* the events up to here are gone or kept */
 			int64_t first_kept; /* the first kept after start, or 0 */
+			int64_t revisit_at; /* unix ms: then go back to start for the kept */
+			int more;           /* the last prune stopped before the retention */
 		} pass, next;               /* next: set by a prune, taken after its COMMIT */
-		int more;                   /* the last prune stopped at PRUNE_CHUNK */
-		int64_t revisit_at;         /* unix ms: then go back to start for the kept */
 	} prune;
 };
 
@@ -945,49 +951,71 @@ static void sweep_done(struct store_call *call)
 }
 
 /* Deletes one event past the retention with its deliveries and attempts, unless one of
- * its deliveries is pending. Returns 0 (deleted), 1 (kept) or -1. */
-static int prune_event(struct store *s, int64_t seq)
+ * its deliveries is pending or it is one of the two events in `never`. Returns the rows
+ * deleted (> 0), 0 if it was kept, -1 on error. */
+static int prune_event(struct store *s, int64_t seq, const int64_t never[2])
 {
 	sqlite3_stmt *pending = s->st[ST_PRUNE_PENDING];
-	int step;
+	static const int deletes[] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
+	int step, rows = 0;
 
+	if (seq == never[0] || seq == never[1])
+		return 0;
 	sqlite3_bind_int64(pending, 1, seq);
 	step = sqlite3_step(pending);
 	sqlite3_reset(pending);
 	if (step == SQLITE_ROW)
-		return 1; /* kept: still to be delivered */
+		return 0; /* kept: still to be delivered */
 	if (step != SQLITE_DONE)
 		return -1;
-	static const int deletes[] = {ST_PRUNE_ATTEMPTS, ST_PRUNE_DELIVERIES, ST_PRUNE_EVENT};
 	for (size_t i = 0; i < sizeof(deletes) / sizeof(deletes[0]); i++) {
 		sqlite3_bind_int64(s->st[deletes[i]], 1, seq);
 		if (step_done(s->st[deletes[i]]) != 0)
 			return -1;
+		rows += sqlite3_changes(s->wdb);
 	}
-	return 0;
+	return rows > 0 ? rows : 1;
 }
 
-/* The next PRUNE_CHUNK events after pass.pos, stopping at the first one inside the
- * retention (events are in time order, give or take a clock step). Every
- * PRUNE_REVISIT_MS the scan goes back to pass.start, so that an event kept while a delivery was pending goes
- * once that delivery has ended; in between, kept events are not looked at again. */
+/* The events prune never deletes: the newest, and the one holding the newest delivery.
+ * SQLite gives a new row the largest id in its table plus one, so deleting either would
+ * hand out an event seq or a dlv_ id a second time (a client holding dlv_N would then
+ * read another delivery, and the pass would skip the new events). */
+static int prune_newest(struct store *s, int64_t never[2])
+{
+	sqlite3_stmt *st = s->st[ST_PRUNE_NEWEST];
+	int step = sqlite3_step(st);
+
+	never[0] = step == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	never[1] = step == SQLITE_ROW ? sqlite3_column_int64(st, 1) : 0;
+	sqlite3_reset(st);
+	return step == SQLITE_ROW ? 0 : -1;
+}
+
+/* The next events after pass.pos, up to PRUNE_CHUNK of them or PRUNE_ROWS rows deleted,
+ * stopping at the first one inside the retention (events are in time order, give or
+ * take a clock step). Every PRUNE_REVISIT_MS the scan goes back to pass.start, so that
+ * an event kept while a delivery was pending goes once that delivery has ended; in
+ * between, kept events are not looked at again. */
 static enum store_rc apply_prune(struct store *s, struct store_call *call)
 {
 	sqlite3_stmt *next = s->st[ST_PRUNE_NEXT];
 	int64_t now = clock_now_ms(), cutoff = now - s->retention_ms;
-	int64_t seqs[PRUNE_CHUNK];
+	int64_t seqs[PRUNE_CHUNK], never[2];
 	struct prune_pass *p = &s->prune.next;
-	int n = 0, step;
+	int n = 0, done = 0, rows = 0, step;
 
 	*p = s->prune.pass;
-	if (!s->prune.more && now >= s->prune.revisit_at) {
+	if (!p->more && now >= p->revisit_at) {
 		p->pos = p->start;
 		p->first_kept = 0;
 		/* A short retention (tests) is looked at again as often as it is long. */
-		s->prune.revisit_at = now + (s->retention_ms < PRUNE_REVISIT_MS ? s->retention_ms
-		                                                                 : PRUNE_REVISIT_MS);
+		p->revisit_at = now + (s->retention_ms < PRUNE_REVISIT_MS ? s->retention_ms
+		                                                          : PRUNE_REVISIT_MS);
 	}
-	s->prune.more = 0;
+	p->more = 0;
+	if (prune_newest(s, never) != 0)
+		return fail_storage(s, call);
 	/* Collected first, so that nothing is deleted under the running SELECT. */
 	sqlite3_bind_int64(next, 1, p->pos);
 	sqlite3_bind_int(next, 2, PRUNE_CHUNK);
@@ -999,17 +1027,19 @@ static enum store_rc apply_prune(struct store *s, struct store_call *call)
 	sqlite3_reset(next);
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		return fail_storage(s, call);
-	for (int i = 0; i < n; i++) {
-		int kept = prune_event(s, seqs[i]);
-		if (kept < 0)
+	while (done < n && rows < PRUNE_ROWS) {
+		int r = prune_event(s, seqs[done], never);
+		if (r < 0)
 			return fail_storage(s, call);
-		if (kept && !p->first_kept)
-			p->first_kept = seqs[i];
+		if (r == 0 && !p->first_kept)
+			p->first_kept = seqs[done];
+		rows += r;
+		done++;
 	}
-	if (n > 0)
-		p->pos = seqs[n - 1];
-	if (n == PRUNE_CHUNK)
-		s->prune.more = 1;
+	if (done > 0)
+		p->pos = seqs[done - 1];
+	if (done == PRUNE_CHUNK || done < n)
+		p->more = 1;
 	else /* caught up with the retention: all up to pos is gone but what was kept */
 		p->start = p->first_kept ? p->first_kept - 1 : p->pos;
 	return STORE_OK;
@@ -1033,7 +1063,7 @@ static void prune_done(struct store_call *call)
 	if (call->rc != STORE_OK)
 		fprintf(stderr, "hookrelay: deleting events past the retention: %s; will try again\n",
 		        call->why[0] ? call->why : "storage error");
-	if (call->rc == STORE_OK && s->prune.more)
+	if (call->rc == STORE_OK && s->prune.pass.more)
 		s->prune.next_at = 0;
 	else
 		s->prune.next_at = clock_now_ms() + PRUNE_EVERY_MS;
