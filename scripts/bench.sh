@@ -230,13 +230,16 @@ subscribe() {
 	done
 }
 # start_held_relay PREFIX NAME: three receivers that hold every request (ports in HELD1..3),
-# a relay NAME with --delivery-timeout 300s so held requests do not time out, and one
-# subscription per receiver. The sender stalls at the subscriptions' max_in_flight.
+# a relay NAME with --delivery-timeout 300s so held requests do not time out (and any
+# further relay flags), and one subscription per receiver. The sender stalls at the
+# subscriptions' max_in_flight.
 start_held_relay() {
-	start_mhd "${1}1" --status 200 --threads 1 --hold; HELD1=$MHD_PORT
-	start_mhd "${1}2" --status 200 --threads 1 --hold; HELD2=$MHD_PORT
-	start_mhd "${1}3" --status 200 --threads 1 --hold; HELD3=$MHD_PORT
-	start_relay "$2" --delivery-timeout 300s || return 1
+	local prefix=$1 name=$2
+	shift 2
+	start_mhd "${prefix}1" --status 200 --threads 1 --hold; HELD1=$MHD_PORT
+	start_mhd "${prefix}2" --status 200 --threads 1 --hold; HELD2=$MHD_PORT
+	start_mhd "${prefix}3" --status 200 --threads 1 --hold; HELD3=$MHD_PORT
+	start_relay "$name" --delivery-timeout 300s "$@" || return 1
 	subscribe "http://127.0.0.1:$HELD1/hook" "http://127.0.0.1:$HELD2/hook" "http://127.0.0.1:$HELD3/hook"
 }
 set_enabled() { # true|false
@@ -506,10 +509,11 @@ section_big() {
 # Single-event ingest on an empty store, then on the same store grown to STORED_EVENTS
 # old events with a delivered delivery per subscription (fill_store writes them with the
 # relay stopped). The receivers hold every request, so deliveries do not compete with
-# ingest for the CPU and the two runs differ only in what is stored.
+# ingest for the CPU and the two runs differ only in what is stored. The stored events
+# are dated 2020: --retention 0 keeps the relay from deleting them while it is measured.
 section_stored() {
 	local r1 r2 r3 W n0 n1 out
-	start_held_relay s stored || return 1
+	start_held_relay s stored --retention 0 || return 1
 	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	log "7: ingest, empty store"
 	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
@@ -520,7 +524,7 @@ section_stored() {
 	out=$("$BIN/fill_store" --db "$RUN/stored/relay.db" --events "$STORED_EVENTS") ||
 		{ note "row 7: fill_store failed"; return 1; }
 	note "row 7: fill_store: $out; db $(du -sh "$RUN/stored" | cut -f1)"
-	start_relay stored --delivery-timeout 300s || return 1
+	start_relay stored --delivery-timeout 300s --retention 0 || return 1
 	log "7: ingest, $STORED_EVENTS events stored"
 	W=$(wrk_run post.lua "$API/v1/events" 64 "$EVENT")
 	[ -n "$W" ] || { note "row 7: wrk failed on the grown store"; return 1; }
@@ -556,6 +560,6 @@ cat "$ROWS"
 echo
 echo "Notes:"
 echo "- Everything (wrk/loadgen, relay, receivers) shares the same $(nproc) CPUs on 127.0.0.1; wrk runs are ${DUR} s, not 10 s; total run time ${SECONDS} s."
-echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4 and 6b); subscriptions use the default max_in_flight."
+echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4, 6b and 7, --retention 0 in 7); subscriptions use the default max_in_flight."
 echo "- The dbs live in build/bench/run.*/ (on the repo's filesystem, so fsync is real; removed at exit unless BENCH_KEEP=1); relay stderr of this run: build/bench/logs/. The relay runs as build/hookrelay through a symlink named relay-under-test."
 cat "$NOTES"
