@@ -1,6 +1,6 @@
 /*
  * api.c - what the routes share: authorization, JSON body parsing, list queries,
- * replies for store results, and suspended writes (api_write).
+ * replies for store results, suspended writes (api_write), /healthz and /metrics.
  *
  * An api_write lives from the handler that creates it until its continuation replied;
  * the writer (or syncer) thread touches it only between store_submit and done().
@@ -9,6 +9,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -283,4 +284,55 @@ void api_healthz(struct api *api, struct http_request *req)
 		return;
 	}
 	http_reply_error(req, 503, "storage_unavailable", "the store does not answer");
+}
+
+/* Prometheus text format (version 0.0.4). Needs the admin key when keys are set. */
+void api_metrics(struct api *api, struct http_request *req)
+{
+	struct store_stats st;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	if (store_stats(api->store, &st) != STORE_OK) {
+		http_reply_error(req, 503, "storage_unavailable", "the store does not answer");
+		return;
+	}
+	f = open_memstream(&text, &len);
+	if (!f) {
+		http_reply_error(req, 500, "internal", "out of memory");
+		return;
+	}
+	fprintf(f,
+	        "# HELP hookrelay_events_published_total Events stored since start (not replays).\n"
+	        "# TYPE hookrelay_events_published_total counter\n"
+	        "hookrelay_events_published_total %lld\n"
+	        "# HELP hookrelay_delivery_attempts_total Attempts recorded since start, by outcome.\n"
+	        "# TYPE hookrelay_delivery_attempts_total counter\n"
+	        "hookrelay_delivery_attempts_total{outcome=\"delivered\"} %lld\n"
+	        "hookrelay_delivery_attempts_total{outcome=\"retry\"} %lld\n"
+	        "hookrelay_delivery_attempts_total{outcome=\"failed\"} %lld\n"
+	        "# HELP hookrelay_deliveries_pending Deliveries not yet delivered or failed.\n"
+	        "# TYPE hookrelay_deliveries_pending gauge\n"
+	        "hookrelay_deliveries_pending %lld\n"
+	        "# HELP hookrelay_deliveries_in_flight Deliveries being sent now.\n"
+	        "# TYPE hookrelay_deliveries_in_flight gauge\n"
+	        "hookrelay_deliveries_in_flight %lld\n"
+	        "# HELP hookrelay_subscriptions Subscriptions not deleted, by state.\n"
+	        "# TYPE hookrelay_subscriptions gauge\n"
+	        "hookrelay_subscriptions{state=\"enabled\"} %lld\n"
+	        "hookrelay_subscriptions{state=\"disabled\"} %lld\n"
+	        "# HELP hookrelay_writer_queue Writes waiting for the writer thread.\n"
+	        "# TYPE hookrelay_writer_queue gauge\n"
+	        "hookrelay_writer_queue %lld\n",
+	        (long long)st.events_published, (long long)st.attempts_delivered,
+	        (long long)st.attempts_retry, (long long)st.attempts_failed,
+	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
+	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
+	        (long long)st.writer_queue);
+	if (fclose(f) != 0) {
+		free(text);
+		text = NULL;
+	}
+	http_reply_owned(req, 200, "text/plain; version=0.0.4; charset=utf-8", text);
 }

@@ -34,6 +34,7 @@ typedef void (*api_handler)(struct api *api, struct http_request *req);
 int api_authorize(struct api *api, struct http_request *req, api_handler handler);
 
 void api_healthz(struct api *api, struct http_request *req);
+void api_metrics(struct api *api, struct http_request *req);
 void api_events_create(struct api *api, struct http_request *req);
 void api_events_batch(struct api *api, struct http_request *req);
 void api_events_list(struct api *api, struct http_request *req);

@@ -71,7 +71,8 @@ static size_t discard_limit(const struct http_server *srv)
 
 /* ---------- replies ---------- */
 
-static void queue_reply(struct http_request *req, int status, char *body, size_t len)
+static void queue_reply_as(struct http_request *req, int status, const char *content_type,
+                           char *body, size_t len)
 {
 	struct MHD_Response *resp;
 
@@ -82,7 +83,7 @@ static void queue_reply(struct http_request *req, int status, char *body, size_t
 		return;
 	}
 	if (body)
-		MHD_add_response_header(resp, "Content-Type", "application/json");
+		MHD_add_response_header(resp, "Content-Type", content_type);
 	for (int i = 0; i < req->nheaders; i++)
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
 	if (req->too_large)
@@ -90,6 +91,20 @@ static void queue_reply(struct http_request *req, int status, char *body, size_t
 	if (MHD_queue_response(req->conn, (unsigned int)status, resp) == MHD_YES)
 		req->replied = 1;
 	MHD_destroy_response(resp);
+}
+
+static void queue_reply(struct http_request *req, int status, char *body, size_t len)
+{
+	queue_reply_as(req, status, "application/json", body, len);
+}
+
+void http_reply_owned(struct http_request *req, int status, const char *content_type, char *body)
+{
+	if (!body) {
+		http_reply_error(req, 500, "internal", "out of memory");
+		return;
+	}
+	queue_reply_as(req, status, content_type, body, strlen(body));
 }
 
 void http_reply_json(struct http_request *req, int status, json_t *body)
@@ -210,6 +225,7 @@ struct route {
 
 static const struct route routes[] = {
 	{"GET", "/healthz", BODY_NONE, api_healthz},
+	{"GET", "/metrics", BODY_NONE, api_metrics},
 	{"POST", "/v1/events/batch", BODY_JSON, api_events_batch},
 	{"POST", "/v1/events", BODY_JSON, api_events_create},
 	{"GET", "/v1/events", BODY_NONE, api_events_list},

@@ -48,6 +48,8 @@ void http_reply_error(struct http_request *req, int status, const char *code, co
 void http_reply_empty(struct http_request *req, int status);
 /* Replies with JSON text the caller already serialized (copied). */
 void http_reply_text(struct http_request *req, int status, const char *json_text);
+/* Replies with a NUL-terminated body of another type; steals body (NULL: a 500). */
+void http_reply_owned(struct http_request *req, int status, const char *content_type, char *body);
 /* Adds a header to the reply about to be sent (before http_reply_*). Values copied. */
 void http_add_header(struct http_request *req, const char *name, const char *value);
 

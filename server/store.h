@@ -128,6 +128,20 @@ struct store_list_query {
 	int limit;                 /* 1..1000 */
 };
 enum store_rc store_health(struct store *s);
+
+/* What GET /metrics shows. Counters count since the process started. */
+struct store_stats {
+	int64_t events_published;       /* new events stored (not idempotent replays) */
+	int64_t attempts_delivered;     /* attempt results recorded, by outcome */
+	int64_t attempts_retry;
+	int64_t attempts_failed;        /* the last attempt of a delivery, or a 410 */
+	int64_t deliveries_in_flight;   /* leased to the dispatcher */
+	int64_t deliveries_pending;     /* state pending, in flight included */
+	int64_t subscriptions_enabled;
+	int64_t subscriptions_disabled;
+	int64_t writer_queue;           /* calls waiting for the writer */
+};
+enum store_rc store_stats(struct store *s, struct store_stats *out);
 enum store_rc store_event_get(struct store *s, const char *id, json_t **out);
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, json_t **out);
 enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);

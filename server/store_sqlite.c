@@ -193,6 +193,10 @@ struct store {
 		int queued;             /* call is in the writer's queue */
 		int64_t finished;       /* set by the last sweep: this id has none left */
 	} sweep;
+	struct {                        /* for /metrics: written by the writer after COMMIT */
+		atomic_llong events, delivered, retry, failed;
+		atomic_llong in_flight;         /* leases held: claimed minus completed */
+	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
 		struct store_call call; /* the one STORE_PRUNE call, queued or not */
@@ -1299,6 +1303,44 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	return STORE_OK;
 }
 
+/* After COMMIT: events an ingest stored anew (an idempotent replay stores nothing). */
+static void count_published(struct store *s, const struct store_call *c)
+{
+	size_t i;
+	json_t *item;
+	long long n = 0;
+
+	json_array_foreach(c->result, i, item) {
+		if (!json_is_true(json_object_get(item, "replayed")))
+			n++;
+	}
+	atomic_fetch_add_explicit(&s->counters.events, n, memory_order_relaxed);
+}
+
+/* After COMMIT: the attempts a completion recorded, and the leases it ended. */
+static void count_results(struct store *s, const struct store_call *c)
+{
+	const struct complete_args *a = c->internal;
+
+	for (int i = 0; i < a->n; i++) {
+		switch (a->results[i]->outcome) {
+		case DELIVERY_DELIVERED:
+			atomic_fetch_add_explicit(&s->counters.delivered, 1, memory_order_relaxed);
+			break;
+		case DELIVERY_RETRY:
+			atomic_fetch_add_explicit(&s->counters.retry, 1, memory_order_relaxed);
+			break;
+		case DELIVERY_FAILED:
+		case DELIVERY_GONE:
+			atomic_fetch_add_explicit(&s->counters.failed, 1, memory_order_relaxed);
+			break;
+		case DELIVERY_RELEASED:
+			break;
+		}
+	}
+	atomic_fetch_sub_explicit(&s->counters.in_flight, a->n, memory_order_relaxed);
+}
+
 /* After COMMIT: the leases a claim took, per subscription. */
 static void account_claimed(struct store *s, struct store_call *c)
 {
@@ -1309,6 +1351,7 @@ static void account_claimed(struct store *s, struct store_call *c)
 		if (sub)
 			sub->leased++;
 	}
+	atomic_fetch_add_explicit(&s->counters.in_flight, a->njobs, memory_order_relaxed);
 }
 
 /* As soon as a completion is applied, before COMMIT: its requests have ended, so a claim
@@ -1621,6 +1664,12 @@ finish:
 		if (calls[i]->rc != STORE_OK)
 			continue;
 		switch (calls[i]->kind) {
+		case STORE_INGEST:
+			count_published(s, calls[i]);
+			break;
+		case STORE_COMPLETE:
+			count_results(s, calls[i]);
+			break;
 		case STORE_CLAIM:
 			account_claimed(s, calls[i]);
 			break;
@@ -2074,6 +2123,38 @@ enum store_rc store_health(struct store *s)
 	enum store_rc rc = STORE_ERR;
 	if (db && exec_sql(db, "SELECT 1 FROM events LIMIT 1", NULL, 0) == 0)
 		rc = STORE_OK;
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+enum store_rc store_stats(struct store *s, struct store_stats *out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = NULL;
+	enum store_rc rc = STORE_ERR;
+
+	memset(out, 0, sizeof(*out));
+	out->events_published = atomic_load_explicit(&s->counters.events, memory_order_relaxed);
+	out->attempts_delivered = atomic_load_explicit(&s->counters.delivered, memory_order_relaxed);
+	out->attempts_retry = atomic_load_explicit(&s->counters.retry, memory_order_relaxed);
+	out->attempts_failed = atomic_load_explicit(&s->counters.failed, memory_order_relaxed);
+	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
+	out->writer_queue = (int64_t)writer_queued(s->writer);
+	/* The pending count walks the partial index of pending rows: as long as the backlog. */
+	if (db && sqlite3_prepare_v2(db,
+	                             "SELECT (SELECT count(*) FROM deliveries WHERE state = 0),"
+	                             " (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
+	                             " AND enabled = 1), (SELECT count(*) FROM subscriptions"
+	                             " WHERE deleted_at IS NULL AND enabled = 0)",
+	                             -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		out->deliveries_pending = sqlite3_column_int64(st, 0);
+		out->subscriptions_enabled = sqlite3_column_int64(st, 1);
+		out->subscriptions_disabled = sqlite3_column_int64(st, 2);
+		rc = STORE_OK;
+	}
+	sqlite3_finalize(st);
 	if (db)
 		reader_release(s, db);
 	return rc;

@@ -189,6 +189,16 @@ out:
 	return rc;
 }
 
+size_t writer_queued(struct writer *w)
+{
+	size_t n;
+
+	pthread_mutex_lock(&w->lock);
+	n = w->queued;
+	pthread_mutex_unlock(&w->lock);
+	return n;
+}
+
 void writer_stop(struct writer *w)
 {
 	if (!w)

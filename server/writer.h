@@ -35,6 +35,9 @@ struct writer *writer_start(writer_batch_fn fn, writer_sync_fn sync, void *ctx,
  * `must` is 0. `must` = 1 always queues (the dispatcher's results may not be dropped). */
 int writer_submit(struct writer *w, struct store_call *call, int must);
 
+/* Calls queued and not yet started (for /metrics). */
+size_t writer_queued(struct writer *w);
+
 /* Runs and syncs everything still queued, then joins the threads and frees them.
  * Accepts NULL. */
 void writer_stop(struct writer *w);

@@ -1,0 +1,71 @@
+// metrics.test.mjs - GET /metrics: Prometheus text with what was published and attempted,
+// what is pending and in flight, and the subscriptions by state; behind the admin key.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startRelay, startReceiver, api, createSub, postEvent, assertError, waitUntil, cleanup, withLogs,
+} from './harness.mjs';
+
+afterEach(cleanup);
+
+async function metrics(relay, headers = {}) {
+  const res = await api(relay, 'GET', '/metrics', undefined, headers);
+  assert.equal(res.status, 200, res.text);
+  assert.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+  const values = {};
+  for (const line of res.text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = line.match(/^([a-z_]+(?:\{[^}]*\})?) (\d+)$/);
+    assert.ok(m, `not a Prometheus sample line: ${line}`);
+    values[m[1]] = Number(m[2]);
+  }
+  return values;
+}
+
+test('/metrics counts events, attempts by outcome, pending, in flight and subscriptions', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' }); // two attempts, then failed
+  const ok = await startReceiver();
+  const bad = await startReceiver({ behavior: { status: 500 } });
+  const hang = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, ok, { event_types: ['m.ok'] });
+  await createSub(relay, bad, { event_types: ['m.bad'] });
+  await createSub(relay, hang, { event_types: ['m.hang'] });
+  const off = await createSub(relay, ok, { event_types: ['m.off'] });
+  assert.equal((await api(relay, 'PATCH', `/v1/subscriptions/${off.id}`, { enabled: false })).status, 200);
+
+  await postEvent(relay, { type: 'm.ok', data: 1 }, { 'Idempotency-Key': 'once' });
+  const replay = await api(relay, 'POST', '/v1/events', { type: 'm.ok', data: 1 }, { 'Idempotency-Key': 'once' });
+  assert.equal(replay.status, 200, 'an idempotent replay is not a new event');
+  await postEvent(relay, { type: 'm.ok', data: 2 });
+  await postEvent(relay, { type: 'm.bad' });
+  await postEvent(relay, { type: 'm.hang' });
+  await ok.waitFor(2);
+  await hang.waitFor(1);
+  await bad.waitFor(2);
+
+  let m;
+  await waitUntil(async () => {
+    m = await metrics(relay);
+    return m['hookrelay_delivery_attempts_total{outcome="failed"}'] === 1;
+  }, 5000, 'the failing delivery counted as failed');
+  assert.equal(m.hookrelay_events_published_total, 4);
+  assert.equal(m['hookrelay_delivery_attempts_total{outcome="delivered"}'], 2);
+  assert.equal(m['hookrelay_delivery_attempts_total{outcome="retry"}'], 1);
+  assert.equal(m.hookrelay_deliveries_pending, 1, 'the hanging one');
+  assert.equal(m.hookrelay_deliveries_in_flight, 1, 'the hanging one');
+  assert.equal(m['hookrelay_subscriptions{state="enabled"}'], 3);
+  assert.equal(m['hookrelay_subscriptions{state="disabled"}'], 1);
+  assert.ok(m.hookrelay_writer_queue >= 0);
+}));
+
+test('/metrics needs the admin key when keys are set', withLogs(async () => {
+  const admin = 'metrics-admin-key-0123456789';
+  const publisher = 'metrics-publish-key-0123456789';
+  const relay = await startRelay({ args: ['--api-key', admin, '--publish-key', publisher] });
+  assertError(await api(relay, 'GET', '/metrics'), 401, 'unauthorized', 'no key');
+  assertError(await api(relay, 'GET', '/metrics', undefined, { authorization: `Bearer ${publisher}` }),
+    403, 'forbidden', 'publish-only key');
+  const m = await metrics(relay, { authorization: `Bearer ${admin}` });
+  assert.equal(m.hookrelay_events_published_total, 0);
+}));
