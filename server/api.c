@@ -303,7 +303,7 @@ void api_metrics(struct api *api, struct http_request *req)
 		http_reply_error(req, 500, "internal", "out of memory");
 		return;
 	}
-	fprintf(f,
+	int bad = fprintf(f,
 	        "# HELP hookrelay_events_published_total Events stored since start (not replays).\n"
 	        "# TYPE hookrelay_events_published_total counter\n"
 	        "hookrelay_events_published_total %lld\n"
@@ -315,7 +315,7 @@ void api_metrics(struct api *api, struct http_request *req)
 	        "# HELP hookrelay_deliveries_pending Deliveries not yet delivered or failed.\n"
 	        "# TYPE hookrelay_deliveries_pending gauge\n"
 	        "hookrelay_deliveries_pending %lld\n"
-	        "# HELP hookrelay_deliveries_in_flight Deliveries being sent now.\n"
+	        "# HELP hookrelay_deliveries_in_flight Deliveries leased to the sender.\n"
 	        "# TYPE hookrelay_deliveries_in_flight gauge\n"
 	        "hookrelay_deliveries_in_flight %lld\n"
 	        "# HELP hookrelay_subscriptions Subscriptions not deleted, by state.\n"
@@ -329,8 +329,8 @@ void api_metrics(struct api *api, struct http_request *req)
 	        (long long)st.attempts_retry, (long long)st.attempts_failed,
 	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
-	        (long long)st.writer_queue);
-	if (fclose(f) != 0) {
+	        (long long)st.writer_queue) < 0 || ferror(f);
+	if (fclose(f) != 0 || bad) {
 		free(text);
 		text = NULL;
 	}

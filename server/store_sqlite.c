@@ -225,6 +225,7 @@ struct claim_args {
 struct complete_args {
 	struct delivery_result **results;
 	int n;
+	int ended[3];        /* attempts by the state they left the delivery in (for /metrics) */
 	int leases_returned; /* the subscriptions' lease counts already know (see below) */
 	int room_freed;      /* returning them gave a full subscription room */
 };
@@ -1322,22 +1323,10 @@ static void count_results(struct store *s, const struct store_call *c)
 {
 	const struct complete_args *a = c->internal;
 
-	for (int i = 0; i < a->n; i++) {
-		switch (a->results[i]->outcome) {
-		case DELIVERY_DELIVERED:
-			atomic_fetch_add_explicit(&s->counters.delivered, 1, memory_order_relaxed);
-			break;
-		case DELIVERY_RETRY:
-			atomic_fetch_add_explicit(&s->counters.retry, 1, memory_order_relaxed);
-			break;
-		case DELIVERY_FAILED:
-		case DELIVERY_GONE:
-			atomic_fetch_add_explicit(&s->counters.failed, 1, memory_order_relaxed);
-			break;
-		case DELIVERY_RELEASED:
-			break;
-		}
-	}
+	atomic_fetch_add_explicit(&s->counters.delivered, a->ended[STATE_DELIVERED],
+	                          memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->counters.retry, a->ended[STATE_PENDING], memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->counters.failed, a->ended[STATE_FAILED], memory_order_relaxed);
 	atomic_fetch_sub_explicit(&s->counters.in_flight, a->n, memory_order_relaxed);
 }
 
@@ -1447,6 +1436,7 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 	struct complete_args *a = call->internal;
 	int64_t now = clock_now_ms();
 
+	memset(a->ended, 0, sizeof(a->ended)); /* applied again if a batch failed */
 	for (int i = 0; i < a->n; i++) {
 		const struct delivery_result *r = a->results[i];
 		const struct sub_entry *sub = sub_find(s, r->subscription_id);
@@ -1481,6 +1471,7 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 			state = STATE_FAILED; /* deleted while in flight */
 			error = "subscription deleted";
 		}
+		a->ended[state]++;
 		sqlite3_stmt *fin = s->st[ST_DELIVERY_FINISH];
 		sqlite3_bind_int64(fin, 1, r->delivery_id);
 		sqlite3_bind_int(fin, 2, (int)state);
