@@ -1734,10 +1734,15 @@ static void store_sync(void *ctx)
 static int open_wal_for_sync(struct store *s)
 {
 	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->wdb, "main"));
-	char *dir = strdup(s->path);
+	/* The WAL's own directory: SQLite resolves a symlinked db path to its target's. */
+	char *dir = wal ? strdup(wal) : NULL;
 	int fd = wal ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
 
-	if (fd >= 0 && dir) {
+	if (fd >= 0 && !dir) {
+		close(fd);
+		fd = -1;
+	}
+	if (fd >= 0) {
 		char *slash = strrchr(dir, '/');
 		int dfd;
 		if (slash == dir)
