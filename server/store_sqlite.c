@@ -14,6 +14,8 @@
  *   fdatasync of the WAL that began after that COMMIT (what synchronous=FULL would have
  *   done in the writer, but the writer runs the next batch meanwhile). If the WAL cannot
  *   be opened for that, wdb falls back to synchronous=FULL for durable batches.
+ *   Claims take only deliveries of events up to synced_seq, which the syncer raises
+ *   after each fdatasync: nothing is sent that a power cut could still take back.
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
  *   both change only after the COMMIT that changed the row (reload_subscription),
@@ -125,10 +127,10 @@ static const char *const writer_sql[ST_COUNT] = {
 	                       " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
 	[ST_CLAIM] = "UPDATE deliveries SET leased = 1 WHERE id IN (SELECT id FROM deliveries"
 	             " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
-	             " AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2)"
-	             " RETURNING id, event_seq, subscription_id, attempt_count",
+	             " AND next_attempt_at <= ?1 AND event_seq <= ?4 ORDER BY next_attempt_at"
+	             " LIMIT ?2) RETURNING id, event_seq, subscription_id, attempt_count",
 	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
-	                " AND state = 0 AND leased = 0",
+	                " AND state = 0 AND leased = 0 AND event_seq <= ?2",
 	[ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
 	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
 	                      " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -163,6 +165,9 @@ struct store {
 	int sync_now;                   /* the synchronous level wdb is set to: 0 OFF, 1 durable */
 	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
+	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
+	atomic_llong committed_seq;     /* the newest event committed */
+	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
@@ -578,6 +583,23 @@ out:
 	return rc;
 }
 
+/* At open: the newest event is committed and on disk. */
+static int init_seqs(struct store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &st, NULL) ==
+	        SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		atomic_store(&s->committed_seq, sqlite3_column_int64(st, 0));
+		atomic_store(&s->synced_seq, sqlite3_column_int64(st, 0));
+		rc = 0;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
 /* Calls fn(s, id) for each id the query returns (at open), stopping at the first error. */
 static int for_each_id(struct store *s, const char *sql, int (*fn)(struct store *, int64_t))
 {
@@ -668,6 +690,8 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		if (step_done(ins) != 0)
 			goto fail;
 		int64_t seq = sqlite3_last_insert_rowid(s->wdb);
+		if (seq > s->batch_top_seq)
+			s->batch_top_seq = seq;
 
 		n = matcher_match(s->matcher, ev->type, &s->match_ids, &s->match_cap);
 		if (n < 0)
@@ -1274,6 +1298,9 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	sqlite3_stmt *st = s->st[ST_CLAIM];
 	sqlite3_stmt *nd = s->st[ST_NEXT_DUE];
 	size_t nsubs = s->nsubs;
+	/* Only what is on disk goes out: a receiver must never see an event that a power
+	 * cut could still take back (its publisher, with no 202, would publish it again). */
+	int64_t synced = atomic_load(&s->synced_seq);
 
 	a->next_due_ms = INT64_MAX;
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
@@ -1291,6 +1318,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			sqlite3_bind_int64(st, 1, a->now_ms);
 			sqlite3_bind_int(st, 2, want);
 			sqlite3_bind_int64(st, 3, sub->id);
+			sqlite3_bind_int64(st, 4, synced);
 			while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 				struct delivery_job *job = claim_job(s, st, sub, a->now_ms);
 				if (!job || a->njobs == a->max) {
@@ -1307,6 +1335,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
 		}
 		sqlite3_bind_int64(nd, 1, sub->id);
+		sqlite3_bind_int64(nd, 2, synced);
 		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL &&
 		    sqlite3_column_int64(nd, 0) < a->next_due_ms)
 			a->next_due_ms = sqlite3_column_int64(nd, 0);
@@ -1563,6 +1592,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			changed_cap++;
 	}
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
+	s->batch_top_seq = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
 	set_sync(s, durable);
@@ -1700,8 +1730,16 @@ finish:
 	}
 	free(changed);
 	int needs_sync = durable && s->synchronous_full && s->wal_fd >= 0;
-	if (made_due && needs_sync)
-		atomic_store(&s->due_after_sync, 1); /* send nothing that is not on disk yet */
+	if (s->batch_top_seq > 0) {
+		atomic_store(&s->committed_seq, s->batch_top_seq);
+		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
+			atomic_store(&s->synced_seq, s->batch_top_seq);
+	}
+	/* Send nothing that is not on disk yet. New events wake the dispatcher after their
+	 * sync even if their subscriptions looked full: a claim that ran meanwhile could not
+	 * take them, and may have found nothing else due. */
+	if (needs_sync && (made_due || s->batch_top_seq > 0))
+		atomic_store(&s->due_after_sync, 1);
 	else if (made_due)
 		call_due_hook(s);
 	return needs_sync;
@@ -1714,6 +1752,7 @@ static void store_sync(void *ctx)
 	struct store *s = ctx;
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
+	int64_t upto = atomic_load(&s->committed_seq);
 
 	if (fdatasync(s->wal_fd) != 0) {
 		/* The batch is committed and visible, and after a failed fdatasync Linux may
@@ -1724,6 +1763,7 @@ static void store_sync(void *ctx)
 		                "recovery decides what was kept\n", strerror(errno));
 		abort();
 	}
+	atomic_store(&s->synced_seq, upto); /* before the wake: claims may take them now */
 	if (wake)
 		call_due_hook(s);
 }
@@ -2015,6 +2055,11 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	if (for_each_id(s, "SELECT id FROM subscriptions WHERE deleted_at IS NULL",
 	                reload_subscription) != 0) {
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
+	/* Everything in the file is on disk: SQLite's recovery kept only what was. */
+	if (init_seqs(s) != 0) {
+		snprintf(err, errlen, "reading the newest event: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
 	/* Deleted subscriptions whose sweep a stop or crash cut short. */
