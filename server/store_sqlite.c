@@ -166,6 +166,7 @@ struct store {
 	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
+	int batch_new_deliveries;       /* writer: the running batch stored some deliveries */
 	atomic_llong committed_seq;     /* the newest event committed */
 	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
@@ -583,11 +584,23 @@ out:
 	return rc;
 }
 
-/* At open: the newest event is committed and on disk. */
-static int init_seqs(struct store *s)
+/* At open: the newest event is committed, and on disk once the WAL a crashed process
+ * left (its last frames perhaps only in the page cache) has been synced. */
+static int init_seqs(struct store *s, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = -1;
+	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->wdb, "main"));
+	int fd = wal && s->synchronous_full ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
+
+	if (fd >= 0) {
+		int synced = fdatasync(fd);
+		close(fd);
+		if (synced != 0) {
+			snprintf(err, errlen, "syncing the WAL: %s", strerror(errno));
+			return -1;
+		}
+	}
 
 	if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &st, NULL) ==
 	        SQLITE_OK &&
@@ -595,6 +608,8 @@ static int init_seqs(struct store *s)
 		atomic_store(&s->committed_seq, sqlite3_column_int64(st, 0));
 		atomic_store(&s->synced_seq, sqlite3_column_int64(st, 0));
 		rc = 0;
+	} else {
+		snprintf(err, errlen, "reading the newest event: %s", sqlite3_errmsg(s->wdb));
 	}
 	sqlite3_finalize(st);
 	return rc;
@@ -704,6 +719,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			sqlite3_bind_int64(dl, 3, now);
 			if (step_done(dl) != 0)
 				goto fail;
+			s->batch_new_deliveries = 1;
 			/* A subscription at its max_in_flight gets no claim now: the completion
 			 * that gives it room wakes the dispatcher. Under a backlog that spares a
 			 * claim and a wake-up per event. */
@@ -1593,6 +1609,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	}
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
 	s->batch_top_seq = 0;
+	s->batch_new_deliveries = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
 	set_sync(s, durable);
@@ -1735,10 +1752,10 @@ finish:
 		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
 			atomic_store(&s->synced_seq, s->batch_top_seq);
 	}
-	/* Send nothing that is not on disk yet. New events wake the dispatcher after their
+	/* Send nothing that is not on disk yet. New deliveries wake the dispatcher after their
 	 * sync even if their subscriptions looked full: a claim that ran meanwhile could not
 	 * take them, and may have found nothing else due. */
-	if (needs_sync && (made_due || s->batch_top_seq > 0))
+	if (needs_sync && (made_due || s->batch_new_deliveries))
 		atomic_store(&s->due_after_sync, 1);
 	else if (made_due)
 		call_due_hook(s);
@@ -2057,11 +2074,8 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
-	/* Everything in the file is on disk: SQLite's recovery kept only what was. */
-	if (init_seqs(s) != 0) {
-		snprintf(err, errlen, "reading the newest event: %s", sqlite3_errmsg(s->wdb));
+	if (init_seqs(s, err, errlen) != 0)
 		goto fail;
-	}
 	/* Deleted subscriptions whose sweep a stop or crash cut short. */
 	if (for_each_id(s,
 	                "SELECT id FROM subscriptions s WHERE deleted_at IS NOT NULL AND EXISTS"
