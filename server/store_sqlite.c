@@ -167,6 +167,7 @@ struct store {
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
 	int batch_new_deliveries;       /* writer: the running batch stored some deliveries */
+	int64_t batch_new_events;       /* writer: events the running batch stored */
 	atomic_llong committed_seq;     /* the newest event committed */
 	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
@@ -590,16 +591,10 @@ static int init_seqs(struct store *s, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
 	int rc = -1;
-	const char *wal = sqlite3_filename_wal(sqlite3_db_filename(s->wdb, "main"));
-	int fd = wal && s->synchronous_full ? open(wal, O_RDONLY | O_CLOEXEC) : -1;
 
-	if (fd >= 0) {
-		int synced = fdatasync(fd);
-		close(fd);
-		if (synced != 0) {
-			snprintf(err, errlen, "syncing the WAL: %s", strerror(errno));
-			return -1;
-		}
+	if (s->wal_fd >= 0 && fdatasync(s->wal_fd) != 0) {
+		snprintf(err, errlen, "syncing the WAL: %s", strerror(errno));
+		return -1;
 	}
 
 	if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &st, NULL) ==
@@ -707,6 +702,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		int64_t seq = sqlite3_last_insert_rowid(s->wdb);
 		if (seq > s->batch_top_seq)
 			s->batch_top_seq = seq;
+		s->batch_new_events++;
 
 		n = matcher_match(s->matcher, ev->type, &s->match_ids, &s->match_cap);
 		if (n < 0)
@@ -1360,20 +1356,6 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	return STORE_OK;
 }
 
-/* After COMMIT: events an ingest stored anew (an idempotent replay stores nothing). */
-static void count_published(struct store *s, const struct store_call *c)
-{
-	size_t i;
-	json_t *item;
-	long long n = 0;
-
-	json_array_foreach(c->result, i, item) {
-		if (!json_is_true(json_object_get(item, "replayed")))
-			n++;
-	}
-	atomic_fetch_add_explicit(&s->counters.events, n, memory_order_relaxed);
-}
-
 /* After COMMIT: the attempts a completion recorded, and the leases it ended. */
 static void count_results(struct store *s, const struct store_call *c)
 {
@@ -1610,6 +1592,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
 	s->batch_top_seq = 0;
 	s->batch_new_deliveries = 0;
+	s->batch_new_events = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
 	set_sync(s, durable);
@@ -1713,9 +1696,6 @@ finish:
 		if (calls[i]->rc != STORE_OK)
 			continue;
 		switch (calls[i]->kind) {
-		case STORE_INGEST:
-			count_published(s, calls[i]);
-			break;
 		case STORE_COMPLETE:
 			count_results(s, calls[i]);
 			break;
@@ -1747,6 +1727,9 @@ finish:
 	}
 	free(changed);
 	int needs_sync = durable && s->synchronous_full && s->wal_fd >= 0;
+	/* An ingest that fails rolls the whole batch back, so these count only what was kept
+	 * (an idempotent replay stores nothing). */
+	atomic_fetch_add_explicit(&s->counters.events, s->batch_new_events, memory_order_relaxed);
 	if (s->batch_top_seq > 0) {
 		atomic_store(&s->committed_seq, s->batch_top_seq);
 		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
@@ -2074,6 +2057,11 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
+	if (s->synchronous_full) {
+		s->wal_fd = open_wal_for_sync(s);
+		if (s->wal_fd >= 0 && exec_sql(s->wdb, "PRAGMA synchronous=NORMAL", err, errlen) != 0)
+			goto fail;
+	}
 	if (init_seqs(s, err, errlen) != 0)
 		goto fail;
 	/* Deleted subscriptions whose sweep a stop or crash cut short. */
@@ -2096,11 +2084,6 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	s->source.ctx = s;
 	s->source.claim = source_claim;
 	s->source.complete = source_complete;
-	if (s->synchronous_full) {
-		s->wal_fd = open_wal_for_sync(s);
-		if (s->wal_fd >= 0 && exec_sql(s->wdb, "PRAGMA synchronous=NORMAL", err, errlen) != 0)
-			goto fail;
-	}
 	s->writer = writer_start(store_run_batch, store_sync, s,
 	                         opts->max_queue ? opts->max_queue : 8192, WRITER_BATCH_MAX);
 	if (!s->writer) {
