@@ -1,11 +1,13 @@
 // reliability-overload.test.mjs - issue #5, part 5: a burst far beyond what the relay is
 // configured to queue (--max-queue 8, one HTTP thread). Every request gets an answer in
 // bounded time, 202 or 503 overloaded with Retry-After; every 202 is stored; memory stays
-// bounded; the relay serves normally afterwards.
+// bounded; the relay serves normally afterwards. And 128 requests arriving together on
+// 128 open connections are all answered at once (a libmicrohttpd epoll stall).
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startRelay, api, postEvent, listAll, cleanup, withLogs } from './harness.mjs';
+import net from 'node:net';
+import { startRelay, api, postEvent, listAll, cleanup, withLogs, sleep } from './harness.mjs';
 import { SOAK, SLOW, tryPost, rssMiB } from './reliability/lib.mjs';
 
 afterEach(cleanup);
@@ -70,4 +72,61 @@ test('400 concurrent POSTs against --max-queue 8 and one HTTP thread: 202 or 503
   // Afterwards the relay serves normally.
   assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
   await postEvent(relay, { type: 'overload.after' });
+}));
+
+// libmicrohttpd 0.9.75's epoll loop waits again, with the full timeout, whenever one
+// epoll_wait returned exactly its 128-event maximum, before handling those 128: the relay
+// sat up to 60 s (the connection timeout) on requests already read-ready. The relay polls
+// instead. The stop/continue makes all 128 ready in the same instant, which with epoll
+// stalled every time.
+test('128 keep-alive connections whose requests arrive at once are all answered promptly', withLogs(async () => {
+  const relay = await startRelay({ args: ['--http-threads', '1'] });
+  const N = 128;
+  const request = `GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`;
+  const conns = await Promise.all(Array.from({ length: N }, () => new Promise((resolve, reject) => {
+    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
+    sock.once('error', reject);
+  })));
+  // One answered request per connection, counted by its status line.
+  const answered = (sock) => new Promise((resolve, reject) => {
+    let seen = '';
+    const onData = (chunk) => {
+      seen += chunk.toString('latin1');
+      if (/^HTTP\/1\.1 200 /.test(seen) && seen.includes('\r\n\r\n') && /\}\s*$/.test(seen)) {
+        sock.off('data', onData);
+        resolve();
+      }
+    };
+    sock.on('data', onData);
+    sock.once('error', reject);
+  });
+  const round = async () => {
+    const t0 = performance.now();
+    const all = Promise.all(conns.map(answered));
+    for (const sock of conns) sock.write(request);
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not all ${N} answered within 5 s`)), 5000 * SLOW);
+    });
+    try {
+      await Promise.race([all, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return performance.now() - t0;
+  };
+  try {
+    await round(); // every connection is now open and idle in the relay's poll set
+    for (let i = 0; i < 3; i++) {
+      process.kill(relay.proc.pid, 'SIGSTOP');
+      const all = round();
+      await sleep(100);
+      process.kill(relay.proc.pid, 'SIGCONT');
+      const ms = await all;
+      assert.ok(ms < 5000 * SLOW, `round ${i} took ${ms} ms`);
+    }
+  } finally {
+    process.kill(relay.proc.pid, 'SIGCONT');
+    for (const sock of conns) sock.destroy();
+  }
 }));
