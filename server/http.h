@@ -19,12 +19,14 @@ struct http_server;
 struct http_request;
 struct api;
 
+#define HTTP_MAX_CONNECTIONS_DEFAULT 1024U /* open client connections at once */
+
 struct http_options {
 	const char *host;       /* numeric IPv4 or IPv6 address to listen on */
 	int port;               /* 0 = any free port */
 	int threads;            /* MHD thread-pool size */
 	size_t max_body;        /* bytes; a larger body gets 413 */
-	unsigned int max_connections;
+	unsigned int max_connections; /* 0 = HTTP_MAX_CONNECTIONS_DEFAULT */
 };
 
 /* Starts listening. *port_out gets the bound port. NULL with a message in err. */

@@ -97,7 +97,10 @@ export async function startRelay(opts = {}) {
         ...(schedule ? ['--retry-schedule', schedule] : []),
         ...(opts.args ?? []),
       ];
-  const proc = spawn(bin, args, {
+  // opts.wrap: a command line the relay's own is appended to, which must exec it (so that
+  // proc.pid stays the relay's), e.g. ['sh', '-c', 'ulimit -Sn 256 && exec "$@"', 'sh'].
+  const [cmd, ...cmdArgs] = opts.wrap ? [...opts.wrap, bin, ...args] : [bin, ...args];
+  const proc = spawn(cmd, cmdArgs, {
     env: childEnv(opts.env ?? {}),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
