@@ -334,29 +334,38 @@ static int is_loopback(const char *host)
 	return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
 }
 
-/* Creates the database's directory if it is missing (one level, like `make run` needs). */
 /* Every client connection and every delivery in flight is a descriptor. A shell's soft
  * limit is often 1,024: at that many connections accept() failed and the connections
  * beyond waited unanswered, and a new delivery connection could fail the same way. Raise
  * the soft limit toward the hard one (as far as we need); say so if even that is short. */
-static void raise_open_file_limit(int max_in_flight)
+static void raise_open_file_limit(int max_in_flight, int http_threads)
 {
-	const rlim_t need = HTTP_MAX_CONNECTIONS_DEFAULT + (rlim_t)max_in_flight + 64; /* + db, WAL, pipes */
+	/* + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
+	const rlim_t need = HTTP_MAX_CONNECTIONS_DEFAULT + (rlim_t)max_in_flight +
+	                    (rlim_t)http_threads + 256;
 	struct rlimit rl;
+	rlim_t was;
+	const char *why = NULL;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need)
 		return;
+	was = rl.rlim_cur;
 	rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need ? rl.rlim_max : need;
-	if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0)
-		rl.rlim_cur = 0;
+	if (rl.rlim_cur > was && setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+		why = strerror(errno);
+		rl.rlim_cur = was;
+	}
 	if (rl.rlim_cur < need)
 		fprintf(stderr,
-		        "hookrelay: warning: the open-file limit (%llu) is below the %llu that %u connections "
-		        "and %d deliveries in flight can use; raise it (ulimit -n, or LimitNOFILE=)\n",
-		        (unsigned long long)rl.rlim_cur, (unsigned long long)need,
+		        "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the %llu "
+		        "that %u connections and %d deliveries in flight can use; raise it (ulimit -n, "
+		        "or LimitNOFILE= in a systemd unit)\n",
+		        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+		        why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
 		        HTTP_MAX_CONNECTIONS_DEFAULT, max_in_flight);
 }
 
+/* Creates the database's directory if it is missing (one level, like `make run` needs). */
 static void ensure_db_dir(const char *path)
 {
 	char dir[4096];
@@ -416,7 +425,7 @@ static int serve(int argc, char **argv)
 		return 1;
 	}
 
-	raise_open_file_limit(cfg.max_in_flight);
+	raise_open_file_limit(cfg.max_in_flight, cfg.http_threads);
 	ensure_db_dir(cfg.db_path);
 	struct store_options sopts = {
 	    .path = cfg.db_path,

@@ -246,7 +246,7 @@ int main(int argc, char **argv)
 	addr.sin_family = AF_INET;
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	addr.sin_port = 0;
-	/* a pool of 1 is no pool: MHD warns and uses the polling thread alone */
+	/* a pool of 1 is no pool: ask for none (0) and MHD uses its polling thread alone */
 	struct MHD_Daemon *d = MHD_start_daemon(
 	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL,
 	    NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr,

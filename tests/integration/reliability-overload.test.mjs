@@ -133,8 +133,12 @@ test('128 keep-alive connections whose requests arrive at once are all answered 
       }).catch((err) => { throw new Error(`round ${i}: ${err.message}`); });
     }
   } finally {
-    process.kill(relay.proc.pid, 'SIGCONT');
     for (const sock of conns) sock.destroy();
+    try {
+      process.kill(relay.proc.pid, 'SIGCONT');
+    } catch {
+      // it died: the test's own error says why
+    }
   }
 }));
 
@@ -142,7 +146,7 @@ test('128 keep-alive connections whose requests arrive at once are all answered 
 // raising it the relay accepted connections only up to it and left the rest unanswered.
 test('a low soft open-file limit is raised: 400 connections at once are all answered', withLogs(async (t) => {
   const hard = Number((readFileSync('/proc/self/limits', 'utf8').match(/Max open files\s+\d+\s+(\d+|unlimited)/) ?? [])[1] ?? 'NaN');
-  if (hard < 1024) {
+  if (!(hard >= 1024)) { // also when the line could not be read
     t.skip(`the hard open-file limit here is ${hard}`);
     return;
   }

@@ -129,8 +129,8 @@ test('--help lists every flag', withLogs(async () => {
   }
 }));
 
-test('a start with default flags and one with --http-threads 2 print no library warnings', withLogs(async () => {
-  for (const args of [[], ['--http-threads', '2']]) {
+test('starts with one HTTP thread (the default below 4 cores) and with two print no library warnings', withLogs(async () => {
+  for (const args of [['--http-threads', '1'], ['--http-threads', '2']]) {
     const relay = await startRelay({ args });
     assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
     await relay.stop({ signal: 'SIGTERM', timeoutMs: 10_000 });
