@@ -15,7 +15,8 @@
  *   done in the writer, but the writer runs the next batch meanwhile). If the WAL cannot
  *   be opened for that, wdb falls back to synchronous=FULL for durable batches.
  *   Claims take only deliveries of events up to synced_seq, which the syncer raises
- *   after each fdatasync: nothing is sent that a power cut could still take back.
+ *   after each fdatasync: nothing is sent that a power cut could still take back. A
+ *   claim that finds newer events asks for a wake after their sync (wake_when_synced).
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
  *   both change only after the COMMIT that changed the row (reload_subscription),
@@ -166,7 +167,8 @@ struct store {
 	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
-	int batch_new_deliveries;       /* writer: the running batch stored some deliveries */
+	atomic_llong wake_when_synced;  /* a claim could not take events up to this one (not on
+	                                   disk yet): wake the dispatcher once they are; 0 none */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
 	atomic_llong committed_seq;     /* the newest event committed */
 	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
@@ -715,7 +717,6 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			sqlite3_bind_int64(dl, 3, now);
 			if (step_done(dl) != 0)
 				goto fail;
-			s->batch_new_deliveries = 1;
 			/* A subscription at its max_in_flight gets no claim now: the completion
 			 * that gives it room wakes the dispatcher. Under a backlog that spares a
 			 * claim and a wake-up per event. */
@@ -1300,6 +1301,37 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 }
 
 /*
+ * A claim that runs while events are written but not yet on disk cannot send their
+ * deliveries, and when their subscriptions looked full at ingest nothing else wakes the
+ * dispatcher once they are synced: without this it found them only on its one-second
+ * timer. The claim asks for a wake (wish_wake_when_synced); whoever raises synced_seq
+ * past it takes the wish and wakes (take_wake_wish). The claim stores its wish before it
+ * reads synced_seq again, and a sync stores synced_seq before it looks for a wish (all
+ * seq_cst): either the claim sees that sync, or the sync sees the wish. A wish left over
+ * only costs one more claim.
+ */
+static int64_t wish_wake_when_synced(struct store *s, int64_t written)
+{
+	int64_t cur = atomic_load(&s->wake_when_synced);
+
+	while (cur < written && !atomic_compare_exchange_weak(&s->wake_when_synced, &cur, written))
+		;
+	return atomic_load(&s->synced_seq);
+}
+
+/* 1 if a wish waited for events up to `synced` (now on disk); it is taken. */
+static int take_wake_wish(struct store *s, int64_t synced)
+{
+	int64_t w = atomic_load(&s->wake_when_synced);
+
+	while (w != 0 && w <= synced) {
+		if (atomic_compare_exchange_weak(&s->wake_when_synced, &w, 0))
+			return 1;
+	}
+	return 0;
+}
+
+/*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
  * stopped, each subscription up to its max_in_flight: one slow or dead receiver cannot
  * take every slot. next_due is the earliest due time among subscriptions with room.
@@ -1313,7 +1345,12 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	/* Only what is on disk goes out: a receiver must never see an event that a power
 	 * cut could still take back (its publisher, with no 202, would publish it again). */
 	int64_t synced = atomic_load(&s->synced_seq);
+	int64_t written = atomic_load(&s->committed_seq);
 
+	if (s->batch_top_seq > written)
+		written = s->batch_top_seq; /* this batch's own, not committed yet */
+	if (written > synced)
+		synced = wish_wake_when_synced(s, written);
 	a->next_due_ms = INT64_MAX;
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
@@ -1591,7 +1628,6 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	}
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
 	s->batch_top_seq = 0;
-	s->batch_new_deliveries = 0;
 	s->batch_new_events = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
@@ -1735,12 +1771,12 @@ finish:
 		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
 			atomic_store(&s->synced_seq, s->batch_top_seq);
 	}
-	/* Send nothing that is not on disk yet. New deliveries wake the dispatcher after their
-	 * sync even if their subscriptions looked full: a claim that ran meanwhile could not
-	 * take them, and may have found nothing else due. */
-	if (needs_sync && (made_due || s->batch_new_deliveries))
+	/* Send nothing that is not on disk yet: deliveries made due wake the dispatcher after
+	 * their sync. Those of subscriptions that looked full are left to the completion that
+	 * gives them room; if its claim comes before their sync, it asks for a wake then. */
+	if (needs_sync && made_due)
 		atomic_store(&s->due_after_sync, 1);
-	else if (made_due)
+	else if (made_due || take_wake_wish(s, atomic_load(&s->synced_seq)))
 		call_due_hook(s);
 	return needs_sync;
 }
@@ -1764,6 +1800,8 @@ static void store_sync(void *ctx)
 		abort();
 	}
 	atomic_store(&s->synced_seq, upto); /* before the wake: claims may take them now */
+	if (take_wake_wish(s, upto))
+		wake = 1;
 	if (wake)
 		call_due_hook(s);
 }

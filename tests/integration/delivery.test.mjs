@@ -284,3 +284,28 @@ test('a hanging receiver does not hold up a healthy one', withLogs(async () => {
   assert.ok(performance.now() - t0 < 1500, 'healthy receiver served promptly');
   stuck.dropConnections();
 }));
+
+// The relay sends only events already fsynced, and a subscription at its max_in_flight is
+// not woken for new events: its next claim, after a completion, may run before their sync
+// and find nothing it may send. That claim must be answered by a wake once they are on
+// disk; without one, the event waited for the dispatcher's one-second timer (or for the
+// next publish, which is why the events here come in pairs with a pause after each).
+test('a subscription at max_in_flight 1 gets an event published while another is in flight promptly', withLogs(async () => {
+  const relay = await startRelay();
+  // Answers after 0-2 ms: the second event of a pair is then often committed while the
+  // first is in flight, and the claim after the first's completion runs before its fsync.
+  const r = await startReceiver({ behavior: (_req, i) => ({ delayMs: i % 3 }) });
+  await createSub(relay, r, { max_in_flight: 1 });
+  const PAIRS = 40;
+  const late = [];
+  for (let k = 0; k < PAIRS; k++) {
+    await postEvent(relay, { type: 'pair.first', data: k });
+    await postEvent(relay, { type: 'pair.second', data: k });
+    const accepted = performance.now(); // the 202 came after the sync
+    const reqs = await r.waitFor(2 * (k + 1), 5000);
+    late.push(reqs[2 * k + 1].arrivedMono - accepted);
+  }
+  const worst = Math.max(...late);
+  console.log(`max_in_flight 1: ${PAIRS} pairs, slowest second event from 202 to arrival ${worst.toFixed(1)} ms`);
+  assert.ok(worst < 300, `the second event of a pair arrived ${worst.toFixed(0)} ms after its 202`);
+}));
