@@ -87,6 +87,8 @@ struct sub_entry {
 	int enabled;
 	int max_in_flight;            /* leases this subscription may hold at once */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
+	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
+	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
 	char *url;
 	char *headers_json;           /* or NULL */
@@ -167,8 +169,8 @@ struct store {
 	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
-	atomic_llong wake_when_synced;  /* a claim could not take events up to this one (not on
-	                                   disk yet): wake the dispatcher once they are; 0 none */
+	_Atomic int64_t wake_when_synced; /* a claim could not take events up to this one (not
+	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
 	atomic_llong committed_seq;     /* the newest event committed */
 	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
@@ -508,6 +510,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	{
 		const struct sub_entry *old = sub_find(s, id);
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
+		fresh.newest_seq = old ? old->newest_seq : 0;
 	}
 	sub_remove(s, id);
 	if (sqlite3_prepare_v2(s->wdb,
@@ -711,7 +714,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			goto fail;
 		sqlite3_stmt *dl = s->st[ST_DELIVERY_INSERT];
 		for (int k = 0; k < n; k++) {
-			const struct sub_entry *sub = sub_find(s, s->match_ids[k]);
+			struct sub_entry *sub = sub_find(s, s->match_ids[k]);
 			sqlite3_bind_int64(dl, 1, seq);
 			sqlite3_bind_int64(dl, 2, s->match_ids[k]);
 			sqlite3_bind_int64(dl, 3, now);
@@ -722,6 +725,8 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			 * claim and a wake-up per event. */
 			if (!sub || sub->leased < sub->max_in_flight)
 				*made_due = 1;
+			if (sub && seq > sub->newest_seq)
+				sub->newest_seq = seq;
 		}
 		item = json_pack("{s:s, s:i, s:b}", "id", ev->id, "deliveries", n, "replayed", 0);
 		json_array_append_new(items, item);
@@ -879,6 +884,8 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		sqlite3_finalize(st);
 		st = NULL;
 	}
+	if (json_object_get(f, "max_in_flight"))
+		*made_due = 1; /* more room: its backlog may go out now */
 	v = json_object_get(f, "enabled");
 	if (v) {
 		int on = json_is_true(v);
@@ -1331,6 +1338,21 @@ static int take_wake_wish(struct store *s, int64_t synced)
 	return 0;
 }
 
+static void call_due_hook(struct store *s);
+
+/* A claim of a batch that rolled back may have wished for events that never were: no
+ * sync would pass that wish, and smaller ones would be absorbed by it. */
+static void forget_rolled_back_wish(struct store *s)
+{
+	int64_t committed = atomic_load(&s->committed_seq);
+	int64_t w = atomic_load(&s->wake_when_synced);
+
+	while (w > committed && !atomic_compare_exchange_weak(&s->wake_when_synced, &w, committed))
+		;
+	if (take_wake_wish(s, atomic_load(&s->synced_seq)))
+		call_due_hook(s);
+}
+
 /*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
  * stopped, each subscription up to its max_in_flight: one slow or dead receiver cannot
@@ -1346,11 +1368,20 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	 * cut could still take back (its publisher, with no 202, would publish it again). */
 	int64_t synced = atomic_load(&s->synced_seq);
 	int64_t written = atomic_load(&s->committed_seq);
+	int64_t missed = 0;
 
 	if (s->batch_top_seq > written)
 		written = s->batch_top_seq; /* this batch's own, not committed yet */
-	if (written > synced)
-		synced = wish_wake_when_synced(s, written);
+	/* Deliveries this claim cannot take yet, of subscriptions it could give them to (a
+	 * subscription at its cap gets its wake from a completion instead). */
+	for (size_t k = 0; k < nsubs && written > synced; k++) {
+		const struct sub_entry *sub = &s->subs[k];
+		int64_t newest = sub->newest_seq < written ? sub->newest_seq : written;
+		if (sub->enabled && sub->leased < sub->max_in_flight && newest > missed)
+			missed = newest;
+	}
+	if (missed > synced)
+		synced = wish_wake_when_synced(s, missed);
 	a->next_due_ms = INT64_MAX;
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
@@ -1726,6 +1757,7 @@ finish:
 				free_claim_jobs(c->internal);
 		}
 		free(changed);
+		forget_rolled_back_wish(s);
 		return 0;
 	}
 	for (size_t i = 0; i < n; i++) {

@@ -6,7 +6,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
-  waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs,
+  waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -296,7 +296,7 @@ test('a subscription at max_in_flight 1 gets an event published while another is
   // first is in flight, and the claim after the first's completion runs before its fsync.
   const r = await startReceiver({ behavior: (_req, i) => ({ delayMs: i % 3 }) });
   await createSub(relay, r, { max_in_flight: 1 });
-  const PAIRS = 40;
+  const PAIRS = 80;
   const late = [];
   for (let k = 0; k < PAIRS; k++) {
     await postEvent(relay, { type: 'pair.first', data: k });
@@ -308,4 +308,25 @@ test('a subscription at max_in_flight 1 gets an event published while another is
   const worst = Math.max(...late);
   console.log(`max_in_flight 1: ${PAIRS} pairs, slowest second event from 202 to arrival ${worst.toFixed(1)} ms`);
   assert.ok(worst < 300, `the second event of a pair arrived ${worst.toFixed(0)} ms after its 202`);
+}));
+
+// Raising max_in_flight gives a backlog room at once: the dispatcher is woken, rather
+// than finding out on its one-second timer.
+test('raising max_in_flight sends the waiting backlog at once', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { max_in_flight: 1 });
+  for (let i = 0; i < 5; i++) await postEvent(relay, { type: 'room.more', data: i });
+  await r.waitFor(1, 3000);
+  await sleep(300); // the dispatcher has looked and found no room
+  for (const [max, expect] of [[3, 3], [5, 5]]) {
+    const t0 = performance.now();
+    const res = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { max_in_flight: max });
+    assert.equal(res.status, 200, JSON.stringify(res.json));
+    await r.waitFor(expect, 3000);
+    const ms = performance.now() - t0;
+    assert.ok(ms < 300, `max_in_flight ${max}: the backlog took ${ms.toFixed(0)} ms to go out`);
+    await sleep(300);
+  }
+  r.dropConnections();
 }));
