@@ -24,7 +24,7 @@ struct api;
 struct http_options {
 	const char *host;       /* numeric IPv4 or IPv6 address to listen on */
 	int port;               /* 0 = any free port */
-	int threads;            /* MHD thread-pool size */
+	int threads;            /* HTTP threads (1: MHD's polling thread alone, no pool) */
 	size_t max_body;        /* bytes; a larger body gets 413 */
 	unsigned int max_connections; /* 0 = HTTP_MAX_CONNECTIONS_DEFAULT */
 };

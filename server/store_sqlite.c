@@ -172,8 +172,8 @@ struct store {
 	_Atomic int64_t wake_when_synced; /* a claim could not take events up to this one (not
 	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
-	atomic_llong committed_seq;     /* the newest event committed */
-	atomic_llong synced_seq;        /* the newest event on disk: claims go no further */
+	_Atomic int64_t committed_seq;  /* the newest event committed */
+	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
