@@ -18,40 +18,33 @@ static void ingest_cleanup(struct api_write *w)
 	ingest_free(w->owned);
 }
 
-static int all_replayed(json_t *items)
+/* 200 when every event was a replay of an idempotency key, else 202. */
+static int ingest_status(const struct api_write *w)
 {
-	size_t i;
-	json_t *item;
-	json_array_foreach(items, i, item)
-	{
-		if (!json_is_true(json_object_get(item, "replayed")))
-			return 0;
+	for (size_t i = 0; i < w->call.nevents; i++) {
+		if (!w->call.events[i].replayed)
+			return 202;
 	}
-	return json_array_size(items) > 0;
+	return w->call.nevents > 0 ? 200 : 202;
 }
 
 static void reply_single(struct http_request *req, struct api_write *w)
 {
-	json_t *item = json_array_get(w->call.result, 0);
+	const struct store_event *ev = &w->call.events[0];
 	char body[96];
 
 	/* The hottest reply: written directly, ids are [A-Za-z0-9_] so nothing needs escaping. */
-	snprintf(body, sizeof(body), "{\"id\":\"%s\",\"deliveries\":%lld}",
-	         json_string_value(json_object_get(item, "id")),
-	         (long long)json_integer_value(json_object_get(item, "deliveries")));
-	http_reply_text(req, all_replayed(w->call.result) ? 200 : 202, body);
+	snprintf(body, sizeof(body), "{\"id\":\"%s\",\"deliveries\":%d}", ev->id, ev->deliveries);
+	http_reply_text(req, ingest_status(w), body);
 }
 
 static void reply_batch(struct http_request *req, struct api_write *w)
 {
 	json_t *ids = json_array();
-	size_t i;
-	json_t *item;
-	json_array_foreach(w->call.result, i, item)
-	{
-		json_array_append(ids, json_object_get(item, "id"));
-	}
-	http_reply_json(req, all_replayed(w->call.result) ? 200 : 202, json_pack("{s:o}", "ids", ids));
+
+	for (size_t i = 0; i < w->call.nevents; i++)
+		json_array_append_new(ids, json_string(w->call.events[i].id));
+	http_reply_json(req, ingest_status(w), json_pack("{s:o}", "ids", ids));
 }
 
 static void ingest(struct api *api, struct http_request *req, int batch)

@@ -64,6 +64,10 @@ struct store_event {
 	int64_t created_at_ms;
 	const char *envelope;         /* exact bytes to store and send */
 	size_t envelope_len;          /* bytes */
+	/* outputs, valid from done() on when rc == STORE_OK */
+	int deliveries;               /* delivery rows it made (replayed: the first one made) */
+	int replayed;                 /* 1 if its idempotency key was known; id is then the
+	                                 stored event's */
 };
 
 enum store_call_kind {
@@ -100,8 +104,8 @@ struct store_call {
 	json_t *fields;               /* SUB_CREATE, SUB_UPDATE, SUB_ROTATE */
 	/* outputs, valid from done() on */
 	enum store_rc rc;
-	json_t *result;   /* new reference the caller owns: INGEST: array of
-	                     {"id","deliveries","replayed"}; SUB_*: the subscription
+	json_t *result;   /* new reference the caller owns: INGEST: NULL (the outputs
+	                     are in events[]); SUB_*: the subscription
 	                     (with "secret" after CREATE/ROTATE); RECOVER:
 	                     {"requeued": n}; RETRY: the delivery */
 	char why[160];    /* for rc != STORE_OK: what went wrong, for the error message */

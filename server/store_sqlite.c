@@ -669,12 +669,10 @@ static enum store_rc fail_storage(struct store *s, struct store_call *call)
 
 static enum store_rc apply_ingest(struct store *s, struct store_call *call, int *made_due)
 {
-	json_t *items = json_array();
 	int64_t now = clock_now_ms();
 
 	for (size_t i = 0; i < call->nevents; i++) {
-		const struct store_event *ev = &call->events[i];
-		json_t *item;
+		struct store_event *ev = &call->events[i];
 		int n;
 
 		if (ev->idempotency_key) {
@@ -682,15 +680,15 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
 			int step = sqlite3_step(st);
 			if (step == SQLITE_ROW) {
-				item = json_pack("{s:s, s:i, s:b}", "id", column_text(st, 0),
-				                 "deliveries", sqlite3_column_int(st, 1), "replayed", 1);
-				sqlite3_reset(st);
-				sqlite3_clear_bindings(st);
-				json_array_append_new(items, item);
-				continue;
+				const char *stored = column_text(st, 0);
+				snprintf(ev->id, sizeof(ev->id), "%s", stored ? stored : "");
+				ev->deliveries = sqlite3_column_int(st, 1);
+				ev->replayed = 1;
 			}
 			sqlite3_reset(st);
 			sqlite3_clear_bindings(st);
+			if (step == SQLITE_ROW)
+				continue;
 			if (step != SQLITE_DONE)
 				goto fail;
 		}
@@ -728,13 +726,11 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (sub && seq > sub->newest_seq)
 				sub->newest_seq = seq;
 		}
-		item = json_pack("{s:s, s:i, s:b}", "id", ev->id, "deliveries", n, "replayed", 0);
-		json_array_append_new(items, item);
+		ev->deliveries = n;
+		ev->replayed = 0;
 	}
-	call->result = items;
 	return STORE_OK;
 fail:
-	json_decref(items);
 	return fail_storage(s, call);
 }
 
