@@ -13,7 +13,9 @@
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
 # BENCH_SUB_FIELDS=',"max_in_flight":48' adds fields to every subscription the bench makes.
-# BENCH_PERF=FILE records a perf profile (perf record -g) of the relay while row 4 drains.
+# BENCH_PERF=FILE records a perf profile (perf record -g) of the relay while row 4 drains;
+# BENCH_PERF_OPT replaces -g (say --call-graph dwarf: Debian's libcurl and libsqlite3 have
+# no frame pointers, so -g loses their callers).
 set -eu
 
 cd "$(dirname "$0")/.."
@@ -412,7 +414,7 @@ section_delivery() {
 	ticks0=$(cpu_ticks "$RELAY_PID")
 	set_enabled true || return 1
 	# BENCH_PERF=FILE: a perf profile of the relay's first 8 s of draining, for tuning
-	[ -z "${BENCH_PERF:-}" ] || perf record -g -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
+	[ -z "${BENCH_PERF:-}" ] || perf record ${BENCH_PERF_OPT:--g} -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
 	got=$base
 	local s0=$SECONDS
 	HWM_DELIVERY=$hwm_before

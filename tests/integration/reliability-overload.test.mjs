@@ -76,11 +76,18 @@ test('400 concurrent POSTs against --max-queue 8 and one HTTP thread: 202 or 503
 }));
 
 // Opens n keep-alive connections to the relay.
+// Opens n connections; if any fails, closes the ones that opened and throws its error.
 async function openConnections(relay, n) {
-  return Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
+  const settled = await Promise.allSettled(Array.from({ length: n }, () => new Promise((resolve, reject) => {
     const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
     sock.once('error', reject);
   })));
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed) {
+    for (const s of settled) if (s.status === 'fulfilled') s.value.destroy();
+    throw failed.reason;
+  }
+  return settled.map((s) => s.value);
 }
 
 // Writes GET /healthz on every connection and resolves once every one was answered 200;
