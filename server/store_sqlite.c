@@ -22,8 +22,14 @@
  *   both change only after the COMMIT that changed the row (reload_subscription),
  *   except a subscription's lease count, which a completion lowers when it is applied
  *   (return_leases) so that a claim in the same batch can use the room.
- * - a delivery row with leased = 1 is in the dispatcher's hands; every lease is dropped
- *   at open, so a crash re-sends what was in flight.
+ * - a delivery in the dispatcher's hands (claimed, its result not yet committed) is in
+ *   s->leases, in memory only: a claim writes nothing, and a crash or a stop re-sends what
+ *   was in flight. An id enters when its claim makes the job (and leaves again if that
+ *   claim rolls back) and leaves after the COMMIT of its result, so no claim, sweep or
+ *   retry can take a row whose attempt is still running or whose outcome may yet roll
+ *   back. SQL sees the set as in_flight(id). The deliveries.leased column is no longer
+ *   set (older versions set it; open clears it); it stays in the claim's WHERE because
+ *   the partial index deliveries_due_by_sub is defined with it.
  * - a deleted subscription's pending deliveries are failed SWEEP_CHUNK rows per batch
  *   (the delete does the first chunk, STORE_SWEEP calls the rest, one at a time in the
  *   queue), so that deleting a subscription with a million pending rows neither holds
@@ -128,23 +134,23 @@ static const char *const writer_sql[ST_COUNT] = {
 	                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
 	[ST_DELIVERY_INSERT] = "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
 	                       " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
-	[ST_CLAIM] = "UPDATE deliveries SET leased = 1 WHERE id IN (SELECT id FROM deliveries"
+	[ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count FROM deliveries"
 	             " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
-	             " AND next_attempt_at <= ?1 AND event_seq <= ?4 ORDER BY next_attempt_at"
-	             " LIMIT ?2) RETURNING id, event_seq, subscription_id, attempt_count",
+	             " AND next_attempt_at <= ?1 AND event_seq <= ?4 AND NOT in_flight(id)"
+	             " ORDER BY next_attempt_at LIMIT ?2",
 	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
-	                " AND state = 0 AND leased = 0 AND event_seq <= ?2",
+	                " AND state = 0 AND leased = 0 AND event_seq <= ?2 AND NOT in_flight(id)",
 	[ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
 	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
 	                      " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-	[ST_DELIVERY_FINISH] = "UPDATE deliveries SET leased = 0, state = ?2, attempt_count = ?3,"
+	[ST_DELIVERY_FINISH] = "UPDATE deliveries SET state = ?2, attempt_count = ?3,"
 	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
 	                       " updated_at = ?7 WHERE id = ?1",
-	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET leased = 0, next_attempt_at = ?2 WHERE id = ?1",
+	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
 	[ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
 	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
 	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
-	             " AND leased = 0 ORDER BY next_attempt_at LIMIT ?3)",
+	             " AND leased = 0 AND NOT in_flight(id) ORDER BY next_attempt_at LIMIT ?3)",
 	[ST_PRUNE_NEWEST] = "SELECT (SELECT max(seq) FROM events),"
 	                    " (SELECT event_seq FROM deliveries ORDER BY id DESC LIMIT 1)",
 	[ST_PRUNE_NEXT] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -204,6 +210,10 @@ struct store {
 		int queued;             /* call is in the writer's queue */
 		int64_t finished;       /* set by the last sweep: this id has none left */
 	} sweep;
+	struct {                        /* deliveries in the dispatcher's hands: writer thread */
+		int64_t *ids;           /* sorted, no duplicates */
+		size_t n, cap;
+	} leases;
 	struct {                        /* for /metrics: written by the writer after COMMIT */
 		atomic_llong events, delivered, retry, failed;
 		atomic_llong in_flight;         /* leases held: claimed minus completed */
@@ -277,6 +287,67 @@ static int step_done(sqlite3_stmt *st)
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
+}
+
+/* The first position in s->leases whose id is >= id. */
+static size_t lease_pos(const struct store *s, int64_t id)
+{
+	size_t lo = 0, hi = s->leases.n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->leases.ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int lease_held(const struct store *s, int64_t id)
+{
+	size_t i = lease_pos(s, id);
+	return i < s->leases.n && s->leases.ids[i] == id;
+}
+
+/* Returns 0, or -1 without memory. */
+static int lease_add(struct store *s, int64_t id)
+{
+	size_t i = lease_pos(s, id);
+
+	if (i < s->leases.n && s->leases.ids[i] == id)
+		return 0;
+	if (s->leases.n == s->leases.cap) {
+		size_t cap = s->leases.cap ? s->leases.cap * 2 : 256;
+		int64_t *grown = realloc(s->leases.ids, cap * sizeof(*grown));
+		if (!grown)
+			return -1;
+		s->leases.ids = grown;
+		s->leases.cap = cap;
+	}
+	memmove(&s->leases.ids[i + 1], &s->leases.ids[i], (s->leases.n - i) * sizeof(int64_t));
+	s->leases.ids[i] = id;
+	s->leases.n++;
+	return 0;
+}
+
+static void lease_drop(struct store *s, int64_t id)
+{
+	size_t i = lease_pos(s, id);
+
+	if (i < s->leases.n && s->leases.ids[i] == id) {
+		memmove(&s->leases.ids[i], &s->leases.ids[i + 1], (s->leases.n - i - 1) * sizeof(int64_t));
+		s->leases.n--;
+	}
+}
+
+/* SQL in_flight(id) on the write connection: 1 if the delivery is leased. */
+static void sql_in_flight(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+	const struct store *s = sqlite3_user_data(ctx);
+
+	(void)argc;
+	sqlite3_result_int(ctx, lease_held(s, sqlite3_value_int64(argv[0])));
 }
 
 static json_t *json_time_or_null(sqlite3_stmt *st, int i)
@@ -1202,8 +1273,8 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	enum store_rc rc = STORE_ERR;
 	int64_t now = clock_now_ms();
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT leased, subscription_id FROM deliveries WHERE id = ?1",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->wdb, "SELECT subscription_id FROM deliveries WHERE id = ?1", -1, &st,
+	                       NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, call->id);
 	int step = sqlite3_step(st);
@@ -1213,12 +1284,12 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	}
 	if (step != SQLITE_ROW)
 		goto out;
-	if (sqlite3_column_int(st, 0)) {
+	if (lease_held(s, call->id)) {
 		snprintf(call->why, sizeof(call->why), "the delivery is being attempted right now");
 		rc = STORE_CONFLICT;
 		goto out;
 	}
-	if (!sub_find(s, sqlite3_column_int64(st, 1))) {
+	if (!sub_find(s, sqlite3_column_int64(st, 0))) {
 		snprintf(call->why, sizeof(call->why), "its subscription was deleted");
 		rc = STORE_CONFLICT;
 		goto out;
@@ -1251,7 +1322,7 @@ static enum store_rc apply_sub_recover(struct store *s, struct store_call *call,
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "UPDATE deliveries SET state = 0, next_attempt_at = ?3, updated_at = ?4"
 	                       " WHERE id IN (SELECT id FROM deliveries WHERE subscription_id = ?1"
-	                       " AND state = 2 AND leased = 0 AND created_at >= ?2 ORDER BY id LIMIT ?5)",
+	                       " AND state = 2 AND created_at >= ?2 ORDER BY id LIMIT ?5)",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, call->id);
@@ -1397,7 +1468,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			sqlite3_bind_int64(st, 4, synced);
 			while ((step = sqlite3_step(st)) == SQLITE_ROW) {
 				struct delivery_job *job = claim_job(s, st, sub, a->now_ms);
-				if (!job || a->njobs == a->max) {
+				if (!job || a->njobs == a->max || lease_add(s, job->delivery_id) != 0) {
 					delivery_job_free(job);
 					step = SQLITE_NOMEM;
 					break;
@@ -1425,6 +1496,8 @@ static void count_results(struct store *s, const struct store_call *c)
 {
 	const struct complete_args *a = c->internal;
 
+	for (int i = 0; i < a->n; i++)
+		lease_drop(s, a->results[i]->delivery_id);
 	atomic_fetch_add_explicit(&s->counters.delivered, a->ended[STATE_DELIVERED],
 	                          memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->counters.retry, a->ended[STATE_PENDING], memory_order_relaxed);
@@ -1610,10 +1683,15 @@ static void set_sync(struct store *s, int durable)
 	s->sync_now = durable;
 }
 
-static void free_claim_jobs(struct claim_args *a)
+/* Frees the jobs a claim still holds; with s, also ends their leases (a claim that
+ * rolled back). */
+static void free_claim_jobs(struct store *s, struct claim_args *a)
 {
-	for (int i = 0; i < a->njobs; i++)
+	for (int i = 0; i < a->njobs; i++) {
+		if (s)
+			lease_drop(s, a->jobs[i]->delivery_id);
 		delivery_job_free(a->jobs[i]);
+	}
 	free(a->jobs);
 	a->jobs = NULL;
 	a->njobs = 0;
@@ -1722,7 +1800,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			json_decref(c->result);
 			c->result = NULL;
 			if (c->kind == STORE_CLAIM)
-				free_claim_jobs(c->internal);
+				free_claim_jobs(s, c->internal);
 		}
 		if (guarded)
 			step_done(s->st[ST_RELEASE]);
@@ -1750,7 +1828,7 @@ finish:
 			json_decref(c->result);
 			c->result = NULL;
 			if (c->kind == STORE_CLAIM)
-				free_claim_jobs(c->internal);
+				free_claim_jobs(s, c->internal);
 		}
 		free(changed);
 		forget_rolled_back_wish(s);
@@ -1892,7 +1970,7 @@ static void claim_done(struct store_call *call)
 	} else {
 		claim->count = -1;
 	}
-	free_claim_jobs(a);
+	free_claim_jobs(NULL, a); /* none left: a failed batch freed them, leases and all */
 	free(a);
 	free(call);
 	claim->done(claim); /* last: the claim is the dispatcher's again */
@@ -2107,10 +2185,16 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	    exec_sql(s->wdb, "PRAGMA journal_size_limit=" WAL_SIZE_LIMIT, err, errlen) != 0 ||
 	    migrate(s->wdb, err, errlen) != 0)
 		goto fail;
-	/* Whatever was in flight when the last process died is due again now. */
+	/* Older versions kept leases in the rows: what was in flight when one stopped is due
+	 * again now. */
 	if (exec_sql(s->wdb, "UPDATE deliveries SET leased = 0 WHERE state = 0 AND leased = 1", err,
 	             errlen) != 0)
 		goto fail;
+	if (sqlite3_create_function_v2(s->wdb, "in_flight", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, s,
+	                               sql_in_flight, NULL, NULL, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "registering in_flight(): %s", sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
 	for (int i = 0; i < ST_COUNT; i++) {
 		if (sqlite3_prepare_v3(s->wdb, writer_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i],
 		                       NULL) != SQLITE_OK) {
@@ -2186,6 +2270,7 @@ void store_close(struct store *s)
 		sub_entry_clear(&s->subs[i]);
 	free(s->subs);
 	free(s->sweep.ids);
+	free(s->leases.ids);
 	free(s->match_ids);
 	matcher_free(s->matcher);
 	if (s->wdb) {

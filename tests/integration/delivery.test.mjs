@@ -5,7 +5,7 @@
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
 } from './harness.mjs';
 
@@ -208,6 +208,34 @@ test('manual retry of a failed delivery delivers it and logs one more attempt', 
     return x.status === 'delivered' && x.attempt_count === 4 ? x : false;
   }, 5000, 'fourth attempt logged');
   assert.equal(d2.attempts.length, 4);
+}));
+
+// Leases live in the writer's memory: a delivery in flight is still pending in its row, so
+// the next claim for a subscription with room must skip it, and a manual retry of it must
+// be refused until its attempt has ended.
+test('a delivery in flight is not sent again by the next claim, and its retry answers 409 until the attempt ends', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '2s'], retrySchedule: '1h' });
+  const r = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, r); // max_in_flight 16: room for the second claim
+  const a = await postEvent(relay, { type: 'lease.first' });
+  await r.waitFor(1, 3000);
+  const b = await postEvent(relay, { type: 'lease.second' }); // claimed while a hangs
+  await r.waitFor(2, 3000);
+  await assertNoMore(r, 2, 700);
+  assert.deepEqual(r.requests.map((q) => q.headers['webhook-id']).sort(), [a.id, b.id].sort());
+
+  const da = await oneDelivery(relay, a.id);
+  assert.equal(da.status, 'pending');
+  assertError(await api(relay, 'POST', `/v1/deliveries/${da.id}/retry`), 409, 'conflict', 'retry while in flight');
+  assert.equal(r.requests.length, 2, 'the refused retry sent nothing');
+
+  // The attempt times out after 2 s and waits an hour to be retried: a retry now sends it.
+  await waitUntil(async () => (await getDelivery(relay, da.id)).attempt_count === 1, 6000, 'first attempt timed out');
+  r.setBehavior({ status: 200 });
+  const res = await api(relay, 'POST', `/v1/deliveries/${da.id}/retry`);
+  assert.equal(res.status, 202, res.text);
+  await waitDelivery(relay, da.id, 'delivered');
+  assert.equal(r.requests.filter((q) => q.headers['webhook-id'] === a.id).length, 2);
 }));
 
 test('slow receiver within the timeout is delivered', withLogs(async () => {

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
-  waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs,
+  waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -116,6 +116,25 @@ test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes
     return ds[0].status === 'delivered' ? ds[0] : false;
   }, 5000, 'delivered after restart');
   assert.ok(d.attempt_count >= 1);
+}));
+
+// Versions before in-memory leases marked a delivery in flight in its row (leased = 1);
+// one killed mid-attempt left such rows, which no claim takes. Opening the db clears them.
+test('deliveries an older version left marked in flight are sent again after start', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1h' });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'legacy.lease' });
+  await waitUntil(async () => (await eventDeliveries(relay, ev.id))[0]?.attempt_count === 1, 5000,
+    'first attempt logged');
+  await relay.stop({ signal: 'SIGTERM', timeoutMs: 10_000 });
+  const res = spawnSync('sqlite3', [relay.dbPath,
+    'UPDATE deliveries SET leased = 1, next_attempt_at = 0 WHERE state = 0'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(res.status, 0, res.stderr);
+  r.setBehavior({ status: 200 });
+  await startRelay({ dbPath: relay.dbPath, retrySchedule: '1h' });
+  await r.waitFor(2, 5000);
+  assert.equal(r.requests[1].headers['webhook-id'], ev.id);
 }));
 
 test('--help lists every flag', withLogs(async () => {
