@@ -12,6 +12,7 @@
 # BENCH_ONLY="ingest delivery e2e big" (the relay sections to run; the ceilings always run).
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
+# BENCH_RELAY=PATH benches another build of the relay (A/B against a saved binary).
 # BENCH_SUB_FIELDS=',"max_in_flight":48' adds fields to every subscription the bench makes.
 # BENCH_PERF=FILE records a perf profile (perf record -g) of the relay while row 4 drains;
 # BENCH_PERF_OPT replaces -g (say --call-graph dwarf: Debian's libcurl and libsqlite3 have
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/build/bench
 SRC=$ROOT/scripts/bench
-RELAY=$ROOT/build/hookrelay
+RELAY=${BENCH_RELAY:-$ROOT/build/hookrelay}
 DUR=${BENCH_DUR:-10}
 BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
 BUDGET=${BENCH_BUDGET:-180}
@@ -257,6 +258,25 @@ set_enabled() { # true|false
 vmhwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "? (process gone)"; }
 # cpu_ticks PID: user + system clock ticks the process has used (proc(5) fields 14, 15)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# thread_ticks PID: "name=ticks" for each of its threads, names with spaces dropped (the
+# comm is field 2 in parentheses; the relay names its threads hr-writer, hr-dispatch, ...)
+thread_ticks() {
+	local f
+	for f in /proc/"$1"/task/*/stat; do
+		sed 's/^[0-9]* (\([^ )]*\)) [A-Z] /\1 /' "$f" 2>/dev/null
+	done | awk '{ t[$1] += $12 + $13 } END { for (n in t) printf "%s=%d ", n, t[n] }'
+}
+# thread_cpu_per BEFORE AFTER COUNT: "name N µs" per item for each thread that used CPU
+thread_cpu_per() {
+	awk -v a="$1" -v b="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+		k = split(a, x, " "); for (i = 1; i <= k; i++) { split(x[i], p, "="); t0[p[1]] = p[2] }
+		k = split(b, x, " "); out = ""
+		for (i = 1; i <= k; i++) {
+			split(x[i], p, "="); d = p[2] - t0[p[1]]
+			if (d > 0 && n > 0) out = out sprintf("%s%s %.0f", (out ? ", " : ""), p[1], d / hz * 1e6 / n)
+		}
+		print out }'
+}
 vmrss() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "?"; }
 recv_sum() { # ports...: sum of /count
 	local s=0 p c
@@ -412,6 +432,7 @@ section_delivery() {
 	log "4: enabling subscriptions; draining up to ${left}s"
 	t0=$(date +%s.%N)
 	ticks0=$(cpu_ticks "$RELAY_PID")
+	threads0=$(thread_ticks "$RELAY_PID")
 	set_enabled true || return 1
 	# BENCH_PERF=FILE: a perf profile of the relay's first 8 s of draining, for tuning
 	[ -z "${BENCH_PERF:-}" ] || perf record ${BENCH_PERF_OPT:--g} -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
@@ -434,6 +455,7 @@ section_delivery() {
 	n=$(awk -v g="$((got - base))" -v e="$el" 'BEGIN { print g / e }')
 	alive || relay_gone delivery
 	note "row 4: the relay used $(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$((got - base))" -v e="$el" 'BEGIN { printf "%.2f CPUs while draining, %.0f µs of CPU per delivery", t / hz / e, (g > 0 ? t / hz * 1e6 / g : 0) }')"
+	note "row 4: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$((got - base))")"
 	if [ "$got" -ge "$expect" ]; then
 		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, default caps" \
 			"$(fmt_int "$n") deliveries/s (drained in $(printf '%.1f' "$el") s)" "$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
