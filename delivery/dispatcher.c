@@ -78,6 +78,8 @@ struct dispatcher {
 /* State of the loop, all on the dispatcher thread. */
 struct loop {
 	int64_t next_due;       /* unix ms: claim once now >= next_due and there is room */
+	int64_t retry_due;      /* unix ms: earliest retry collected since the last claim was
+	                           taken; INT64_MAX if none (see take_claim) */
 	int64_t claim_retry_at; /* monotonic ms: no claim before this after a claim error */
 	int claim_backoff;      /* ms; 0 while claims succeed */
 	int n;                  /* results in d->batch not yet handed to the store */
@@ -171,9 +173,13 @@ static int collect(struct dispatcher *d, struct loop *lp)
 			return 0;
 		decide(d, &done);
 		/* A retry due sooner than our next look must not wait for it. */
-		if (done.result->outcome == DELIVERY_RETRY &&
-		    done.result->next_attempt_at_ms < lp->next_due)
-			lp->next_due = done.result->next_attempt_at_ms;
+		if (done.result->outcome == DELIVERY_RETRY) {
+			int64_t at = done.result->next_attempt_at_ms;
+			if (at < lp->next_due)
+				lp->next_due = at;
+			if (at < lp->retry_due)
+				lp->retry_due = at;
+		}
 		delivery_job_free(done.job);
 		d->batch[lp->n++] = done.result;
 	}
@@ -271,8 +277,14 @@ static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64
 	c->jobs = NULL;
 	if (lost > 0)
 		claim_failed(lp, mono, "out of memory starting transfers");
-	/* A full claim means more may be waiting: look again as soon as there is room. */
+	/* A full claim means more may be waiting: look again as soon as there is room. The
+	 * store's next_due leaves out a retry whose result shares the claim's batch (it is
+	 * in flight until that batch commits), so the retries collected since the last
+	 * claim count too. */
 	lp->next_due = c->count >= c->max ? now : c->next_due_ms;
+	if (lp->retry_due < lp->next_due)
+		lp->next_due = lp->retry_due;
+	lp->retry_due = INT64_MAX;
 	if (lp->next_due > now + DISPATCH_RECLAIM_MS)
 		lp->next_due = now + DISPATCH_RECLAIM_MS;
 }
@@ -300,7 +312,7 @@ static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, in
 static void *dispatcher_main(void *arg)
 {
 	struct dispatcher *d = arg;
-	struct loop lp = {0, 0, 0, 0, 0};
+	struct loop lp = {0, INT64_MAX, 0, 0, 0, 0};
 	int more, stopping, poll_failed = 0;
 	int64_t now, mono;
 

@@ -978,8 +978,8 @@ fail:
 	return fail_storage(s, call);
 }
 
-/* Fails up to SWEEP_CHUNK pending, unleased deliveries of deleted subscription `id`
- * (leased ones fail when their attempt completes). Returns the rows failed, or -1. */
+/* Fails up to SWEEP_CHUNK pending deliveries of deleted subscription `id` that are not
+ * in flight (those fail when their attempt completes). Returns the rows failed, or -1. */
 static int sweep_chunk(struct store *s, int64_t id, int64_t now)
 {
 	sqlite3_stmt *st = s->st[ST_SWEEP];
@@ -1343,7 +1343,7 @@ fail:
 	return fail_storage(s, call);
 }
 
-/* Copies one leased row into a job: the subscription from the cache, the envelope. */
+/* Copies one claimed row into a job: the subscription from the cache, the envelope. */
 static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const struct sub_entry *sub,
                                       int64_t now_ms)
 {

@@ -76,6 +76,7 @@ static struct test_route test_routes[] = {
     {.path = "/ok", .statuses = {200}, .body_len = 6},
     {.path = "/keepalive", .statuses = {200}},
     {.path = "/flaky", .statuses = {500, 200}},
+    {.path = "/flaky2", .statuses = {500, 200}},
     {.path = "/always500", .statuses = {500}},
     {.path = "/gone", .statuses = {410}},
     {.path = "/redirect", .statuses = {302}, .location = "/target"},
@@ -388,6 +389,12 @@ struct test_store {
 	int complete_calls; /* calls to complete() */
 	int leased_now;
 	int max_leased; /* most leases held at once */
+	/* Like hookrelay's writer, where results and the claim behind them share a batch
+	 * and a lease ends only at its COMMIT: results are recorded at once but change
+	 * their slots only after the next claim has been answered. */
+	int defer_results;
+	struct delivery_result *deferred[TEST_MAX_RESULTS]; /* borrowed from results[] */
+	int n_deferred;
 };
 
 static char *test_strdup_or_null(const char *s)
@@ -416,6 +423,8 @@ static struct delivery_job *test_job_copy(const struct delivery_job *src)
 	}
 	return j;
 }
+
+static void test_store_apply(struct test_store *st, const struct delivery_result *r);
 
 static int test_store_lease(struct test_store *st, int64_t now_ms, int max,
                             struct delivery_job ***jobs_out, int64_t *next_due_ms)
@@ -458,6 +467,9 @@ static int test_store_lease(struct test_store *st, int64_t now_ms, int max,
 	*next_due_ms = next;
 	jobs = NULL;
 	rc = n;
+	for (i = 0; i < st->n_deferred; i++) /* the batch commits */
+		test_store_apply(st, st->deferred[i]);
+	st->n_deferred = 0;
 out:
 	pthread_mutex_unlock(&st->mu);
 	if (jobs) { /* failed part way: nothing leased, drop the copies */
@@ -477,6 +489,30 @@ static int test_store_claim(void *ctx, struct delivery_claim *claim)
 	return 0;
 }
 
+/* A result's effect on its slot (under st->mu). */
+static void test_store_apply(struct test_store *st, const struct delivery_result *r)
+{
+	struct test_slot *s = NULL;
+
+	if (r->delivery_id >= 1 && r->delivery_id <= st->n_slots)
+		s = &st->slots[r->delivery_id - 1];
+	if (!s || !s->leased)
+		return;
+	s->leased = 0;
+	st->leased_now--;
+	switch (r->outcome) {
+	case DELIVERY_RETRY:
+		s->attempt++;
+		s->next_at = r->next_attempt_at_ms;
+		break;
+	case DELIVERY_RELEASED:
+		break;
+	default:
+		s->done = 1;
+		break;
+	}
+}
+
 static void test_store_complete(void *ctx, struct delivery_result **results, int n)
 {
 	struct test_store *st = ctx;
@@ -486,28 +522,16 @@ static void test_store_complete(void *ctx, struct delivery_result **results, int
 	st->complete_calls++;
 	for (i = 0; i < n; i++) {
 		struct delivery_result *r = results[i];
-		struct test_slot *s = NULL;
-		if (r->delivery_id >= 1 && r->delivery_id <= st->n_slots)
-			s = &st->slots[r->delivery_id - 1];
-		if (s && s->leased) {
-			s->leased = 0;
-			st->leased_now--;
-			switch (r->outcome) {
-			case DELIVERY_RETRY:
-				s->attempt++;
-				s->next_at = r->next_attempt_at_ms;
-				break;
-			case DELIVERY_RELEASED:
-				break;
-			default:
-				s->done = 1;
-				break;
-			}
-		}
-		if (st->n_results < TEST_MAX_RESULTS)
-			st->results[st->n_results++] = r;
-		else
+		if (st->n_results >= TEST_MAX_RESULTS) {
+			test_store_apply(st, r);
 			delivery_result_free(r);
+			continue;
+		}
+		st->results[st->n_results++] = r;
+		if (st->defer_results)
+			st->deferred[st->n_deferred++] = r;
+		else
+			test_store_apply(st, r);
 	}
 	pthread_cond_broadcast(&st->cv);
 	pthread_mutex_unlock(&st->mu);
@@ -741,6 +765,38 @@ static void test_retry_then_delivered(void)
 	CHECK(b->started_at_ms <= a->next_attempt_at_ms + 400); /* not at the 1 s look */
 	CHECK(test_rx_hits(test_route_find("/flaky")) == 2);
 out:
+	test_store_free(st);
+}
+
+/* The claim right behind a retry's result cannot see its due time (the result is applied
+ * after the claim is answered, as in one writer batch): with max_in_flight 1 the full
+ * claim before it makes the dispatcher ask at once when the attempt ends, and that claim
+ * finds nothing due. The retry must still go out on time, not at the one-second look. */
+static void test_retry_unseen_by_claim_behind_it(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	struct delivery_result *a, *b;
+	struct test_route *r = test_route_find("/flaky2");
+	int id;
+
+	o.max_in_flight = 1;
+	st->defer_results = 1;
+	id = test_store_add(st, "/flaky2", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	CHECK(test_store_wait(st, 2, 5000));
+	dispatcher_stop(d, 1000);
+	a = test_result(st, id, 0);
+	b = test_result(st, id, 1);
+	CHECK(a && b);
+	if (a && b) {
+		CHECK(a->outcome == DELIVERY_RETRY && b->outcome == DELIVERY_DELIVERED);
+		CHECK(b->started_at_ms >= a->next_attempt_at_ms);
+		CHECK(b->started_at_ms <= a->next_attempt_at_ms + 400);
+	}
+	CHECK(test_rx_hits(r) == 2);
 	test_store_free(st);
 }
 
@@ -1068,6 +1124,7 @@ int main(void)
 		test_delivered_with_headers();
 		test_keepalive();
 		test_retry_then_delivered();
+		test_retry_unseen_by_claim_behind_it();
 		test_schedule_exhausted();
 		test_single_attempts();
 		test_large_body_no_expect();
