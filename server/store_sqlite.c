@@ -1457,6 +1457,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		const struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
 		int room = sub->max_in_flight - sub->leased;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
+		int before = a->njobs;
 		int step;
 
 		if (!sub->enabled || room <= 0)
@@ -1481,6 +1482,11 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			if (a->njobs == a->max)
 				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
 		}
+		/* Filled: either the subscription is at its cap now (its completions wake the
+		 * dispatcher) or the claim is full (the dispatcher claims again at once). Both
+		 * lookups walk past the subscription's deliveries in flight, so skip this one. */
+		if (a->njobs - before == want)
+			continue;
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
 		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL &&
