@@ -1482,11 +1482,15 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			if (a->njobs == a->max)
 				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
 		}
-		/* Filled: either the subscription is at its cap now (its completions wake the
-		 * dispatcher) or the claim is full (the dispatcher claims again at once). Both
-		 * lookups walk past the subscription's deliveries in flight, so skip this one. */
-		if (a->njobs - before == want)
+		/* Filled: more may be due at once, which is what the lookup below would find
+		 * after walking past the subscription's deliveries in flight; say so without
+		 * it. The dispatcher then asks again right behind its next results, in the
+		 * batch that returns their room. */
+		if (a->njobs - before == want) {
+			if (a->now_ms < a->next_due_ms)
+				a->next_due_ms = a->now_ms;
 			continue;
+		}
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
 		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL &&

@@ -238,6 +238,25 @@ test('a delivery in flight is not sent again by the next claim, and its retry an
   assert.equal(r.requests.filter((q) => q.headers['webhook-id'] === a.id).length, 2);
 }));
 
+// A subscription at its cap must get each slot back as its attempt ends: the claim that
+// refills it rides in the writer batch of the results that freed it. A slot that waits
+// for the dispatcher's one-second look instead shows as a drain far slower than
+// slots x receiver time.
+test('a subscription at its cap keeps every slot busy while a backlog drains', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: { delayMs: 50 } });
+  await createSub(relay, r, { max_in_flight: 32 });
+  const N = 640;
+  const t0 = performance.now();
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: N }, (_, i) => ({ type: 'cap.drain', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await r.waitFor(N, 15_000);
+  const took = performance.now() - t0;
+  // 640 at 32 at a time, 50 ms each: 1 s if every slot is refilled at once.
+  assert.ok(took < 3000, `drained ${N} in ${Math.round(took)} ms`);
+}));
+
 test('slow receiver within the timeout is delivered', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '3s'] });
   const r = await startReceiver({ behavior: { delayMs: 1000, status: 204, body: '' } });
