@@ -1457,7 +1457,6 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		const struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
 		int room = sub->max_in_flight - sub->leased;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
-		int before = a->njobs;
 		int step;
 
 		if (!sub->enabled || room <= 0)
@@ -1481,15 +1480,6 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 				return STORE_ERR;
 			if (a->njobs == a->max)
 				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
-		}
-		/* Filled: more may be due at once, which is what the lookup below would find
-		 * after walking past the subscription's deliveries in flight; say so without
-		 * it. The dispatcher then asks again right behind its next results, in the
-		 * batch that returns their room. */
-		if (a->njobs - before == want) {
-			if (a->now_ms < a->next_due_ms)
-				a->next_due_ms = a->now_ms;
-			continue;
 		}
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
