@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/build/bench
 SRC=$ROOT/scripts/bench
-RELAY=${BENCH_RELAY:-$ROOT/build/hookrelay}
+RELAY=$(realpath "${BENCH_RELAY:-$ROOT/build/hookrelay}") # the symlink below needs it absolute
 DUR=${BENCH_DUR:-10}
 BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
 BUDGET=${BENCH_BUDGET:-180}
@@ -263,7 +263,7 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 thread_ticks() {
 	local f
 	for f in /proc/"$1"/task/*/stat; do
-		sed 's/^[0-9]* (\([^ )]*\)) [A-Z] /\1 /' "$f" 2>/dev/null
+		sed -n 's/^[0-9]* (\([^ )]*\)) [A-Z] /\1 /p' "$f" 2>/dev/null || true
 	done | awk '{ t[$1] += $12 + $13 } END { for (n in t) printf "%s=%d ", n, t[n] }'
 }
 # thread_cpu_per BEFORE AFTER COUNT: "name N µs" per item for each thread that used CPU

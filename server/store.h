@@ -40,8 +40,8 @@ struct store_options {
 	                             and attempts, unless a delivery is pending; 0 = never */
 };
 
-/* Opens (creating and migrating) the database, drops leases left by a crash, loads
- * subscriptions and starts the writer thread. NULL with a message in err on failure. */
+/* Opens (creating and migrating) the database, clears leases an older version left in
+ * the rows, loads subscriptions and starts the writer thread. NULL with a message in err on failure. */
 struct store *store_open(const struct store_options *opts, char *err, size_t errlen);
 
 /* Stops the writer after it drains its queue, closes every connection. Accepts NULL. */
@@ -85,9 +85,9 @@ enum store_call_kind {
 	STORE_PRUNE           /* internal: deletes a chunk of events past the retention */
 };
 
-/* Whether a call's answer promises its writes are on disk. Claims and attempt results
- * do not: a power cut may lose them (not a crash: the OS has them), and their
- * deliveries are then simply sent again, which at-least-once allows. A lost sweep or
+/* Whether a call's answer promises its writes are on disk. Claims (which write nothing)
+ * and attempt results do not: a power cut may lose a result (not a crash: the OS has
+ * it), and its delivery is then simply sent again, which at-least-once allows. A lost sweep or
  * prune is done again later. */
 static inline int store_call_durable(enum store_call_kind kind)
 {

@@ -752,7 +752,10 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			int step = sqlite3_step(st);
 			if (step == SQLITE_ROW) {
 				const char *stored = column_text(st, 0);
-				snprintf(ev->id, sizeof(ev->id), "%s", stored ? stored : "");
+				if (!stored)
+					step = SQLITE_NOMEM;
+				else
+					snprintf(ev->id, sizeof(ev->id), "%s", stored);
 				ev->deliveries = sqlite3_column_int(st, 1);
 				ev->replayed = 1;
 			}
@@ -1711,8 +1714,8 @@ static void call_due_hook(struct store *s)
  * The writer's batch: everything in one transaction. Each call but an ingest runs
  * inside its own SAVEPOINT so a failing call leaves the others intact; if COMMIT itself
  * fails, every call fails. The cache and the matcher follow only committed rows. A
- * batch that only claims leases and records attempts is not synced: leases are dropped
- * at start-up anyway. Returns 1 if the writer must have the syncer sync before the
+ * batch of claims (which write nothing) and attempt results only is not synced: a lost
+ * result means one more attempt, which at-least-once allows. Returns 1 if the writer must have the syncer sync before the
  * durable calls are answered (the WAL is written, not yet synced).
  */
 static int store_run_batch(void *ctx, struct store_call **calls, size_t n)

@@ -75,8 +75,7 @@ test('400 concurrent POSTs against --max-queue 8 and one HTTP thread: 202 or 503
   await postEvent(relay, { type: 'overload.after' });
 }));
 
-// Opens n keep-alive connections to the relay.
-// Opens n connections; if any fails, closes the ones that opened and throws its error.
+// Opens n keep-alive connections to the relay; if any fails, closes the ones that opened and throws its error.
 async function openConnections(relay, n) {
   const settled = await Promise.allSettled(Array.from({ length: n }, () => new Promise((resolve, reject) => {
     const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
