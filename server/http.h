@@ -19,14 +19,13 @@ struct http_server;
 struct http_request;
 struct api;
 
-#define HTTP_MAX_CONNECTIONS_DEFAULT 1024U /* open client connections at once */
+#define HTTP_MAX_CONNECTIONS 1024U /* open client connections at once */
 
 struct http_options {
 	const char *host;       /* numeric IPv4 or IPv6 address to listen on */
 	int port;               /* 0 = any free port */
 	int threads;            /* HTTP threads (1: MHD's polling thread alone, no pool) */
 	size_t max_body;        /* bytes; a larger body gets 413 */
-	unsigned int max_connections; /* 0 = HTTP_MAX_CONNECTIONS_DEFAULT */
 };
 
 /* Starts listening. *port_out gets the bound port. NULL with a message in err. */

@@ -341,7 +341,7 @@ static int is_loopback(const char *host)
 static void raise_open_file_limit(int max_in_flight, int http_threads)
 {
 	/* + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
-	const rlim_t need = HTTP_MAX_CONNECTIONS_DEFAULT + (rlim_t)max_in_flight +
+	const rlim_t need = HTTP_MAX_CONNECTIONS + (rlim_t)max_in_flight +
 	                    (rlim_t)http_threads + 256;
 	struct rlimit rl;
 	rlim_t was;
@@ -362,7 +362,7 @@ static void raise_open_file_limit(int max_in_flight, int http_threads)
 		        "or LimitNOFILE= in a systemd unit)\n",
 		        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
 		        why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
-		        HTTP_MAX_CONNECTIONS_DEFAULT, max_in_flight);
+		        HTTP_MAX_CONNECTIONS, max_in_flight);
 }
 
 /* Creates the database's directory if it is missing (one level, like `make run` needs). */

@@ -41,7 +41,8 @@ struct store_options {
 };
 
 /* Opens (creating and migrating) the database, clears leases an older version left in
- * the rows, loads subscriptions and starts the writer thread. NULL with a message in err on failure. */
+ * the rows, loads subscriptions and starts the writer thread. NULL with a message in err
+ * on failure. */
 struct store *store_open(const struct store_options *opts, char *err, size_t errlen);
 
 /* Stops the writer after it drains its queue, closes every connection. Accepts NULL. */
@@ -87,8 +88,8 @@ enum store_call_kind {
 
 /* Whether a call's answer promises its writes are on disk. Claims (which write nothing)
  * and attempt results do not: a power cut may lose a result (not a crash: the OS has
- * it), and its delivery is then simply sent again, which at-least-once allows. A lost sweep or
- * prune is done again later. */
+ * it), and its delivery is then simply sent again, which at-least-once allows. A lost
+ * sweep or prune is done again later. */
 static inline int store_call_durable(enum store_call_kind kind)
 {
 	return kind != STORE_CLAIM && kind != STORE_COMPLETE && kind != STORE_SWEEP &&

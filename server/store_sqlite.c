@@ -1715,8 +1715,9 @@ static void call_due_hook(struct store *s)
  * inside its own SAVEPOINT so a failing call leaves the others intact; if COMMIT itself
  * fails, every call fails. The cache and the matcher follow only committed rows. A
  * batch of claims (which write nothing) and attempt results only is not synced: a lost
- * result means one more attempt, which at-least-once allows. Returns 1 if the writer must have the syncer sync before the
- * durable calls are answered (the WAL is written, not yet synced).
+ * result means one more attempt, which at-least-once allows. Returns 1 if the writer
+ * must have the syncer sync before the durable calls are answered (the WAL is written,
+ * not yet synced).
  */
 static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
