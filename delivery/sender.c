@@ -6,11 +6,22 @@
  * attempt; the connections themselves live in the multi handle's pool, so keep-alive
  * to a receiver survives from one delivery to the next.
  *
+ * No host gets more transfers at once than max_per_host: the ones beyond wait here, in
+ * a queue per host, and go to curl as its transfers to that host end. (Handed to curl,
+ * they would wait in curl's own queue with their CURLOPT_TIMEOUT_MS already running, so
+ * a slow receiver made attempts time out that were never sent; and curl walks its
+ * queued transfers on every call.) A job's attempt, its started_at and its signature's
+ * timestamp begin when it goes to curl.
+ *
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
- *   (could not start; waiting for sender_next) or `idle` (no job, handle reset).
- * - in_flight == length(live) + length(failed): every job taken by sender_start comes
- *   back exactly once, from sender_next or sender_release.
+ *   (could not start; waiting for sender_next), its host's `waiting` queue (a job not
+ *   yet handed to curl) or `idle` (no job, handle reset).
+ * - in_flight == length(live) + length(failed) + every host's length(waiting): every job
+ *   taken by sender_start comes back exactly once, from sender_next or sender_release.
+ * - A job's transfer points at its host (from sender_start until transfer_finish);
+ *   host->live counts that host's transfers on `live` and is at most max_per_host; a
+ *   host is in the table while it has a live or waiting transfer, and freed after.
  * - While a transfer is live, curl writes its error text straight into
  *   res->error (CURLOPT_ERRORBUFFER) and reads the request body straight from
  *   job->body (CURLOPT_POSTFIELDS, no copy). Both belong to the transfer until it is
@@ -36,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <curl/curl.h>
@@ -58,7 +70,19 @@ struct transfer {
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
 	const struct target_policy *targets; /* borrowed from the sender's options */
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
+	struct host *host;            /* the job's host while it has a job, else NULL */
 	struct transfer *prev, *next; /* links in the list the transfer is on */
+};
+
+#define SENDER_HOST_BUCKETS 1024 /* hash chains in the host table (a power of two) */
+
+/* One receiver host:port with transfers live or waiting. */
+struct host {
+	struct host *chain;        /* next in the same bucket */
+	int live;                  /* its transfers added to the multi handle */
+	struct transfer *waiting;  /* FIFO of jobs not yet handed to curl, through next */
+	struct transfer *waiting_tail;
+	char key[];                /* "host:port", host in lower case */
 };
 
 struct sender {
@@ -68,6 +92,7 @@ struct sender {
 	struct transfer *failed;    /* could not start; singly linked through next */
 	struct transfer *idle;      /* reusable easy handles; singly linked through next */
 	int in_flight;              /* jobs taken and not yet handed back */
+	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
 };
 
 static void set_error(struct delivery_result *res, const char *text)
@@ -299,6 +324,110 @@ out:
 	return rc;
 }
 
+/* Writes the key curl counts connections under, "host:port" (host in lower case, the
+ * scheme's port when the URL names none), for url: an absolute http(s) URL as
+ * target_url_check accepts them (NULL or anything else gives some key, never an
+ * error). The buffer holds TARGET_URL_MAX + 8 bytes; a longer key is cut short. */
+static void host_key(const char *url, char *out)
+{
+	const size_t cap = TARGET_URL_MAX + 8;
+	const char *p, *end, *host_end, *port = NULL;
+	size_t n = 0;
+
+	if (!url)
+		url = "";
+	p = strstr(url, "://");
+	p = p ? p + 3 : url;
+	end = p + strcspn(p, "/?#");
+	for (const char *at = p; at < end; at++) /* no userinfo is accepted; skip it anyway */
+		if (*at == '@')
+			p = at + 1;
+	if (*p == '[') { /* IPv6 literal: its colons are not the port's */
+		host_end = memchr(p, ']', (size_t)(end - p));
+		host_end = host_end ? host_end + 1 : end;
+	} else {
+		host_end = memchr(p, ':', (size_t)(end - p));
+		if (!host_end)
+			host_end = end;
+	}
+	if (host_end < end && *host_end == ':' && host_end + 1 < end)
+		port = host_end + 1;
+	for (const char *c = p; c < host_end && n + 1 < cap; c++)
+		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
+	snprintf(out + n, cap - n, ":%.*s", port ? (int)(end - port) : 3,
+	         port ? port : strncasecmp(url, "https:", 6) == 0 ? "443" : "80");
+}
+
+static size_t host_bucket(const char *key)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (const unsigned char *c = (const unsigned char *)key; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	return h & (SENDER_HOST_BUCKETS - 1);
+}
+
+/* The host entry for url's host, added if new. NULL if out of memory. */
+static struct host *host_get(struct sender *s, const char *url)
+{
+	char key[TARGET_URL_MAX + 8];
+	struct host *h;
+	size_t b, len;
+
+	host_key(url, key);
+	b = host_bucket(key);
+	for (h = s->hosts[b]; h; h = h->chain)
+		if (strcmp(h->key, key) == 0)
+			return h;
+	len = strlen(key);
+	h = calloc(1, sizeof *h + len + 1);
+	if (!h)
+		return NULL;
+	memcpy(h->key, key, len + 1);
+	h->chain = s->hosts[b];
+	s->hosts[b] = h;
+	return h;
+}
+
+/* Frees h once nothing of it is live or waiting. */
+static void host_forget_if_done(struct sender *s, struct host *h)
+{
+	struct host **link;
+
+	if (h->live > 0 || h->waiting)
+		return;
+	for (link = &s->hosts[host_bucket(h->key)]; *link; link = &(*link)->chain) {
+		if (*link == h) {
+			*link = h->chain;
+			break;
+		}
+	}
+	free(h);
+}
+
+static void waiting_push(struct host *h, struct transfer *t)
+{
+	t->next = NULL;
+	if (h->waiting_tail)
+		h->waiting_tail->next = t;
+	else
+		h->waiting = t;
+	h->waiting_tail = t;
+}
+
+static struct transfer *waiting_pop(struct host *h)
+{
+	struct transfer *t = h->waiting;
+
+	if (t) {
+		h->waiting = t->next;
+		if (!h->waiting)
+			h->waiting_tail = NULL;
+		t->next = NULL;
+	}
+	return t;
+}
+
 static void live_push(struct sender *s, struct transfer *t)
 {
 	t->prev = NULL;
@@ -318,6 +447,48 @@ static void live_unlink(struct sender *s, struct transfer *t)
 		t->next->prev = t->prev;
 	t->prev = NULL;
 	t->next = NULL;
+}
+
+/* Hands t's job to curl now: the attempt starts (its time, its signature's timestamp)
+ * and t goes live; or, if it cannot be built or added, to `failed` with the reason. */
+static void transfer_activate(struct sender *s, struct transfer *t)
+{
+	t->res->started_at_ms = clock_now_ms();
+	t->start_mono_ms = clock_mono_ms();
+	if (transfer_setup(s, t) != 0) {
+		/* the reason is in t->res->error */
+	} else if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
+		set_error(t->res, "curl could not add the transfer");
+	} else {
+		t->host->live++;
+		live_push(s, t);
+		return;
+	}
+	t->host = NULL;
+	t->next = s->failed;
+	s->failed = t;
+}
+
+/* Hands h's waiting jobs to curl while h has fewer than max_per_host live; frees h if
+ * nothing of it is left. */
+static void host_pump(struct sender *s, struct host *h)
+{
+	while (h->live < s->opts.max_per_host && h->waiting)
+		transfer_activate(s, waiting_pop(h));
+	host_forget_if_done(s, h);
+}
+
+/* Takes live transfer t off the multi handle and out of its host's count. Returns the
+ * host, for the caller to pump or forget once t is finished. */
+static struct host *live_remove(struct sender *s, struct transfer *t)
+{
+	struct host *h = t->host;
+
+	curl_multi_remove_handle(s->multi, t->easy);
+	live_unlink(s, t);
+	t->host = NULL;
+	h->live--;
+	return h;
 }
 
 /* Hands job and result to *out and puts the (already removed) easy handle back on the
@@ -401,6 +572,15 @@ void sender_free(struct sender *s)
 		curl_multi_remove_handle(s->multi, t->easy);
 		transfer_destroy(t);
 	}
+	for (size_t b = 0; b < SENDER_HOST_BUCKETS; b++) {
+		while (s->hosts[b]) {
+			struct host *h = s->hosts[b];
+			s->hosts[b] = h->chain;
+			while ((t = waiting_pop(h)) != NULL)
+				transfer_destroy(t);
+			free(h);
+		}
+	}
 	while (s->failed) {
 		t = s->failed;
 		s->failed = t->next;
@@ -420,7 +600,10 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	int rc = -1;
 	struct transfer *t = NULL;
 	struct delivery_result *res = NULL;
+	struct host *h = host_get(s, job->url);
 
+	if (!h)
+		goto out;
 	res = calloc(1, sizeof *res);
 	if (!res)
 		goto out;
@@ -442,26 +625,18 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	res->delivery_id = job->delivery_id;
 	res->subscription_id = job->subscription_id;
 	res->attempt = job->attempt;
-	res->started_at_ms = clock_now_ms();
-	t->start_mono_ms = clock_mono_ms();
 	t->job = job;
 	t->res = res;
+	t->host = h;
 	res = NULL;
 	s->in_flight++;
-
-	if (transfer_setup(s, t) != 0) {
-		t->next = s->failed;
-		s->failed = t;
-	} else if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
-		set_error(t->res, "curl could not add the transfer");
-		t->next = s->failed;
-		s->failed = t;
-	} else {
-		live_push(s, t);
-	}
+	waiting_push(h, t);
+	host_pump(s, h);
 	rc = 0;
 out:
 	free(res);
+	if (rc != 0 && h)
+		host_forget_if_done(s, h); /* a host made for this job alone */
 	return rc;
 }
 
@@ -525,8 +700,7 @@ int sender_next(struct sender *s, struct sender_done *out)
 		t->res->http_status = (int)status;
 	if (curl_easy_header(t->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
 		out->retry_after_ms = backoff_retry_after_ms(h->value, clock_now_ms());
-	curl_multi_remove_handle(s->multi, t->easy);
-	live_unlink(s, t);
+	struct host *host = live_remove(s, t);
 
 	if (cc == CURLE_OK) {
 		out->complete = 1;
@@ -542,22 +716,36 @@ int sender_next(struct sender *s, struct sender_done *out)
 		set_error(t->res, curl_easy_strerror(cc));
 	}
 	transfer_finish(s, t, out);
+	host_pump(s, host); /* its connection is free for the host's next job */
 	return 1;
 }
 
 int sender_release(struct sender *s, struct sender_done *out)
 {
-	struct transfer *t = s->live;
+	struct transfer *t = NULL;
+	struct host *h = NULL;
 
 	memset(out, 0, sizeof *out);
 	out->retry_after_ms = -1;
+	/* Jobs never handed to curl first, so that no live one's end starts another. */
+	for (size_t b = 0; b < SENDER_HOST_BUCKETS && !t; b++) {
+		for (h = s->hosts[b]; h && !h->waiting; h = h->chain)
+			;
+		if (h) {
+			t = waiting_pop(h);
+			t->host = NULL;
+		}
+	}
+	if (!t && s->live) {
+		t = s->live;
+		h = live_remove(s, t);
+	}
 	if (!t)
 		return 0;
-	curl_multi_remove_handle(s->multi, t->easy);
-	live_unlink(s, t);
 	t->res->http_status = 0;
 	set_error(t->res, "released at shutdown");
 	transfer_finish(s, t, out);
+	host_forget_if_done(s, h);
 	return 1;
 }
 

@@ -26,7 +26,8 @@ struct sender;
 
 struct sender_options {
 	int max_total;          /* connections open at once, all hosts */
-	int max_per_host;       /* connections open at once to one host */
+	int max_per_host;       /* connections open at once to one host:port; jobs beyond
+	                           it wait in the sender, not yet handed to curl */
 	int timeout_ms;         /* whole-request timeout per attempt */
 	const char *user_agent; /* user-agent header value; borrowed */
 	const struct target_policy *targets; /* checked on every address a transfer is
@@ -59,7 +60,9 @@ struct sender *sender_new(const struct sender_options *opts);
 void sender_free(struct sender *s);
 
 /* Starts the signed POST for job and takes ownership of it; nothing is sent until
- * sender_perform(). A job that cannot be sent (malformed secret or headers, curl
+ * sender_perform(). With max_per_host of its host's jobs already with curl, it waits
+ * for one of them to end; its attempt (started_at, signature timestamp, timeout) begins
+ * when it is handed to curl. A job that cannot be sent (malformed secret or headers, curl
  * refuses it) still comes back from sender_next() with complete = 0 and the reason
  * in result->error. Returns 0, or -1 only when out of memory: then the job is still
  * the caller's. */

@@ -258,6 +258,36 @@ test('a subscription at its cap keeps every slot busy while a backlog drains', w
   assert.ok(took < 5000, `drained ${N} in ${Math.round(took)} ms`);
 }));
 
+// More deliveries in flight to one host than --max-per-host: the ones beyond the cap wait
+// for a connection. libcurl counts that wait into the request timeout (its
+// CURLMOPT_MAX_HOST_CONNECTIONS page says so), so a queue inside curl made attempts time
+// out that the receiver never got, or got too late. The clock must start when the request
+// can go out.
+test('deliveries queued behind --max-per-host get the whole timeout once they are sent', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '1500ms', '--max-per-host', '2'], retrySchedule: '5m' });
+  const r = await startReceiver({ behavior: { delayMs: 600 } });
+  await createSub(relay, r, { max_in_flight: 8 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 8 }, (_, i) => ({ type: 'queue.host', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const ids = [];
+  for (const evId of res.json.ids) ids.push((await oneDelivery(relay, evId)).id);
+  assert.equal(ids.length, 8);
+  // two at a time, 600 ms each: four rounds, ~2.4 s
+  const ds = await waitUntil(async () => {
+    const all = await Promise.all(ids.map((id) => getDelivery(relay, id)));
+    return all.every((d) => d.attempt_count >= 1) ? all : false;
+  }, 8000, 'every delivery attempted');
+  for (const d of ds) {
+    const a = d.attempts[0];
+    assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d.attempts)}`);
+    assert.equal(d.attempt_count, 1);
+    assert.ok(a.duration_ms >= 500 && a.duration_ms < 1200,
+      `${d.id}: duration_ms ${a.duration_ms} counts from the send, not from the queue`);
+  }
+  assert.equal(r.requests.length, 8);
+}));
+
 test('slow receiver within the timeout is delivered', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '3s'] });
   const r = await startReceiver({ behavior: { delayMs: 1000, status: 204, body: '' } });
