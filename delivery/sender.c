@@ -63,9 +63,9 @@ _Static_assert(DELIVERY_ERROR_MAX >= CURL_ERROR_SIZE,
 struct transfer {
 	CURL *easy;                   /* owned; reused across jobs, reset while idle */
 	struct curl_slist *headers;   /* request headers; curl reads them while live */
-	struct delivery_job *job;     /* owned while live or failed, NULL while idle */
-	struct delivery_result *res;  /* owned while live or failed, NULL while idle */
-	int64_t start_mono_ms;        /* monotonic ms at sender_start, for duration_ms */
+	struct delivery_job *job;     /* owned while it has a job, NULL while idle */
+	struct delivery_result *res;  /* owned while it has a job, NULL while idle */
+	int64_t start_mono_ms;        /* monotonic ms it went to curl, for duration_ms */
 	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
 	const struct target_policy *targets; /* borrowed from the sender's options */
@@ -331,7 +331,8 @@ out:
 static void host_key(const char *url, char *out)
 {
 	const size_t cap = TARGET_URL_MAX + 8;
-	const char *p, *end, *host_end, *port = NULL;
+	const char *p, *end, *host_end;
+	long port = strncasecmp(url ? url : "", "https:", 6) == 0 ? 443 : 80;
 	size_t n = 0;
 
 	if (!url)
@@ -350,12 +351,11 @@ static void host_key(const char *url, char *out)
 		if (!host_end)
 			host_end = end;
 	}
-	if (host_end < end && *host_end == ':' && host_end + 1 < end)
-		port = host_end + 1;
+	if (host_end + 1 < end && *host_end == ':')
+		port = strtol(host_end + 1, NULL, 10); /* as a number, as curl keeps it: 080 is 80 */
 	for (const char *c = p; c < host_end && n + 1 < cap; c++)
 		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
-	snprintf(out + n, cap - n, ":%.*s", port ? (int)(end - port) : 3,
-	         port ? port : strncasecmp(url, "https:", 6) == 0 ? "443" : "80");
+	snprintf(out + n, cap - n, ":%ld", port);
 }
 
 static size_t host_bucket(const char *key)
@@ -537,6 +537,10 @@ struct sender *sender_new(const struct sender_options *opts)
 		goto out;
 	}
 	s->opts = *opts;
+	if (opts->max_per_host < 1) { /* curl would read 0 as no limit; our queue, as none */
+		fprintf(stderr, "sender: max_per_host must be at least 1\n");
+		goto out;
+	}
 	s->multi = curl_multi_init();
 	if (!s->multi) {
 		fprintf(stderr, "sender: curl_multi_init failed\n");
@@ -734,6 +738,8 @@ int sender_release(struct sender *s, struct sender_done *out)
 		if (h) {
 			t = waiting_pop(h);
 			t->host = NULL;
+			t->res->started_at_ms = clock_now_ms(); /* never sent: no time spent */
+			t->start_mono_ms = clock_mono_ms();
 		}
 	}
 	if (!t && s->live) {

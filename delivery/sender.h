@@ -26,8 +26,9 @@ struct sender;
 
 struct sender_options {
 	int max_total;          /* connections open at once, all hosts */
-	int max_per_host;       /* connections open at once to one host:port; jobs beyond
-	                           it wait in the sender, not yet handed to curl */
+	int max_per_host;       /* requests at once to one host:port (>= 1; over HTTP/1.1 a
+	                           connection each); jobs beyond it wait in the sender, not
+	                           yet handed to curl */
 	int timeout_ms;         /* whole-request timeout per attempt */
 	const char *user_agent; /* user-agent header value; borrowed */
 	const struct target_policy *targets; /* checked on every address a transfer is

@@ -65,7 +65,7 @@ static const char usage[] =
     "  --max-body SIZE            largest request body, e.g. 1MiB, 64KiB (default 1MiB)\n"
     "  --delivery-timeout DUR     per-attempt timeout, e.g. 15s, 500ms (default 15s)\n"
     "  --max-in-flight N          deliveries in flight at once (default 256)\n"
-    "  --max-per-host N           connections per receiver host (default 32)\n"
+    "  --max-per-host N           requests at once per receiver host:port (default 32)\n"
     "  --retry-schedule LIST      delays after each failed attempt\n"
     "                             (default " BACKOFF_DEFAULT ")\n"
     "  --api-key KEY              require 'Authorization: Bearer KEY' on /v1 (repeatable)\n"
