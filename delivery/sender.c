@@ -332,11 +332,12 @@ static void host_key(const char *url, char *out)
 {
 	const size_t cap = TARGET_URL_MAX + 8;
 	const char *p, *end, *host_end;
-	long port = strncasecmp(url ? url : "", "https:", 6) == 0 ? 443 : 80;
+	long port;
 	size_t n = 0;
 
 	if (!url)
 		url = "";
+	port = strncasecmp(url, "https:", 6) == 0 ? 443 : 80;
 	p = strstr(url, "://");
 	p = p ? p + 3 : url;
 	end = p + strcspn(p, "/?#");
@@ -449,20 +450,26 @@ static void live_unlink(struct sender *s, struct transfer *t)
 	t->next = NULL;
 }
 
-/* Hands t's job to curl now: the attempt starts (its time, its signature's timestamp)
- * and t goes live; or, if it cannot be built or added, to `failed` with the reason. */
-static void transfer_activate(struct sender *s, struct transfer *t)
+/* The attempt's clock starts: its started_at (and so its signature's timestamp) and
+ * the monotonic start its duration_ms counts from. */
+static void transfer_start_clock(struct transfer *t)
 {
 	t->res->started_at_ms = clock_now_ms();
 	t->start_mono_ms = clock_mono_ms();
-	if (transfer_setup(s, t) != 0) {
-		/* the reason is in t->res->error */
-	} else if (curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
+}
+
+/* Hands t's job to curl now: the attempt starts and t goes live; or, if it cannot be
+ * built or added, to `failed` with the reason in t->res->error. */
+static void transfer_activate(struct sender *s, struct transfer *t)
+{
+	transfer_start_clock(t);
+	if (transfer_setup(s, t) == 0) {
+		if (curl_multi_add_handle(s->multi, t->easy) == CURLM_OK) {
+			t->host->live++;
+			live_push(s, t);
+			return;
+		}
 		set_error(t->res, "curl could not add the transfer");
-	} else {
-		t->host->live++;
-		live_push(s, t);
-		return;
 	}
 	t->host = NULL;
 	t->next = s->failed;
@@ -546,6 +553,8 @@ struct sender *sender_new(const struct sender_options *opts)
 		fprintf(stderr, "sender: curl_multi_init failed\n");
 		goto out;
 	}
+	/* The per-host queue already keeps curl within max_per_host; curl's own cap stays as
+	 * the backstop for one host spelled two ways (a name with non-ASCII case, say). */
 	if (curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)opts->max_per_host) !=
 	        CURLM_OK ||
 	    curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)opts->max_total) !=
@@ -738,8 +747,7 @@ int sender_release(struct sender *s, struct sender_done *out)
 		if (h) {
 			t = waiting_pop(h);
 			t->host = NULL;
-			t->res->started_at_ms = clock_now_ms(); /* never sent: no time spent */
-			t->start_mono_ms = clock_mono_ms();
+			transfer_start_clock(t); /* never sent: no time spent */
 		}
 	}
 	if (!t && s->live) {
