@@ -2,8 +2,11 @@
  * sender.c - the curl-multi sender: many signed webhook POSTs in flight on one thread.
  *
  * Each job runs in a struct transfer that owns one easy handle. Easy handles are kept
- * on an idle list and reused (curl_easy_reset between jobs) rather than created per
- * attempt; the connections themselves live in the multi handle's pool, so keep-alive
+ * on an idle list and reused rather than created per attempt. A handle gets the options
+ * all jobs share once, when made (transfer_configure), and each job sets only its own
+ * (URL, headers, body, error buffer): curl_easy_reset and the dozen setopts after it
+ * cost more than the signature. curl clears a transfer's response code and headers when
+ * the next one starts. The connections live in the multi handle's pool, so keep-alive
  * to a receiver survives from one delivery to the next.
  *
  * No host gets more transfers at once than max_per_host: the ones beyond wait here, in
@@ -16,7 +19,7 @@
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
  *   (could not start; waiting for sender_next), its host's `waiting` queue (a job not
- *   yet handed to curl) or `idle` (no job, handle reset).
+ *   yet handed to curl) or `idle` (no job; nothing in its handle points into one).
  * - in_flight == length(live) + length(failed) + every host's length(waiting): every job
  *   taken by sender_start comes back exactly once, from sender_next or sender_release.
  * - A job's transfer points at its host (from sender_start until transfer_finish);
@@ -24,9 +27,9 @@
  *   host is in the table while it has a live or waiting transfer, and freed after.
  * - While a transfer is live, curl writes its error text straight into
  *   res->error (CURLOPT_ERRORBUFFER) and reads the request body straight from
- *   job->body (CURLOPT_POSTFIELDS, no copy). Both belong to the transfer until it is
- *   removed from the multi handle and its easy handle reset, which clears those
- *   pointers before job and result are handed back.
+ *   job->body (CURLOPT_POSTFIELDS, no copy), and the header list is the transfer's.
+ *   All three belong to the transfer until it is removed from the multi handle and
+ *   transfer_finish has unset those options, before job and result are handed back.
  * - At most SENDER_BODY_MAX bytes of response body are accepted; the first
  *   DELIVERY_SNIPPET_MAX are kept.
  * - With a target policy, every socket a transfer opens is opened by on_open_socket,
@@ -254,9 +257,36 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
-/* Builds the request for t->job on t->easy. On failure returns -1 with the reason in
- * t->res->error; the caller reports the job as not sent. */
-static int transfer_setup(struct sender *s, struct transfer *t)
+/* Sets the options every job on t->easy shares: they stay across jobs (no
+ * curl_easy_reset), so a job sets only what is its own (transfer_setup). */
+static int transfer_configure(struct sender *s, struct transfer *t)
+{
+	CURL *e = t->easy;
+
+	t->targets = s->opts.targets;
+	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK)
+		return -1;
+	if (t->targets &&
+	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
+	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK))
+		return -1;
+	return 0;
+}
+
+/* Builds the request for t->job on t->easy (configured by transfer_configure). On
+ * failure returns -1 with the reason in t->res->error; the caller reports the job as
+ * not sent. */
+static int transfer_setup(struct transfer *t)
 {
 	int rc = -1;
 	const struct delivery_job *job = t->job;
@@ -290,32 +320,14 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	if (add_custom_headers(&t->headers, job->headers_json, res) != 0)
 		goto out;
 
-	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	t->blocked[0] = '\0';
+	if (curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, res->error) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->body_len) !=
 	        CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
+	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK) {
 		set_error(res, "curl refused the request options");
-		goto out;
-	}
-	t->targets = s->opts.targets;
-	t->blocked[0] = '\0';
-	if (t->targets &&
-	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
-	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK)) {
-		set_error(res, "curl refused the target-address guard");
 		goto out;
 	}
 	rc = 0;
@@ -463,7 +475,7 @@ static void transfer_start_clock(struct transfer *t)
 static void transfer_activate(struct sender *s, struct transfer *t)
 {
 	transfer_start_clock(t);
-	if (transfer_setup(s, t) == 0) {
+	if (transfer_setup(t) == 0) {
 		if (curl_multi_add_handle(s->multi, t->easy) == CURLM_OK) {
 			t->host->live++;
 			live_push(s, t);
@@ -504,7 +516,10 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 {
 	int64_t took = clock_mono_ms() - t->start_mono_ms;
 
-	curl_easy_reset(t->easy);
+	/* Unhooks what pointed into this job and result; the shared options stay. */
+	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, (void *)NULL);
+	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, (void *)NULL);
+	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, (void *)NULL);
 	curl_slist_free_all(t->headers);
 	t->res->duration_ms = took < 0 ? 0 : took > INT_MAX ? INT_MAX : (int)took;
 	out->job = t->job;
@@ -514,7 +529,6 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->res = NULL;
 	t->body_seen = 0;
 	t->too_big = 0;
-	t->targets = NULL;
 	t->blocked[0] = '\0';
 	t->prev = NULL;
 	t->next = s->idle;
@@ -629,8 +643,8 @@ int sender_start(struct sender *s, struct delivery_job *job)
 		if (!t)
 			goto out;
 		t->easy = curl_easy_init();
-		if (!t->easy) {
-			free(t);
+		if (!t->easy || transfer_configure(s, t) != 0) {
+			transfer_destroy(t);
 			t = NULL;
 			goto out;
 		}
