@@ -4,9 +4,9 @@
  * Each job runs in a struct transfer that owns one easy handle. Easy handles are kept
  * on an idle list and reused rather than created per attempt. A handle gets the options
  * all jobs share once, when made (transfer_configure), and each job sets only its own
- * (URL, headers, body, error buffer): curl_easy_reset and the dozen setopts after it
- * cost more than the signature. curl clears a transfer's response code and headers when
- * the next one starts. The connections live in the multi handle's pool, so keep-alive
+ * (URL, headers, body, error buffer), sparing curl_easy_reset and a dozen setopts per
+ * delivery. curl clears a transfer's response code and headers when the next one
+ * starts. The connections live in the multi handle's pool, so keep-alive
  * to a receiver survives from one delivery to the next.
  *
  * No host gets more transfers at once than max_per_host: the ones beyond wait here, in
@@ -64,7 +64,7 @@ _Static_assert(DELIVERY_ERROR_MAX >= CURL_ERROR_SIZE,
                "result->error is curl's CURLOPT_ERRORBUFFER and must hold CURL_ERROR_SIZE");
 
 struct transfer {
-	CURL *easy;                   /* owned; reused across jobs, reset while idle */
+	CURL *easy;                   /* owned; reused across jobs (transfer_configure) */
 	struct curl_slist *headers;   /* request headers; curl reads them while live */
 	struct delivery_job *job;     /* owned while it has a job, NULL while idle */
 	struct delivery_result *res;  /* owned while it has a job, NULL while idle */
@@ -96,6 +96,7 @@ struct sender {
 	struct transfer *idle;      /* reusable easy handles; singly linked through next */
 	int in_flight;              /* jobs taken and not yet handed back */
 	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
+	struct sign_cache *signer;  /* owned; subscriptions' keys, prepared once */
 };
 
 static void set_error(struct delivery_result *res, const char *text)
@@ -286,7 +287,7 @@ static int transfer_configure(struct sender *s, struct transfer *t)
 /* Builds the request for t->job on t->easy (configured by transfer_configure). On
  * failure returns -1 with the reason in t->res->error; the caller reports the job as
  * not sent. */
-static int transfer_setup(struct transfer *t)
+static int transfer_setup(struct sender *s, struct transfer *t)
 {
 	int rc = -1;
 	const struct delivery_job *job = t->job;
@@ -303,8 +304,8 @@ static int transfer_setup(struct transfer *t)
 		goto out;
 	}
 	snprintf(timestamp_text, sizeof timestamp_text, "%" PRId64, timestamp);
-	signature =
-	    sign_header_value(job->secrets, job->event_id, timestamp, job->body, job->body_len);
+	signature = sign_cache_header_value(s->signer, job->secrets, job->event_id, timestamp,
+	                                    job->body, job->body_len);
 	if (!signature) {
 		set_error(res, "cannot sign: malformed secret");
 		goto out;
@@ -475,7 +476,7 @@ static void transfer_start_clock(struct transfer *t)
 static void transfer_activate(struct sender *s, struct transfer *t)
 {
 	transfer_start_clock(t);
-	if (transfer_setup(t) == 0) {
+	if (transfer_setup(s, t) == 0) {
 		if (curl_multi_add_handle(s->multi, t->easy) == CURLM_OK) {
 			t->host->live++;
 			live_push(s, t);
@@ -562,6 +563,11 @@ struct sender *sender_new(const struct sender_options *opts)
 		fprintf(stderr, "sender: max_per_host must be at least 1\n");
 		goto out;
 	}
+	s->signer = sign_cache_new();
+	if (!s->signer) {
+		fprintf(stderr, "sender: out of memory\n");
+		goto out;
+	}
 	s->multi = curl_multi_init();
 	if (!s->multi) {
 		fprintf(stderr, "sender: curl_multi_init failed\n");
@@ -619,6 +625,7 @@ void sender_free(struct sender *s)
 		transfer_destroy(t);
 	}
 	curl_multi_cleanup(s->multi);
+	sign_cache_free(s->signer);
 	free(s);
 }
 

@@ -3,18 +3,24 @@
  * handling, on OpenSSL libcrypto.
  *
  * Owns: base64 with strict validation, parsing "whsec_" / "whsk_" secrets into raw keys,
- * building the signed content "msg_id.timestamp.body", and the header value.
+ * preparing them for OpenSSL (struct prepared), the signed content
+ * "msg_id.timestamp.body", the header value, and the per-thread cache of prepared keys.
  *
  * Invariants:
- * - The signed content is built once per call in one malloc'd buffer (ed25519 cannot
- *   stream, so both schemes sign a contiguous buffer); it is freed before return.
- * - Raw key bytes live only on the stack and are wiped with OPENSSL_cleanse before return.
+ * - Raw key bytes parsed from a secret live only on the stack and are wiped with
+ *   OPENSSL_cleanse before return. A prepared key holds its key inside OpenSSL objects
+ *   (an HMAC context, an ed25519 EVP_PKEY), which wipe it when freed.
+ * - v1 streams the content into the HMAC; v1a cannot stream, so it signs the content
+ *   built once in one malloc'd buffer, freed before return.
  * - A "whsk_" secret is exactly 64 bytes, seed then public key; the public half must be
  *   the one the seed derives, else the secret is malformed (we would publish a wrong whpk_).
+ * - A cache slot holds either nothing or every key of its secrets text, prepared; a
+ *   secrets text with any malformed secret is never cached.
  * - sign_verify re-signs with the given secret and compares whole values in constant
  *   time; ed25519 is deterministic, so this also works for a "whsk_" secret.
  *
- * Threads: no state; every function is safe from any thread.
+ * Threads: the functions without a cache keep no state and are safe from any thread; a
+ * struct sign_cache belongs to one thread at a time.
  */
 #include "sign.h"
 
@@ -25,7 +31,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
 #include <openssl/rand.h>
 
 #define V1_PREFIX "whsec_"
@@ -38,6 +44,8 @@
 #define ED_PUB_LEN 32  /* bytes */
 #define ED_SIG_LEN 64  /* bytes */
 #define KEY_BUF_MAX 64 /* bytes: the largest raw key we keep */
+
+#define SIGN_CACHE_SLOTS 1024 /* secrets texts kept prepared (a power of two) */
 
 enum key_kind { KEY_V1, KEY_V1A };
 
@@ -230,17 +238,61 @@ out:
 	return buf;
 }
 
-static int sign_ed25519(const struct key *k, const unsigned char *msg, size_t msg_len,
+/* A key ready to sign with: v1 an HMAC context keyed once (restarted for each
+ * message, which keeps the key), v1a the ed25519 private key. */
+struct prepared {
+	enum key_kind kind;
+	EVP_MAC_CTX *hmac; /* v1 */
+	EVP_PKEY *ed;      /* v1a */
+};
+
+static void prepared_clear(struct prepared *p)
+{
+	EVP_MAC_CTX_free(p->hmac);
+	EVP_PKEY_free(p->ed);
+	memset(p, 0, sizeof(*p));
+}
+
+/* Prepares parsed key k. Returns 0, or -1 with p cleared. */
+static int prepared_init(struct prepared *p, const struct key *k)
+{
+	EVP_MAC *mac = NULL;
+	char digest[] = "SHA256";
+	OSSL_PARAM params[2];
+	int rc = -1;
+
+	memset(p, 0, sizeof(*p));
+	p->kind = k->kind;
+	if (k->kind == KEY_V1A) {
+		p->ed = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, k->raw, ED_SEED_LEN);
+		rc = p->ed != NULL ? 0 : -1;
+		goto out;
+	}
+	mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (mac == NULL)
+		goto out;
+	p->hmac = EVP_MAC_CTX_new(mac);
+	if (p->hmac == NULL)
+		goto out;
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (EVP_MAC_init(p->hmac, k->raw, k->len, params) != 1)
+		goto out;
+	rc = 0;
+out:
+	EVP_MAC_free(mac); /* the context keeps its own reference */
+	if (rc != 0)
+		prepared_clear(p);
+	return rc;
+}
+
+static int sign_ed25519(EVP_PKEY *pkey, const unsigned char *msg, size_t msg_len,
                         unsigned char *sig)
 {
-	EVP_PKEY *pkey = NULL;
 	EVP_MD_CTX *ctx = NULL;
 	size_t sig_len = ED_SIG_LEN;
 	int rc = -1;
 
-	pkey = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, k->raw, ED_SEED_LEN);
-	if (pkey == NULL)
-		goto out;
 	ctx = EVP_MD_CTX_new();
 	if (ctx == NULL)
 		goto out;
@@ -251,49 +303,73 @@ static int sign_ed25519(const struct key *k, const unsigned char *msg, size_t ms
 	rc = 0;
 out:
 	EVP_MD_CTX_free(ctx);
-	EVP_PKEY_free(pkey);
 	return rc;
 }
 
-/* Signs prepared content with a parsed key: "v1,<b64>" or "v1a,<b64>" into out. */
-static int sign_content(const struct key *k, const unsigned char *msg, size_t msg_len, char *out,
-                        size_t out_size)
+/* Signs "msg_id.timestamp.body" with p: "v1,<b64>" or "v1a,<b64>" into out. */
+static int prepared_sign(struct prepared *p, const char *msg_id, int64_t timestamp,
+                         const unsigned char *body, size_t body_len, char *out, size_t out_size)
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
-	unsigned int mac_len = 0;
+	size_t mac_len = 0;
 	unsigned char sig[ED_SIG_LEN];
+	unsigned char *msg = NULL;
+	size_t msg_len = 0;
+	char ts[24];
+	int n;
 	int rc = -1;
 
-	if (k->kind == KEY_V1) {
-		if (HMAC(EVP_sha256(), k->raw, (int)k->len, msg, msg_len, mac, &mac_len) == NULL)
+	if (msg_id == NULL || (body == NULL && body_len != 0))
+		goto out;
+	if (p->kind == KEY_V1) {
+		n = snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
+		if (n < 0 || (size_t)n >= sizeof(ts))
+			goto out;
+		if (EVP_MAC_init(p->hmac, NULL, 0, NULL) != 1 ||
+		    EVP_MAC_update(p->hmac, (const unsigned char *)msg_id, strlen(msg_id)) != 1 ||
+		    EVP_MAC_update(p->hmac, (const unsigned char *)".", 1) != 1 ||
+		    EVP_MAC_update(p->hmac, (const unsigned char *)ts, (size_t)n) != 1 ||
+		    EVP_MAC_update(p->hmac, (const unsigned char *)".", 1) != 1 ||
+		    (body_len != 0 && EVP_MAC_update(p->hmac, body, body_len) != 1) ||
+		    EVP_MAC_final(p->hmac, mac, &mac_len, sizeof(mac)) != 1)
 			goto out;
 		rc = b64_encode_prefixed("v1,", mac, mac_len, out, out_size);
 	} else {
-		if (sign_ed25519(k, msg, msg_len, sig) != 0)
+		msg = content_new(msg_id, timestamp, body, body_len, &msg_len);
+		if (msg == NULL || sign_ed25519(p->ed, msg, msg_len, sig) != 0)
 			goto out;
 		rc = b64_encode_prefixed("v1a,", sig, sizeof(sig), out, out_size);
 	}
 out:
+	OPENSSL_cleanse(mac, sizeof(mac));
+	free(msg);
+	return rc;
+}
+
+/* Parses and prepares one secret. Returns 0, or -1 if it is malformed. */
+static int prepared_from_secret(struct prepared *p, const char *secret)
+{
+	struct key k;
+	int rc = -1;
+
+	memset(p, 0, sizeof(*p));
+	if (key_parse(secret, &k, NULL) == 0)
+		rc = prepared_init(p, &k);
+	OPENSSL_cleanse(&k, sizeof(k));
 	return rc;
 }
 
 int sign_one(const char *secret, const char *msg_id, int64_t timestamp, const unsigned char *body,
              size_t body_len, char *out, size_t out_size)
 {
-	struct key k;
-	unsigned char *msg = NULL;
-	size_t msg_len = 0;
+	struct prepared p;
 	int rc = -1;
 
-	if (key_parse(secret, &k, NULL) != 0)
+	if (prepared_from_secret(&p, secret) != 0)
 		goto out;
-	msg = content_new(msg_id, timestamp, body, body_len, &msg_len);
-	if (msg == NULL)
-		goto out;
-	rc = sign_content(&k, msg, msg_len, out, out_size);
+	rc = prepared_sign(&p, msg_id, timestamp, body, body_len, out, out_size);
 out:
-	OPENSSL_cleanse(&k, sizeof(k));
-	free(msg);
+	prepared_clear(&p);
 	return rc;
 }
 
@@ -315,37 +391,43 @@ static int next_token(const char *s, size_t *pos, const char **start, size_t *le
 	return j > i ? 0 : -1;
 }
 
-char *sign_header_value(const char *secrets, const char *msg_id, int64_t timestamp,
-                        const unsigned char *body, size_t body_len)
+/* Every key of one space-separated secrets text, prepared. */
+struct keyring {
+	char *secrets;         /* the text it was made from (malloc'd), or NULL if empty */
+	size_t count;          /* keys in keys[] */
+	struct prepared *keys; /* malloc'd */
+};
+
+static void keyring_clear(struct keyring *r)
+{
+	for (size_t i = 0; i < r->count; i++)
+		prepared_clear(&r->keys[i]);
+	free(r->keys);
+	if (r->secrets != NULL) {
+		OPENSSL_cleanse(r->secrets, strlen(r->secrets));
+		free(r->secrets);
+	}
+	memset(r, 0, sizeof(*r));
+}
+
+/* Fills empty r from secrets. Returns 0, or -1 (r left empty) if the list is empty, a
+ * secret is malformed, or memory runs out. */
+static int keyring_fill(struct keyring *r, const char *secrets)
 {
 	char secret[SIGN_SECRET_MAX];
-	char one[SIGN_ONE_MAX];
-	struct key k;
-	unsigned char *msg = NULL;
-	size_t msg_len = 0;
-	char *value = NULL;
-	char *result = NULL;
-	size_t cap;
-	size_t used = 0;
-	size_t pos = 0;
-	size_t count = 0;
-	size_t one_len;
+	size_t pos = 0, count = 0, tok_len;
 	const char *tok;
-	size_t tok_len;
+	int rc = -1;
 
-	memset(&k, 0, sizeof(k));
 	if (secrets == NULL)
 		goto out;
 	while (next_token(secrets, &pos, &tok, &tok_len) == 0)
 		count++;
 	if (count == 0)
 		goto out;
-	msg = content_new(msg_id, timestamp, body, body_len, &msg_len);
-	if (msg == NULL)
-		goto out;
-	cap = count * SIGN_ONE_MAX; /* count <= strlen(secrets), no overflow in practice */
-	value = malloc(cap);
-	if (value == NULL)
+	r->keys = calloc(count, sizeof(*r->keys));
+	r->secrets = strdup(secrets);
+	if (r->keys == NULL || r->secrets == NULL)
 		goto out;
 	pos = 0;
 	while (next_token(secrets, &pos, &tok, &tok_len) == 0) {
@@ -353,9 +435,33 @@ char *sign_header_value(const char *secrets, const char *msg_id, int64_t timesta
 			goto out;
 		memcpy(secret, tok, tok_len);
 		secret[tok_len] = '\0';
-		if (key_parse(secret, &k, NULL) != 0)
+		if (prepared_from_secret(&r->keys[r->count], secret) != 0)
 			goto out;
-		if (sign_content(&k, msg, msg_len, one, sizeof(one)) != 0)
+		r->count++;
+	}
+	rc = 0;
+out:
+	OPENSSL_cleanse(secret, sizeof(secret));
+	if (rc != 0)
+		keyring_clear(r);
+	return rc;
+}
+
+/* The header value: one signature per key of r, space-separated, malloc'd. */
+static char *keyring_header_value(struct keyring *r, const char *msg_id, int64_t timestamp,
+                                  const unsigned char *body, size_t body_len)
+{
+	char one[SIGN_ONE_MAX];
+	size_t cap = r->count * SIGN_ONE_MAX; /* count <= strlen(secrets): no overflow */
+	size_t used = 0, one_len;
+	char *value = malloc(cap);
+	char *result = NULL;
+
+	if (value == NULL)
+		goto out;
+	for (size_t i = 0; i < r->count; i++) {
+		if (prepared_sign(&r->keys[i], msg_id, timestamp, body, body_len, one,
+		                  sizeof(one)) != 0)
 			goto out;
 		one_len = strlen(one);
 		if (used + 1 + one_len + 1 > cap)
@@ -368,11 +474,57 @@ char *sign_header_value(const char *secrets, const char *msg_id, int64_t timesta
 	result = value;
 	value = NULL;
 out:
-	OPENSSL_cleanse(secret, sizeof(secret));
-	OPENSSL_cleanse(&k, sizeof(k));
-	free(msg);
 	free(value);
 	return result;
+}
+
+char *sign_header_value(const char *secrets, const char *msg_id, int64_t timestamp,
+                        const unsigned char *body, size_t body_len)
+{
+	struct keyring r = {0};
+	char *value = NULL;
+
+	if (keyring_fill(&r, secrets) == 0)
+		value = keyring_header_value(&r, msg_id, timestamp, body, body_len);
+	keyring_clear(&r);
+	return value;
+}
+
+struct sign_cache {
+	struct keyring slot[SIGN_CACHE_SLOTS]; /* by hash of the secrets text; one each */
+};
+
+struct sign_cache *sign_cache_new(void)
+{
+	return calloc(1, sizeof(struct sign_cache));
+}
+
+void sign_cache_free(struct sign_cache *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < SIGN_CACHE_SLOTS; i++)
+		keyring_clear(&c->slot[i]);
+	free(c);
+}
+
+char *sign_cache_header_value(struct sign_cache *c, const char *secrets, const char *msg_id,
+                              int64_t timestamp, const unsigned char *body, size_t body_len)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	struct keyring *r;
+
+	if (secrets == NULL)
+		return NULL;
+	for (const unsigned char *p = (const unsigned char *)secrets; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	r = &c->slot[h & (SIGN_CACHE_SLOTS - 1)];
+	if (r->secrets == NULL || strcmp(r->secrets, secrets) != 0) {
+		keyring_clear(r); /* the slot's old text, if any, gives way */
+		if (keyring_fill(r, secrets) != 0)
+			return NULL;
+	}
+	return keyring_header_value(r, msg_id, timestamp, body, body_len);
 }
 
 int sign_secret_check(const char *secret, const char **why)

@@ -7,7 +7,8 @@
  *      32-byte seed then 32-byte public key), public key "whpk_" + base64(32 bytes);
  *      header value "v1a,<base64 signature>".
  *
- * Pure functions, thread-safe, no allocation unless the name says so.
+ * Pure functions, thread-safe, no allocation unless the name says so; except struct
+ * sign_cache, which keeps prepared keys for one thread.
  */
 #ifndef HOOKRELAY_SIGN_H
 #define HOOKRELAY_SIGN_H
@@ -28,6 +29,19 @@ int sign_one(const char *secret, const char *msg_id, int64_t timestamp,
  * string the caller frees, or NULL if any secret is malformed. */
 char *sign_header_value(const char *secrets, const char *msg_id, int64_t timestamp,
                         const unsigned char *body, size_t body_len);
+
+/* Prepared keys for one thread that signs many messages with few secrets texts (the
+ * dispatcher): parsing a secret and keying OpenSSL with it costs more than signing a
+ * message, so that is done once per secrets text, not once per delivery. It keeps up to
+ * 1,024 texts; a text whose slot another takes is prepared again when next used. */
+struct sign_cache;
+
+struct sign_cache *sign_cache_new(void); /* NULL if out of memory */
+void sign_cache_free(struct sign_cache *c);
+
+/* As sign_header_value, with the keys for `secrets` prepared once and kept in c. */
+char *sign_cache_header_value(struct sign_cache *c, const char *secrets, const char *msg_id,
+                              int64_t timestamp, const unsigned char *body, size_t body_len);
 
 /* Checks a secret the user supplied: "whsec_" + standard base64 of 24..64 bytes.
  * Returns 0, or -1 with *why set to a literal reason. */

@@ -1,10 +1,12 @@
 /*
  * test_sign.c - Standard Webhooks signing: the published v1 and v1a vectors, header
- * values with several secrets, verification, and secret validation.
+ * values with several secrets, verification, secret validation, and the cache of
+ * prepared keys the dispatcher signs with.
  */
 #include "check.h"
 #include "sign.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -246,6 +248,91 @@ static void test_generate(void)
 	CHECK(sign_keypair_generate(NULL, pk) == -1);
 }
 
+/* A cached key signs every later message as a fresh one would: the published vectors
+ * on first use and on reuse, other messages, several secrets, and malformed texts. */
+static void test_cache_same_as_uncached(void)
+{
+	struct sign_cache *c = sign_cache_new();
+	char gen[SIGN_SECRET_MAX];
+	char secrets[3 * SIGN_SECRET_MAX];
+	char id[32];
+	char *v, *w;
+
+	CHECK(c != NULL);
+	if (c == NULL)
+		return;
+	for (int round = 0; round < 3; round++) {
+		v = sign_cache_header_value(c, V1_SECRET, MSG_ID, TS, body(), strlen(BODY));
+		CHECK(v != NULL && strcmp(v, V1_SIG) == 0);
+		free(v);
+		v = sign_cache_header_value(c, V1A_SECRET, MSG_ID, TS, body(), strlen(BODY));
+		CHECK(v != NULL && strcmp(v, V1A_SIG) == 0);
+		free(v);
+	}
+	/* A restarted HMAC must not carry the last message into the next one. */
+	CHECK(sign_secret_generate(gen, sizeof(gen)) == 0);
+	snprintf(secrets, sizeof(secrets), "%s %s", gen, V1A_SECRET);
+	for (int i = 0; i < 20; i++) {
+		snprintf(id, sizeof(id), "msg_%d", i);
+		v = sign_cache_header_value(c, secrets, id, TS + i, body(),
+		                            strlen(BODY) - (size_t)i);
+		w = sign_header_value(secrets, id, TS + i, body(), strlen(BODY) - (size_t)i);
+		CHECK(v != NULL && w != NULL && strcmp(v, w) == 0);
+		free(v);
+		free(w);
+	}
+	v = sign_cache_header_value(c, V1_SECRET, MSG_ID, TS, NULL, 0);
+	w = sign_header_value(V1_SECRET, MSG_ID, TS, NULL, 0);
+	CHECK(v != NULL && w != NULL && strcmp(v, w) == 0);
+	free(v);
+	free(w);
+	CHECK(sign_cache_header_value(c, V1_SECRET, NULL, TS, body(), 1) == NULL);
+
+	/* Malformed texts are refused every time, and leave the good ones working. */
+	snprintf(secrets, sizeof(secrets), "%s whsec_nope", V1_SECRET);
+	for (int i = 0; i < 2; i++) {
+		CHECK(sign_cache_header_value(c, secrets, MSG_ID, TS, body(), strlen(BODY)) ==
+		      NULL);
+		CHECK(sign_cache_header_value(c, "  ", MSG_ID, TS, body(), strlen(BODY)) == NULL);
+		CHECK(sign_cache_header_value(c, NULL, MSG_ID, TS, body(), strlen(BODY)) == NULL);
+	}
+	v = sign_cache_header_value(c, V1_SECRET, MSG_ID, TS, body(), strlen(BODY));
+	CHECK(v != NULL && strcmp(v, V1_SIG) == 0);
+	free(v);
+	sign_cache_free(c);
+	sign_cache_free(NULL);
+}
+
+/* More secrets texts than the cache has slots, used in turns: each text that loses its
+ * slot is prepared again, never signed with another text's keys. */
+static void test_cache_eviction(void)
+{
+	enum { TEXTS = 1500 };
+	struct sign_cache *c = sign_cache_new();
+	static char texts[TEXTS][SIGN_SECRET_MAX];
+	char one[SIGN_ONE_MAX];
+	char *v;
+	int wrong = 0;
+
+	CHECK(c != NULL);
+	if (c == NULL)
+		return;
+	for (int i = 0; i < TEXTS; i++)
+		CHECK(sign_secret_generate(texts[i], sizeof(texts[i])) == 0);
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < TEXTS; i++) {
+			v = sign_cache_header_value(c, texts[i], MSG_ID, TS, body(), strlen(BODY));
+			if (sign_one(texts[i], MSG_ID, TS, body(), strlen(BODY), one,
+			             sizeof(one)) != 0 ||
+			    v == NULL || strcmp(v, one) != 0)
+				wrong++;
+			free(v);
+		}
+	}
+	CHECK(wrong == 0);
+	sign_cache_free(c);
+}
+
 int main(void)
 {
 	test_vectors();
@@ -254,5 +341,7 @@ int main(void)
 	test_verify();
 	test_secret_check();
 	test_generate();
+	test_cache_same_as_uncached();
+	test_cache_eviction();
 	return CHECK_DONE();
 }
