@@ -9,7 +9,8 @@
 # Programs and scripts live in scripts/bench/ (see the comment at the top of each).
 # Knobs (env): BENCH_DUR (wrk seconds, default 10 as the issue asks), BENCH_BACKLOG_EVENTS (default 100000),
 # BENCH_BUDGET (seconds the whole run may take, default 180), BENCH_KEEP=1 keeps the run dir,
-# BENCH_ONLY="ingest delivery e2e big" (the relay sections to run; the ceilings always run).
+# BENCH_ONLY="ingest delivery wide e2e big" (the relay sections to run; the ceilings always
+# run; wide is row 4b).
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
 # BENCH_RELAY=PATH benches another build of the relay (A/B against a saved binary).
@@ -27,7 +28,7 @@ RELAY=$(realpath "${BENCH_RELAY:-$ROOT/build/hookrelay}") # the symlink below ne
 DUR=${BENCH_DUR:-10}
 BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
 BUDGET=${BENCH_BUDGET:-180}
-ONLY=${BENCH_ONLY:-ingest delivery e2e big}
+ONLY=${BENCH_ONLY:-ingest delivery wide e2e big}
 STORED_EVENTS=${BENCH_STORED_EVENTS:-5000000}
 BIG_EVENTS=334000 # x 3 subscriptions = 1,002,000 deliveries (334 batch calls of 1,000)
 
@@ -223,7 +224,7 @@ subscribe() {
 	SUBS=""
 	local u id
 	for u in "$@"; do
-		api POST /v1/subscriptions "{\"url\":\"$u\",\"event_types\":[\"order.*\"]${BENCH_SUB_FIELDS:-}}"
+		api POST /v1/subscriptions "{\"url\":\"$u\",\"event_types\":[\"order.*\"]${SUB_FIELDS-${BENCH_SUB_FIELDS:-}}}"
 		id=$(printf '%s' "$HTTP_BODY" | jq -r '.id // empty' 2>/dev/null || true)
 		if [ "$HTTP_STATUS" != 201 ] || [ -z "$id" ]; then
 			note "POST /v1/subscriptions answered $HTTP_STATUS: $(printf '%s' "$HTTP_BODY" | head -c 200)"
@@ -400,28 +401,33 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 	return 1
 }
 
+# section_delivery [ROW CAPS SUB_FIELDS EVENTS]: row 4 by default (subscriptions at their
+# default max_in_flight, BACKLOG_EVENTS x 3); row 4b gives each subscription SUB_FIELDS
+# and a backlog of EVENTS x 3.
 section_delivery() {
+	local id=${1:-4} caps=${2:-default caps} events=${4:-$BACKLOG_EVENTS}
 	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left ticks0
-	start_held_relay d delivery || return 1
+	[ $# -lt 3 ] || local SUB_FIELDS=$3
+	if [ "$id" = 4 ]; then start_held_relay d delivery || return 1; else start_held_relay w "delivery$id" || return 1; fi
 	r1=$HELD1 r2=$HELD2 r3=$HELD3
 	api POST /v1/events "$(cat "$EVENT")"
 	probe=$(printf '%s' "$HTTP_BODY" | jq -r .deliveries 2>/dev/null || true)
 	if [ "$HTTP_STATUS" != 202 ] || [ "$probe" != 3 ]; then
-		note "row 4: probe POST /v1/events answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200) (expected 202, deliveries 3)"
-		row "4 hookrelay delivery of a backlog" "not measured (see notes)" "—" "—"
+		note "row $id: probe POST /v1/events answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200) (expected 202, deliveries 3)"
+		row "$id hookrelay delivery of a backlog" "not measured (see notes)" "—" "—"
 		return 1
 	fi
-	log "4: building backlog of $BACKLOG_EVENTS events x 3 (receivers holding)"
-	fill_backlog "$BACKLOG_EVENTS" "$RUN/batch100.json" 100
+	log "$id: building backlog of $events events x 3 (receivers holding)"
+	fill_backlog "$events" "$RUN/batch100.json" 100
 	alive || { relay_gone delivery; return 1; }
 	expect=$(((FILL_OK + 1) * 3))
-	note "row 4: backlog of $(fmt_int "$((FILL_OK + 1))") events x 3 subscriptions built through the batch route (100/call, 4 in flight) in ${FILL_S} s = $(fmt_int "$(awk -v a="$FILL_OK" -v s="$FILL_S" 'BEGIN { print a / (s > 0 ? s : 1) }')") events/s, receivers holding; relay run with --delivery-timeout 300s so held requests do not time out"
+	note "row $id: backlog of $(fmt_int "$((FILL_OK + 1))") events x 3 subscriptions built through the batch route (100/call, 4 in flight) in ${FILL_S} s = $(fmt_int "$(awk -v a="$FILL_OK" -v s="$FILL_S" 'BEGIN { print a / (s > 0 ? s : 1) }')") events/s, receivers holding; relay run with --delivery-timeout 300s so held requests do not time out"
 	set_enabled false || return 1
 	release "$r1" "$r2" "$r3"
-	wait_stable "$r1" "$r2" "$r3" || note "row 4: deliveries kept arriving for 15 s after the subscriptions were disabled"
+	wait_stable "$r1" "$r2" "$r3" || note "row $id: deliveries kept arriving for 15 s after the subscriptions were disabled"
 	base=$(recv_sum "$r1" "$r2" "$r3")
 	hwm_before=$(vmhwm "$RELAY_PID")
-	log "4: $base delivered before the clock starts (the requests the receivers held)"
+	log "$id: $base delivered before the clock starts (the requests the receivers held)"
 
 	# drain window: what the budget leaves after rows 5 and 6b (>= 40 s, <= 120 s); after
 	# 10 s, give up early when the rate so far cannot empty the backlog within the window.
@@ -429,13 +435,13 @@ section_delivery() {
 	left=$((BUDGET - SECONDS - 100))
 	[ "$left" -gt 40 ] || left=40
 	[ "$left" -lt 120 ] || left=120
-	log "4: enabling subscriptions; draining up to ${left}s"
+	log "$id: enabling subscriptions; draining up to ${left}s"
 	t0=$(date +%s.%N)
 	ticks0=$(cpu_ticks "$RELAY_PID")
 	threads0=$(thread_ticks "$RELAY_PID")
 	set_enabled true || return 1
 	# BENCH_PERF=FILE: a perf profile of the relay's first 8 s of draining, for tuning
-	[ -z "${BENCH_PERF:-}" ] || perf record ${BENCH_PERF_OPT:--g} -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
+	[ -z "${BENCH_PERF:-}" ] || [ "$id" != 4 ] || perf record ${BENCH_PERF_OPT:--g} -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
 	got=$base
 	local s0=$SECONDS
 	HWM_DELIVERY=$hwm_before
@@ -454,24 +460,31 @@ section_delivery() {
 	el=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 	n=$(awk -v g="$((got - base))" -v e="$el" 'BEGIN { print g / e }')
 	alive || relay_gone delivery
-	note "row 4: the relay used $(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$((got - base))" -v e="$el" 'BEGIN { printf "%.2f CPUs while draining, %.0f µs of CPU per delivery", t / hz / e, (g > 0 ? t / hz * 1e6 / g : 0) }')"
-	note "row 4: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$((got - base))")"
+	note "row $id: the relay used $(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$((got - base))" -v e="$el" 'BEGIN { printf "%.2f CPUs while draining, %.0f µs of CPU per delivery", t / hz / e, (g > 0 ? t / hz * 1e6 / g : 0) }')"
+	note "row $id: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$((got - base))")"
 	if [ "$got" -ge "$expect" ]; then
-		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, default caps" \
+		row "$id hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, $caps" \
 			"$(fmt_int "$n") deliveries/s (drained in $(printf '%.1f' "$el") s)" "$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
-		[ "$got" -eq "$expect" ] || note "row 4: receivers counted $got requests for $expect deliveries (duplicates)"
-		pending_empty || note "row 4: after all $expect arrived, GET /v1/deliveries?status=pending&limit=1 answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 300)"
+		[ "$got" -eq "$expect" ] || note "row $id: receivers counted $got requests for $expect deliveries (duplicates)"
+		pending_empty || note "row $id: after all $expect arrived, GET /v1/deliveries?status=pending&limit=1 answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 300)"
 	else
-		row "4 hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, default caps" \
+		row "$id hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, $caps" \
 			"$(fmt_int "$n") deliveries/s — NOT drained: $(fmt_int "$((got - base))") delivered in $(printf '%.0f' "$el") s, stopped early, emptying it would take ~$(fmt_int "$(awk -v r="$((expect - got))" -v n="$n" 'BEGIN { print (n > 0 ? r / n : 0) }')") s more" \
 			"$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
 	fi
 	alive && HWM_DELIVERY=$(vmhwm "$RELAY_PID")
-	row "6a relay peak RSS (VmHWM) during 4" "$HWM_DELIVERY MiB ($hwm_before MiB when the backlog was built)" "—" "—"
+	[ "$id" != 4 ] || row "6a relay peak RSS (VmHWM) during 4" "$HWM_DELIVERY MiB ($hwm_before MiB when the backlog was built)" "—" "—"
 	stop "$RELAY_PID" relay
 	[ -z "$STOP_NOTE" ] || note "delivery relay: $STOP_NOTE"
 	stop_receivers
 	return 0
+}
+
+# Row 4b: the same with the subscriptions allowed 48 in flight each, 144 in all, about
+# as many as 1c's 128 (row 4's default caps allow 16 each, 48 in all).
+section_wide() {
+	section_delivery 4b "max_in_flight 48 per subscription (144 in flight; 1c has 128)" \
+		',"max_in_flight":48' "$((BACKLOG_EVENTS / 2))"
 }
 
 # ---- 5. end to end ---------------------------------------------------------------------
@@ -566,7 +579,7 @@ if [ ! -x "$RELAY" ]; then
 	skip_relay_rows "build/hookrelay is missing"
 else
 	BATCH_RATE=0
-	for sec in ingest delivery e2e big stored; do
+	for sec in ingest delivery wide e2e big stored; do
 		case " $ONLY " in *" $sec "*) ;; *) continue ;; esac
 		"section_$sec" || note "section $sec stopped early"
 		stop_relay_if_running
@@ -585,6 +598,6 @@ cat "$ROWS"
 echo
 echo "Notes:"
 echo "- Everything (wrk/loadgen, relay, receivers) shares the same $(nproc) CPUs on 127.0.0.1; wrk runs are ${DUR} s; total run time ${SECONDS} s."
-echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4, 6b and 7, --retention 0 in 7); subscriptions use the default max_in_flight."
+echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4, 4b, 6b and 7, --retention 0 in 7); subscriptions use the default max_in_flight (16) except in 4b."
 echo "- The dbs live in build/bench/run.*/ (on the repo's filesystem, so fsync is real; removed at exit unless BENCH_KEEP=1); relay stderr of this run: build/bench/logs/. The relay runs as build/hookrelay through a symlink named relay-under-test."
 cat "$NOTES"
