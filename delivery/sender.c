@@ -2,12 +2,12 @@
  * sender.c - the curl-multi sender: many signed webhook POSTs in flight on one thread.
  *
  * Each job runs in a struct transfer that owns one easy handle. Easy handles are kept
- * on an idle list and reused rather than created per attempt. A handle gets the options
- * all jobs share once, when made (transfer_configure), and each job sets only its own
- * (URL, headers, body, error buffer), sparing curl_easy_reset and a dozen setopts per
- * delivery. curl clears a transfer's response code and headers when the next one
- * starts. The connections live in the multi handle's pool, so keep-alive
- * to a receiver survives from one delivery to the next.
+ * on an idle list and reused (curl_easy_reset between jobs) rather than created per
+ * attempt; the connections themselves live in the multi handle's pool, so keep-alive
+ * to a receiver survives from one delivery to the next. The reset is needed, not only
+ * tidy: curl counts, per handle, the times it re-sent a request because a reused
+ * connection closed under it, and only a reset clears that count, so without it every
+ * sixth such race in a handle's life failed its job ("Connection died, tried 5 times").
  *
  * No host gets more transfers at once than max_per_host: the ones beyond wait here, in
  * a queue per host, and go to curl as its transfers to that host end. (Handed to curl,
@@ -19,7 +19,7 @@
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
  *   (could not start; waiting for sender_next), its host's `waiting` queue (a job not
- *   yet handed to curl) or `idle` (no job; nothing in its handle points into one).
+ *   yet handed to curl) or `idle` (no job, handle reset).
  * - in_flight == length(live) + length(failed) + every host's length(waiting): every job
  *   taken by sender_start comes back exactly once, from sender_next or sender_release.
  * - A job's transfer points at its host (from sender_start until transfer_finish);
@@ -27,9 +27,9 @@
  *   host is in the table while it has a live or waiting transfer, and freed after.
  * - While a transfer is live, curl writes its error text straight into
  *   res->error (CURLOPT_ERRORBUFFER) and reads the request body straight from
- *   job->body (CURLOPT_POSTFIELDS, no copy), and the header list is the transfer's.
- *   All three belong to the transfer until it is removed from the multi handle and
- *   transfer_finish has unset those options, before job and result are handed back.
+ *   job->body (CURLOPT_POSTFIELDS, no copy). Both belong to the transfer until it is
+ *   removed from the multi handle and its easy handle reset, which clears those
+ *   pointers before job and result are handed back.
  * - At most SENDER_BODY_MAX bytes of response body are accepted; the first
  *   DELIVERY_SNIPPET_MAX are kept.
  * - With a target policy, every socket a transfer opens is opened by on_open_socket,
@@ -64,7 +64,7 @@ _Static_assert(DELIVERY_ERROR_MAX >= CURL_ERROR_SIZE,
                "result->error is curl's CURLOPT_ERRORBUFFER and must hold CURL_ERROR_SIZE");
 
 struct transfer {
-	CURL *easy;                   /* owned; reused across jobs (transfer_configure) */
+	CURL *easy;                   /* owned; reused across jobs, reset while idle */
 	struct curl_slist *headers;   /* request headers; curl reads them while live */
 	struct delivery_job *job;     /* owned while it has a job, NULL while idle */
 	struct delivery_result *res;  /* owned while it has a job, NULL while idle */
@@ -258,35 +258,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
-/* Sets the options every job on t->easy shares: they stay across jobs (no
- * curl_easy_reset), so a job sets only what is its own (transfer_setup). */
-static int transfer_configure(struct sender *s, struct transfer *t)
-{
-	CURL *e = t->easy;
-
-	t->targets = s->opts.targets;
-	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK)
-		return -1;
-	if (t->targets &&
-	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
-	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK))
-		return -1;
-	return 0;
-}
-
-/* Builds the request for t->job on t->easy (configured by transfer_configure). On
- * failure returns -1 with the reason in t->res->error; the caller reports the job as
- * not sent. */
+/* Builds the request for t->job on t->easy. On failure returns -1 with the reason in
+ * t->res->error; the caller reports the job as not sent. */
 static int transfer_setup(struct sender *s, struct transfer *t)
 {
 	int rc = -1;
@@ -321,14 +294,32 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	if (add_custom_headers(&t->headers, job->headers_json, res) != 0)
 		goto out;
 
-	t->blocked[0] = '\0';
-	if (curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
+	if (curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)t) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_URL, job->url) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, res->error) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->body_len) !=
 	        CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK) {
+	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
 		set_error(res, "curl refused the request options");
+		goto out;
+	}
+	t->targets = s->opts.targets;
+	t->blocked[0] = '\0';
+	if (t->targets &&
+	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
+	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK)) {
+		set_error(res, "curl refused the target-address guard");
 		goto out;
 	}
 	rc = 0;
@@ -517,10 +508,7 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 {
 	int64_t took = clock_mono_ms() - t->start_mono_ms;
 
-	/* Unhooks what pointed into this job and result; the shared options stay. */
-	curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, (void *)NULL);
-	curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, (void *)NULL);
-	curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, (void *)NULL);
+	curl_easy_reset(t->easy);
 	curl_slist_free_all(t->headers);
 	t->res->duration_ms = took < 0 ? 0 : took > INT_MAX ? INT_MAX : (int)took;
 	out->job = t->job;
@@ -530,6 +518,7 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->res = NULL;
 	t->body_seen = 0;
 	t->too_big = 0;
+	t->targets = NULL;
 	t->blocked[0] = '\0';
 	t->prev = NULL;
 	t->next = s->idle;
@@ -565,7 +554,7 @@ struct sender *sender_new(const struct sender_options *opts)
 	}
 	s->signer = sign_cache_new();
 	if (!s->signer) {
-		fprintf(stderr, "sender: out of memory\n");
+		fprintf(stderr, "sender: no signing key cache (out of memory, or OpenSSL < 3.0.3)\n");
 		goto out;
 	}
 	s->multi = curl_multi_init();
@@ -650,8 +639,8 @@ int sender_start(struct sender *s, struct delivery_job *job)
 		if (!t)
 			goto out;
 		t->easy = curl_easy_init();
-		if (!t->easy || transfer_configure(s, t) != 0) {
-			transfer_destroy(t);
+		if (!t->easy) {
+			free(t);
 			t = NULL;
 			goto out;
 		}

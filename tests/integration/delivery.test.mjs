@@ -288,6 +288,32 @@ test('deliveries queued behind --max-per-host get the whole timeout once they ar
   assert.equal(r.requests.length, 8);
 }));
 
+test('a kept-alive connection closed under each request: every delivery still succeeds at once', withLogs(async () => {
+  // The receiver drops each connection when its second request arrives, unanswered: the
+  // keep-alive race a receiver's idle timeout causes. curl re-sends such a request on a
+  // new connection and counts that per easy handle; the sender resets its handles between
+  // jobs, or the count builds up until a job fails with "Connection died, tried 5 times".
+  const relay = await startRelay({ retrySchedule: '5m' });
+  const r = await startReceiver({ behavior: (req) => (req.perConnection >= 2 ? { reset: true } : { status: 200 }) });
+  await createSub(relay, r, { max_in_flight: 1 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 10 }, (_, i) => ({ type: 'keepalive.race', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const ids = [];
+  for (const evId of res.json.ids) ids.push((await oneDelivery(relay, evId)).id);
+  const ds = await waitUntil(async () => {
+    const all = await Promise.all(ids.map((id) => getDelivery(relay, id)));
+    return all.every((d) => d.attempt_count >= 1) ? all : false;
+  }, 8000, 'every delivery attempted');
+  for (const d of ds) {
+    assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d.attempts)}`);
+    assert.equal(d.attempt_count, 1);
+  }
+  // one at a time, each after the first on a reused connection that dies, then a new one
+  assert.ok(r.requests.filter((q) => q.perConnection >= 2).length >= 5,
+    `the race happened: ${r.requests.map((q) => q.perConnection).join(',')}`);
+}));
+
 test('slow receiver within the timeout is delivered', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '3s'] });
   const r = await startReceiver({ behavior: { delayMs: 1000, status: 204, body: '' } });

@@ -329,10 +329,13 @@ export async function startReceiver({ behavior = {} } = {}) {
     return b ?? {};
   };
 
+  const onSocket = new WeakMap(); // socket -> requests seen on it
   const server = http.createServer((req, res) => {
     const arrivedAt = Date.now();
     const arrivedMono = performance.now();
     const index = count++;
+    const perConnection = (onSocket.get(req.socket) ?? 0) + 1;
+    onSocket.set(req.socket, perConnection);
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', async () => {
@@ -344,6 +347,7 @@ export async function startReceiver({ behavior = {} } = {}) {
         arrivedAt,
         arrivedMono,
         index,
+        perConnection, // 1 for the first request on its TCP connection, 2 for the next...
       };
       requests.push(rec);
       for (const w of [...waiters]) w();
