@@ -9,7 +9,12 @@
  * Invariants:
  * - Raw key bytes parsed from a secret live only on the stack and are wiped with
  *   OPENSSL_cleanse before return. A prepared key holds its key inside OpenSSL objects
- *   (an HMAC context, an ed25519 EVP_PKEY), which wipe it when freed.
+ *   (an HMAC context, an ed25519 EVP_PKEY), which wipe it when freed. A cache keeps, on
+ *   the heap, the secrets texts it holds keys for (rotated-out ones too, until their slot
+ *   is taken or the cache freed); each is wiped when its slot gives way.
+ * - A v1 context is restarted per message with EVP_MAC_init(ctx, NULL, 0, NULL), which
+ *   keeps its key from OpenSSL 3.0.3 on (3.0.0-3.0.2 ignored the call: openssl#17811);
+ *   older headers do not compile and an older library gets no cache.
  * - v1 streams the content into the HMAC; v1a cannot stream, so it signs the content
  *   built once in one malloc'd buffer, freed before return.
  * - A "whsk_" secret is exactly 64 bytes, seed then public key; the public half must be
@@ -33,6 +38,10 @@
 #include <openssl/evp.h>
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
+
+#if OPENSSL_VERSION_NUMBER < 0x30000030L
+#error "OpenSSL 3.0.3 or newer is needed (EVP_MAC_init with a NULL key restarts the HMAC)"
+#endif
 
 #define V1_PREFIX "whsec_"
 #define V1A_PREFIX "whsk_"
@@ -496,6 +505,8 @@ struct sign_cache {
 
 struct sign_cache *sign_cache_new(void)
 {
+	if (OpenSSL_version_num() < 0x30000030L) /* built on 3.0.3+, run on an older one */
+		return NULL;
 	return calloc(1, sizeof(struct sign_cache));
 }
 
@@ -520,9 +531,12 @@ char *sign_cache_header_value(struct sign_cache *c, const char *secrets, const c
 		h = (h ^ *p) * 16777619u;
 	r = &c->slot[h & (SIGN_CACHE_SLOTS - 1)];
 	if (r->secrets == NULL || strcmp(r->secrets, secrets) != 0) {
-		keyring_clear(r); /* the slot's old text, if any, gives way */
-		if (keyring_fill(r, secrets) != 0)
+		struct keyring fresh = {0};
+		/* A malformed text (or no memory) leaves the slot's current text in place. */
+		if (keyring_fill(&fresh, secrets) != 0)
 			return NULL;
+		keyring_clear(r);
+		*r = fresh;
 	}
 	return keyring_header_value(r, msg_id, timestamp, body, body_len);
 }

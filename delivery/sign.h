@@ -36,7 +36,8 @@ char *sign_header_value(const char *secrets, const char *msg_id, int64_t timesta
  * 1,024 texts; a text whose slot another takes is prepared again when next used. */
 struct sign_cache;
 
-struct sign_cache *sign_cache_new(void); /* NULL if out of memory */
+/* NULL if out of memory, or if the OpenSSL library is older than 3.0.3. */
+struct sign_cache *sign_cache_new(void);
 void sign_cache_free(struct sign_cache *c);
 
 /* As sign_header_value, with the keys for `secrets` prepared once and kept in c. */
