@@ -17,6 +17,21 @@ async function oneDelivery(relay, eventId) {
   return ds[0];
 }
 
+/** Publishes n events of one type in one batch call and waits until each one's single
+ * delivery has had an attempt; returns those deliveries. */
+async function batchAttempted(relay, type, n, timeoutMs = 8000) {
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: n }, (_, i) => ({ type, data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const ids = [];
+  for (const evId of res.json.ids) ids.push((await oneDelivery(relay, evId)).id);
+  assert.equal(ids.length, n);
+  return waitUntil(async () => {
+    const all = await Promise.all(ids.map((id) => getDelivery(relay, id)));
+    return all.every((d) => d.attempt_count >= 1) ? all : false;
+  }, timeoutMs, 'every delivery attempted');
+}
+
 function assertAttemptShape(a, n) {
   assert.equal(a.attempt, n, `attempt number: ${JSON.stringify(a)}`);
   assert.match(a.started_at, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
@@ -267,17 +282,8 @@ test('deliveries queued behind --max-per-host get the whole timeout once they ar
   const relay = await startRelay({ args: ['--delivery-timeout', '1500ms', '--max-per-host', '2'], retrySchedule: '5m' });
   const r = await startReceiver({ behavior: { delayMs: 600 } });
   await createSub(relay, r, { max_in_flight: 8 });
-  const res = await api(relay, 'POST', '/v1/events/batch',
-    Array.from({ length: 8 }, (_, i) => ({ type: 'queue.host', data: { i } })));
-  assert.equal(res.status, 202, res.text);
-  const ids = [];
-  for (const evId of res.json.ids) ids.push((await oneDelivery(relay, evId)).id);
-  assert.equal(ids.length, 8);
   // two at a time, 600 ms each: four rounds, ~2.4 s
-  const ds = await waitUntil(async () => {
-    const all = await Promise.all(ids.map((id) => getDelivery(relay, id)));
-    return all.every((d) => d.attempt_count >= 1) ? all : false;
-  }, 8000, 'every delivery attempted');
+  const ds = await batchAttempted(relay, 'queue.host', 8);
   for (const d of ds) {
     const a = d.attempts[0];
     assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d.attempts)}`);
@@ -296,15 +302,7 @@ test('a kept-alive connection closed under each request: every delivery still su
   const relay = await startRelay({ retrySchedule: '5m' });
   const r = await startReceiver({ behavior: (req) => (req.perConnection >= 2 ? { reset: true } : { status: 200 }) });
   await createSub(relay, r, { max_in_flight: 1 });
-  const res = await api(relay, 'POST', '/v1/events/batch',
-    Array.from({ length: 10 }, (_, i) => ({ type: 'keepalive.race', data: { i } })));
-  assert.equal(res.status, 202, res.text);
-  const ids = [];
-  for (const evId of res.json.ids) ids.push((await oneDelivery(relay, evId)).id);
-  const ds = await waitUntil(async () => {
-    const all = await Promise.all(ids.map((id) => getDelivery(relay, id)));
-    return all.every((d) => d.attempt_count >= 1) ? all : false;
-  }, 8000, 'every delivery attempted');
+  const ds = await batchAttempted(relay, 'keepalive.race', 10);
   for (const d of ds) {
     assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d.attempts)}`);
     assert.equal(d.attempt_count, 1);
