@@ -55,7 +55,7 @@ static void ingest(struct api *api, struct http_request *req, int batch)
 	size_t len;
 	const char *body = http_body(req, &len);
 
-	switch (ingest_parse(body, len, batch, batch ? NULL : http_header(req, "Idempotency-Key"),
+	switch (ingest_parse(body, len, batch, http_header(req, "Idempotency-Key"),
 	                     clock_now_ms(), &in, why, sizeof(why))) {
 	case INGEST_OK:
 		break;

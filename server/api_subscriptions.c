@@ -360,9 +360,16 @@ void api_subscriptions_rotate(struct api *api, struct http_request *req)
 		}
 		grace_s = json_integer_value(grace);
 	}
-	/* A rotation keeps the subscription's algorithm. */
-	if (store_subscription_get(api_store(api), id, &current) == STORE_NOTFOUND) {
+	/* A rotation keeps the subscription's algorithm, so it must be read first. */
+	switch (store_subscription_get(api_store(api), id, &current)) {
+	case STORE_OK:
+		break;
+	case STORE_NOTFOUND:
 		http_reply_error(req, 404, "not_found", "no subscription with that id");
+		goto out;
+	default: /* not knowing its algorithm, an ed25519 subscription would get an HMAC secret */
+		http_add_header(req, "Retry-After", "1");
+		http_reply_error(req, 503, "storage_unavailable", "could not read the subscription");
 		goto out;
 	}
 	if (take_secret(body, is_ed25519(json_object_get(current, "signature_algorithm")), fields, why,

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "json_check.h"
 
 #define PATH_MAX_SEGMENTS 8
 #define REPLY_HEADERS_MAX 4
@@ -52,6 +53,7 @@ struct http_request {
 	size_t body_len;        /* bytes held */
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
+	const struct route *route; /* set by route_find once routed and authorized */
 	int routed;             /* the handler ran */
 	int replied;            /* a response was queued */
 	const char *path_param; /* points into path_copy */
@@ -118,6 +120,25 @@ void http_reply_json(struct http_request *req, int status, json_t *body)
 	queue_reply(req, status, text, strlen(text));
 }
 
+/* Replaces every byte of s that does not begin a well-formed UTF-8 sequence with '?':
+ * messages quote what the client sent (a path, a header name), and may cut it short in
+ * the middle of a character, but a JSON string must be UTF-8. */
+static void utf8_repair(char *s)
+{
+	size_t left = strlen(s);
+	unsigned char *p = (unsigned char *)s;
+
+	while (left > 0) {
+		size_t n = json_utf8_seq(p, left);
+		if (n == 0) {
+			*p = '?';
+			n = 1;
+		}
+		p += n;
+		left -= n;
+	}
+}
+
 void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
 {
 	char message[512];
@@ -126,9 +147,15 @@ void http_reply_error(struct http_request *req, int status, const char *code, co
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
+	utf8_repair(message);
 	json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
+	if (!text) { /* out of memory: the code alone (a snake_case literal), still JSON */
+		char fixed[160];
+		snprintf(fixed, sizeof(fixed), "{\"error\":{\"code\":\"%.64s\",\"message\":\"\"}}", code);
+		text = strdup(fixed);
+	}
 	queue_reply(req, status, text, text ? strlen(text) : 0);
 }
 
@@ -281,15 +308,22 @@ static int content_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
-static void route_request(struct http_request *req, const char *url)
+/* Runs when the headers are in, before any body is read: finds the route, and answers
+ * at once what does not depend on the body (404, 405, 401, 403, and 413 for a declared
+ * length over the limit), so an unknown or unauthenticated client never gets a body
+ * buffered or a 413/415 that tells it about the route. HEAD is routed as GET (libmicrohttpd
+ * leaves the body out). */
+static void route_find(struct http_request *req, const char *url)
 {
 	const struct route *found = NULL;
-	const char *param = NULL;
+	const char *param = NULL, *method = req->method;
 	size_t param_len = 0;
-	int best_wild = 2;
 	char allow[128] = "";
 	size_t allow_len = 0;
+	const char *cl;
 
+	if (strcmp(method, "HEAD") == 0)
+		method = "GET";
 	/* Prefer literal routes ("/v1/events/batch") over wildcard ones ("/v1/events/{id}"). */
 	for (int pass = 0; pass <= 1 && !found && allow_len == 0; pass++) {
 		for (size_t i = 0; i < ROUTE_COUNT; i++) {
@@ -298,11 +332,10 @@ static void route_request(struct http_request *req, const char *url)
 			int wild = path_match(routes[i].pattern, url, &p, &plen);
 			if (wild != pass)
 				continue;
-			if (strcmp(routes[i].method, req->method) == 0) {
+			if (strcmp(routes[i].method, method) == 0) {
 				found = &routes[i];
 				param = p;
 				param_len = plen;
-				best_wild = wild;
 				break;
 			}
 			allow_len += (size_t)snprintf(allow + allow_len, sizeof(allow) - allow_len, "%s%s",
@@ -311,7 +344,6 @@ static void route_request(struct http_request *req, const char *url)
 				allow_len = sizeof(allow) - 1;
 		}
 	}
-	(void)best_wild;
 	if (!found) {
 		if (allow_len) {
 			http_add_header(req, "Allow", allow);
@@ -322,6 +354,35 @@ static void route_request(struct http_request *req, const char *url)
 		}
 		return;
 	}
+	if (param) {
+		req->path_copy = strndup(param, param_len);
+		if (!req->path_copy) {
+			http_reply_error(req, 500, "internal", "out of memory");
+			return;
+		}
+		req->path_param = req->path_copy;
+	}
+	if (api_authorize(req->srv->api, req, found->handler) != 0)
+		return; /* it replied */
+	req->route = found;
+	cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl) {
+		char *end = NULL;
+		unsigned long long n = strtoull(cl, &end, 10);
+		if (end && *end == '\0' && n > req->srv->max_body) {
+			/* Refuse before reading it: MHD closes the connection after the reply. */
+			req->too_large = 1;
+			http_reply_error(req, 413, "payload_too_large",
+			                 "the request body is over the %zu-byte limit", req->srv->max_body);
+		}
+	}
+}
+
+/* Runs once the whole body is in, for a request route_find let through. */
+static void route_run(struct http_request *req)
+{
+	const struct route *found = req->route;
+
 	if (req->too_large) {
 		http_reply_error(req, 413, "payload_too_large", "the request body is over the %zu-byte limit",
 		                 req->srv->max_body);
@@ -334,16 +395,6 @@ static void route_request(struct http_request *req, const char *url)
 			return;
 		}
 	}
-	if (param) {
-		req->path_copy = strndup(param, param_len);
-		if (!req->path_copy) {
-			http_reply_error(req, 500, "internal", "out of memory");
-			return;
-		}
-		req->path_param = req->path_copy;
-	}
-	if (api_authorize(req->srv->api, req, found->handler) != 0)
-		return; /* it replied */
 	found->handler(req->srv->api, req);
 }
 
@@ -377,18 +428,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		req->conn = conn;
 		req->method = method;
 		*con_cls = req;
-		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-		                                             MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl) {
-			char *end = NULL;
-			unsigned long long n = strtoull(cl, &end, 10);
-			if (end && *end == '\0' && n > srv->max_body) {
-				/* Refuse before reading it: MHD closes the connection after the reply. */
-				req->too_large = 1;
-				http_reply_error(req, 413, "payload_too_large",
-				                 "the request body is over the %zu-byte limit", srv->max_body);
-			}
-		}
+		route_find(req, url);
 		return MHD_YES;
 	}
 
@@ -426,7 +466,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 	if (!req->routed) {
 		req->routed = 1;
-		route_request(req, url);
+		route_run(req);
 		if (!req->replied && !req->suspended)
 			http_reply_error(req, 500, "internal", "no reply");
 	}
@@ -523,7 +563,7 @@ void http_stop(struct http_server *srv)
 	/* Stop accepting and stop suspending; let requests already waiting on the writer
 	 * get their reply (the writer runs until after us): MHD must not be stopped with a
 	 * connection suspended. */
-	MHD_quiesce_daemon(srv->daemon);
+	MHD_socket listener = MHD_quiesce_daemon(srv->daemon);
 	pthread_mutex_lock(&srv->lock);
 	srv->stopping = 1;
 	pthread_mutex_unlock(&srv->lock);
@@ -535,6 +575,8 @@ void http_stop(struct http_server *srv)
 			usleep(5 * 1000);
 	}
 	MHD_stop_daemon(srv->daemon);
+	if (listener != MHD_INVALID_SOCKET)
+		close(listener); /* ours since the quiesce; MHD's threads are gone only now */
 	pthread_mutex_destroy(&srv->lock);
 	free(srv);
 }

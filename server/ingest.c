@@ -262,6 +262,43 @@ static char *build_envelope(const struct store_event *ev, const struct fields *f
 	return out;
 }
 
+/* Orders item indexes by their "id" (all non-NULL), then by index. */
+static int by_id(const void *a, const void *b, void *events)
+{
+	const struct store_event *ev = events;
+	size_t i = *(const size_t *)a, j = *(const size_t *)b;
+	int c = strcmp(ev[i].idempotency_key, ev[j].idempotency_key);
+
+	return c != 0 ? c : (i > j) - (i < j);
+}
+
+/* 1 (with why) if two items of a batch share an "id": the store would take the second
+ * for a replay of the first and drop it, in a call that answers 202 for both. 0 if
+ * none does, -1 if out of memory. */
+static int repeated_id(const struct ingest *in, char *why, size_t whylen)
+{
+	size_t *idx = malloc(in->n * sizeof(*idx));
+	size_t m = 0;
+	int found = 0;
+
+	if (!idx)
+		return -1;
+	for (size_t i = 0; i < in->n; i++)
+		if (in->events[i].idempotency_key)
+			idx[m++] = i;
+	qsort_r(idx, m, sizeof(*idx), by_id, in->events);
+	for (size_t k = 1; k < m && !found; k++) {
+		if (strcmp(in->events[idx[k - 1]].idempotency_key,
+		           in->events[idx[k]].idempotency_key) == 0) {
+			snprintf(why, whylen, "items[%zu].id repeats items[%zu].id; ids in a batch must differ",
+			         idx[k], idx[k - 1]);
+			found = 1;
+		}
+	}
+	free(idx);
+	return found;
+}
+
 enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char *idempotency_key,
                             int64_t now_ms, struct ingest **out, char *why, size_t whylen)
 {
@@ -277,6 +314,13 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 	if (len == 0) {
 		snprintf(why, whylen, "the request body is empty; send JSON");
 		return INGEST_MALFORMED;
+	}
+	if (idempotency_key && batch) {
+		/* One key cannot stand for many events, and ignoring it would store the batch
+		 * again on every retry the client believes is safe. */
+		snprintf(why, whylen, "Idempotency-Key is for single events; give each batch item "
+		                      "its own \"id\" instead");
+		return INGEST_INVALID;
 	}
 	if (idempotency_key &&
 	    (idempotency_key[0] == '\0' || strlen(idempotency_key) > INGEST_KEY_MAX)) {
@@ -348,6 +392,13 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 		p = skip_ws(item_end, end);
 		if (p < end && *p == ',')
 			p = skip_ws(p + 1, end);
+	}
+	if (batch) {
+		int repeated = repeated_id(in, why, whylen);
+		if (repeated != 0) {
+			rc = repeated > 0 ? INGEST_INVALID : INGEST_NOMEM;
+			goto out;
+		}
 	}
 	*out = in;
 	in = NULL;

@@ -31,7 +31,8 @@ struct ingest;
 /*
  * Parses `body` (len bytes, need not be NUL-terminated): one event object, or with
  * batch = 1 an array of 1..INGEST_BATCH_MAX of them. idempotency_key (the header, or
- * NULL) applies to a single event without its own "id". now_ms stamps the events.
+ * NULL) applies to a single event without its own "id"; a batch with one is refused (its
+ * items carry their own "id"s, which must differ). now_ms stamps the events.
  * On INGEST_OK *out is set (free with ingest_free); otherwise why holds the reason
  * (naming the item, e.g. "items[3].type: ...").
  */

@@ -50,14 +50,16 @@ static int hex4(struct scan *s, unsigned int *out)
 	return 0;
 }
 
-/* One UTF-8 sequence starting at a byte >= 0x80 (Unicode 15, table 3-7). */
-static int utf8(struct scan *s)
+size_t json_utf8_seq(const unsigned char *p, size_t left)
 {
-	const unsigned char *p = s->p;
-	size_t left = (size_t)(s->end - p);
-	unsigned char c = p[0], lo = 0x80, hi = 0xBF;
-	int n;
+	unsigned char c, lo = 0x80, hi = 0xBF;
+	size_t n;
 
+	if (left == 0)
+		return 0;
+	c = p[0];
+	if (c < 0x80)
+		return 1;
 	if (c >= 0xC2 && c <= 0xDF)
 		n = 1;
 	else if (c >= 0xE0 && c <= 0xEF)
@@ -65,14 +67,24 @@ static int utf8(struct scan *s)
 	else if (c >= 0xF0 && c <= 0xF4)
 		n = 3, lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
 	else
-		return fail(s, "invalid UTF-8");
-	if (left < (size_t)n + 1 || p[1] < lo || p[1] > hi)
-		return fail(s, "invalid UTF-8");
-	for (int i = 2; i <= n; i++) {
+		return 0;
+	if (left < n + 1 || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i <= n; i++) {
 		if (p[i] < 0x80 || p[i] > 0xBF)
-			return fail(s, "invalid UTF-8");
+			return 0;
 	}
-	s->p += n + 1;
+	return n + 1;
+}
+
+/* One UTF-8 sequence starting at a byte >= 0x80. */
+static int utf8(struct scan *s)
+{
+	size_t n = json_utf8_seq(s->p, (size_t)(s->end - s->p));
+
+	if (n == 0)
+		return fail(s, "invalid UTF-8");
+	s->p += n;
 	return 0;
 }
 

@@ -21,4 +21,9 @@ struct json_check_error {
  * arrays/objects nested at most max_depth deep; else -1 with *err filled. */
 int json_check(const char *p, size_t len, int max_depth, struct json_check_error *err);
 
+/* The length (1-4) of the one well-formed UTF-8 sequence starting at p, with left bytes
+ * available (Unicode 15, table 3-7: no overlong forms, no surrogates), or 0 if there is
+ * none. */
+size_t json_utf8_seq(const unsigned char *p, size_t left);
+
 #endif

@@ -241,6 +241,10 @@ test('unknown ids on every {id} route are 404 not_found; unknown routes too', wi
     ['GET', '/v1/nothing'],
     ['GET', '/'],
     ['POST', '/v2/events', { type: 'a.b' }],
+    // the message quotes the path: bytes that are not UTF-8, or a character cut at the
+    // message's length limit, must still give a JSON body
+    ['GET', '/%ff'],
+    ['GET', `/xy${'%C3%A9'.repeat(300)}`],
   ];
   for (const [method, p, body] of calls) {
     const res = await api(relay, method, p, body);
@@ -259,6 +263,7 @@ test('wrong method on a known path is 405 with Allow', withLogs(async () => {
     ['GET', `/v1/subscriptions/${subsBefore[0].id}/rotate-secret`, /POST/],
     ['DELETE', '/v1/deliveries', /GET/],
     ['POST', '/healthz', /GET/],
+    ['PUT', '/v1/events/%ff', /GET/],
   ];
   for (const [method, p, allow] of calls) {
     const res = await api(relay, method, p, method === 'GET' || method === 'DELETE' ? undefined : {});
@@ -266,6 +271,30 @@ test('wrong method on a known path is 405 with Allow', withLogs(async () => {
     assert.match(res.headers.get('allow') ?? '', allow, `Allow header of ${method} ${p}`);
   }
   await assertNothingStored();
+}));
+
+test('batch: a repeated item id, or an Idempotency-Key header, is 422 and stores nothing', withLogs(async () => {
+  // Two items with one id: the second would be taken for a replay of the first and
+  // dropped, in a call that answered 202 for both.
+  let res = await api(relay, 'POST', '/v1/events/batch',
+    [{ type: 'a.b', id: 'dup' }, { type: 'c.d' }, { type: 'e.f', id: 'dup' }]);
+  assertError(res, 422, 'invalid_field', 'repeated id');
+  assert.match(res.json.error.message, /items\[2\]\.id repeats items\[0\]\.id/);
+  // One key cannot stand for many events; ignored, a retry would store the batch again.
+  res = await api(relay, 'POST', '/v1/events/batch', [{ type: 'a.b' }], { 'idempotency-key': 'b1' });
+  assertError(res, 422, 'invalid_field', 'Idempotency-Key on a batch');
+  assert.match(res.json.error.message, /Idempotency-Key/);
+  await assertNothingStored();
+}));
+
+test('HEAD is answered like GET, without a body', withLogs(async () => {
+  for (const p of ['/healthz', '/v1/events', `/v1/events/${accepted.id}`]) {
+    const res = await api(relay, 'HEAD', p);
+    assert.equal(res.status, 200, `HEAD ${p}`);
+    assert.equal(res.text, '', `HEAD ${p} has no body`);
+  }
+  assertError(await api(relay, 'GET', '/v1/events/nope'), 404, 'not_found');
+  assert.equal((await api(relay, 'HEAD', '/v1/events/nope')).status, 404);
 }));
 
 test('after all the bad input the relay is up and still has what it accepted', withLogs(async () => {

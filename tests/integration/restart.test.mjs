@@ -198,6 +198,11 @@ test('--api-key: 401 without or with a wrong bearer, works with it; healthz need
   const list = await api(relay, 'GET', '/v1/events', undefined, good);
   assert.equal(list.status, 200);
   assert.deepEqual(list.json.data.map((e) => e.id), [ev.json.id], 'only the authorised publish was stored');
+  // The key is checked before the body: without one, an oversized body or a wrong
+  // Content-Type is 401 too (not 413/415, which would answer for an unknown caller).
+  assertError(await api(relay, 'POST', '/v1/events', 'x'.repeat(2 * 1024 * 1024)), 401, 'unauthorized', 'huge body without key');
+  assertError(await api(relay, 'POST', '/v1/events', '{"type":"a.b"}', { 'content-type': 'text/plain' }), 401, 'unauthorized', 'text/plain without key');
+  assertError(await api(relay, 'POST', '/v1/events', 'x'.repeat(2 * 1024 * 1024), good), 413, 'payload_too_large', 'huge body with key');
 }));
 
 // A client that hangs up while its write waits for the commit: the relay must still free

@@ -103,9 +103,37 @@ static void test_against_jansson(void)
 	CHECK(checked > 250000);
 }
 
+/* The UTF-8 step json_check uses, on its own (the HTTP layer repairs error texts with
+ * it): lengths of well-formed sequences, 0 for everything else. */
+static void test_utf8_seq(void)
+{
+	static const struct {
+		const char *bytes;
+		size_t len, want;
+	} cases[] = {
+	    {"a", 1, 1},
+	    {"\xc3\xa9", 2, 2},         /* é */
+	    {"\xe2\x82\xac", 3, 3},     /* € */
+	    {"\xf0\x9f\x98\x80", 4, 4}, /* 😀 */
+	    {"\xc3", 1, 0},             /* cut short */
+	    {"\xe2\x82", 2, 0},         /* cut short */
+	    {"\xff", 1, 0},             /* never in UTF-8 */
+	    {"\x80", 1, 0},             /* a continuation byte alone */
+	    {"\xc0\xaf", 2, 0},         /* overlong '/' */
+	    {"\xed\xa0\x80", 3, 0},     /* a surrogate */
+	    {"\xf4\x90\x80\x80", 4, 0}, /* past U+10FFFF */
+	    {"", 0, 0},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		CHECK(json_utf8_seq((const unsigned char *)cases[i].bytes, cases[i].len) ==
+		      cases[i].want);
+}
+
 int main(void)
 {
 	test_table();
+	test_utf8_seq();
 	test_against_jansson();
 	return CHECK_DONE();
 }
