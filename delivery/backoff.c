@@ -7,10 +7,11 @@
  *   overflows int64_t; backoff_delay_ms clamps a schedule entry into that range anyway.
  * - Jitter is a pure function of the `random` argument: the delay is uniform over the
  *   integers [base - base/5, base + base/5], never outside +-20% of base.
- * - Retry-After: delta-seconds or IMF-fixdate only (RFC 9110 section 10.2.3 / 5.6.7).
- *   The time it names is clamped into [now, now + 7 days]: a date in the past means
- *   "now", and a receiver cannot park a delivery for longer than a week. Syntax that is
- *   not one of the two forms, or digits that do not fit, is rejected (-1).
+ * - Retry-After: delta-seconds or an HTTP-date in any of its three forms (IMF-fixdate,
+ *   and the obsolete RFC 850 and asctime ones a recipient must still accept: RFC 9110
+ *   sections 10.2.3 and 5.6.7). The time it names is clamped into [now, now + 7 days]:
+ *   a date in the past means "now", and a receiver cannot park a delivery for longer
+ *   than a week; so can delta-seconds too long to hold. Other syntax is rejected (-1).
  *
  * Threads: no state; every function is safe from any thread.
  */
@@ -192,44 +193,111 @@ static int64_t days_from_civil(int y, int m, int d)
 	return era * 146097 + doe - 719468;
 }
 
-/* IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT", exactly 29 bytes. The weekday name must
- * be a real one but is not checked against the date (it carries no information). */
-static int parse_imf_fixdate(const char *s, size_t len, int64_t *ms_out)
+static int month_index(const char *s)
 {
-	static const char *const wdays[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
 	static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 	                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-	static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-	int day, mon = -1, year, hh, mm, ss;
-	int wday = -1;
-	int i;
-	int rc = -1;
 
-	if (len != 29)
-		goto out;
-	for (i = 0; i < 7; i++) {
-		if (memcmp(s, wdays[i], 3) == 0)
-			wday = i;
+	for (int i = 0; i < 12; i++) {
+		if (memcmp(s, months[i], 3) == 0)
+			return i;
 	}
-	if (wday < 0 || memcmp(s + 3, ", ", 2) != 0 || s[7] != ' ' || s[11] != ' ' ||
-	    s[16] != ' ' || s[19] != ':' || s[22] != ':' || memcmp(s + 25, " GMT", 4) != 0)
-		goto out;
-	for (i = 0; i < 12; i++) {
-		if (memcmp(s + 8, months[i], 3) == 0)
-			mon = i;
-	}
-	if (mon < 0 || parse_fixed_digits(s + 5, 2, &day) != 0 ||
-	    parse_fixed_digits(s + 12, 4, &year) != 0 || parse_fixed_digits(s + 17, 2, &hh) != 0 ||
-	    parse_fixed_digits(s + 20, 2, &mm) != 0 || parse_fixed_digits(s + 23, 2, &ss) != 0)
-		goto out;
-	if (year < 1970 || day < 1 || day > mdays[mon] + (mon == 1 && is_leap(year)) || hh > 23 ||
-	    mm > 59 || ss > 60)
-		goto out;
+	return -1;
+}
+
+/* "HH:MM:SS" at s (8 bytes). */
+static int parse_clock(const char *s, int *hh, int *mm, int *ss)
+{
+	if (s[2] != ':' || s[5] != ':' || parse_fixed_digits(s, 2, hh) != 0 ||
+	    parse_fixed_digits(s + 3, 2, mm) != 0 || parse_fixed_digits(s + 6, 2, ss) != 0)
+		return -1;
+	return 0;
+}
+
+/* The unix ms of a date and time (month 0-11), if it is a real one from 1970 on. */
+static int date_ms(int year, int mon, int day, int hh, int mm, int ss, int64_t *ms_out)
+{
+	static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+
+	if (mon < 0 || year < 1970 || day < 1 || day > mdays[mon] + (mon == 1 && is_leap(year)) ||
+	    hh > 23 || mm > 59 || ss > 60)
+		return -1;
 	*ms_out =
 	    (((days_from_civil(year, mon + 1, day) * 24 + hh) * 60 + mm) * 60 + ss) * MS_PER_SEC;
-	rc = 0;
-out:
-	return rc;
+	return 0;
+}
+
+/* Index (0 = Monday) of the day name s[0..len) starts with, among the three-letter names
+ * or with longform the full ones; its length goes to *name_len. -1 if none. */
+static int weekday_prefix(const char *s, size_t len, int longform, size_t *name_len)
+{
+	static const char *const shorts[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
+	static const char *const longs[] = {"Monday", "Tuesday",  "Wednesday", "Thursday",
+	                                    "Friday", "Saturday", "Sunday"};
+	const char *const *names = longform ? longs : shorts;
+
+	for (int i = 0; i < 7; i++) {
+		size_t n = strlen(names[i]);
+		if (len >= n && memcmp(s, names[i], n) == 0) {
+			*name_len = n;
+			return i;
+		}
+	}
+	return -1;
+}
+
+/* IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT", exactly 29 bytes. The weekday name must
+ * be a real one but is not checked against the date (it carries no information), in
+ * this format and the two below. */
+static int parse_imf_fixdate(const char *s, size_t len, int64_t *ms_out)
+{
+	int day, year, hh, mm, ss;
+	size_t wlen;
+
+	if (len != 29 || weekday_prefix(s, len, 0, &wlen) < 0 || memcmp(s + 3, ", ", 2) != 0 ||
+	    s[7] != ' ' || s[11] != ' ' || s[16] != ' ' || memcmp(s + 25, " GMT", 4) != 0 ||
+	    parse_fixed_digits(s + 5, 2, &day) != 0 || parse_fixed_digits(s + 12, 4, &year) != 0 ||
+	    parse_clock(s + 17, &hh, &mm, &ss) != 0)
+		return -1;
+	return date_ms(year, month_index(s + 8), day, hh, mm, ss, ms_out);
+}
+
+/* Obsolete RFC 850 form: "Sunday, 06-Nov-94 08:49:37 GMT". Its two-digit year is the one
+ * of this century, or of the last when that would be more than 50 years ahead of now
+ * (RFC 9110 section 5.6.7). */
+static int parse_rfc850(const char *s, size_t len, int64_t now_ms, int64_t *ms_out)
+{
+	int day, yy, hh, mm, ss, year;
+	int now_year = 1970 + (int)(now_ms / (MS_PER_DAY * 36525 / 100));
+	size_t w;
+
+	if (weekday_prefix(s, len, 1, &w) < 0 || len != w + 24)
+		return -1;
+	s += w;
+	if (memcmp(s, ", ", 2) != 0 || s[4] != '-' || s[8] != '-' || s[11] != ' ' ||
+	    memcmp(s + 20, " GMT", 4) != 0 || parse_fixed_digits(s + 2, 2, &day) != 0 ||
+	    parse_fixed_digits(s + 9, 2, &yy) != 0 || parse_clock(s + 12, &hh, &mm, &ss) != 0)
+		return -1;
+	year = now_year / 100 * 100 + yy;
+	if (year > now_year + 50)
+		year -= 100;
+	return date_ms(year, month_index(s + 5), day, hh, mm, ss, ms_out);
+}
+
+/* Obsolete asctime form: "Sun Nov  6 08:49:37 1994" (the day space-padded), 24 bytes. */
+static int parse_asctime(const char *s, size_t len, int64_t *ms_out)
+{
+	int day, year, hh, mm, ss;
+	size_t wlen;
+
+	if (len != 24 || weekday_prefix(s, len, 0, &wlen) < 0 || s[3] != ' ' || s[7] != ' ' ||
+	    s[10] != ' ' || s[19] != ' ' || parse_clock(s + 11, &hh, &mm, &ss) != 0 ||
+	    parse_fixed_digits(s + 20, 4, &year) != 0)
+		return -1;
+	if (s[8] == ' ' ? parse_fixed_digits(s + 9, 1, &day) != 0
+	                : parse_fixed_digits(s + 8, 2, &day) != 0)
+		return -1;
+	return date_ms(year, month_index(s + 4), day, hh, mm, ss, ms_out);
 }
 
 int64_t backoff_retry_after_ms(const char *value, int64_t now_ms)
@@ -254,16 +322,18 @@ int64_t backoff_retry_after_ms(const char *value, int64_t now_ms)
 	if (len == 0)
 		goto out;
 	if (is_digit(*start)) {
-		/* delta-seconds: 1*DIGIT. More than 10 digits is past any sane value. */
-		if (len > 10)
-			goto out;
+		/* delta-seconds: 1*DIGIT. One too large to hold means "very long" (RFC 9111
+		 * section 1.2.2): past 10 digits, stop counting; the week's cap applies. */
 		for (i = 0; i < len; i++) {
 			if (!is_digit(start[i]))
 				goto out;
-			secs = secs * 10 + (start[i] - '0');
+			if (i < 10)
+				secs = secs * 10 + (start[i] - '0');
 		}
-		at = now_ms + secs * MS_PER_SEC;
-	} else if (parse_imf_fixdate(start, len, &at) != 0) {
+		at = now_ms + (len > 10 ? RETRY_AFTER_MAX : secs * MS_PER_SEC);
+	} else if (parse_imf_fixdate(start, len, &at) != 0 &&
+	           parse_rfc850(start, len, now_ms, &at) != 0 &&
+	           parse_asctime(start, len, &at) != 0) {
 		goto out;
 	}
 	if (at < now_ms)

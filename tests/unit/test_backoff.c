@@ -243,10 +243,11 @@ static void test_retry_after(void)
 	    {" 5 ", 5 * SEC},
 	    {"\t5", 5 * SEC},
 	    {"604800", 7 * DAY},
-	    {"604801", 7 * DAY},     /* capped at 7 days */
-	    {"9999999999", 7 * DAY}, /* capped */
-	    {"99999999999", -1},     /* 11 digits: absurd */
-	    {"99999999999999999999999", -1},
+	    {"604801", 7 * DAY},      /* capped at 7 days */
+	    {"9999999999", 7 * DAY},  /* capped */
+	    {"99999999999", 7 * DAY}, /* too long to hold: "very long", so capped */
+	    {"99999999999999999999999", 7 * DAY},
+	    {"99999999999x", -1},
 	    {NULL, -1},
 	    {"", -1},
 	    {"   ", -1},
@@ -288,8 +289,26 @@ static void test_retry_after(void)
 	    {"Wed, 01 Jan 1969 00:00:00 GMT", -1},
 	    {"Wed, 01 Jan 2O25 00:00:00 GMT", -1},
 	    {"Wed, 01 Jan 2025 -1:00:00 GMT", -1},
-	    {"Wednesday, 01-Jan-25 00:02:00 GMT", -1}, /* RFC 850: obsolete, not accepted */
-	    {"Wed Jan  1 00:02:00 2025", -1},          /* asctime: obsolete, not accepted */
+	    /* obsolete RFC 850 form, which recipients must still accept */
+	    {"Wednesday, 01-Jan-25 00:02:00 GMT", 2 * MIN},
+	    {"Tuesday, 31-Dec-24 23:59:00 GMT", 0},      /* past: now */
+	    {"Sunday, 06-Nov-94 08:49:37 GMT", 0},       /* 1994 (2094 is > 50 years ahead) */
+	    {"Monday, 01-Jan-74 00:00:00 GMT", 7 * DAY}, /* 2074: within 50 years, capped */
+	    {"Monday, 01-Jan-80 00:00:00 GMT", 0},       /* 1980 (2080 is > 50 years ahead) */
+	    {"Wed, 01-Jan-25 00:02:00 GMT", -1},
+	    {"Wednesday, 01-Jan-2025 00:02:00 GMT", -1},
+	    {"Wednesday, 1-Jan-25 00:02:00 GMT", -1},
+	    {"Wednesday, 01-Jan-25 00:02:00 UTC", -1},
+	    {"Wednesday, 30-Feb-25 00:02:00 GMT", -1},
+	    /* obsolete asctime form, also accepted */
+	    {"Wed Jan  1 00:02:00 2025", 2 * MIN},
+	    {"Wed Jan 01 00:02:00 2025", 2 * MIN},
+	    {"Wed Jan 11 00:00:00 2025", 7 * DAY}, /* capped */
+	    {"Wed Jan  1 00:02:00 25", -1},
+	    {"Wed Jan 1 00:02:00 2025", -1},
+	    {"Wed Jan  1 00:02:00 2025 GMT", -1},
+	    {"Wed Jan 32 00:02:00 2025", -1},
+	    {"Wed Jxn  1 00:02:00 2025", -1},
 	};
 	size_t i;
 
