@@ -73,6 +73,7 @@ struct transfer {
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
 	const struct target_policy *targets; /* borrowed from the sender's options */
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
+	int sockets;                  /* sockets on_open_socket opened for this job */
 	struct host *host;            /* the job's host while it has a job, else NULL */
 	struct transfer *prev, *next; /* links in the list the transfer is on */
 };
@@ -221,8 +222,10 @@ static curl_socket_t on_open_socket(void *clientp, curlsocktype purpose,
 	if (purpose == CURLSOCKTYPE_IPCXN && a->addrlen <= sizeof ss) {
 		memcpy(&ss, &a->addr, a->addrlen);
 		if (target_address_allowed(t->targets, (const struct sockaddr *)(const void *)&ss,
-		                           &why))
+		                           &why)) {
+			t->sockets++;
 			return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+		}
 	}
 	if (t->blocked[0] == '\0') {
 		address_text(&ss, text, sizeof text);
@@ -302,6 +305,10 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	    curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)s->opts.timeout_ms) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+	    /* A name lookup still running at the timeout is left to finish on its own:
+	     * without this, curl joins the resolver thread, and a DNS server that does not
+	     * answer froze the dispatcher (every delivery) for ~10 s past the timeout. */
+	    curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, res->error) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_USERAGENT, s->opts.user_agent) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers) != CURLE_OK ||
@@ -316,6 +323,7 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	}
 	t->targets = s->opts.targets;
 	t->blocked[0] = '\0';
+	t->sockets = 0;
 	if (t->targets &&
 	    (curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket) != CURLE_OK ||
 	     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)t) != CURLE_OK)) {
@@ -719,7 +727,7 @@ int sender_next(struct sender *s, struct sender_done *out)
 
 	/* Everything read from the handle is read before it leaves the multi handle. */
 	if (curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
-	    status >= 100 && status <= 999)
+	    status >= 200 && status <= 999) /* a 1xx is not an answer: it may be all we got */
 		t->res->http_status = (int)status;
 	if (curl_easy_header(t->easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
 		out->retry_after_ms = backoff_retry_after_ms(h->value, clock_now_ms());
@@ -733,8 +741,21 @@ int sender_next(struct sender *s, struct sender_done *out)
 		 * outcome. We only stopped reading a body we would not keep anyway. */
 		out->complete = 1;
 		set_error(t->res, "response body over 1 MiB (not read past it)");
-	} else if (t->blocked[0] != '\0') {
-		set_error(t->res, t->blocked); /* curl's text would only say it could not connect */
+	} else if (t->res->http_status != 0 &&
+	           (cc == CURLE_PARTIAL_FILE || cc == CURLE_RECV_ERROR ||
+	            cc == CURLE_OPERATION_TIMEDOUT)) {
+		/* Likewise when the body was cut short or stalled after the status line: a
+		 * 2xx was an answer, and sending the event again would only duplicate it. */
+		char curl_text[DELIVERY_ERROR_MAX]; /* a copy: the text is rewritten in place */
+		memcpy(curl_text, t->res->error, sizeof curl_text);
+		curl_text[sizeof curl_text - 1] = '\0';
+		snprintf(t->res->error, sizeof t->res->error, "response body cut short: %.200s",
+		         curl_text[0] ? curl_text : curl_easy_strerror(cc));
+		out->complete = 1;
+	} else if (t->blocked[0] != '\0' && cc == CURLE_COULDNT_CONNECT && t->sockets == 0) {
+		/* Every address was refused by the guard: curl's text would only say it could
+		 * not connect. (If another address was tried, curl's text is about that one.) */
+		set_error(t->res, t->blocked);
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}

@@ -342,6 +342,38 @@ test('receiver hanging past --delivery-timeout: attempt with status 0 and a time
   assert.ok(a.duration_ms >= 400 && a.duration_ms < 3000, `duration_ms ${a.duration_ms}`);
 }));
 
+test('an interim 102 and then silence is a timeout with no status, not a 102', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '500ms'], retrySchedule: '5m' });
+  const r = await startReceiver({ behavior: { processing: true, hang: true } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'interim.only' });
+  const id = (await oneDelivery(relay, ev.id)).id;
+  const d = await waitUntil(async () => {
+    const x = await getDelivery(relay, id);
+    return x.attempt_count >= 1 ? x : false;
+  }, 5000, 'timed-out attempt logged');
+  assert.equal(d.attempts[0].http_status, 0, JSON.stringify(d.attempts[0]));
+  assert.match(d.attempts[0].error ?? '', /time(d)?[ -]?out/i);
+}));
+
+test('a 200 whose body is cut short is delivered, not sent again; a 500 cut short is retried', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const ok = await startReceiver({ behavior: { cutBody: true, status: 200 } });
+  const bad = await startReceiver({ behavior: [{ cutBody: true, status: 500 }, { status: 200 }] });
+  await createSub(relay, ok, { event_types: ['cut.ok'] });
+  await createSub(relay, bad, { event_types: ['cut.bad'] });
+  const e1 = await postEvent(relay, { type: 'cut.ok' });
+  const e2 = await postEvent(relay, { type: 'cut.bad' });
+  const d1 = await waitDelivery(relay, (await oneDelivery(relay, e1.id)).id, 'delivered', 8000);
+  assert.equal(d1.attempt_count, 1, JSON.stringify(d1.attempts));
+  assert.equal(d1.attempts[0].http_status, 200);
+  const d2 = await waitDelivery(relay, (await oneDelivery(relay, e2.id)).id, 'delivered', 8000);
+  assert.equal(d2.attempt_count, 2, JSON.stringify(d2.attempts));
+  assert.equal(d2.attempts[0].http_status, 500);
+  assert.match(d2.attempts[0].error ?? '', /cut short|HTTP 500/);
+  await assertNoMore(ok, 1, 500);
+}));
+
 test('connection reset by the receiver is logged as a failed attempt', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms' });
   const r = await startReceiver({ behavior: [{ reset: true }, { status: 200 }] });

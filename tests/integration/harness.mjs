@@ -352,12 +352,19 @@ export async function startReceiver({ behavior = {} } = {}) {
       requests.push(rec);
       for (const w of [...waiters]) w();
       const a = pick(rec, index);
+      if (a.processing) res.writeProcessing(); // an interim 102 before anything else
       if (a.delayMs) await sleep(a.delayMs);
       if (a.reset) {
         req.socket.destroy();
         return;
       }
       if (a.hang) return; // keep the socket open until the relay gives up or close()
+      if (a.cutBody) { // status line and part of a chunked body, then the connection drops
+        res.writeHead(a.status ?? 200, { 'content-type': 'text/plain' });
+        res.write('partial');
+        setTimeout(() => req.socket.destroy(), 50);
+        return;
+      }
       const headers = { 'content-type': 'text/plain', ...(a.headers ?? {}) };
       if (a.retryAfter !== undefined) headers['retry-after'] = String(a.retryAfter);
       try {
