@@ -54,6 +54,9 @@ struct http_request {
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
 	const struct route *route; /* set by route_find once routed and authorized */
+	int hold;               /* replies are held (see held), not queued yet */
+	struct MHD_Response *held; /* a reply route_find made, queued once the body is in */
+	unsigned int held_status;
 	int routed;             /* the handler ran */
 	int replied;            /* a response was queued */
 	const char *path_param; /* points into path_copy */
@@ -90,6 +93,12 @@ static void queue_reply_as(struct http_request *req, int status, const char *con
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
 	if (req->too_large)
 		MHD_add_response_header(resp, "Connection", "close");
+	if (req->hold && !req->held) {
+		req->held = resp;
+		req->held_status = (unsigned int)status;
+		req->replied = 1;
+		return;
+	}
 	if (MHD_queue_response(req->conn, (unsigned int)status, resp) == MHD_YES)
 		req->replied = 1;
 	MHD_destroy_response(resp);
@@ -308,19 +317,44 @@ static int content_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
-/* Runs when the headers are in, before any body is read: finds the route, and answers
- * at once what does not depend on the body (404, 405, 401, 403, and 413 for a declared
- * length over the limit), so an unknown or unauthenticated client never gets a body
- * buffered or a 413/415 that tells it about the route. HEAD is routed as GET (libmicrohttpd
- * leaves the body out). */
+static void route_match(struct http_request *req, const char *url);
+
+/* 1 if the request declares a body longer than max_body. */
+static int declared_too_large(const struct http_request *req)
+{
+	const char *cl =
+	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	char *end = NULL;
+	unsigned long long n;
+
+	if (!cl)
+		return 0;
+	n = strtoull(cl, &end, 10);
+	return end && *end == '\0' && n > req->srv->max_body;
+}
+
+/* Runs when the headers are in, before any body is read: finds the route, and decides
+ * what does not depend on the body (404, 405, 401, 403, and 413 for a declared length
+ * over the limit), so an unknown or unauthenticated client never gets a body buffered
+ * or a 413/415 that tells it about the route. Such a reply is held while the body is
+ * read and dropped (as an oversize chunked one is), then sent, so the connection stays
+ * usable; only a declared length over the limit is answered at once, and the
+ * connection closed. HEAD is routed as GET (libmicrohttpd leaves the body out). */
 static void route_find(struct http_request *req, const char *url)
+{
+	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
+	req->hold = !req->too_large;
+	route_match(req, url);
+	req->hold = 0;
+}
+
+static void route_match(struct http_request *req, const char *url)
 {
 	const struct route *found = NULL;
 	const char *param = NULL, *method = req->method;
 	size_t param_len = 0;
 	char allow[128] = "";
 	size_t allow_len = 0;
-	const char *cl;
 
 	if (strcmp(method, "HEAD") == 0)
 		method = "GET";
@@ -365,16 +399,10 @@ static void route_find(struct http_request *req, const char *url)
 	if (api_authorize(req->srv->api, req, found->handler) != 0)
 		return; /* it replied */
 	req->route = found;
-	cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl) {
-		char *end = NULL;
-		unsigned long long n = strtoull(cl, &end, 10);
-		if (end && *end == '\0' && n > req->srv->max_body) {
-			/* Refuse before reading it: MHD closes the connection after the reply. */
-			req->too_large = 1;
-			http_reply_error(req, 413, "payload_too_large",
-			                 "the request body is over the %zu-byte limit", req->srv->max_body);
-		}
+	if (req->too_large) {
+		/* Refuse before reading it: MHD closes the connection after the reply. */
+		http_reply_error(req, 413, "payload_too_large",
+		                 "the request body is over the %zu-byte limit", req->srv->max_body);
 	}
 }
 
@@ -435,9 +463,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (*upload_data_size > 0) {
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
+		req->body_seen += n;
+		if (req->held) /* answered already: drop the body, within the discard bound */
+			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
 		if (req->replied)
 			return MHD_YES;
-		req->body_seen += n;
 		if (req->too_large || req->body_len + n > srv->max_body) {
 			/* A chunked body has no length to refuse up front, and MHD 0.9.75 cannot
 			 * answer mid-upload: drop the bytes (no memory held) and answer 413 at the
@@ -455,6 +485,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return MHD_YES;
 	}
 
+	if (req->held) {
+		if (MHD_queue_response(conn, req->held_status, req->held) != MHD_YES)
+			req->replied = 0; /* MHD refused it: it closes the connection */
+		MHD_destroy_response(req->held);
+		req->held = NULL;
+		return MHD_YES;
+	}
 	if (req->replied)
 		return MHD_YES;
 	if (req->suspended) {
@@ -492,6 +529,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		free(req->headers[i].name);
 		free(req->headers[i].value);
 	}
+	if (req->held)
+		MHD_destroy_response(req->held); /* the client left before its body was in */
 	free(req->path_copy);
 	free(req->body);
 	free(req);

@@ -287,6 +287,26 @@ test('batch: a repeated item id, or an Idempotency-Key header, is 422 and stores
   await assertNothingStored();
 }));
 
+test('a refusal decided before the body still reads it: the connection serves the next request', withLogs(async () => {
+  const net = await import('node:net');
+  const body = '{"type":"a.b"}';
+  const raw = `POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}` +
+    'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n';
+  const text = await new Promise((resolve, reject) => {
+    let got = '';
+    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
+    const timer = setTimeout(() => { sock.destroy(); resolve(got); }, 3000);
+    sock.on('data', (d) => {
+      got += d;
+      if (/HTTP\/1\.1 200[\s\S]*\r\n\r\n/.test(got)) { clearTimeout(timer); sock.destroy(); resolve(got); }
+    });
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+  assert.match(text, /^HTTP\/1\.1 404 /, text);
+  assert.match(text, /"not_found"/);
+  assert.match(text, /HTTP\/1\.1 200 /, `the second request on the connection is answered: ${text}`);
+}));
+
 test('HEAD is answered like GET, without a body', withLogs(async () => {
   for (const p of ['/healthz', '/v1/events', `/v1/events/${accepted.id}`]) {
     const res = await api(relay, 'HEAD', p);

@@ -184,7 +184,7 @@ test('HOOKRELAY_* environment variables configure the server like flags', withLo
 }));
 
 test('--api-key: 401 without or with a wrong bearer, works with it; healthz needs none', withLogs(async () => {
-  const relay = await startRelay({ args: ['--api-key', 's3cret-key-0123456789abcdef'] });
+  const relay = await startRelay({ args: ['--api-key', 's3cret-key-0123456789abcdef', '--max-body', '4KiB'] });
   const good = { authorization: 'Bearer s3cret-key-0123456789abcdef' };
   assertError(await api(relay, 'GET', '/v1/events'), 401, 'unauthorized', 'no key');
   assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer wrong' }), 401, 'unauthorized', 'wrong key');
@@ -200,9 +200,12 @@ test('--api-key: 401 without or with a wrong bearer, works with it; healthz need
   assert.deepEqual(list.json.data.map((e) => e.id), [ev.json.id], 'only the authorised publish was stored');
   // The key is checked before the body: without one, an oversized body or a wrong
   // Content-Type is 401 too (not 413/415, which would answer for an unknown caller).
-  assertError(await api(relay, 'POST', '/v1/events', 'x'.repeat(2 * 1024 * 1024)), 401, 'unauthorized', 'huge body without key');
+  const big = 'x'.repeat(64 * 1024);
+  assertError(await api(relay, 'POST', '/v1/events', big), 401, 'unauthorized', 'body over --max-body without key');
   assertError(await api(relay, 'POST', '/v1/events', '{"type":"a.b"}', { 'content-type': 'text/plain' }), 401, 'unauthorized', 'text/plain without key');
-  assertError(await api(relay, 'POST', '/v1/events', 'x'.repeat(2 * 1024 * 1024), good), 413, 'payload_too_large', 'huge body with key');
+  assertError(await api(relay, 'POST', '/v1/events', 'y'.repeat(3000)), 401, 'unauthorized', 'body within the limit without key');
+  assertError(await api(relay, 'POST', '/v1/events', big, good), 413, 'payload_too_large', 'body over --max-body with key');
+  assertError(await api(relay, 'POST', '/v1/events', '{"type":"a.b"}', { ...good, 'content-type': 'text/plain' }), 415, 'unsupported_media_type', 'text/plain with key');
 }));
 
 // A client that hangs up while its write waits for the commit: the relay must still free
