@@ -268,9 +268,11 @@ static int parse_imf_fixdate(const char *s, size_t len, int64_t *ms_out)
 static int parse_rfc850(const char *s, size_t len, int64_t now_ms, int64_t *ms_out)
 {
 	int day, yy, hh, mm, ss, year;
-	int now_year = 1970 + (int)(now_ms / (MS_PER_DAY * 36525 / 100));
+	int now_year = 1970 + (int)(now_ms / MS_PER_DAY / 366); /* at most the year, then up */
 	size_t w;
 
+	while (days_from_civil(now_year + 1, 1, 1) * MS_PER_DAY <= now_ms)
+		now_year++;
 	if (weekday_prefix(s, len, 1, &w) < 0 || len != w + 24)
 		return -1;
 	s += w;
@@ -323,14 +325,18 @@ int64_t backoff_retry_after_ms(const char *value, int64_t now_ms)
 		goto out;
 	if (is_digit(*start)) {
 		/* delta-seconds: 1*DIGIT. One too large to hold means "very long" (RFC 9111
-		 * section 1.2.2): past 10 digits, stop counting; the week's cap applies. */
+		 * section 1.2.2): past 10 significant digits, stop counting; the week's cap
+		 * applies. */
+		size_t significant = 0;
 		for (i = 0; i < len; i++) {
 			if (!is_digit(start[i]))
 				goto out;
-			if (i < 10)
+			if (significant > 0 || start[i] != '0')
+				significant++;
+			if (significant > 0 && significant <= 10)
 				secs = secs * 10 + (start[i] - '0');
 		}
-		at = now_ms + (len > 10 ? RETRY_AFTER_MAX : secs * MS_PER_SEC);
+		at = now_ms + (significant > 10 ? RETRY_AFTER_MAX : secs * MS_PER_SEC);
 	} else if (parse_imf_fixdate(start, len, &at) != 0 &&
 	           parse_rfc850(start, len, now_ms, &at) != 0 &&
 	           parse_asctime(start, len, &at) != 0) {

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api.h"
 #include "json_check.h"
@@ -342,8 +343,12 @@ static int declared_too_large(const struct http_request *req)
  * connection closed. HEAD is routed as GET (libmicrohttpd leaves the body out). */
 static void route_find(struct http_request *req, const char *url)
 {
+	const char *expect =
+	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+
 	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
-	req->hold = !req->too_large;
+	/* A client that waits for 100 Continue sends no body if refused now. */
+	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
 	route_match(req, url);
 	req->hold = 0;
 }
@@ -486,11 +491,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 
 	if (req->held) {
-		if (MHD_queue_response(conn, req->held_status, req->held) != MHD_YES)
-			req->replied = 0; /* MHD refused it: it closes the connection */
+		enum MHD_Result queued = MHD_queue_response(conn, req->held_status, req->held);
 		MHD_destroy_response(req->held);
 		req->held = NULL;
-		return MHD_YES;
+		return queued == MHD_YES ? MHD_YES : MHD_NO; /* MHD_NO: close the connection */
 	}
 	if (req->replied)
 		return MHD_YES;
@@ -501,6 +505,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			http_reply_error(req, 500, "internal", "no reply");
 		return MHD_YES;
 	}
+	if (!req->route)
+		return MHD_NO; /* route_find could not even build its refusal (out of memory) */
 	if (!req->routed) {
 		req->routed = 1;
 		route_run(req);

@@ -13,6 +13,7 @@
 #include "ingest.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,13 +288,24 @@ static int repeated_id(const struct ingest *in, char *why, size_t whylen)
 		if (in->events[i].idempotency_key)
 			idx[m++] = i;
 	qsort_r(idx, m, sizeof(*idx), by_id, in->events);
-	for (size_t k = 1; k < m && !found; k++) {
+	/* Equal ids sort together, by index: report the repeat that comes first in the batch,
+	 * with the item it repeats. */
+	size_t first = 0, later = SIZE_MAX, earlier = 0;
+	for (size_t k = 1; k < m; k++) {
 		if (strcmp(in->events[idx[k - 1]].idempotency_key,
-		           in->events[idx[k]].idempotency_key) == 0) {
-			snprintf(why, whylen, "items[%zu].id repeats items[%zu].id; ids in a batch must differ",
-			         idx[k], idx[k - 1]);
-			found = 1;
+		           in->events[idx[k]].idempotency_key) != 0) {
+			first = k;
+			continue;
 		}
+		if (k == first + 1 && idx[k] < later) {
+			later = idx[k];
+			earlier = idx[first];
+		}
+	}
+	if (later != SIZE_MAX) {
+		snprintf(why, whylen, "items[%zu].id repeats items[%zu].id; ids in a batch must differ",
+		         later, earlier);
+		found = 1;
 	}
 	free(idx);
 	return found;

@@ -280,6 +280,11 @@ test('batch: a repeated item id, or an Idempotency-Key header, is 422 and stores
     [{ type: 'a.b', id: 'dup' }, { type: 'c.d' }, { type: 'e.f', id: 'dup' }]);
   assertError(res, 422, 'invalid_field', 'repeated id');
   assert.match(res.json.error.message, /items\[2\]\.id repeats items\[0\]\.id/);
+  // the first repeat in batch order, whatever the ids sort as
+  res = await api(relay, 'POST', '/v1/events/batch',
+    [{ type: 'a.b', id: 'b' }, { type: 'a.b', id: 'a' }, { type: 'a.b', id: 'b' }, { type: 'a.b', id: 'a' }]);
+  assertError(res, 422, 'invalid_field', 'repeated ids');
+  assert.match(res.json.error.message, /items\[2\]\.id repeats items\[0\]\.id/);
   // One key cannot stand for many events; ignored, a retry would store the batch again.
   res = await api(relay, 'POST', '/v1/events/batch', [{ type: 'a.b' }], { 'idempotency-key': 'b1' });
   assertError(res, 422, 'invalid_field', 'Idempotency-Key on a batch');
@@ -305,6 +310,24 @@ test('a refusal decided before the body still reads it: the connection serves th
   assert.match(text, /^HTTP\/1\.1 404 /, text);
   assert.match(text, /"not_found"/);
   assert.match(text, /HTTP\/1\.1 200 /, `the second request on the connection is answered: ${text}`);
+}));
+
+test('Expect: 100-continue to a refused request gets the refusal, not 100 Continue', withLogs(async () => {
+  const net = await import('node:net');
+  const raw = 'POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    'Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n';
+  const text = await new Promise((resolve, reject) => {
+    let got = '';
+    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
+    const timer = setTimeout(() => { sock.destroy(); resolve(got); }, 3000);
+    sock.on('data', (d) => {
+      got += d;
+      if (/\r\n\r\n[\s\S]*\}/.test(got)) { clearTimeout(timer); sock.destroy(); resolve(got); }
+    });
+    sock.on('close', () => { clearTimeout(timer); resolve(got); });
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+  assert.match(text, /^HTTP\/1\.1 404 /, `the body is not asked for: ${text}`);
 }));
 
 test('HEAD is answered like GET, without a body', withLogs(async () => {

@@ -248,6 +248,7 @@ static void test_retry_after(void)
 	    {"99999999999", 7 * DAY}, /* too long to hold: "very long", so capped */
 	    {"99999999999999999999999", 7 * DAY},
 	    {"99999999999x", -1},
+	    {"00000000000005", 5 * SEC}, /* leading zeros are not "long" */
 	    {NULL, -1},
 	    {"", -1},
 	    {"   ", -1},
@@ -337,6 +338,11 @@ static void test_retry_after(void)
 	      253402300799000);
 	CHECK(backoff_retry_after_ms("Mon, 29 Feb 2100 00:00:00 GMT", 0) == -1); /* not leap */
 	/* A nonsense clock is rejected rather than overflowing. */
+	/* The RFC 850 century rule counts from the exact year, even on its first second. */
+	CHECK(backoff_retry_after_ms("Monday, 01-Jan-74 00:00:00 GMT", INT64_C(1704067200000)) ==
+	      INT64_C(1704067200000) + 7 * DAY); /* now 2024-01-01: 2074, capped */
+	CHECK(backoff_retry_after_ms("Monday, 01-Jan-75 00:00:00 GMT", INT64_C(1704067200000)) ==
+	      INT64_C(1704067200000)); /* 2075 is > 50 years ahead: 1975, past */
 	CHECK(backoff_retry_after_ms("5", -1) == -1);
 	CHECK(backoff_retry_after_ms("5", INT64_MAX) == -1);
 }
