@@ -2,9 +2,12 @@
  * http.c - libmicrohttpd front: request state, bounded body, routing, replies.
  *
  * Each request goes through MHD's three phases (STYLE.md): the first call allocates a
- * struct http_request and refuses a declared Content-Length over max_body at once; the
- * middle calls append upload data to a buffer that never grows past max_body; the last
- * call routes. A handler that must wait for the writer suspends the connection
+ * struct http_request, routes and authorizes it (route_find), and refuses a declared
+ * Content-Length over max_body at once; a refusal decided there is held (req->held)
+ * while the middle calls drop the body, and sent by the last call. Otherwise the middle
+ * calls append upload data to a buffer that never grows past max_body, and the last
+ * call checks the body's size and type and runs the handler (route_run). A handler
+ * that must wait for the writer suspends the connection
  * (http_await) and MHD calls us once more after http_resume, when the continuation
  * replies. Request state is freed in the completion callback, whatever happened.
  *
@@ -377,8 +380,9 @@ static void route_match(struct http_request *req, const char *url)
 				param_len = plen;
 				break;
 			}
-			allow_len += (size_t)snprintf(allow + allow_len, sizeof(allow) - allow_len, "%s%s",
-			                              allow_len ? ", " : "", routes[i].method);
+			allow_len += (size_t)snprintf(allow + allow_len, sizeof(allow) - allow_len, "%s%s%s",
+			                              allow_len ? ", " : "", routes[i].method,
+			                              strcmp(routes[i].method, "GET") == 0 ? ", HEAD" : "");
 			if (allow_len >= sizeof(allow))
 				allow_len = sizeof(allow) - 1;
 		}

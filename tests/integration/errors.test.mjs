@@ -262,7 +262,7 @@ test('wrong method on a known path is 405 with Allow', withLogs(async () => {
     ['POST', `/v1/subscriptions/${subsBefore[0].id}`, /PATCH/],
     ['GET', `/v1/subscriptions/${subsBefore[0].id}/rotate-secret`, /POST/],
     ['DELETE', '/v1/deliveries', /GET/],
-    ['POST', '/healthz', /GET/],
+    ['POST', '/healthz', /^GET, HEAD$/],
     ['PUT', '/v1/events/%ff', /GET/],
   ];
   for (const [method, p, allow] of calls) {
