@@ -227,9 +227,9 @@ static int date_ms(int year, int mon, int day, int hh, int mm, int ss, int64_t *
 	return 0;
 }
 
-/* Index (0 = Monday) of the day name s[0..len) starts with, among the three-letter names
- * or with longform the full ones; its length goes to *name_len. -1 if none. */
-static int weekday_prefix(const char *s, size_t len, int longform, size_t *name_len)
+/* The length of the day name s[0..len) starts with, among the three-letter names or with
+ * longform the full ones; 0 if none. */
+static size_t weekday_prefix(const char *s, size_t len, int longform)
 {
 	static const char *const shorts[] = {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"};
 	static const char *const longs[] = {"Monday", "Tuesday",  "Wednesday", "Thursday",
@@ -238,12 +238,10 @@ static int weekday_prefix(const char *s, size_t len, int longform, size_t *name_
 
 	for (int i = 0; i < 7; i++) {
 		size_t n = strlen(names[i]);
-		if (len >= n && memcmp(s, names[i], n) == 0) {
-			*name_len = n;
-			return i;
-		}
+		if (len >= n && memcmp(s, names[i], n) == 0)
+			return n;
 	}
-	return -1;
+	return 0;
 }
 
 /* IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT", exactly 29 bytes. The weekday name must
@@ -252,9 +250,8 @@ static int weekday_prefix(const char *s, size_t len, int longform, size_t *name_
 static int parse_imf_fixdate(const char *s, size_t len, int64_t *ms_out)
 {
 	int day, year, hh, mm, ss;
-	size_t wlen;
 
-	if (len != 29 || weekday_prefix(s, len, 0, &wlen) < 0 || memcmp(s + 3, ", ", 2) != 0 ||
+	if (len != 29 || weekday_prefix(s, len, 0) == 0 || memcmp(s + 3, ", ", 2) != 0 ||
 	    s[7] != ' ' || s[11] != ' ' || s[16] != ' ' || memcmp(s + 25, " GMT", 4) != 0 ||
 	    parse_fixed_digits(s + 5, 2, &day) != 0 || parse_fixed_digits(s + 12, 4, &year) != 0 ||
 	    parse_clock(s + 17, &hh, &mm, &ss) != 0)
@@ -267,19 +264,19 @@ static int parse_imf_fixdate(const char *s, size_t len, int64_t *ms_out)
  * (RFC 9110 section 5.6.7). */
 static int parse_rfc850(const char *s, size_t len, int64_t now_ms, int64_t *ms_out)
 {
-	int day, yy, hh, mm, ss, year;
-	int now_year = 1970 + (int)(now_ms / MS_PER_DAY / 366); /* at most the year, then up */
-	size_t w;
+	int day, yy, hh, mm, ss, year, now_year;
+	size_t w = weekday_prefix(s, len, 1);
 
-	while (days_from_civil(now_year + 1, 1, 1) * MS_PER_DAY <= now_ms)
-		now_year++;
-	if (weekday_prefix(s, len, 1, &w) < 0 || len != w + 24)
+	if (w == 0 || len != w + 24)
 		return -1;
 	s += w;
 	if (memcmp(s, ", ", 2) != 0 || s[4] != '-' || s[8] != '-' || s[11] != ' ' ||
 	    memcmp(s + 20, " GMT", 4) != 0 || parse_fixed_digits(s + 2, 2, &day) != 0 ||
 	    parse_fixed_digits(s + 9, 2, &yy) != 0 || parse_clock(s + 12, &hh, &mm, &ss) != 0)
 		return -1;
+	now_year = 1970 + (int)(now_ms / MS_PER_DAY / 366); /* at most the year, then up */
+	while (days_from_civil(now_year + 1, 1, 1) * MS_PER_DAY <= now_ms)
+		now_year++;
 	year = now_year / 100 * 100 + yy;
 	if (year > now_year + 50)
 		year -= 100;
@@ -290,9 +287,8 @@ static int parse_rfc850(const char *s, size_t len, int64_t now_ms, int64_t *ms_o
 static int parse_asctime(const char *s, size_t len, int64_t *ms_out)
 {
 	int day, year, hh, mm, ss;
-	size_t wlen;
 
-	if (len != 24 || weekday_prefix(s, len, 0, &wlen) < 0 || s[3] != ' ' || s[7] != ' ' ||
+	if (len != 24 || weekday_prefix(s, len, 0) == 0 || s[3] != ' ' || s[7] != ' ' ||
 	    s[10] != ' ' || s[19] != ' ' || parse_clock(s + 11, &hh, &mm, &ss) != 0 ||
 	    parse_fixed_digits(s + 20, 4, &year) != 0)
 		return -1;

@@ -58,6 +58,7 @@
 
 #include "backoff.h"
 #include "clock.h"
+#include "hash.h"
 #include "sign.h"
 
 _Static_assert(DELIVERY_ERROR_MAX >= CURL_ERROR_SIZE,
@@ -373,11 +374,7 @@ static void host_key(const char *url, char *out)
 
 static size_t host_bucket(const char *key)
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
-
-	for (const unsigned char *c = (const unsigned char *)key; *c; c++)
-		h = (h ^ *c) * 16777619u;
-	return h & (SENDER_HOST_BUCKETS - 1);
+	return hash_fnv1a(key) & (SENDER_HOST_BUCKETS - 1);
 }
 
 /* The host entry for url's host, added if new. NULL if out of memory. */

@@ -39,6 +39,8 @@
 #include <openssl/core_names.h>
 #include <openssl/rand.h>
 
+#include "hash.h"
+
 #if OPENSSL_VERSION_NUMBER < 0x30000030L
 #error "OpenSSL 3.0.3 or newer is needed (EVP_MAC_init with a NULL key restarts the HMAC)"
 #endif
@@ -522,14 +524,11 @@ void sign_cache_free(struct sign_cache *c)
 char *sign_cache_header_value(struct sign_cache *c, const char *secrets, const char *msg_id,
                               int64_t timestamp, const unsigned char *body, size_t body_len)
 {
-	uint32_t h = 2166136261u; /* FNV-1a */
 	struct keyring *r;
 
 	if (secrets == NULL)
 		return NULL;
-	for (const unsigned char *p = (const unsigned char *)secrets; *p; p++)
-		h = (h ^ *p) * 16777619u;
-	r = &c->slot[h & (SIGN_CACHE_SLOTS - 1)];
+	r = &c->slot[hash_fnv1a(secrets) & (SIGN_CACHE_SLOTS - 1)];
 	if (r->secrets == NULL || strcmp(r->secrets, secrets) != 0) {
 		struct keyring fresh = {0};
 		/* A malformed text (or no memory) leaves the slot's current text in place. */

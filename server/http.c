@@ -321,7 +321,11 @@ static int content_type_is_json(const char *ct)
 	return *ct == '\0' || *ct == ';';
 }
 
-static void route_match(struct http_request *req, const char *url);
+static void reply_too_large(struct http_request *req)
+{
+	http_reply_error(req, 413, "payload_too_large", "the request body is over the %zu-byte limit",
+	                 req->srv->max_body);
+}
 
 /* 1 if the request declares a body longer than max_body. */
 static int declared_too_large(const struct http_request *req)
@@ -335,25 +339,6 @@ static int declared_too_large(const struct http_request *req)
 		return 0;
 	n = strtoull(cl, &end, 10);
 	return end && *end == '\0' && n > req->srv->max_body;
-}
-
-/* Runs when the headers are in, before any body is read: finds the route, and decides
- * what does not depend on the body (404, 405, 401, 403, and 413 for a declared length
- * over the limit), so an unknown or unauthenticated client never gets a body buffered
- * or a 413/415 that tells it about the route. Such a reply is held while the body is
- * read and dropped (as an oversize chunked one is), then sent, so the connection stays
- * usable; only a declared length over the limit is answered at once, and the
- * connection closed. HEAD is routed as GET (libmicrohttpd leaves the body out). */
-static void route_find(struct http_request *req, const char *url)
-{
-	const char *expect =
-	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
-
-	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
-	/* A client that waits for 100 Continue sends no body if refused now. */
-	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
-	route_match(req, url);
-	req->hold = 0;
 }
 
 static void route_match(struct http_request *req, const char *url)
@@ -408,11 +393,27 @@ static void route_match(struct http_request *req, const char *url)
 	if (api_authorize(req->srv->api, req, found->handler) != 0)
 		return; /* it replied */
 	req->route = found;
-	if (req->too_large) {
-		/* Refuse before reading it: MHD closes the connection after the reply. */
-		http_reply_error(req, 413, "payload_too_large",
-		                 "the request body is over the %zu-byte limit", req->srv->max_body);
-	}
+	if (req->too_large) /* refused before reading it: MHD closes the connection after */
+		reply_too_large(req);
+}
+
+/* Runs when the headers are in, before any body is read: finds the route, and decides
+ * what does not depend on the body (404, 405, 401, 403, and 413 for a declared length
+ * over the limit), so an unknown or unauthenticated client never gets a body buffered
+ * or a 413/415 that tells it about the route. Such a reply is held while the body is
+ * read and dropped (as an oversize chunked one is), then sent, so the connection stays
+ * usable; only a declared length over the limit is answered at once, and the
+ * connection closed. HEAD is routed as GET (libmicrohttpd leaves the body out). */
+static void route_find(struct http_request *req, const char *url)
+{
+	const char *expect =
+	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+
+	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
+	/* A client that waits for 100 Continue sends no body if refused now. */
+	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
+	route_match(req, url);
+	req->hold = 0;
 }
 
 /* Runs once the whole body is in, for a request route_find let through. */
@@ -421,8 +422,7 @@ static void route_run(struct http_request *req)
 	const struct route *found = req->route;
 
 	if (req->too_large) {
-		http_reply_error(req, 413, "payload_too_large", "the request body is over the %zu-byte limit",
-		                 req->srv->max_body);
+		reply_too_large(req);
 		return;
 	}
 	if (found->body == BODY_JSON || (found->body == BODY_OPTIONAL_JSON && req->body_len > 0)) {
