@@ -6,19 +6,15 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { relayBin, tmpDir } from './harness.mjs';
+import { runNamespaced, tail, tmpDir } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHILD = path.join(here, 'netns', 'dns-child.mjs');
 const CHILD_TIMEOUT_MS = 60_000;
-
-function tail(text, n = 6000) {
-  return text.length > n ? '...' + text.slice(-n) : text;
-}
 
 // Network and mount namespaces need CAP_SYS_ADMIN (root, or a user namespace).
 function namespacesWork() {
@@ -30,22 +26,9 @@ function namespacesWork() {
 function runChild() {
   const conf = path.join(tmpDir(), 'resolv.conf');
   writeFileSync(conf, 'nameserver 127.0.0.1\noptions timeout:5 attempts:2\n');
-  return new Promise((resolve) => {
-    const env = { ...process.env, HOOKRELAY_BIN: relayBin(), HOOKRELAY_DNS_NETNS: '1' };
-    const proc = spawn('unshare', ['-mn', 'sh', '-c',
-      'ip link set lo up && mount --bind "$2" /etc/resolv.conf && exec "$1" "$0"',
-      CHILD, process.execPath, conf], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
-    proc.stderr.setEncoding('utf8').on('data', (d) => { if (stderr.length < 1_000_000) stderr += d; });
-    const timer = setTimeout(() => {
-      stderr += `\n[dns.test] child did not finish within ${CHILD_TIMEOUT_MS} ms; killed\n`;
-      proc.kill('SIGKILL');
-    }, CHILD_TIMEOUT_MS);
-    proc.on('error', (err) => { clearTimeout(timer); resolve({ code: null, stdout, stderr: stderr + String(err) }); });
-    proc.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
-  });
+  return runNamespaced({ flags: '-mn', setup: 'ip link set lo up && mount --bind "$2" /etc/resolv.conf',
+    script: CHILD, extraArgs: [conf], env: { HOOKRELAY_DNS_NETNS: '1' },
+    timeoutMs: CHILD_TIMEOUT_MS, label: 'dns.test' });
 }
 
 test('a name server that never answers costs only that delivery its timeout',
@@ -53,7 +36,7 @@ test('a name server that never answers costs only that delivery its timeout',
   async () => {
     const r = await runChild();
     const line = r.stdout.split('\n').find((l) => l.startsWith('DNS-SUMMARY '));
-    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout)}\nstderr: ${tail(r.stderr)}`;
+    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
     assert.ok(line, `no DNS-SUMMARY line\n${ctx}`);
     const s = JSON.parse(line.slice('DNS-SUMMARY '.length));
     assert.equal(s.ok, true, ctx);

@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import {
   startRelay, api, assertError, listAll, postEvent, cleanup, withLogs,
 } from './harness.mjs';
@@ -34,6 +35,23 @@ async function assertNothingStored() {
 }
 
 const SUB = { url: 'http://127.0.0.1:9/hook', event_types: ['a.*'] };
+
+/** Writes raw bytes on a fresh connection to the relay; resolves with what came back once
+ * enough(text) holds, the relay closes, or 3 s pass. */
+function rawExchange(raw, enough) {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
+    const done = () => { clearTimeout(timer); sock.destroy(); resolve(got); };
+    const timer = setTimeout(done, 3000);
+    sock.on('data', (d) => {
+      got += d;
+      if (enough(got)) done();
+    });
+    sock.on('close', done);
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
 
 test('malformed JSON is 400 malformed_json', withLogs(async () => {
   for (const [route, body] of [
@@ -293,40 +311,19 @@ test('batch: a repeated item id, or an Idempotency-Key header, is 422 and stores
 }));
 
 test('a refusal decided before the body still reads it: the connection serves the next request', withLogs(async () => {
-  const net = await import('node:net');
   const body = '{"type":"a.b"}';
   const raw = `POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}` +
     'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n';
-  const text = await new Promise((resolve, reject) => {
-    let got = '';
-    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
-    const timer = setTimeout(() => { sock.destroy(); resolve(got); }, 3000);
-    sock.on('data', (d) => {
-      got += d;
-      if (/HTTP\/1\.1 200[\s\S]*\r\n\r\n/.test(got)) { clearTimeout(timer); sock.destroy(); resolve(got); }
-    });
-    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
-  });
+  const text = await rawExchange(raw, (got) => /HTTP\/1\.1 200[\s\S]*\r\n\r\n/.test(got));
   assert.match(text, /^HTTP\/1\.1 404 /, text);
   assert.match(text, /"not_found"/);
   assert.match(text, /HTTP\/1\.1 200 /, `the second request on the connection is answered: ${text}`);
 }));
 
 test('Expect: 100-continue to a refused request gets the refusal, not 100 Continue', withLogs(async () => {
-  const net = await import('node:net');
   const raw = 'POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
     'Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n';
-  const text = await new Promise((resolve, reject) => {
-    let got = '';
-    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
-    const timer = setTimeout(() => { sock.destroy(); resolve(got); }, 3000);
-    sock.on('data', (d) => {
-      got += d;
-      if (/\r\n\r\n[\s\S]*\}/.test(got)) { clearTimeout(timer); sock.destroy(); resolve(got); }
-    });
-    sock.on('close', () => { clearTimeout(timer); resolve(got); });
-    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
-  });
+  const text = await rawExchange(raw, (got) => /\r\n\r\n[\s\S]*\}/.test(got));
   assert.match(text, /^HTTP\/1\.1 404 /, `the body is not asked for: ${text}`);
 }));
 

@@ -59,8 +59,32 @@ function bounded(promise, ms) {
     .finally(() => clearTimeout(t));
 }
 
-function tail(text, n = 4000) {
+export function tail(text, n = 4000) {
   return text.length > n ? '...' + text.slice(-n) : text;
+}
+
+/**
+ * Runs `node script` in fresh namespaces (`unshare <flags>`, e.g. '-n' or '-mn') after the
+ * shell commands `setup` ("$2".. are extraArgs), with HOOKRELAY_BIN set to this run's
+ * relay. Killed after timeoutMs. Resolves {code, signal, stdout, stderr}; never rejects.
+ */
+export function runNamespaced({ flags, setup, script, extraArgs = [], env = {}, timeoutMs, label }) {
+  return new Promise((resolve) => {
+    const childEnv = { ...process.env, HOOKRELAY_BIN: relayBin(), ...env };
+    // $0 is the script's path and $1 node's, so no quoting of them in the shell string.
+    const proc = spawn('unshare', [flags, 'sh', '-c', `${setup} && exec "$1" "$0"`, script,
+      process.execPath, ...extraArgs], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
+    proc.stderr.setEncoding('utf8').on('data', (d) => { if (stderr.length < 1_000_000) stderr += d; });
+    const timer = setTimeout(() => {
+      stderr += `\n[${label}] child did not finish within ${timeoutMs} ms; killed\n`;
+      proc.kill('SIGKILL');
+    }, timeoutMs);
+    proc.on('error', (err) => { clearTimeout(timer); resolve({ code: null, stdout, stderr: stderr + String(err) }); });
+    proc.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
+  });
 }
 
 function sanitizerReport(stderr) {

@@ -9,18 +9,14 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { relayBin } from './harness.mjs';
+import { runNamespaced, tail } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHILD = path.join(here, 'netns', 'ssrf-child.mjs');
 const CHILD_TIMEOUT_MS = Number(process.env.HOOKRELAY_SSRF_TIMEOUT_MS || 120_000);
-
-function tail(text, n = 6000) {
-  return text.length > n ? '...' + text.slice(-n) : text;
-}
 
 // unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN (root, or a user namespace); find out once.
 function netnsWorks() {
@@ -29,22 +25,8 @@ function netnsWorks() {
 }
 
 function runChild() {
-  return new Promise((resolve) => {
-    const env = { ...process.env, HOOKRELAY_BIN: relayBin(), HOOKRELAY_SSRF_NETNS: '1' };
-    // $0 is the child's path, so no quoting of it inside the shell string.
-    const proc = spawn('unshare', ['-n', 'sh', '-c', 'ip link set lo up && exec "$1" "$0"', CHILD, process.execPath],
-      { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    proc.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
-    proc.stderr.setEncoding('utf8').on('data', (d) => { if (stderr.length < 1_000_000) stderr += d; });
-    const timer = setTimeout(() => {
-      stderr += `\n[ssrf.test] child did not finish within ${CHILD_TIMEOUT_MS} ms; killed\n`;
-      proc.kill('SIGKILL');
-    }, CHILD_TIMEOUT_MS);
-    proc.on('error', (err) => { clearTimeout(timer); resolve({ code: null, stdout, stderr: stderr + String(err) }); });
-    proc.on('exit', (code, signal) => { clearTimeout(timer); resolve({ code, signal, stdout, stderr }); });
-  });
+  return runNamespaced({ flags: '-n', setup: 'ip link set lo up', script: CHILD,
+    env: { HOOKRELAY_SSRF_NETNS: '1' }, timeoutMs: CHILD_TIMEOUT_MS, label: 'ssrf.test' });
 }
 
 test('SSRF guard, in a loopback-only network namespace: registration refuses, delivery refuses, allow-list lifts',
@@ -52,7 +34,7 @@ test('SSRF guard, in a loopback-only network namespace: registration refuses, de
   async () => {
     const r = await runChild();
     const line = r.stdout.split('\n').find((l) => l.startsWith('SSRF-SUMMARY '));
-    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout)}\nstderr: ${tail(r.stderr)}`;
+    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
     assert.ok(line, `no SSRF-SUMMARY line\n${ctx}`);
     const s = JSON.parse(line.slice('SSRF-SUMMARY '.length));
     assert.equal(r.code, 0, ctx);
