@@ -178,6 +178,8 @@ struct store {
 	_Atomic int64_t wake_when_synced; /* a claim could not take events up to this one (not
 	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
+	int64_t batch_pending;          /* writer: how the running batch changed the number of
+	                                   pending deliveries (counters.pending) */
 	_Atomic int64_t committed_seq;  /* the newest event committed */
 	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
@@ -217,6 +219,9 @@ struct store {
 	struct {                        /* for /metrics: written by the writer after COMMIT */
 		atomic_llong events, delivered, retry, failed;
 		atomic_llong in_flight;         /* leases held: claimed minus completed */
+		atomic_llong pending;           /* deliveries in state 0: counted at open, then
+		                                   moved by each COMMIT (batch_pending), so that
+		                                   /metrics does not walk the backlog */
 	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
@@ -686,6 +691,24 @@ static int init_seqs(struct store *s, char *err, size_t errlen)
 	return rc;
 }
 
+/* At open: the pending deliveries, counted once; each COMMIT moves the count after. */
+static int init_pending(struct store *s, char *err, size_t errlen)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->wdb, "SELECT count(*) FROM deliveries WHERE state = 0", -1, &st,
+	                       NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		atomic_store(&s->counters.pending, sqlite3_column_int64(st, 0));
+		rc = 0;
+	} else {
+		snprintf(err, errlen, "counting the pending deliveries: %s", sqlite3_errmsg(s->wdb));
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
 /* Calls fn(s, id) for each id the query returns (at open), stopping at the first error. */
 static int for_each_id(struct store *s, const char *sql, int (*fn)(struct store *, int64_t))
 {
@@ -802,6 +825,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		}
 		ev->deliveries = n;
 		ev->replayed = 0;
+		s->batch_pending += n;
 	}
 	return STORE_OK;
 fail:
@@ -990,7 +1014,11 @@ static int sweep_chunk(struct store *s, int64_t id, int64_t now)
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_int64(st, 2, now);
 	sqlite3_bind_int(st, 3, SWEEP_CHUNK);
-	return step_done(st) == 0 ? sqlite3_changes(s->wdb) : -1;
+	if (step_done(st) != 0)
+		return -1;
+	int swept = sqlite3_changes(s->wdb);
+	s->batch_pending -= swept;
+	return swept;
 }
 
 static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, int64_t *changed)
@@ -1276,8 +1304,8 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	enum store_rc rc = STORE_ERR;
 	int64_t now = clock_now_ms();
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT subscription_id FROM deliveries WHERE id = ?1", -1, &st,
-	                       NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->wdb, "SELECT subscription_id, state FROM deliveries WHERE id = ?1",
+	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, call->id);
 	int step = sqlite3_step(st);
@@ -1287,6 +1315,7 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	}
 	if (step != SQLITE_ROW)
 		goto out;
+	int was_pending = sqlite3_column_int(st, 1) == STATE_PENDING;
 	if (lease_held(s, call->id)) {
 		snprintf(call->why, sizeof(call->why), "the delivery is being attempted right now");
 		rc = STORE_CONFLICT;
@@ -1304,6 +1333,8 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 		goto out;
 	if (load_delivery_json(s->wdb, call->id, &call->result) != STORE_OK)
 		goto out;
+	if (!was_pending)
+		s->batch_pending++;
 	*made_due = 1;
 	rc = STORE_OK;
 out:
@@ -1336,6 +1367,7 @@ static enum store_rc apply_sub_recover(struct store *s, struct store_call *call,
 	if (step_done(st) != 0)
 		goto fail;
 	requeued = sqlite3_changes(s->wdb);
+	s->batch_pending += requeued;
 	sqlite3_finalize(st);
 	call->result = json_pack("{s:i}", "requeued", requeued);
 	if (requeued > 0)
@@ -1650,6 +1682,8 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 			error = "subscription deleted";
 		}
 		a->ended[state]++;
+		if (state != STATE_PENDING)
+			s->batch_pending--;
 		sqlite3_stmt *fin = s->st[ST_DELIVERY_FINISH];
 		sqlite3_bind_int64(fin, 1, r->delivery_id);
 		sqlite3_bind_int(fin, 2, (int)state);
@@ -1738,6 +1772,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
 	s->batch_top_seq = 0;
 	s->batch_new_events = 0;
+	s->batch_pending = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
 	set_sync(s, durable);
@@ -1752,6 +1787,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		 * the per-call SAVEPOINT, whose statement journal copies every page it touches:
 		 * that copy was half the writer's time per event. */
 		int guarded = c->kind != STORE_INGEST;
+		int64_t pending_before = s->batch_pending;
 		if (guarded)
 			step_done(s->st[ST_SAVEPOINT]);
 		switch (c->kind) {
@@ -1801,6 +1837,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		} else {
 			memset(slot, 0, sizeof(*slot));
 			step_done(s->st[ST_ROLLBACK_TO]);
+			s->batch_pending = pending_before;
 			json_decref(c->result);
 			c->result = NULL;
 			if (c->kind == STORE_CLAIM)
@@ -1876,6 +1913,7 @@ finish:
 	/* An ingest that fails rolls the whole batch back, so these count only what was kept
 	 * (an idempotent replay stores nothing). */
 	atomic_fetch_add_explicit(&s->counters.events, s->batch_new_events, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->counters.pending, s->batch_pending, memory_order_relaxed);
 	if (s->batch_top_seq > 0) {
 		atomic_store(&s->committed_seq, s->batch_top_seq);
 		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
@@ -2216,7 +2254,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		if (s->wal_fd >= 0 && exec_sql(s->wdb, "PRAGMA synchronous=NORMAL", err, errlen) != 0)
 			goto fail;
 	}
-	if (init_seqs(s, err, errlen) != 0)
+	if (init_seqs(s, err, errlen) != 0 || init_pending(s, err, errlen) != 0)
 		goto fail;
 	/* Deleted subscriptions whose sweep a stop or crash cut short. */
 	if (for_each_id(s,
@@ -2344,18 +2382,16 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	out->attempts_retry = atomic_load_explicit(&s->counters.retry, memory_order_relaxed);
 	out->attempts_failed = atomic_load_explicit(&s->counters.failed, memory_order_relaxed);
 	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
+	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
-	/* The pending count walks the partial index of pending rows: as long as the backlog. */
 	if (db && sqlite3_prepare_v2(db,
-	                             "SELECT (SELECT count(*) FROM deliveries WHERE state = 0),"
-	                             " (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
+	                             "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
 	                             " AND enabled = 1), (SELECT count(*) FROM subscriptions"
 	                             " WHERE deleted_at IS NULL AND enabled = 0)",
 	                             -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW) {
-		out->deliveries_pending = sqlite3_column_int64(st, 0);
-		out->subscriptions_enabled = sqlite3_column_int64(st, 1);
-		out->subscriptions_disabled = sqlite3_column_int64(st, 2);
+		out->subscriptions_enabled = sqlite3_column_int64(st, 0);
+		out->subscriptions_disabled = sqlite3_column_int64(st, 1);
 		rc = STORE_OK;
 	}
 	sqlite3_finalize(st);

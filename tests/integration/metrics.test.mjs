@@ -5,6 +5,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, api, createSub, postEvent, assertError, waitUntil, cleanup, withLogs,
+  listAll,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -83,4 +84,70 @@ test('/metrics needs the admin key when keys are set', withLogs(async () => {
     403, 'forbidden', 'publish-only key');
   const m = await metrics(relay, { authorization: `Bearer ${admin}` });
   assert.equal(m.hookrelay_events_published_total, 0);
+}));
+
+// The pending gauge is a count the writer keeps (a /metrics scrape no longer walks the
+// backlog): each way a delivery enters or leaves pending must move it, and a restart
+// must find the same number. The truth it is checked against is the delivery log.
+test('/metrics pending follows every way in and out of pending, and a restart', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' }); // two attempts, then failed
+  const ok = await startReceiver();
+  const bad = await startReceiver({ behavior: { status: 500 } });
+  const hang = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, ok, { event_types: ['p.ok'] });
+  const badSub = await createSub(relay, bad, { event_types: ['p.bad'] });
+  const slow = await createSub(relay, hang, { event_types: ['p.slow'], max_in_flight: 1 });
+
+  const pendingInLog = async () => (await listAll(relay, '/v1/deliveries?status=pending')).length;
+  const settlesAt = async (n, what) => {
+    let m;
+    await waitUntil(async () => {
+      m = await metrics(relay);
+      return m.hookrelay_deliveries_pending === n && (await pendingInLog()) === n;
+    }, 8000, `${what}: pending ${n} in /metrics and in the log`);
+  };
+
+  // In: single and batch ingest. Out: delivered, failed after its retries.
+  await postEvent(relay, { type: 'p.ok' });
+  const batch = await api(relay, 'POST', '/v1/events/batch',
+    [{ type: 'p.ok' }, { type: 'p.bad' }, { type: 'p.slow' }, { type: 'p.slow' }, { type: 'p.slow' }]);
+  assert.equal(batch.status, 202, batch.text);
+  await ok.waitFor(2);
+  await bad.waitFor(2);
+  await hang.waitFor(1);
+  await settlesAt(3, 'delivered and failed left; three slow ones wait (one in flight)');
+
+  // In: a manual retry of the failed delivery (and its failing again: out).
+  const [failed] = await listAll(relay, `/v1/deliveries?subscription=${badSub.id}&status=failed`);
+  assert.ok(failed, 'the p.bad delivery failed');
+  assert.equal((await api(relay, 'POST', `/v1/deliveries/${failed.id}/retry`)).status, 202);
+  await bad.waitFor(3);
+  await settlesAt(3, 'the retried delivery failed again');
+
+  // In: recover re-queues the failed one; the receiver now answers, so it leaves again.
+  bad.setBehavior({ status: 200 });
+  const rec = await api(relay, 'POST', `/v1/subscriptions/${badSub.id}/recover`,
+    { since: new Date(Date.now() - 60_000).toISOString() });
+  assert.equal(rec.status, 202, rec.text);
+  assert.equal(rec.json.requeued, 1);
+  await bad.waitFor(4);
+  await settlesAt(3, 'the recovered delivery was delivered');
+
+  // Out: deleting a subscription fails its waiting deliveries at once, and the one in
+  // flight when its attempt ends.
+  assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${slow.id}`)).status, 204);
+  await settlesAt(1, 'the deleted subscription\'s two waiting deliveries failed');
+  hang.dropConnections();
+  await settlesAt(0, 'its delivery in flight failed when its attempt ended');
+
+  // A backlog held across a restart is counted again at start.
+  await createSub(relay, hang, { event_types: ['p.held'] });
+  for (let i = 0; i < 4; i++) await postEvent(relay, { type: 'p.held' });
+  await hang.waitFor(5);
+  await settlesAt(4, 'four deliveries held by a receiver that does not answer');
+  await relay.stop();
+  const again = await startRelay({ dbPath: relay.dbPath, retrySchedule: '1h' });
+  const m = await metrics(again);
+  assert.equal(m.hookrelay_deliveries_pending, 4, 'counted at start');
+  assert.equal((await listAll(again, '/v1/deliveries?status=pending')).length, 4);
 }));
