@@ -133,25 +133,6 @@ void http_reply_json(struct http_request *req, int status, json_t *body)
 	queue_reply(req, status, text, strlen(text));
 }
 
-/* Replaces every byte of s that does not begin a well-formed UTF-8 sequence with '?':
- * messages quote what the client sent (a path, a header name), and may cut it short in
- * the middle of a character, but a JSON string must be UTF-8. */
-static void utf8_repair(char *s)
-{
-	size_t left = strlen(s);
-	unsigned char *p = (unsigned char *)s;
-
-	while (left > 0) {
-		size_t n = json_utf8_seq(p, left);
-		if (n == 0) {
-			*p = '?';
-			n = 1;
-		}
-		p += n;
-		left -= n;
-	}
-}
-
 void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
 {
 	char message[512];
@@ -160,7 +141,8 @@ void http_reply_error(struct http_request *req, int status, const char *code, co
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	utf8_repair(message);
+	/* It may quote what the client sent (a path, a header name), cut mid-character. */
+	json_utf8_repair(message, strlen(message));
 	json_t *body = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
 	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);

@@ -77,6 +77,21 @@ size_t json_utf8_seq(const unsigned char *p, size_t left)
 	return n + 1;
 }
 
+void json_utf8_repair(char *s, size_t len)
+{
+	unsigned char *p = (unsigned char *)s;
+
+	while (len > 0) {
+		size_t n = json_utf8_seq(p, len);
+		if (n == 0) {
+			*p = '?';
+			n = 1;
+		}
+		p += n;
+		len -= n;
+	}
+}
+
 /* One UTF-8 sequence starting at a byte >= 0x80. */
 static int utf8(struct scan *s)
 {

@@ -26,4 +26,9 @@ int json_check(const char *p, size_t len, int max_depth, struct json_check_error
  * none. */
 size_t json_utf8_seq(const unsigned char *p, size_t left);
 
+/* Replaces, in place, every byte of s[0..len) that does not begin a well-formed UTF-8
+ * sequence with '?', so that the text can be a JSON string: a message quoting what a
+ * client sent, a receiver's response body in the delivery log. */
+void json_utf8_repair(char *s, size_t len);
+
 #endif

@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "json_check.h"
 #include "matcher.h"
 #include "schema.h"
 #include "sign.h"
@@ -2549,12 +2550,20 @@ static json_t *attempt_json(sqlite3_stmt *st)
 	json_object_set_new(o, "duration_ms", json_integer(sqlite3_column_int(st, 2)));
 	json_object_set_new(o, "http_status", json_integer(sqlite3_column_int(st, 3)));
 	json_object_set_new(o, "error", json_text_or_null(st, 4));
-	if (sqlite3_column_type(st, 5) == SQLITE_NULL)
+	/* The receiver's bytes as they came (cut at 4 KiB, perhaps mid-character, perhaps
+	 * not text at all): shown as UTF-8, anything else as '?'. */
+	const void *body = sqlite3_column_blob(st, 5);
+	size_t len = (size_t)sqlite3_column_bytes(st, 5);
+	char *text = sqlite3_column_type(st, 5) == SQLITE_NULL ? NULL : malloc(len + 1);
+	if (text) {
+		if (len)
+			memcpy(text, body, len);
+		json_utf8_repair(text, len);
+		json_object_set_new(o, "response_body", json_stringn_nocheck(text, len));
+		free(text);
+	} else {
 		json_object_set_new(o, "response_body", json_null());
-	else
-		json_object_set_new(o, "response_body",
-		                    json_stringn_nocheck(sqlite3_column_blob(st, 5),
-		                                         (size_t)sqlite3_column_bytes(st, 5)));
+	}
 	return o;
 }
 

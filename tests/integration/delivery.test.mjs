@@ -401,6 +401,26 @@ test('error responses: body snippet is logged, capped at 4 KiB', withLogs(async 
   assert.equal(d.attempts[1].response_body, 'x'.repeat(4096), 'first 4 KiB of the body');
 }));
 
+// A receiver's body is bytes, not always UTF-8 (a Latin-1 error page, gzip), and the 4 KiB
+// cut can fall inside a character: the attempt log still reads, showing such bytes as '?'.
+test('response bodies that are not UTF-8 still show in the delivery log', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms,100ms' });
+  const r = await startReceiver({ behavior: [
+    { status: 500, body: Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x00, 0x21]) }, // "caf\xe9\0!"
+    { status: 500, body: 'x' + 'é'.repeat(3000) }, // byte 4096 is half of an é
+    { status: 200, body: 'ok' },
+  ] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'bytes.test' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered');
+  assert.equal(d.attempts.length, 3);
+  assert.equal(d.attempts[0].response_body, 'caf?\u0000!');
+  assert.equal(d.attempts[1].response_body, 'x' + 'é'.repeat(2047) + '?');
+  assert.equal(d.attempts[2].response_body, 'ok');
+  const listed = await api(relay, 'GET', `/v1/events/${ev.id}`);
+  assert.equal(listed.status, 200, listed.text);
+}));
+
 test('a hanging receiver does not hold up a healthy one', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '5s'] });
   const stuck = await startReceiver({ behavior: { hang: true } });

@@ -130,10 +130,39 @@ static void test_utf8_seq(void)
 		      cases[i].want);
 }
 
+/* The repair built on it: each byte that starts no well-formed sequence becomes '?', in
+ * place; good sequences, NULs included, are kept; the result is valid UTF-8. */
+static void test_utf8_repair(void)
+{
+	static const struct {
+		const char *in, *want;
+		size_t len;
+	} cases[] = {
+	    {"caf\xe9", "caf?", 4},                 /* Latin-1 */
+	    {"a\0b", "a\0b", 3},                    /* NUL is UTF-8 */
+	    {"\xc3\xa9\xc3", "\xc3\xa9?", 3},        /* cut inside the last character */
+	    {"\xe2\x82\xac\xe2\x82", "\xe2\x82\xac?" "?", 5},
+	    {"\xc0\xaf/", "?" "?/", 3},             /* overlong: both bytes ("??/" is a trigraph) */
+	    {"\xf0\x9f\x98\x80\xff", "\xf0\x9f\x98\x80?", 5},
+	    {"", "", 0},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char buf[16];
+		memcpy(buf, cases[i].in, cases[i].len);
+		json_utf8_repair(buf, cases[i].len);
+		CHECK(memcmp(buf, cases[i].want, cases[i].len) == 0);
+		json_t *v = json_stringn(buf, cases[i].len); /* NULL unless valid UTF-8 */
+		CHECK(v != NULL);
+		json_decref(v);
+	}
+}
+
 int main(void)
 {
 	test_table();
 	test_utf8_seq();
+	test_utf8_repair();
 	test_against_jansson();
 	return CHECK_DONE();
 }
