@@ -987,6 +987,7 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		if (exec_with_id_time(s,
 		                      on ? "UPDATE subscriptions SET enabled = 1, disabled_reason = NULL,"
 		                           " failing_since = NULL, updated_at = ?2 WHERE id = ?1"
+		                           " AND enabled = 0"
 		                         : "UPDATE subscriptions SET enabled = 0, disabled_reason ="
 		                           " coalesce(disabled_reason, 'disabled through the API'),"
 		                           " updated_at = ?2 WHERE id = ?1 AND enabled = 1",

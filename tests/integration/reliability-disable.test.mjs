@@ -91,3 +91,22 @@ test('--disable-after: disabled with a reason, held, resumed by PATCH, recovered
   await sleep(500);
   assert.equal(r.requests.length, n, 'a second recover sends nothing');
 }));
+
+// A client that re-applies a whole subscription sends "enabled": true to one that is
+// already enabled: that must not restart the --disable-after clock of a failing receiver.
+test('PATCH enabled:true on an enabled subscription keeps failing_since', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1h' });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  const sub = await createSub(relay, r, { event_types: ['keep.#'] });
+  await postEvent(relay, { type: 'keep.me' });
+  await r.waitFor(1);
+  const failing = await waitUntil(async () => {
+    const s = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+    return s.failing_since ? s : false;
+  }, 5000 * SLOW, 'failing_since set after the failed attempt');
+  const res = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
+    { enabled: true, description: 're-applied' });
+  assert.equal(res.status, 200, res.text);
+  assert.equal(res.json.description, 're-applied');
+  assert.equal(res.json.failing_since, failing.failing_since, 'the failing clock runs on');
+}));
