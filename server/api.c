@@ -145,6 +145,28 @@ json_t *api_parse_body(struct http_request *req)
 	return v;
 }
 
+int api_known_fields(json_t *obj, const char *const known[], char *why, size_t whylen)
+{
+	const char *name;
+	json_t *value;
+
+	json_object_foreach(obj, name, value)
+	{
+		size_t i = 0;
+		while (known[i] && strcmp(known[i], name) != 0)
+			i++;
+		if (known[i])
+			continue;
+		size_t off = (size_t)snprintf(why, whylen, "%.64s: unknown field (known:", name);
+		for (i = 0; known[i] && off < whylen; i++)
+			off += (size_t)snprintf(why + off, whylen - off, "%s %s", i ? "," : "", known[i]);
+		if (off < whylen)
+			snprintf(why + off, whylen - off, ")");
+		return -1;
+	}
+	return 0;
+}
+
 int api_path_id(struct http_request *req, const char *prefix, const char *what, int64_t *id)
 {
 	if (util_parse_id(prefix, http_path_param(req), id) != 0) {

@@ -59,6 +59,11 @@ const struct target_policy *api_targets(const struct api *api); /* may be NULL *
  * column) and returns NULL. Returns a new reference. */
 json_t *api_parse_body(struct http_request *req);
 
+/* Returns 0 if every member of the object obj is named in known (NULL-terminated); else
+ * -1 with why naming the first other one and the known ones. A misspelt field is refused
+ * rather than ignored: {"grace": 0} must not rotate a secret with a day's grace. */
+int api_known_fields(json_t *obj, const char *const known[], char *why, size_t whylen);
+
 /* Parses the {id} segment as "<prefix><n>"; replies 404 naming `what` and returns -1 if
  * it is not one. */
 int api_path_id(struct http_request *req, const char *prefix, const char *what, int64_t *id);

@@ -131,10 +131,15 @@ static int check_subscription(const struct api *api, json_t *body, int creating,
 	const char *reason = NULL;
 	json_t *v;
 
+	static const char *const known[] = {"url", "event_types", "description", "headers",
+	                                    "enabled", "max_in_flight", "signature_algorithm",
+	                                    "secret", NULL};
 	if (!json_is_object(body)) {
 		snprintf(why, whylen, "the body must be a JSON object");
 		return -1;
 	}
+	if (api_known_fields(body, known, why, whylen) != 0)
+		return -1;
 	v = json_object_get(body, "url");
 	if (v) {
 		if (!json_is_string(v)) {
@@ -343,8 +348,13 @@ void api_subscriptions_rotate(struct api *api, struct http_request *req)
 		body = api_parse_body(req);
 		if (!body)
 			goto out;
+		static const char *const known[] = {"grace_seconds", "secret", NULL};
 		if (!json_is_object(body)) {
 			http_reply_error(req, 422, "invalid_field", "the body must be a JSON object");
+			goto out;
+		}
+		if (api_known_fields(body, known, why, sizeof(why)) != 0) {
+			http_reply_error(req, 422, "invalid_field", "%s", why);
 			goto out;
 		}
 	} else {
@@ -388,8 +398,10 @@ out:
 
 void api_subscriptions_recover(struct api *api, struct http_request *req)
 {
+	static const char *const known[] = {"since", NULL};
 	json_t *body = NULL, *fields = NULL, *since;
 	int64_t id, since_ms;
+	char why[128];
 
 	if (path_id(req, &id) != 0)
 		return;
@@ -397,6 +409,10 @@ void api_subscriptions_recover(struct api *api, struct http_request *req)
 	if (!body)
 		return;
 	since = json_object_get(body, "since");
+	if (json_is_object(body) && api_known_fields(body, known, why, sizeof(why)) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", why);
+		goto out;
+	}
 	if (!json_is_object(body) || !json_is_string(since) ||
 	    util_parse_time(json_string_value(since), &since_ms) != 0) {
 		http_reply_error(req, 422, "invalid_field",

@@ -102,9 +102,12 @@ static int key_is(const char *p, const char *key_end, const char *name)
 	return same;
 }
 
-/* Collects the members we read from the object at p (valid JSON). Returns 0, or -1 with
- * *dup naming a member given twice. */
-static int find_fields(const char *p, const char *end, struct fields *f, const char **dup)
+/* Collects the members of the event object at p (valid JSON). Returns 0; or -1 with
+ * [*bad, *bad + *bad_len) naming a member given twice; or -2 with it naming a member an
+ * event does not have (as written, escapes and all): a "payload" for "data" would
+ * otherwise be dropped without a word, and an "idempotency_key" ignored. */
+static int find_fields(const char *p, const char *end, struct fields *f, const char **bad,
+                       size_t *bad_len)
 {
 	static const char *const names[] = {"type", "key", "id", "data"};
 	memset(f, 0, sizeof(*f));
@@ -115,16 +118,21 @@ static int find_fields(const char *p, const char *end, struct fields *f, const c
 		const char *v_end = value_end(v, end);
 		const char **slots[] = {&f->type, &f->key, &f->id, &f->data};
 		const char **ends[] = {&f->type_end, &f->key_end, &f->id_end, &f->data_end};
-		for (int i = 0; i < 4; i++) {
-			if (!key_is(p, key_end, names[i]))
-				continue;
-			if (*slots[i]) {
-				*dup = names[i];
-				return -1;
-			}
-			*slots[i] = v;
-			*ends[i] = v_end;
+		int i = 0;
+		while (i < 4 && !key_is(p, key_end, names[i]))
+			i++;
+		if (i == 4) {
+			*bad = p + 1;
+			*bad_len = (size_t)(key_end - p) - 2;
+			return -2;
 		}
+		if (*slots[i]) {
+			*bad = names[i];
+			*bad_len = strlen(names[i]);
+			return -1;
+		}
+		*slots[i] = v;
+		*ends[i] = v_end;
 		p = skip_ws(v_end, end);
 		if (p < end && *p == ',')
 			p = skip_ws(p + 1, end);
@@ -198,16 +206,23 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
                                   const char *idem_header, const char *where,
                                   struct store_event *ev, struct fields *f, char *why, size_t whylen)
 {
-	const char *reason = NULL, *dup = NULL;
-	size_t len;
+	const char *reason = NULL, *bad = NULL;
+	size_t len, bad_len = 0;
+	int found;
 
 	if (*p != '{') {
 		snprintf(why, whylen, "%sthe event must be a JSON object", where);
 		return INGEST_INVALID;
 	}
-	if (find_fields(p, end, f, &dup) != 0) {
-		snprintf(why, whylen, "%s\"%s\" is given twice", where, dup);
+	found = find_fields(p, end, f, &bad, &bad_len);
+	if (found == -1) {
+		snprintf(why, whylen, "%s\"%.*s\" is given twice", where, (int)bad_len, bad);
 		return INGEST_MALFORMED;
+	}
+	if (found == -2) {
+		snprintf(why, whylen, "%s%.*s: unknown field (an event has type, data, key and id)",
+		         where, bad_len > 64 ? 64 : (int)bad_len, bad);
+		return INGEST_INVALID;
 	}
 	if (!f->type) {
 		snprintf(why, whylen, "%stype is required", where);

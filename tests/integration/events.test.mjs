@@ -233,6 +233,23 @@ test('batch: one invalid item rejects the whole batch and stores nothing', withL
   await assertNoMore(r, 1);
 }));
 
+// A publisher's "payload" for "data" used to be stored as data: null, and an
+// "idempotency_key" member ignored (a retry then stored the event twice).
+test('a member an event does not have is refused with 422, not dropped', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['u.#'] });
+  const one = await api(relay, 'POST', '/v1/events', { type: 'u.x', payload: { order: 1 } });
+  assertError(one, 422, 'invalid_field', 'payload instead of data');
+  assert.match(one.json.error.message, /^payload: unknown field/);
+  const batch = await api(relay, 'POST', '/v1/events/batch',
+    [{ type: 'u.x', data: 1 }, { type: 'u.x', data: 2, idempotency_key: 'k-2' }]);
+  assertError(batch, 422, 'invalid_field', 'idempotency_key in a batch item');
+  assert.match(batch.json.error.message, /^items\[1\]\.idempotency_key: unknown field/);
+  assert.deepEqual((await api(relay, 'GET', '/v1/events')).json.data, [], 'nothing stored');
+  await assertNoMore(r, 0, 300);
+}));
+
 test('events list: newest first, cursor pagination visits each event once, type filter', withLogs(async () => {
   const relay = await startRelay();
   const posted = [];

@@ -245,6 +245,31 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   assertError(badGrace, 422, 'invalid_field', 'negative grace');
 }));
 
+// An operator's typo must not be a silent success: {"grace": 0} used to rotate with the
+// default day of grace, leaving a leaked secret valid; {"event_type": [...]} changed nothing.
+test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and recover', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const created = await api(relay, 'POST', '/v1/subscriptions',
+    { url: `${r.url}/hook`, event_types: ['t.#'], desciption: 'typo' });
+  assertError(created, 422, 'invalid_field', 'create with desciption');
+  assert.match(created.json.error.message, /^desciption: unknown field \(known: url, event_types/);
+  const sub = await createSub(relay, r, { event_types: ['t.#'] });
+  const patched = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { event_type: ['other.#'] });
+  assertError(patched, 422, 'invalid_field', 'PATCH event_type');
+  assert.deepEqual((await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.event_types, ['t.#']);
+  const rotated = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace: 0 });
+  assertError(rotated, 422, 'invalid_field', 'rotate-secret with grace');
+  assert.match(rotated.json.error.message, /^grace: unknown field \(known: grace_seconds, secret\)/);
+  assertError(await api(relay, 'POST', `/v1/subscriptions/${sub.id}/recover`,
+    { since: '2026-01-01T00:00:00Z', until: '2026-02-01T00:00:00Z' }), 422, 'invalid_field', 'recover with until');
+  // The secret was not rotated: deliveries carry one signature, by the original secret.
+  await postEvent(relay, { type: 't.x' });
+  const [req] = await r.waitFor(1);
+  assert.equal(req.headers['webhook-signature'].split(' ').length, 1);
+  verifySigned(req, sub.secret);
+}));
+
 test('delivery log: filters by subscription, event and status', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms' });
   const ok = await startReceiver();

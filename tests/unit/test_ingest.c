@@ -49,8 +49,8 @@ static void test_exact_data(void)
 
 	/* An escaped key is still "data"; a "data" inside a string or nested is not. */
 	in = NULL;
-	CHECK(parse("{\"x\":{\"data\":1},\"s\":\"\\\"data\\\":2\",\"type\":\"a\",\"d\\u0061ta\":[3]}", 0, &in) == INGEST_OK);
-	CHECK(in && data_is(in, 0, "[3]"));
+	CHECK(parse("{\"key\":\"\\\"data\\\":2\",\"type\":\"a\",\"d\\u0061ta\":{\"data\":1}}", 0, &in) == INGEST_OK);
+	CHECK(in && data_is(in, 0, "{\"data\":1}"));
 	ingest_free(in);
 
 	/* No data: null. A key is JSON-escaped. */
@@ -95,6 +95,16 @@ static void test_errors(void)
 	CHECK(parse("{\"type\":\"a\\u0000b\"}", 0, &in) == INGEST_INVALID);
 	CHECK(parse("{\"type\":\"a b\"}", 0, &in) == INGEST_INVALID);
 	CHECK(parse("{\"type\":\"a\",\"key\":7}", 0, &in) == INGEST_INVALID);
+	/* A member an event does not have is refused, not dropped: "payload" for "data". */
+	CHECK(parse("{\"type\":\"a\",\"payload\":{\"x\":1}}", 0, &in) == INGEST_INVALID &&
+	      strcmp(why, "payload: unknown field (an event has type, data, key and id)") == 0);
+	CHECK(parse("{\"idempotency_key\":\"k\",\"type\":\"a\"}", 0, &in) == INGEST_INVALID &&
+	      strncmp(why, "idempotency_key: unknown", 24) == 0);
+	CHECK(parse("[{\"type\":\"a\"},{\"type\":\"a\",\"Data\":1}]", 1, &in) == INGEST_INVALID &&
+	      strncmp(why, "items[1].Data: unknown field", 28) == 0);
+	CHECK(parse("{\"type\":\"a\",\"d\\u0061ta\":1}", 0, &in) == INGEST_OK); /* escaped "data" */
+	ingest_free(in);
+	in = NULL;
 	CHECK(parse("{\"type\":\"a\",\"id\":\"\"}", 0, &in) == INGEST_INVALID);
 	CHECK(parse("{\"type\":\"a\",\"data\":\"\\u0000\"}", 0, &in) == INGEST_OK);
 	ingest_free(in);
