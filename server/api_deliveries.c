@@ -26,6 +26,17 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 		return;
 	q.subscription = http_query(req, "subscription");
 	q.event = http_query(req, "event");
+	/* A malformed id is the caller's mistake, not an empty log (a well-formed unknown one
+	 * does list nothing). */
+	int64_t ignored;
+	if (q.subscription && util_parse_id("sub_", q.subscription, &ignored) != 0) {
+		http_reply_error(req, 422, "invalid_field", "subscription must be a subscription id, sub_<n>");
+		return;
+	}
+	if (q.event && strncmp(q.event, "evt_", 4) != 0) {
+		http_reply_error(req, 422, "invalid_field", "event must be an event id, evt_...");
+		return;
+	}
 	status = http_query(req, "status");
 	if (status) {
 		q.status = parse_status(status);
