@@ -21,6 +21,7 @@
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -361,6 +362,7 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 {
 	CURLU *u = NULL;
 	char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL, *fragment = NULL;
+	char *port = NULL;
 	int rc = -1;
 
 	if (strlen(url) > TARGET_URL_MAX) {
@@ -404,6 +406,11 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 		*why = "url must not contain a #fragment";
 		goto out;
 	}
+	/* nothing listens on port 0: every attempt would fail to connect */
+	if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && strtol(port, NULL, 10) == 0) {
+		*why = "url has port 0";
+		goto out;
+	}
 	if (host_check(host, policy, why) != 0)
 		goto out;
 	rc = 0;
@@ -413,6 +420,7 @@ out:
 	curl_free(user);
 	curl_free(password);
 	curl_free(fragment);
+	curl_free(port);
 	curl_url_cleanup(u);
 	return rc;
 }

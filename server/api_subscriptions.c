@@ -27,11 +27,13 @@
 #define GRACE_DEFAULT_SECONDS 86400
 #define IN_FLIGHT_MAX 1000       /* a subscription's max_in_flight */
 
-/* Headers a subscription may not set: ours, or ones that would break the request. */
+/* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
+ * namespace), or ones that would break the request. */
 static const char *const reserved_headers[] = {
-	"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length",
-	"host", "user-agent", "transfer-encoding", "connection", "expect", NULL,
+	"content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection",
+	"expect", NULL,
 };
+#define RESERVED_PREFIX "webhook-"
 
 static int is_token_char(unsigned char c)
 {
@@ -66,6 +68,11 @@ static int check_headers(json_t *headers, char *why, size_t whylen)
 				return -1;
 			}
 		}
+		if (strncasecmp(name, RESERVED_PREFIX, strlen(RESERVED_PREFIX)) == 0) {
+			snprintf(why, whylen, "headers: %s* names are hookrelay's (Standard Webhooks)",
+			         RESERVED_PREFIX);
+			return -1;
+		}
 		for (size_t i = 0; reserved_headers[i]; i++) {
 			if (strcasecmp(name, reserved_headers[i]) == 0) {
 				snprintf(why, whylen, "headers: %s is set by hookrelay and cannot be overridden",
@@ -82,6 +89,13 @@ static int check_headers(json_t *headers, char *why, size_t whylen)
 		if (vlen > HEADER_VALUE_MAX) {
 			snprintf(why, whylen, "headers: the value of %.64s is over %d bytes", name,
 			         HEADER_VALUE_MAX);
+			return -1;
+		}
+		/* HTTP drops white space around a value, and curl takes "Name:" followed by white
+		 * space only as "remove this header": what is stored must be what is sent. */
+		if (vlen > 0 && (v[0] == ' ' || v[0] == '\t' || v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
+			snprintf(why, whylen, "headers: the value of %.64s begins or ends with white space",
+			         name);
 			return -1;
 		}
 		for (size_t i = 0; i < vlen; i++) {

@@ -144,6 +144,11 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, headers: { 'webhook-signature': 'v1,forged' } },
     { ...SUB, headers: { 'Webhook-Id': 'x' } },
     { ...SUB, headers: { 'webhook-timestamp': '1' } },
+    { ...SUB, headers: { 'Webhook-Version': '2' } }, // all of webhook-* is Standard Webhooks'
+    { ...SUB, headers: { 'X-A': '   ' } }, // curl would drop it: stored must be what is sent
+    { ...SUB, headers: { 'X-A': ' padded' } },
+    { ...SUB, headers: { 'X-A': 'padded\t' } },
+    { ...SUB, url: 'http://127.0.0.1:0/hook' }, // nothing listens on port 0
     { ...SUB, headers: { 'Content-Type': 'text/plain' } },
     { ...SUB, headers: { host: 'evil.example' } },
     { ...SUB, headers: { 'bad name': 'x' } },

@@ -351,6 +351,11 @@ static const struct test_url test_urls[] = {
     /* IPv4 in every spelling */
     {TP_DEFAULT, "http://127.0.0.1/", "url points at a loopback address (127.0.0.0/8); " HINT},
     {TP_DEFAULT, "http://127.0.0.1:8080/hook?x=1", "(127.0.0.0/8)"},
+    /* port 0: nothing listens there */
+    {TP_PRIVATE, "http://127.0.0.1:0/ok", "url has port 0"},
+    {TP_PRIVATE, "http://127.0.0.1:00/ok", "url has port 0"},
+    {TP_PRIVATE, "http://127.0.0.1:1/ok", NULL},
+    {TP_PRIVATE, "http://127.0.0.1:65535/ok", NULL},
     {TP_DEFAULT, "https://127.255.0.1/", "(127.0.0.0/8)"},
     {TP_DEFAULT, "http://2130706433/", "(127.0.0.0/8)"},
     {TP_DEFAULT, "http://0x7f000001/", "(127.0.0.0/8)"},
