@@ -65,14 +65,17 @@ int util_parse_time(const char *text, int64_t *ms_out)
 	} else if (*p == '+' || *p == '-') {
 		int sign = *p == '-' ? -1 : 1, oh, om;
 		p++;
-		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om))
+		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om) || oh > 23 ||
+		    om > 59)
 			return -1;
 		offset_min = sign * (oh * 60 + om);
 	} else {
 		return -1;
 	}
-	if (*p != '\0' || mon < 1 || mon > 12 || day < 1 || day > 31 || hour > 23 || min > 59 ||
-	    sec > 60)
+	static const int month_days[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+	int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+	if (*p != '\0' || mon < 1 || mon > 12 || day < 1 || day > month_days[mon - 1] ||
+	    (mon == 2 && day == 29 && !leap) || hour > 23 || min > 59 || sec > 60)
 		return -1;
 	memset(&tm, 0, sizeof(tm));
 	tm.tm_year = year - 1900;
