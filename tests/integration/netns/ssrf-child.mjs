@@ -243,7 +243,11 @@ async function main() {
   const host = await loopbackName();
   summary.loopbackName = host ? host.name : null;
   if (host) summary.blockedError = await deliveryTimeGuard(rcv, host);
-  summary.allowListDelivered = await allowList(rcv, host);
+  // The allow-list step lifts 127.0.0.1/32 only and the receiver listens there: a name
+  // for ::1 (ip6-localhost) or 127.0.1.1 (Debian's hostname line) stays blocked there.
+  const allowHost = host && host.addrs.every((a) => a === '127.0.0.1') ? host : null;
+  summary.allowListName = allowHost ? allowHost.name : null;
+  summary.allowListDelivered = await allowList(rcv, allowHost);
   configErrors();
   await privateStillWorks();
   summary.receiverRequests = rcv.requests.length;
