@@ -102,7 +102,7 @@ fuzz-short-%: build/fuzz/%
 	$(call fuzz_run,$*,20)
 
 run: deps build/hookrelay
-	@mkdir -p data
+	@mkdir -p -m 700 data
 	@echo "make run: --allow-private-targets is on so subscriptions may point at this machine"
 	./build/hookrelay serve --db ./data/hookrelay.db --allow-private-targets
 

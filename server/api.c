@@ -346,12 +346,16 @@ void api_metrics(struct api *api, struct http_request *req)
 	        "hookrelay_subscriptions{state=\"disabled\"} %lld\n"
 	        "# HELP hookrelay_writer_queue Writes waiting for the writer thread.\n"
 	        "# TYPE hookrelay_writer_queue gauge\n"
-	        "hookrelay_writer_queue %lld\n",
+	        "hookrelay_writer_queue %lld\n"
+	        "# HELP hookrelay_store_writes_failing 1 while the last write to the database failed "
+	        "(disk full, I/O error): publishes get 503 and results wait.\n"
+	        "# TYPE hookrelay_store_writes_failing gauge\n"
+	        "hookrelay_store_writes_failing %d\n",
 	        (long long)st.events_published, (long long)st.attempts_delivered,
 	        (long long)st.attempts_retry, (long long)st.attempts_failed,
 	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
-	        (long long)st.writer_queue) < 0 || ferror(f);
+	        (long long)st.writer_queue, st.writes_failing) < 0 || ferror(f);
 	if (fclose(f) != 0 || bad) {
 		free(text);
 		text = NULL;

@@ -570,7 +570,6 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	    flags, (uint16_t)opts->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
 	    HTTP_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT, 60U,
-	    MHD_OPTION_LISTENING_ADDRESS_REUSE, 1U,
 	    /* last: one thread is no pool, and naming a pool of 1 (or 0) makes MHD print a
 	     * warning at every start; MHD_OPTION_END there ends the list instead */
 	    opts->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,

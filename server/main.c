@@ -7,13 +7,16 @@
  * runs in the middle of anything.
  */
 #include <curl/curl.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,10 +87,16 @@ static const char usage[] =
     "\n"
     "Send SIGINT or SIGTERM to stop: in-flight deliveries finish or are put back.\n";
 
+/* The environment variable the value being applied came from, or NULL for a flag: an
+ * error names where the bad value is. */
+static const char *config_source;
+
 static void die(const char *fmt, const char *arg)
 {
 	fprintf(stderr, "hookrelay: ");
 	fprintf(stderr, fmt, arg);
+	if (config_source)
+		fprintf(stderr, " (from %s)", config_source);
 	fprintf(stderr, "\n");
 	exit(2);
 }
@@ -138,6 +147,9 @@ static void parse_listen(struct config *c, const char *text)
 	c->listen_host[hlen] = '\0';
 	if (strcmp(c->listen_host, "localhost") == 0)
 		memcpy(c->listen_host, "127.0.0.1", sizeof("127.0.0.1"));
+	unsigned char addr[16];
+	if (inet_pton(strchr(c->listen_host, ':') ? AF_INET6 : AF_INET, c->listen_host, addr) != 1)
+		die("--listen: '%s' is not a numeric IPv4 or IPv6 address (or localhost)", c->listen_host);
 	c->listen_port = (int)port;
 }
 
@@ -169,26 +181,56 @@ static void add_key(const char **keys, int *n, const char *key, const char *flag
 	keys[(*n)++] = key;
 }
 
-/* Keys from a file: one per line; blank lines and # comments skipped. Never freed
- * before exit: the config lives as long as the process. */
+/* Keys from a file: one per line, white space around a key dropped; blank lines and #
+ * comments skipped. A file with no key is an error, not "no authentication": an empty
+ * secret mount must not open the API. Never freed before exit: the config lives as long
+ * as the process. */
 static void add_key_file(struct config *c, const char *path)
 {
 	FILE *f = fopen(path, "r");
 	char line[1024];
+	int found = 0;
 
 	if (!f)
 		die("--api-key-file: cannot read %s", path);
 	while (fgets(line, sizeof(line), f)) {
 		size_t len = strcspn(line, "\r\n");
+		if (line[len] == '\0' && !feof(f))
+			die("--api-key-file: a line of %s is over 1,022 bytes", path);
 		line[len] = '\0';
-		if (len == 0 || line[0] == '#')
+		while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+			line[--len] = '\0';
+		const char *start = line + strspn(line, " \t");
+		if (*start == '\0' || *start == '#')
 			continue;
-		char *key = strdup(line);
+		char *key = strdup(start);
 		if (!key)
 			die("%s", "out of memory");
 		add_key(c->admin_keys, &c->nadmin, key, "--api-key-file");
+		found++;
 	}
 	fclose(f);
+	if (!found)
+		die("--api-key-file: %s holds no key", path);
+}
+
+/* A switch's value: none (given as a bare flag) or 1/true/yes/on is on, 0/false/no/off
+ * off; anything else is an error, so HOOKRELAY_ALLOW_PRIVATE_TARGETS=false is off. */
+static int parse_switch(const char *name, const char *value)
+{
+	static const char *const on[] = {"1", "true", "yes", "on"};
+	static const char *const off[] = {"0", "false", "no", "off"};
+
+	if (!value)
+		return 1;
+	for (size_t i = 0; i < sizeof(on) / sizeof(on[0]); i++) {
+		if (strcasecmp(value, on[i]) == 0)
+			return 1;
+		if (strcasecmp(value, off[i]) == 0)
+			return 0;
+	}
+	die("--%s wants true or false (1/0, yes/no, on/off)", name);
+	return 0;
 }
 
 /* Applies one flag (name without "--") with its value (NULL for switches). Returns 1 if
@@ -204,7 +246,7 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 			die("--%s needs a value (see --help)", name);  \
 	} while (0)
 	if (strcmp(name, "allow-private-targets") == 0) {
-		c->allow_private_targets = !value || strcmp(value, "0") != 0;
+		c->allow_private_targets = parse_switch(name, value);
 		return 0;
 	}
 	NEED_VALUE();
@@ -249,10 +291,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 			die("--synchronous wants full or normal, not '%s'", value);
 	} else if (strcmp(name, "disable-after") == 0) {
 		if (parse_duration_or_zero(value, &c->disable_after_ms) != 0)
-			die("--disable-after wants a duration of at least 1s (or 0 for never), not '%s'", value);
+			die("--disable-after wants a duration from 1s to 365d (or 0 for never), not '%s'",
+			    value);
 	} else if (strcmp(name, "retention") == 0) {
 		if (parse_duration_or_zero(value, &c->retention_ms) != 0)
-			die("--retention wants a duration of at least 1s (or 0 for ever), not '%s'", value);
+			die("--retention wants a duration from 1s to 365d (or 0 for ever), not '%s'", value);
 	} else if (strcmp(name, "max-queue") == 0) {
 		int q;
 		if (parse_positive(value, 1000000, &q) != 0)
@@ -271,6 +314,19 @@ static const char *const env_flags[] = {
 	"allow-private-targets", "allow-targets", "synchronous", "max-queue", "disable-after",
 	"retention", NULL,
 };
+
+/* Is --name given on the command line (as --name VALUE, --name=VALUE or a switch)? */
+static int flag_given(int argc, char **argv, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 2; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "--", 2) == 0 && strncmp(arg + 2, name, n) == 0 &&
+		    (arg[2 + n] == '\0' || arg[2 + n] == '='))
+			return 1;
+	}
+	return 0;
+}
 
 static void load_config(struct config *c, int argc, char **argv)
 {
@@ -294,7 +350,18 @@ static void load_config(struct config *c, int argc, char **argv)
 	c->retry_count = backoff_parse_schedule(BACKOFF_DEFAULT, c->retry_schedule,
 	                                        BACKOFF_MAX_STEPS, &why);
 
-	/* Environment first, flags override it. */
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs(usage, stdout);
+			exit(0);
+		}
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("hookrelay %s\n", HOOKRELAY_VERSION);
+			exit(0);
+		}
+	}
+	/* The environment, name by name, unless the flag is given: a flag replaces its
+	 * variable (keys given by flag replace the environment's, not add to them). */
 	for (int i = 0; env_flags[i]; i++) {
 		char var[64] = "HOOKRELAY_";
 		size_t off = strlen(var);
@@ -302,8 +369,11 @@ static void load_config(struct config *c, int argc, char **argv)
 			var[off++] = *p == '-' ? '_' : (char)(*p - ('a' <= *p && *p <= 'z' ? 32 : 0));
 		var[off] = '\0';
 		const char *value = getenv(var);
-		if (value && *value)
-			apply_flag(c, env_flags[i], value);
+		if (!value || !*value || flag_given(argc, argv, env_flags[i]))
+			continue;
+		config_source = var;
+		apply_flag(c, env_flags[i], value);
+		config_source = NULL;
 	}
 	for (int i = 2; i < argc; i++) {
 		const char *arg = argv[i];
@@ -378,6 +448,35 @@ static void ensure_db_dir(const char *path)
 		fprintf(stderr, "hookrelay: cannot create %s: %s\n", dir, strerror(errno));
 }
 
+/* One relay per database: deliveries in flight are known only to the writer's memory, so
+ * a second process on the same file would claim and send them again (and, with the port
+ * shared, split the subscriptions between two caches). An exclusive flock on <db>.lock,
+ * held until exit, refuses it. The file holds the holder's pid, for the message. */
+static int lock_database(const char *db_path)
+{
+	char path[4096], pid[32] = "";
+	int n = snprintf(path, sizeof(path), "%s.lock", db_path);
+	int fd = n > 0 && (size_t)n < sizeof(path) ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+
+	if (fd < 0) {
+		fprintf(stderr, "hookrelay: cannot open %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		ssize_t got = errno == EWOULDBLOCK ? pread(fd, pid, sizeof(pid) - 1, 0) : -1;
+		if (got > 0)
+			pid[strcspn(pid, "\n")] = '\0';
+		fprintf(stderr, "hookrelay: %s is in use by another hookrelay%s%s%s; one relay per database\n",
+		        db_path, got > 0 ? " (pid " : "", got > 0 ? pid : "", got > 0 ? ")" : "");
+		close(fd);
+		return -1;
+	}
+	n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+		fprintf(stderr, "hookrelay: warning: cannot write %s: %s\n", path, strerror(errno));
+	return fd; /* kept open, and so locked, until the process exits */
+}
+
 static void wake_dispatcher(void *arg)
 {
 	dispatcher_wake(arg);
@@ -396,6 +495,12 @@ static int serve(int argc, char **argv)
 	sigset_t stop_signals;
 
 	load_config(&cfg, argc, argv);
+	if (cfg.npublish > 0 && cfg.nadmin == 0) {
+		fprintf(stderr, "hookrelay: --publish-key needs an admin key too (--api-key or "
+		                "--api-key-file): once a key is set every /v1 route asks for one, and a "
+		                "publish key reaches only POST /v1/events\n");
+		return 2;
+	}
 	if (!is_loopback(cfg.listen_host) && cfg.nadmin == 0) {
 		fprintf(stderr,
 		        "hookrelay: refusing to listen on %s without an API key.\n"
@@ -426,7 +531,10 @@ static int serve(int argc, char **argv)
 	}
 
 	raise_open_file_limit(cfg.max_in_flight, cfg.http_threads);
+	umask(077); /* the database holds the subscriptions' secrets: owner only */
 	ensure_db_dir(cfg.db_path);
+	if (lock_database(cfg.db_path) < 0)
+		goto out;
 	struct store_options sopts = {
 	    .path = cfg.db_path,
 	    .synchronous_full = cfg.synchronous_full,
@@ -436,7 +544,7 @@ static int serve(int argc, char **argv)
 	};
 	store = store_open(&sopts, err, sizeof(err));
 	if (!store) {
-		fprintf(stderr, "hookrelay: %s\n", err);
+		fprintf(stderr, "hookrelay: %s: %s\n", cfg.db_path, err);
 		goto out;
 	}
 	struct dispatcher_options dopts = {

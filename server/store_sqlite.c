@@ -184,6 +184,8 @@ struct store {
 	_Atomic int64_t committed_seq;  /* the newest event committed */
 	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
+	atomic_int writes_failing;      /* the last batch that wrote (anything but claims,
+	                                   which write nothing) failed: /metrics says so */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
 	struct writer *writer;
@@ -1758,7 +1760,7 @@ static void call_due_hook(struct store *s)
 static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
 	struct store *s = ctx;
-	int durable = 0, made_due = 0, committed = 0;
+	int durable = 0, made_due = 0, committed = 0, writes = 0;
 	int64_t *changed = NULL; /* subscriptions to reload after COMMIT */
 	size_t nchanged = 0, changed_cap = 0;
 
@@ -1766,6 +1768,8 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		/* Only what we promised the caller must reach the disk before we answer. */
 		if (store_call_durable(calls[i]->kind))
 			durable = 1;
+		if (calls[i]->kind != STORE_CLAIM)
+			writes = 1;
 		if (calls[i]->kind == STORE_COMPLETE)
 			changed_cap += (size_t)((struct complete_args *)calls[i]->internal)->n;
 		else
@@ -1860,6 +1864,8 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 
 finish:
 	s->last_batch_failed = !committed;
+	if (writes)
+		atomic_store(&s->writes_failing, !committed);
 	if (!committed) {
 		for (size_t i = 0; i < n; i++) {
 			struct store_call *c = calls[i];
@@ -2385,6 +2391,7 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	out->attempts_failed = atomic_load_explicit(&s->counters.failed, memory_order_relaxed);
 	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
 	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
+	out->writes_failing = atomic_load(&s->writes_failing);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
 	if (db && sqlite3_prepare_v2(db,
 	                             "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"

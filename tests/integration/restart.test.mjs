@@ -6,6 +6,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
+import { writeFileSync, statSync } from 'node:fs';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
   waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries,
@@ -231,4 +232,84 @@ test('clients that hang up while their event is being committed: nothing leaks, 
   const listed = await listAll(relay, '/v1/events?type=hangup.test');
   assert.ok(listed.length <= 300, `at most the 300 sent are stored, got ${listed.length}`);
   await relay.stop({ signal: 'SIGTERM', timeoutMs: 5000 });
+}));
+
+// Second read of the command line (helper): each of these started, silently doing
+// something else than the operator asked.
+test('serve --help, -h and --version answer instead of failing', withLogs(async () => {
+  for (const flag of ['--help', '-h']) {
+    const res = spawnSync(relayBin(), ['serve', flag], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(res.status, 0, `serve ${flag}: ${res.stderr}`);
+    assert.match(res.stdout, /--listen ADDR:PORT/);
+  }
+  const v = spawnSync(relayBin(), ['serve', '--version'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(v.status, 0, v.stderr);
+  assert.match(v.stdout, /^hookrelay \d/);
+}));
+
+test('refused at start: a switch that is not a boolean, a key file with no key, a publish key alone, a non-numeric address', withLogs(async () => {
+  const dir = tmpDir();
+  const db = path.join(dir, 'refused.db');
+  const noKeys = path.join(dir, 'keys-empty');
+  writeFileSync(noKeys, '# the secret mount failed\n\n   \n');
+  for (const [args, env, says] of [
+    [['--allow-private-targets=maybe'], {}, /--allow-private-targets wants true or false/],
+    [[], { HOOKRELAY_ALLOW_PRIVATE_TARGETS: 'maybe' }, /\(from HOOKRELAY_ALLOW_PRIVATE_TARGETS\)/],
+    [['--api-key-file', noKeys], {}, /holds no key/],
+    [['--publish-key', 'publish-0123456789abcdef'], {}, /--publish-key needs an admin key/],
+    [['--listen', '127.1:0'], {}, /not a numeric IPv4 or IPv6 address/],
+    [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
+  ]) {
+    const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, ...args],
+      { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL', env: { ...process.env, ...env } });
+    const what = `serve ${args.join(' ')} ${JSON.stringify(env)}`;
+    assert.ok(!res.error, `${what} started anyway; stdout: ${res.stdout}`);
+    assert.equal(res.status, 2, `${what}: ${res.stderr}`);
+    assert.match(res.stderr, says, what);
+  }
+}));
+
+test('HOOKRELAY_ALLOW_PRIVATE_TARGETS=false keeps the guard; a flag replaces its variable', withLogs(async () => {
+  const dir = tmpDir();
+  const off = await startRelay({ bare: true, args: ['--listen', '127.0.0.1:0', '--db', path.join(dir, 'off.db')],
+    env: { HOOKRELAY_ALLOW_PRIVATE_TARGETS: 'false' } });
+  assertError(await api(off, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/hook', event_types: ['#'] }),
+    422, 'invalid_field', 'loopback target with the guard on');
+  await off.stop();
+  // A bad value in the environment is overridden by the flag, and a key given by flag
+  // replaces the environment's (rotating a key by flag must retire the old one).
+  const keys = await startRelay({
+    args: ['--api-key', 'flag-key-0123456789abcdef', '--max-body', '4KiB'],
+    env: { HOOKRELAY_API_KEY: 'env-key-0123456789abcdef', HOOKRELAY_MAX_BODY: 'lots' },
+  });
+  assertError(await api(keys, 'GET', '/v1/events', undefined, { authorization: 'Bearer env-key-0123456789abcdef' }),
+    401, 'unauthorized', 'the environment key, replaced by the flag');
+  assert.equal((await api(keys, 'GET', '/v1/events', undefined, { authorization: 'Bearer flag-key-0123456789abcdef' })).status, 200);
+}));
+
+test('--api-key-file: white space around a key is not part of it', withLogs(async () => {
+  const file = path.join(tmpDir(), 'keys');
+  writeFileSync(file, '# admin\n  spaced-key-0123456789abcdef \t\r\n');
+  const relay = await startRelay({ args: ['--api-key-file', file] });
+  assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer spaced-key-0123456789abcdef' })).status, 200);
+}));
+
+test('one relay per database and per port; the database is the owner\'s alone', withLogs(async () => {
+  const relay = await startRelay();
+  const mode = statSync(relay.dbPath).mode & 0o777;
+  assert.equal(mode, 0o600, `database mode ${mode.toString(8)}: it holds the secrets`);
+  // Same database, another port: the second would send the first one's deliveries again.
+  const sameDb = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', relay.dbPath],
+    { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+  assert.ok(!sameDb.error, `a second relay on the same database started: ${sameDb.stdout}`);
+  assert.notEqual(sameDb.status, 0);
+  assert.match(sameDb.stderr, new RegExp(`in use by another hookrelay \\(pid ${relay.proc.pid}\\)`));
+  // Same port, another database: the kernel must not split the traffic between the two.
+  const port = new URL(relay.url).port;
+  const samePort = spawnSync(relayBin(), ['serve', '--listen', `127.0.0.1:${port}`, '--db', path.join(tmpDir(), 'other.db')],
+    { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+  assert.ok(!samePort.error, `a second relay on the same port started: ${samePort.stdout}`);
+  assert.notEqual(samePort.status, 0);
+  assert.match(samePort.stderr, /cannot listen on 127\.0\.0\.1:\d+/);
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'the first one is unharmed');
 }));

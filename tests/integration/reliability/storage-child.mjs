@@ -63,6 +63,9 @@ try {
   summary.steps.push('inspect');
   const hz = await api(relay, 'GET', '/healthz');
   summary.healthzWhenFull = hz.status;
+  const writesFailing = async () => Number(
+    (await api(relay, 'GET', '/metrics')).text.match(/^hookrelay_store_writes_failing (\d+)$/m)?.[1]);
+  summary.writesFailingWhenFull = await writesFailing();
   const stored = new Set((await listAll(relay, '/v1/events')).map((e) => e.id));
   summary.lostWhenFull = accepted.filter((id) => !stored.has(id)).length;
   const again = await tryPost(`${relay.url}/v1/events`, { type: 'disk.again', data: { pad } });
@@ -81,6 +84,7 @@ try {
     await sleep(200);
   }
   summary.recoveredAfterTries = recovered ? tries : null;
+  summary.writesFailingAfter = await writesFailing();
   summary.recoveredInMs = recovered ? Date.now() - t0 : null;
   if (recovered) accepted.push(recovered);
 
