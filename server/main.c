@@ -46,6 +46,8 @@ struct config {
 	int retry_count;
 	const char *admin_keys[KEYS_MAX + 1];
 	int nadmin;
+	char *file_keys[KEYS_MAX];             /* the admin keys read from a file: owned */
+	int nfile_keys;
 	const char *publish_keys[KEYS_MAX + 1];
 	int npublish;
 	int allow_private_targets;
@@ -183,8 +185,7 @@ static void add_key(const char **keys, int *n, const char *key, const char *flag
 
 /* Keys from a file: one per line, white space around a key dropped; blank lines and #
  * comments skipped. A file with no key is an error, not "no authentication": an empty
- * secret mount must not open the API. Never freed before exit: the config lives as long
- * as the process. */
+ * secret mount must not open the API. The copies are c->file_keys, freed by serve(). */
 static void add_key_file(struct config *c, const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -207,6 +208,7 @@ static void add_key_file(struct config *c, const char *path)
 		if (!key)
 			die("%s", "out of memory");
 		add_key(c->admin_keys, &c->nadmin, key, "--api-key-file");
+		c->file_keys[c->nfile_keys++] = key; /* add_key took it: fewer than KEYS_MAX */
 		found++;
 	}
 	fclose(f);
@@ -605,6 +607,8 @@ out:
 	store_close(store);
 	api_free(api);
 	curl_global_cleanup();
+	for (int i = 0; i < cfg.nfile_keys; i++)
+		free(cfg.file_keys[i]);
 	if (rc == 0)
 		fprintf(stderr, "hookrelay: stopped cleanly\n");
 	return rc;
