@@ -531,6 +531,12 @@ section_big() {
 	fill_backlog "$BIG_EVENTS" "$RUN/batch1000.json" 1000
 	alive || { relay_gone big; return 1; }
 	hwm_built=$(vmhwm "$RELAY_PID")
+	# What a Prometheus scrape costs with the backlog in place (the slowest of three).
+	local scrape pending
+	scrape=$(for i in 1 2 3; do curl -s -o /dev/null -w '%{time_total}\n' "$API/metrics"; done |
+		awk '$1 > m { m = $1 } END { printf "%.2f", m * 1000 }')
+	pending=$(curl -s "$API/metrics" | awk '/^hookrelay_deliveries_pending / { print $2 }')
+	note "row 6b: GET /metrics with $(fmt_int "${pending:-0}") deliveries pending took ${scrape} ms (slowest of 3)"
 	release "$r1" "$r2" "$r3"
 	sleep 10
 	alive || relay_gone big
