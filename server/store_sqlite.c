@@ -184,8 +184,11 @@ struct store {
 	_Atomic int64_t committed_seq;  /* the newest event committed */
 	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
-	atomic_int writes_failing;      /* the last batch that wrote (anything but claims,
-	                                   which write nothing) failed: /metrics says so */
+	atomic_int writes_failing;      /* 1 from a batch whose writes failed (not committed,
+	                                   or a call failed on storage) until a batch commits
+	                                   rows: /metrics says so. Batches that change nothing
+	                                   (claims, an idle prune, a 404) commit even on a full
+	                                   disk and leave it as it is. */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
 	struct writer *writer;
@@ -1760,7 +1763,8 @@ static void call_due_hook(struct store *s)
 static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
 	struct store *s = ctx;
-	int durable = 0, made_due = 0, committed = 0, writes = 0;
+	int durable = 0, made_due = 0, committed = 0, writes = 0, storage_failed = 0;
+	sqlite3_int64 changes_before = sqlite3_total_changes64(s->wdb);
 	int64_t *changed = NULL; /* subscriptions to reload after COMMIT */
 	size_t nchanged = 0, changed_cap = 0;
 
@@ -1841,6 +1845,8 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 				exec_sql(s->wdb, "ROLLBACK", NULL, 0);
 			goto finish;
 		} else {
+			if (c->rc == STORE_ERR)
+				storage_failed = 1;
 			memset(slot, 0, sizeof(*slot));
 			step_done(s->st[ST_ROLLBACK_TO]);
 			s->batch_pending = pending_before;
@@ -1864,8 +1870,10 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 
 finish:
 	s->last_batch_failed = !committed;
-	if (writes)
-		atomic_store(&s->writes_failing, !committed);
+	if ((writes && !committed) || storage_failed)
+		atomic_store(&s->writes_failing, 1);
+	else if (committed && sqlite3_total_changes64(s->wdb) > changes_before)
+		atomic_store(&s->writes_failing, 0);
 	if (!committed) {
 		for (size_t i = 0; i < n; i++) {
 			struct store_call *c = calls[i];
@@ -2219,8 +2227,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	if (sqlite3_open_v2(opts->path, &s->wdb,
 	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 	                    NULL) != SQLITE_OK) {
-		snprintf(err, errlen, "cannot open %s: %s", opts->path,
-		         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
+		snprintf(err, errlen, "cannot open: %s", s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
 		goto fail;
 	}
 	sqlite3_busy_timeout(s->wdb, 5000);

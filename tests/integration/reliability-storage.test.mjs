@@ -59,6 +59,8 @@ test('disk full: 503 storage_unavailable, nothing accepted lost, recovers by its
     assert.equal(s.relayAliveWhenFull, true, 'the relay is still running with the disk full');
     assert.equal(s.healthzWhenFull, 200, 'GET /healthz with the disk full (the process lives)');
     assert.equal(s.writesFailingWhenFull, 1, 'hookrelay_store_writes_failing says the disk is full');
+    assert.ok([404, 503].includes(s.patchUnknown), `PATCH of an unknown subscription: ${s.patchUnknown}`);
+    assert.equal(s.writesFailingLater, 1, 'and still says so after batches that commit nothing');
     assert.equal(s.lostWhenFull, 0, 'every 202 before the disk filled is in GET /v1/events');
     assert.ok(s.recoveredAfterTries !== null, `no 202 within 10 s of freeing space: ${line}`);
     assert.equal(s.writesFailingAfter, 0, 'hookrelay_store_writes_failing back to 0 after a commit');

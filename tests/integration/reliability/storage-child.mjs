@@ -66,6 +66,12 @@ try {
   const writesFailing = async () => Number(
     (await api(relay, 'GET', '/metrics')).text.match(/^hookrelay_store_writes_failing (\d+)$/m)?.[1]);
   summary.writesFailingWhenFull = await writesFailing();
+  // Batches that change nothing commit even on a full disk (claims and the retention's
+  // prune about once a second, a PATCH of an unknown subscription): the gauge must not
+  // take those for a recovery.
+  await sleep(1500);
+  summary.patchUnknown = (await api(relay, 'PATCH', '/v1/subscriptions/sub_999999', { description: 'x' })).status;
+  summary.writesFailingLater = await writesFailing();
   const stored = new Set((await listAll(relay, '/v1/events')).map((e) => e.id));
   summary.lostWhenFull = accepted.filter((id) => !stored.has(id)).length;
   const again = await tryPost(`${relay.url}/v1/events`, { type: 'disk.again', data: { pad } });
