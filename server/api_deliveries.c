@@ -24,12 +24,11 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 
 	if (api_list_query(req, &q) != 0)
 		return;
-	q.subscription = http_query(req, "subscription");
+	const char *subscription = http_query(req, "subscription");
 	q.event = http_query(req, "event");
 	/* A malformed id is the caller's mistake, not an empty log (a well-formed unknown one
 	 * does list nothing). */
-	int64_t ignored;
-	if (q.subscription && util_parse_id("sub_", q.subscription, &ignored) != 0) {
+	if (subscription && util_parse_id("sub_", subscription, &q.subscription) != 0) {
 		http_reply_error(req, 422, "invalid_field", "subscription must be a subscription id, sub_<n>");
 		return;
 	}

@@ -178,6 +178,11 @@ static void add_key(const char **keys, int *n, const char *key, const char *flag
 {
 	if (strlen(key) < 16)
 		die("%s: a key must be at least 16 characters", flag);
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
+		if (*p <= ' ' || *p == 0x7f) /* a Bearer token carries none; in a file, "key # note" */
+			die("%s: a key may not contain white space or control characters (a # comment "
+			    "must start its own line)", flag);
+	}
 	if (*n == KEYS_MAX)
 		die("%s: too many keys", flag);
 	keys[(*n)++] = key;
@@ -196,8 +201,11 @@ static void add_key_file(struct config *c, const char *path)
 		die("--api-key-file: cannot read %s", path);
 	while (fgets(line, sizeof(line), f)) {
 		size_t len = strcspn(line, "\r\n");
-		if (line[len] == '\0' && !feof(f))
-			die("--api-key-file: a line of %s is over 1,022 bytes", path);
+		if (line[len] == '\0' && len == sizeof(line) - 1) { /* no end of line: more to come? */
+			int next = getc(f);
+			if (next != EOF && next != '\n' && next != '\r')
+				die("--api-key-file: a line of %s is over 1,023 bytes", path);
+		}
 		line[len] = '\0';
 		while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
 			line[--len] = '\0';
@@ -451,32 +459,30 @@ static void ensure_db_dir(const char *path)
 }
 
 /* One relay per database: deliveries in flight are known only to the writer's memory, so
- * a second process on the same file would claim and send them again (and, with the port
- * shared, split the subscriptions between two caches). An exclusive flock on <db>.lock,
- * held until exit, refuses it. The file holds the holder's pid, for the message. */
+ * a second process on the same file would claim and send them again. An exclusive flock
+ * on the database file itself (created empty if missing, which SQLite takes for a new
+ * database) refuses it whatever name the second one uses: a symlink, a hard link. On
+ * Linux flock is independent of SQLite's own POSIX locks; the descriptor stays open,
+ * and so locked, until the process exits, and is never closed while SQLite has the
+ * file open (closing another descriptor of the file would drop SQLite's locks). */
 static int lock_database(const char *db_path)
 {
-	char path[4096], pid[32] = "";
-	int n = snprintf(path, sizeof(path), "%s.lock", db_path);
-	int fd = n > 0 && (size_t)n < sizeof(path) ? open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+	int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 
 	if (fd < 0) {
-		fprintf(stderr, "hookrelay: cannot open %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "hookrelay: %s: cannot open: %s\n", db_path, strerror(errno));
 		return -1;
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-		ssize_t got = errno == EWOULDBLOCK ? pread(fd, pid, sizeof(pid) - 1, 0) : -1;
-		if (got > 0)
-			pid[strcspn(pid, "\n")] = '\0';
-		fprintf(stderr, "hookrelay: %s is in use by another hookrelay%s%s%s; one relay per database\n",
-		        db_path, got > 0 ? " (pid " : "", got > 0 ? pid : "", got > 0 ? ")" : "");
+		if (errno == EWOULDBLOCK)
+			fprintf(stderr, "hookrelay: %s is in use by another hookrelay; one relay per "
+			                "database\n", db_path);
+		else
+			fprintf(stderr, "hookrelay: %s: cannot lock: %s\n", db_path, strerror(errno));
 		close(fd);
 		return -1;
 	}
-	n = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
-	if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
-		fprintf(stderr, "hookrelay: warning: cannot write %s: %s\n", path, strerror(errno));
-	return fd; /* kept open, and so locked, until the process exits */
+	return fd;
 }
 
 static void wake_dispatcher(void *arg)

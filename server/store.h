@@ -126,7 +126,7 @@ int store_submit(struct store *s, struct store_call *call);
  * Lists set *out to {"data": [...], "next": cursor|null}. Ids are the external strings. */
 struct store_list_query {
 	const char *type;          /* events: exact type filter, or NULL */
-	const char *subscription;  /* deliveries: "sub_N" filter, or NULL */
+	int64_t subscription;      /* deliveries: subscription id filter, or 0 */
 	const char *event;         /* deliveries: "evt_..." filter, or NULL */
 	int status;                /* deliveries: -1 any, 0 pending, 1 delivered, 2 failed */
 	int64_t after;             /* cursor: rows strictly older than this; 0 = from newest */

@@ -2616,13 +2616,10 @@ enum store_rc store_deliveries_list(struct store *s, const struct store_list_que
 	size_t off;
 	struct bind b[5];
 	int nb = 0;
-	int64_t sub_id = 0;
 
 	off = (size_t)snprintf(sql, sizeof(sql), "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE 1");
 	if (q->subscription) {
-		if (util_parse_id("sub_", q->subscription, &sub_id) != 0)
-			sub_id = -1; /* matches nothing: an unknown id filters to an empty list */
-		b[nb++] = (struct bind){.num = sub_id};
+		b[nb++] = (struct bind){.num = q->subscription};
 		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.subscription_id = ?%d", nb);
 	}
 	if (q->event) {
