@@ -347,15 +347,15 @@ void api_metrics(struct api *api, struct http_request *req)
 	        "# HELP hookrelay_writer_queue Writes waiting for the writer thread.\n"
 	        "# TYPE hookrelay_writer_queue gauge\n"
 	        "hookrelay_writer_queue %lld\n"
-	        "# HELP hookrelay_store_writes_failing 1 while the last write to the database failed "
-	        "(disk full, I/O error): publishes get 503 and results wait.\n"
-	        "# TYPE hookrelay_store_writes_failing gauge\n"
-	        "hookrelay_store_writes_failing %d\n",
+	        "# HELP hookrelay_store_write_failures_total Batches of writes the database refused "
+	        "since start (disk full, I/O error): their publishes got 503.\n"
+	        "# TYPE hookrelay_store_write_failures_total counter\n"
+	        "hookrelay_store_write_failures_total %lld\n",
 	        (long long)st.events_published, (long long)st.attempts_delivered,
 	        (long long)st.attempts_retry, (long long)st.attempts_failed,
 	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
-	        (long long)st.writer_queue, st.writes_failing) < 0 || ferror(f);
+	        (long long)st.writer_queue, (long long)st.write_failures) < 0 || ferror(f);
 	if (fclose(f) != 0 || bad) {
 		free(text);
 		text = NULL;

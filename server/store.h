@@ -145,7 +145,7 @@ struct store_stats {
 	int64_t subscriptions_enabled;
 	int64_t subscriptions_disabled;
 	int64_t writer_queue;           /* calls waiting for the writer */
-	int writes_failing;             /* 1 from a failed write until rows are committed again */
+	int64_t write_failures;         /* write batches that failed (disk full, I/O error) */
 };
 enum store_rc store_stats(struct store *s, struct store_stats *out);
 enum store_rc store_event_get(struct store *s, const char *id, json_t **out);

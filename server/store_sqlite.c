@@ -184,11 +184,10 @@ struct store {
 	_Atomic int64_t committed_seq;  /* the newest event committed */
 	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
-	atomic_int writes_failing;      /* 1 from a batch whose writes failed (not committed,
-	                                   or a call failed on storage) until a batch commits
-	                                   rows: /metrics says so. Batches that change nothing
-	                                   (claims, an idle prune, a 404) commit even on a full
-	                                   disk and leave it as it is. */
+	atomic_llong write_failures;    /* batches whose writes failed (not committed, or a
+	                                   call failed on storage), for /metrics: a counter,
+	                                   as a full disk lets small commits through between
+	                                   failures and a "failing now" flag would flicker */
 	int64_t disable_after_ms;       /* failing this long disables a subscription; 0 = never */
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
 	struct writer *writer;
@@ -1764,7 +1763,6 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
 	struct store *s = ctx;
 	int durable = 0, made_due = 0, committed = 0, writes = 0, storage_failed = 0;
-	sqlite3_int64 changes_before = sqlite3_total_changes64(s->wdb);
 	int64_t *changed = NULL; /* subscriptions to reload after COMMIT */
 	size_t nchanged = 0, changed_cap = 0;
 
@@ -1871,9 +1869,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 finish:
 	s->last_batch_failed = !committed;
 	if ((writes && !committed) || storage_failed)
-		atomic_store(&s->writes_failing, 1);
-	else if (committed && sqlite3_total_changes64(s->wdb) > changes_before)
-		atomic_store(&s->writes_failing, 0);
+		atomic_fetch_add(&s->write_failures, 1);
 	if (!committed) {
 		for (size_t i = 0; i < n; i++) {
 			struct store_call *c = calls[i];
@@ -2398,7 +2394,7 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	out->attempts_failed = atomic_load_explicit(&s->counters.failed, memory_order_relaxed);
 	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
 	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
-	out->writes_failing = atomic_load(&s->writes_failing);
+	out->write_failures = atomic_load(&s->write_failures);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
 	if (db && sqlite3_prepare_v2(db,
 	                             "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
