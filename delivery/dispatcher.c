@@ -427,13 +427,38 @@ void dispatcher_wake(struct dispatcher *d)
 	sender_wakeup(d->sender);
 }
 
+int dispatcher_stop_for(struct dispatcher *d, int deadline_ms, int wait_ms)
+{
+	struct timespec until;
+
+	if (!atomic_load(&d->stopping)) {
+		atomic_store(&d->stop_at_mono_ms, clock_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0));
+		atomic_store(&d->stopping, 1);
+		sender_wakeup(d->sender);
+	}
+	clock_gettime(CLOCK_REALTIME, &until); /* pthread_timedjoin_np's clock */
+	until.tv_sec += wait_ms / 1000;
+	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	if (pthread_timedjoin_np(d->thread, NULL, &until) != 0)
+		return 0;
+	dispatcher_free(d);
+	return 1;
+}
+
+void dispatcher_hurry(struct dispatcher *d)
+{
+	atomic_store(&d->stop_at_mono_ms, clock_mono_ms());
+	sender_wakeup(d->sender);
+}
+
 void dispatcher_stop(struct dispatcher *d, int deadline_ms)
 {
 	if (!d)
 		return;
-	atomic_store(&d->stop_at_mono_ms, clock_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0));
-	atomic_store(&d->stopping, 1);
-	sender_wakeup(d->sender);
-	pthread_join(d->thread, NULL);
-	dispatcher_free(d);
+	while (!dispatcher_stop_for(d, deadline_ms, 1000))
+		;
 }

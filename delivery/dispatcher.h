@@ -40,4 +40,12 @@ void dispatcher_wake(struct dispatcher *d);
  * rest as DELIVERY_RELEASED, joins the thread and frees everything. Accepts NULL. */
 void dispatcher_stop(struct dispatcher *d, int deadline_ms);
 
+/* The same in steps, for a caller that has other things to watch meanwhile: the first
+ * call begins the stop (later calls keep its deadline), then each waits up to wait_ms
+ * for the thread. Returns 1 once it has ended and d is freed, else 0: call again. */
+int dispatcher_stop_for(struct dispatcher *d, int deadline_ms, int wait_ms);
+
+/* During a stop: ends the deadline now, so in-flight transfers are released at once. */
+void dispatcher_hurry(struct dispatcher *d);
+
 #endif

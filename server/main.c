@@ -87,7 +87,8 @@ static const char usage[] =
     "                             and attempts (not while one is pending), e.g. 90d;\n"
     "                             0 = keep for ever (default 30d)\n"
     "\n"
-    "Send SIGINT or SIGTERM to stop: in-flight deliveries finish or are put back.\n";
+    "Send SIGINT or SIGTERM to stop: in-flight deliveries get 5 s to finish, then are put\n"
+    "back (sent again after the next start); a second signal puts them back at once.\n";
 
 /* The environment variable the value being applied came from, or NULL for a flag: an
  * error names where the bad value is. */
@@ -485,6 +486,26 @@ static int lock_database(const char *db_path)
 	return fd;
 }
 
+/* Gives deliveries in flight STOP_DEADLINE_MS to finish; says so if they take a while, and
+ * a second SIGINT/SIGTERM meanwhile puts them back at once (they are sent again after
+ * the next start). */
+static void stop_dispatcher(struct dispatcher *d, const sigset_t *stop_signals)
+{
+	const struct timespec poll = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
+
+	if (!d || dispatcher_stop_for(d, STOP_DEADLINE_MS, 200))
+		return;
+	fprintf(stderr, "hookrelay: waiting up to %d s for deliveries in flight; send SIGINT or "
+	                "SIGTERM again to stop now (they are sent again after the next start)\n",
+	        STOP_DEADLINE_MS / 1000);
+	while (!dispatcher_stop_for(d, STOP_DEADLINE_MS, 0)) {
+		if (sigtimedwait(stop_signals, NULL, &poll) > 0) {
+			fprintf(stderr, "hookrelay: stopping now\n");
+			dispatcher_hurry(d);
+		}
+	}
+}
+
 static void wake_dispatcher(void *arg)
 {
 	dispatcher_wake(arg);
@@ -609,7 +630,7 @@ out:
 	http_stop(http);
 	if (store)
 		store_set_due_hook(store, NULL, NULL); /* the dispatcher is about to go */
-	dispatcher_stop(dispatcher, STOP_DEADLINE_MS);
+	stop_dispatcher(dispatcher, &stop_signals);
 	store_close(store);
 	api_free(api);
 	curl_global_cleanup();

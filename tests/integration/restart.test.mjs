@@ -119,6 +119,32 @@ test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes
   assert.ok(d.attempt_count >= 1);
 }));
 
+// The stop gives deliveries in flight 5 s; the operator is told, and a second signal puts
+// them back at once instead of waiting out the 5 s.
+test('a second SIGTERM while deliveries finish stops at once; they are sent after restart', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '60s'] });
+  const r = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'inflight.twice' });
+  await r.waitFor(1);
+  const t0 = Date.now();
+  relay.proc.kill('SIGTERM');
+  await waitUntil(() => /send SIGINT or SIGTERM again to stop now/.test(relay.stderrText), 3000,
+    'the stop says it is waiting for deliveries in flight');
+  relay.proc.kill('SIGTERM');
+  await relay.exited;
+  const took = Date.now() - t0;
+  assert.equal(relay.exitCode, 0, relay.stderrText);
+  assert.ok(took < 2500, `stopped ${took} ms after the first signal (the grace is 5 s)`);
+  assert.match(relay.stderrText, /stopping now/);
+  relay.stopped = true;
+  r.dropConnections();
+  r.setBehavior({ status: 200 });
+  await startRelay({ dbPath: relay.dbPath });
+  await r.waitFor(2, 8000);
+  assert.equal(r.requests[1].headers['webhook-id'], ev.id, 'the put-back delivery is sent again');
+}));
+
 // Versions before in-memory leases marked a delivery in flight in its row (leased = 1);
 // one killed mid-attempt left such rows, which no claim takes. Opening the db clears them.
 test('deliveries an older version left marked in flight are sent again after start', withLogs(async () => {
