@@ -2,7 +2,8 @@
 # Installs what hookrelay needs to build and test, only where it is missing:
 # the -dev packages pkg-config cannot find, a C compiler, clang with its libFuzzer
 # runtime (make fuzz), Node.js/npm for the integration tests (they verify signatures
-# with the standardwebhooks npm package).
+# with the standardwebhooks npm package), sqlite3 and curl for the tests, walk-through
+# and bench.
 # Debian 12; uses apt-get (run as root, or with sudo available).
 set -eu
 need=""
@@ -22,6 +23,7 @@ have_fuzzer_rt() {
 command -v clang >/dev/null 2>&1 || need="$need clang"
 have_fuzzer_rt || need="$need libclang-rt-dev"
 command -v sqlite3 >/dev/null 2>&1 || need="$need sqlite3"  # integrity checks in the reliability tests
+command -v curl >/dev/null 2>&1 || need="$need curl"        # the README's walk-through, make bench
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 [ -z "$need" ] && exit 0
