@@ -34,7 +34,8 @@
  * - The loop does not end while a claim is out: its jobs are started (and released at
  *   the deadline) like any others.
  *
- * Threads: dispatcher_start/dispatcher_stop on the main thread; dispatcher_wake and the
+ * Threads: dispatcher_start and the stop (dispatcher_stop, _stop_for, _hurry) on the
+ * main thread; dispatcher_wake and the
  * claim's done() on any thread (atomics and curl_multi_wakeup only); everything else on
  * the dispatcher thread.
  */
@@ -70,7 +71,7 @@ struct dispatcher {
 	atomic_int claim_answered;       /* 1 once the store has filled in d->claim */
 	atomic_int claim_cb_done;        /* 0 while on_claimed may still touch d */
 	atomic_int woken;                /* 1 after dispatcher_wake(), until the next claim */
-	atomic_int stopping;             /* 1 once dispatcher_stop() has begun */
+	atomic_int stopping;             /* 1 once the stop has begun */
 	_Atomic int64_t stop_at_mono_ms; /* monotonic ms: in-flight transfers end by then */
 	uint64_t rng;                    /* xorshift64* state; dispatcher thread only */
 };
@@ -328,6 +329,10 @@ static void *dispatcher_main(void *arg)
 			lp.next_due = now;
 		if (lp.next_due > now + DISPATCH_RECLAIM_MS) /* the wall clock went back */
 			lp.next_due = now + DISPATCH_RECLAIM_MS;
+		/* Past the stop's deadline, jobs a late claim just started are put back before
+		 * curl sends a byte of them. */
+		if (stopping && mono >= atomic_load(&d->stop_at_mono_ms))
+			release_all(d, &lp);
 
 		sender_perform(d->sender); /* a failure here shows up again in sender_wait */
 		more = collect(d, &lp);
@@ -436,14 +441,14 @@ int dispatcher_stop_for(struct dispatcher *d, int deadline_ms, int wait_ms)
 		atomic_store(&d->stopping, 1);
 		sender_wakeup(d->sender);
 	}
-	clock_gettime(CLOCK_REALTIME, &until); /* pthread_timedjoin_np's clock */
+	clock_gettime(CLOCK_MONOTONIC, &until); /* a step of the wall clock does not move it */
 	until.tv_sec += wait_ms / 1000;
 	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
 	if (until.tv_nsec >= 1000000000L) {
 		until.tv_sec++;
 		until.tv_nsec -= 1000000000L;
 	}
-	if (pthread_timedjoin_np(d->thread, NULL, &until) != 0)
+	if (pthread_clockjoin_np(d->thread, NULL, CLOCK_MONOTONIC, &until) != 0)
 		return 0;
 	dispatcher_free(d);
 	return 1;
@@ -451,7 +456,9 @@ int dispatcher_stop_for(struct dispatcher *d, int deadline_ms, int wait_ms)
 
 void dispatcher_hurry(struct dispatcher *d)
 {
-	atomic_store(&d->stop_at_mono_ms, clock_mono_ms());
+	int64_t now = clock_mono_ms();
+	if (atomic_load(&d->stop_at_mono_ms) > now) /* only ever earlier */
+		atomic_store(&d->stop_at_mono_ms, now);
 	sender_wakeup(d->sender);
 }
 

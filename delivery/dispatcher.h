@@ -3,8 +3,8 @@
  * delivery_store, pushes them through the curl-multi sender, decides each outcome
  * (delivered / retry with backoff / failed / gone) and hands results back.
  *
- * Threads: dispatcher_start() and dispatcher_stop() from the main thread;
- * dispatcher_wake() from any thread. Everything else runs on the dispatcher's thread.
+ * Threads: dispatcher_start(), dispatcher_stop(), dispatcher_stop_for() and
+ * dispatcher_hurry() from the main thread; dispatcher_wake() from any thread. Everything else runs on the dispatcher's thread.
  */
 #ifndef HOOKRELAY_DISPATCHER_H
 #define HOOKRELAY_DISPATCHER_H

@@ -462,8 +462,9 @@ static void ensure_db_dir(const char *path)
 /* One relay per database: deliveries in flight are known only to the writer's memory, so
  * a second process on the same file would claim and send them again. An exclusive flock
  * on the database file itself (created empty if missing, which SQLite takes for a new
- * database) refuses it whatever name the second one uses: a symlink, a hard link. On
- * Linux flock is independent of SQLite's own POSIX locks; the descriptor stays open,
+ * database) refuses it whatever name the second one uses: a symlink, a hard link. On a
+ * local Linux file system flock is independent of SQLite's own POSIX locks (NFS emulates
+ * flock with them, and SQLite over NFS is unsupported anyway); the descriptor stays open,
  * and so locked, until the process exits, and is never closed while SQLite has the
  * file open (closing another descriptor of the file would drop SQLite's locks). */
 static int lock_database(const char *db_path)

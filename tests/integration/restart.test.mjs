@@ -280,11 +280,14 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
   writeFileSync(noKeys, '# the secret mount failed\n\n   \n');
   const commented = path.join(dir, 'keys-commented');
   writeFileSync(commented, 'admin-key-0123456789abcdef  # ops team\n');
+  const tooLong = path.join(dir, 'keys-long');
+  writeFileSync(tooLong, 'k'.repeat(1024) + '\n');
   for (const [args, env, says] of [
     [['--allow-private-targets=maybe'], {}, /--allow-private-targets wants true or false/],
     [[], { HOOKRELAY_ALLOW_PRIVATE_TARGETS: 'maybe' }, /\(from HOOKRELAY_ALLOW_PRIVATE_TARGETS\)/],
     [['--api-key-file', noKeys], {}, /holds no key/],
     [['--api-key-file', commented], {}, /may not contain white space/],
+    [['--api-key-file', tooLong], {}, /over 1,023 bytes/],
     [['--publish-key', 'publish-0123456789abcdef'], {}, /--publish-key needs an admin key/],
     [['--listen', '127.1:0'], {}, /not a numeric IPv4 or IPv6 address/],
     [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
@@ -319,8 +322,11 @@ test('HOOKRELAY_ALLOW_PRIVATE_TARGETS=false keeps the guard; a flag replaces its
 test('--api-key-file: white space around a key is not part of it', withLogs(async () => {
   const file = path.join(tmpDir(), 'keys');
   writeFileSync(file, '# admin\n  spaced-key-0123456789abcdef \t\r\n');
-  const relay = await startRelay({ args: ['--api-key-file', file] });
+  const longest = path.join(tmpDir(), 'keys-longest');
+  writeFileSync(longest, 'L'.repeat(1023)); // the longest line read, with no end of line
+  const relay = await startRelay({ args: ['--api-key-file', file, '--api-key-file', longest] });
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer spaced-key-0123456789abcdef' })).status, 200);
+  assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: `Bearer ${'L'.repeat(1023)}` })).status, 200);
 }));
 
 test('one relay per database and per port; the database is the owner\'s alone', withLogs(async () => {

@@ -1009,6 +1009,48 @@ static void test_wake(void)
 }
 
 /* Hanging receivers: stop waits out the deadline, then releases what is in flight. */
+/* The stop in steps: while transfers hang, each wait returns 0; dispatcher_hurry() ends
+ * the grace at once and the jobs come back released (the second SIGINT of main). */
+static void test_stop_hurried(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct test_route *r = test_route_find("/hang");
+	struct dispatcher *d;
+	int64_t t0, took;
+	int i, done, released = 0, hits_before = test_rx_hits(r);
+
+	o.timeout_ms = 10000;
+	for (i = 0; i < 2; i++)
+		test_store_add(st, "/hang", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	for (i = 0; i < 300 && test_rx_hits(r) < hits_before + 2; i++)
+		test_sleep_ms(10); /* both requests are at the receiver, hanging */
+	CHECK(test_rx_hits(r) == hits_before + 2);
+	t0 = clock_mono_ms();
+	done = dispatcher_stop_for(d, 5000, 200); /* still in its 5 s of grace */
+	CHECK(done == 0);
+	if (!done) {
+		CHECK(dispatcher_stop_for(d, 5000, 0) == 0);
+		dispatcher_hurry(d);
+		done = dispatcher_stop_for(d, 5000, 2000);
+	}
+	took = clock_mono_ms() - t0;
+	CHECK(done == 1);
+	if (!done)
+		dispatcher_stop(d, 0);
+	CHECK(took >= 180 && took < 1500); /* not the 5 s */
+	for (i = 1; i <= 2; i++) {
+		struct delivery_result *res = test_result(st, i, 0);
+		if (res && res->outcome == DELIVERY_RELEASED)
+			released++;
+	}
+	CHECK(released == 2);
+	CHECK(st->leased_now == 0);
+	test_store_free(st);
+}
+
 static void test_stop_releases(void)
 {
 	struct test_store *st = test_store_new();
@@ -1114,6 +1156,7 @@ int main(void)
 		test_claim_errors_back_off();
 		test_wake();
 		test_stop_releases();
+		test_stop_hurried();
 		test_stop_lets_finish();
 		test_bad_options();
 	}
