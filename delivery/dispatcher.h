@@ -4,7 +4,8 @@
  * (delivered / retry with backoff / failed / gone) and hands results back.
  *
  * Threads: dispatcher_start(), dispatcher_stop(), dispatcher_stop_for() and
- * dispatcher_hurry() from the main thread; dispatcher_wake() from any thread. Everything else runs on the dispatcher's thread.
+ * dispatcher_hurry() from the main thread; dispatcher_wake() from any thread. Everything
+ * else runs on the dispatcher's thread.
  */
 #ifndef HOOKRELAY_DISPATCHER_H
 #define HOOKRELAY_DISPATCHER_H

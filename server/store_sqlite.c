@@ -2563,9 +2563,10 @@ static json_t *attempt_json(sqlite3_stmt *st)
 	json_object_set_new(o, "error", json_text_or_null(st, 4));
 	/* The receiver's bytes as they came (cut at 4 KiB, perhaps mid-character, perhaps
 	 * not text at all): shown as UTF-8, anything else as '?'. */
+	int is_null = sqlite3_column_type(st, 5) == SQLITE_NULL; /* before any conversion */
 	const void *body = sqlite3_column_blob(st, 5);
 	size_t len = (size_t)sqlite3_column_bytes(st, 5);
-	char *text = sqlite3_column_type(st, 5) == SQLITE_NULL ? NULL : malloc(len + 1);
+	char *text = is_null ? NULL : malloc(len + 1);
 	if (text) {
 		if (len)
 			memcpy(text, body, len);
