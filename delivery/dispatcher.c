@@ -437,7 +437,8 @@ int dispatcher_stop_for(struct dispatcher *d, int deadline_ms, int wait_ms)
 	struct timespec until;
 
 	if (!atomic_load(&d->stopping)) {
-		atomic_store(&d->stop_at_mono_ms, clock_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0));
+		atomic_store(&d->stop_at_mono_ms,
+		             clock_mono_ms() + (deadline_ms > 0 ? deadline_ms : 0));
 		atomic_store(&d->stopping, 1);
 		sender_wakeup(d->sender);
 	}

@@ -347,8 +347,9 @@ void api_metrics(struct api *api, struct http_request *req)
 	        "# HELP hookrelay_writer_queue Writes waiting for the writer thread.\n"
 	        "# TYPE hookrelay_writer_queue gauge\n"
 	        "hookrelay_writer_queue %lld\n"
-	        "# HELP hookrelay_store_write_failures_total Batches of writes the database refused "
-	        "since start (disk full, I/O error); publishes in them got 503, results are retried.\n"
+	        "# HELP hookrelay_store_write_failures_total Batches of writes the database "
+	        "refused since start (disk full, I/O error); publishes in them got 503, results "
+	        "are retried.\n"
 	        "# TYPE hookrelay_store_write_failures_total counter\n"
 	        "hookrelay_store_write_failures_total %lld\n",
 	        (long long)st.events_published, (long long)st.attempts_delivered,

@@ -29,7 +29,8 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 	/* A malformed id is the caller's mistake, not an empty log (a well-formed unknown one
 	 * does list nothing). */
 	if (subscription && util_parse_id("sub_", subscription, &q.subscription) != 0) {
-		http_reply_error(req, 422, "invalid_field", "subscription must be a subscription id, sub_<n>");
+		http_reply_error(req, 422, "invalid_field",
+		                 "subscription must be a subscription id, sub_<n>");
 		return;
 	}
 	if (q.event && strncmp(q.event, "evt_", 4) != 0) {

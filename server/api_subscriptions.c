@@ -30,8 +30,8 @@
 /* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
  * namespace), or ones that would break the request. */
 static const char *const reserved_headers[] = {
-	"content-type", "content-length", "host", "user-agent", "transfer-encoding", "connection",
-	"expect", NULL,
+    "content-type",      "content-length", "host",   "user-agent",
+    "transfer-encoding", "connection",     "expect", NULL,
 };
 #define RESERVED_PREFIX "webhook-"
 
@@ -69,7 +69,8 @@ static int check_headers(json_t *headers, char *why, size_t whylen)
 			}
 		}
 		if (strncasecmp(name, RESERVED_PREFIX, strlen(RESERVED_PREFIX)) == 0) {
-			snprintf(why, whylen, "headers: %s* names are hookrelay's (Standard Webhooks)",
+			snprintf(why, whylen,
+			         "headers: %s* names are hookrelay's (Standard Webhooks)",
 			         RESERVED_PREFIX);
 			return -1;
 		}
@@ -93,8 +94,10 @@ static int check_headers(json_t *headers, char *why, size_t whylen)
 		}
 		/* HTTP drops white space around a value, and curl takes "Name:" followed by white
 		 * space only as "remove this header": what is stored must be what is sent. */
-		if (vlen > 0 && (v[0] == ' ' || v[0] == '\t' || v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
-			snprintf(why, whylen, "headers: the value of %.64s begins or ends with white space",
+		if (vlen > 0 &&
+		    (v[0] == ' ' || v[0] == '\t' || v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) {
+			snprintf(why, whylen,
+			         "headers: the value of %.64s begins or ends with white space",
 			         name);
 			return -1;
 		}
@@ -145,9 +148,9 @@ static int check_subscription(const struct api *api, json_t *body, int creating,
 	const char *reason = NULL;
 	json_t *v;
 
-	static const char *const known[] = {"url", "event_types", "description", "headers",
-	                                    "enabled", "max_in_flight", "signature_algorithm",
-	                                    "secret", NULL};
+	static const char *const known[] = {
+	    "url",           "event_types",         "description", "headers", "enabled",
+	    "max_in_flight", "signature_algorithm", "secret",      NULL};
 	if (!json_is_object(body)) {
 		snprintf(why, whylen, "the body must be a JSON object");
 		return -1;

@@ -46,7 +46,7 @@ struct config {
 	int retry_count;
 	const char *admin_keys[KEYS_MAX + 1];
 	int nadmin;
-	char *file_keys[KEYS_MAX];             /* the admin keys read from a file: owned */
+	char *file_keys[KEYS_MAX]; /* the admin keys read from a file: owned */
 	int nfile_keys;
 	const char *publish_keys[KEYS_MAX + 1];
 	int npublish;
@@ -152,7 +152,8 @@ static void parse_listen(struct config *c, const char *text)
 		memcpy(c->listen_host, "127.0.0.1", sizeof("127.0.0.1"));
 	unsigned char addr[16];
 	if (inet_pton(strchr(c->listen_host, ':') ? AF_INET6 : AF_INET, c->listen_host, addr) != 1)
-		die("--listen: '%s' is not a numeric IPv4 or IPv6 address (or localhost)", c->listen_host);
+		die("--listen: '%s' is not a numeric IPv4 or IPv6 address (or localhost)",
+		    c->listen_host);
 	c->listen_port = (int)port;
 }
 
@@ -180,9 +181,10 @@ static void add_key(const char **keys, int *n, const char *key, const char *flag
 	if (strlen(key) < 16)
 		die("%s: a key must be at least 16 characters", flag);
 	for (const unsigned char *p = (const unsigned char *)key; *p; p++) {
-		if (*p <= ' ' || *p == 0x7f) /* a Bearer token carries none; in a file, "key # note" */
-			die("%s: a key may not contain white space or control characters (a # comment "
-			    "must start its own line)", flag);
+		/* A Bearer token carries none; in a key file it is a "key # note" line. */
+		if (*p <= ' ' || *p == 0x7f)
+			die("%s: a key may not contain white space or control characters "
+			    "(a # comment must start its own line)", flag);
 	}
 	if (*n == KEYS_MAX)
 		die("%s: too many keys", flag);
@@ -202,7 +204,8 @@ static void add_key_file(struct config *c, const char *path)
 		die("--api-key-file: cannot read %s", path);
 	while (fgets(line, sizeof(line), f)) {
 		size_t len = strcspn(line, "\r\n");
-		if (line[len] == '\0' && len == sizeof(line) - 1) { /* no end of line: more to come? */
+		/* A full buffer with no end of line: the line goes on, unless the file ends. */
+		if (line[len] == '\0' && len == sizeof(line) - 1) {
 			int next = getc(f);
 			if (next != EOF && next != '\n' && next != '\r')
 				die("--api-key-file: a line of %s is over 1,023 bytes", path);
@@ -302,11 +305,13 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 			die("--synchronous wants full or normal, not '%s'", value);
 	} else if (strcmp(name, "disable-after") == 0) {
 		if (parse_duration_or_zero(value, &c->disable_after_ms) != 0)
-			die("--disable-after wants a duration from 1s to 365d (or 0 for never), not '%s'",
+			die("--disable-after wants a duration from 1s to 365d (or 0 for never), "
+			    "not '%s'",
 			    value);
 	} else if (strcmp(name, "retention") == 0) {
 		if (parse_duration_or_zero(value, &c->retention_ms) != 0)
-			die("--retention wants a duration from 1s to 365d (or 0 for ever), not '%s'", value);
+			die("--retention wants a duration from 1s to 365d (or 0 for ever), "
+			    "not '%s'", value);
 	} else if (strcmp(name, "max-queue") == 0) {
 		int q;
 		if (parse_positive(value, 1000000, &q) != 0)
@@ -477,10 +482,13 @@ static int lock_database(const char *db_path)
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
 		if (errno == EWOULDBLOCK)
-			fprintf(stderr, "hookrelay: %s is in use by another hookrelay; one relay per "
-			                "database\n", db_path);
+			fprintf(stderr,
+			        "hookrelay: %s is in use by another hookrelay; one relay per "
+			        "database\n",
+			        db_path);
 		else
-			fprintf(stderr, "hookrelay: %s: cannot lock: %s\n", db_path, strerror(errno));
+			fprintf(stderr, "hookrelay: %s: cannot lock: %s\n", db_path,
+			        strerror(errno));
 		close(fd);
 		return -1;
 	}
@@ -496,8 +504,9 @@ static void stop_dispatcher(struct dispatcher *d, const sigset_t *stop_signals)
 
 	if (!d || dispatcher_stop_for(d, STOP_DEADLINE_MS, 200))
 		return;
-	fprintf(stderr, "hookrelay: waiting up to %d s for deliveries in flight; send SIGINT or "
-	                "SIGTERM again to stop now (they are sent again after the next start)\n",
+	fprintf(stderr,
+	        "hookrelay: waiting up to %d s for deliveries in flight; send SIGINT or "
+	        "SIGTERM again to stop now (they are sent again after the next start)\n",
 	        STOP_DEADLINE_MS / 1000);
 	while (!dispatcher_stop_for(d, STOP_DEADLINE_MS, 0)) {
 		if (sigtimedwait(stop_signals, NULL, &poll) > 0) {
@@ -526,9 +535,10 @@ static int serve(int argc, char **argv)
 
 	load_config(&cfg, argc, argv);
 	if (cfg.npublish > 0 && cfg.nadmin == 0) {
-		fprintf(stderr, "hookrelay: --publish-key needs an admin key too (--api-key or "
-		                "--api-key-file): once a key is set every /v1 route asks for one, and a "
-		                "publish key reaches only POST /v1/events\n");
+		fprintf(stderr,
+		        "hookrelay: --publish-key needs an admin key too (--api-key or "
+		        "--api-key-file): once a key is set every /v1 route asks for one, and a "
+		        "publish key reaches only POST /v1/events\n");
 		return 2;
 	}
 	if (!is_loopback(cfg.listen_host) && cfg.nadmin == 0) {

@@ -708,7 +708,8 @@ static int init_pending(struct store *s, char *err, size_t errlen)
 		atomic_store(&s->counters.pending, sqlite3_column_int64(st, 0));
 		rc = 0;
 	} else {
-		snprintf(err, errlen, "counting the pending deliveries: %s", sqlite3_errmsg(s->wdb));
+		snprintf(err, errlen, "counting the pending deliveries: %s",
+		         sqlite3_errmsg(s->wdb));
 	}
 	sqlite3_finalize(st);
 	return rc;
@@ -988,14 +989,15 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 	v = json_object_get(f, "enabled");
 	if (v) {
 		int on = json_is_true(v);
-		if (exec_with_id_time(s,
-		                      on ? "UPDATE subscriptions SET enabled = 1, disabled_reason = NULL,"
-		                           " failing_since = NULL, updated_at = ?2 WHERE id = ?1"
-		                           " AND enabled = 0"
-		                         : "UPDATE subscriptions SET enabled = 0, disabled_reason ="
-		                           " coalesce(disabled_reason, 'disabled through the API'),"
-		                           " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
-		                      call->id, now) != 0)
+		if (exec_with_id_time(
+		        s,
+		        on ? "UPDATE subscriptions SET enabled = 1, disabled_reason = NULL,"
+		             " failing_since = NULL, updated_at = ?2 WHERE id = ?1"
+		             " AND enabled = 0"
+		           : "UPDATE subscriptions SET enabled = 0, disabled_reason ="
+		             " coalesce(disabled_reason, 'disabled through the API'),"
+		             " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
+		        call->id, now) != 0)
 			goto fail;
 		/* Nothing to move: claims skip a disabled subscription, so its pending rows
 		 * wait where they are and go out as soon as it is enabled again. */
@@ -1310,8 +1312,9 @@ static enum store_rc apply_delivery_retry(struct store *s, struct store_call *ca
 	enum store_rc rc = STORE_ERR;
 	int64_t now = clock_now_ms();
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT subscription_id, state FROM deliveries WHERE id = ?1",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT subscription_id, state FROM deliveries WHERE id = ?1", -1,
+	                       &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_int64(st, 1, call->id);
 	int step = sqlite3_step(st);
@@ -2223,7 +2226,8 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	if (sqlite3_open_v2(opts->path, &s->wdb,
 	                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 	                    NULL) != SQLITE_OK) {
-		snprintf(err, errlen, "cannot open: %s", s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
+		snprintf(err, errlen, "cannot open: %s",
+		         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
 		goto fail;
 	}
 	sqlite3_busy_timeout(s->wdb, 5000);
@@ -2396,11 +2400,12 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
 	out->write_failures = atomic_load(&s->write_failures);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
-	if (db && sqlite3_prepare_v2(db,
-	                             "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
-	                             " AND enabled = 1), (SELECT count(*) FROM subscriptions"
-	                             " WHERE deleted_at IS NULL AND enabled = 0)",
-	                             -1, &st, NULL) == SQLITE_OK &&
+	if (db &&
+	    sqlite3_prepare_v2(db,
+	                       "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
+	                       " AND enabled = 1), (SELECT count(*) FROM subscriptions"
+	                       " WHERE deleted_at IS NULL AND enabled = 0)",
+	                       -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW) {
 		out->subscriptions_enabled = sqlite3_column_int64(st, 0);
 		out->subscriptions_disabled = sqlite3_column_int64(st, 1);

@@ -65,8 +65,8 @@ int util_parse_time(const char *text, int64_t *ms_out)
 	} else if (*p == '+' || *p == '-') {
 		int sign = *p == '-' ? -1 : 1, oh, om;
 		p++;
-		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om) || oh > 23 ||
-		    om > 59)
+		if (parse_digits(&p, 2, &oh) || *p++ != ':' || parse_digits(&p, 2, &om) ||
+		    oh > 23 || om > 59)
 			return -1;
 		offset_min = sign * (oh * 60 + om);
 	} else {

@@ -49,7 +49,8 @@ static void test_exact_data(void)
 
 	/* An escaped key is still "data"; a "data" inside a string or nested is not. */
 	in = NULL;
-	CHECK(parse("{\"key\":\"\\\"data\\\":2\",\"type\":\"a\",\"d\\u0061ta\":{\"data\":1}}", 0, &in) == INGEST_OK);
+	CHECK(parse("{\"key\":\"\\\"data\\\":2\",\"type\":\"a\",\"d\\u0061ta\":{\"data\":1}}", 0,
+	            &in) == INGEST_OK);
 	CHECK(in && data_is(in, 0, "{\"data\":1}"));
 	ingest_free(in);
 

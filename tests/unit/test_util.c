@@ -41,7 +41,8 @@ static void test_parse_time(void)
 			CHECK(rc == 0);
 			CHECK(ms == cases[i].ms);
 			if (rc != 0 || ms != cases[i].ms)
-				fprintf(stderr, "  %s -> rc %d, %lld\n", cases[i].text, rc, (long long)ms);
+				fprintf(stderr, "  %s -> rc %d, %lld\n", cases[i].text, rc,
+				        (long long)ms);
 		} else {
 			CHECK(rc != 0);
 			if (rc == 0)
