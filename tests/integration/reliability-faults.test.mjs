@@ -105,7 +105,8 @@ test('SIGTERM while slow deliveries are in flight: exit 0 promptly, nothing lost
   const t0 = performance.now();
   await relay.stop({ signal: 'SIGTERM', timeoutMs: 6000 * SLOW });
   const took = performance.now() - t0;
-  assert.ok(took < 6000 * SLOW, `stopped in ${took.toFixed(0)} ms`);
+  // The answers take 1 s: the stop waits for them, not for its 5 s grace.
+  assert.ok(took < 2500 * SLOW, `stopped in ${took.toFixed(0)} ms`);
 
   const again = await startRelay({ dbPath: relay.dbPath, retrySchedule: '200ms' });
   const all = await waitUntil(async () => {

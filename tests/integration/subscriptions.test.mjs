@@ -148,6 +148,9 @@ test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed
   assert.equal((await postEvent(relay, { type: 'del.after' })).deliveries, 0);
   const d = await waitDelivery(relay, id, 'failed', 3000);
   assert.equal(d.next_attempt_at, null);
+  assertError(await api(relay, 'POST', `/v1/deliveries/${id}/retry`), 409, 'conflict',
+    'retry of a deleted subscription\'s delivery');
+  assert.equal((await getDelivery(relay, id)).status, 'failed');
   const list = await api(relay, 'GET', '/v1/subscriptions');
   assert.deepEqual(list.json.data, []);
   // The delivery log keeps the history.
