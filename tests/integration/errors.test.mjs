@@ -154,6 +154,9 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, headers: { 'X-A': ' padded' } },
     { ...SUB, headers: { 'X-A': 'padded\t' } },
     { ...SUB, url: 'http://127.0.0.1:0/hook' }, // nothing listens on port 0
+    { ...SUB, max_in_flight: 0 },
+    { ...SUB, max_in_flight: 1001 },
+    { ...SUB, max_in_flight: '16' },
     { ...SUB, headers: { 'Content-Type': 'text/plain' } },
     { ...SUB, headers: { host: 'evil.example' } },
     { ...SUB, headers: { 'bad name': 'x' } },
@@ -342,6 +345,13 @@ test('Expect: 100-continue to a refused request gets the refusal, not 100 Contin
     'Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n';
   const text = await rawExchange(raw, (got) => /\r\n\r\n[\s\S]*\}/.test(got));
   assert.match(text, /^HTTP\/1\.1 404 /, `the body is not asked for: ${text}`);
+}));
+
+test('request headers over 32 KiB in all are refused with 431', withLogs(async () => {
+  const raw = `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'h'.repeat(40 * 1024)}\r\n\r\n`;
+  const text = await rawExchange(raw, (got) => /\r\n\r\n/.test(got));
+  assert.match(text, /^HTTP\/1\.1 431 /, text.slice(0, 200));
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'and the relay goes on');
 }));
 
 test('HEAD is answered like GET, without a body', withLogs(async () => {

@@ -375,7 +375,7 @@ test('--retention: older events go with their deliveries and attempts; pending o
   await createSub(relay, ok, { event_types: ['ret.done'] });
   await createSub(relay, bad, { event_types: ['ret.pending'] });
   const gone = async (id) => (await api(relay, 'GET', `/v1/events/${id}`)).status === 404;
-  const done = await postEvent(relay, { type: 'ret.done' });
+  const done = await postEvent(relay, { type: 'ret.done' }, { 'Idempotency-Key': 'ret-key-1' });
   const [dDone] = await eventDeliveries(relay, done.id);
   const nobody = await postEvent(relay, { type: 'ret.nobody' });
   assert.equal(nobody.deliveries, 0);
@@ -391,6 +391,10 @@ test('--retention: older events go with their deliveries and attempts; pending o
   const rows = spawnSync('sqlite3', [relay.dbPath, `SELECT count(*) FROM attempts WHERE delivery_id =
     ${Number(dDone.id.replace('dlv_', ''))}`], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(rows.stdout.trim(), '0', `its attempts are gone too: ${rows.stdout}${rows.stderr}`);
+  // Its idempotency key is forgotten with it (api.md): the same key is a new event now.
+  const again = await api(relay, 'POST', '/v1/events', { type: 'ret.nobody' }, { 'Idempotency-Key': 'ret-key-1' });
+  assert.equal(again.status, 202, `a key whose event is gone: ${again.text}`);
+  assert.notEqual(again.json.id, done.id);
   // Still to be delivered: kept, with its attempt log.
   const kept = await api(relay, 'GET', `/v1/deliveries/${dPending.id}`);
   assert.equal(kept.status, 200, kept.text);
