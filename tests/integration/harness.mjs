@@ -398,6 +398,11 @@ export async function startReceiver({ behavior = {} } = {}) {
     });
   });
   server.on('clientError', (_err, socket) => socket.destroy());
+  let open = 0; // TCP connections open now
+  server.on('connection', (socket) => {
+    open++;
+    socket.once('close', () => { open--; });
+  });
   await new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, HOST, resolve);
@@ -430,6 +435,8 @@ export async function startReceiver({ behavior = {} } = {}) {
         waiters.add(check);
       });
     },
+    /** TCP connections open now (a hanging request holds its connection until the relay gives up). */
+    openConnections() { return open; },
     /** Drops every open connection (e.g. hanging ones) without closing the listener. */
     dropConnections() { server.closeAllConnections(); },
     async close() {
