@@ -344,6 +344,10 @@ void api_metrics(struct api *api, struct http_request *req)
 	        "# TYPE hookrelay_subscriptions gauge\n"
 	        "hookrelay_subscriptions{state=\"enabled\"} %lld\n"
 	        "hookrelay_subscriptions{state=\"disabled\"} %lld\n"
+	        "# HELP hookrelay_subscriptions_failing Enabled subscriptions whose deliveries "
+	        "have failed since their last success.\n"
+	        "# TYPE hookrelay_subscriptions_failing gauge\n"
+	        "hookrelay_subscriptions_failing %lld\n"
 	        "# HELP hookrelay_writer_queue Writes waiting for the writer thread.\n"
 	        "# TYPE hookrelay_writer_queue gauge\n"
 	        "hookrelay_writer_queue %lld\n"
@@ -356,7 +360,8 @@ void api_metrics(struct api *api, struct http_request *req)
 	        (long long)st.attempts_retry, (long long)st.attempts_failed,
 	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
-	        (long long)st.writer_queue, (long long)st.write_failures) < 0 || ferror(f);
+	        (long long)st.subscriptions_failing, (long long)st.writer_queue,
+	        (long long)st.write_failures) < 0 || ferror(f);
 	if (fclose(f) != 0 || bad) {
 		free(text);
 		text = NULL;

@@ -144,6 +144,7 @@ struct store_stats {
 	int64_t deliveries_pending;     /* state pending, in flight included */
 	int64_t subscriptions_enabled;
 	int64_t subscriptions_disabled;
+	int64_t subscriptions_failing;  /* enabled, and failing since their last success */
 	int64_t writer_queue;           /* calls waiting for the writer */
 	int64_t write_failures;         /* write batches that failed (disk full, I/O error) */
 };

@@ -577,6 +577,40 @@ static char *strdup_or_null(const char *t)
 	return t ? strdup(t) : NULL;
 }
 
+/* What the operator's log says about a subscription's health. */
+struct sub_health {
+	int known; /* 0: not in the cache before (created, or loaded at start) */
+	int enabled;
+	int64_t failing_since;
+};
+
+/* One line on stderr when a reload changes whether a subscription is enabled or failing:
+ * these transitions are rare (track_health writes only on a change), so the log shows
+ * each one once, after the COMMIT that made it. */
+static void log_health_change(int64_t id, const struct sub_health *was,
+                              const struct sub_health *now, const char *disabled_reason)
+{
+	char since[UTIL_TIME_MAX];
+
+	if (!was->known)
+		return;
+	if (was->enabled && !now->enabled) {
+		fprintf(stderr, "hookrelay: sub_%lld disabled: %s\n", (long long)id,
+		        disabled_reason ? disabled_reason : "no reason recorded");
+	} else if (!was->enabled && now->enabled) {
+		fprintf(stderr, "hookrelay: sub_%lld enabled again\n", (long long)id);
+	} else if (now->enabled && !was->failing_since && now->failing_since) {
+		util_format_time(now->failing_since, since);
+		fprintf(stderr, "hookrelay: sub_%lld failing: an attempt failed at %s; retrying on"
+		                " schedule (GET /v1/deliveries?subscription=sub_%lld says why)\n",
+		        (long long)id, since, (long long)id);
+	} else if (now->enabled && was->failing_since && !now->failing_since) {
+		util_format_time(was->failing_since, since);
+		fprintf(stderr, "hookrelay: sub_%lld delivering again (failing since %s)\n",
+		        (long long)id, since);
+	}
+}
+
 /* Reads subscription `id` from wdb into the cache and the matcher, or removes it if it
  * is gone. Returns 0 or -1 (the cache is then left without it: deliveries fail safe). */
 static int reload_subscription(struct store *s, int64_t id)
@@ -588,15 +622,18 @@ static int reload_subscription(struct store *s, int64_t id)
 	int rc = -1, step;
 
 	memset(&fresh, 0, sizeof(fresh));
+	struct sub_health was = {0};
 	{
 		const struct sub_entry *old = sub_find(s, id);
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
 		fresh.newest_seq = old ? old->newest_seq : 0;
+		if (old)
+			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
 	sub_remove(s, id);
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
-	                       " coalesce(failing_since, 0) FROM subscriptions"
+	                       " coalesce(failing_since, 0), disabled_reason FROM subscriptions"
 	                       " WHERE id = ?1 AND deleted_at IS NULL",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
@@ -614,6 +651,8 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.enabled = sqlite3_column_int(st, 2);
 	fresh.max_in_flight = sqlite3_column_int(st, 4);
 	fresh.failing_since = sqlite3_column_int64(st, 5);
+	log_health_change(id, &was, &(struct sub_health){1, fresh.enabled, fresh.failing_since},
+	                  column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
 	if (!fresh.url || !json_is_array(patterns))
 		goto out;
@@ -2404,11 +2443,14 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	    sqlite3_prepare_v2(db,
 	                       "SELECT (SELECT count(*) FROM subscriptions WHERE deleted_at IS NULL"
 	                       " AND enabled = 1), (SELECT count(*) FROM subscriptions"
-	                       " WHERE deleted_at IS NULL AND enabled = 0)",
+	                       " WHERE deleted_at IS NULL AND enabled = 0), (SELECT count(*)"
+	                       " FROM subscriptions WHERE deleted_at IS NULL AND enabled = 1"
+	                       " AND failing_since IS NOT NULL)",
 	                       -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW) {
 		out->subscriptions_enabled = sqlite3_column_int64(st, 0);
 		out->subscriptions_disabled = sqlite3_column_int64(st, 1);
+		out->subscriptions_failing = sqlite3_column_int64(st, 2);
 		rc = STORE_OK;
 	}
 	sqlite3_finalize(st);

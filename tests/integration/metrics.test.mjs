@@ -151,3 +151,46 @@ test('/metrics pending follows every way in and out of pending, and a restart', 
   assert.equal(m.hookrelay_deliveries_pending, 4, 'counted at start');
   assert.equal((await listAll(again, '/v1/deliveries?status=pending')).length, 4);
 }));
+
+// An operator alerts on the gauge and reads the log: each change of a subscription's
+// health is one line on stderr, once, and hookrelay_subscriptions_failing follows it.
+test('a subscription going failing, delivering again, disabled and enabled: one log line each and the failing gauge', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '150ms,150ms,150ms,150ms,150ms' });
+  const r = await startReceiver({ behavior: { status: 500, body: 'down' } });
+  const sub = await createSub(relay, r, { event_types: ['h.#'] });
+  const n = sub.id.replace('sub_', '');
+  const lines = (re) => relay.stderrText.split('\n').filter((l) => re.test(l));
+  assert.equal((await metrics(relay)).hookrelay_subscriptions_failing, 0);
+
+  // 1. Failing: three attempts fail; one line, and the gauge counts the subscription.
+  await postEvent(relay, { type: 'h.one' });
+  await r.waitFor(3, 5000);
+  await waitUntil(() => lines(new RegExp(`sub_${n} failing`)).length === 1, 3000, 'the failing line');
+  assert.match(lines(new RegExp(`sub_${n} failing`))[0],
+    new RegExp(`^hookrelay: sub_${n} failing: an attempt failed at \\d{4}-\\d\\d-\\d\\dT`));
+  assert.equal((await metrics(relay)).hookrelay_subscriptions_failing, 1);
+
+  // 2. Delivering again: the next attempt gets 200.
+  r.setBehavior({ status: 200 });
+  await waitUntil(() => lines(new RegExp(`sub_${n} delivering again`)).length === 1, 3000, 'the recovery line');
+  assert.match(lines(/delivering again/)[0],
+    new RegExp(`^hookrelay: sub_${n} delivering again \\(failing since \\d{4}-`));
+  assert.equal((await metrics(relay)).hookrelay_subscriptions_failing, 0);
+  assert.equal(lines(new RegExp(`sub_${n} failing`)).length, 1, 'failing logged once, not per attempt');
+
+  // 3. Disabled by a 410, with the reason; a disabled subscription is not counted failing.
+  r.setBehavior({ status: 410 });
+  await postEvent(relay, { type: 'h.two' });
+  await waitUntil(() => lines(new RegExp(`sub_${n} disabled`)).length === 1, 3000, 'the disabled line');
+  assert.equal(lines(new RegExp(`sub_${n} disabled`))[0],
+    `hookrelay: sub_${n} disabled: the endpoint answered 410 Gone`);
+  const m = await metrics(relay);
+  assert.equal(m.hookrelay_subscriptions_failing, 0);
+  assert.equal(m['hookrelay_subscriptions{state="disabled"}'], 1);
+
+  // 4. Enabled again through the API.
+  assert.equal((await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true })).status, 200);
+  await waitUntil(() => lines(new RegExp(`sub_${n} enabled again`)).length === 1, 3000, 'the enabled line');
+  assert.equal(lines(/sub_\d+ (failing|delivering again|disabled|enabled again)/).length, 4,
+    `one line per change:\n${relay.stderrText}`);
+}));
