@@ -423,3 +423,36 @@ test('--retention: older events go with their deliveries and attempts; pending o
   await waitUntil(() => gone(last.id), 10_000, 'the older event deleted once a newer one exists', 100);
   assert.ok(!(await gone(next.id)));
 }));
+
+// DESIGN.md: lists default to 50. A client that sends no limit must get pages of 50 with
+// a cursor, not everything at once nor a page silently cut without one.
+test('lists without ?limit= give 50 a page, then the rest through next', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['page.#'] });
+  for (let i = 0; i < 50; i++) await createSub(relay, r, { event_types: ['other.#'] });
+  const batch = Array.from({ length: 60 }, (_, i) => ({ type: 'page.item', data: { i } }));
+  const res = await api(relay, 'POST', '/v1/events/batch', batch);
+  assert.equal(res.status, 202, res.text);
+  const newestFirst = [...res.json.ids].reverse();
+  await r.waitFor(60, 10_000);
+
+  for (const [route, total, idOf] of [
+    ['/v1/events', 60, (e) => e.id],
+    [`/v1/deliveries?subscription=${sub.id}`, 60, (d) => d.event_id],
+    ['/v1/subscriptions', 51, (s) => s.id],
+  ]) {
+    const first = await api(relay, 'GET', route);
+    assert.equal(first.status, 200, `GET ${route}: ${first.text}`);
+    assert.equal(first.json.data.length, 50, `GET ${route} without limit`);
+    assert.equal(typeof first.json.next, 'string', `GET ${route}: next after a full page`);
+    const sep = route.includes('?') ? '&' : '?';
+    const rest = await api(relay, 'GET', `${route}${sep}after=${encodeURIComponent(first.json.next)}`);
+    assert.equal(rest.status, 200, rest.text);
+    assert.equal(rest.json.data.length, total - 50, `GET ${route}: the rest`);
+    assert.equal(rest.json.next, null, `GET ${route}: no cursor after the last page`);
+    const seen = [...first.json.data, ...rest.json.data].map(idOf);
+    assert.equal(new Set(seen).size, total, `GET ${route}: each item once`);
+    if (route === '/v1/events') assert.deepEqual(seen, newestFirst, 'newest first');
+  }
+}));
