@@ -145,6 +145,25 @@ json_t *api_parse_body(struct http_request *req)
 	return v;
 }
 
+static int name_known(const char *const known[], const char *name)
+{
+	for (size_t i = 0; known[i]; i++)
+		if (strcmp(known[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+/* why = "<name>: unknown <what> (known: a, b, c)" */
+static void unknown_name_why(char *why, size_t whylen, const char *name, const char *what,
+                             const char *const known[])
+{
+	size_t off = (size_t)snprintf(why, whylen, "%.64s: unknown %s (known:", name, what);
+	for (size_t i = 0; known[i] && off < whylen; i++)
+		off += (size_t)snprintf(why + off, whylen - off, "%s %s", i ? "," : "", known[i]);
+	if (off < whylen)
+		snprintf(why + off, whylen - off, ")");
+}
+
 int api_known_fields(json_t *obj, const char *const known[], char *why, size_t whylen)
 {
 	const char *name;
@@ -152,17 +171,10 @@ int api_known_fields(json_t *obj, const char *const known[], char *why, size_t w
 
 	json_object_foreach(obj, name, value)
 	{
-		size_t i = 0;
-		while (known[i] && strcmp(known[i], name) != 0)
-			i++;
-		if (known[i])
-			continue;
-		size_t off = (size_t)snprintf(why, whylen, "%.64s: unknown field (known:", name);
-		for (i = 0; known[i] && off < whylen; i++)
-			off += (size_t)snprintf(why + off, whylen - off, "%s %s", i ? "," : "", known[i]);
-		if (off < whylen)
-			snprintf(why + off, whylen - off, ")");
-		return -1;
+		if (!name_known(known, name)) {
+			unknown_name_why(why, whylen, name, "field", known);
+			return -1;
+		}
 	}
 	return 0;
 }
@@ -176,8 +188,51 @@ int api_path_id(struct http_request *req, const char *prefix, const char *what, 
 	return 0;
 }
 
-int api_list_query(struct http_request *req, struct store_list_query *q)
+#define LIST_FILTERS_MAX 4
+
+struct query_check {
+	const char *known[LIST_FILTERS_MAX + 3]; /* limit, after, the route's filters, NULL */
+	const char *seen[LIST_FILTERS_MAX + 2];
+	size_t nseen;
+	char why[256];
+};
+
+static int query_check_one(void *arg, const char *name, const char *value)
 {
+	struct query_check *c = arg;
+	if (name[0] == '\0' && !value)
+		return 0; /* an empty segment, as in "?&limit=5" */
+	if (!name_known(c->known, name)) {
+		unknown_name_why(c->why, sizeof(c->why), name, "query parameter", c->known);
+		return -1;
+	}
+	for (size_t i = 0; i < c->nseen; i++) {
+		if (strcmp(c->seen[i], name) == 0) {
+			snprintf(c->why, sizeof(c->why), "%s: given more than once", name);
+			return -1;
+		}
+	}
+	c->seen[c->nseen++] = name; /* known names are distinct: never more than known has */
+	if (!value) {
+		snprintf(c->why, sizeof(c->why), "%s: needs a value (%s=...)", name, name);
+		return -1;
+	}
+	return 0;
+}
+
+int api_list_query(struct http_request *req, const char *const filters[],
+                   struct store_list_query *q)
+{
+	struct query_check check = {.known = {"limit", "after"}};
+	size_t n = 2;
+	for (size_t i = 0; filters[i] && i < LIST_FILTERS_MAX; i++)
+		check.known[n++] = filters[i];
+	/* A misspelt filter is refused: ?stauts=failed must not list every delivery. */
+	if (http_query_each(req, query_check_one, &check) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", check.why);
+		return -1;
+	}
+
 	const char *limit = http_query(req, "limit");
 	const char *after = http_query(req, "after");
 	int64_t v;

@@ -68,8 +68,11 @@ int api_known_fields(json_t *obj, const char *const known[], char *why, size_t w
  * it is not one. */
 int api_path_id(struct http_request *req, const char *prefix, const char *what, int64_t *id);
 
-/* Fills limit/after from the query string; replies 422 and returns -1 when out of range. */
-int api_list_query(struct http_request *req, struct store_list_query *q);
+/* Fills limit/after from the query string; replies 422 and returns -1 when out of range,
+ * or when a query parameter is given twice or is neither limit, after nor one of the
+ * route's filters (NULL-terminated, at most 4; the route reads their values itself). */
+int api_list_query(struct http_request *req, const char *const filters[],
+                   struct store_list_query *q);
 
 /* Replies for a read's store_rc: 404 naming `what`, or 503. For STORE_OK replies 200. */
 void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);

@@ -22,7 +22,8 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 	const char *status;
 	json_t *out = NULL;
 
-	if (api_list_query(req, &q) != 0)
+	static const char *const filters[] = {"subscription", "event", "status", NULL};
+	if (api_list_query(req, filters, &q) != 0)
 		return;
 	const char *subscription = http_query(req, "subscription");
 	q.event = http_query(req, "event");

@@ -99,7 +99,8 @@ void api_events_list(struct api *api, struct http_request *req)
 	json_t *out = NULL;
 	const char *reason;
 
-	if (api_list_query(req, &q) != 0)
+	static const char *const filters[] = {"type", NULL};
+	if (api_list_query(req, filters, &q) != 0)
 		return;
 	q.type = http_query(req, "type");
 	if (q.type && event_type_check(q.type, &reason) != 0) {

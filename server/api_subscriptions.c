@@ -456,7 +456,8 @@ void api_subscriptions_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;
 	json_t *out = NULL;
-	if (api_list_query(req, &q) != 0)
+	static const char *const no_filters[] = {NULL};
+	if (api_list_query(req, no_filters, &q) != 0)
 		return;
 	enum store_rc rc = store_subscriptions_list(api_store(api), &q, &out);
 	api_reply_read(req, rc, out, "subscription");

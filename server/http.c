@@ -197,6 +197,29 @@ const char *http_query(const struct http_request *req, const char *name)
 	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct query_walk {
+	int (*fn)(void *ctx, const char *name, const char *value);
+	void *ctx;
+	int rc;
+};
+
+static enum MHD_Result query_step(void *arg, enum MHD_ValueKind kind, const char *name,
+                                  const char *value)
+{
+	struct query_walk *w = arg;
+	(void)kind;
+	w->rc = w->fn(w->ctx, name, value);
+	return w->rc ? MHD_NO : MHD_YES;
+}
+
+int http_query_each(const struct http_request *req,
+                    int (*fn)(void *ctx, const char *name, const char *value), void *ctx)
+{
+	struct query_walk w = {fn, ctx, 0};
+	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_step, &w);
+	return w.rc;
+}
+
 const char *http_header(const struct http_request *req, const char *name)
 {
 	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);

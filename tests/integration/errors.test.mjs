@@ -204,6 +204,33 @@ test('list limits out of range are 422 invalid_field', withLogs(async () => {
   }
 }));
 
+// A misspelt filter must not widen the list: ?stauts=failed listing every delivery is how
+// an operator bulk-retries the wrong ones.
+test('list query parameters: unknown, repeated or without a value are 422 naming them', withLogs(async () => {
+  for (const [route, filters] of [
+    ['/v1/events', 'type=a.b'],
+    ['/v1/subscriptions', ''],
+    ['/v1/deliveries', 'status=failed&subscription=sub_1&event=evt_x'],
+  ]) {
+    const sep = filters ? '&' : '';
+    for (const [query, says] of [
+      ['stauts=failed', /stauts: unknown query parameter \(known: limit, after/],
+      ['limit=5&limit=6', /limit: given more than once/],
+      ['limit', /limit: needs a value/],
+      ['=5', /: unknown query parameter/],
+    ]) {
+      const res = await api(relay, 'GET', `${route}?${filters}${sep}${query}`);
+      assertError(res, 422, 'invalid_field', `GET ${route}?${filters}${sep}${query}`);
+      assert.match(res.json.error.message, says);
+    }
+    // every filter the route documents, limit and after together, and an empty segment
+    const ok = await api(relay, 'GET', `${route}?${filters}${sep}limit=3&after=5&`);
+    assert.equal(ok.status, 200, `GET ${route}?${filters}${sep}limit=3&after=5&: ${ok.text}`);
+  }
+  const typo = await api(relay, 'GET', '/v1/deliveries?stat=failed');
+  assert.match(typo.json.error.message, /known: limit, after, subscription, event, status\)/);
+}));
+
 test('body over --max-body is 413 payload_too_large, promptly', withLogs(async () => {
   const big = JSON.stringify({ type: 'big.event', data: 'x'.repeat(64 * 1024) });
   const res = await api(relay, 'POST', '/v1/events', big, {}, { timeoutMs: 5000 });
