@@ -96,6 +96,17 @@ static inline int store_call_durable(enum store_call_kind kind)
 	       kind != STORE_PRUNE;
 }
 
+/* Whether a call changes a subscription, so that the writer ends its batch after it:
+ * the store's in-memory copy of the subscriptions (what claims and ingests read) is
+ * reloaded after a COMMIT, and a claim or ingest in the same transaction would still
+ * see the old one (send to a deleted or just-disabled subscription, its old URL, its old
+ * secret, or match its old patterns). Operators' changes are rare; cutting costs nothing. */
+static inline int store_call_ends_batch(enum store_call_kind kind)
+{
+	return kind == STORE_SUB_CREATE || kind == STORE_SUB_UPDATE || kind == STORE_SUB_DELETE ||
+	       kind == STORE_SUB_ROTATE;
+}
+
 struct store_call {
 	enum store_call_kind kind;
 	/* inputs, borrowed until done() */

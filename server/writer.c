@@ -5,7 +5,8 @@
  * exactly once, after the batch that ran it ended (committed or rolled back) and, for a
  * durable call of a batch that needs a sync, after a sync that began once that batch had
  * committed (a sync does not fail: the store stops the process if it cannot sync).
- * The queue never holds more than max_queue optional calls. Only the writer thread
+ * The queue never holds more than max_queue optional calls. A call that changes a
+ * subscription is the last of its batch (store_call_ends_batch). Only the writer thread
  * touches the write connection (through the batch function); the sync function must
  * not use it.
  */
@@ -82,6 +83,8 @@ static void *writer_main(void *arg)
 			w->head = c->next;
 			c->next = NULL;
 			w->batch[n++] = c;
+			if (store_call_ends_batch(c->kind))
+				break;
 		}
 		if (!w->head)
 			w->tail = NULL;

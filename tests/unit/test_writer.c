@@ -1,0 +1,164 @@
+/*
+ * test_writer.c - the writer thread's batching: calls queued while a batch runs go into
+ * the next one together (group commit), except that a call changing a subscription ends
+ * its batch, so nothing after it in the queue shares its transaction (the store's copy
+ * of the subscriptions is reloaded only after a COMMIT).
+ *
+ * The batch function records each batch's kinds; the first batch blocks until the test
+ * has queued the rest, so their grouping is decided by the writer, not by timing.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "check.h"
+#include "store.h"
+#include "writer.h"
+
+#define MAX_BATCHES 16
+#define MAX_PER_BATCH 16
+
+struct recorder {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int entered;   /* the first batch has started */
+	int released;  /* the test lets the first batch finish */
+	int nbatches;
+	int sizes[MAX_BATCHES];
+	enum store_call_kind kinds[MAX_BATCHES][MAX_PER_BATCH];
+	int done;      /* calls answered */
+};
+
+static int record_batch(void *ctx, struct store_call **calls, size_t n)
+{
+	struct recorder *r = ctx;
+	pthread_mutex_lock(&r->mu);
+	if (r->nbatches < MAX_BATCHES) {
+		r->sizes[r->nbatches] = (int)n;
+		for (size_t i = 0; i < n && i < MAX_PER_BATCH; i++)
+			r->kinds[r->nbatches][i] = calls[i]->kind;
+	}
+	r->nbatches++;
+	r->entered = 1;
+	pthread_cond_broadcast(&r->cv);
+	while (!r->released)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+	return 0; /* nothing to sync: done() runs on the writer thread */
+}
+
+static void no_sync(void *ctx)
+{
+	(void)ctx;
+}
+
+static void count_done(struct store_call *call)
+{
+	struct recorder *r = call->arg;
+	pthread_mutex_lock(&r->mu);
+	r->done++;
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static int batch_is(const struct recorder *r, int b, const enum store_call_kind *want, int n)
+{
+	if (b >= r->nbatches || r->sizes[b] != n)
+		return 0;
+	return memcmp(r->kinds[b], want, (size_t)n * sizeof(*want)) == 0;
+}
+
+static void test_subscription_write_ends_batch(void)
+{
+	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+	enum store_call_kind order[] = {
+	    STORE_INGEST,     /* runs alone while the rest queue */
+	    STORE_CLAIM,      STORE_SUB_UPDATE, /* a claim before the change may share it */
+	    STORE_CLAIM,      STORE_INGEST,     STORE_SUB_DELETE,
+	    STORE_SUB_ROTATE, /* alone: a change right after a change */
+	    STORE_COMPLETE,   STORE_SUB_CREATE, STORE_CLAIM,
+	};
+	enum { N = sizeof(order) / sizeof(order[0]) };
+	struct store_call calls[N];
+	memset(calls, 0, sizeof(calls));
+
+	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	for (int i = 0; i < N; i++) {
+		calls[i].kind = order[i];
+		calls[i].done = count_done;
+		calls[i].arg = &r;
+	}
+	CHECK(writer_submit(w, &calls[0], 1) == 0);
+	pthread_mutex_lock(&r.mu);
+	while (!r.entered)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	for (int i = 1; i < N; i++)
+		CHECK(writer_submit(w, &calls[i], 1) == 0);
+	pthread_mutex_lock(&r.mu);
+	r.released = 1;
+	pthread_cond_broadcast(&r.cv);
+	while (r.done < N)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	writer_stop(w);
+
+	CHECK(r.nbatches == 6);
+	CHECK(batch_is(&r, 0, (enum store_call_kind[]){STORE_INGEST}, 1));
+	CHECK(batch_is(&r, 1, (enum store_call_kind[]){STORE_CLAIM, STORE_SUB_UPDATE}, 2));
+	CHECK(batch_is(&r, 2,
+	               (enum store_call_kind[]){STORE_CLAIM, STORE_INGEST, STORE_SUB_DELETE}, 3));
+	CHECK(batch_is(&r, 3, (enum store_call_kind[]){STORE_SUB_ROTATE}, 1));
+	CHECK(batch_is(&r, 4, (enum store_call_kind[]){STORE_COMPLETE, STORE_SUB_CREATE}, 2));
+	CHECK(batch_is(&r, 5, (enum store_call_kind[]){STORE_CLAIM}, 1));
+}
+
+static void test_group_commit(void)
+{
+	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+	enum store_call_kind order[] = {STORE_INGEST, STORE_INGEST,   STORE_CLAIM,
+	                                STORE_COMPLETE, STORE_SUB_RECOVER, STORE_DELIVERY_RETRY,
+	                                STORE_INGEST};
+	enum { N = sizeof(order) / sizeof(order[0]) };
+	struct store_call calls[N];
+	memset(calls, 0, sizeof(calls));
+
+	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	for (int i = 0; i < N; i++) {
+		calls[i].kind = order[i];
+		calls[i].done = count_done;
+		calls[i].arg = &r;
+	}
+	CHECK(writer_submit(w, &calls[0], 1) == 0);
+	pthread_mutex_lock(&r.mu);
+	while (!r.entered)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	for (int i = 1; i < N; i++)
+		CHECK(writer_submit(w, &calls[i], 1) == 0);
+	pthread_mutex_lock(&r.mu);
+	r.released = 1;
+	pthread_cond_broadcast(&r.cv);
+	while (r.done < N)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	writer_stop(w);
+
+	/* everything that queued while the first batch ran is one transaction */
+	CHECK(r.nbatches == 2);
+	CHECK(r.sizes[1] == N - 1);
+	CHECK(batch_is(&r, 1, &order[1], N - 1));
+}
+
+int main(void)
+{
+	test_group_commit();
+	test_subscription_write_ends_batch();
+	return CHECK_DONE();
+}
