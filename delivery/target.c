@@ -51,7 +51,13 @@ static const struct target_rule target_rules[] = {
     RULE(AF_INET, 8, -1, "a loopback address (127.0.0.0/8)", 127),
     RULE(AF_INET, 16, -1, "a link-local address (169.254.0.0/16)", 169, 254),
     RULE(AF_INET, 12, -1, "a private address (172.16.0.0/12)", 172, 16),
+    /* Oracle Cloud's metadata service is 192.0.0.192 */
+    RULE(AF_INET, 24, -1, "an IETF protocol assignment address (192.0.0.0/24)", 192, 0, 0),
+    RULE(AF_INET, 24, -1, "a documentation address (192.0.2.0/24)", 192, 0, 2),
     RULE(AF_INET, 16, -1, "a private address (192.168.0.0/16)", 192, 168),
+    RULE(AF_INET, 15, -1, "a benchmarking address (198.18.0.0/15)", 198, 18),
+    RULE(AF_INET, 24, -1, "a documentation address (198.51.100.0/24)", 198, 51, 100),
+    RULE(AF_INET, 24, -1, "a documentation address (203.0.113.0/24)", 203, 0, 113),
     RULE(AF_INET, 4, -1, "a multicast address (224.0.0.0/4)", 224),
     RULE(AF_INET, 4, -1, "a reserved or broadcast address (240.0.0.0/4)", 240),
 
@@ -66,6 +72,8 @@ static const struct target_rule target_rules[] = {
     RULE(AF_INET6, 48, -1, "a local-use NAT64 address (64:ff9b:1::/48)", 0, 0x64, 0xff, 0x9b, 0, 1),
     RULE(AF_INET6, 16, 2, "a 6to4 address (2002::/16) of a blocked IPv4 address", 0x20, 0x02),
     RULE(AF_INET6, 32, -1, "a Teredo address (2001::/32)", 0x20, 0x01, 0, 0),
+    RULE(AF_INET6, 32, -1, "a documentation address (2001:db8::/32)", 0x20, 0x01, 0x0d, 0xb8),
+    RULE(AF_INET6, 64, -1, "a discard-only address (100::/64)", 0x01, 0x00),
     RULE(AF_INET6, 7, -1, "a private address (fc00::/7)", 0xfc),
     RULE(AF_INET6, 10, -1, "a link-local address (fe80::/10)", 0xfe, 0x80),
     RULE(AF_INET6, 10, -1, "a site-local address (fec0::/10)", 0xfe, 0xc0),
@@ -377,6 +385,13 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 	}
 	if (strncasecmp(url, "http://", 7) != 0 && strncasecmp(url, "https://", 8) != 0) {
 		*why = "url must be an absolute http:// or https:// URL";
+		goto out;
+	}
+	/* libcurl reads "http:///a" as host "a", as browsers do; a URL with an empty
+	 * authority is a typo, not a host */
+	const char *authority = url + (url[4] == ':' ? 7 : 8);
+	if (*authority == '/' || *authority == '?' || *authority == '\0') {
+		*why = "url has no host";
 		goto out;
 	}
 	u = curl_url();

@@ -28,10 +28,12 @@
 #define IN_FLIGHT_MAX 1000       /* a subscription's max_in_flight */
 
 /* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
- * namespace), or ones that would break the request. */
+ * namespace), or ones that would break the request: framing, and the hop-by-hop ones
+ * (RFC 9110 7.6.1; an Upgrade could turn the attempt into a protocol switch). */
 static const char *const reserved_headers[] = {
-    "content-type",      "content-length", "host",   "user-agent",
-    "transfer-encoding", "connection",     "expect", NULL,
+    "content-type", "content-length",   "host",                "user-agent", "transfer-encoding",
+    "connection",   "expect",           "te",                  "trailer",    "upgrade",
+    "keep-alive",   "proxy-connection", "proxy-authorization", NULL,
 };
 #define RESERVED_PREFIX "webhook-"
 

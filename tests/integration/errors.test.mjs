@@ -159,6 +159,9 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, max_in_flight: '16' },
     { ...SUB, headers: { 'Content-Type': 'text/plain' } },
     { ...SUB, headers: { host: 'evil.example' } },
+    ...['TE', 'Trailer', 'Upgrade', 'Keep-Alive', 'Proxy-Connection', 'Proxy-Authorization',
+      'Connection', 'Expect', 'Transfer-Encoding', 'Content-Length']
+      .map((name) => ({ ...SUB, headers: { [name]: 'x' } })), // hop-by-hop and framing
     { ...SUB, headers: { 'bad name': 'x' } },
     { ...SUB, headers: { 'X-A:': 'x' } },
     { ...SUB, enabled: 'yes' },
@@ -172,6 +175,7 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, url: 'http://127.0.0.1/' + 'p'.repeat(3 * 1024) },
     { ...SUB, url: '/relative/path' },
     { ...SUB, url: 'http://' },
+    { ...SUB, url: 'http:///a' }, // libcurl reads host "a"
     { ...SUB, url: 42 },
     { event_types: ['a.*'] },
     { url: SUB.url },

@@ -112,6 +112,18 @@ static const struct test_addr test_addrs[] = {
     {"192.168.0.1", "a private address (192.168.0.0/16)"},
     {"192.168.255.255", "(192.168.0.0/16)"},
     {"192.169.0.0", NULL},
+    {"191.255.255.255", NULL},
+    {"192.0.0.192", "an IETF protocol assignment address (192.0.0.0/24)"},
+    {"192.0.1.1", NULL},
+    {"192.0.2.255", "a documentation address (192.0.2.0/24)"},
+    {"198.17.255.255", NULL},
+    {"198.18.0.0", "a benchmarking address (198.18.0.0/15)"},
+    {"198.19.255.255", "(198.18.0.0/15)"},
+    {"198.20.0.0", NULL},
+    {"198.51.100.1", "a documentation address (198.51.100.0/24)"},
+    {"203.0.113.255", "a documentation address (203.0.113.0/24)"},
+    {"203.0.114.0", NULL},
+    {"64:ff9b::192.0.0.192", "(64:ff9b::/96)"},
     {"223.255.255.255", NULL},
     {"224.0.0.1", "a multicast address (224.0.0.0/4)"},
     {"239.255.255.250", "(224.0.0.0/4)"},
@@ -133,7 +145,10 @@ static const struct test_addr test_addrs[] = {
     {"ff0e::1", "(ff00::/8)"},
     {"2606:4700:4700::1111", NULL},
     {"2001:4860:4860::8888", NULL},
-    {"2001:db8::1", NULL},
+    {"2001:db8::1", "a documentation address (2001:db8::/32)"},
+    {"2001:db9::1", NULL},
+    {"100::1", "a discard-only address (100::/64)"},
+    {"100:0:0:1::1", NULL},
 
     /* IPv4 hidden in IPv6: blocked exactly when the embedded IPv4 is */
     {"::ffff:127.0.0.1", "IPv4-mapped address (::ffff:0:0/96)"},
@@ -402,6 +417,15 @@ static const struct test_url test_urls[] = {
     {TP_DEFAULT, "http://[2002:7f00:1::1]/", "6to4 address (2002::/16)"},
     {TP_DEFAULT, "http://[2002:a9fe:a9fe::]/", "(2002::/16)"},
     {TP_DEFAULT, "http://[2001::1]/", "Teredo address (2001::/32)"},
+    {TP_DEFAULT, "http://192.0.0.192/", "IETF protocol assignment address (192.0.0.0/24)"},
+    {TP_DEFAULT, "http://192.0.2.1/", "documentation address (192.0.2.0/24)"},
+    {TP_DEFAULT, "http://198.18.0.1/", "benchmarking address (198.18.0.0/15)"},
+    {TP_DEFAULT, "http://198.19.255.255/", "(198.18.0.0/15)"},
+    {TP_DEFAULT, "http://198.51.100.7/", "documentation address (198.51.100.0/24)"},
+    {TP_DEFAULT, "http://203.0.113.9/", "documentation address (203.0.113.0/24)"},
+    {TP_DEFAULT, "http://[2001:db8::1]/", "documentation address (2001:db8::/32)"},
+    {TP_DEFAULT, "http://[100::1]/", "discard-only address (100::/64)"},
+    {TP_DEFAULT, "http://[::ffff:192.0.0.192]/", "(::ffff:0:0/96)"},
 
     /* localhost names */
     {TP_DEFAULT, "http://localhost/", "url points at localhost"},
@@ -427,6 +451,10 @@ static const struct test_url test_urls[] = {
     {TP_DEFAULT, "http://localhostx/", NULL},
     {TP_DEFAULT, "http://10.example.com/", NULL},
     {TP_DEFAULT, "http://0x7f.example/", NULL},
+    {TP_DEFAULT, "http://192.0.3.1/", NULL},
+    {TP_DEFAULT, "http://198.20.0.1/", NULL},
+    {TP_DEFAULT, "http://198.51.101.1/", NULL},
+    {TP_DEFAULT, "http://[2001:db9::1]/", NULL},
 
     /* the syntax rules still come first */
     {TP_DEFAULT, "ftp://127.0.0.1/", "absolute http:// or https://"},
@@ -434,6 +462,10 @@ static const struct test_url test_urls[] = {
     {TP_DEFAULT, "http://example.com/#frag", "fragment"},
     {TP_DEFAULT, "http://exa mple.com/", "spaces"},
     {TP_DEFAULT, "http://:8080/", ""},
+    {TP_DEFAULT, "http:///a", "url has no host"},
+    {TP_DEFAULT, "https:///example.com/hook", "url has no host"},
+    {TP_DEFAULT, "http://?x=1", "url has no host"},
+    {TP_DEFAULT, "http://", "url has no host"},
 
     /* --allow-targets 127.0.0.1/32 */
     {TP_LOOPBACK4, "http://127.0.0.1:9000/", NULL},

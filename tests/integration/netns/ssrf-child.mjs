@@ -117,6 +117,9 @@ async function registrationAttacks(rcv) {
     ['http://100.64.0.1/hook', /a carrier-grade NAT address \(100\.64\.0\.0\/10\)/],
     ['http://224.0.0.1/hook', /a multicast address \(224\.0\.0\.0\/4\)/],
     ['http://255.255.255.255/hook', /a reserved or broadcast address \(240\.0\.0\.0\/4\)/],
+    ['http://192.0.0.192/opc/v2/instance/', /an IETF protocol assignment address \(192\.0\.0\.0\/24\)/],
+    ['http://198.18.0.1/hook', /a benchmarking address \(198\.18\.0\.0\/15\)/],
+    ['http://[2001:db8::1]/hook', /a documentation address \(2001:db8::\/32\)/],
   ];
   const relay = await bareRelay();
   assert.deepEqual(await subscriptionUrls(relay), [], 'fresh relay has no subscriptions');
