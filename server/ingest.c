@@ -253,6 +253,13 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 			snprintf(why, whylen, "%sid must be a string of 1 to %d bytes", where, INGEST_KEY_MAX);
 			return INGEST_INVALID;
 		}
+		/* Two keys for one event: keeping either would let a retry that sends only
+		 * the other store the event twice. */
+		if (idem_header && strcmp(idem_header, ev->idempotency_key) != 0) {
+			snprintf(why, whylen, "id and the Idempotency-Key header differ; send one, or the"
+			                      " same key in both");
+			return INGEST_INVALID;
+		}
 	}
 	return INGEST_OK;
 }

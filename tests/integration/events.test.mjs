@@ -161,6 +161,16 @@ test('idempotency: the same id or Idempotency-Key is stored and delivered once',
   const h2 = await api(relay, 'POST', '/v1/events', { type: 'order.paid', data: { v: 3 } }, { 'Idempotency-Key': 'key-7' });
   assert.equal(h2.status, 200, h2.text);
   assert.deepEqual(h2.json, h1.json);
+  // The same key in the header and as id is one key; two different ones are refused
+  // (keeping either, a retry that sends only the other would store the event again).
+  const both = await api(relay, 'POST', '/v1/events', { type: 'order.paid', id: 'key-7' }, { 'Idempotency-Key': 'key-7' });
+  assert.equal(both.status, 200, both.text);
+  assert.deepEqual(both.json, h1.json);
+  const differ = await api(relay, 'POST', '/v1/events', { type: 'order.paid', id: 'key-8' }, { 'Idempotency-Key': 'key-9' });
+  assertError(differ, 422, 'invalid_field', 'id and Idempotency-Key differ');
+  assert.match(differ.json.error.message, /id and the Idempotency-Key header differ/);
+  const empty = await api(relay, 'POST', '/v1/events', { type: 'order.paid' }, { 'Idempotency-Key': '' });
+  assertError(empty, 422, 'invalid_field', 'an empty Idempotency-Key');
 
   await r.waitFor(4, 5000);
   await assertNoMore(r, 4);
