@@ -57,6 +57,7 @@ struct http_request {
 	size_t body_len;        /* bytes held */
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
+	int framing_bad;        /* the body's length is ambiguous: refused, connection closed */
 	const struct route *route; /* set by route_find once routed and authorized */
 	int hold;               /* replies are held (see held), not queued yet */
 	struct MHD_Response *held; /* a reply route_find made, queued once the body is in */
@@ -95,7 +96,7 @@ static void queue_reply_as(struct http_request *req, int status, const char *con
 		MHD_add_response_header(resp, "Content-Type", content_type);
 	for (int i = 0; i < req->nheaders; i++)
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
-	if (req->too_large)
+	if (req->too_large || req->framing_bad)
 		MHD_add_response_header(resp, "Connection", "close");
 	if (req->hold && !req->held) {
 		req->held = resp;
@@ -332,6 +333,42 @@ static void reply_too_large(struct http_request *req)
 	                 req->srv->max_body);
 }
 
+struct framing {
+	const char *content_length; /* the first one */
+	int lengths_differ;         /* another Content-Length with another value */
+	int chunked;                /* a Transfer-Encoding header */
+};
+
+static enum MHD_Result framing_step(void *arg, enum MHD_ValueKind kind, const char *name,
+                                    const char *value)
+{
+	struct framing *f = arg;
+	(void)kind;
+	if (strcasecmp(name, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		if (!f->content_length)
+			f->content_length = value ? value : "";
+		else if (strcmp(f->content_length, value ? value : "") != 0)
+			f->lengths_differ = 1;
+	} else if (strcasecmp(name, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		f->chunked = 1;
+	}
+	return MHD_YES;
+}
+
+/* Why the body's length is ambiguous, or NULL: two Content-Lengths that differ, or one
+ * beside Transfer-Encoding (RFC 9112 6.3). A proxy in front may read the other one, and
+ * the rest of the body would then be taken for the next request (request smuggling). */
+static const char *framing_conflict(const struct http_request *req)
+{
+	struct framing f = {0};
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, framing_step, &f);
+	if (f.lengths_differ)
+		return "the request has Content-Length headers that differ";
+	if (f.content_length && f.chunked)
+		return "the request has both Content-Length and Transfer-Encoding";
+	return NULL;
+}
+
 /* 1 if the request declares a body longer than max_body. */
 static int declared_too_large(const struct http_request *req)
 {
@@ -414,6 +451,12 @@ static void route_find(struct http_request *req, const char *url)
 	const char *expect =
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
+	const char *conflict = framing_conflict(req);
+	if (conflict) { /* refused at once, whatever the route; the connection is closed */
+		req->framing_bad = 1;
+		http_reply_error(req, 400, "malformed_request", "%s", conflict);
+		return;
+	}
 	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
 	/* A client that waits for 100 Continue sends no body if refused now. */
 	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);

@@ -53,6 +53,31 @@ function rawExchange(raw, enough) {
   });
 }
 
+// Request smuggling: a proxy in front that reads the other length would take the rest of
+// the body for a second request. Refused before routing or auth, the connection closed.
+test('a body length that is ambiguous is 400 malformed_request and closes the connection', withLogs(async () => {
+  const body = '{"type":"smuggle.x"}';
+  for (const [what, headers] of [
+    ['two different Content-Lengths', `Content-Length: ${body.length}\r\nContent-Length: ${body.length + 1}\r\n`],
+    ['Content-Length and Transfer-Encoding', `Content-Length: ${body.length}\r\nTransfer-Encoding: chunked\r\n`],
+  ]) {
+    const t0 = performance.now();
+    const got = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `${headers}\r\n${body}`, () => false);
+    const took = performance.now() - t0;
+    assert.match(got, /^HTTP\/1\.1 400 /, `${what}: ${got}`);
+    assert.match(got, /"code":"malformed_request"/, `${what}: ${got}`);
+    assert.match(got, /[Cc]onnection: close/, `${what}: ${got}`);
+    assert.ok(took < 1500, `${what}: the relay kept the connection ${Math.round(took)} ms`);
+  }
+  // The same length twice is one length.
+  const same = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Content-Length: ${body.length}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`, () => false);
+  assert.match(same, /^HTTP\/1\.1 202 /, same);
+  accepted.extra.push(JSON.parse(same.slice(same.indexOf('\r\n\r\n') + 4)).id);
+  await assertNothingStored();
+}));
+
 test('malformed JSON is 400 malformed_json', withLogs(async () => {
   for (const [route, body] of [
     ['/v1/events', '{"type": "a.b",'],
