@@ -297,11 +297,7 @@ static void explain_secret(const char *secret, const char *why)
 	printf("  a v1 secret is 'whsec_' followed by standard base64 of %d to %d bytes\n",
 	       VERIFY_KEY_MIN, VERIFY_KEY_MAX);
 	if (!b64) {
-		if (strncmp(secret, "whsk_", 5) == 0)
-			printf(
-			    "  hint: whsk_ is an ed25519 signing key (v1a); this checks v1 (HMAC) "
-			    "signatures only\n");
-		else if (bare_key)
+		if (bare_key)
 			printf("  hint: this looks like the base64 part alone; pass it with its "
 			       "prefix: --secret 'whsec_%s'\n",
 			       secret);
@@ -642,6 +638,16 @@ int verify_main(int argc, char **argv)
 		goto out;
 
 	rc = VERIFY_INVALID;
+	if (strncmp(args.secret, "whpk_", 5) == 0 || strncmp(args.secret, "whsk_", 5) == 0) {
+		/* not a bad secret: the wrong command for it */
+		fprintf(stderr,
+		        "hookrelay verify: %s is an ed25519 key (v1a signatures); this checks v1 "
+		        "(HMAC-SHA256) signatures, made with a whsec_ secret. Check v1a with a "
+		        "Standard Webhooks library and the whpk_ public key.\n",
+		        strncmp(args.secret, "whpk_", 5) == 0 ? "whpk_" : "whsk_");
+		rc = VERIFY_USAGE;
+		goto out;
+	}
 	if (sign_secret_check(args.secret, &why) != 0) {
 		explain_secret(args.secret, why);
 		goto out;

@@ -100,6 +100,14 @@ test('secret without the whsec_ prefix', () => {
   assertInvalid(r, /secret must start with whsec_/, /pass it with its prefix: --secret 'whsec_MfKQ/);
 });
 
+test('an ed25519 key (whpk_/whsk_) is a usage error: this checks v1 (HMAC) signatures', () => {
+  for (const key of ['whpk_' + Buffer.alloc(32, 7).toString('base64'), 'whsk_' + Buffer.alloc(64, 7).toString('base64')]) {
+    const r = verify({ '--secret': key });
+    assert.equal(r.code, 2, r.out);
+    assert.match(r.out, /is an ed25519 key \(v1a signatures\); this checks v1 \(HMAC-SHA256\)/);
+  }
+});
+
 test('secret that is not base64', () => {
   assertInvalid(verify({ '--secret': 'whsec_MfKQ9r8G!YqrTwjUPD8ILPZIo2LaLaSw' }),
     /secret is not valid base64/);
