@@ -383,6 +383,20 @@ static int declared_too_large(const struct http_request *req)
 	return end && *end == '\0' && n > req->srv->max_body;
 }
 
+/* The path of a request target: a client may send the absolute form
+ * ("POST http://relay:8080/v1/events", RFC 9112 3.2.2, which a server must accept), as
+ * some proxies and tools do; the authority in it is not ours to check. */
+static const char *target_path(const char *url)
+{
+	size_t skip = strncasecmp(url, "http://", 7) == 0    ? 7
+	              : strncasecmp(url, "https://", 8) == 0 ? 8
+	                                                      : 0;
+	if (!skip)
+		return url;
+	const char *path = strchr(url + skip, '/');
+	return path ? path : "/";
+}
+
 static void route_match(struct http_request *req, const char *url)
 {
 	const struct route *found = NULL;
@@ -460,7 +474,7 @@ static void route_find(struct http_request *req, const char *url)
 	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
 	/* A client that waits for 100 Continue sends no body if refused now. */
 	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
-	route_match(req, url);
+	route_match(req, target_path(url));
 	req->hold = 0;
 }
 

@@ -78,6 +78,20 @@ test('a body length that is ambiguous is 400 malformed_request and closes the co
   await assertNothingStored();
 }));
 
+// RFC 9112 3.2.2: a server must accept a request target in absolute form, as some proxies
+// and HTTP tools send it.
+test('a request target in absolute form is routed by its path', withLogs(async () => {
+  for (const [target, status, body] of [
+    [`http://127.0.0.1:${relay.port}/healthz`, 200, /"status":"ok"/],
+    [`HTTP://relay.internal/v1/events?limit=1`, 200, /^\{"data":\[/],
+    ['https://relay.internal/v1/nope', 404, /no route for \/v1\/nope/],
+  ]) {
+    const got = await rawExchange(`GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, () => false);
+    assert.match(got, new RegExp(`^HTTP/1\\.1 ${status} `), `GET ${target}: ${got}`);
+    assert.match(got.slice(got.indexOf('\r\n\r\n') + 4), body, `GET ${target}: ${got}`);
+  }
+}));
+
 test('malformed JSON is 400 malformed_json', withLogs(async () => {
   for (const [route, body] of [
     ['/v1/events', '{"type": "a.b",'],
