@@ -19,8 +19,9 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,20 +29,25 @@
 #include <strings.h>
 
 #include "api.h"
+#include "clock.h"
 #include "json_check.h"
 
 #define PATH_MAX_SEGMENTS 8
 #define REPLY_HEADERS_MAX 4
 #define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
+#define HTTP_DRAIN_MS 2000 /* at a stop, requests begun before it may finish this long */
 #define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
 
 struct http_server {
 	struct MHD_Daemon *daemon;
 	struct api *api;
 	size_t max_body;          /* bytes */
-	pthread_mutex_t lock;     /* guards the two fields below */
+	pthread_mutex_t lock;     /* guards the four fields below */
 	int suspended;            /* requests waiting for the writer */
-	int stopping;             /* set by http_stop: no request may suspend any more */
+	int draining;             /* requests begun before the stop and not completed */
+	int closing;              /* set by http_stop once drained: no request may suspend */
+	atomic_int stopping;      /* set by http_stop: requests begun since may not suspend,
+	                             and every reply closes its connection */
 };
 
 struct reply_header {
@@ -71,6 +77,7 @@ struct http_request {
 	void (*then)(struct http_request *, void *);
 	void *then_arg;
 	int suspended;
+	int before_stop;        /* begun before http_stop: may finish during the drain */
 };
 
 static size_t discard_limit(const struct http_server *srv)
@@ -96,7 +103,7 @@ static void queue_reply_as(struct http_request *req, int status, const char *con
 		MHD_add_response_header(resp, "Content-Type", content_type);
 	for (int i = 0; i < req->nheaders; i++)
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
-	if (req->too_large || req->framing_bad)
+	if (req->too_large || req->framing_bad || atomic_load(&req->srv->stopping))
 		MHD_add_response_header(resp, "Connection", "close");
 	if (req->hold && !req->held) {
 		req->held = resp;
@@ -237,10 +244,12 @@ int http_await(struct http_request *req, void (*then)(struct http_request *req, 
 {
 	struct http_server *srv = req->srv;
 
-	/* Checked and counted under one lock: once http_stop set `stopping`, the count can
-	 * only fall, so MHD is never stopped with a connection suspended. */
+	/* Checked and counted under one lock: once http_stop set `closing`, the count can
+	 * only fall, so MHD is never stopped with a connection suspended. A request begun
+	 * before the stop may still suspend until then: what a client was sending when
+	 * SIGTERM came gets its real answer. */
 	pthread_mutex_lock(&srv->lock);
-	if (srv->stopping) {
+	if (srv->closing || (atomic_load(&srv->stopping) && !req->before_stop)) {
 		pthread_mutex_unlock(&srv->lock);
 		return -1;
 	}
@@ -526,6 +535,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		req->srv = srv;
 		req->conn = conn;
 		req->method = method;
+		pthread_mutex_lock(&srv->lock);
+		req->before_stop = !atomic_load(&srv->stopping);
+		srv->draining += req->before_stop;
+		pthread_mutex_unlock(&srv->lock);
 		*con_cls = req;
 		route_find(req, url);
 		return MHD_YES;
@@ -597,6 +610,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	 * only after it was resumed, so the writer is done with it.) */
 	if (req->suspended)
 		run_continuation(req);
+	if (req->before_stop) {
+		pthread_mutex_lock(&req->srv->lock);
+		req->srv->draining--;
+		pthread_mutex_unlock(&req->srv->lock);
+	}
 	for (int i = 0; i < req->nheaders; i++) {
 		free(req->headers[i].name);
 		free(req->headers[i].value);
@@ -670,18 +688,21 @@ void http_stop(struct http_server *srv)
 {
 	if (!srv)
 		return;
-	/* Stop accepting and stop suspending; let requests already waiting on the writer
-	 * get their reply (the writer runs until after us): MHD must not be stopped with a
-	 * connection suspended. */
+	/* Stop accepting. Requests begun before now may finish (a body still arriving, a
+	 * write waiting for the writer, which runs until after us) for up to HTTP_DRAIN_MS;
+	 * one begun since may read but not write (503 shutting_down), and every reply
+	 * closes its connection. Then no request may suspend any more, and once none is
+	 * suspended MHD stops: it must not be stopped with a connection suspended. */
 	MHD_socket listener = MHD_quiesce_daemon(srv->daemon);
-	pthread_mutex_lock(&srv->lock);
-	srv->stopping = 1;
-	pthread_mutex_unlock(&srv->lock);
-	for (int waiting = 1; waiting;) {
+	int64_t deadline = clock_mono_ms() + HTTP_DRAIN_MS;
+	atomic_store(&srv->stopping, 1);
+	for (int done = 0; !done;) {
 		pthread_mutex_lock(&srv->lock);
-		waiting = srv->suspended > 0;
+		if (srv->draining == 0 || clock_mono_ms() >= deadline)
+			srv->closing = 1;
+		done = srv->closing && srv->suspended == 0;
 		pthread_mutex_unlock(&srv->lock);
-		if (waiting)
+		if (!done)
 			usleep(5 * 1000);
 	}
 	MHD_stop_daemon(srv->daemon);

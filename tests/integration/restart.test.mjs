@@ -5,6 +5,7 @@
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
 import path from 'node:path';
 import { writeFileSync, statSync, symlinkSync } from 'node:fs';
 import {
@@ -99,6 +100,43 @@ test('SIGTERM exits 0 promptly; restart on the same database keeps everything', 
   await sleep(500);
   assert.equal(r.requests.filter((x) => x.headers['webhook-id'] === e1.id).length, 1);
   await again.stop({ signal: 'SIGINT', timeoutMs: 5000 });
+}));
+
+// A load balancer's drain sends SIGTERM while requests are still arriving: a publish whose
+// body was on its way gets its real answer (and is kept); one begun after the signal gets
+// 503 shutting_down with Retry-After, never a reset; every reply then closes its connection.
+test('SIGTERM while a publish is still uploading: it gets its 202; a publish begun after gets 503', withLogs(async () => {
+  const relay = await startRelay();
+  const body = JSON.stringify({ type: 'drain.one', data: { n: 1 } });
+  const open = () => new Promise((resolve, reject) => {
+    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
+    sock.on('error', reject);
+    sock.got = '';
+    sock.on('data', (d) => { sock.got += d; });
+  });
+  const answered = (sock) => waitUntil(() => sock.got.includes('\r\n\r\n') && /\}$/.test(sock.got), 3000, 'an answer');
+  const uploading = await open();
+  const idle = await open(); // a keep-alive connection with no request yet
+  uploading.write(`POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`);
+  await sleep(100);
+  relay.proc.kill('SIGTERM');
+  await sleep(200);
+  idle.write(`POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+  await answered(idle);
+  assert.match(idle.got, /^HTTP\/1\.1 503 /, idle.got);
+  assert.match(idle.got, /"code":"shutting_down"/, idle.got);
+  assert.match(idle.got, /Retry-After: 5/i, idle.got);
+  assert.match(idle.got, /Connection: close/i, idle.got);
+  uploading.write(body.slice(10));
+  await answered(uploading);
+  assert.match(uploading.got, /^HTTP\/1\.1 202 /, uploading.got);
+  assert.match(uploading.got, /Connection: close/i, uploading.got);
+  const { id } = JSON.parse(uploading.got.slice(uploading.got.indexOf('\r\n\r\n') + 4));
+  await relay.stop({ timeoutMs: 5000 });
+
+  const again = await startRelay({ dbPath: relay.dbPath });
+  const events = await listAll(again, '/v1/events');
+  assert.deepEqual(events.map((e) => e.id), [id], 'the drained publish is kept, the refused one is not');
 }));
 
 test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes after restart', withLogs(async () => {
