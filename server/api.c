@@ -258,20 +258,30 @@ int api_list_query(struct http_request *req, const char *const filters[],
 	return 0;
 }
 
-void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what)
+static void reply_read_failed(struct http_request *req, enum store_rc rc, const char *what)
 {
-	switch (rc) {
-	case STORE_OK:
-		http_reply_json(req, 200, result);
-		return;
-	case STORE_NOTFOUND:
+	if (rc == STORE_NOTFOUND) {
 		http_reply_error(req, 404, "not_found", "no %s with that id", what);
 		return;
-	default:
-		http_add_header(req, "Retry-After", "1");
-		http_reply_error(req, 503, "storage_unavailable", "the store did not answer; try again");
-		return;
 	}
+	http_add_header(req, "Retry-After", "1");
+	http_reply_error(req, 503, "storage_unavailable", "the store did not answer; try again");
+}
+
+void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what)
+{
+	if (rc == STORE_OK)
+		http_reply_json(req, 200, result);
+	else
+		reply_read_failed(req, rc, what);
+}
+
+void api_reply_read_text(struct http_request *req, enum store_rc rc, char *text, const char *what)
+{
+	if (rc == STORE_OK)
+		http_reply_owned(req, 200, "application/json", text);
+	else
+		reply_read_failed(req, rc, what);
 }
 
 /* ---------- suspended writes ---------- */

@@ -76,6 +76,8 @@ int api_list_query(struct http_request *req, const char *const filters[],
 
 /* Replies for a read's store_rc: 404 naming `what`, or 503. For STORE_OK replies 200. */
 void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);
+/* The same for a read that answers with JSON text (steals text). */
+void api_reply_read_text(struct http_request *req, enum store_rc rc, char *text, const char *what);
 
 /*
  * A write waiting on the writer. The handler fills call (kind, inputs), sets status (the

@@ -96,7 +96,7 @@ void api_events_batch(struct api *api, struct http_request *req)
 void api_events_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;
-	json_t *out = NULL;
+	char *out = NULL;
 	const char *reason;
 
 	static const char *const filters[] = {"type", NULL};
@@ -108,12 +108,12 @@ void api_events_list(struct api *api, struct http_request *req)
 		return;
 	}
 	enum store_rc rc = store_events_list(api_store(api), &q, &out);
-	api_reply_read(req, rc, out, "event");
+	api_reply_read_text(req, rc, out, "event");
 }
 
 void api_events_get(struct api *api, struct http_request *req)
 {
-	json_t *out = NULL;
+	char *out = NULL;
 	enum store_rc rc = store_event_get(api_store(api), http_path_param(req), &out);
-	api_reply_read(req, rc, out, "event");
+	api_reply_read_text(req, rc, out, "event");
 }

@@ -160,8 +160,10 @@ struct store_stats {
 	int64_t write_failures;         /* write batches that failed (disk full, I/O error) */
 };
 enum store_rc store_stats(struct store *s, struct store_stats *out);
-enum store_rc store_event_get(struct store *s, const char *id, json_t **out);
-enum store_rc store_events_list(struct store *s, const struct store_list_query *q, json_t **out);
+/* Events come as JSON text (*out malloc'ed), not json_t: data is shown as stored, byte
+ * for byte, which jansson would re-spell (0.1 as 0.10000000000000001). */
+enum store_rc store_event_get(struct store *s, const char *id, char **out);
+enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out);
 enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);
 enum store_rc store_subscriptions_list(struct store *s, const struct store_list_query *q,
                                        json_t **out);

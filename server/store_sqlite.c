@@ -468,6 +468,38 @@ static json_t *event_json(sqlite3_stmt *st)
 	return o;
 }
 
+/* Writes the event object as JSON text: the envelope's own bytes (data exactly as
+ * published and sent: numbers keep their spelling, integers past 64 bits included),
+ * then idempotency_key and, if extra is given, extra_name: extra. An envelope that is
+ * not the object ingest built (never expected) goes through jansson instead. */
+static void event_text(FILE *f, sqlite3_stmt *st, const char *extra_name, json_t *extra)
+{
+	const char *env = sqlite3_column_blob(st, 1);
+	size_t len = (size_t)sqlite3_column_bytes(st, 1);
+	json_t *key = json_text_or_null(st, 2);
+
+	if (env && len >= 2 && env[0] == '{' && env[len - 1] == '}') {
+		fwrite(env, 1, len - 1, f);
+		fputs(",\"idempotency_key\":", f);
+		json_dumpf(key, f, JSON_COMPACT | JSON_ENCODE_ANY);
+	} else {
+		json_t *o = event_json(st);
+		char *text = json_dumps(o, JSON_COMPACT);
+		if (text)
+			fwrite(text, 1, strlen(text) - 1, f);
+		else
+			fputs("{\"id\":null", f);
+		free(text);
+		json_decref(o);
+	}
+	json_decref(key);
+	if (extra) {
+		fprintf(f, ",\"%s\":", extra_name);
+		json_dumpf(extra, f, JSON_COMPACT | JSON_ENCODE_ANY);
+	}
+	fputc('}', f);
+}
+
 /* Runs a prepared SELECT and builds one object per row with `row`. Returns an array,
  * or NULL on error. Finalizes nothing. */
 static json_t *rows_json(sqlite3_stmt *st, json_t *(*row)(sqlite3_stmt *), int limit,
@@ -2498,24 +2530,35 @@ struct bind {
 	int is_text;
 };
 
-static enum store_rc run_list(struct store *s, const char *sql, const struct bind *binds, int nbinds,
-                              json_t *(*row)(sqlite3_stmt *), int limit, json_t **out)
+/* Prepares sql on db with its binds; NULL on error. */
+static sqlite3_stmt *prepare_bound(sqlite3 *db, const char *sql, const struct bind *binds,
+                                   int nbinds)
 {
-	sqlite3 *db = reader_acquire(s);
 	sqlite3_stmt *st = NULL;
-	enum store_rc rc = STORE_ERR;
-	json_t *rows;
-	int more = 0;
-	int64_t last = 0;
 
 	if (!db || sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-		goto out;
+		return NULL;
 	for (int i = 0; i < nbinds; i++) {
 		if (binds[i].is_text)
 			sqlite3_bind_text(st, i + 1, binds[i].text, -1, SQLITE_STATIC);
 		else
 			sqlite3_bind_int64(st, i + 1, binds[i].num);
 	}
+	return st;
+}
+
+static enum store_rc run_list(struct store *s, const char *sql, const struct bind *binds, int nbinds,
+                              json_t *(*row)(sqlite3_stmt *), int limit, json_t **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = prepare_bound(db, sql, binds, nbinds);
+	enum store_rc rc = STORE_ERR;
+	json_t *rows;
+	int more = 0;
+	int64_t last = 0;
+
+	if (!st)
+		goto out;
 	rows = rows_json(st, row, limit, &last, &more);
 	if (!rows)
 		goto out;
@@ -2528,7 +2571,18 @@ out:
 	return rc;
 }
 
-enum store_rc store_events_list(struct store *s, const struct store_list_query *q, json_t **out)
+/* Closes the memstream f and hands its text to *out, or frees it: STORE_OK or STORE_ERR. */
+static enum store_rc memstream_take(FILE *f, char **text, int failed, char **out)
+{
+	if (fclose(f) != 0 || failed) {
+		free(*text);
+		return STORE_ERR;
+	}
+	*out = *text;
+	return STORE_OK;
+}
+
+enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out)
 {
 	char sql[512];
 	struct bind b[3];
@@ -2542,18 +2596,52 @@ enum store_rc store_events_list(struct store *s, const struct store_list_query *
 	if (q->after)
 		b[nb++] = (struct bind){.num = q->after};
 	b[nb++] = (struct bind){.num = q->limit + 1};
-	return run_list(s, sql, b, nb, event_json, q->limit, out);
+
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = prepare_bound(db, sql, b, nb);
+	enum store_rc rc = STORE_ERR;
+	char *text = NULL, cursor[UTIL_ID_MAX];
+	size_t len = 0;
+	int step = SQLITE_ERROR, n = 0;
+	int64_t last = 0;
+	FILE *f = st ? open_memstream(&text, &len) : NULL;
+
+	if (!f)
+		goto out;
+	fputs("{\"data\":[", f);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW && n < q->limit) {
+		if (n++)
+			fputc(',', f);
+		event_text(f, st, NULL, NULL);
+		last = sqlite3_column_int64(st, 0);
+	}
+	if (step == SQLITE_ROW) { /* the limit + 1st row: there is a next page */
+		util_format_id("", last, cursor);
+		fprintf(f, "],\"next\":\"%s\"}", cursor);
+	} else {
+		fputs("],\"next\":null}", f);
+	}
+	rc = memstream_take(f, &text, step != SQLITE_ROW && step != SQLITE_DONE, out);
+out:
+	sqlite3_finalize(st);
+	if (db)
+		reader_release(s, db);
+	return rc;
 }
 
-enum store_rc store_event_get(struct store *s, const char *id, json_t **out)
+enum store_rc store_event_get(struct store *s, const char *id, char **out)
 {
 	sqlite3 *db = reader_acquire(s);
 	sqlite3_stmt *st = NULL;
 	enum store_rc rc = STORE_ERR;
-	json_t *event = NULL;
+	json_t *holder = json_object();
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
 
-	if (!db || sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1,
-	                              &st, NULL) != SQLITE_OK)
+	if (!db || !holder ||
+	    sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1, &st,
+	                       NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	int step = sqlite3_step(st);
@@ -2561,15 +2649,16 @@ enum store_rc store_event_get(struct store *s, const char *id, json_t **out)
 		rc = step == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 		goto out;
 	}
-	event = event_json(st);
 	if (attach_rows(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.event_seq = ?1 ORDER BY d.id",
-	                sqlite3_column_int64(st, 0), delivery_json, event, "deliveries") != 0)
+	                sqlite3_column_int64(st, 0), delivery_json, holder, "deliveries") != 0)
 		goto out;
-	*out = event;
-	event = NULL;
-	rc = STORE_OK;
+	f = open_memstream(&text, &len);
+	if (!f)
+		goto out;
+	event_text(f, st, "deliveries", json_object_get(holder, "deliveries"));
+	rc = memstream_take(f, &text, 0, out);
 out:
-	json_decref(event);
+	json_decref(holder);
 	sqlite3_finalize(st);
 	if (db)
 		reader_release(s, db);

@@ -136,6 +136,22 @@ test('unicode and nested data round-trip exactly; data defaults to null; key def
   const got = await api(relay, 'GET', `/v1/events/${e1.id}`);
   assert.equal(got.status, 200);
   assert.deepEqual(got.json.data, data);
+
+  // The read API shows data as sent, byte for byte: numbers keep their spelling, and
+  // integers past 64 bits their digits (a JSON parser would re-spell both).
+  const raw = '{"a":0.1,"b":1.10,"c":1e2,"d":-0,"big":123456789012345678901234567890,"s":"\\u00e9\\u0000"}';
+  const pub = await api(relay, 'POST', '/v1/events', `{"type":"num.raw","data":${raw}}`);
+  assert.equal(pub.status, 202, pub.text);
+  const sent = (await r.waitFor(3, 5000)).find((q) => q.headers['webhook-id'] === pub.json.id);
+  assert.ok(sent.body.toString().endsWith(`"data":${raw}}`), `sent: ${sent.body}`);
+  const one = await api(relay, 'GET', `/v1/events/${pub.json.id}`);
+  assert.equal(one.status, 200, one.text);
+  assert.ok(one.text.includes(`"data":${raw},`), `GET /v1/events/{id}: ${one.text}`);
+  assert.equal(one.json.idempotency_key, null);
+  assert.deepEqual(one.json.deliveries.map((d) => d.subscription_id), [sub.id]);
+  const list = await api(relay, 'GET', '/v1/events?type=num.raw');
+  assert.ok(list.text.includes(`"data":${raw},`), `GET /v1/events: ${list.text}`);
+  assert.deepEqual(Object.keys(list.json.data[0]).sort(), ['data', 'id', 'idempotency_key', 'key', 'timestamp', 'type']);
 }));
 
 test('idempotency: the same id or Idempotency-Key is stored and delivered once', withLogs(async () => {
