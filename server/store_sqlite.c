@@ -2547,8 +2547,8 @@ static sqlite3_stmt *prepare_bound(sqlite3 *db, const char *sql, const struct bi
 	return st;
 }
 
-static enum store_rc run_list(struct store *s, const char *sql, const struct bind *binds, int nbinds,
-                              json_t *(*row)(sqlite3_stmt *), int limit, json_t **out)
+static enum store_rc run_list(struct store *s, const char *sql, const struct bind *binds,
+                              int nbinds, json_t *(*row)(sqlite3_stmt *), int limit, json_t **out)
 {
 	sqlite3 *db = reader_acquire(s);
 	sqlite3_stmt *st = prepare_bound(db, sql, binds, nbinds);
@@ -2649,7 +2649,9 @@ enum store_rc store_event_get(struct store *s, const char *id, char **out)
 		rc = step == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 		goto out;
 	}
-	if (attach_rows(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.event_seq = ?1 ORDER BY d.id",
+	if (attach_rows(db,
+	                "SELECT " DELIVERY_COLUMNS DELIVERY_FROM
+	                " WHERE d.event_seq = ?1 ORDER BY d.id",
 	                sqlite3_column_int64(st, 0), delivery_json, holder, "deliveries") != 0)
 		goto out;
 	f = open_memstream(&text, &len);
