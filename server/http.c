@@ -77,7 +77,7 @@ struct http_request {
 	void (*then)(struct http_request *, void *);
 	void *then_arg;
 	int suspended;
-	int before_stop;        /* begun before http_stop: may finish during the drain */
+	int before_stop; /* begun before http_stop: may finish during the drain */
 };
 
 static size_t discard_limit(const struct http_server *srv)
@@ -399,7 +399,7 @@ static const char *target_path(const char *url)
 {
 	size_t skip = strncasecmp(url, "http://", 7) == 0    ? 7
 	              : strncasecmp(url, "https://", 8) == 0 ? 8
-	                                                      : 0;
+	                                                     : 0;
 	if (!skip)
 		return url;
 	const char *path = strchr(url + skip, '/');

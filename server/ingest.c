@@ -256,8 +256,9 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 		/* Two keys for one event: keeping either would let a retry that sends only
 		 * the other store the event twice. */
 		if (idem_header && strcmp(idem_header, ev->idempotency_key) != 0) {
-			snprintf(why, whylen, "id and the Idempotency-Key header differ; send one, or the"
-			                      " same key in both");
+			snprintf(why, whylen,
+			         "id and the Idempotency-Key header differ; send one, or the"
+			         " same key in both");
 			return INGEST_INVALID;
 		}
 	}

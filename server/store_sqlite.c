@@ -633,8 +633,9 @@ static void log_health_change(int64_t id, const struct sub_health *was,
 		fprintf(stderr, "hookrelay: sub_%lld enabled again\n", (long long)id);
 	} else if (now->enabled && !was->failing_since && now->failing_since) {
 		util_format_time(now->failing_since, since);
-		fprintf(stderr, "hookrelay: sub_%lld failing: an attempt failed at %s; retrying on"
-		                " schedule (GET /v1/deliveries?subscription=sub_%lld says why)\n",
+		fprintf(stderr,
+		        "hookrelay: sub_%lld failing: an attempt failed at %s; retrying on"
+		        " schedule (GET /v1/deliveries?subscription=sub_%lld says why)\n",
 		        (long long)id, since, (long long)id);
 	} else if (now->enabled && was->failing_since && !now->failing_since) {
 		util_format_time(was->failing_since, since);

@@ -21,12 +21,12 @@
 struct recorder {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	int entered;   /* the first batch has started */
-	int released;  /* the test lets the first batch finish */
+	int entered;  /* the first batch has started */
+	int released; /* the test lets the first batch finish */
 	int nbatches;
 	int sizes[MAX_BATCHES];
 	enum store_call_kind kinds[MAX_BATCHES][MAX_PER_BATCH];
-	int done;      /* calls answered */
+	int done; /* calls answered */
 };
 
 static int record_batch(void *ctx, struct store_call **calls, size_t n)
@@ -72,7 +72,7 @@ static void test_subscription_write_ends_batch(void)
 {
 	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 	enum store_call_kind order[] = {
-	    STORE_INGEST,     /* runs alone while the rest queue */
+	    STORE_INGEST,                       /* runs alone while the rest queue */
 	    STORE_CLAIM,      STORE_SUB_UPDATE, /* a claim before the change may share it */
 	    STORE_CLAIM,      STORE_INGEST,     STORE_SUB_DELETE,
 	    STORE_SUB_ROTATE, /* alone: a change right after a change */
@@ -109,8 +109,8 @@ static void test_subscription_write_ends_batch(void)
 	CHECK(r.nbatches == 6);
 	CHECK(batch_is(&r, 0, (enum store_call_kind[]){STORE_INGEST}, 1));
 	CHECK(batch_is(&r, 1, (enum store_call_kind[]){STORE_CLAIM, STORE_SUB_UPDATE}, 2));
-	CHECK(batch_is(&r, 2,
-	               (enum store_call_kind[]){STORE_CLAIM, STORE_INGEST, STORE_SUB_DELETE}, 3));
+	CHECK(batch_is(&r, 2, (enum store_call_kind[]){STORE_CLAIM, STORE_INGEST, STORE_SUB_DELETE},
+	               3));
 	CHECK(batch_is(&r, 3, (enum store_call_kind[]){STORE_SUB_ROTATE}, 1));
 	CHECK(batch_is(&r, 4, (enum store_call_kind[]){STORE_COMPLETE, STORE_SUB_CREATE}, 2));
 	CHECK(batch_is(&r, 5, (enum store_call_kind[]){STORE_CLAIM}, 1));
@@ -119,7 +119,7 @@ static void test_subscription_write_ends_batch(void)
 static void test_group_commit(void)
 {
 	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-	enum store_call_kind order[] = {STORE_INGEST, STORE_INGEST,   STORE_CLAIM,
+	enum store_call_kind order[] = {STORE_INGEST,   STORE_INGEST,      STORE_CLAIM,
 	                                STORE_COMPLETE, STORE_SUB_RECOVER, STORE_DELIVERY_RETRY,
 	                                STORE_INGEST};
 	enum { N = sizeof(order) / sizeof(order[0]) };
