@@ -63,7 +63,7 @@ struct http_request {
 	size_t body_len;        /* bytes held */
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
-	int framing_bad;        /* the body's length is ambiguous: refused, connection closed */
+	int ambiguous;          /* framing or Host ambiguous: refused, connection closed */
 	const struct route *route; /* set by route_find once routed and authorized */
 	int hold;               /* replies are held (see held), not queued yet */
 	struct MHD_Response *held; /* a reply route_find made, queued once the body is in */
@@ -103,7 +103,7 @@ static void queue_reply_as(struct http_request *req, int status, const char *con
 		MHD_add_response_header(resp, "Content-Type", content_type);
 	for (int i = 0; i < req->nheaders; i++)
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
-	if (req->too_large || req->framing_bad || atomic_load(&req->srv->stopping))
+	if (req->too_large || req->ambiguous || atomic_load(&req->srv->stopping))
 		MHD_add_response_header(resp, "Connection", "close");
 	if (req->hold && !req->held) {
 		req->held = resp;
@@ -342,16 +342,17 @@ static void reply_too_large(struct http_request *req)
 	                 req->srv->max_body);
 }
 
-struct framing {
+struct request_shape {
 	const char *content_length; /* the first one */
 	int lengths_differ;         /* another Content-Length with another value */
 	int chunked;                /* a Transfer-Encoding header */
+	int hosts;                  /* Host headers */
 };
 
-static enum MHD_Result framing_step(void *arg, enum MHD_ValueKind kind, const char *name,
+static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char *name,
                                     const char *value)
 {
-	struct framing *f = arg;
+	struct request_shape *f = arg;
 	(void)kind;
 	if (strcasecmp(name, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
 		if (!f->content_length)
@@ -360,21 +361,29 @@ static enum MHD_Result framing_step(void *arg, enum MHD_ValueKind kind, const ch
 			f->lengths_differ = 1;
 	} else if (strcasecmp(name, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
 		f->chunked = 1;
+	} else if (strcasecmp(name, MHD_HTTP_HEADER_HOST) == 0) {
+		f->hosts++;
 	}
 	return MHD_YES;
 }
 
-/* Why the body's length is ambiguous, or NULL: two Content-Lengths that differ, or one
- * beside Transfer-Encoding (RFC 9112 6.3). A proxy in front may read the other one, and
- * the rest of the body would then be taken for the next request (request smuggling). */
-static const char *framing_conflict(const struct http_request *req)
+/* Why the request is ambiguous, or NULL: two Content-Lengths that differ, or one beside
+ * Transfer-Encoding (RFC 9112 6.3): a proxy in front may read the other one, and the rest
+ * of the body would then be taken for the next request (request smuggling); or an
+ * HTTP/1.1 request without exactly one Host header (RFC 9112 3.2: a server must answer
+ * 400), which a proxy and we could route differently. */
+static const char *request_conflict(const struct http_request *req, const char *version)
 {
-	struct framing f = {0};
-	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, framing_step, &f);
+	struct request_shape f = {0};
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, shape_step, &f);
 	if (f.lengths_differ)
 		return "the request has Content-Length headers that differ";
 	if (f.content_length && f.chunked)
 		return "the request has both Content-Length and Transfer-Encoding";
+	if (f.hosts > 1)
+		return "the request has more than one Host header";
+	if (f.hosts == 0 && version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
+		return "an HTTP/1.1 request needs a Host header";
 	return NULL;
 }
 
@@ -469,14 +478,14 @@ static void route_match(struct http_request *req, const char *url)
  * read and dropped (as an oversize chunked one is), then sent, so the connection stays
  * usable; only a declared length over the limit is answered at once, and the
  * connection closed. HEAD is routed as GET (libmicrohttpd leaves the body out). */
-static void route_find(struct http_request *req, const char *url)
+static void route_find(struct http_request *req, const char *url, const char *version)
 {
 	const char *expect =
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
-	const char *conflict = framing_conflict(req);
+	const char *conflict = request_conflict(req, version);
 	if (conflict) { /* refused at once, whatever the route; the connection is closed */
-		req->framing_bad = 1;
+		req->ambiguous = 1;
 		http_reply_error(req, 400, "malformed_request", "%s", conflict);
 		return;
 	}
@@ -526,7 +535,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
 	struct http_server *srv = cls;
 	struct http_request *req = *con_cls;
-	(void)version;
 
 	if (!req) {
 		req = calloc(1, sizeof(*req));
@@ -540,7 +548,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		srv->draining += req->before_stop;
 		pthread_mutex_unlock(&srv->lock);
 		*con_cls = req;
-		route_find(req, url);
+		route_find(req, url, version);
 		return MHD_YES;
 	}
 

@@ -55,7 +55,7 @@ function rawExchange(raw, enough) {
 
 // Request smuggling: a proxy in front that reads the other length would take the rest of
 // the body for a second request. Refused before routing or auth, the connection closed.
-test('a body length that is ambiguous is 400 malformed_request and closes the connection', withLogs(async () => {
+test('an ambiguous body length or Host is 400 malformed_request and closes the connection', withLogs(async () => {
   const body = '{"type":"smuggle.x"}';
   for (const [what, headers] of [
     ['two different Content-Lengths', `Content-Length: ${body.length}\r\nContent-Length: ${body.length + 1}\r\n`],
@@ -70,6 +70,17 @@ test('a body length that is ambiguous is 400 malformed_request and closes the co
     assert.match(got, /[Cc]onnection: close/, `${what}: ${got}`);
     assert.ok(took < 1500, `${what}: the relay kept the connection ${Math.round(took)} ms`);
   }
+  // RFC 9112 3.2: an HTTP/1.1 request needs exactly one Host (HTTP/1.0 needs none).
+  for (const [what, head] of [
+    ['HTTP/1.1 without Host', 'GET /healthz HTTP/1.1\r\n'],
+    ['two Host headers', 'GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n'],
+  ]) {
+    const got = await rawExchange(`${head}\r\n`, () => false);
+    assert.match(got, /^HTTP\/1\.1 400 /, `${what}: ${got}`);
+    assert.match(got, /"code":"malformed_request"/, `${what}: ${got}`);
+  }
+  const http10 = await rawExchange('GET /healthz HTTP/1.0\r\n\r\n', () => false);
+  assert.match(http10, /^HTTP\/1\.[01] 200 /, http10);
   // The same length twice is one length.
   const same = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
     `Content-Length: ${body.length}\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`, () => false);
