@@ -112,7 +112,8 @@ int util_parse_id(const char *prefix, const char *text, int64_t *n)
 {
 	size_t plen = strlen(prefix);
 
-	if (!text || strncmp(text, prefix, plen) != 0 || text[plen] == '-')
+	/* one spelling per id: sub_01 is not sub_1 (nor is sub_-1, sub_+1 or sub_ 1) */
+	if (!text || strncmp(text, prefix, plen) != 0 || text[plen] < '1' || text[plen] > '9')
 		return -1;
 	return util_parse_int(text + plen, 1, INT64_MAX, n);
 }

@@ -1,7 +1,7 @@
 /*
  * test_util.c - util_parse_time, the RFC 3339 reader behind the recover route's "since":
  * real dates only (no 31 February, 29 February only in leap years), offsets within a day,
- * and the instant each spelling names.
+ * and the instant each spelling names; util_parse_id: one spelling per id.
  */
 #include <stdint.h>
 
@@ -51,8 +51,31 @@ static void test_parse_time(void)
 	}
 }
 
+static void test_parse_id(void)
+{
+	static const struct {
+		const char *text;
+		int64_t want; /* 0: refused */
+	} cases[] = {
+	    {"sub_1", 1},   {"sub_42", 42}, {"sub_9223372036854775807", INT64_MAX},
+	    {"sub_01", 0},  {"sub_0", 0},   {"sub_-1", 0},
+	    {"sub_+1", 0},  {"sub_ 1", 0},  {"sub_1 ", 0},
+	    {"sub_", 0},    {"sub1", 0},    {"dlv_1", 0},
+	    {"sub_1x", 0},  {"sub_9223372036854775808", 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int64_t n = 0;
+		int rc = util_parse_id("sub_", cases[i].text, &n);
+		CHECK(cases[i].want ? rc == 0 && n == cases[i].want : rc == -1);
+		if (cases[i].want ? rc != 0 || n != cases[i].want : rc != -1)
+			fprintf(stderr, "  util_parse_id(\"sub_\", \"%s\") = %d, %lld\n", cases[i].text,
+			        rc, (long long)n);
+	}
+}
+
 int main(void)
 {
 	test_parse_time();
+	test_parse_id();
 	return CHECK_DONE();
 }
