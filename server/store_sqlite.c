@@ -97,6 +97,8 @@ struct sub_entry {
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
+	uint64_t disabled_in_batch;   /* the batch (s->batch_no) whose results disabled it: its
+	                                 claims take nothing for it before the COMMIT reloads it */
 	char *url;
 	char *headers_json;           /* or NULL */
 	struct sub_secret secrets[SECRETS_MAX]; /* newest first */
@@ -179,6 +181,7 @@ struct store {
 	_Atomic int64_t wake_when_synced; /* a claim could not take events up to this one (not
 	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
+	uint64_t batch_no;              /* writer: batches run so far, this one included */
 	int64_t batch_pending;          /* writer: how the running batch changed the number of
 	                                   pending deliveries (counters.pending) */
 	_Atomic int64_t committed_seq;  /* the newest event committed */
@@ -1560,7 +1563,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	for (size_t k = 0; k < nsubs && written > synced; k++) {
 		const struct sub_entry *sub = &s->subs[k];
 		int64_t newest = sub->newest_seq < written ? sub->newest_seq : written;
-		if (sub->enabled && sub->leased < sub->max_in_flight && newest > missed)
+		if (sub->enabled && sub->disabled_in_batch != s->batch_no &&
+		    sub->leased < sub->max_in_flight && newest > missed)
 			missed = newest;
 	}
 	if (missed > synced)
@@ -1575,7 +1579,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
 		int step;
 
-		if (!sub->enabled || room <= 0)
+		if (!sub->enabled || sub->disabled_in_batch == s->batch_no || room <= 0)
 			continue; /* disabled: held; full: completions wake the dispatcher */
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
@@ -1659,6 +1663,12 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 {
 	sqlite3_stmt *st = NULL;
 	int rc = -1;
+	struct sub_entry *cached = sub_find(s, id);
+
+	/* The cache changes only after the COMMIT; a claim later in this batch must not send
+	 * to an endpoint that just answered 410 (a rolled-back batch has another number). */
+	if (cached)
+		cached->disabled_in_batch = s->batch_no;
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "UPDATE subscriptions SET enabled = 0, disabled_reason = ?2,"
 	                       " updated_at = ?3 WHERE id = ?1",
@@ -1853,6 +1863,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			changed_cap++;
 	}
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
+	s->batch_no++;
 	s->batch_top_seq = 0;
 	s->batch_new_events = 0;
 	s->batch_pending = 0;
