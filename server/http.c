@@ -19,6 +19,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -44,7 +45,7 @@ struct http_server {
 	size_t max_body;          /* bytes */
 	pthread_mutex_t lock;     /* guards the four fields below */
 	int suspended;            /* requests waiting for the writer */
-	int draining;             /* requests begun before the stop and not completed */
+	int in_progress;          /* requests begun and not completed */
 	int closing;              /* set by http_stop once drained: no request may suspend */
 	atomic_int stopping;      /* set by http_stop: requests begun since may not suspend,
 	                             and every reply closes its connection */
@@ -345,7 +346,8 @@ static void reply_too_large(struct http_request *req)
 struct request_shape {
 	const char *content_length; /* the first one */
 	int lengths_differ;         /* another Content-Length with another value */
-	int chunked;                /* a Transfer-Encoding header */
+	int codings;                /* Transfer-Encoding headers */
+	int other_coding;           /* one that is not exactly "chunked" */
 	int hosts;                  /* Host headers */
 };
 
@@ -360,7 +362,10 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
 		else if (strcmp(f->content_length, value ? value : "") != 0)
 			f->lengths_differ = 1;
 	} else if (strcasecmp(name, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
-		f->chunked = 1;
+		f->codings++;
+		/* MHD gives the value without surrounding white space */
+		if (!value || strcasecmp(value, "chunked") != 0)
+			f->other_coding = 1;
 	} else if (strcasecmp(name, MHD_HTTP_HEADER_HOST) == 0) {
 		f->hosts++;
 	}
@@ -378,8 +383,12 @@ static const char *request_conflict(const struct http_request *req, const char *
 	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, shape_step, &f);
 	if (f.lengths_differ)
 		return "the request has Content-Length headers that differ";
-	if (f.content_length && f.chunked)
+	if (f.content_length && f.codings)
 		return "the request has both Content-Length and Transfer-Encoding";
+	/* RFC 9112 6.3: a coding other than chunked, or chunked not last, leaves the length
+	 * unknown; we know no other coding, so Transfer-Encoding is "chunked", once */
+	if (f.codings > 1 || f.other_coding)
+		return "the request's Transfer-Encoding is not \"chunked\" alone";
 	if (f.hosts > 1)
 		return "the request has more than one Host header";
 	if (f.hosts == 0 && version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
@@ -545,7 +554,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		req->method = method;
 		pthread_mutex_lock(&srv->lock);
 		req->before_stop = !atomic_load(&srv->stopping);
-		srv->draining += req->before_stop;
+		srv->in_progress++;
 		pthread_mutex_unlock(&srv->lock);
 		*con_cls = req;
 		route_find(req, url, version);
@@ -578,6 +587,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	}
 
 	if (req->held) {
+		if (atomic_load(&srv->stopping)) /* decided before the stop began */
+			MHD_add_response_header(req->held, "Connection", "close");
 		enum MHD_Result queued = MHD_queue_response(conn, req->held_status, req->held);
 		MHD_destroy_response(req->held);
 		req->held = NULL;
@@ -618,11 +629,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	 * only after it was resumed, so the writer is done with it.) */
 	if (req->suspended)
 		run_continuation(req);
-	if (req->before_stop) {
-		pthread_mutex_lock(&req->srv->lock);
-		req->srv->draining--;
-		pthread_mutex_unlock(&req->srv->lock);
-	}
+	pthread_mutex_lock(&req->srv->lock);
+	req->srv->in_progress--;
+	pthread_mutex_unlock(&req->srv->lock);
 	for (int i = 0; i < req->nheaders; i++) {
 		free(req->headers[i].name);
 		free(req->headers[i].value);
@@ -696,17 +705,22 @@ void http_stop(struct http_server *srv)
 {
 	if (!srv)
 		return;
-	/* Stop accepting. Requests begun before now may finish (a body still arriving, a
-	 * write waiting for the writer, which runs until after us) for up to HTTP_DRAIN_MS;
-	 * one begun since may read but not write (503 shutting_down), and every reply
-	 * closes its connection. Then no request may suspend any more, and once none is
-	 * suspended MHD stops: it must not be stopped with a connection suspended. */
+	/* Stop accepting, and refuse connections at once: MHD stops polling the listening
+	 * socket, and shutting it down (it must stay open until MHD has stopped) makes the
+	 * kernel refuse new ones rather than queue them for a reset later. Requests begun
+	 * (a body still arriving, a write waiting for the writer, which runs until after
+	 * us) may finish for up to HTTP_DRAIN_MS; one begun after now may read but not
+	 * write (503 shutting_down), and every reply closes its connection. Then no request
+	 * may suspend any more, and once none is suspended MHD stops: it must not be
+	 * stopped with a connection suspended. */
 	MHD_socket listener = MHD_quiesce_daemon(srv->daemon);
+	if (listener != MHD_INVALID_SOCKET)
+		shutdown(listener, SHUT_RDWR);
 	int64_t deadline = clock_mono_ms() + HTTP_DRAIN_MS;
 	atomic_store(&srv->stopping, 1);
 	for (int done = 0; !done;) {
 		pthread_mutex_lock(&srv->lock);
-		if (srv->draining == 0 || clock_mono_ms() >= deadline)
+		if (srv->in_progress == 0 || clock_mono_ms() >= deadline)
 			srv->closing = 1;
 		done = srv->closing && srv->suspended == 0;
 		pthread_mutex_unlock(&srv->lock);

@@ -60,6 +60,10 @@ test('an ambiguous body length or Host is 400 malformed_request and closes the c
   for (const [what, headers] of [
     ['two different Content-Lengths', `Content-Length: ${body.length}\r\nContent-Length: ${body.length + 1}\r\n`],
     ['Content-Length and Transfer-Encoding', `Content-Length: ${body.length}\r\nTransfer-Encoding: chunked\r\n`],
+    // RFC 9112 6.3: with a coding other than chunked, or chunked not last, the length is unknown
+    ['Transfer-Encoding: identity', 'Transfer-Encoding: identity\r\n'],
+    ['Transfer-Encoding: gzip, chunked', 'Transfer-Encoding: gzip, chunked\r\n'],
+    ['two Transfer-Encoding headers', 'Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n'],
   ]) {
     const t0 = performance.now();
     const got = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
@@ -79,6 +83,10 @@ test('an ambiguous body length or Host is 400 malformed_request and closes the c
     assert.match(got, /^HTTP\/1\.1 400 /, `${what}: ${got}`);
     assert.match(got, /"code":"malformed_request"/, `${what}: ${got}`);
   }
+  const chunked = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Transfer-Encoding: Chunked\r\nConnection: close\r\n\r\n${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`, () => false);
+  assert.match(chunked, /^HTTP\/1\.1 202 /, `chunked alone is fine: ${chunked}`);
+  accepted.extra.push(JSON.parse(chunked.slice(chunked.indexOf('\r\n\r\n') + 4)).id);
   const http10 = await rawExchange('GET /healthz HTTP/1.0\r\n\r\n', () => false);
   assert.match(http10, /^HTTP\/1\.[01] 200 /, http10);
   // The same length twice is one length.

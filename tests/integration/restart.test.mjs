@@ -127,6 +127,12 @@ test('SIGTERM while a publish is still uploading: it gets its 202; a publish beg
   assert.match(idle.got, /"code":"shutting_down"/, idle.got);
   assert.match(idle.got, /Retry-After: 5/i, idle.got);
   assert.match(idle.got, /Connection: close/i, idle.got);
+  // New connections are refused at once, not queued for a reset.
+  const refused = await new Promise((resolve) => {
+    const sock = net.connect(relay.port, '127.0.0.1', () => { sock.destroy(); resolve('connected'); });
+    sock.on('error', (e) => resolve(e.code));
+  });
+  assert.equal(refused, 'ECONNREFUSED', 'a new connection during the drain');
   uploading.write(body.slice(10));
   await answered(uploading);
   assert.match(uploading.got, /^HTTP\/1\.1 202 /, uploading.got);
@@ -137,6 +143,41 @@ test('SIGTERM while a publish is still uploading: it gets its 202; a publish beg
   const again = await startRelay({ dbPath: relay.dbPath });
   const events = await listAll(again, '/v1/events');
   assert.deepEqual(events.map((e) => e.id), [id], 'the drained publish is kept, the refused one is not');
+}));
+
+test('SIGTERM: a publish begun after it, body still arriving, gets 503 rather than a cut; held refusals close', withLogs(async () => {
+  const relay = await startRelay();
+  const body = JSON.stringify({ type: 'drain.two', data: { n: 2 } });
+  const open = () => new Promise((resolve, reject) => {
+    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
+    sock.on('error', reject);
+    sock.got = '';
+    sock.on('data', (d) => { sock.got += d; });
+  });
+  const answered = (sock) => waitUntil(() => sock.got.includes('\r\n\r\n') && /\}$/.test(sock.got), 3000, 'an answer');
+  const head = (path) => `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
+  const early = await open();
+  const late = await open();
+  const nope = await open();
+  early.write(head('/v1/events') + body.slice(0, 5));
+  nope.write(head('/v1/nope') + body.slice(0, 5)); // refused at its headers, held while its body comes
+  await sleep(100);
+  relay.proc.kill('SIGTERM');
+  await sleep(150);
+  late.write(head('/v1/events') + body.slice(0, 5));
+  await sleep(150);
+  early.write(body.slice(5)); // the request that kept the drain open ends first
+  await answered(early);
+  assert.match(early.got, /^HTTP\/1\.1 202 /, early.got);
+  late.write(body.slice(5));
+  await answered(late);
+  assert.match(late.got, /^HTTP\/1\.1 503 /, `begun after the signal: ${late.got}`);
+  assert.match(late.got, /"code":"shutting_down"/, late.got);
+  nope.write(body.slice(5));
+  await answered(nope);
+  assert.match(nope.got, /^HTTP\/1\.1 404 /, nope.got);
+  assert.match(nope.got, /Connection: close/i, `a held refusal sent during the drain: ${nope.got}`);
+  await relay.stop({ timeoutMs: 5000 });
 }));
 
 test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes after restart', withLogs(async () => {
