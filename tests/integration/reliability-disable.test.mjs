@@ -5,6 +5,7 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import {
   startRelay, startReceiver, api, createSub, postEvent, listAll, waitUntil, sleep, cleanup,
   withLogs,
@@ -109,4 +110,39 @@ test('PATCH enabled:true on an enabled subscription keeps failing_since', withLo
   assert.equal(res.status, 200, res.text);
   assert.equal(res.json.description, 're-applied');
   assert.equal(res.json.failing_since, failing.failing_since, 'the failing clock runs on');
+}));
+
+// The results that disable a subscription (a 410) and the dispatcher's next claim can
+// share one writer transaction; the claim must not lease the just-disabled subscription
+// another delivery. To make them share it, an sqlite3 session holds the database's write
+// lock with a publish already waiting on it in the writer; meanwhile the 410 comes back
+// (its results queue) and then the dispatcher's once-a-second claim (queued behind them).
+test('a 410 disables the subscription even for a claim in the same writer transaction', { timeout: 30_000 }, withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '10s'] });
+  const gone = await startReceiver({ behavior: { status: 410, delayMs: 600 } });
+  const sub = await createSub(relay, gone, { event_types: ['gone.#'], max_in_flight: 1 });
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'gone.x', data: i });
+  await gone.waitFor(1, 5000);
+
+  // Take the write lock while the first request is still waiting for its 410.
+  const cli = spawn('sqlite3', [relay.dbPath], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const cliExited = new Promise((resolve) => cli.on('exit', resolve));
+  let out = '';
+  cli.stdout.on('data', (d) => { out += d; });
+  cli.stdin.write("PRAGMA busy_timeout = 3000;\nBEGIN IMMEDIATE;\nSELECT 'locked';\n");
+  await waitUntil(() => out.includes('locked'), 3000, 'sqlite3 holds the write lock');
+  const blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // the writer waits on the lock
+  // the 410 comes 600 ms after the request arrived; the next claim within a second of
+  // the last one, which went out with that request
+  await sleep(gone.requests[0].arrivedMono + 1800 - performance.now());
+  cli.stdin.write('ROLLBACK;\n.quit\n');
+  assert.equal((await blocked).status, 202);
+  assert.notEqual(await Promise.race([cliExited, sleep(3000).then(() => 'timeout')]), 'timeout');
+
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.enabled === false,
+    3000, 'subscription disabled by the 410');
+  await sleep(500);
+  assert.equal(gone.requests.length, 1, 'nothing more was sent to the endpoint that answered 410');
+  const pending = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=pending`);
+  assert.equal(pending.length, 2, 'the other two are held');
 }));
