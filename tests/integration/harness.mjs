@@ -306,6 +306,28 @@ export function assertError(res, status, code, what = '') {
   assert.ok(res.json.error.message.length > 0, `empty error.message: ${ctx}`);
 }
 
+/**
+ * Holds the database's write lock from an sqlite3 session, as an operator's shell could:
+ * the relay's writer then waits (its busy timeout is 5 s) and what is submitted meanwhile
+ * queues behind it. Resolves once the lock is held; release() ends the session.
+ */
+export async function holdWriteLock(dbPath) {
+  const cli = spawn('sqlite3', [dbPath], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const exited = new Promise((resolve) => cli.on('exit', resolve));
+  let out = '';
+  cli.stdout.on('data', (d) => { out += d; });
+  cli.stdin.write("PRAGMA busy_timeout = 3000;\nBEGIN IMMEDIATE;\nSELECT 'locked';\n");
+  await waitUntil(() => out.includes('locked'), 3000, 'sqlite3 holds the write lock');
+  return {
+    async release() {
+      cli.stdin.write('ROLLBACK;\n.quit\n');
+      const r = await Promise.race([exited, sleep(3000).then(() => 'timeout')]);
+      if (r === 'timeout') cli.kill('SIGKILL');
+      assert.notEqual(r, 'timeout', 'sqlite3 did not end');
+    },
+  };
+}
+
 /** Polls fn() (sync or async) until it returns a truthy value; returns that value. */
 export async function waitUntil(fn, timeoutMs = 5000, what = 'condition', intervalMs = 25) {
   const deadline = Date.now() + timeoutMs;

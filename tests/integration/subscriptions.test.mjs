@@ -8,6 +8,7 @@ import { Webhook } from 'standardwebhooks';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore,
   assertError, waitUntil, eventDeliveries, getDelivery, waitDelivery, listAll, cleanup, withLogs,
+  holdWriteLock, sleep,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -126,6 +127,35 @@ test('PATCH: disabling stops new deliveries, re-enabling resumes them; other fie
   assertError(bad2, 422, 'invalid_field', 'PATCH bad url');
   const after = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
   assert.equal(after.json.url, r2.url + '/moved', 'rejected PATCH changed nothing');
+}));
+
+// A PATCH and the dispatcher's next claim queued behind it must not share a writer
+// transaction: the claim would read the subscription as it was (its old URL, old
+// secret, still enabled). An sqlite3 session holds the write lock so that the PATCH, the
+// results of the request in flight and the next claim all queue up behind a publish.
+test('PATCH url: the next delivery goes to the new URL even when the writer ran behind', { timeout: 30_000 }, withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '10s'] });
+  const before = await startReceiver({ behavior: { status: 200, delayMs: 600 } });
+  const after = await startReceiver();
+  const sub = await createSub(relay, before, { event_types: ['move.#'], max_in_flight: 1 });
+  after.secrets.push(...before.secrets);
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'move.x', data: i });
+  await before.waitFor(1, 5000);
+
+  const lock = await holdWriteLock(relay.dbPath);
+  const blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // the writer waits
+  await sleep(50);
+  const patched = api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: after.url + '/hook' });
+  // the answer to the request in flight comes 600 ms after it arrived; the next claim
+  // within a second of the last one
+  await sleep(before.requests[0].arrivedMono + 1800 - performance.now());
+  await lock.release();
+  assert.equal((await blocked).status, 202);
+  assert.equal((await patched).status, 200);
+
+  await after.waitFor(2, 5000);
+  await assertNoMore(before, 1);
+  assert.equal(after.requests.length, 2, 'the two deliveries not in flight at the PATCH go to the new URL');
 }));
 
 test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed', withLogs(async () => {
