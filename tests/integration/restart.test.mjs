@@ -102,21 +102,29 @@ test('SIGTERM exits 0 promptly; restart on the same database keeps everything', 
   await again.stop({ signal: 'SIGINT', timeoutMs: 5000 });
 }));
 
+/** A raw connection to the relay; what comes back collects in sock.got. */
+function openRaw(relay) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
+    sock.on('error', reject);
+    sock.got = '';
+    sock.on('data', (d) => { sock.got += d; });
+  });
+}
+
+/** Resolves once a whole JSON answer is in sock.got. */
+function answered(sock) {
+  return waitUntil(() => sock.got.includes('\r\n\r\n') && /\}$/.test(sock.got), 3000, 'an answer');
+}
+
 // A load balancer's drain sends SIGTERM while requests are still arriving: a publish whose
 // body was on its way gets its real answer (and is kept); one begun after the signal gets
 // 503 shutting_down with Retry-After, never a reset; every reply then closes its connection.
 test('SIGTERM while a publish is still uploading: it gets its 202; a publish begun after gets 503', withLogs(async () => {
   const relay = await startRelay();
   const body = JSON.stringify({ type: 'drain.one', data: { n: 1 } });
-  const open = () => new Promise((resolve, reject) => {
-    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
-    sock.on('error', reject);
-    sock.got = '';
-    sock.on('data', (d) => { sock.got += d; });
-  });
-  const answered = (sock) => waitUntil(() => sock.got.includes('\r\n\r\n') && /\}$/.test(sock.got), 3000, 'an answer');
-  const uploading = await open();
-  const idle = await open(); // a keep-alive connection with no request yet
+  const uploading = await openRaw(relay);
+  const idle = await openRaw(relay); // a keep-alive connection with no request yet
   uploading.write(`POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`);
   await sleep(100);
   relay.proc.kill('SIGTERM');
@@ -148,17 +156,10 @@ test('SIGTERM while a publish is still uploading: it gets its 202; a publish beg
 test('SIGTERM: a publish begun after it, body still arriving, gets 503 rather than a cut; held refusals close', withLogs(async () => {
   const relay = await startRelay();
   const body = JSON.stringify({ type: 'drain.two', data: { n: 2 } });
-  const open = () => new Promise((resolve, reject) => {
-    const sock = net.connect(relay.port, '127.0.0.1', () => resolve(sock));
-    sock.on('error', reject);
-    sock.got = '';
-    sock.on('data', (d) => { sock.got += d; });
-  });
-  const answered = (sock) => waitUntil(() => sock.got.includes('\r\n\r\n') && /\}$/.test(sock.got), 3000, 'an answer');
   const head = (path) => `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
-  const early = await open();
-  const late = await open();
-  const nope = await open();
+  const early = await openRaw(relay);
+  const late = await openRaw(relay);
+  const nope = await openRaw(relay);
   early.write(head('/v1/events') + body.slice(0, 5));
   nope.write(head('/v1/nope') + body.slice(0, 5)); // refused at its headers, held while its body comes
   await sleep(100);

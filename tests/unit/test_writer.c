@@ -68,43 +68,54 @@ static int batch_is(const struct recorder *r, int b, const enum store_call_kind 
 	return memcmp(r->kinds[b], want, (size_t)n * sizeof(*want)) == 0;
 }
 
+#define MAX_CALLS 16
+
+/* Submits order[0], waits until its batch runs, queues the rest behind it, lets the
+ * first batch end and waits for every call's done(); r then holds the batches. */
+static void run_order(struct recorder *r, const enum store_call_kind *order, int n)
+{
+	struct store_call calls[MAX_CALLS];
+	memset(calls, 0, sizeof(calls));
+	CHECK(n <= MAX_CALLS);
+	if (n > MAX_CALLS)
+		return;
+
+	struct writer *w = writer_start(record_batch, no_sync, r, 100, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	for (int i = 0; i < n; i++) {
+		calls[i].kind = order[i];
+		calls[i].done = count_done;
+		calls[i].arg = r;
+	}
+	CHECK(writer_submit(w, &calls[0], 1) == 0);
+	pthread_mutex_lock(&r->mu);
+	while (!r->entered)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+	for (int i = 1; i < n; i++)
+		CHECK(writer_submit(w, &calls[i], 1) == 0);
+	pthread_mutex_lock(&r->mu);
+	r->released = 1;
+	pthread_cond_broadcast(&r->cv);
+	while (r->done < n)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+	writer_stop(w);
+}
+
 static void test_subscription_write_ends_batch(void)
 {
 	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-	enum store_call_kind order[] = {
+	static const enum store_call_kind order[] = {
 	    STORE_INGEST,                       /* runs alone while the rest queue */
 	    STORE_CLAIM,      STORE_SUB_UPDATE, /* a claim before the change may share it */
 	    STORE_CLAIM,      STORE_INGEST,     STORE_SUB_DELETE,
 	    STORE_SUB_ROTATE, /* alone: a change right after a change */
 	    STORE_COMPLETE,   STORE_SUB_CREATE, STORE_CLAIM,
 	};
-	enum { N = sizeof(order) / sizeof(order[0]) };
-	struct store_call calls[N];
-	memset(calls, 0, sizeof(calls));
-
-	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
-	CHECK(w != NULL);
-	if (!w)
-		return;
-	for (int i = 0; i < N; i++) {
-		calls[i].kind = order[i];
-		calls[i].done = count_done;
-		calls[i].arg = &r;
-	}
-	CHECK(writer_submit(w, &calls[0], 1) == 0);
-	pthread_mutex_lock(&r.mu);
-	while (!r.entered)
-		pthread_cond_wait(&r.cv, &r.mu);
-	pthread_mutex_unlock(&r.mu);
-	for (int i = 1; i < N; i++)
-		CHECK(writer_submit(w, &calls[i], 1) == 0);
-	pthread_mutex_lock(&r.mu);
-	r.released = 1;
-	pthread_cond_broadcast(&r.cv);
-	while (r.done < N)
-		pthread_cond_wait(&r.cv, &r.mu);
-	pthread_mutex_unlock(&r.mu);
-	writer_stop(w);
+	run_order(&r, order, (int)(sizeof(order) / sizeof(order[0])));
 
 	CHECK(r.nbatches == 6);
 	CHECK(batch_is(&r, 0, (enum store_call_kind[]){STORE_INGEST}, 1));
@@ -119,36 +130,11 @@ static void test_subscription_write_ends_batch(void)
 static void test_group_commit(void)
 {
 	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-	enum store_call_kind order[] = {STORE_INGEST,   STORE_INGEST,      STORE_CLAIM,
-	                                STORE_COMPLETE, STORE_SUB_RECOVER, STORE_DELIVERY_RETRY,
-	                                STORE_INGEST};
+	static const enum store_call_kind order[] = {
+	    STORE_INGEST,      STORE_INGEST,         STORE_CLAIM, STORE_COMPLETE,
+	    STORE_SUB_RECOVER, STORE_DELIVERY_RETRY, STORE_INGEST};
 	enum { N = sizeof(order) / sizeof(order[0]) };
-	struct store_call calls[N];
-	memset(calls, 0, sizeof(calls));
-
-	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
-	CHECK(w != NULL);
-	if (!w)
-		return;
-	for (int i = 0; i < N; i++) {
-		calls[i].kind = order[i];
-		calls[i].done = count_done;
-		calls[i].arg = &r;
-	}
-	CHECK(writer_submit(w, &calls[0], 1) == 0);
-	pthread_mutex_lock(&r.mu);
-	while (!r.entered)
-		pthread_cond_wait(&r.cv, &r.mu);
-	pthread_mutex_unlock(&r.mu);
-	for (int i = 1; i < N; i++)
-		CHECK(writer_submit(w, &calls[i], 1) == 0);
-	pthread_mutex_lock(&r.mu);
-	r.released = 1;
-	pthread_cond_broadcast(&r.cv);
-	while (r.done < N)
-		pthread_cond_wait(&r.cv, &r.mu);
-	pthread_mutex_unlock(&r.mu);
-	writer_stop(w);
+	run_order(&r, order, N);
 
 	/* everything that queued while the first batch ran is one transaction */
 	CHECK(r.nbatches == 2);
