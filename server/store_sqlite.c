@@ -98,7 +98,8 @@ struct sub_entry {
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
 	uint64_t disabled_in_batch;   /* the batch (s->batch_no) whose results disabled it: its
-	                                 claims take nothing for it before the COMMIT reloads it */
+	                                 claims and ingests give it nothing before the COMMIT
+	                                 reloads it */
 	char *url;
 	char *headers_json;           /* or NULL */
 	struct sub_secret secrets[SECRETS_MAX]; /* newest first */
@@ -889,8 +890,14 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		if (n < 0)
 			goto fail;
 		sqlite3_stmt *dl = s->st[ST_DELIVERY_INSERT];
+		int made = 0;
 		for (int k = 0; k < n; k++) {
 			struct sub_entry *sub = sub_find(s, s->match_ids[k]);
+			/* disabled by a result earlier in this batch: the matcher learns after
+			 * the COMMIT, and a disabled subscription gets no new deliveries */
+			if (sub && sub->disabled_in_batch == s->batch_no)
+				continue;
+			made++;
 			sqlite3_bind_int64(dl, 1, seq);
 			sqlite3_bind_int64(dl, 2, s->match_ids[k]);
 			sqlite3_bind_int64(dl, 3, now);
@@ -904,9 +911,9 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (sub && seq > sub->newest_seq)
 				sub->newest_seq = seq;
 		}
-		ev->deliveries = n;
+		ev->deliveries = made;
 		ev->replayed = 0;
-		s->batch_pending += n;
+		s->batch_pending += made;
 	}
 	return STORE_OK;
 fail:

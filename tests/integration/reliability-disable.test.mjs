@@ -128,9 +128,15 @@ test('a 410 disables the subscription even for a claim in the same writer transa
   const blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // the writer waits on the lock
   // the 410 comes 600 ms after the request arrived; the next claim within a second of
   // the last one, which went out with that request
+  await sleep(gone.requests[0].arrivedMono + 1600 - performance.now());
+  // an event published now lands in the same transaction as the 410's results
+  const late = api(relay, 'POST', '/v1/events', { type: 'gone.late' });
   await sleep(gone.requests[0].arrivedMono + 1800 - performance.now());
   await lock.release();
   assert.equal((await blocked).status, 202);
+  const lateRes = await late;
+  assert.equal(lateRes.status, 202, lateRes.text);
+  assert.equal(lateRes.json.deliveries, 0, 'a subscription disabled in the same transaction gets no new delivery');
 
   await waitUntil(async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.enabled === false,
     3000, 'subscription disabled by the 410');
