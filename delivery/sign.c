@@ -631,3 +631,51 @@ int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
 out:
 	return rc;
 }
+
+int sign_verify_v1a(const char *public_key, const char *msg_id, int64_t timestamp,
+                    const unsigned char *body, size_t body_len, const char *header_value,
+                    int *entries)
+{
+	unsigned char pub[ED_PUB_LEN], sig[ED_SIG_LEN];
+	size_t pub_len = 0, sig_len = 0, content_len = 0, pos = 0, tok_len;
+	const size_t plen = strlen(PK_PREFIX), tag = strlen("v1a,");
+	unsigned char *content = NULL;
+	EVP_PKEY *pkey = NULL;
+	EVP_MD_CTX *ctx = NULL;
+	const char *tok;
+	int match = 0, rc = -1;
+
+	*entries = 0;
+	if (!has_prefix(public_key, PK_PREFIX))
+		goto out;
+	const char *b64 = public_key + plen;
+	if (b64_decode(b64, strlen(b64), pub, sizeof(pub), &pub_len) != 0 || pub_len != ED_PUB_LEN)
+		goto out;
+	pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pub, pub_len);
+	content = content_new(msg_id, timestamp, body, body_len, &content_len);
+	ctx = EVP_MD_CTX_new();
+	if (!pkey || !content || !ctx)
+		goto out;
+	rc = 0;
+	while (header_value && next_token(header_value, &pos, &tok, &tok_len) == 0) {
+		if (tok_len <= tag || strncmp(tok, "v1a,", tag) != 0)
+			continue;
+		++*entries;
+		if (match)
+			continue;
+		if (b64_decode(tok + tag, tok_len - tag, sig, sizeof(sig), &sig_len) != 0 ||
+		    sig_len != ED_SIG_LEN)
+			continue;
+		/* ed25519 is one-shot: EVP_DigestVerify, with the context set up anew each time */
+		if (EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, pkey) == 1 &&
+		    EVP_DigestVerify(ctx, sig, sig_len, content, content_len) == 1)
+			match = *entries;
+		EVP_MD_CTX_reset(ctx);
+	}
+	rc = match;
+out:
+	EVP_MD_CTX_free(ctx);
+	EVP_PKEY_free(pkey);
+	free(content);
+	return rc;
+}

@@ -49,12 +49,13 @@ struct verify_args {
 };
 
 static const char verify_usage[] =
-    "usage: hookrelay verify --secret whsec_... --body FILE\n"
+    "usage: hookrelay verify --secret whsec_...|whpk_... --body FILE\n"
     "                        (--id ID --timestamp TS --signature 'v1,...' | --headers FILE)\n"
     "                        [--tolerance SECONDS] [--now UNIX_SECONDS]\n"
     "\n"
-    "Checks a received webhook's Standard Webhooks v1 signature and says why it does not\n"
-    "match. --body is the raw request body, byte for byte. --headers is a file of raw\n"
+    "Checks a received webhook's Standard Webhooks signature and says why it does not\n"
+    "match: v1 (HMAC-SHA256) with the whsec_ secret, or v1a (ed25519) with the whpk_\n"
+    "public key. --body is the raw request body, byte for byte. --headers is a file of raw\n"
     "'name: value' lines holding webhook-id, webhook-timestamp and webhook-signature (flags\n"
     "given as well win). --tolerance is how far the timestamp may be from now (default\n"
     "300 s); --now replaces the clock, e.g. to check a captured request later.\n"
@@ -533,6 +534,23 @@ static void explain_mismatch(const struct verify_args *a, int64_t ts, const char
 }
 
 /* Checks the timestamp's form and window. Returns 0, or -1 after explaining. */
+static int is_public_key(const char *key)
+{
+	return strncmp(key, "whpk_", 5) == 0;
+}
+
+/* 1 if some entry of the header verifies for this timestamp, with the v1 secret or the
+ * v1a public key. */
+static int signature_matches(const struct verify_args *a, int64_t ts, const char *body, size_t len)
+{
+	int entries;
+	if (is_public_key(a->secret))
+		return sign_verify_v1a(a->secret, a->id, ts, (const unsigned char *)body, len,
+		                       a->signature, &entries) > 0;
+	return sign_verify(a->secret, a->id, ts, (const unsigned char *)body, len, a->signature) ==
+	       0;
+}
+
 static int check_timestamp(const struct verify_args *a, int64_t *ts, const char *body, size_t len)
 {
 	int64_t now = a->have_now ? a->now : (int64_t)time(NULL);
@@ -562,10 +580,7 @@ static int check_timestamp(const struct verify_args *a, int64_t *ts, const char 
 			       "%" PRId64 "\n  or a larger --tolerance\n",
 			       *ts);
 		printf("  (the signature itself %s for this timestamp)\n",
-		       sign_verify(a->secret, a->id, *ts, (const unsigned char *)body, len,
-		                   a->signature) == 0
-		           ? "is valid"
-		           : "does not match either");
+		       signature_matches(a, *ts, body, len) ? "is valid" : "does not match either");
 		goto out;
 	}
 	rc = 0;
@@ -604,6 +619,39 @@ static int matching_entry(const struct verify_args *a, int64_t ts, const char *b
 	return found;
 }
 
+/* The v1a (ed25519) check: fewer ways to go wrong than v1 (no key text to misuse),
+ * the same timestamp rules. */
+static int verify_v1a(const struct verify_args *a, const char *body, size_t body_len)
+{
+	int64_t ts = 0;
+	int entries = 0, match;
+
+	if (check_timestamp(a, &ts, body, body_len) != 0)
+		return VERIFY_INVALID;
+	match = sign_verify_v1a(a->secret, a->id, ts, (const unsigned char *)body, body_len,
+	                        a->signature, &entries);
+	if (match < 0) {
+		printf("invalid: the public key is not a Standard Webhooks ed25519 key: 'whpk_'\n"
+		       "  followed by standard base64 of 32 bytes, as hookrelay returned it\n");
+		return VERIFY_INVALID;
+	}
+	if (entries == 0) {
+		printf("invalid: the webhook-signature header has no 'v1a,<base64>' entry;\n"
+		       "  an ed25519 subscription signs with v1a (space-separated entries)\n");
+		return VERIFY_INVALID;
+	}
+	if (match == 0) {
+		printf(
+		    "invalid: signature mismatch: no v1a signature verified (%d in the header)\n"
+		    "  the signed content is webhook-id.webhook-timestamp.body, the body as the\n"
+		    "  raw bytes received (not parsed and serialized again, no newline added)\n",
+		    entries);
+		return VERIFY_INVALID;
+	}
+	printf("valid (signature %d of %d matched, v1a)\n", match, entries);
+	return VERIFY_VALID;
+}
+
 int verify_main(int argc, char **argv)
 {
 	struct verify_args args;
@@ -638,14 +686,15 @@ int verify_main(int argc, char **argv)
 		goto out;
 
 	rc = VERIFY_INVALID;
-	if (strncmp(args.secret, "whpk_", 5) == 0 || strncmp(args.secret, "whsk_", 5) == 0) {
-		/* not a bad secret: the wrong command for it */
-		fprintf(stderr,
-		        "hookrelay verify: %s is an ed25519 key (v1a signatures); this checks v1 "
-		        "(HMAC-SHA256) signatures, made with a whsec_ secret. Check v1a with a "
-		        "Standard Webhooks library and the whpk_ public key.\n",
-		        strncmp(args.secret, "whpk_", 5) == 0 ? "whpk_" : "whsk_");
+	if (strncmp(args.secret, "whsk_", 5) == 0) {
+		/* not a bad secret: the wrong half of the pair */
+		fprintf(stderr, "hookrelay verify: whsk_ is an ed25519 private key; v1a signatures "
+		                "are checked with the subscription's whpk_ public key\n");
 		rc = VERIFY_USAGE;
+		goto out;
+	}
+	if (is_public_key(args.secret)) {
+		rc = verify_v1a(&args, body, body_len);
 		goto out;
 	}
 	if (sign_secret_check(args.secret, &why) != 0) {

@@ -6,7 +6,13 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { startRelay, startReceiver, api, postEvent, cleanup, withLogs, sleep } from './harness.mjs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  startRelay, startReceiver, api, postEvent, cleanup, withLogs, sleep, relayBin,
+} from './harness.mjs';
 
 after(cleanup);
 
@@ -60,6 +66,21 @@ test('ed25519 subscription: only the public key is shown, and it verifies every 
   // A tampered body must not verify (the test would be useless if it always did).
   const tampered = { ...req, body: Buffer.from(req.body.toString().replace('"n":1', '"n":2')) };
   assert.ok(!verifies(tampered, key, sigs[0]), 'a changed body does not verify');
+  // and `hookrelay verify` checks it with the public key, as a receiver's operator would
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hookrelay-ed-'));
+  try {
+    for (const [body, code, says] of [[req.body, 0, /^valid \(signature 1 of 1 matched, v1a\)/],
+      [tampered.body, 1, /no v1a signature verified/]]) {
+      writeFileSync(path.join(dir, 'body'), body);
+      const v = spawnSync(relayBin(), ['verify', '--secret', created.json.public_key, '--body', path.join(dir, 'body'),
+        '--id', req.headers['webhook-id'], '--timestamp', req.headers['webhook-timestamp'],
+        '--signature', req.headers['webhook-signature']], { encoding: 'utf8', timeout: 30_000 });
+      assert.equal(v.status, code, `${v.stdout}${v.stderr}`);
+      assert.match(v.stdout, says);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 
   // A caller may not bring their own key material, nor switch algorithms later.
   const own = await api(relay, 'POST', '/v1/subscriptions', {

@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createHmac } from 'node:crypto';
+import { createHmac, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
 
 const BIN = process.env.HOOKRELAY_BIN;
@@ -100,12 +100,32 @@ test('secret without the whsec_ prefix', () => {
   assertInvalid(r, /secret must start with whsec_/, /pass it with its prefix: --secret 'whsec_MfKQ/);
 });
 
-test('an ed25519 key (whpk_/whsk_) is a usage error: this checks v1 (HMAC) signatures', () => {
-  for (const key of ['whpk_' + Buffer.alloc(32, 7).toString('base64'), 'whsk_' + Buffer.alloc(64, 7).toString('base64')]) {
-    const r = verify({ '--secret': key });
-    assert.equal(r.code, 2, r.out);
-    assert.match(r.out, /is an ed25519 key \(v1a signatures\); this checks v1 \(HMAC-SHA256\)/);
-  }
+// v1a: an ed25519 subscription's deliveries are checked with its whpk_ public key.
+test('v1a (ed25519): whpk_ verifies; a changed body, a missing v1a entry or a bad key do not', () => {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const whpk = 'whpk_' + publicKey.export({ format: 'der', type: 'spki' }).subarray(-32).toString('base64');
+  const v1a = (body) => `v1a,${cryptoSign(null, Buffer.from(`${ID}.${TS}.${body}`), privateKey).toString('base64')}`;
+
+  const ok = verify({ '--secret': whpk, '--signature': `v1,${'A'.repeat(43)}= ${v1a(BODY)}` });
+  assert.equal(ok.code, 0, ok.out);
+  assert.match(ok.out, /^valid \(signature 1 of 1 matched, v1a\)/); // v1a entries are counted, not the v1 one
+  assertInvalid(verify({ '--secret': whpk, '--signature': v1a(BODY), '--body': file(BODY + '\n') }),
+    /no v1a signature verified \(1 in the header\)/);
+  assertInvalid(verify({ '--secret': whpk, '--signature': SIG }), /has no 'v1a,<base64>' entry/);
+  assertInvalid(verify({ '--secret': 'whpk_' + Buffer.alloc(16, 7).toString('base64'), '--signature': v1a(BODY) }),
+    /not a Standard Webhooks ed25519 key/);
+  assertInvalid(verify({ '--secret': whpk, '--signature': v1a(BODY), '--now': String(TS + 3600) }),
+    /3600 seconds in the past/, /the signature itself is valid/);
+  // another key's signature does not verify
+  const other = generateKeyPairSync('ed25519').privateKey;
+  const foreign = `v1a,${cryptoSign(null, Buffer.from(`${ID}.${TS}.${BODY}`), other).toString('base64')}`;
+  assertInvalid(verify({ '--secret': whpk, '--signature': foreign }), /no v1a signature verified/);
+});
+
+test('the private key whsk_ is a usage error pointing at the public key', () => {
+  const r = verify({ '--secret': 'whsk_' + Buffer.alloc(64, 7).toString('base64') });
+  assert.equal(r.code, 2, r.out);
+  assert.match(r.out, /whsk_ is an ed25519 private key; v1a signatures are checked with the subscription's whpk_ public key/);
 });
 
 test('secret that is not base64', () => {
