@@ -373,10 +373,24 @@ static json_t *json_time_or_null(sqlite3_stmt *st, int i)
 	return json_string(buf);
 }
 
+/* A text column as a JSON string, or null. Text that is not UTF-8 (a key a client sent
+ * in a header, kept before that was refused) is shown with '?' for the bad bytes:
+ * json_string() would give NULL, and the field would vanish or break the reply. */
 static json_t *json_text_or_null(sqlite3_stmt *st, int i)
 {
 	const char *t = column_text(st, i);
-	return t ? json_string(t) : json_null();
+	if (!t)
+		return json_null();
+	json_t *v = json_string(t);
+	if (v)
+		return v;
+	char *fixed = strdup(t);
+	if (!fixed)
+		return json_null();
+	json_utf8_repair(fixed, strlen(fixed));
+	v = json_string(fixed);
+	free(fixed);
+	return v ? v : json_null();
 }
 
 static json_t *json_parsed_or_null(sqlite3_stmt *st, int i)
@@ -466,8 +480,10 @@ static json_t *event_json(sqlite3_stmt *st)
 	 * show them here as reals. */
 	if (!o)
 		o = json_loadb(env, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, NULL);
-	if (!o)
+	if (!json_is_object(o)) { /* never written so; a hand-edited row still gives an object */
+		json_decref(o);
 		o = json_object();
+	}
 	json_object_set_new(o, "idempotency_key", json_text_or_null(st, 2));
 	return o;
 }

@@ -111,6 +111,22 @@ test('a request target in absolute form is routed by its path', withLogs(async (
   }
 }));
 
+// The key is stored and shown as a JSON string: bytes that are not UTF-8 are refused.
+test('an Idempotency-Key header that is not UTF-8 text is 422', withLogs(async () => {
+  const body = '{"type":"idem.bytes"}';
+  const head = 'POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Content-Length: ${body.length}\r\nConnection: close\r\nIdempotency-Key: `;
+  for (const key of [Buffer.from([0x63, 0x61, 0x66, 0xe9]), Buffer.from([0x6b, 0xc3, 0x28]), Buffer.from('a\x01b')]) {
+    const got = await rawExchange(Buffer.concat([Buffer.from(head), key, Buffer.from(`\r\n\r\n${body}`)]), () => false);
+    assert.match(got, /^HTTP\/1\.1 422 /, `key ${key.toString('hex')}: ${got}`);
+    assert.match(got, /Idempotency-Key must be UTF-8 text/, got);
+  }
+  const utf8 = await api(relay, 'POST', '/v1/events', { type: 'idem.bytes' }, { 'Idempotency-Key': Buffer.from('café').toString('latin1') });
+  assert.equal(utf8.status, 202, `UTF-8 text is fine: ${utf8.text}`);
+  accepted.extra.push(utf8.json.id);
+  await assertNothingStored();
+}));
+
 test('malformed JSON is 400 malformed_json', withLogs(async () => {
   for (const [route, body] of [
     ['/v1/events', '{"type": "a.b",'],

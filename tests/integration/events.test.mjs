@@ -482,3 +482,21 @@ test('lists without ?limit= give 50 a page, then the rest through next', withLog
     if (route === '/v1/events') assert.deepEqual(seen, newestFirst, 'newest first');
   }
 }));
+
+// A key stored before such keys were refused (or by hand) must not break the event reads:
+// bytes that are not UTF-8 show as '?', and every page stays JSON.
+test('an event whose stored idempotency key is not UTF-8 still reads as JSON', withLogs(async () => {
+  const relay = await startRelay();
+  const ev = await postEvent(relay, { type: 'bytes.old', data: 1 }, { 'Idempotency-Key': 'placeholder' });
+  await relay.stop();
+  const fix = spawnSync('sqlite3', [relay.dbPath, "UPDATE events SET idempotency_key = CAST(X'636166E9' AS TEXT) WHERE idempotency_key = 'placeholder'"], { encoding: 'utf8' });
+  assert.equal(fix.status, 0, fix.stderr);
+  const again = await startRelay({ dbPath: relay.dbPath });
+  const list = await api(again, 'GET', '/v1/events');
+  assert.equal(list.status, 200);
+  assert.ok(list.json, `the list is JSON: ${list.text}`);
+  assert.equal(list.json.data[0].idempotency_key, 'caf?');
+  const one = await api(again, 'GET', `/v1/events/${ev.id}`);
+  assert.ok(one.json, `the event is JSON: ${one.text}`);
+  assert.equal(one.json.idempotency_key, 'caf?');
+}));

@@ -28,11 +28,15 @@ const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: 
 const liveRelays = new Set();
 const allRelays = []; // every relay started in this file, in order (for failure logs)
 const liveReceivers = new Set();
+const liveHelpers = new Set(); // other child processes a test started (sqlite3 sessions)
 const tmpDirs = new Set();
 
 process.on('exit', () => {
   for (const r of liveRelays) {
     try { r.proc.kill('SIGKILL'); } catch { /* already gone */ }
+  }
+  for (const p of liveHelpers) {
+    try { p.kill('SIGKILL'); } catch { /* already gone */ }
   }
   for (const d of tmpDirs) {
     try { rmSync(d, { recursive: true, force: true }); } catch { /* best effort */ }
@@ -313,14 +317,16 @@ export function assertError(res, status, code, what = '') {
  */
 export async function holdWriteLock(dbPath) {
   const cli = spawn('sqlite3', [dbPath], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const exited = new Promise((resolve) => cli.on('exit', resolve));
+  liveHelpers.add(cli); // cleanup() ends it if the test fails before release()
+  const exited = new Promise((resolve) => cli.on('exit', () => { liveHelpers.delete(cli); resolve(); }));
   let out = '';
   cli.stdout.on('data', (d) => { out += d; });
+  cli.stdin.on('error', () => { /* it went away: release() or cleanup() says so */ });
   cli.stdin.write("PRAGMA busy_timeout = 3000;\nBEGIN IMMEDIATE;\nSELECT 'locked';\n");
   await waitUntil(() => out.includes('locked'), 3000, 'sqlite3 holds the write lock');
   return {
     async release() {
-      cli.stdin.write('ROLLBACK;\n.quit\n');
+      cli.stdin.end('ROLLBACK;\n.quit\n');
       const r = await Promise.race([exited, sleep(3000).then(() => 'timeout')]);
       if (r === 'timeout') cli.kill('SIGKILL');
       assert.notEqual(r, 'timeout', 'sqlite3 did not end');
@@ -569,6 +575,10 @@ export async function cleanup() {
       }
     }
     try { await rcv.close(); } catch (e) { errors.push(e); }
+  }
+  for (const p of [...liveHelpers]) { // a test that failed before releasing it
+    try { p.kill('SIGKILL'); } catch { /* already gone */ }
+    liveHelpers.delete(p);
   }
   for (const relay of [...liveRelays]) {
     try { await relay.stop(); } catch (e) { errors.push(e); }
