@@ -658,8 +658,8 @@ int sign_verify_v1a(const char *public_key, const char *msg_id, int64_t timestam
 		goto out;
 	rc = 0;
 	while (header_value && next_token(header_value, &pos, &tok, &tok_len) == 0) {
-		if (tok_len <= tag || strncmp(tok, "v1a,", tag) != 0)
-			continue;
+		if (tok_len < tag || strncmp(tok, "v1a,", tag) != 0)
+			continue; /* "v1a," alone is an entry, one that cannot verify */
 		++*entries;
 		if (match)
 			continue;

@@ -183,6 +183,8 @@ struct store {
 	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
 	uint64_t batch_no;              /* writer: batches run so far, this one included */
+	int64_t *call_disabled;         /* writer: subscriptions the running call disabled */
+	size_t ncall_disabled, call_disabled_cap;
 	int64_t batch_pending;          /* writer: how the running batch changed the number of
 	                                   pending deliveries (counters.pending) */
 	_Atomic int64_t committed_seq;  /* the newest event committed */
@@ -498,7 +500,7 @@ static void event_text(FILE *f, sqlite3_stmt *st, const char *extra_name, json_t
 	size_t len = (size_t)sqlite3_column_bytes(st, 1);
 	json_t *key = json_text_or_null(st, 2);
 
-	if (env && len >= 2 && env[0] == '{' && env[len - 1] == '}') {
+	if (env && len > 2 && env[0] == '{' && env[len - 1] == '}') { /* "{}": never ours */
 		fwrite(env, 1, len - 1, f);
 		fputs(",\"idempotency_key\":", f);
 		json_dumpf(key, f, JSON_COMPACT | JSON_ENCODE_ANY);
@@ -1689,9 +1691,20 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 	struct sub_entry *cached = sub_find(s, id);
 
 	/* The cache changes only after the COMMIT; a claim later in this batch must not send
-	 * to an endpoint that just answered 410 (a rolled-back batch has another number). */
-	if (cached)
+	 * to an endpoint that just answered 410 (a rolled-back batch has another number; a
+	 * call rolled back to its savepoint takes its marks back, see call_disabled). */
+	if (cached) {
+		if (s->ncall_disabled == s->call_disabled_cap) {
+			size_t cap = s->call_disabled_cap ? s->call_disabled_cap * 2 : 8;
+			int64_t *grown = realloc(s->call_disabled, cap * sizeof(*grown));
+			if (!grown)
+				return -1;
+			s->call_disabled = grown;
+			s->call_disabled_cap = cap;
+		}
+		s->call_disabled[s->ncall_disabled++] = id;
 		cached->disabled_in_batch = s->batch_no;
+	}
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "UPDATE subscriptions SET enabled = 0, disabled_reason = ?2,"
 	                       " updated_at = ?3 WHERE id = ?1",
@@ -1907,6 +1920,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		int64_t pending_before = s->batch_pending;
 		if (guarded)
 			step_done(s->st[ST_SAVEPOINT]);
+		s->ncall_disabled = 0;
 		switch (c->kind) {
 		case STORE_INGEST:
 			c->rc = apply_ingest(s, c, &made_due);
@@ -1956,6 +1970,11 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 				storage_failed = 1;
 			memset(slot, 0, sizeof(*slot));
 			step_done(s->st[ST_ROLLBACK_TO]);
+			for (size_t k = 0; k < s->ncall_disabled; k++) { /* the disables went too */
+				struct sub_entry *e = sub_find(s, s->call_disabled[k]);
+				if (e)
+					e->disabled_in_batch = 0;
+			}
 			s->batch_pending = pending_before;
 			json_decref(c->result);
 			c->result = NULL;
@@ -2435,6 +2454,7 @@ void store_close(struct store *s)
 	free(s->sweep.ids);
 	free(s->leases.ids);
 	free(s->match_ids);
+	free(s->call_disabled);
 	matcher_free(s->matcher);
 	if (s->wdb) {
 		/* A clean close checkpoints the WAL into the main file. */

@@ -564,6 +564,17 @@ static int check_timestamp(const struct verify_args *a, int64_t *ts, const char 
 		    a->timestamp);
 		goto out;
 	}
+	/* The signed content holds the header's text: "01614265330" signs differently from
+	 * 1614265330, and receivers check what they got. */
+	char canonical[24];
+	snprintf(canonical, sizeof(canonical), "%" PRId64, *ts);
+	if (strcmp(canonical, a->timestamp) != 0) {
+		printf("invalid: the timestamp '%s' is not written as a plain number (%s): "
+		       "webhook-timestamp\n  is whole unix seconds in decimal, no sign or leading "
+		       "zeros\n",
+		       a->timestamp, canonical);
+		goto out;
+	}
 	off = now - *ts;
 	if (off > a->tolerance || -off > a->tolerance) {
 		printf(
@@ -626,10 +637,13 @@ static int verify_v1a(const struct verify_args *a, const char *body, size_t body
 	int64_t ts = 0;
 	int entries = 0, match;
 
-	if (check_timestamp(a, &ts, body, body_len) != 0)
+	/* the key first, as v1 checks its secret first: no header entry, only the key */
+	match = sign_verify_v1a(a->secret, a->id, 0, (const unsigned char *)"", 0, NULL, &entries);
+	if (match >= 0 && check_timestamp(a, &ts, body, body_len) != 0)
 		return VERIFY_INVALID;
-	match = sign_verify_v1a(a->secret, a->id, ts, (const unsigned char *)body, body_len,
-	                        a->signature, &entries);
+	if (match >= 0)
+		match = sign_verify_v1a(a->secret, a->id, ts, (const unsigned char *)body, body_len,
+		                        a->signature, &entries);
 	if (match < 0) {
 		printf("invalid: the public key is not a Standard Webhooks ed25519 key: 'whpk_'\n"
 		       "  followed by standard base64 of 32 bytes, as hookrelay returned it\n");

@@ -116,6 +116,12 @@ test('v1a (ed25519): whpk_ verifies; a changed body, a missing v1a entry or a ba
     /not a Standard Webhooks ed25519 key/);
   assertInvalid(verify({ '--secret': whpk, '--signature': v1a(BODY), '--now': String(TS + 3600) }),
     /3600 seconds in the past/, /the signature itself is valid/);
+  assertInvalid(verify({ '--secret': whpk, '--signature': 'v1a,' }), /no v1a signature verified \(1 in the header\)/);
+  assertInvalid(verify({ '--secret': 'whpk_xx', '--signature': v1a(BODY), '--now': String(TS + 3600) }),
+    /not a Standard Webhooks ed25519 key/); // the key is checked before the timestamp
+  // the signed text is the header's: a timestamp with a leading zero is not the same one
+  assertInvalid(verify({ '--secret': whpk, '--signature': v1a(BODY), '--timestamp': `0${TS}` }),
+    /not written as a plain number \(1614265330\)/);
   // another key's signature does not verify
   const other = generateKeyPairSync('ed25519').privateKey;
   const foreign = `v1a,${cryptoSign(null, Buffer.from(`${ID}.${TS}.${BODY}`), other).toString('base64')}`;
@@ -146,8 +152,10 @@ test('signature header without v1 entries', () => {
   assertInvalid(verify({ '--signature': 'sha256=abcdef' }), /malformed/, /another provider/);
 });
 
-test('timestamp that is not a number', () => {
+test('timestamp that is not a number, or not written as one', () => {
   assertInvalid(verify({ '--timestamp': '2021-02-25T15:02:10Z' }), /is not a number/, /unix\s+seconds/);
+  // a receiver signs the header's text: 01614265330 is not 1614265330
+  assertInvalid(verify({ '--timestamp': `0${TS}` }), /not written as a plain number/);
 });
 
 test('timestamp outside the tolerance says how far off and why the window exists', () => {
