@@ -340,8 +340,8 @@ static int utf8_text(const char *s)
 	const unsigned char *p = (const unsigned char *)s;
 	size_t left = strlen(s);
 	while (left > 0) {
-		size_t n = *p < 0x80 ? ((*p >= 0x20 && *p != 0x7f) || *p == '\t')
-		                     : json_utf8_seq(p, left);
+		size_t n =
+		    *p < 0x80 ? ((*p >= 0x20 && *p != 0x7f) || *p == '\t') : json_utf8_seq(p, left);
 		if (n == 0)
 			return 0;
 		p += n;
@@ -380,7 +380,8 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 	}
 	if (idempotency_key && !utf8_text(idempotency_key)) {
 		/* it is stored and shown as a JSON string */
-		snprintf(why, whylen, "Idempotency-Key must be UTF-8 text without control characters");
+		snprintf(why, whylen,
+		         "Idempotency-Key must be UTF-8 text without control characters");
 		return INGEST_INVALID;
 	}
 	if (json_check(body, len, INGEST_DEPTH_MAX, &jerr) != 0) {
