@@ -36,7 +36,7 @@
 #define PATH_MAX_SEGMENTS 8
 #define REPLY_HEADERS_MAX 4
 #define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
-#define HTTP_DRAIN_MS 2000 /* at a stop, requests begun before it may finish this long */
+#define HTTP_DRAIN_MS 2000 /* at a stop, requests in progress may finish this long */
 #define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
 
 struct http_server {
