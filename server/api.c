@@ -145,12 +145,13 @@ json_t *api_parse_body(struct http_request *req)
 	return v;
 }
 
-static int name_known(const char *const known[], const char *name)
+/* The index of name in known (NULL-terminated), or -1. */
+static int name_index(const char *const known[], const char *name)
 {
-	for (size_t i = 0; known[i]; i++)
+	for (int i = 0; known[i]; i++)
 		if (strcmp(known[i], name) == 0)
-			return 1;
-	return 0;
+			return i;
+	return -1;
 }
 
 /* why = "<name>: unknown <what> (known: a, b, c)" */
@@ -171,7 +172,7 @@ int api_known_fields(json_t *obj, const char *const known[], char *why, size_t w
 
 	json_object_foreach(obj, name, value)
 	{
-		if (!name_known(known, name)) {
+		if (name_index(known, name) < 0) {
 			unknown_name_why(why, whylen, name, "field", known);
 			return -1;
 		}
@@ -192,8 +193,7 @@ int api_path_id(struct http_request *req, const char *prefix, const char *what, 
 
 struct query_check {
 	const char *known[LIST_FILTERS_MAX + 3]; /* limit, after, the route's filters, NULL */
-	const char *seen[LIST_FILTERS_MAX + 2];
-	size_t nseen;
+	unsigned seen;                           /* bit i: known[i] was given */
 	char why[256];
 };
 
@@ -202,17 +202,16 @@ static int query_check_one(void *arg, const char *name, const char *value)
 	struct query_check *c = arg;
 	if (name[0] == '\0' && !value)
 		return 0; /* an empty segment, as in "?&limit=5" */
-	if (!name_known(c->known, name)) {
+	int i = name_index(c->known, name);
+	if (i < 0) {
 		unknown_name_why(c->why, sizeof(c->why), name, "query parameter", c->known);
 		return -1;
 	}
-	for (size_t i = 0; i < c->nseen; i++) {
-		if (strcmp(c->seen[i], name) == 0) {
-			snprintf(c->why, sizeof(c->why), "%s: given more than once", name);
-			return -1;
-		}
+	if (c->seen & (1u << i)) {
+		snprintf(c->why, sizeof(c->why), "%s: given more than once", name);
+		return -1;
 	}
-	c->seen[c->nseen++] = name; /* known names are distinct: never more than known has */
+	c->seen |= 1u << i;
 	if (!value) {
 		snprintf(c->why, sizeof(c->why), "%s: needs a value (%s=...)", name, name);
 		return -1;
