@@ -14,6 +14,7 @@
 
 #include "api.h"
 #include "matcher.h"
+#include "rate_limit.h"
 #include "sign.h"
 #include "target.h"
 #include "util.h"
@@ -151,8 +152,8 @@ static int check_subscription(const struct api *api, json_t *body, int creating,
 	json_t *v;
 
 	static const char *const known[] = {
-	    "url",           "event_types",         "description", "headers", "enabled",
-	    "max_in_flight", "signature_algorithm", "secret",      NULL};
+	    "url",           "event_types", "description",         "headers", "enabled",
+	    "max_in_flight", "rate_limit",  "signature_algorithm", "secret",  NULL};
 	if (!json_is_object(body)) {
 		snprintf(why, whylen, "the body must be a JSON object");
 		return -1;
@@ -214,6 +215,18 @@ static int check_subscription(const struct api *api, json_t *body, int creating,
 			return -1;
 		}
 		json_object_set(out, "max_in_flight", v);
+	}
+	v = json_object_get(body, "rate_limit");
+	if (v) {
+		if (!json_is_null(v) && (!json_is_integer(v) || json_integer_value(v) < 1 ||
+		                         json_integer_value(v) > RATE_LIMIT_MAX)) {
+			snprintf(why, whylen,
+			         "rate_limit must be null (no limit) or an integer from 1 to %d"
+			         " (deliveries a second)",
+			         RATE_LIMIT_MAX);
+			return -1;
+		}
+		json_object_set(out, "rate_limit", v);
 	}
 	v = json_object_get(body, "signature_algorithm");
 	if (v && !creating) {

@@ -58,6 +58,7 @@
 #include "clock.h"
 #include "json_check.h"
 #include "matcher.h"
+#include "rate_limit.h"
 #include "schema.h"
 #include "sign.h"
 #include "util.h"
@@ -93,6 +94,8 @@ struct sub_entry {
 	int64_t id;
 	int enabled;
 	int max_in_flight;            /* leases this subscription may hold at once */
+	int rate_limit;               /* deliveries it may start a second; 0 = no limit */
+	struct rate_bucket bucket;    /* what rate_limit has left now (claims take from it) */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
@@ -414,7 +417,7 @@ static json_t *json_id(const char *prefix, int64_t n)
 #define SUB_COLUMNS                                                                    \
 	"id, url, event_types, description, headers, enabled, disabled_reason, created_at," \
 	" updated_at, max_in_flight, failing_since, (SELECT secret FROM subscription_secrets"  \
-	" WHERE subscription_id = subscriptions.id ORDER BY id DESC LIMIT 1)"
+	" WHERE subscription_id = subscriptions.id ORDER BY id DESC LIMIT 1), rate_limit"
 
 static json_t *subscription_json(sqlite3_stmt *st)
 {
@@ -430,6 +433,9 @@ static json_t *subscription_json(sqlite3_stmt *st)
 	json_object_set_new(o, "updated_at", json_time_or_null(st, 8));
 	json_object_set_new(o, "max_in_flight", json_integer(sqlite3_column_int(st, 9)));
 	json_object_set_new(o, "failing_since", json_time_or_null(st, 10));
+	json_object_set_new(o, "rate_limit", sqlite3_column_type(st, 12) == SQLITE_NULL
+	                                         ? json_null()
+	                                         : json_integer(sqlite3_column_int(st, 12)));
 	/* The signing secret itself is never shown here; an ed25519 key's public half is. */
 	const char *secret = column_text(st, 11);
 	char public_key[SIGN_SECRET_MAX];
@@ -682,13 +688,15 @@ static int reload_subscription(struct store *s, int64_t id)
 		const struct sub_entry *old = sub_find(s, id);
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
 		fresh.newest_seq = old ? old->newest_seq : 0;
+		fresh.bucket = old ? old->bucket : (struct rate_bucket){0}; /* a PATCH is no refill */
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
 	sub_remove(s, id);
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
-	                       " coalesce(failing_since, 0), disabled_reason FROM subscriptions"
+	                       " coalesce(failing_since, 0), disabled_reason,"
+	                       " coalesce(rate_limit, 0) FROM subscriptions"
 	                       " WHERE id = ?1 AND deleted_at IS NULL",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
@@ -706,6 +714,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.enabled = sqlite3_column_int(st, 2);
 	fresh.max_in_flight = sqlite3_column_int(st, 4);
 	fresh.failing_since = sqlite3_column_int64(st, 5);
+	fresh.rate_limit = sqlite3_column_int(st, 7);
 	log_health_change(id, &was, &(struct sub_health){1, fresh.enabled, fresh.failing_since},
 	                  column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
@@ -1015,8 +1024,8 @@ static enum store_rc apply_sub_create(struct store *s, struct store_call *call, 
 
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "INSERT INTO subscriptions(url, event_types, description, headers,"
-	                       " enabled, created_at, updated_at, max_in_flight)"
-	                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, coalesce(?7, 16))",
+	                       " enabled, created_at, updated_at, max_in_flight, rate_limit)"
+	                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, coalesce(?7, 16), ?8)",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, json_string_value(json_object_get(f, "url")), -1, SQLITE_STATIC);
@@ -1027,6 +1036,8 @@ static enum store_rc apply_sub_create(struct store *s, struct store_call *call, 
 	sqlite3_bind_int64(st, 6, now);
 	if (json_is_integer(json_object_get(f, "max_in_flight")))
 		sqlite3_bind_int64(st, 7, json_integer_value(json_object_get(f, "max_in_flight")));
+	if (json_is_integer(json_object_get(f, "rate_limit")))
+		sqlite3_bind_int64(st, 8, json_integer_value(json_object_get(f, "rate_limit")));
 	if (step_done(st) != 0)
 		goto out;
 	id = sqlite3_last_insert_rowid(s->wdb);
@@ -1057,13 +1068,14 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 	static const struct {
 		const char *field;
 		const char *sql;
-		int is_json; /* 0 text, 1 JSON, 2 integer */
+		int is_json; /* 0 text, 1 JSON, 2 integer or null */
 	} setters[] = {
 	    {"url", "UPDATE subscriptions SET url = ?2, updated_at = ?3 WHERE id = ?1", 0},
 	    {"event_types", "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
 	    {"description", "UPDATE subscriptions SET description = ?2, updated_at = ?3 WHERE id = ?1", 0},
 	    {"headers", "UPDATE subscriptions SET headers = ?2, updated_at = ?3 WHERE id = ?1", 1},
 	    {"max_in_flight", "UPDATE subscriptions SET max_in_flight = ?2, updated_at = ?3 WHERE id = ?1", 2},
+	    {"rate_limit", "UPDATE subscriptions SET rate_limit = ?2, updated_at = ?3 WHERE id = ?1", 2},
 	};
 	for (size_t i = 0; i < sizeof(setters) / sizeof(setters[0]); i++) {
 		v = json_object_get(f, setters[i].field);
@@ -1072,8 +1084,10 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		if (sqlite3_prepare_v2(s->wdb, setters[i].sql, -1, &st, NULL) != SQLITE_OK)
 			goto fail;
 		sqlite3_bind_int64(st, 1, call->id);
-		if (setters[i].is_json == 2)
+		if (setters[i].is_json == 2 && json_is_integer(v))
 			sqlite3_bind_int64(st, 2, json_integer_value(v));
+		else if (setters[i].is_json == 2)
+			sqlite3_bind_null(st, 2);
 		else if (setters[i].is_json)
 			bind_json_or_null(st, 2, v);
 		else
@@ -1084,8 +1098,8 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		sqlite3_finalize(st);
 		st = NULL;
 	}
-	if (json_object_get(f, "max_in_flight"))
-		*made_due = 1; /* more room: its backlog may go out now */
+	if (json_object_get(f, "max_in_flight") || json_object_get(f, "rate_limit"))
+		*made_due = 1; /* more room, or a higher rate: its backlog may go out now */
 	v = json_object_get(f, "enabled");
 	if (v) {
 		int on = json_is_true(v);
@@ -1566,8 +1580,10 @@ static void forget_rolled_back_wish(struct store *s)
 
 /*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
- * stopped, each subscription up to its max_in_flight: one slow or dead receiver cannot
- * take every slot. next_due is the earliest due time among subscriptions with room.
+ * stopped, each subscription up to its max_in_flight and what its rate_limit has left:
+ * one slow or dead receiver cannot take every slot. next_due is the earliest time one of
+ * the subscriptions with room has a job due (and, if it is rate limited, a token).
+ * A claim whose batch fails keeps the tokens it took: the limit errs on the slow side.
  */
 static enum store_rc apply_claim(struct store *s, struct store_call *call)
 {
@@ -1599,13 +1615,14 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	if (!a->jobs)
 		return STORE_ERR;
 	for (size_t k = 0; k < nsubs; k++) {
-		const struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
+		struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
 		int room = sub->max_in_flight - sub->leased;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
-		int step;
+		int step, before = a->njobs;
 
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no || room <= 0)
 			continue; /* disabled: held; full: completions wake the dispatcher */
+		want = rate_limit_allow(&sub->bucket, sub->rate_limit, a->now_ms, want);
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
 			sqlite3_bind_int(st, 2, want);
@@ -1621,6 +1638,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 				a->jobs[a->njobs++] = job;
 			}
 			sqlite3_reset(st);
+			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
 			if (step != SQLITE_DONE)
 				return STORE_ERR;
 			if (a->njobs == a->max)
@@ -1628,9 +1646,14 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		}
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
-		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL &&
-		    sqlite3_column_int64(nd, 0) < a->next_due_ms)
-			a->next_due_ms = sqlite3_column_int64(nd, 0);
+		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL) {
+			int64_t due = sqlite3_column_int64(nd, 0);
+			int64_t token = rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
+			if (due < token)
+				due = token; /* due, but its rate_limit lets it start only then */
+			if (due < a->next_due_ms)
+				a->next_due_ms = due;
+		}
 		sqlite3_reset(nd);
 	}
 	return STORE_OK;

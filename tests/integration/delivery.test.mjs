@@ -484,3 +484,55 @@ test('raising max_in_flight sends the waiting backlog at once', withLogs(async (
   }
   r.dropConnections();
 }));
+
+// rate_limit: a subscription starts at most that many deliveries a second (a burst of a
+// tenth of a second's worth, at least one), and only that subscription waits.
+test('rate_limit paces one subscription and not the others', withLogs(async () => {
+  const relay = await startRelay();
+  const limited = await startReceiver();
+  const free = await startReceiver();
+  const sub = await createSub(relay, limited, { event_types: ['paced.*'], rate_limit: 5 });
+  assert.equal(sub.rate_limit, 5, JSON.stringify(sub));
+  await createSub(relay, free, { event_types: ['paced.*'] });
+  const N = 12;
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: N }, (_, i) => ({ type: 'paced.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const t0 = performance.now();
+  await free.waitFor(N, 3000);
+  const freeMs = performance.now() - t0;
+  const got = (await limited.waitFor(N, 8000)).map((r) => r.arrivedMono);
+  const span = got[N - 1] - got[0];
+  let worstSecond = 0;
+  for (const from of got) worstSecond = Math.max(worstSecond, got.filter((t) => t >= from && t < from + 1000).length);
+  console.log(`rate_limit 5: ${N} deliveries over ${span.toFixed(0)} ms, at most ${worstSecond} in a second; unlimited took ${freeMs.toFixed(0)} ms`);
+  // one token every 200 ms after the first: 11 more take 2.2 s, and no one-second stalls
+  assert.ok(span >= 2000, `${N} deliveries at 5/s came in ${span.toFixed(0)} ms`);
+  assert.ok(span < 3500, `${N} deliveries at 5/s took ${span.toFixed(0)} ms: paced slower than the limit`);
+  assert.ok(worstSecond <= 6, `${worstSecond} deliveries within one second at rate_limit 5`);
+  assert.ok(freeMs < 1500, `the unlimited subscription waited ${freeMs.toFixed(0)} ms`);
+  await assertNoMore(limited, N, 300);
+}));
+
+test('rate_limit can be raised and removed; the waiting backlog then goes at once', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['slow.*'], rate_limit: 1 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 6 }, (_, i) => ({ type: 'slow.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await r.waitFor(1, 3000);
+  await sleep(300);
+  assert.equal(r.requests.length, 1, 'one a second: the second waits for its token');
+  const t0 = performance.now();
+  const patched = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { rate_limit: null });
+  assert.equal(patched.status, 200, patched.text);
+  assert.equal(patched.json.rate_limit, null);
+  await r.waitFor(6, 3000);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 500, `with the limit removed the backlog took ${ms.toFixed(0)} ms`);
+  const read = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
+  assert.equal(read.json.rate_limit, null);
+  const plain = await createSub(relay, null, { url: r.url + '/other', event_types: ['none.*'] });
+  assert.equal(plain.rate_limit, null, 'no limit unless one is set');
+}));

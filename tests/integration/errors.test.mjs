@@ -235,6 +235,10 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, max_in_flight: 0 },
     { ...SUB, max_in_flight: 1001 },
     { ...SUB, max_in_flight: '16' },
+    { ...SUB, rate_limit: 0 },
+    { ...SUB, rate_limit: 100001 },
+    { ...SUB, rate_limit: 2.5 },
+    { ...SUB, rate_limit: '5' },
     { ...SUB, headers: { 'Content-Type': 'text/plain' } },
     { ...SUB, headers: { host: 'evil.example' } },
     ...['TE', 'Trailer', 'Upgrade', 'Keep-Alive', 'Proxy-Connection', 'Proxy-Authorization',
@@ -266,7 +270,7 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
   assert.match(named.json.error.message, /url/, 'message names the field');
   const id = subsBefore[0].id;
   for (const body of [{ enabled: 'yes' }, { event_types: 'x' }, { headers: [] }, { url: 'not a url' },
-    { headers: { 'webhook-signature': 'x' } }]) {
+    { headers: { 'webhook-signature': 'x' } }, { rate_limit: 0 }, { rate_limit: false }]) {
     const res = await api(relay, 'PATCH', `/v1/subscriptions/${id}`, body);
     assertError(res, 422, 'invalid_field', `PATCH ${JSON.stringify(body)}`);
   }
