@@ -414,9 +414,9 @@ static json_t *json_id(const char *prefix, int64_t n)
 
 /* ---------- JSON for rows (shared by the writer and the read routes) ---------- */
 
-#define SUB_COLUMNS                                                                    \
-	"id, url, event_types, description, headers, enabled, disabled_reason, created_at," \
-	" updated_at, max_in_flight, failing_since, (SELECT secret FROM subscription_secrets"  \
+#define SUB_COLUMNS                                                                                \
+	"id, url, event_types, description, headers, enabled, disabled_reason, created_at,"        \
+	" updated_at, max_in_flight, failing_since, (SELECT secret FROM subscription_secrets"      \
 	" WHERE subscription_id = subscriptions.id ORDER BY id DESC LIMIT 1), rate_limit"
 
 static json_t *subscription_json(sqlite3_stmt *st)
@@ -433,9 +433,10 @@ static json_t *subscription_json(sqlite3_stmt *st)
 	json_object_set_new(o, "updated_at", json_time_or_null(st, 8));
 	json_object_set_new(o, "max_in_flight", json_integer(sqlite3_column_int(st, 9)));
 	json_object_set_new(o, "failing_since", json_time_or_null(st, 10));
-	json_object_set_new(o, "rate_limit", sqlite3_column_type(st, 12) == SQLITE_NULL
-	                                         ? json_null()
-	                                         : json_integer(sqlite3_column_int(st, 12)));
+	json_object_set_new(o, "rate_limit",
+	                    sqlite3_column_type(st, 12) == SQLITE_NULL
+	                        ? json_null()
+	                        : json_integer(sqlite3_column_int(st, 12)));
 	/* The signing secret itself is never shown here; an ed25519 key's public half is. */
 	const char *secret = column_text(st, 11);
 	char public_key[SIGN_SECRET_MAX];
@@ -688,7 +689,8 @@ static int reload_subscription(struct store *s, int64_t id)
 		const struct sub_entry *old = sub_find(s, id);
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
 		fresh.newest_seq = old ? old->newest_seq : 0;
-		fresh.bucket = old ? old->bucket : (struct rate_bucket){0}; /* a PATCH is no refill */
+		fresh.bucket =
+		    old ? old->bucket : (struct rate_bucket){0}; /* a PATCH is no refill */
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
@@ -1071,11 +1073,15 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		int is_json; /* 0 text, 1 JSON, 2 integer or null */
 	} setters[] = {
 	    {"url", "UPDATE subscriptions SET url = ?2, updated_at = ?3 WHERE id = ?1", 0},
-	    {"event_types", "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
-	    {"description", "UPDATE subscriptions SET description = ?2, updated_at = ?3 WHERE id = ?1", 0},
+	    {"event_types",
+	     "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
+	    {"description",
+	     "UPDATE subscriptions SET description = ?2, updated_at = ?3 WHERE id = ?1", 0},
 	    {"headers", "UPDATE subscriptions SET headers = ?2, updated_at = ?3 WHERE id = ?1", 1},
-	    {"max_in_flight", "UPDATE subscriptions SET max_in_flight = ?2, updated_at = ?3 WHERE id = ?1", 2},
-	    {"rate_limit", "UPDATE subscriptions SET rate_limit = ?2, updated_at = ?3 WHERE id = ?1", 2},
+	    {"max_in_flight",
+	     "UPDATE subscriptions SET max_in_flight = ?2, updated_at = ?3 WHERE id = ?1", 2},
+	    {"rate_limit",
+	     "UPDATE subscriptions SET rate_limit = ?2, updated_at = ?3 WHERE id = ?1", 2},
 	};
 	for (size_t i = 0; i < sizeof(setters) / sizeof(setters[0]); i++) {
 		v = json_object_get(f, setters[i].field);
@@ -1648,7 +1654,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		sqlite3_bind_int64(nd, 2, synced);
 		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL) {
 			int64_t due = sqlite3_column_int64(nd, 0);
-			int64_t token = rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
+			int64_t token =
+			    rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
 			if (due < a->next_due_ms)
