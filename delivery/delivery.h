@@ -29,6 +29,9 @@ struct delivery_job {
 	char *secrets;        /* space-separated signing secrets ("whsec_..." for v1,
 	                         "whsk_..." for v1a), newest first; never empty */
 	char *headers_json;   /* JSON object {"Name": "value"} of custom headers, or NULL */
+	uint64_t subscription_version; /* the subscription's settings (url, headers,
+	                                  secrets, enabled) this job was made with; see
+	                                  delivery_store.current */
 };
 
 enum delivery_outcome {
@@ -36,7 +39,9 @@ enum delivery_outcome {
 	DELIVERY_RETRY,     /* failed; try again at next_attempt_at_ms */
 	DELIVERY_FAILED,    /* failed and the schedule is exhausted */
 	DELIVERY_GONE,      /* 410: delivery failed, disable the subscription */
-	DELIVERY_RELEASED   /* not attempted (shutdown): put back as due, log no attempt */
+	DELIVERY_RELEASED   /* not attempted (shutdown, or its subscription changed before it
+	                       was sent): put back as due, log no attempt; failed if the
+	                       subscription is gone */
 };
 
 /* What one attempt came to. */
@@ -82,11 +87,17 @@ struct delivery_claim {
  *   back (not if their batch failed and they are applied again later).
  * complete: hand over finished attempts; takes ownership of every results[i] (not of
  *   the array). Queues for the writer.
+ * current: asked just before a job's request is sent (a job may wait a while for room
+ *   at its host): 1 if its subscription still exists, enabled, at the
+ *   subscription_version the job was made with; 0 if it was deleted, disabled or
+ *   changed since (the job then goes back unsent, DELIVERY_RELEASED, and a later claim
+ *   makes it again with the new settings). Thread-safe and quick; NULL means always 1.
  */
 struct delivery_store {
 	void *ctx;
 	int (*claim)(void *ctx, struct delivery_claim *claim);
 	void (*complete)(void *ctx, struct delivery_result **results, int n);
+	int (*current)(void *ctx, int64_t subscription_id, uint64_t subscription_version);
 };
 
 void delivery_job_free(struct delivery_job *job);       /* accepts NULL */

@@ -172,6 +172,13 @@ static int collect(struct dispatcher *d, struct loop *lp)
 	while (lp->n < d->opts.max_in_flight) {
 		if (!sender_next(d->sender, &done))
 			return 0;
+		if (done.released) { /* its subscription changed while it waited: unsent */
+			done.result->outcome = DELIVERY_RELEASED;
+			done.result->next_attempt_at_ms = 0;
+			delivery_job_free(done.job);
+			d->batch[lp->n++] = done.result;
+			continue;
+		}
 		decide(d, &done);
 		/* A retry due sooner than our next look must not wait for it. */
 		if (done.result->outcome == DELIVERY_RETRY) {
@@ -185,6 +192,14 @@ static int collect(struct dispatcher *d, struct loop *lp)
 		d->batch[lp->n++] = done.result;
 	}
 	return 1;
+}
+
+/* The sender's still_wanted: a job made before its subscription changed is not sent. */
+static int job_still_wanted(void *arg, const struct delivery_job *job)
+{
+	const struct delivery_store *store = arg;
+
+	return store->current(store->ctx, job->subscription_id, job->subscription_version);
 }
 
 /* At the deadline: reports what finished, then every transfer left as RELEASED. */
@@ -405,11 +420,16 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	atomic_init(&d->claim_cb_done, 1);
 	atomic_init(&d->stopping, 0);
 	atomic_init(&d->stop_at_mono_ms, INT64_MAX);
+	memset(&so, 0, sizeof so);
 	so.max_total = opts->max_in_flight;
 	so.max_per_host = opts->max_per_host;
 	so.timeout_ms = opts->timeout_ms;
 	so.user_agent = opts->user_agent;
 	so.targets = opts->targets;
+	if (store->current) {
+		so.still_wanted = job_still_wanted;
+		so.still_wanted_arg = (void *)store;
+	}
 	d->sender = sender_new(&so);
 	if (!d->sender)
 		goto out; /* sender_new said why */

@@ -18,7 +18,7 @@
  *
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
- *   (could not start; waiting for sender_next), its host's `waiting` queue (a job not
+ *   (could not start, or still_wanted said no; waiting for sender_next), its host's `waiting` queue (a job not
  *   yet handed to curl) or `idle` (no job, handle reset).
  * - in_flight == length(live) + length(failed) + every host's length(waiting): every job
  *   taken by sender_start comes back exactly once, from sender_next or sender_release.
@@ -76,6 +76,7 @@ struct transfer {
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
 	int sockets;                  /* sockets on_open_socket opened for this job */
 	struct host *host;            /* the job's host while it has a job, else NULL */
+	int unwanted;                 /* 1: on `failed` unsent, as still_wanted said no */
 	struct transfer *prev, *next; /* links in the list the transfer is on */
 };
 
@@ -472,7 +473,10 @@ static void transfer_start_clock(struct transfer *t)
 static void transfer_activate(struct sender *s, struct transfer *t)
 {
 	transfer_start_clock(t);
-	if (transfer_setup(s, t) == 0) {
+	if (s->opts.still_wanted && !s->opts.still_wanted(s->opts.still_wanted_arg, t->job)) {
+		set_error(t->res, "not sent: its subscription changed after the claim");
+		t->unwanted = 1; /* its host's next waiting job may go instead */
+	} else if (transfer_setup(s, t) == 0) {
 		if (curl_multi_add_handle(s->multi, t->easy) == CURLM_OK) {
 			t->host->live++;
 			live_push(s, t);
@@ -518,6 +522,8 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->res->duration_ms = took < 0 ? 0 : took > INT_MAX ? INT_MAX : (int)took;
 	out->job = t->job;
 	out->result = t->res;
+	out->released = t->unwanted;
+	t->unwanted = 0;
 	t->headers = NULL;
 	t->job = NULL;
 	t->res = NULL;

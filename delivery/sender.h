@@ -34,6 +34,10 @@ struct sender_options {
 	const struct target_policy *targets; /* checked on every address a transfer is
 	                                        about to connect to; borrowed. NULL: no
 	                                        check (unit tests of the HTTP side only) */
+	int (*still_wanted)(void *arg, const struct delivery_job *job); /* asked as a job
+	                           is handed to curl; 0 sends it back unsent (released = 1).
+	                           NULL: every job is wanted */
+	void *still_wanted_arg;
 };
 
 /* One job whose transfer is over. The caller owns job and result from here on. */
@@ -47,6 +51,8 @@ struct sender_done {
 	                                   status; 0 after a timeout, network error, local
 	                                   failure or release */
 	int64_t retry_after_ms;         /* unix ms named by a Retry-After header, or -1 */
+	int released;                   /* 1 if never sent: still_wanted said no (then
+	                                   complete = 0 and duration_ms = 0) */
 };
 
 /* Creates the multi handle. Returns NULL (message on stderr) if curl cannot start.

@@ -96,6 +96,8 @@ struct sub_entry {
 	int max_in_flight;            /* leases this subscription may hold at once */
 	int rate_limit;               /* deliveries it may start a second; 0 = no limit */
 	struct rate_bucket bucket;    /* what rate_limit has left now (claims take from it) */
+	uint64_t version;             /* new at every reload (settings, enabled, health): a
+	                                 job made at another version is not sent (current) */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
@@ -119,6 +121,7 @@ enum {
 	ST_ATTEMPT_INSERT,
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
+	ST_DELIVERY_ORPHANED,
 	ST_SWEEP,
 	ST_PRUNE_NEWEST,
 	ST_PRUNE_NEXT,
@@ -154,6 +157,9 @@ static const char *const writer_sql[ST_COUNT] = {
 	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
 	                       " updated_at = ?7 WHERE id = ?1",
 	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
+	[ST_DELIVERY_ORPHANED] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
+	                         " last_error = 'subscription deleted', updated_at = ?2"
+	                         " WHERE id = ?1 AND state = 0",
 	[ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
 	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
 	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
@@ -201,8 +207,12 @@ struct store {
 	size_t claim_cursor;            /* round-robin start among subs for the next claim */
 	struct writer *writer;
 	struct matcher *matcher;        /* enabled subscriptions' patterns */
-	struct sub_entry *subs;         /* sorted by id */
+	struct sub_entry *subs;         /* sorted by id; the writer changes the array (and an
+	                                   entry's id, enabled, version) only under subs_lock,
+	                                   which the dispatcher takes to read them (current) */
 	size_t nsubs, subs_cap;
+	pthread_mutex_t subs_lock;
+	uint64_t last_sub_version;      /* the newest sub_entry.version handed out */
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
@@ -694,7 +704,10 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
+	fresh.version = ++s->last_sub_version; /* jobs made before this are not sent */
+	pthread_mutex_lock(&s->subs_lock);
 	sub_remove(s, id);
+	pthread_mutex_unlock(&s->subs_lock);
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
 	                       " coalesce(failing_since, 0), disabled_reason,"
@@ -750,11 +763,14 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (matcher_set(s->matcher, id, pats, n) != 0)
 			goto out;
 	}
+	pthread_mutex_lock(&s->subs_lock);
 	if (s->nsubs == s->subs_cap) {
 		size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
 		struct sub_entry *grown = realloc(s->subs, cap * sizeof(*grown));
-		if (!grown)
+		if (!grown) {
+			pthread_mutex_unlock(&s->subs_lock);
 			goto out;
+		}
 		s->subs = grown;
 		s->subs_cap = cap;
 	}
@@ -764,6 +780,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	memmove(&s->subs[at + 1], &s->subs[at], (s->nsubs - at) * sizeof(*s->subs));
 	s->subs[at] = fresh;
 	s->nsubs++;
+	pthread_mutex_unlock(&s->subs_lock);
 	memset(&fresh, 0, sizeof(fresh));
 	rc = 0;
 out:
@@ -1522,6 +1539,7 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 	job->url = strdup(sub->url);
 	job->headers_json = strdup_or_null(sub->headers_json);
 	job->secrets = sub_secrets_text(sub, now_ms);
+	job->subscription_version = sub->version;
 	sqlite3_bind_int64(env, 1, sqlite3_column_int64(row, 1));
 	if (sqlite3_step(env) == SQLITE_ROW) {
 		int len = sqlite3_column_bytes(env, 1);
@@ -1809,12 +1827,17 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 		const struct sub_entry *sub = sub_find(s, r->subscription_id);
 
 		if (r->outcome == DELIVERY_RELEASED) {
-			sqlite3_stmt *rel = s->st[ST_DELIVERY_RELEASE];
+			/* Unsent. Due again now, or, if its subscription is gone, failed as the
+			 * deletion's sweep would have (it skipped it while it was leased). */
+			sqlite3_stmt *rel = s->st[sub ? ST_DELIVERY_RELEASE : ST_DELIVERY_ORPHANED];
 			sqlite3_bind_int64(rel, 1, r->delivery_id);
 			sqlite3_bind_int64(rel, 2, now);
 			if (step_done(rel) != 0)
 				return fail_storage(s, call);
-			*made_due = 1;
+			if (sub)
+				*made_due = 1;
+			else if (sqlite3_changes(s->wdb) > 0)
+				s->batch_pending--; /* the pending gauge: one fewer */
 			continue;
 		}
 
@@ -2188,6 +2211,19 @@ static void claim_done(struct store_call *call)
 	claim->done(claim); /* last: the claim is the dispatcher's again */
 }
 
+/* The dispatcher's check before it sends a job (any thread but the writer's). */
+static int source_current(void *ctx, int64_t subscription_id, uint64_t subscription_version)
+{
+	struct store *s = ctx;
+	int current;
+
+	pthread_mutex_lock(&s->subs_lock);
+	const struct sub_entry *sub = sub_find(s, subscription_id);
+	current = sub && sub->enabled && sub->version == subscription_version;
+	pthread_mutex_unlock(&s->subs_lock);
+	return current;
+}
+
 static int source_claim(void *ctx, struct delivery_claim *claim)
 {
 	struct store *s = ctx;
@@ -2367,6 +2403,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	pthread_mutex_init(&s->readers_lock, NULL);
 	pthread_mutex_init(&s->hook_lock, NULL);
+	pthread_mutex_init(&s->subs_lock, NULL);
 	s->synchronous_full = opts->synchronous_full;
 	s->disable_after_ms = opts->disable_after_ms;
 	s->retention_ms = opts->retention_ms;
@@ -2446,6 +2483,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	s->source.ctx = s;
 	s->source.claim = source_claim;
 	s->source.complete = source_complete;
+	s->source.current = source_current;
 	s->writer = writer_start(store_run_batch, store_sync, s,
 	                         opts->max_queue ? opts->max_queue : 8192, WRITER_BATCH_MAX);
 	if (!s->writer) {
@@ -2494,6 +2532,7 @@ void store_close(struct store *s)
 		close(s->wal_fd);
 	pthread_mutex_destroy(&s->readers_lock);
 	pthread_mutex_destroy(&s->hook_lock);
+	pthread_mutex_destroy(&s->subs_lock);
 	free(s->path);
 	free(s);
 }

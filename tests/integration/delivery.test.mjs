@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
+  listAll,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -536,3 +537,46 @@ test('rate_limit can be raised and removed; the waiting backlog then goes at onc
   const plain = await createSub(relay, null, { url: r.url + '/other', event_types: ['none.*'] });
   assert.equal(plain.rate_limit, null, 'no limit unless one is set');
 }));
+
+// Deliveries beyond --max-per-host wait in hookrelay, already claimed with the
+// subscription's settings of that moment. Once a DELETE, a PATCH of the url or a disable
+// has been answered, none of them may go out with the old settings: they go back unsent
+// and are failed (deleted), sent to the new url, or held (disabled).
+for (const change of ['delete', 'url', 'disable']) {
+  test(`jobs waiting for host room are not sent after the subscription's ${change}`, withLogs(async () => {
+    const relay = await startRelay({ args: ['--max-per-host', '2'], retrySchedule: '1h' });
+    const old = await startReceiver({ behavior: { delayMs: 500 } });
+    const fresh = await startReceiver();
+    const sub = await createSub(relay, old, { event_types: ['queued.*'], max_in_flight: 100 });
+    fresh.secrets.push(...old.secrets); // the same subscription, signing the same way
+    const N = 20;
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: N }, (_, i) => ({ type: 'queued.tick', data: { i } })));
+    assert.equal(res.status, 202, res.text);
+    await old.waitFor(2, 3000);
+    await sleep(100); // two in flight, the other 18 claimed and waiting for the host
+    const answer = change === 'delete'
+      ? await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`)
+      : await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
+        change === 'url' ? { url: fresh.url + '/hook' } : { enabled: false });
+    assert.ok(answer.status === 204 || answer.status === 200, answer.text);
+    await sleep(1500); // the two in flight end at 500 ms; the queue would follow by now
+    assert.equal(old.requests.length, 2, `the old settings got ${old.requests.length} requests after the ${change}`);
+    const all = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+    const count = (status) => all.filter((d) => d.status === status).length;
+    if (change === 'delete') {
+      assert.equal(count('delivered'), 2);
+      assert.equal(count('failed'), N - 2, JSON.stringify(all.map((d) => d.status)));
+      assert.ok(all.filter((d) => d.status === 'failed').every((d) => d.last_error === 'subscription deleted' && d.attempt_count === 0));
+    } else if (change === 'url') {
+      await fresh.waitFor(N - 2, 3000);
+      await waitUntil(async () => (await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=delivered`)).length === N, 3000, 'all delivered');
+    } else {
+      assert.equal(count('pending'), N - 2, 'held while disabled');
+      assert.equal(fresh.requests.length, 0);
+      const on = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+      assert.equal(on.status, 200, on.text);
+      await old.waitFor(N, 15000);
+    }
+  }));
+}
