@@ -59,6 +59,13 @@ struct delivery_result {
 	int64_t next_attempt_at_ms;     /* unix ms, meaningful for DELIVERY_RETRY only */
 };
 
+/* A receiver host (target_host_key) with requests in hookrelay, and how many more it may
+ * take now. */
+struct delivery_host_room {
+	const char *key; /* "host:port" */
+	int room;        /* per_host_max minus its requests sent or waiting; may be <= 0 */
+};
+
 /*
  * One claim request, owned by the dispatcher: the store fills in the answer and calls
  * done(claim) exactly once, on any thread, possibly before claim() has returned.
@@ -66,12 +73,22 @@ struct delivery_result {
 struct delivery_claim {
 	int64_t now_ms;              /* in: lease jobs due at this unix ms */
 	int max;                     /* in: at most this many */
+	int per_host_max;            /* in: at most this many jobs for one receiver host
+	                                (target_host_key of the job's url), less what the
+	                                host holds already (hosts[]); 0 = no host limit */
+	const struct delivery_host_room *hosts; /* in: the hosts with requests now; any
+	                                other host has per_host_max room. Borrowed until
+	                                done() */
+	int nhosts;                  /* in: entries in hosts */
 	void (*done)(struct delivery_claim *claim); /* in: called with the answer */
 	void *arg;                   /* in: for done() */
 	int count;                   /* out: jobs leased (0..max), or -1 on storage error */
 	struct delivery_job **jobs;  /* out: malloc'd array of count jobs, or NULL */
 	int64_t next_due_ms;         /* out: earliest unix ms a pending, unleased job is due
-	                                (INT64_MAX if none) */
+	                                (INT64_MAX if none), among subscriptions and hosts
+	                                with room */
+	int host_full;               /* out: 1 if a host had no room for a subscription
+	                                that did: claim again when a request to one ends */
 };
 
 /*

@@ -74,6 +74,13 @@ struct dispatcher {
 	atomic_int stopping;             /* 1 once the stop has begun */
 	_Atomic int64_t stop_at_mono_ms; /* monotonic ms: in-flight transfers end by then */
 	uint64_t rng;                    /* xorshift64* state; dispatcher thread only */
+	/* The hosts a claim is told about (claim.hosts points here until it is answered);
+	 * their keys live one after another in host_keys. */
+	struct delivery_host_room *host_rooms;
+	int host_rooms_cap;
+	char *host_keys;
+	size_t host_keys_len, host_keys_cap;
+	int host_keys_short;             /* 1 if memory ran out while they were listed */
 };
 
 /* State of the loop, all on the dispatcher thread. */
@@ -85,6 +92,8 @@ struct loop {
 	int claim_backoff;      /* ms; 0 while claims succeed */
 	int n;                  /* results in d->batch not yet handed to the store */
 	int claim_out;          /* a claim was asked for and its answer not yet taken */
+	int host_full;          /* the last claim left due work for want of host room:
+	                           claim again once a request ends */
 };
 
 static uint64_t rng_next(uint64_t *state)
@@ -172,6 +181,8 @@ static int collect(struct dispatcher *d, struct loop *lp)
 	while (lp->n < d->opts.max_in_flight) {
 		if (!sender_next(d->sender, &done))
 			return 0;
+		if (lp->host_full)
+			lp->next_due = 0; /* a host has room again: what waited for it may go */
 		if (done.released) { /* its subscription changed while it waited: unsent */
 			done.result->outcome = DELIVERY_RELEASED;
 			done.result->next_attempt_at_ms = 0;
@@ -244,6 +255,61 @@ static void on_claimed(struct delivery_claim *claim)
 	atomic_store_explicit(&d->claim_cb_done, 1, memory_order_release); /* d is ours now */
 }
 
+/* sender_each_host's callback: one host for the claim (keys stored as offsets until the
+ * list is complete, as the buffer may move while it grows). */
+static void note_host(void *arg, const char *key, int used)
+{
+	struct dispatcher *d = arg;
+	size_t len = strlen(key) + 1;
+	int n = d->claim.nhosts;
+
+	if (n == d->host_rooms_cap) {
+		int cap = d->host_rooms_cap ? d->host_rooms_cap * 2 : 16;
+		struct delivery_host_room *grown = realloc(d->host_rooms, (size_t)cap * sizeof *grown);
+		if (!grown) {
+			d->host_keys_short = 1;
+			return;
+		}
+		d->host_rooms = grown;
+		d->host_rooms_cap = cap;
+	}
+	if (d->host_keys_len + len > d->host_keys_cap) {
+		size_t cap = (d->host_keys_len + len) * 2;
+		char *grown = realloc(d->host_keys, cap);
+		if (!grown) {
+			d->host_keys_short = 1;
+			return;
+		}
+		d->host_keys = grown;
+		d->host_keys_cap = cap;
+	}
+	memcpy(d->host_keys + d->host_keys_len, key, len);
+	d->host_rooms[n].key = (const char *)(uintptr_t)d->host_keys_len;
+	d->host_rooms[n].room = d->opts.max_per_host - used;
+	d->host_keys_len += len;
+	d->claim.nhosts = n + 1;
+}
+
+/* Tells the claim how much room each host with requests has left, so that the store
+ * leases no more than a host can take: jobs beyond it would wait here holding slots of
+ * max_in_flight, and one dead receiver could starve every other. Without the list (out
+ * of memory) the claim has no host limit, as before. */
+static void list_host_rooms(struct dispatcher *d, struct delivery_claim *c)
+{
+	d->host_keys_len = 0;
+	d->host_keys_short = 0;
+	c->nhosts = 0;
+	sender_each_host(d->sender, note_host, d);
+	if (d->host_keys_short) {
+		c->nhosts = 0;
+		return;
+	}
+	for (int i = 0; i < c->nhosts; i++)
+		d->host_rooms[i].key = d->host_keys + (uintptr_t)d->host_rooms[i].key;
+	c->hosts = d->host_rooms;
+	c->per_host_max = d->opts.max_per_host;
+}
+
 static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
 {
 	struct delivery_claim *c = &d->claim;
@@ -251,6 +317,7 @@ static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_
 	memset(c, 0, sizeof(*c));
 	c->now_ms = now;
 	c->max = d->opts.max_in_flight - sender_in_flight(d->sender);
+	list_host_rooms(d, c);
 	c->done = on_claimed;
 	c->arg = d;
 	c->count = -1;
@@ -275,6 +342,7 @@ static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64
 	if (!lp->claim_out || !atomic_load_explicit(&d->claim_answered, memory_order_acquire))
 		return;
 	lp->claim_out = 0;
+	lp->host_full = c->count >= 0 && c->host_full;
 	if (c->count < 0) {
 		claim_failed(lp, mono, "claim failed (storage error)");
 		return;
@@ -389,6 +457,8 @@ static void dispatcher_free(struct dispatcher *d)
 		return;
 	sender_free(d->sender);
 	free(d->batch);
+	free(d->host_rooms);
+	free(d->host_keys);
 	free(d);
 }
 

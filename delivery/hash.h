@@ -1,5 +1,6 @@
 /* hash.h - FNV-1a over a NUL-terminated string, for the small in-memory tables of the
- * delivery side (the sender's hosts, the signer's prepared keys). Not for anything an
+ * delivery side (the sender's hosts, the signer's prepared keys) and the store's table of
+ * receiver hosts. Not for anything an
  * attacker must not be able to collide: callers compare the full key. Pure. */
 #ifndef HOOKRELAY_HASH_H
 #define HOOKRELAY_HASH_H

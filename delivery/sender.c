@@ -88,6 +88,7 @@ struct host {
 	int live;                  /* its transfers added to the multi handle */
 	struct transfer *waiting;  /* FIFO of jobs not yet handed to curl, through next */
 	struct transfer *waiting_tail;
+	int nwaiting;              /* jobs on waiting */
 	char key[];                /* "host:port", host in lower case */
 };
 
@@ -338,41 +339,6 @@ out:
 	return rc;
 }
 
-/* Writes the key curl counts connections under, "host:port" (host in lower case, the
- * scheme's port when the URL names none), for url: an absolute http(s) URL as
- * target_url_check accepts them (NULL or anything else gives some key, never an
- * error). The buffer holds TARGET_URL_MAX + 8 bytes; a longer key is cut short. */
-static void host_key(const char *url, char *out)
-{
-	const size_t cap = TARGET_URL_MAX + 8;
-	const char *p, *end, *host_end;
-	long port;
-	size_t n = 0;
-
-	if (!url)
-		url = "";
-	port = strncasecmp(url, "https:", 6) == 0 ? 443 : 80;
-	p = strstr(url, "://");
-	p = p ? p + 3 : url;
-	end = p + strcspn(p, "/?#");
-	for (const char *at = p; at < end; at++) /* no userinfo is accepted; skip it anyway */
-		if (*at == '@')
-			p = at + 1;
-	if (*p == '[') { /* IPv6 literal: its colons are not the port's */
-		host_end = memchr(p, ']', (size_t)(end - p));
-		host_end = host_end ? host_end + 1 : end;
-	} else {
-		host_end = memchr(p, ':', (size_t)(end - p));
-		if (!host_end)
-			host_end = end;
-	}
-	if (host_end + 1 < end && *host_end == ':')
-		port = strtol(host_end + 1, NULL, 10); /* as a number, as curl keeps it: 080 is 80 */
-	for (const char *c = p; c < host_end && n + 1 < cap; c++)
-		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
-	snprintf(out + n, cap - n, ":%ld", port);
-}
-
 static size_t host_bucket(const char *key)
 {
 	return hash_fnv1a(key) & (SENDER_HOST_BUCKETS - 1);
@@ -381,11 +347,11 @@ static size_t host_bucket(const char *key)
 /* The host entry for url's host, added if new. NULL if out of memory. */
 static struct host *host_get(struct sender *s, const char *url)
 {
-	char key[TARGET_URL_MAX + 8];
+	char key[TARGET_HOST_KEY_MAX];
 	struct host *h;
 	size_t b, len;
 
-	host_key(url, key);
+	target_host_key(url, key);
 	b = host_bucket(key);
 	for (h = s->hosts[b]; h; h = h->chain)
 		if (strcmp(h->key, key) == 0)
@@ -424,6 +390,7 @@ static void waiting_push(struct host *h, struct transfer *t)
 	else
 		h->waiting = t;
 	h->waiting_tail = t;
+	h->nwaiting++;
 }
 
 static struct transfer *waiting_pop(struct host *h)
@@ -435,6 +402,7 @@ static struct transfer *waiting_pop(struct host *h)
 		if (!h->waiting)
 			h->waiting_tail = NULL;
 		t->next = NULL;
+		h->nwaiting--;
 	}
 	return t;
 }
@@ -800,4 +768,12 @@ int sender_release(struct sender *s, struct sender_done *out)
 int sender_in_flight(const struct sender *s)
 {
 	return s->in_flight;
+}
+
+void sender_each_host(const struct sender *s, void (*each)(void *arg, const char *key, int used),
+                      void *arg)
+{
+	for (size_t b = 0; b < SENDER_HOST_BUCKETS; b++)
+		for (const struct host *h = s->hosts[b]; h; h = h->chain)
+			each(arg, h->key, h->live + h->nwaiting);
 }

@@ -97,4 +97,9 @@ int sender_release(struct sender *s, struct sender_done *out);
 /* Jobs started and not yet returned by sender_next() or sender_release(). */
 int sender_in_flight(const struct sender *s);
 
+/* Calls each(arg, key, used) for every receiver host with jobs sent or waiting: key is
+ * its target_host_key (valid during the call only), used how many jobs it has. */
+void sender_each_host(const struct sender *s, void (*each)(void *arg, const char *key, int used),
+                      void *arg);
+
 #endif

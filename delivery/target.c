@@ -439,3 +439,34 @@ out:
 	curl_url_cleanup(u);
 	return rc;
 }
+
+void target_host_key(const char *url, char *out)
+{
+	const size_t cap = TARGET_HOST_KEY_MAX;
+	const char *p, *end, *host_end;
+	long port;
+	size_t n = 0;
+
+	if (!url)
+		url = "";
+	port = strncasecmp(url, "https:", 6) == 0 ? 443 : 80;
+	p = strstr(url, "://");
+	p = p ? p + 3 : url;
+	end = p + strcspn(p, "/?#");
+	for (const char *at = p; at < end; at++) /* no userinfo is accepted; skip it anyway */
+		if (*at == '@')
+			p = at + 1;
+	if (*p == '[') { /* IPv6 literal: its colons are not the port's */
+		host_end = memchr(p, ']', (size_t)(end - p));
+		host_end = host_end ? host_end + 1 : end;
+	} else {
+		host_end = memchr(p, ':', (size_t)(end - p));
+		if (!host_end)
+			host_end = end;
+	}
+	if (host_end + 1 < end && *host_end == ':')
+		port = strtol(host_end + 1, NULL, 10); /* as a number, as curl keeps it: 080 is 80 */
+	for (const char *c = p; c < host_end && n + 1 < cap; c++)
+		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
+	snprintf(out + n, cap - n, ":%ld", port);
+}

@@ -73,4 +73,15 @@ int target_address_allowed(const struct target_policy *policy, const struct sock
  */
 int target_url_check(const char *url, const struct target_policy *policy, const char **why);
 
+#define TARGET_HOST_KEY_MAX (TARGET_URL_MAX + 8) /* bytes target_host_key writes at most */
+
+/*
+ * Writes the key the per-host caps count requests under, "host:port" (host in lower
+ * case, the scheme's port when the URL names none; curl counts connections the same
+ * way), for url: an absolute http(s) URL as target_url_check accepts them (NULL or
+ * anything else gives some key, never an error). out holds TARGET_HOST_KEY_MAX bytes;
+ * a longer key is cut short. Pure.
+ */
+void target_host_key(const char *url, char *out);
+
 #endif

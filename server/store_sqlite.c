@@ -58,9 +58,11 @@
 #include "clock.h"
 #include "json_check.h"
 #include "matcher.h"
+#include "hash.h"
 #include "rate_limit.h"
 #include "schema.h"
 #include "sign.h"
+#include "target.h"
 #include "util.h"
 #include "writer.h"
 
@@ -98,6 +100,7 @@ struct sub_entry {
 	struct rate_bucket bucket;    /* what rate_limit has left now (claims take from it) */
 	uint64_t version;             /* new at every reload (settings, enabled, health): a
 	                                 job made at another version is not sent (current) */
+	int host;                     /* its url's receiver host in s->hosts, or -1 */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
@@ -213,6 +216,12 @@ struct store {
 	size_t nsubs, subs_cap;
 	pthread_mutex_t subs_lock;
 	uint64_t last_sub_version;      /* the newest sub_entry.version handed out */
+	struct claim_host *hosts;       /* writer: every subscription's receiver host */
+	size_t nhosts, hosts_cap;
+	int32_t *host_slots;            /* open addressing over hosts by key, -1 = empty;
+	                                   host_slots_cap a power of two >= 2 * nhosts */
+	size_t host_slots_cap;
+	uint64_t claim_no;              /* numbers each application of a claim (claim_host) */
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
@@ -272,6 +281,15 @@ struct claim_args {
 	struct delivery_job **jobs;   /* filled on the writer thread */
 	int njobs;
 	int64_t next_due_ms;
+	int host_full;                /* a host's room cut what a subscription could take */
+};
+
+/* A receiver host of some subscription (its target_host_key), for the claims' per-host
+ * limit. Interned at reload and kept (a few bytes per host ever subscribed to). */
+struct claim_host {
+	char *key;
+	int room;      /* leases it may still take in the claim numbered mark */
+	uint64_t mark; /* the claim that set room; any other: room is per_host_max */
 };
 
 struct complete_args {
@@ -622,6 +640,76 @@ static struct sub_entry *sub_find(struct store *s, int64_t id)
 	return NULL;
 }
 
+/* ---------- receiver hosts, for the claims' per-host limit (writer thread) ---------- */
+
+/* The slot of key in host_slots: where it is, or the empty one where it would go. */
+static size_t host_slot(const struct store *s, const char *key)
+{
+	size_t mask = s->host_slots_cap - 1;
+	size_t i = hash_fnv1a(key) & mask;
+
+	while (s->host_slots[i] >= 0 && strcmp(s->hosts[s->host_slots[i]].key, key) != 0)
+		i = (i + 1) & mask;
+	return i;
+}
+
+/* The index of key in s->hosts, or -1. */
+static int host_find(const struct store *s, const char *key)
+{
+	return s->host_slots_cap ? s->host_slots[host_slot(s, key)] : -1;
+}
+
+/* The index of key in s->hosts, added if new; -1 if out of memory. */
+static int host_intern(struct store *s, const char *key)
+{
+	int found = host_find(s, key);
+
+	if (found >= 0)
+		return found;
+	if (2 * (s->nhosts + 1) > s->host_slots_cap) { /* grow the table and place all again */
+		size_t cap = s->host_slots_cap ? s->host_slots_cap * 2 : 64;
+		int32_t *slots = malloc(cap * sizeof(*slots));
+		if (!slots)
+			return -1;
+		for (size_t i = 0; i < cap; i++)
+			slots[i] = -1;
+		free(s->host_slots);
+		s->host_slots = slots;
+		s->host_slots_cap = cap;
+		for (size_t h = 0; h < s->nhosts; h++)
+			s->host_slots[host_slot(s, s->hosts[h].key)] = (int32_t)h;
+	}
+	if (s->nhosts == s->hosts_cap) {
+		size_t cap = s->hosts_cap ? s->hosts_cap * 2 : 16;
+		struct claim_host *grown = realloc(s->hosts, cap * sizeof(*grown));
+		if (!grown)
+			return -1;
+		s->hosts = grown;
+		s->hosts_cap = cap;
+	}
+	char *copy = strdup(key);
+	if (!copy)
+		return -1;
+	s->hosts[s->nhosts] = (struct claim_host){copy, 0, 0};
+	s->host_slots[host_slot(s, key)] = (int32_t)s->nhosts;
+	return (int)s->nhosts++;
+}
+
+/* The host entry limiting sub in the claim being applied (a->claim's hosts told at its
+ * start), or NULL if the claim has no host limit or sub's host is unknown. */
+static struct claim_host *claim_host_of(struct store *s, const struct claim_args *a,
+                                        const struct sub_entry *sub)
+{
+	if (a->claim->per_host_max <= 0 || sub->host < 0 || (size_t)sub->host >= s->nhosts)
+		return NULL;
+	struct claim_host *h = &s->hosts[sub->host];
+	if (h->mark != s->claim_no) {
+		h->mark = s->claim_no;
+		h->room = a->claim->per_host_max;
+	}
+	return h;
+}
+
 static void sub_entry_clear(struct sub_entry *e)
 {
 	free(e->url);
@@ -725,6 +813,12 @@ static int reload_subscription(struct store *s, int64_t id)
 		goto out;
 	fresh.id = id;
 	fresh.url = strdup_or_null(column_text(st, 0));
+	fresh.host = -1;
+	if (fresh.url) {
+		char key[TARGET_HOST_KEY_MAX];
+		target_host_key(fresh.url, key);
+		fresh.host = host_intern(s, key); /* -1 (out of memory): no host limit for it */
+	}
 	fresh.headers_json = strdup_or_null(column_text(st, 1));
 	fresh.enabled = sqlite3_column_int(st, 2);
 	fresh.max_in_flight = sqlite3_column_int(st, 4);
@@ -1635,9 +1729,19 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	if (missed > synced)
 		synced = wish_wake_when_synced(s, missed);
 	a->next_due_ms = INT64_MAX;
+	a->host_full = 0;
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
 		return STORE_ERR;
+	/* What the hosts with requests already hold (the rest start with per_host_max). */
+	s->claim_no++;
+	for (int i = 0; a->claim->per_host_max > 0 && i < a->claim->nhosts; i++) {
+		int h = host_find(s, a->claim->hosts[i].key);
+		if (h >= 0) {
+			s->hosts[h].mark = s->claim_no;
+			s->hosts[h].room = a->claim->hosts[i].room;
+		}
+	}
 	for (size_t k = 0; k < nsubs; k++) {
 		struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
 		int room = sub->max_in_flight - sub->leased;
@@ -1646,6 +1750,13 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no || room <= 0)
 			continue; /* disabled: held; full: completions wake the dispatcher */
+		struct claim_host *host = claim_host_of(s, a, sub);
+		if (host && host->room < want) {
+			a->host_full = 1; /* the dispatcher claims again when a request ends */
+			if (host->room <= 0)
+				continue; /* and no next_due from it: that would only spin */
+			want = host->room;
+		}
 		want = rate_limit_allow(&sub->bucket, sub->rate_limit, a->now_ms, want);
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
@@ -1663,6 +1774,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			}
 			sqlite3_reset(st);
 			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
+			if (host)
+				host->room -= a->njobs - before;
 			if (step != SQLITE_DONE)
 				return STORE_ERR;
 			if (a->njobs == a->max)
@@ -2200,6 +2313,7 @@ static void claim_done(struct store_call *call)
 		claim->count = a->njobs;
 		claim->jobs = a->jobs;
 		claim->next_due_ms = a->next_due_ms;
+		claim->host_full = a->host_full;
 		a->jobs = NULL; /* handed over */
 		a->njobs = 0;
 	} else {
@@ -2519,6 +2633,10 @@ void store_close(struct store *s)
 	for (size_t i = 0; i < s->nsubs; i++)
 		sub_entry_clear(&s->subs[i]);
 	free(s->subs);
+	for (size_t i = 0; i < s->nhosts; i++)
+		free(s->hosts[i].key);
+	free(s->hosts);
+	free(s->host_slots);
 	free(s->sweep.ids);
 	free(s->leases.ids);
 	free(s->match_ids);

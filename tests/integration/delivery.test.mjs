@@ -580,3 +580,37 @@ for (const change of ['delete', 'url', 'disable']) {
     }
   }));
 }
+
+// A receiver that never answers may hold --max-per-host requests, and no more of the
+// --max-in-flight slots: hookrelay does not take deliveries it cannot send yet, so the
+// other receivers keep theirs (before, deliveries waiting for the dead host took every
+// slot, and a healthy receiver waited for the dead one's timeouts).
+test('a dead receiver shared by many subscriptions does not starve a healthy one', withLogs(async () => {
+  const relay = await startRelay({
+    args: ['--max-per-host', '2', '--max-in-flight', '16', '--delivery-timeout', '3s'],
+    retrySchedule: '1h',
+  });
+  const dead = await startReceiver({ behavior: { hang: true } });
+  const healthy = await startReceiver();
+  for (let i = 0; i < 4; i++) await createSub(relay, dead, { event_types: ['dead.*'] });
+  await createSub(relay, healthy, { event_types: ['live.*'] });
+  const deadRes = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 40 }, (_, i) => ({ type: 'dead.tick', data: { i } })));
+  assert.equal(deadRes.status, 202, deadRes.text);
+  await dead.waitFor(2, 3000);
+  await sleep(200);
+  const t0 = performance.now();
+  const liveRes = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 30 }, (_, i) => ({ type: 'live.tick', data: { i } })));
+  assert.equal(liveRes.status, 202, liveRes.text);
+  await healthy.waitFor(30, 6000);
+  const ms = performance.now() - t0;
+  console.log(`healthy receiver beside a dead one: 30 deliveries in ${ms.toFixed(0)} ms`);
+  assert.ok(ms < 1500, `the healthy receiver waited ${ms.toFixed(0)} ms for 30 deliveries`);
+  assert.equal(dead.requests.length, 2, 'the dead host got only its --max-per-host');
+  // once the healthy results are written: the two sent to the dead host, nothing queued
+  const inFlight = async () => Number((await api(relay, 'GET', '/metrics')).text
+    .match(/^hookrelay_deliveries_in_flight (\d+)/m)?.[1]);
+  await waitUntil(async () => (await inFlight()) === 2, 2000, 'two in flight');
+  dead.dropConnections();
+}));

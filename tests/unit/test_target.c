@@ -723,6 +723,33 @@ static void test_hook_blocks(void)
 	close(l.fd);
 }
 
+/* The key the per-host caps count under: the sender's queue and the store's claims must
+ * agree on it, so one spelling of a host is one host. */
+static void test_host_key(void)
+{
+	static const struct {
+		const char *url, *key;
+	} cases[] = {
+	    {"https://Example.COM/hooks?x=1", "example.com:443"},
+	    {"http://example.com", "example.com:80"},
+	    {"http://example.com:8080/a#b", "example.com:8080"},
+	    {"http://example.com:080/", "example.com:80"},
+	    {"http://[::1]:9000/x", "[::1]:9000"},
+	    {"http://[2001:DB8::1]/", "[2001:db8::1]:80"},
+	    {"HTTPS://h.example:443", "h.example:443"},
+	    {NULL, ":80"},
+	};
+	char key[TARGET_HOST_KEY_MAX];
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		target_host_key(cases[i].url, key);
+		CHECK(strcmp(key, cases[i].key) == 0);
+		if (strcmp(key, cases[i].key) != 0)
+			fprintf(stderr, "  %s -> %s, not %s\n", cases[i].url ? cases[i].url : "(null)",
+			        key, cases[i].key);
+	}
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -736,6 +763,7 @@ int main(void)
 		fprintf(stderr, "curl_global_init failed\n");
 		return 1;
 	}
+	test_host_key();
 	test_default_rules();
 	test_allow_private_allows_all();
 	test_other_family();
