@@ -245,6 +245,30 @@ test('deliveries an older version left marked in flight are sent again after sta
   assert.equal(r.requests[1].headers['webhook-id'], ev.id);
 }));
 
+// Versions before cf3ad8d held a disabled subscription's pending deliveries with
+// next_attempt_at NULL; claims take only rows with a due time, so after an upgrade they
+// never went out, even once enabled (migration 006 gives them one).
+test('deliveries an older version held with no due time go out once enabled after an upgrade', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1h' });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  const sub = await createSub(relay, r);
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'legacy.held', data: i });
+  await r.waitFor(3, 5000); // each failed once: pending, next try in an hour
+  const off = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: false });
+  assert.equal(off.status, 200, off.text);
+  await relay.stop({ signal: 'SIGTERM', timeoutMs: 10_000 });
+  // the old build's held rows, and its schema version, so that 006 runs on them
+  const res = spawnSync('sqlite3', [relay.dbPath,
+    'UPDATE deliveries SET next_attempt_at = NULL WHERE state = 0; PRAGMA user_version = 5;'],
+  { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(res.status, 0, res.stderr);
+  r.setBehavior({ status: 200 });
+  const again = await startRelay({ dbPath: relay.dbPath, retrySchedule: '1h' });
+  const on = await api(again, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
+  assert.equal(on.status, 200, on.text);
+  await r.waitFor(6, 5000);
+}));
+
 test('--help lists every flag', withLogs(async () => {
   const res = spawnSync(relayBin(), ['--help'], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(res.status, 0, `--help exit ${res.status}: ${res.stderr}`);
