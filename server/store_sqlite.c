@@ -86,6 +86,9 @@
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 static const char *const state_names[] = {"pending", "delivered", "failed"};
 
+#define STORE_LOCK_WAIT_MS 5000 /* the writer waits this long for the database's write lock */
+#define STORE_LOCK_RETRY_MS 250 /* ... and this long after a batch has failed */
+
 struct sub_secret {
 	char *secret;
 	int64_t expires_at; /* unix ms; 0 = current */
@@ -202,6 +205,7 @@ struct store {
 	_Atomic int64_t committed_seq;  /* the newest event committed */
 	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
 	int last_batch_failed;          /* slows the writer down while storage fails */
+	int lock_wait_ms;               /* the writer connection's busy timeout now */
 	atomic_llong write_failures;    /* batches whose writes failed (not committed, or a
 	                                   call failed on storage), for /metrics: a counter,
 	                                   as a full disk lets small commits through between
@@ -2071,6 +2075,14 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	s->batch_pending = 0;
 	if (s->last_batch_failed)
 		usleep(100 * 1000); /* storage was failing: do not spin */
+	/* The lock wait is for a passing holder. Once a batch has failed (another process
+	 * holds the lock, say), each batch queued behind it waits only briefly: else the
+	 * n-th queued write got its 503 after n times the wait, and a stop took as long. */
+	int lock_wait = s->last_batch_failed ? STORE_LOCK_RETRY_MS : STORE_LOCK_WAIT_MS;
+	if (lock_wait != s->lock_wait_ms) {
+		sqlite3_busy_timeout(s->wdb, lock_wait);
+		s->lock_wait_ms = lock_wait;
+	}
 	set_sync(s, durable);
 	if (!changed || step_done(s->st[ST_BEGIN]) != 0)
 		goto finish;
@@ -2536,7 +2548,8 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
 		goto fail;
 	}
-	sqlite3_busy_timeout(s->wdb, 5000);
+	sqlite3_busy_timeout(s->wdb, STORE_LOCK_WAIT_MS);
+	s->lock_wait_ms = STORE_LOCK_WAIT_MS;
 	sqlite3_extended_result_codes(s->wdb, 1);
 	if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err, errlen) != 0 ||
 	    exec_sql(s->wdb, s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",

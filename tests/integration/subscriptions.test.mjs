@@ -158,6 +158,30 @@ test('PATCH url: the next delivery goes to the new URL even when the writer ran 
   assert.equal(after.requests.length, 2, 'the two deliveries not in flight at the PATCH go to the new URL');
 }));
 
+// While another process holds the write lock, each subscription write is its own
+// batch; the first waits the writer's 5 s for the lock, the ones queued behind it must
+// not wait 5 s more each (they got their 503 at 5, 10, 15 and 20 s).
+test('writes queued behind a stalled database get their 503 soon after the first', { timeout: 30_000 }, withLogs(async () => {
+  const relay = await startRelay();
+  const subs = [];
+  for (let i = 0; i < 4; i++) subs.push(await createSub(relay, null, { url: 'http://127.0.0.1:9/x' }));
+  const lock = await holdWriteLock(relay.dbPath);
+  const t0 = performance.now();
+  const answers = await Promise.all(subs.map(async (sub, i) => {
+    await sleep(20 * i); // in this order into the writer's queue
+    const res = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { description: `d${i}` },
+      {}, { timeoutMs: 25_000 });
+    return { res, ms: performance.now() - t0 };
+  }));
+  await lock.release();
+  for (const { res } of answers) assertError(res, 503, 'storage_unavailable', 'PATCH while locked');
+  const last = Math.max(...answers.map((a) => a.ms));
+  console.log(`4 queued writes while locked: 503s at ${answers.map((a) => (a.ms / 1000).toFixed(1)).join(', ')} s`);
+  assert.ok(last < 7500, `the last queued write got its 503 after ${(last / 1000).toFixed(1)} s`);
+  const ok = await api(relay, 'PATCH', `/v1/subscriptions/${subs[0].id}`, { description: 'after' });
+  assert.equal(ok.status, 200, 'writes go through again once the lock is gone');
+}));
+
 test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms' });
   // 503 + Retry-After: 3600 keeps the first delivery pending for an hour.
