@@ -94,6 +94,8 @@ struct loop {
 	int claim_out;          /* a claim was asked for and its answer not yet taken */
 	int host_full;          /* the last claim left due work for want of host room:
 	                           claim again once a request ends */
+	int ended_meanwhile;    /* a request ended while the claim out was being answered
+	                           (the room it gave a host is not in that answer) */
 };
 
 static uint64_t rng_next(uint64_t *state)
@@ -132,8 +134,9 @@ static void decide(struct dispatcher *d, const struct sender_done *done)
 	int64_t delay, next;
 
 	if (done->complete && status >= 200 && status <= 299) {
+		/* Delivered. The sender's note, if any, stays in the log: a body cut short or
+		 * over 1 MiB is worth knowing about even when the status says yes. */
 		r->outcome = DELIVERY_DELIVERED;
-		r->error[0] = '\0';
 		return;
 	}
 	if (done->complete && status == 410) {
@@ -183,6 +186,8 @@ static int collect(struct dispatcher *d, struct loop *lp)
 			return 0;
 		if (lp->host_full)
 			lp->next_due = 0; /* a host has room again: what waited for it may go */
+		if (lp->claim_out)
+			lp->ended_meanwhile = 1;
 		if (done.released) { /* its subscription changed while it waited: unsent */
 			done.result->outcome = DELIVERY_RELEASED;
 			done.result->next_attempt_at_ms = 0;
@@ -366,6 +371,9 @@ static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64
 	 * in flight until that batch commits), so the retries collected since the last
 	 * claim count too. */
 	lp->next_due = c->count >= c->max ? now : c->next_due_ms;
+	if (lp->host_full && lp->ended_meanwhile)
+		lp->next_due = now; /* the answer predates room a request gave back */
+	lp->ended_meanwhile = 0;
 	if (lp->retry_due < lp->next_due)
 		lp->next_due = lp->retry_due;
 	lp->retry_due = INT64_MAX;

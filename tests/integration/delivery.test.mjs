@@ -368,6 +368,7 @@ test('a 200 whose body is cut short is delivered, not sent again; a 500 cut shor
   const d1 = await waitDelivery(relay, (await oneDelivery(relay, e1.id)).id, 'delivered', 8000);
   assert.equal(d1.attempt_count, 1, JSON.stringify(d1.attempts));
   assert.equal(d1.attempts[0].http_status, 200);
+  assert.match(d1.attempts[0].error ?? '', /^HTTP 200, response body cut short/, 'the log says what was odd');
   const d2 = await waitDelivery(relay, (await oneDelivery(relay, e2.id)).id, 'delivered', 8000);
   assert.equal(d2.attempt_count, 2, JSON.stringify(d2.attempts));
   assert.equal(d2.attempts[0].http_status, 500);
