@@ -227,7 +227,12 @@ int api_list_query(struct http_request *req, const char *const filters[],
 	for (size_t i = 0; filters[i] && i < LIST_FILTERS_MAX; i++)
 		check.known[n++] = filters[i];
 	/* A misspelt filter is refused: ?stauts=failed must not list every delivery. */
-	if (http_query_each(req, query_check_one, &check) != 0) {
+	int walk = http_query_each(req, query_check_one, &check);
+	if (walk == HTTP_QUERY_NUL) {
+		http_reply_error(req, 422, "invalid_field", "query parameters may not hold %%00 (NUL)");
+		return -1;
+	}
+	if (walk != 0) {
 		http_reply_error(req, 422, "invalid_field", "%s", check.why);
 		return -1;
 	}

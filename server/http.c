@@ -213,11 +213,14 @@ struct query_walk {
 };
 
 static enum MHD_Result query_step(void *arg, enum MHD_ValueKind kind, const char *name,
-                                  const char *value)
+                                  size_t name_len, const char *value, size_t value_len)
 {
 	struct query_walk *w = arg;
 	(void)kind;
-	w->rc = w->fn(w->ctx, name, value);
+	if (strlen(name) != name_len || (value && strlen(value) != value_len))
+		w->rc = HTTP_QUERY_NUL;
+	else
+		w->rc = w->fn(w->ctx, name, value);
 	return w->rc ? MHD_NO : MHD_YES;
 }
 
@@ -225,7 +228,7 @@ int http_query_each(const struct http_request *req,
                     int (*fn)(void *ctx, const char *name, const char *value), void *ctx)
 {
 	struct query_walk w = {fn, ctx, 0};
-	MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, query_step, &w);
+	MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, query_step, &w);
 	return w.rc;
 }
 

@@ -40,7 +40,9 @@ const char *http_method(const struct http_request *req);
 const char *http_path_param(const struct http_request *req); /* the {id} segment or NULL */
 const char *http_query(const struct http_request *req, const char *name);
 /* Calls fn for each query argument in the order given (a name may come twice); stops at
- * the first non-zero return and returns it, else 0. */
+ * the first non-zero return and returns it, else 0. A name or value holding a NUL (%00,
+ * which every C string would cut short) stops the walk with HTTP_QUERY_NUL. */
+#define HTTP_QUERY_NUL (-1000)
 int http_query_each(const struct http_request *req,
                     int (*fn)(void *ctx, const char *name, const char *value), void *ctx);
 const char *http_header(const struct http_request *req, const char *name);

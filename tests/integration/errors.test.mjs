@@ -304,6 +304,8 @@ test('list query parameters: unknown, repeated or without a value are 422 naming
       ['limit=5&limit=6', /limit: given more than once/],
       ['limit', /limit: needs a value/],
       ['=5', /: unknown query parameter/],
+      ['limit=5%00junk', /may not hold %00/], // a C string would read 5
+      ['after=1%00', /may not hold %00/],
     ]) {
       const res = await api(relay, 'GET', `${route}?${filters}${sep}${query}`);
       assertError(res, 422, 'invalid_field', `GET ${route}?${filters}${sep}${query}`);
@@ -313,6 +315,9 @@ test('list query parameters: unknown, repeated or without a value are 422 naming
     const ok = await api(relay, 'GET', `${route}?${filters}${sep}limit=3&after=5&`);
     assert.equal(ok.status, 200, `GET ${route}?${filters}${sep}limit=3&after=5&: ${ok.text}`);
   }
+  // a NUL inside a filter would cut it short: type=a%00b listed type a
+  assertError(await api(relay, 'GET', '/v1/events?type=a%00b'), 422, 'invalid_field', 'type with %00');
+  assertError(await api(relay, 'GET', '/v1/deliveries?status=pending%00x'), 422, 'invalid_field', 'status with %00');
   const typo = await api(relay, 'GET', '/v1/deliveries?stat=failed');
   assert.match(typo.json.error.message, /known: limit, after, subscription, event, status\)/);
 }));

@@ -128,6 +128,12 @@ static void test_errors(void)
 	CHECK(parse(deep, 0, &in) == INGEST_OK);
 	ingest_free(in);
 	in = NULL;
+	/* the same event in a batch: the array around it does not count against it */
+	char batch[sizeof(deep) + 2];
+	snprintf(batch, sizeof(batch), "[%s]", deep);
+	CHECK(parse(batch, 1, &in) == INGEST_OK);
+	ingest_free(in);
+	in = NULL;
 	CHECK(ingest_parse("{\"type\":\"a\"}", 12, 0, "", 0, &in, why, sizeof(why)) == INGEST_INVALID);
 	CHECK(ingest_parse("{\"type\":\"a\"}", 12, 0, "idem-1", 0, &in, why, sizeof(why)) == INGEST_OK);
 	CHECK(in && strcmp(ingest_events(in)[0].idempotency_key, "idem-1") == 0);
