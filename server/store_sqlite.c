@@ -2837,6 +2837,8 @@ static enum store_rc memstream_take(FILE *f, char **text, int failed, char **out
 	return STORE_OK;
 }
 
+#define EVENTS_PAGE_BYTES (4 << 20) /* a page of events ends once it is this long */
+
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out)
 {
 	char sql[512];
@@ -2865,12 +2867,16 @@ enum store_rc store_events_list(struct store *s, const struct store_list_query *
 		goto out;
 	fputs("{\"data\":[", f);
 	while ((step = sqlite3_step(st)) == SQLITE_ROW && n < q->limit) {
+		/* Events may be 1 MiB each: a page stops early rather than build a gigabyte
+		 * (the row it stopped at starts the next one). */
+		if (n > 0 && ftell(f) >= EVENTS_PAGE_BYTES)
+			break;
 		if (n++)
 			fputc(',', f);
 		event_text(f, st, NULL, NULL);
 		last = sqlite3_column_int64(st, 0);
 	}
-	if (step == SQLITE_ROW) { /* the limit + 1st row: there is a next page */
+	if (step == SQLITE_ROW) { /* the limit + 1st row, or one past the size: a next page */
 		util_format_id("", last, cursor);
 		fprintf(f, "],\"next\":\"%s\"}", cursor);
 	} else {
