@@ -1,7 +1,8 @@
 /*
  * rate_limit.c - the token bucket behind a subscription's rate_limit (see rate_limit.h).
  * Invariant: 0 <= milli <= 1000 * RATE_LIMIT_BURST(per_second) after every refill; a
- * clock that goes back refills nothing (at_ms stays where it was).
+ * clock that goes back refills nothing, and counts on from where it is now (else a step
+ * back of an hour would stop the subscription for that hour).
  */
 #include "rate_limit.h"
 
@@ -18,8 +19,8 @@ static void refill(struct rate_bucket *b, int per_second, int64_t now_ms)
 		int64_t gap = now_ms - b->at_ms;
 		/* a long idle gap fills the bucket; capping first keeps the product small */
 		b->milli = gap >= 1000 * 1000 ? full : b->milli + gap * per_second;
-		b->at_ms = now_ms;
 	}
+	b->at_ms = now_ms;
 	if (b->milli > full) /* also when the limit was lowered */
 		b->milli = full;
 }

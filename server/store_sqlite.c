@@ -101,8 +101,10 @@ struct sub_entry {
 	int max_in_flight;            /* leases this subscription may hold at once */
 	int rate_limit;               /* deliveries it may start a second; 0 = no limit */
 	struct rate_bucket bucket;    /* what rate_limit has left now (claims take from it) */
-	uint64_t version;             /* new at every reload (settings, enabled, health): a
-	                                 job made at another version is not sent (current) */
+	uint64_t version;             /* new whenever a reload changes what a job copies (url,
+	                                 headers, secrets) or enabled: a job made at another
+	                                 version is not sent (current) */
+	uint64_t settings_hash;       /* of those, to tell a reload that changed them */
 	int host;                     /* its url's receiver host in s->hosts, or -1 */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
@@ -740,6 +742,29 @@ static char *strdup_or_null(const char *t)
 	return t ? strdup(t) : NULL;
 }
 
+/* FNV-1a (64 bits) of what a claimed job copies from its subscription, and enabled. */
+static uint64_t hash_more(uint64_t h, const char *text)
+{
+	for (const unsigned char *c = (const unsigned char *)(text ? text : ""); *c; c++)
+		h = (h ^ *c) * 1099511628211ULL;
+	return (h ^ (text ? 0xff : 0xfe)) * 1099511628211ULL; /* ends it; NULL differs from "" */
+}
+
+static uint64_t sub_settings_hash(const struct sub_entry *e)
+{
+	char num[32];
+	uint64_t h = 14695981039346656037ULL;
+
+	h = hash_more(h, e->url);
+	h = hash_more(h, e->headers_json);
+	h = hash_more(h, e->enabled ? "on" : "off");
+	for (int i = 0; i < e->nsecrets; i++) {
+		snprintf(num, sizeof(num), "%lld", (long long)e->secrets[i].expires_at);
+		h = hash_more(hash_more(h, e->secrets[i].secret), num);
+	}
+	return h;
+}
+
 /* What the operator's log says about a subscription's health. */
 struct sub_health {
 	int known; /* 0: not in the cache before (created, or loaded at start) */
@@ -787,8 +812,13 @@ static int reload_subscription(struct store *s, int64_t id)
 
 	memset(&fresh, 0, sizeof(fresh));
 	struct sub_health was = {0};
+	uint64_t old_version = 0, old_hash = 0;
 	{
 		const struct sub_entry *old = sub_find(s, id);
+		if (old) {
+			old_version = old->version;
+			old_hash = old->settings_hash;
+		}
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
 		fresh.newest_seq = old ? old->newest_seq : 0;
 		fresh.bucket =
@@ -796,7 +826,6 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
-	fresh.version = ++s->last_sub_version; /* jobs made before this are not sent */
 	pthread_mutex_lock(&s->subs_lock);
 	sub_remove(s, id);
 	pthread_mutex_unlock(&s->subs_lock);
@@ -861,6 +890,11 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (matcher_set(s->matcher, id, pats, n) != 0)
 			goto out;
 	}
+	/* A reload for its health alone (failing_since) keeps the version: the jobs claimed
+	 * beside the results that changed it are as good as before. */
+	fresh.settings_hash = sub_settings_hash(&fresh);
+	fresh.version = old_version && fresh.settings_hash == old_hash ? old_version
+	                                                                : ++s->last_sub_version;
 	pthread_mutex_lock(&s->subs_lock);
 	if (s->nsubs == s->subs_cap) {
 		size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
@@ -1734,6 +1768,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		synced = wish_wake_when_synced(s, missed);
 	a->next_due_ms = INT64_MAX;
 	a->host_full = 0;
+	size_t last_served = SIZE_MAX; /* k of the last subscription that got jobs */
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
 		return STORE_ERR;
@@ -1755,12 +1790,9 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no || room <= 0)
 			continue; /* disabled: held; full: completions wake the dispatcher */
 		struct claim_host *host = claim_host_of(s, a, sub);
-		if (host && host->room < want) {
-			a->host_full = 1; /* the dispatcher claims again when a request ends */
-			if (host->room <= 0)
-				continue; /* and no next_due from it: that would only spin */
-			want = host->room;
-		}
+		int host_cut = host && host->room < want;
+		if (host_cut)
+			want = host->room > 0 ? host->room : 0;
 		want = rate_limit_allow(&sub->bucket, sub->rate_limit, a->now_ms, want);
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
@@ -1782,8 +1814,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 				host->room -= a->njobs - before;
 			if (step != SQLITE_DONE)
 				return STORE_ERR;
-			if (a->njobs == a->max)
-				s->claim_cursor = (s->claim_cursor + k + 1) % nsubs;
+			if (a->njobs > before)
+				last_served = k;
 		}
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
@@ -1793,11 +1825,18 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			    rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
-			if (due < a->next_due_ms)
+			if (host_cut && due <= a->now_ms)
+				a->host_full = 1; /* due now but its host is full: the dispatcher claims
+				                     again when a request ends (a next_due would spin) */
+			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 		}
 		sqlite3_reset(nd);
 	}
+	/* The next claim starts after the last subscription served: when a full claim or
+	 * a full host cut this one short, the ones after it go first next time. */
+	if (last_served != SIZE_MAX)
+		s->claim_cursor = (s->claim_cursor + last_served + 1) % nsubs;
 	return STORE_OK;
 }
 

@@ -615,3 +615,20 @@ test('a dead receiver shared by many subscriptions does not starve a healthy one
   await waitUntil(async () => (await inFlight()) === 2, 2000, 'two in flight');
   dead.dropConnections();
 }));
+
+// Subscriptions sharing one receiver host take turns at its --max-per-host room: a
+// claim cut short by the host's room must not start from the same subscription again
+// (the first one's whole backlog went before the others' first delivery).
+test('subscriptions sharing a full host take turns', withLogs(async () => {
+  const relay = await startRelay({ args: ['--max-per-host', '2'] });
+  const r = await startReceiver({ behavior: { delayMs: 100 } });
+  for (let i = 1; i <= 3; i++) await createSub(relay, r, { url: `${r.url}/s${i}`, event_types: ['turn.*'], max_in_flight: 2 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 10 }, (_, i) => ({ type: 'turn.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const first = (await r.waitFor(8, 5000)).slice(0, 8).map((q) => q.url);
+  console.log(`first requests at a shared host: ${first.join(' ')}`);
+  for (const path of ['/s1', '/s2', '/s3']) {
+    assert.ok(first.includes(path), `${path} got none of the first 8 requests: ${first.join(' ')}`);
+  }
+}));
