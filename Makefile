@@ -16,6 +16,10 @@ SAN_FLAGS  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-s
 
 LIB_SRC    := $(sort $(wildcard delivery/*.c) $(filter-out server/main.c,$(wildcard server/*.c)))
 SCHEMA     := $(sort $(wildcard schema/*.sql))
+# The list of migrations itself, rewritten only when it changes: a migration removed or
+# renamed must rebuild the embedded schema too (its files' dates cannot say so).
+SCHEMA_LIST := build/gen/schema.list
+$(shell mkdir -p build/gen && (echo '$(SCHEMA)' | cmp -s - $(SCHEMA_LIST) || echo '$(SCHEMA)' > $(SCHEMA_LIST)))
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 
 OBJ        := $(LIB_SRC:%.c=build/obj/%.o) build/obj/gen/schema_sql.o
@@ -37,7 +41,7 @@ all: build/hookrelay
 deps:
 	@scripts/install-deps.sh
 
-build/gen/schema_sql.c: $(SCHEMA) scripts/embed-schema.sh
+build/gen/schema_sql.c: $(SCHEMA) $(SCHEMA_LIST) scripts/embed-schema.sh
 	@mkdir -p $(@D)
 	scripts/embed-schema.sh $(SCHEMA) > $@
 
