@@ -13,10 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "read_pool.h"
 #include "util.h"
+
+#define API_READ_THREADS 2 /* reads at once off the HTTP threads */
 
 struct api {
 	struct store *store;
+	struct read_pool *reads;
 	char **admin_keys;   /* NULL-terminated copies */
 	char **publish_keys;
 	const struct target_policy *targets; /* borrowed; NULL = default policy */
@@ -60,7 +64,8 @@ struct api *api_new(struct store *store, const struct api_options *opts)
 	api->targets = opts->targets;
 	api->admin_keys = copy_keys(opts->admin_keys);
 	api->publish_keys = copy_keys(opts->publish_keys);
-	if (!api->admin_keys || !api->publish_keys) {
+	api->reads = read_pool_start(API_READ_THREADS);
+	if (!api->admin_keys || !api->publish_keys || !api->reads) {
 		api_free(api);
 		return NULL;
 	}
@@ -71,6 +76,7 @@ void api_free(struct api *api)
 {
 	if (!api)
 		return;
+	read_pool_stop(api->reads); /* idle by now: http_stop waited for every read */
 	free_keys(api->admin_keys);
 	free_keys(api->publish_keys);
 	free(api);
@@ -286,6 +292,57 @@ void api_reply_read_text(struct http_request *req, enum store_rc rc, char *text,
 		http_reply_owned(req, 200, "application/json", text);
 	else
 		reply_read_failed(req, rc, what);
+}
+
+/* ---------- reads off the HTTP threads ---------- */
+
+struct read_task {
+	struct api_read r;
+	struct api *api;
+	struct http_request *req;
+	enum store_rc rc;
+};
+
+static void read_reply(struct http_request *req, struct read_task *t)
+{
+	if (t->r.text)
+		api_reply_read_text(req, t->rc, t->r.text, t->r.what);
+	else
+		api_reply_read(req, t->rc, t->rc == STORE_OK ? t->r.json : NULL, t->r.what);
+	if (t->rc != STORE_OK)
+		json_decref(t->r.json); /* a failed read may leave a partial answer */
+	free(t);
+}
+
+/* A read thread: query, then wake the request. */
+static void read_work(void *arg)
+{
+	struct read_task *t = arg;
+	t->rc = t->r.run(t->api->store, &t->r);
+	http_resume(t->req);
+}
+
+/* An MHD thread, after resume. */
+static void read_then(struct http_request *req, void *arg)
+{
+	read_reply(req, arg);
+}
+
+void api_read_submit(struct api *api, struct http_request *req, const struct api_read *r)
+{
+	struct read_task *t = malloc(sizeof(*t));
+	if (!t) {
+		http_reply_error(req, 503, "overloaded", "out of memory");
+		return;
+	}
+	*t = (struct read_task){*r, api, req, STORE_ERR};
+	if (http_await(req, read_then, t) != 0) { /* stopping: a read may still be answered */
+		t->rc = t->r.run(api->store, &t->r);
+		read_reply(req, t);
+		return;
+	}
+	if (read_pool_submit(api->reads, read_work, t) != 0)
+		read_work(t); /* here, as before there were read threads */
 }
 
 /* ---------- suspended writes ---------- */

@@ -74,6 +74,26 @@ int api_path_id(struct http_request *req, const char *prefix, const char *what, 
 int api_list_query(struct http_request *req, const char *const filters[],
                    struct store_list_query *q);
 
+/*
+ * A read, run on a read thread (read_pool.h) while its request waits suspended, so a slow
+ * one holds up nothing on the HTTP thread. The handler fills the inputs and run, and
+ * calls api_read_submit with it on its stack; run calls the store with them and leaves
+ * the answer in json or text (the read routes answer with one or the other).
+ */
+struct api_read {
+	enum store_rc (*run)(struct store *store, struct api_read *r); /* on a read thread */
+	const char *what;             /* noun for a 404 message */
+	struct store_list_query q;    /* inputs: a list's query (its strings borrowed from */
+	int64_t id;                   /* the request, which outlives the read), or an id */
+	const char *key;
+	json_t *json;                 /* outputs: the answer, for STORE_OK */
+	char *text;
+};
+/* Copies *r, runs it off the HTTP thread and replies (200, 404 naming what, or 503). If
+ * the read threads cannot take it (their queue is full, the relay is stopping), it runs
+ * here and now. */
+void api_read_submit(struct api *api, struct http_request *req, const struct api_read *r);
+
 /* Replies for a read's store_rc: 404 naming `what`, or 503. For STORE_OK replies 200. */
 void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);
 /* The same for a read that answers with JSON text (steals text). */

@@ -16,11 +16,20 @@ static int parse_status(const char *text)
 	return -1;
 }
 
+static enum store_rc run_deliveries_list(struct store *store, struct api_read *r)
+{
+	return store_deliveries_list(store, &r->q, &r->json);
+}
+
+static enum store_rc run_delivery_get(struct store *store, struct api_read *r)
+{
+	return store_delivery_get(store, r->id, &r->json);
+}
+
 void api_deliveries_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;
 	const char *status;
-	json_t *out = NULL;
 
 	static const char *const filters[] = {"subscription", "event", "status", NULL};
 	if (api_list_query(req, filters, &q) != 0)
@@ -47,8 +56,8 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 			return;
 		}
 	}
-	enum store_rc rc = store_deliveries_list(api_store(api), &q, &out);
-	api_reply_read(req, rc, out, "delivery");
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_deliveries_list, .what = "delivery", .q = q});
 }
 
 static int path_id(struct http_request *req, int64_t *id)
@@ -58,12 +67,11 @@ static int path_id(struct http_request *req, int64_t *id)
 
 void api_deliveries_get(struct api *api, struct http_request *req)
 {
-	json_t *out = NULL;
 	int64_t id;
 	if (path_id(req, &id) != 0)
 		return;
-	enum store_rc rc = store_delivery_get(api_store(api), id, &out);
-	api_reply_read(req, rc, out, "delivery");
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_delivery_get, .what = "delivery", .id = id});
 }
 
 void api_deliveries_retry(struct api *api, struct http_request *req)

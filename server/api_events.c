@@ -93,10 +93,19 @@ void api_events_batch(struct api *api, struct http_request *req)
 	ingest(api, req, 1);
 }
 
+static enum store_rc run_events_list(struct store *store, struct api_read *r)
+{
+	return store_events_list(store, &r->q, &r->text);
+}
+
+static enum store_rc run_event_get(struct store *store, struct api_read *r)
+{
+	return store_event_get(store, r->key, &r->text);
+}
+
 void api_events_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;
-	char *out = NULL;
 	const char *reason;
 
 	static const char *const filters[] = {"type", NULL};
@@ -107,13 +116,12 @@ void api_events_list(struct api *api, struct http_request *req)
 		http_reply_error(req, 422, "invalid_field", "type: %s", reason);
 		return;
 	}
-	enum store_rc rc = store_events_list(api_store(api), &q, &out);
-	api_reply_read_text(req, rc, out, "event");
+	api_read_submit(api, req, &(struct api_read){.run = run_events_list, .what = "event", .q = q});
 }
 
 void api_events_get(struct api *api, struct http_request *req)
 {
-	char *out = NULL;
-	enum store_rc rc = store_event_get(api_store(api), http_path_param(req), &out);
-	api_reply_read_text(req, rc, out, "event");
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_event_get, .what = "event",
+	                                   .key = http_path_param(req)});
 }

@@ -457,23 +457,33 @@ out:
 	json_decref(body);
 }
 
+static enum store_rc run_subscription_get(struct store *store, struct api_read *r)
+{
+	return store_subscription_get(store, r->id, &r->json);
+}
+
+static enum store_rc run_subscriptions_list(struct store *store, struct api_read *r)
+{
+	return store_subscriptions_list(store, &r->q, &r->json);
+}
+
 void api_subscriptions_get(struct api *api, struct http_request *req)
 {
-	json_t *out = NULL;
 	int64_t id;
 	if (path_id(req, &id) != 0)
 		return;
-	enum store_rc rc = store_subscription_get(api_store(api), id, &out);
-	api_reply_read(req, rc, out, "subscription");
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_subscription_get, .what = "subscription",
+	                                   .id = id});
 }
 
 void api_subscriptions_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;
-	json_t *out = NULL;
 	static const char *const no_filters[] = {NULL};
 	if (api_list_query(req, no_filters, &q) != 0)
 		return;
-	enum store_rc rc = store_subscriptions_list(api_store(api), &q, &out);
-	api_reply_read(req, rc, out, "subscription");
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_subscriptions_list, .what = "subscription",
+	                                   .q = q});
 }

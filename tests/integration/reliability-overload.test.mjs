@@ -8,7 +8,9 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { startRelay, api, postEvent, listAll, cleanup, withLogs, sleep } from './harness.mjs';
+import {
+  startRelay, startReceiver, createSub, api, postEvent, listAll, cleanup, withLogs, sleep,
+} from './harness.mjs';
 import { SOAK, SLOW, tryPost, rssMiB } from './reliability/lib.mjs';
 
 afterEach(cleanup);
@@ -164,4 +166,46 @@ test('a low soft open-file limit is raised: 400 connections at once are all answ
   } finally {
     for (const sock of conns) sock.destroy();
   }
+}));
+
+// Reads run on their own threads: an operator's slow query (here the pending deliveries
+// of a subscription that has delivered 30,000, which walks its history) must not hold up
+// publishes that share the HTTP thread with it. Before, each publish waited behind the
+// reads (p50 31 ms against 0.9 ms now, with 16 ms reads).
+test('a slow read does not hold up publishing', { timeout: 120_000 }, withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['hist.*'], max_in_flight: 64 });
+  const N = 30_000;
+  for (let k = 0; k < N / 1000; k++) {
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 1000 }, (_, i) => ({ type: 'hist.x', data: i })));
+    assert.equal(res.status, 202, res.text);
+  }
+  await r.waitFor(N, 90_000);
+  let stop = false;
+  const readMs = [];
+  const reader = (async () => {
+    while (!stop) {
+      const t = performance.now();
+      const q = await api(relay, 'GET', `/v1/deliveries?subscription=${sub.id}&status=pending`);
+      readMs.push(performance.now() - t);
+      assert.equal(q.status, 200, q.text);
+    }
+  })();
+  await sleep(200);
+  const lat = [];
+  for (let i = 0; i < 60; i++) {
+    const t = performance.now();
+    await postEvent(relay, { type: 'pub.x', data: i });
+    lat.push(performance.now() - t);
+  }
+  stop = true;
+  await reader;
+  lat.sort((a, b) => a - b);
+  const read = readMs.reduce((a, b) => a + b, 0) / readMs.length;
+  const p50 = lat[Math.floor(lat.length / 2)];
+  console.log(`slow reads of ${read.toFixed(1)} ms on average (${readMs.length}); publish p50 ${p50.toFixed(1)} ms, max ${lat.at(-1).toFixed(1)} ms`);
+  assert.ok(read >= 4, `the reads took ${read.toFixed(1)} ms: too fast to tell anything`);
+  assert.ok(p50 < read / 2, `publishes waited behind the reads: p50 ${p50.toFixed(1)} ms against reads of ${read.toFixed(1)} ms`);
 }));
