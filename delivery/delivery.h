@@ -76,10 +76,10 @@ struct delivery_claim {
 	int per_host_max;            /* in: at most this many jobs for one receiver host
 	                                (target_host_key of the job's url), less what the
 	                                host holds already (hosts[]); 0 = no host limit */
-	const struct delivery_host_room *hosts; /* in: the hosts with requests now; any
-	                                other host has per_host_max room. Borrowed until
-	                                done() */
-	int nhosts;                  /* in: entries in hosts */
+	const struct delivery_host_room *hosts;     /* in: the hosts with requests now; any
+	                                    other host has per_host_max room. Borrowed until
+	                                    done() */
+	int nhosts;                                 /* in: entries in hosts */
 	void (*done)(struct delivery_claim *claim); /* in: called with the answer */
 	void *arg;                   /* in: for done() */
 	int count;                   /* out: jobs leased (0..max), or -1 on storage error */

@@ -80,7 +80,7 @@ struct dispatcher {
 	int host_rooms_cap;
 	char *host_keys;
 	size_t host_keys_len, host_keys_cap;
-	int host_keys_short;             /* 1 if memory ran out while they were listed */
+	int host_keys_short; /* 1 if memory ran out while they were listed */
 };
 
 /* State of the loop, all on the dispatcher thread. */
@@ -270,7 +270,8 @@ static void note_host(void *arg, const char *key, int used)
 
 	if (n == d->host_rooms_cap) {
 		int cap = d->host_rooms_cap ? d->host_rooms_cap * 2 : 16;
-		struct delivery_host_room *grown = realloc(d->host_rooms, (size_t)cap * sizeof *grown);
+		struct delivery_host_room *grown =
+		    realloc(d->host_rooms, (size_t)cap * sizeof *grown);
 		if (!grown) {
 			d->host_keys_short = 1;
 			return;

@@ -18,8 +18,8 @@
  *
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
- *   (could not start, or still_wanted said no; waiting for sender_next), its host's `waiting` queue (a job not
- *   yet handed to curl) or `idle` (no job, handle reset).
+ *   (could not start, or still_wanted said no; waiting for sender_next), its host's `waiting` queue
+ * (a job not yet handed to curl) or `idle` (no job, handle reset).
  * - in_flight == length(live) + length(failed) + every host's length(waiting): every job
  *   taken by sender_start comes back exactly once, from sender_next or sender_release.
  * - A job's transfer points at its host (from sender_start until transfer_finish);

@@ -465,7 +465,8 @@ void target_host_key(const char *url, char *out)
 			host_end = end;
 	}
 	if (host_end + 1 < end && *host_end == ':')
-		port = strtol(host_end + 1, NULL, 10); /* as a number, as curl keeps it: 080 is 80 */
+		port =
+		    strtol(host_end + 1, NULL, 10); /* as a number, as curl keeps it: 080 is 80 */
 	for (const char *c = p; c < host_end && n + 1 < cap; c++)
 		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
 	snprintf(out + n, cap - n, ":%ld", port);

@@ -235,7 +235,8 @@ int api_list_query(struct http_request *req, const char *const filters[],
 	/* A misspelt filter is refused: ?stauts=failed must not list every delivery. */
 	int walk = http_query_each(req, query_check_one, &check);
 	if (walk == HTTP_QUERY_NUL) {
-		http_reply_error(req, 422, "invalid_field", "query parameters may not hold %%00 (NUL)");
+		http_reply_error(req, 422, "invalid_field",
+		                 "query parameters may not hold %%00 (NUL)");
 		return -1;
 	}
 	if (walk != 0) {

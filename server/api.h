@@ -82,11 +82,11 @@ int api_list_query(struct http_request *req, const char *const filters[],
  */
 struct api_read {
 	enum store_rc (*run)(struct store *store, struct api_read *r); /* on a read thread */
-	const char *what;             /* noun for a 404 message */
-	struct store_list_query q;    /* inputs: a list's query (its strings borrowed from */
-	int64_t id;                   /* the request, which outlives the read), or an id */
+	const char *what;                                              /* noun for a 404 message */
+	struct store_list_query q; /* inputs: a list's query (its strings borrowed from */
+	int64_t id;                /* the request, which outlives the read), or an id */
 	const char *key;
-	json_t *json;                 /* outputs: the answer, for STORE_OK */
+	json_t *json; /* outputs: the answer, for STORE_OK */
 	char *text;
 };
 /* Copies *r, runs it off the HTTP thread and replies (200, 404 naming what, or 503). If

@@ -116,12 +116,13 @@ void api_events_list(struct api *api, struct http_request *req)
 		http_reply_error(req, 422, "invalid_field", "type: %s", reason);
 		return;
 	}
-	api_read_submit(api, req, &(struct api_read){.run = run_events_list, .what = "event", .q = q});
+	api_read_submit(api, req,
+	                &(struct api_read){.run = run_events_list, .what = "event", .q = q});
 }
 
 void api_events_get(struct api *api, struct http_request *req)
 {
-	api_read_submit(api, req,
-	                &(struct api_read){.run = run_event_get, .what = "event",
-	                                   .key = http_path_param(req)});
+	api_read_submit(
+	    api, req,
+	    &(struct api_read){.run = run_event_get, .what = "event", .key = http_path_param(req)});
 }

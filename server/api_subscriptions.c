@@ -472,9 +472,9 @@ void api_subscriptions_get(struct api *api, struct http_request *req)
 	int64_t id;
 	if (path_id(req, &id) != 0)
 		return;
-	api_read_submit(api, req,
-	                &(struct api_read){.run = run_subscription_get, .what = "subscription",
-	                                   .id = id});
+	api_read_submit(
+	    api, req,
+	    &(struct api_read){.run = run_subscription_get, .what = "subscription", .id = id});
 }
 
 void api_subscriptions_list(struct api *api, struct http_request *req)
@@ -483,7 +483,7 @@ void api_subscriptions_list(struct api *api, struct http_request *req)
 	static const char *const no_filters[] = {NULL};
 	if (api_list_query(req, no_filters, &q) != 0)
 		return;
-	api_read_submit(api, req,
-	                &(struct api_read){.run = run_subscriptions_list, .what = "subscription",
-	                                   .q = q});
+	api_read_submit(
+	    api, req,
+	    &(struct api_read){.run = run_subscriptions_list, .what = "subscription", .q = q});
 }

@@ -387,7 +387,8 @@ enum ingest_rc ingest_parse(const char *body, size_t len, int batch, const char 
 	/* The limit is an event's: a batch's array is one level more. */
 	if (json_check(body, len, INGEST_DEPTH_MAX + (batch ? 1 : 0), &jerr) != 0) {
 		if (jerr.too_deep) {
-			snprintf(why, whylen, "an event nests deeper than %d levels", INGEST_DEPTH_MAX);
+			snprintf(why, whylen, "an event nests deeper than %d levels",
+			         INGEST_DEPTH_MAX);
 			return INGEST_INVALID;
 		}
 		snprintf(why, whylen, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,

@@ -146,46 +146,47 @@ enum {
 };
 
 static const char *const writer_sql[ST_COUNT] = {
-	[ST_IDEM_LOOKUP] = "SELECT e.id, (SELECT count(*) FROM deliveries d WHERE d.event_seq = e.seq)"
-	                   " FROM events e WHERE e.idempotency_key = ?1",
-	[ST_EVENT_INSERT] = "INSERT INTO events(id, type, key, idempotency_key, created_at, envelope)"
-	                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-	[ST_DELIVERY_INSERT] = "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
-	                       " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
-	[ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count FROM deliveries"
-	             " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
-	             " AND next_attempt_at <= ?1 AND event_seq <= ?4 AND NOT in_flight(id)"
-	             " ORDER BY next_attempt_at LIMIT ?2",
-	[ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
-	                " AND state = 0 AND leased = 0 AND event_seq <= ?2 AND NOT in_flight(id)",
-	[ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
-	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
-	                      " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-	[ST_DELIVERY_FINISH] = "UPDATE deliveries SET state = ?2, attempt_count = ?3,"
-	                       " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
-	                       " updated_at = ?7 WHERE id = ?1",
-	[ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
-	[ST_DELIVERY_ORPHANED] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
-	                         " last_error = 'subscription deleted', updated_at = ?2"
-	                         " WHERE id = ?1 AND state = 0",
-	[ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
-	             " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
-	             " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
-	             " AND leased = 0 AND NOT in_flight(id) ORDER BY next_attempt_at LIMIT ?3)",
-	[ST_PRUNE_NEWEST] = "SELECT (SELECT max(seq) FROM events),"
-	                    " (SELECT event_seq FROM deliveries ORDER BY id DESC LIMIT 1)",
-	[ST_PRUNE_NEXT] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-	[ST_PRUNE_PENDING] = "SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state = 0 LIMIT 1",
-	[ST_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN"
-	                      " (SELECT id FROM deliveries WHERE event_seq = ?1)",
-	[ST_PRUNE_DELIVERIES] = "DELETE FROM deliveries WHERE event_seq = ?1",
-	[ST_PRUNE_EVENT] = "DELETE FROM events WHERE seq = ?1",
-	/* The batch's own statements, prepared once: they run for every call. */
-	[ST_BEGIN] = "BEGIN IMMEDIATE",
-	[ST_COMMIT] = "COMMIT",
-	[ST_SAVEPOINT] = "SAVEPOINT call",
-	[ST_ROLLBACK_TO] = "ROLLBACK TO call",
-	[ST_RELEASE] = "RELEASE call",
+    [ST_IDEM_LOOKUP] = "SELECT e.id, (SELECT count(*) FROM deliveries d WHERE d.event_seq = e.seq)"
+                       " FROM events e WHERE e.idempotency_key = ?1",
+    [ST_EVENT_INSERT] = "INSERT INTO events(id, type, key, idempotency_key, created_at, envelope)"
+                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_DELIVERY_INSERT] =
+        "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
+        " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
+    [ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count FROM deliveries"
+                 " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
+                 " AND next_attempt_at <= ?1 AND event_seq <= ?4 AND NOT in_flight(id)"
+                 " ORDER BY next_attempt_at LIMIT ?2",
+    [ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
+                    " AND state = 0 AND leased = 0 AND event_seq <= ?2 AND NOT in_flight(id)",
+    [ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
+    [ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
+                          " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    [ST_DELIVERY_FINISH] = "UPDATE deliveries SET state = ?2, attempt_count = ?3,"
+                           " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
+                           " updated_at = ?7 WHERE id = ?1",
+    [ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at = ?2 WHERE id = ?1",
+    [ST_DELIVERY_ORPHANED] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
+                             " last_error = 'subscription deleted', updated_at = ?2"
+                             " WHERE id = ?1 AND state = 0",
+    [ST_SWEEP] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
+                 " last_error = 'subscription deleted', updated_at = ?2 WHERE id IN"
+                 " (SELECT id FROM deliveries WHERE subscription_id = ?1 AND state = 0"
+                 " AND leased = 0 AND NOT in_flight(id) ORDER BY next_attempt_at LIMIT ?3)",
+    [ST_PRUNE_NEWEST] = "SELECT (SELECT max(seq) FROM events),"
+                        " (SELECT event_seq FROM deliveries ORDER BY id DESC LIMIT 1)",
+    [ST_PRUNE_NEXT] = "SELECT seq, created_at FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    [ST_PRUNE_PENDING] = "SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state = 0 LIMIT 1",
+    [ST_PRUNE_ATTEMPTS] = "DELETE FROM attempts WHERE delivery_id IN"
+                          " (SELECT id FROM deliveries WHERE event_seq = ?1)",
+    [ST_PRUNE_DELIVERIES] = "DELETE FROM deliveries WHERE event_seq = ?1",
+    [ST_PRUNE_EVENT] = "DELETE FROM events WHERE seq = ?1",
+    /* The batch's own statements, prepared once: they run for every call. */
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_SAVEPOINT] = "SAVEPOINT call",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO call",
+    [ST_RELEASE] = "RELEASE call",
 };
 
 struct store {
@@ -221,11 +222,11 @@ struct store {
 	                                   which the dispatcher takes to read them (current) */
 	size_t nsubs, subs_cap;
 	pthread_mutex_t subs_lock;
-	uint64_t last_sub_version;      /* the newest sub_entry.version handed out */
-	struct claim_host *hosts;       /* writer: every subscription's receiver host */
+	uint64_t last_sub_version; /* the newest sub_entry.version handed out */
+	struct claim_host *hosts;  /* writer: every subscription's receiver host */
 	size_t nhosts, hosts_cap;
-	int32_t *host_slots;            /* open addressing over hosts by key, -1 = empty;
-	                                   host_slots_cap a power of two >= 2 * nhosts */
+	int32_t *host_slots; /* open addressing over hosts by key, -1 = empty;
+	                        host_slots_cap a power of two >= 2 * nhosts */
 	size_t host_slots_cap;
 	uint64_t claim_no;              /* numbers each application of a claim (claim_host) */
 	int64_t *match_ids;             /* matcher_match scratch */
@@ -287,7 +288,7 @@ struct claim_args {
 	struct delivery_job **jobs;   /* filled on the writer thread */
 	int njobs;
 	int64_t next_due_ms;
-	int host_full;                /* a host's room cut what a subscription could take */
+	int host_full; /* a host's room cut what a subscription could take */
 };
 
 /* A receiver host of some subscription (its target_host_key), for the claims' per-host
@@ -893,8 +894,8 @@ static int reload_subscription(struct store *s, int64_t id)
 	/* A reload for its health alone (failing_since) keeps the version: the jobs claimed
 	 * beside the results that changed it are as good as before. */
 	fresh.settings_hash = sub_settings_hash(&fresh);
-	fresh.version = old_version && fresh.settings_hash == old_hash ? old_version
-	                                                                : ++s->last_sub_version;
+	fresh.version =
+	    old_version && fresh.settings_hash == old_hash ? old_version : ++s->last_sub_version;
 	pthread_mutex_lock(&s->subs_lock);
 	if (s->nsubs == s->subs_cap) {
 		size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
@@ -1826,8 +1827,9 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
 			if (host_cut && due <= a->now_ms)
-				a->host_full = 1; /* due now but its host is full: the dispatcher claims
-				                     again when a request ends (a next_due would spin) */
+				a->host_full =
+				    1; /* due now but its host is full: the dispatcher claims
+				          again when a request ends (a next_due would spin) */
 			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 		}

@@ -745,8 +745,8 @@ static void test_host_key(void)
 		target_host_key(cases[i].url, key);
 		CHECK(strcmp(key, cases[i].key) == 0);
 		if (strcmp(key, cases[i].key) != 0)
-			fprintf(stderr, "  %s -> %s, not %s\n", cases[i].url ? cases[i].url : "(null)",
-			        key, cases[i].key);
+			fprintf(stderr, "  %s -> %s, not %s\n",
+			        cases[i].url ? cases[i].url : "(null)", key, cases[i].key);
 	}
 }
 
