@@ -19,7 +19,6 @@ SCHEMA     := $(sort $(wildcard schema/*.sql))
 # The list of migrations itself, rewritten only when it changes: a migration removed or
 # renamed must rebuild the embedded schema too (its files' dates cannot say so).
 SCHEMA_LIST := build/gen/schema.list
-$(shell mkdir -p build/gen && (echo '$(SCHEMA)' | cmp -s - $(SCHEMA_LIST) || echo '$(SCHEMA)' > $(SCHEMA_LIST)))
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 
 OBJ        := $(LIB_SRC:%.c=build/obj/%.o) build/obj/gen/schema_sql.o
@@ -35,11 +34,16 @@ FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 FUZZ_TARGETS := fuzz_ingest fuzz_matcher fuzz_url
 FUZZ_BIN     := $(FUZZ_TARGETS:%=build/fuzz/%)
 
-.PHONY: all deps run test unit integration sanitize valgrind clean bench format fuzz fuzz-short soak
+.PHONY: FORCE all deps run test unit integration sanitize valgrind clean bench format fuzz fuzz-short soak
 all: build/hookrelay
 
 deps:
 	@scripts/install-deps.sh
+
+$(SCHEMA_LIST): FORCE
+	@mkdir -p $(@D)
+	@echo '$(SCHEMA)' | cmp -s - $@ || echo '$(SCHEMA)' > $@
+FORCE:
 
 build/gen/schema_sql.c: $(SCHEMA) $(SCHEMA_LIST) scripts/embed-schema.sh
 	@mkdir -p $(@D)

@@ -47,7 +47,9 @@ int64_t rate_limit_next_ms(const struct rate_bucket *b, int per_second, int64_t 
 {
 	if (per_second <= 0 || b->at_ms == 0 || b->milli >= 1000)
 		return now_ms;
-	/* rounded up: at that ms the bucket holds a whole token, not 0.999 of one */
-	int64_t at = b->at_ms + (1000 - b->milli + per_second - 1) / per_second;
+	/* counted from now if the clock went back since the bucket was last used (as the
+	 * next refill will); rounded up: at that ms the bucket holds a whole token */
+	int64_t from = b->at_ms > now_ms ? now_ms : b->at_ms;
+	int64_t at = from + (1000 - b->milli + per_second - 1) / per_second;
 	return at > now_ms ? at : now_ms;
 }

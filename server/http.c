@@ -49,6 +49,8 @@ struct http_server {
 	int closing;              /* set by http_stop once drained: no request may suspend */
 	atomic_int stopping;      /* set by http_stop: requests begun since may not suspend,
 	                             and every reply closes its connection */
+	atomic_int resuming;      /* http_resume calls still inside MHD_resume_connection,
+	                             which touches the daemon after the request may be done */
 };
 
 struct reply_header {
@@ -268,7 +270,11 @@ int http_await(struct http_request *req, void (*then)(struct http_request *req, 
 
 void http_resume(struct http_request *req)
 {
+	struct http_server *srv = req->srv; /* req may be answered and gone once resumed */
+
+	atomic_fetch_add(&srv->resuming, 1);
 	MHD_resume_connection(req->conn);
+	atomic_fetch_sub(&srv->resuming, 1);
 }
 
 /* ---------- routing ---------- */
@@ -725,7 +731,7 @@ void http_stop(struct http_server *srv)
 		pthread_mutex_lock(&srv->lock);
 		if (srv->in_progress == 0 || clock_mono_ms() >= deadline)
 			srv->closing = 1;
-		done = srv->closing && srv->suspended == 0;
+		done = srv->closing && srv->suspended == 0 && atomic_load(&srv->resuming) == 0;
 		pthread_mutex_unlock(&srv->lock);
 		if (!done)
 			usleep(5 * 1000);

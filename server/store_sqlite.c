@@ -295,8 +295,11 @@ struct claim_args {
  * limit. Interned at reload and kept (a few bytes per host ever subscribed to). */
 struct claim_host {
 	char *key;
-	int room;      /* leases it may still take in the claim numbered mark */
-	uint64_t mark; /* the claim that set room; any other: room is per_host_max */
+	int room;           /* leases it may still take in the claim numbered mark */
+	uint64_t mark;      /* the claim that set room; any other: room is per_host_max */
+	int64_t last_sub;   /* the subscription that last got room here: the host's turn */
+	int64_t turn_after; /* last_sub when claim mark began: subscriptions with a higher
+	                       id go first in it, then the rest (round robin by id) */
 };
 
 struct complete_args {
@@ -697,7 +700,7 @@ static int host_intern(struct store *s, const char *key)
 	char *copy = strdup(key);
 	if (!copy)
 		return -1;
-	s->hosts[s->nhosts] = (struct claim_host){copy, 0, 0};
+	s->hosts[s->nhosts] = (struct claim_host){copy, 0, 0, 0, 0};
 	s->host_slots[host_slot(s, key)] = (int32_t)s->nhosts;
 	return (int)s->nhosts++;
 }
@@ -713,6 +716,7 @@ static struct claim_host *claim_host_of(struct store *s, const struct claim_args
 	if (h->mark != s->claim_no) {
 		h->mark = s->claim_no;
 		h->room = a->claim->per_host_max;
+		h->turn_after = h->last_sub;
 	}
 	return h;
 }
@@ -1769,7 +1773,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		synced = wish_wake_when_synced(s, missed);
 	a->next_due_ms = INT64_MAX;
 	a->host_full = 0;
-	size_t last_served = SIZE_MAX; /* k of the last subscription that got jobs */
+	size_t filled_at = SIZE_MAX; /* k of the subscription whose jobs filled the claim */
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
 		return STORE_ERR;
@@ -1780,17 +1784,24 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		if (h >= 0) {
 			s->hosts[h].mark = s->claim_no;
 			s->hosts[h].room = a->claim->hosts[i].room;
+			s->hosts[h].turn_after = s->hosts[h].last_sub;
 		}
 	}
+	/* Two passes: a subscription whose host it is not the turn of (its id is not above
+	 * the host's last served) waits for the second, so that subscriptions sharing a full
+	 * host take turns at its room. Each subscription is looked at in one pass only. */
+	for (int pass = 0; pass < 2; pass++)
 	for (size_t k = 0; k < nsubs; k++) {
 		struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
+		struct claim_host *host = claim_host_of(s, a, sub);
+		if ((host && host->turn_after >= sub->id) != pass)
+			continue;
 		int room = sub->max_in_flight - sub->leased;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
 		int step, before = a->njobs;
 
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no || room <= 0)
 			continue; /* disabled: held; full: completions wake the dispatcher */
-		struct claim_host *host = claim_host_of(s, a, sub);
 		int host_cut = host && host->room < want;
 		if (host_cut)
 			want = host->room > 0 ? host->room : 0;
@@ -1811,12 +1822,14 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			}
 			sqlite3_reset(st);
 			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
-			if (host)
+			if (host && a->njobs > before) {
 				host->room -= a->njobs - before;
+				host->last_sub = sub->id;
+			}
 			if (step != SQLITE_DONE)
 				return STORE_ERR;
-			if (a->njobs > before)
-				last_served = k;
+			if (a->njobs == a->max && filled_at == SIZE_MAX)
+				filled_at = k;
 		}
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
@@ -1827,18 +1840,17 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
 			if (host_cut && due <= a->now_ms)
-				a->host_full =
-				    1; /* due now but its host is full: the dispatcher claims
-				          again when a request ends (a next_due would spin) */
+				a->host_full = 1; /* due now but its host is full: the dispatcher
+				                     claims again when a request ends (a next_due
+				                     would spin) */
 			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 		}
 		sqlite3_reset(nd);
 	}
-	/* The next claim starts after the last subscription served: when a full claim or
-	 * a full host cut this one short, the ones after it go first next time. */
-	if (last_served != SIZE_MAX)
-		s->claim_cursor = (s->claim_cursor + last_served + 1) % nsubs;
+	/* A full claim: the next one starts after the subscription that filled it. */
+	if (filled_at != SIZE_MAX)
+		s->claim_cursor = (s->claim_cursor + filled_at + 1) % nsubs;
 	return STORE_OK;
 }
 

@@ -71,6 +71,8 @@ static void test_odd_clocks_and_limits(void)
 	CHECK(start(&b, 2, T0 - 3600000, 10) == 0);
 	CHECK(rate_limit_next_ms(&b, 2, T0 - 3600000) == T0 - 3600000 + 500);
 	CHECK(start(&b, 2, T0 - 3600000 + 500, 10) == 1);
+	/* asked when the clock has gone back since the last start, before any refill */
+	CHECK(rate_limit_next_ms(&b, 2, T0 - 7200000) == T0 - 7200000 + 500);
 
 	/* a limit lowered from 1000/s: the bucket holds at most the new burst */
 	struct rate_bucket c = {0};
