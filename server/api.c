@@ -279,15 +279,9 @@ static void reply_read_failed(struct http_request *req, enum store_rc rc, const 
 	http_reply_error(req, 503, "storage_unavailable", "the store did not answer; try again");
 }
 
-void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what)
-{
-	if (rc == STORE_OK)
-		http_reply_json(req, 200, result);
-	else
-		reply_read_failed(req, rc, what);
-}
-
-void api_reply_read_text(struct http_request *req, enum store_rc rc, char *text, const char *what)
+/* Replies for a read's store_rc: 404 naming `what`, or 503; for STORE_OK 200 with the
+ * JSON text (stolen; NULL: a 500). */
+static void reply_read(struct http_request *req, enum store_rc rc, char *text, const char *what)
 {
 	if (rc == STORE_OK)
 		http_reply_owned(req, 200, "application/json", text);
@@ -304,14 +298,26 @@ struct read_task {
 	enum store_rc rc;
 };
 
+/* Runs the read and turns a JSON answer into its text here too: serializing a page of a
+ * thousand deliveries costs more than the query, and must not fall to the HTTP thread. */
+static void read_run(struct read_task *t)
+{
+	t->rc = t->r.run(t->api->store, &t->r);
+	if (t->r.json) {
+		if (t->rc == STORE_OK && !t->r.text)
+			t->r.text = json_dumps(t->r.json, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_decref(t->r.json); /* also a partial answer of a failed read */
+		t->r.json = NULL;
+	}
+}
+
 static void read_reply(struct http_request *req, struct read_task *t)
 {
-	if (t->r.text)
-		api_reply_read_text(req, t->rc, t->r.text, t->r.what);
-	else
-		api_reply_read(req, t->rc, t->rc == STORE_OK ? t->r.json : NULL, t->r.what);
-	if (t->rc != STORE_OK)
-		json_decref(t->r.json); /* a failed read may leave a partial answer */
+	if (t->rc != STORE_OK) {
+		free(t->r.text);
+		t->r.text = NULL;
+	}
+	reply_read(req, t->rc, t->r.text, t->r.what); /* no text for OK: a 500 */
 	free(t);
 }
 
@@ -319,7 +325,7 @@ static void read_reply(struct http_request *req, struct read_task *t)
 static void read_work(void *arg)
 {
 	struct read_task *t = arg;
-	t->rc = t->r.run(t->api->store, &t->r);
+	read_run(t);
 	http_resume(t->req);
 }
 
@@ -338,7 +344,7 @@ void api_read_submit(struct api *api, struct http_request *req, const struct api
 	}
 	*t = (struct read_task){*r, api, req, STORE_ERR};
 	if (http_await(req, read_then, t) != 0) { /* stopping: a read may still be answered */
-		t->rc = t->r.run(api->store, &t->r);
+		read_run(t);
 		read_reply(req, t);
 		return;
 	}

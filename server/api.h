@@ -89,15 +89,12 @@ struct api_read {
 	json_t *json; /* outputs: the answer, for STORE_OK */
 	char *text;
 };
-/* Copies *r, runs it off the HTTP thread and replies (200, 404 naming what, or 503). If
+/* Copies *r, runs it and serializes its answer off the HTTP thread, and replies (200,
+ * 404 naming what, or 503). If
  * the read threads cannot take it (their queue is full, the relay is stopping), it runs
  * here and now. */
 void api_read_submit(struct api *api, struct http_request *req, const struct api_read *r);
 
-/* Replies for a read's store_rc: 404 naming `what`, or 503. For STORE_OK replies 200. */
-void api_reply_read(struct http_request *req, enum store_rc rc, json_t *result, const char *what);
-/* The same for a read that answers with JSON text (steals text). */
-void api_reply_read_text(struct http_request *req, enum store_rc rc, char *text, const char *what);
 
 /*
  * A write waiting on the writer. The handler fills call (kind, inputs), sets status (the
