@@ -95,7 +95,6 @@ struct api_read {
  * here and now. */
 void api_read_submit(struct api *api, struct http_request *req, const struct api_read *r);
 
-
 /*
  * A write waiting on the writer. The handler fills call (kind, inputs), sets status (the
  * result is then the answer) or reply, and calls api_write_submit. `reply` runs on an
