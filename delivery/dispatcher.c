@@ -33,6 +33,11 @@
  *   the store from claim() until done() sets claim_answered, then to us again.
  * - The loop does not end while a claim is out: its jobs are started (and released at
  *   the deadline) like any others.
+ * - claim_cb_done is 0 only from ask_claim until the on_claimed of that same claim has
+ *   returned: take_claim waits for it (on_claimed is then between its last two lines,
+ *   microseconds) before the claim is ours, so a claim asked right after can never
+ *   have its flag set by the one before, and the loop ending after the last claim is
+ *   taken never frees d under an on_claimed still running.
  *
  * Threads: dispatcher_start and the stop (dispatcher_stop, _stop_for, _hurry) on the
  * main thread; dispatcher_wake and the
@@ -347,6 +352,8 @@ static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64
 
 	if (!lp->claim_out || !atomic_load_explicit(&d->claim_answered, memory_order_acquire))
 		return;
+	while (!atomic_load_explicit(&d->claim_cb_done, memory_order_acquire))
+		sched_yield(); /* on_claimed still touches d: see the invariants */
 	lp->claim_out = 0;
 	lp->host_full = c->count >= 0 && c->host_full;
 	if (c->count < 0) {
@@ -438,12 +445,8 @@ static void *dispatcher_main(void *arg)
 		if (stopping) {
 			if (mono >= atomic_load(&d->stop_at_mono_ms))
 				release_all(d, &lp);
-			if (sender_in_flight(d->sender) == 0 && !lp.claim_out) {
-				/* on_claimed may be between its last two lines: d must outlive it */
-				while (!atomic_load_explicit(&d->claim_cb_done, memory_order_acquire))
-					sched_yield();
-				break;
-			}
+			if (sender_in_flight(d->sender) == 0 && !lp.claim_out)
+				break; /* every claim is taken, and its on_claimed has returned */
 		}
 		if (more)
 			continue;
