@@ -269,26 +269,6 @@ int api_list_query(struct http_request *req, const char *const filters[],
 	return 0;
 }
 
-static void reply_read_failed(struct http_request *req, enum store_rc rc, const char *what)
-{
-	if (rc == STORE_NOTFOUND) {
-		http_reply_error(req, 404, "not_found", "no %s with that id", what);
-		return;
-	}
-	http_add_header(req, "Retry-After", "1");
-	http_reply_error(req, 503, "storage_unavailable", "the store did not answer; try again");
-}
-
-/* Replies for a read's store_rc: 404 naming `what`, or 503; for STORE_OK 200 with the
- * JSON text (stolen; NULL: a 500). */
-static void reply_read(struct http_request *req, enum store_rc rc, char *text, const char *what)
-{
-	if (rc == STORE_OK)
-		http_reply_owned(req, 200, "application/json", text);
-	else
-		reply_read_failed(req, rc, what);
-}
-
 /* ---------- reads off the HTTP threads ---------- */
 
 struct read_task {
@@ -311,13 +291,23 @@ static void read_run(struct read_task *t)
 	}
 }
 
-static void read_reply(struct http_request *req, struct read_task *t)
+/* Replies and frees the task: 200 with the text (none: a 500), 404 naming what, or 503.
+ * On an MHD thread: the request's continuation after resume, or inline. */
+static void read_reply(struct http_request *req, void *arg)
 {
-	if (t->rc != STORE_OK) {
+	struct read_task *t = arg;
+
+	if (t->rc == STORE_OK) {
+		http_reply_owned(req, 200, "application/json", t->r.text);
+	} else if (t->rc == STORE_NOTFOUND) {
 		free(t->r.text);
-		t->r.text = NULL;
+		http_reply_error(req, 404, "not_found", "no %s with that id", t->r.what);
+	} else {
+		free(t->r.text);
+		http_add_header(req, "Retry-After", "1");
+		http_reply_error(req, 503, "storage_unavailable",
+		                 "the store did not answer; try again");
 	}
-	reply_read(req, t->rc, t->r.text, t->r.what); /* no text for OK: a 500 */
 	free(t);
 }
 
@@ -329,12 +319,6 @@ static void read_work(void *arg)
 	http_resume(t->req);
 }
 
-/* An MHD thread, after resume. */
-static void read_then(struct http_request *req, void *arg)
-{
-	read_reply(req, arg);
-}
-
 void api_read_submit(struct api *api, struct http_request *req, const struct api_read *r)
 {
 	struct read_task *t = malloc(sizeof(*t));
@@ -343,7 +327,7 @@ void api_read_submit(struct api *api, struct http_request *req, const struct api
 		return;
 	}
 	*t = (struct read_task){*r, api, req, STORE_ERR};
-	if (http_await(req, read_then, t) != 0) { /* stopping: a read may still be answered */
+	if (http_await(req, read_reply, t) != 0) { /* stopping: a read may still be answered */
 		read_run(t);
 		read_reply(req, t);
 		return;
