@@ -7,10 +7,14 @@
  */
 #include "read_pool.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define READ_POOL_THREADS_MAX 16
 
@@ -30,10 +34,27 @@ struct read_pool {
 	int nthreads;
 };
 
+/* Reads run this much nicer than the rest of the relay: when the cores are busy, ingest
+ * and delivery go first, and a dashboard paging the log slows down instead of them.
+ * Linux keeps a nice value per thread; raising one's own needs no privilege. */
+#define READ_POOL_NICE 10
+
+static void lower_own_priority(void)
+{
+	id_t tid = (id_t)syscall(SYS_gettid);
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, tid);
+	if (nice == -1 && errno != 0)
+		return;
+	nice += READ_POOL_NICE;
+	setpriority(PRIO_PROCESS, tid, nice > 19 ? 19 : nice); /* best effort */
+}
+
 static void *read_main(void *arg)
 {
 	struct read_pool *p = arg;
 
+	lower_own_priority();
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
 		while (!p->head && !p->stopping)
