@@ -1,9 +1,15 @@
 /*
  * test_util.c - util_parse_time, the RFC 3339 reader behind the recover route's "since":
  * real dates only (no 31 February, 29 February only in leap years), offsets within a day,
- * and the instant each spelling names; util_parse_id: one spelling per id.
+ * and the instant each spelling names; util_format_time: the libc spelling, from arithmetic,
+ * read back to the same instant; util_parse_id: one spelling per id.
  */
+#include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "util.h"
@@ -73,9 +79,61 @@ static void test_parse_id(void)
 	}
 }
 
+/* The libc spelling util_format_time must match. */
+static void reference_time(int64_t ms, char out[UTIL_TIME_MAX])
+{
+	time_t secs = (time_t)(ms / 1000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	size_t len = strftime(out, UTIL_TIME_MAX, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out + len, UTIL_TIME_MAX - len, ".%03dZ", (int)(ms % 1000));
+}
+
+static int formats_as_libc(int64_t ms)
+{
+	char ours[UTIL_TIME_MAX], libc[UTIL_TIME_MAX];
+	int64_t back = -1;
+	util_format_time(ms, ours);
+	reference_time(ms, libc);
+	if (strcmp(ours, libc) != 0 || util_parse_time(ours, &back) != 0 || back != ms) {
+		fprintf(stderr, "  %" PRId64 ": %s, libc %s, read back %" PRId64 "\n", ms, ours, libc, back);
+		return 0;
+	}
+	return 1;
+}
+
+static void test_format_time(void)
+{
+	static const int64_t cases[] = {
+	    0, 999, 1000, 86399999, 86400000,
+	    951782400000,    /* 2000-02-29, a leap day in a year divisible by 400 */
+	    951868800000,    /* 2000-03-01 */
+	    1709164800000,   /* 2024-02-29 */
+	    1795478400123,   /* 2026-11-24T00:00:00.123Z */
+	    1798761599999,   /* 2026-12-31T23:59:59.999Z */
+	    4107542400000,   /* 2100-03-01: 2100 is no leap year */
+	    253402300799999, /* 9999-12-31T23:59:59.999Z, the last the fast way writes */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		CHECK(formats_as_libc(cases[i]));
+
+	unsigned seed = 7;
+	int failed = 0;
+	for (int n = 0; n < 200000 && failed < 5; n++) {
+		int64_t ms = ((int64_t)rand_r(&seed) << 31 | rand_r(&seed)) % 253402300800000LL;
+		failed += !formats_as_libc(ms);
+	}
+	CHECK(failed == 0);
+
+	char out[UTIL_TIME_MAX];
+	util_format_time(253402300800000LL, out); /* year 10000: the libc way, five digits */
+	CHECK(strcmp(out, "10000-01-01T00:00:00.000Z") == 0);
+}
+
 int main(void)
 {
 	test_parse_time();
+	test_format_time();
 	test_parse_id();
 	return CHECK_DONE();
 }
