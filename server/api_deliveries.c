@@ -18,7 +18,7 @@ static int parse_status(const char *text)
 
 static enum store_rc run_deliveries_list(struct store *store, struct api_read *r)
 {
-	return store_deliveries_list(store, &r->q, &r->json);
+	return store_deliveries_list(store, &r->q, &r->text);
 }
 
 static enum store_rc run_delivery_get(struct store *store, struct api_read *r)

@@ -161,7 +161,8 @@ struct store_stats {
 };
 enum store_rc store_stats(struct store *s, struct store_stats *out);
 /* Events come as JSON text (*out malloc'ed), not json_t: data is shown as stored, byte
- * for byte, which jansson would re-spell (0.1 as 0.10000000000000001). */
+ * for byte, which jansson would re-spell (0.1 as 0.10000000000000001). A page of
+ * deliveries comes as text too: built as a tree, its malloc cost more than the query. */
 enum store_rc store_event_get(struct store *s, const char *id, char **out);
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out);
 enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);
@@ -169,6 +170,6 @@ enum store_rc store_subscriptions_list(struct store *s, const struct store_list_
                                        json_t **out);
 enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out);
 enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
-                                    json_t **out);
+                                    char **out);
 
 #endif

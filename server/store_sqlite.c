@@ -57,6 +57,7 @@
 
 #include "clock.h"
 #include "json_check.h"
+#include "json_text.h"
 #include "matcher.h"
 #include "hash.h"
 #include "rate_limit.h"
@@ -493,26 +494,82 @@ static json_t *subscription_json(sqlite3_stmt *st)
 	" d.last_http_status, d.last_error, d.created_at, d.updated_at"
 #define DELIVERY_FROM " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
 
+/* A time column as a JSON string, or null. */
+static void text_time_or_null(FILE *f, sqlite3_stmt *st, int i)
+{
+	char buf[UTIL_TIME_MAX];
+	if (sqlite3_column_type(st, i) == SQLITE_NULL) {
+		fputs_unlocked("null", f);
+		return;
+	}
+	util_format_time(sqlite3_column_int64(st, i), buf);
+	fputc_unlocked('"', f);
+	fputs_unlocked(buf, f);
+	fputc_unlocked('"', f);
+}
+
+static void text_id(FILE *f, const char *prefix, int64_t n)
+{
+	char buf[UTIL_ID_MAX];
+	util_format_id(prefix, n, buf);
+	fputc_unlocked('"', f);
+	fputs_unlocked(buf, f);
+	fputc_unlocked('"', f);
+}
+
+/* The one rendering of a delivery row (DELIVERY_COLUMNS), written as text: pages of
+ * them are the log's most read answer. */
+static void delivery_text(FILE *f, sqlite3_stmt *st)
+{
+	int state = sqlite3_column_int(st, 4);
+
+	fputc_unlocked('{', f);
+	json_text_key(f, "id", 1);
+	text_id(f, "dlv_", sqlite3_column_int64(st, 0));
+	json_text_key(f, "event_id", 0);
+	json_text_string_or_null(f, column_text(st, 1));
+	json_text_key(f, "subscription_id", 0);
+	text_id(f, "sub_", sqlite3_column_int64(st, 2));
+	json_text_key(f, "event_type", 0);
+	json_text_string_or_null(f, column_text(st, 3));
+	json_text_key(f, "status", 0);
+	json_text_string_or_null(f, state_names[state >= 0 && state <= 2 ? state : 0]);
+	json_text_key(f, "attempt_count", 0);
+	json_text_int(f, sqlite3_column_int(st, 5));
+	json_text_key(f, "next_attempt_at", 0);
+	if (state == STATE_PENDING)
+		text_time_or_null(f, st, 6);
+	else
+		fputs_unlocked("null", f);
+	json_text_key(f, "last_http_status", 0);
+	if (sqlite3_column_type(st, 7) == SQLITE_NULL)
+		fputs_unlocked("null", f);
+	else
+		json_text_int(f, sqlite3_column_int(st, 7));
+	json_text_key(f, "last_error", 0);
+	json_text_string_or_null(f, column_text(st, 8));
+	json_text_key(f, "created_at", 0);
+	text_time_or_null(f, st, 9);
+	json_text_key(f, "updated_at", 0);
+	text_time_or_null(f, st, 10);
+	fputc_unlocked('}', f);
+}
+
+/* A single delivery as json_t (GET of one, a retry's answer): delivery_text parsed. */
 static json_t *delivery_json(sqlite3_stmt *st)
 {
-	json_t *o = json_object();
-	int state = sqlite3_column_int(st, 4);
-	json_object_set_new(o, "id", json_id("dlv_", sqlite3_column_int64(st, 0)));
-	json_object_set_new(o, "event_id", json_text_or_null(st, 1));
-	json_object_set_new(o, "subscription_id", json_id("sub_", sqlite3_column_int64(st, 2)));
-	json_object_set_new(o, "event_type", json_text_or_null(st, 3));
-	json_object_set_new(o, "status", json_string(state_names[state >= 0 && state <= 2 ? state : 0]));
-	json_object_set_new(o, "attempt_count", json_integer(sqlite3_column_int(st, 5)));
-	json_object_set_new(o, "next_attempt_at",
-	                    state == STATE_PENDING ? json_time_or_null(st, 6) : json_null());
-	json_object_set_new(o, "last_http_status",
-	                    sqlite3_column_type(st, 7) == SQLITE_NULL
-	                        ? json_null()
-	                        : json_integer(sqlite3_column_int(st, 7)));
-	json_object_set_new(o, "last_error", json_text_or_null(st, 8));
-	json_object_set_new(o, "created_at", json_time_or_null(st, 9));
-	json_object_set_new(o, "updated_at", json_time_or_null(st, 10));
-	return o;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	json_t *o = NULL;
+
+	if (f) {
+		delivery_text(f, st);
+		if (fclose(f) == 0)
+			o = json_loadb(text, len, 0, NULL);
+		free(text);
+	}
+	return o; /* NULL: out of memory */
 }
 
 #define EVENT_COLUMNS "seq, envelope, idempotency_key"
@@ -535,36 +592,35 @@ static json_t *event_json(sqlite3_stmt *st)
 	return o;
 }
 
-/* Writes the event object as JSON text: the envelope's own bytes (data exactly as
- * published and sent: numbers keep their spelling, integers past 64 bits included),
- * then idempotency_key and, if extra is given, extra_name: extra. An envelope that is
- * not the object ingest built (never expected) goes through jansson instead. */
-static void event_text(FILE *f, sqlite3_stmt *st, const char *extra_name, json_t *extra)
+/* Writes the event object as JSON text, all but its closing brace: the envelope's own
+ * bytes (data exactly as published and sent: numbers keep their spelling, integers past
+ * 64 bits included), then idempotency_key. An envelope that is not the object ingest
+ * built (never expected) goes through jansson instead. */
+static void event_text_open(FILE *f, sqlite3_stmt *st)
 {
 	const char *env = sqlite3_column_blob(st, 1);
 	size_t len = (size_t)sqlite3_column_bytes(st, 1);
-	json_t *key = json_text_or_null(st, 2);
 
 	if (env && len > 2 && env[0] == '{' && env[len - 1] == '}') { /* "{}": never ours */
-		fwrite(env, 1, len - 1, f);
-		fputs(",\"idempotency_key\":", f);
-		json_dumpf(key, f, JSON_COMPACT | JSON_ENCODE_ANY);
+		fwrite_unlocked(env, 1, len - 1, f);
+		json_text_key(f, "idempotency_key", 0);
+		json_text_string_or_null(f, column_text(st, 2));
 	} else {
 		json_t *o = event_json(st);
 		char *text = json_dumps(o, JSON_COMPACT);
 		if (text)
-			fwrite(text, 1, strlen(text) - 1, f);
+			fwrite_unlocked(text, 1, strlen(text) - 1, f);
 		else
-			fputs("{\"id\":null", f);
+			fputs_unlocked("{\"id\":null", f);
 		free(text);
 		json_decref(o);
 	}
-	json_decref(key);
-	if (extra) {
-		fprintf(f, ",\"%s\":", extra_name);
-		json_dumpf(extra, f, JSON_COMPACT | JSON_ENCODE_ANY);
-	}
-	fputc('}', f);
+}
+
+static void event_text(FILE *f, sqlite3_stmt *st)
+{
+	event_text_open(f, st);
+	fputc_unlocked('}', f);
 }
 
 /* Runs a prepared SELECT and builds one object per row with `row`. Returns an array,
@@ -607,7 +663,7 @@ static enum store_rc load_one(sqlite3 *db, const char *sql, int64_t id,
 	switch (sqlite3_step(st)) {
 	case SQLITE_ROW:
 		*out = row(st);
-		rc = STORE_OK;
+		rc = *out ? STORE_OK : STORE_ERR; /* NULL: out of memory */
 		break;
 	case SQLITE_DONE:
 		rc = STORE_NOTFOUND;
@@ -2890,7 +2946,63 @@ static enum store_rc memstream_take(FILE *f, char **text, int failed, char **out
 	return STORE_OK;
 }
 
-#define EVENTS_PAGE_BYTES (4 << 20) /* a page of events ends once it is this long */
+/* Writes the rows of a prepared SELECT as a JSON array, each with `row`, stopping after
+ * `limit` (0: none), or once the text passed max_bytes (0: never): the row it stopped
+ * at is left as the step's answer. Returns the last sqlite3_step code: SQLITE_ROW when
+ * rows remain, SQLITE_DONE at the end, else an error. */
+static int rows_text(FILE *f, sqlite3_stmt *st, void (*row)(FILE *, sqlite3_stmt *), int limit,
+                     long max_bytes, int64_t *last_key)
+{
+	int step, n = 0;
+
+	fputc_unlocked('[', f);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((limit > 0 && n == limit) || (n > 0 && max_bytes > 0 && ftell(f) >= max_bytes))
+			break;
+		if (n++)
+			fputc_unlocked(',', f);
+		row(f, st);
+		*last_key = sqlite3_column_int64(st, 0);
+	}
+	fputc_unlocked(']', f);
+	return step;
+}
+
+/* Runs a list query (sql ends in "LIMIT ?n" = limit + 1) into {"data": [...], "next":
+ * cursor|null} text, the rows written with `row`. */
+static enum store_rc run_text_list(struct store *s, const char *sql, const struct bind *binds,
+                                   int nbinds, void (*row)(FILE *, sqlite3_stmt *), int limit,
+                                   long max_bytes, char **out)
+{
+	sqlite3 *db = reader_acquire(s);
+	sqlite3_stmt *st = prepare_bound(db, sql, binds, nbinds);
+	enum store_rc rc = STORE_ERR;
+	char *text = NULL, cursor[UTIL_ID_MAX];
+	size_t len = 0;
+	int64_t last = 0;
+	FILE *f = st ? open_memstream(&text, &len) : NULL;
+
+	if (!f)
+		goto out;
+	fputs_unlocked("{\"data\":", f);
+	int step = rows_text(f, st, row, limit, max_bytes, &last);
+	if (step == SQLITE_ROW) { /* the limit + 1st row, or one past the size: a next page */
+		util_format_id("", last, cursor);
+		fprintf(f, ",\"next\":\"%s\"}", cursor);
+	} else {
+		fputs_unlocked(",\"next\":null}", f);
+	}
+	rc = memstream_take(f, &text, step != SQLITE_ROW && step != SQLITE_DONE, out);
+out:
+	sqlite3_finalize(st);
+	if (db)
+		reader_release(s, db);
+	return rc;
+}
+
+/* Events may be 1 MiB each: a page of them ends once it is this long, rather than build
+ * a gigabyte (`next` continues it). */
+#define EVENTS_PAGE_BYTES (4L << 20)
 
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out)
 {
@@ -2906,56 +3018,26 @@ enum store_rc store_events_list(struct store *s, const struct store_list_query *
 	if (q->after)
 		b[nb++] = (struct bind){.num = q->after};
 	b[nb++] = (struct bind){.num = q->limit + 1};
-
-	sqlite3 *db = reader_acquire(s);
-	sqlite3_stmt *st = prepare_bound(db, sql, b, nb);
-	enum store_rc rc = STORE_ERR;
-	char *text = NULL, cursor[UTIL_ID_MAX];
-	size_t len = 0;
-	int step = SQLITE_ERROR, n = 0;
-	int64_t last = 0;
-	FILE *f = st ? open_memstream(&text, &len) : NULL;
-
-	if (!f)
-		goto out;
-	fputs("{\"data\":[", f);
-	while ((step = sqlite3_step(st)) == SQLITE_ROW && n < q->limit) {
-		/* Events may be 1 MiB each: a page stops early rather than build a gigabyte
-		 * (the row it stopped at starts the next one). */
-		if (n > 0 && ftell(f) >= EVENTS_PAGE_BYTES)
-			break;
-		if (n++)
-			fputc(',', f);
-		event_text(f, st, NULL, NULL);
-		last = sqlite3_column_int64(st, 0);
-	}
-	if (step == SQLITE_ROW) { /* the limit + 1st row, or one past the size: a next page */
-		util_format_id("", last, cursor);
-		fprintf(f, "],\"next\":\"%s\"}", cursor);
-	} else {
-		fputs("],\"next\":null}", f);
-	}
-	rc = memstream_take(f, &text, step != SQLITE_ROW && step != SQLITE_DONE, out);
-out:
-	sqlite3_finalize(st);
-	if (db)
-		reader_release(s, db);
-	return rc;
+	return run_text_list(s, sql, b, nb, event_text, q->limit, EVENTS_PAGE_BYTES, out);
 }
 
 enum store_rc store_event_get(struct store *s, const char *id, char **out)
 {
 	sqlite3 *db = reader_acquire(s);
-	sqlite3_stmt *st = NULL;
+	sqlite3_stmt *st = NULL, *dst = NULL;
 	enum store_rc rc = STORE_ERR;
-	json_t *holder = json_object();
 	char *text = NULL;
 	size_t len = 0;
+	int64_t last;
 	FILE *f;
 
-	if (!db || !holder ||
+	if (!db ||
 	    sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1, &st,
-	                       NULL) != SQLITE_OK)
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db,
+	                       "SELECT " DELIVERY_COLUMNS DELIVERY_FROM
+	                       " WHERE d.event_seq = ?1 ORDER BY d.id",
+	                       -1, &dst, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 	int step = sqlite3_step(st);
@@ -2963,18 +3045,17 @@ enum store_rc store_event_get(struct store *s, const char *id, char **out)
 		rc = step == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
 		goto out;
 	}
-	if (attach_rows(db,
-	                "SELECT " DELIVERY_COLUMNS DELIVERY_FROM
-	                " WHERE d.event_seq = ?1 ORDER BY d.id",
-	                sqlite3_column_int64(st, 0), delivery_json, holder, "deliveries") != 0)
-		goto out;
+	sqlite3_bind_int64(dst, 1, sqlite3_column_int64(st, 0));
 	f = open_memstream(&text, &len);
 	if (!f)
 		goto out;
-	event_text(f, st, "deliveries", json_object_get(holder, "deliveries"));
-	rc = memstream_take(f, &text, 0, out);
+	event_text_open(f, st);
+	json_text_key(f, "deliveries", 0);
+	step = rows_text(f, dst, delivery_text, 0, 0, &last);
+	fputc_unlocked('}', f);
+	rc = memstream_take(f, &text, step != SQLITE_DONE, out);
 out:
-	json_decref(holder);
+	sqlite3_finalize(dst);
 	sqlite3_finalize(st);
 	if (db)
 		reader_release(s, db);
@@ -3059,7 +3140,7 @@ out:
 }
 
 enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
-                                    json_t **out)
+                                    char **out)
 {
 	char sql[768];
 	size_t off;
@@ -3087,5 +3168,5 @@ enum store_rc store_deliveries_list(struct store *s, const struct store_list_que
 	}
 	b[nb++] = (struct bind){.num = q->limit + 1};
 	snprintf(sql + off, sizeof(sql) - off, " ORDER BY d.id DESC LIMIT ?%d", nb);
-	return run_list(s, sql, b, nb, delivery_json, q->limit, out);
+	return run_text_list(s, sql, b, nb, delivery_text, q->limit, 0, out);
 }
