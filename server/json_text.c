@@ -11,50 +11,36 @@
 void json_text_string(FILE *f, const char *s, size_t len)
 {
 	static const char hex[] = "0123456789ABCDEF"; /* as jansson spells \u001F */
+	static const char letter[0x20] = {
+	    ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't'};
 	const unsigned char *p = (const unsigned char *)s, *end = p + len, *run = p;
 
 	fputc_unlocked('"', f);
 	while (p < end) {
 		unsigned char c = *p;
-		size_t n = 1;
-		const char *esc = NULL;
-		char u[6];
+		char esc[6] = {'\\', 0, '0', '0', 0, 0};
+		size_t esc_len = 2;
 
 		if (c >= 0x80) {
-			n = json_utf8_seq(p, (size_t)(end - p));
+			size_t n = json_utf8_seq(p, (size_t)(end - p));
 			if (n > 0) {
 				p += n;
 				continue;
 			}
-			esc = "?"; /* not UTF-8: one byte becomes '?' */
-			n = 1;
-		} else if (c == '"') {
-			esc = "\\\"";
-		} else if (c == '\\') {
-			esc = "\\\\";
+			esc[0] = '?', esc_len = 1; /* not UTF-8: the byte becomes '?' */
+		} else if (c == '"' || c == '\\') {
+			esc[1] = (char)c;
+		} else if (c < 0x20 && letter[c]) {
+			esc[1] = letter[c];
 		} else if (c < 0x20) {
-			switch (c) {
-			case '\b': esc = "\\b"; break;
-			case '\f': esc = "\\f"; break;
-			case '\n': esc = "\\n"; break;
-			case '\r': esc = "\\r"; break;
-			case '\t': esc = "\\t"; break;
-			default:
-				u[0] = '\\', u[1] = 'u', u[2] = '0', u[3] = '0';
-				u[4] = hex[c >> 4], u[5] = hex[c & 15];
-				break;
-			}
+			esc[1] = 'u', esc[4] = hex[c >> 4], esc[5] = hex[c & 15], esc_len = 6;
 		} else {
 			p++;
 			continue;
 		}
 		fwrite_unlocked(run, 1, (size_t)(p - run), f);
-		if (esc)
-			fputs_unlocked(esc, f);
-		else
-			fwrite_unlocked(u, 1, sizeof(u), f);
-		p += n;
-		run = p;
+		fwrite_unlocked(esc, 1, esc_len, f);
+		run = ++p;
 	}
 	fwrite_unlocked(run, 1, (size_t)(p - run), f);
 	fputc_unlocked('"', f);

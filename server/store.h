@@ -169,7 +169,6 @@ enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);
 enum store_rc store_subscriptions_list(struct store *s, const struct store_list_query *q,
                                        json_t **out);
 enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out);
-enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
-                                    char **out);
+enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q, char **out);
 
 #endif

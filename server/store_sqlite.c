@@ -3010,8 +3010,10 @@ enum store_rc store_events_list(struct store *s, const struct store_list_query *
 	struct bind b[3];
 	int nb = 0;
 
-	snprintf(sql, sizeof(sql), "SELECT " EVENT_COLUMNS " FROM events WHERE 1%s%s ORDER BY seq DESC LIMIT ?%d",
-	         q->type ? " AND type = ?1" : "", q->after ? (q->type ? " AND seq < ?2" : " AND seq < ?1") : "",
+	snprintf(sql, sizeof(sql),
+	         "SELECT " EVENT_COLUMNS " FROM events WHERE 1%s%s ORDER BY seq DESC LIMIT ?%d",
+	         q->type ? " AND type = ?1" : "",
+	         q->after ? (q->type ? " AND seq < ?2" : " AND seq < ?1") : "",
 	         1 + (q->type != NULL) + (q->after != 0));
 	if (q->type)
 		b[nb++] = (struct bind){.text = q->type, .is_text = 1};
@@ -3139,8 +3141,7 @@ out:
 	return rc;
 }
 
-enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q,
-                                    char **out)
+enum store_rc store_deliveries_list(struct store *s, const struct store_list_query *q, char **out)
 {
 	char sql[768];
 	size_t off;

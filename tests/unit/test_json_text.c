@@ -77,8 +77,8 @@ static void test_fixed_strings(void)
 	    "plain",
 	    "quote \" backslash \\ slash /",
 	    "\b\f\n\r\t\x01\x1f\x7f",
-	    "caf\xc3\xa9 \xe2\x80\xa8 \xf0\x9f\x98\x80",  /* é, U+2028, an emoji */
-	    "\xff\xfe lone bytes \x80 \xc3",              /* not UTF-8 */
+	    "caf\xc3\xa9 \xe2\x80\xa8 \xf0\x9f\x98\x80", /* é, U+2028, an emoji */
+	    "\xff\xfe lone bytes \x80 \xc3",             /* not UTF-8 */
 	    "\xed\xa0\x80 surrogate, \xc0\xaf overlong", /* forms UTF-8 forbids */
 	    "\xf0\x9f\x98",                              /* a sequence cut short */
 	};
@@ -91,8 +91,8 @@ static void test_fixed_strings(void)
 
 static void test_random_strings(void)
 {
-	static const unsigned char pool[] = {'a', 'z', ' ', '"', '\\', '/', 0, '\n', 0x1f, 0x7f,
-	                                     0x80, 0xbf, 0xc2, 0xc3, 0xa9, 0xe2, 0x82, 0xac,
+	static const unsigned char pool[] = {'a',  'z',  ' ',  '"',  '\\', '/',  0,    '\n', 0x1f,
+	                                     0x7f, 0x80, 0xbf, 0xc2, 0xc3, 0xa9, 0xe2, 0x82, 0xac,
 	                                     0xed, 0xa0, 0xf0, 0x9f, 0x98, 0xf4, 0x90, 0xff};
 	unsigned seed = 12345;
 	int failed = 0;
@@ -126,8 +126,8 @@ static void test_or_null(void)
 
 static void test_ints(void)
 {
-	static const int64_t cases[] = {0, 1, -1, 9, 10, -10, 200, 1795478400123,
-	                                INT64_MAX, INT64_MIN, INT64_MIN + 1};
+	static const int64_t cases[] = {
+	    0, 1, -1, 9, 10, -10, 200, 1795478400123, INT64_MAX, INT64_MIN, INT64_MIN + 1};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char expect[32];
 		snprintf(expect, sizeof(expect), "%" PRId64, cases[i]);

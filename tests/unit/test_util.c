@@ -96,7 +96,8 @@ static int formats_as_libc(int64_t ms)
 	util_format_time(ms, ours);
 	reference_time(ms, libc);
 	if (strcmp(ours, libc) != 0 || util_parse_time(ours, &back) != 0 || back != ms) {
-		fprintf(stderr, "  %" PRId64 ": %s, libc %s, read back %" PRId64 "\n", ms, ours, libc, back);
+		fprintf(stderr, "  %" PRId64 ": %s, libc %s, read back %" PRId64 "\n", ms, ours,
+		        libc, back);
 		return 0;
 	}
 	return 1;
@@ -105,7 +106,11 @@ static int formats_as_libc(int64_t ms)
 static void test_format_time(void)
 {
 	static const int64_t cases[] = {
-	    0, 999, 1000, 86399999, 86400000,
+	    0,
+	    999,
+	    1000,
+	    86399999,
+	    86400000,
 	    951782400000,    /* 2000-02-29, a leap day in a year divisible by 400 */
 	    951868800000,    /* 2000-03-01 */
 	    1709164800000,   /* 2024-02-29 */
