@@ -478,7 +478,16 @@ void api_metrics(struct api *api, struct http_request *req)
 	        (long long)st.deliveries_pending, (long long)st.deliveries_in_flight,
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
 	        (long long)st.subscriptions_failing, (long long)st.writer_queue,
-	        (long long)st.write_failures) < 0 || ferror(f);
+	        (long long)st.write_failures) < 0;
+	bad = bad ||
+	      histogram_write(f, "hookrelay_delivery_attempt_duration_seconds",
+	                      "Time from an attempt's request to its answer or failure.",
+	                      &st.attempt_duration) < 0 ||
+	      histogram_write(f, "hookrelay_delivery_latency_seconds",
+	                      "Time from an event being stored to a 2xx for its delivery, "
+	                      "retries included.",
+	                      &st.delivery_latency) < 0 ||
+	      ferror(f);
 	if (fclose(f) != 0 || bad) {
 		free(text);
 		text = NULL;

@@ -60,6 +60,7 @@
 #include "json_text.h"
 #include "matcher.h"
 #include "hash.h"
+#include "histogram.h"
 #include "rate_limit.h"
 #include "schema.h"
 #include "sign.h"
@@ -154,7 +155,7 @@ static const char *const writer_sql[ST_COUNT] = {
     [ST_DELIVERY_INSERT] =
         "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
         " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
-    [ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count FROM deliveries"
+    [ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count, created_at FROM deliveries"
                  " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
                  " AND next_attempt_at <= ?1 AND event_seq <= ?4 AND NOT in_flight(id)"
                  " ORDER BY next_attempt_at LIMIT ?2",
@@ -263,6 +264,8 @@ struct store {
 		atomic_llong pending;           /* deliveries in state 0: counted at open, then
 		                                   moved by each COMMIT (batch_pending), so that
 		                                   /metrics does not walk the backlog */
+		struct histogram attempt_duration; /* every attempt recorded */
+		struct histogram delivery_latency; /* event stored -> the 2xx, per delivery */
 	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
@@ -1729,6 +1732,7 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 	job->delivery_id = sqlite3_column_int64(row, 0);
 	job->subscription_id = sqlite3_column_int64(row, 2);
 	job->attempt = sqlite3_column_int(row, 3) + 1;
+	job->created_at_ms = sqlite3_column_int64(row, 4);
 	job->url = strdup(sub->url);
 	job->headers_json = strdup_or_null(sub->headers_json);
 	job->secrets = sub_secrets_text(sub, now_ms);
@@ -1915,8 +1919,16 @@ static void count_results(struct store *s, const struct store_call *c)
 {
 	const struct complete_args *a = c->internal;
 
-	for (int i = 0; i < a->n; i++)
-		lease_drop(s, a->results[i]->delivery_id);
+	for (int i = 0; i < a->n; i++) {
+		const struct delivery_result *r = a->results[i];
+		lease_drop(s, r->delivery_id);
+		if (r->outcome == DELIVERY_RELEASED)
+			continue; /* not sent */
+		histogram_observe(&s->counters.attempt_duration, r->duration_ms);
+		if (r->outcome == DELIVERY_DELIVERED)
+			histogram_observe(&s->counters.delivery_latency,
+			                  r->started_at_ms + r->duration_ms - r->created_at_ms);
+	}
 	atomic_fetch_add_explicit(&s->counters.delivered, a->ended[STATE_DELIVERED],
 	                          memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->counters.retry, a->ended[STATE_PENDING], memory_order_relaxed);
@@ -2834,6 +2846,8 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
 	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
 	out->write_failures = atomic_load(&s->write_failures);
+	histogram_read(&s->counters.attempt_duration, &out->attempt_duration);
+	histogram_read(&s->counters.delivery_latency, &out->delivery_latency);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
 	if (db &&
 	    sqlite3_prepare_v2(db,

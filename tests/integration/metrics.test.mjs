@@ -17,7 +17,7 @@ async function metrics(relay, headers = {}) {
   const values = {};
   for (const line of res.text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
-    const m = line.match(/^([a-z_]+(?:\{[^}]*\})?) (\d+)$/);
+    const m = line.match(/^([a-z_]+(?:\{[^}]*\})?) (\d+(?:\.\d+)?)$/);
     assert.ok(m, `not a Prometheus sample line: ${line}`);
     values[m[1]] = Number(m[2]);
   }
@@ -73,6 +73,42 @@ test('/metrics counts events, attempts by outcome, pending, in flight and subscr
       m['hookrelay_delivery_attempts_total{outcome="retry"}'] === 2 &&
       m['hookrelay_delivery_attempts_total{outcome="failed"}'] === 2;
   }, 5000, 'in flight back to 0 after the hanging delivery failed');
+}));
+
+// Two histograms: how long each attempt took (a slow receiver shows), and how long each
+// delivery took from its event being stored to the 2xx, waiting out retries included
+// (what a receiver's freshness is).
+test('/metrics histograms: each attempt\'s duration, and each delivery\'s latency from its event to the 2xx', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '400ms' });
+  const slow = await startReceiver({ behavior: { delayMs: 300 } });
+  const flaky = await startReceiver({ behavior: [{ status: 500 }, { status: 200 }] });
+  await createSub(relay, slow, { event_types: ['h.slow'] });
+  await createSub(relay, flaky, { event_types: ['h.flaky'] });
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'h.slow', data: i });
+  await postEvent(relay, { type: 'h.flaky' });
+
+  const dur = 'hookrelay_delivery_attempt_duration_seconds';
+  const lat = 'hookrelay_delivery_latency_seconds';
+  let m;
+  await waitUntil(async () => {
+    m = await metrics(relay);
+    return m[`${dur}_count`] === 5 && m[`${lat}_count`] === 4;
+  }, 10_000, 'five attempts and four deliveries in the histograms');
+  for (const name of [dur, lat]) {
+    assert.equal(m[`${name}_bucket{le="+Inf"}`], m[`${name}_count`], `${name}: +Inf is the count`);
+    const buckets = Object.keys(m).filter((k) => k.startsWith(`${name}_bucket`)).map((k) => m[k]);
+    assert.equal(buckets.length, 18, `${name}: 17 bounds and +Inf`);
+    assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b), `${name}: cumulative`);
+  }
+  // The flaky receiver's two answers were quick; the slow one's three took 300 ms each.
+  assert.equal(m[`${dur}_bucket{le="0.25"}`], 2, 'attempts under 250 ms');
+  assert.equal(m[`${dur}_bucket{le="10"}`], 5);
+  assert.ok(m[`${dur}_sum`] >= 0.9, `attempt time in all: ${m[`${dur}_sum`]} s`);
+  // Every delivery took at least 300 ms: the slow receiver's answer, or the 400 ms wait
+  // before the flaky one's second attempt.
+  assert.equal(m[`${lat}_bucket{le="0.25"}`], 0, 'no delivery under 250 ms');
+  assert.equal(m[`${lat}_bucket{le="10"}`], 4);
+  assert.ok(m[`${lat}_sum`] >= 1.3, `latency in all: ${m[`${lat}_sum`]} s`);
 }));
 
 test('/metrics needs the admin key when keys are set', withLogs(async () => {

@@ -1,0 +1,75 @@
+/*
+ * test_histogram.c - the /metrics histograms: a duration lands in the first bucket whose
+ * bound it does not pass (a bound is inclusive, as Prometheus' le), the text is
+ * cumulative with +Inf equal to _count, and the sum is written in seconds to the ms.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "histogram.h"
+
+static char *written(const struct histogram_counts *c)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (!f)
+		return NULL;
+	histogram_write(f, "t_seconds", "A test.", c);
+	fclose(f);
+	return text;
+}
+
+/* The cumulative count written for bound le, or -1. */
+static long long cumulative(const char *text, const char *le)
+{
+	char key[64];
+	snprintf(key, sizeof(key), "t_seconds_bucket{le=\"%s\"} ", le);
+	const char *p = strstr(text, key);
+	return p ? atoll(p + strlen(key)) : -1;
+}
+
+int main(void)
+{
+	static struct histogram h; /* zeroed: empty */
+	struct histogram_counts c;
+
+	histogram_read(&h, &c);
+	char *text = written(&c);
+	CHECK(text &&
+	      strstr(text, "# HELP t_seconds A test.\n# TYPE t_seconds histogram\n") == text);
+	CHECK(text && cumulative(text, "+Inf") == 0);
+	CHECK(text && strstr(text, "\nt_seconds_sum 0.000\nt_seconds_count 0\n"));
+	free(text);
+
+	histogram_observe(&h, 5);        /* on the first bound: in it */
+	histogram_observe(&h, 6);        /* just past it: the next */
+	histogram_observe(&h, -3);       /* a clock stepped back: 0 */
+	histogram_observe(&h, 1000);     /* 1 s */
+	histogram_observe(&h, 86400001); /* past a day: +Inf only */
+	histogram_read(&h, &c);
+	text = written(&c);
+	CHECK(text != NULL);
+	if (text) {
+		CHECK(cumulative(text, "0.005") == 2);
+		CHECK(cumulative(text, "0.01") == 3);
+		CHECK(cumulative(text, "0.5") == 3);
+		CHECK(cumulative(text, "1") == 4);
+		CHECK(cumulative(text, "86400") == 4);
+		CHECK(cumulative(text, "+Inf") == 5);
+		CHECK(strstr(text, "\nt_seconds_sum 86401.012\nt_seconds_count 5\n") != NULL);
+		/* cumulative: never falls from one bucket to the next */
+		long long last = 0;
+		int monotone = 1, lines = 0;
+		for (const char *p = strstr(text, "_bucket{"); p; p = strstr(p + 1, "_bucket{")) {
+			long long v = atoll(strchr(p, '}') + 2);
+			monotone &= v >= last;
+			last = v;
+			lines++;
+		}
+		CHECK(monotone && lines == HISTOGRAM_BOUNDS + 1);
+	}
+	free(text);
+	return CHECK_DONE();
+}
