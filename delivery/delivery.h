@@ -32,7 +32,8 @@ struct delivery_job {
 	uint64_t subscription_version; /* the subscription's settings (url, headers,
 	                                  secrets, enabled) this job was made with; see
 	                                  delivery_store.current */
-	int64_t created_at_ms;         /* unix ms the delivery was made (its event stored) */
+	int64_t published_at_ms;       /* unix ms its event was published (the envelope's
+	                                  timestamp) */
 };
 
 enum delivery_outcome {
@@ -58,7 +59,7 @@ struct delivery_result {
 	size_t snippet_len;             /* bytes */
 	enum delivery_outcome outcome;
 	int64_t next_attempt_at_ms;     /* unix ms, meaningful for DELIVERY_RETRY only */
-	int64_t created_at_ms;          /* as in the job */
+	int64_t published_at_ms;        /* as in the job */
 };
 
 /* A receiver host (target_host_key) with requests in hookrelay, and how many more it may

@@ -627,7 +627,7 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	res->delivery_id = job->delivery_id;
 	res->subscription_id = job->subscription_id;
 	res->attempt = job->attempt;
-	res->created_at_ms = job->created_at_ms;
+	res->published_at_ms = job->published_at_ms;
 	t->job = job;
 	t->res = res;
 	t->host = h;

@@ -484,8 +484,8 @@ void api_metrics(struct api *api, struct http_request *req)
 	                      "Time from an attempt's request to its answer or failure.",
 	                      &st.attempt_duration) < 0 ||
 	      histogram_write(f, "hookrelay_delivery_latency_seconds",
-	                      "Time from an event being stored to a 2xx for its delivery, "
-	                      "retries included.",
+	                      "Time from an event being published (its timestamp) to a 2xx "
+	                      "for its delivery, retries included.",
 	                      &st.delivery_latency) < 0 ||
 	      ferror(f);
 	if (fclose(f) != 0 || bad) {

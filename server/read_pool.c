@@ -43,11 +43,11 @@ static void lower_own_priority(void)
 {
 	id_t tid = (id_t)syscall(SYS_gettid);
 	errno = 0;
-	int nice = getpriority(PRIO_PROCESS, tid);
-	if (nice == -1 && errno != 0)
+	int prio = getpriority(PRIO_PROCESS, tid);
+	if (prio == -1 && errno != 0)
 		return;
-	nice += READ_POOL_NICE;
-	setpriority(PRIO_PROCESS, tid, nice > 19 ? 19 : nice); /* best effort */
+	prio += READ_POOL_NICE;
+	setpriority(PRIO_PROCESS, tid, prio > 19 ? 19 : prio); /* best effort */
 }
 
 static void *read_main(void *arg)

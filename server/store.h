@@ -161,7 +161,7 @@ struct store_stats {
 	int64_t write_failures;         /* write batches that failed (disk full, I/O error) */
 	struct histogram_counts attempt_duration; /* each attempt sent: its duration_ms */
 	struct histogram_counts delivery_latency; /* each delivery done with a 2xx: from
-	                                             its event stored to that answer */
+	                                             its event published to that answer */
 };
 enum store_rc store_stats(struct store *s, struct store_stats *out);
 /* Events come as JSON text (*out malloc'ed), not json_t: data is shown as stored, byte

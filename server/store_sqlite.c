@@ -155,13 +155,13 @@ static const char *const writer_sql[ST_COUNT] = {
     [ST_DELIVERY_INSERT] =
         "INSERT INTO deliveries(event_seq, subscription_id, state, attempt_count,"
         " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, 0, 0, ?3, ?3, ?3)",
-    [ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count, created_at FROM deliveries"
+    [ST_CLAIM] = "SELECT id, event_seq, subscription_id, attempt_count FROM deliveries"
                  " WHERE subscription_id = ?3 AND state = 0 AND leased = 0"
                  " AND next_attempt_at <= ?1 AND event_seq <= ?4 AND NOT in_flight(id)"
                  " ORDER BY next_attempt_at LIMIT ?2",
     [ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
                     " AND state = 0 AND leased = 0 AND event_seq <= ?2 AND NOT in_flight(id)",
-    [ST_ENVELOPE] = "SELECT id, envelope FROM events WHERE seq = ?1",
+    [ST_ENVELOPE] = "SELECT id, envelope, created_at FROM events WHERE seq = ?1",
     [ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
                           " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_DELIVERY_FINISH] = "UPDATE deliveries SET state = ?2, attempt_count = ?3,"
@@ -265,7 +265,7 @@ struct store {
 		                                   moved by each COMMIT (batch_pending), so that
 		                                   /metrics does not walk the backlog */
 		struct histogram attempt_duration; /* every attempt recorded */
-		struct histogram delivery_latency; /* event stored -> the 2xx, per delivery */
+		struct histogram delivery_latency; /* event published -> the 2xx, per delivery */
 	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
@@ -1732,7 +1732,6 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 	job->delivery_id = sqlite3_column_int64(row, 0);
 	job->subscription_id = sqlite3_column_int64(row, 2);
 	job->attempt = sqlite3_column_int(row, 3) + 1;
-	job->created_at_ms = sqlite3_column_int64(row, 4);
 	job->url = strdup(sub->url);
 	job->headers_json = strdup_or_null(sub->headers_json);
 	job->secrets = sub_secrets_text(sub, now_ms);
@@ -1741,6 +1740,7 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 	if (sqlite3_step(env) == SQLITE_ROW) {
 		int len = sqlite3_column_bytes(env, 1);
 		job->event_id = strdup_or_null(column_text(env, 0));
+		job->published_at_ms = sqlite3_column_int64(env, 2);
 		job->body = malloc((size_t)len + 1);
 		if (job->body) {
 			memcpy(job->body, sqlite3_column_blob(env, 1), (size_t)len);
@@ -1927,7 +1927,7 @@ static void count_results(struct store *s, const struct store_call *c)
 		histogram_observe(&s->counters.attempt_duration, r->duration_ms);
 		if (r->outcome == DELIVERY_DELIVERED)
 			histogram_observe(&s->counters.delivery_latency,
-			                  r->started_at_ms + r->duration_ms - r->created_at_ms);
+			                  r->started_at_ms + r->duration_ms - r->published_at_ms);
 	}
 	atomic_fetch_add_explicit(&s->counters.delivered, a->ended[STATE_DELIVERED],
 	                          memory_order_relaxed);

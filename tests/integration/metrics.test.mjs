@@ -76,7 +76,7 @@ test('/metrics counts events, attempts by outcome, pending, in flight and subscr
 }));
 
 // Two histograms: how long each attempt took (a slow receiver shows), and how long each
-// delivery took from its event being stored to the 2xx, waiting out retries included
+// delivery took from its event being published to the 2xx, waiting out retries included
 // (what a receiver's freshness is).
 test('/metrics histograms: each attempt\'s duration, and each delivery\'s latency from its event to the 2xx', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '400ms' });
@@ -103,7 +103,7 @@ test('/metrics histograms: each attempt\'s duration, and each delivery\'s latenc
   // The flaky receiver's two answers were quick; the slow one's three took 300 ms each.
   assert.equal(m[`${dur}_bucket{le="0.25"}`], 2, 'attempts under 250 ms');
   assert.equal(m[`${dur}_bucket{le="10"}`], 5);
-  assert.ok(m[`${dur}_sum`] >= 0.9, `attempt time in all: ${m[`${dur}_sum`]} s`);
+  assert.ok(m[`${dur}_sum`] >= 0.85, `attempt time in all: ${m[`${dur}_sum`]} s`);
   // Every delivery took at least 300 ms: the slow receiver's answer, or the wait before
   // the flaky one's second attempt (400 ms with the schedule's +-20% jitter: >= 320 ms).
   assert.equal(m[`${lat}_bucket{le="0.25"}`], 0, 'no delivery under 250 ms');
