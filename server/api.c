@@ -291,7 +291,8 @@ static void read_run(struct read_task *t)
 	}
 }
 
-/* Replies and frees the task: 200 with the text (none: a 500), 404 naming what, or 503.
+/* Replies and frees the task: 200 with the text (none: a 500), 404 naming what, or 503
+ * (the store failed, or the read queue was full).
  * On an MHD thread: the request's continuation after resume, or inline. */
 static void read_reply(struct http_request *req, void *arg)
 {
@@ -302,6 +303,9 @@ static void read_reply(struct http_request *req, void *arg)
 	} else if (t->rc == STORE_NOTFOUND) {
 		free(t->r.text);
 		http_reply_error(req, 404, "not_found", "no %s with that id", t->r.what);
+	} else if (t->rc == STORE_OVERLOADED) {
+		http_add_header(req, "Retry-After", "1");
+		http_reply_error(req, 503, "overloaded", "too many reads waiting; retry shortly");
 	} else {
 		free(t->r.text);
 		http_add_header(req, "Retry-After", "1");
@@ -332,8 +336,12 @@ void api_read_submit(struct api *api, struct http_request *req, const struct api
 		read_reply(req, t);
 		return;
 	}
-	if (read_pool_submit(api->reads, read_work, t) != 0)
-		read_work(t); /* here, as before there were read threads */
+	/* A full queue is answered 503, not run here: a storm of reads (clients that may
+	 * have gone already) must not take the HTTP thread from publishes and /healthz. */
+	if (read_pool_submit(api->reads, read_work, t) != 0) {
+		t->rc = STORE_OVERLOADED;
+		http_resume(req);
+	}
 }
 
 /* ---------- suspended writes ---------- */

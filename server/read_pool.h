@@ -16,9 +16,9 @@ struct read_pool;
 struct read_pool *read_pool_start(int threads);
 
 /* Queues work(arg). Returns 0, or -1 when the queue is full (READ_POOL_QUEUE_MAX jobs
- * waiting), memory is short or the pool is stopping: work was not queued and the
- * caller runs it itself. */
-#define READ_POOL_QUEUE_MAX 1024
+ * waiting), memory is short or the pool is stopping: work was not queued (the API
+ * answers 503 overloaded). */
+#define READ_POOL_QUEUE_MAX 256
 int read_pool_submit(struct read_pool *p, void (*work)(void *arg), void *arg);
 
 /* Runs what is still queued, joins the threads, frees the pool. Accepts NULL. */

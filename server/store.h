@@ -26,7 +26,7 @@ enum store_rc {
 	STORE_OK,
 	STORE_NOTFOUND,   /* unknown id */
 	STORE_CONFLICT,   /* state forbids it (e.g. retry of a delivery in flight) */
-	STORE_OVERLOADED, /* writer queue full */
+	STORE_OVERLOADED, /* writer queue full (or, for a read, the read queue) */
 	STORE_ERR         /* storage failed (disk full, I/O); nothing of the call was kept */
 };
 
