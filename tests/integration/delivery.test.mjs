@@ -4,6 +4,7 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
@@ -376,6 +377,52 @@ test('a 200 whose body is cut short is delivered, not sent again; a 500 cut shor
   assert.equal(d2.attempts[0].http_status, 500);
   assert.match(d2.attempts[0].error ?? '', /cut short|HTTP 500/);
   await assertNoMore(ok, 1, 500);
+}));
+
+// A status line followed by a header curl refuses is still an answer: the 200 decides,
+// and the event is not sent again (before, each of these was retried as a failure).
+test('a 200 followed by a malformed header is delivered, not sent again', withLogs(async () => {
+  const answers = {
+    '/badlength': 'HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n',
+    '/nocolon': 'HTTP/1.1 200 OK\r\nThis line has no colon\r\nContent-Length: 0\r\n\r\n',
+    '/huge': `HTTP/1.1 200 OK\r\nX-Big: ${'x'.repeat(200_000)}\r\nContent-Length: 0\r\n\r\n`,
+  };
+  const hits = {};
+  const srv = net.createServer((sock) => {
+    let got = '';
+    sock.on('data', (c) => {
+      got += c.toString('latin1');
+      const head = got.indexOf('\r\n\r\n');
+      const len = Number(/content-length: *(\d+)/i.exec(got)?.[1] ?? 0);
+      if (head < 0 || got.length < head + 4 + len) return; // the whole request first
+      const path = got.split(' ')[1];
+      hits[path] = (hits[path] ?? 0) + 1;
+      sock.end(answers[path] ?? 'HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n');
+      got = '';
+    });
+    sock.on('error', () => {});
+  });
+  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
+  try {
+    const relay = await startRelay({ retrySchedule: '100ms' });
+    const base = `http://127.0.0.1:${srv.address().port}`;
+    const ids = {};
+    for (const path of Object.keys(answers)) {
+      const type = `odd.${path.slice(1)}`;
+      await createSub(relay, null, { url: base + path, event_types: [type] });
+      ids[path] = (await oneDelivery(relay, (await postEvent(relay, { type })).id)).id;
+    }
+    for (const [path, id] of Object.entries(ids)) {
+      const d = await waitDelivery(relay, id, 'delivered', 8000);
+      assert.equal(d.attempt_count, 1, `${path}: ${JSON.stringify(d.attempts)}`);
+      assert.equal(d.attempts[0].http_status, 200, path);
+      assert.match(d.attempts[0].error ?? '', /^HTTP 200, response malformed after the status line: /, `${path}: the log says what was odd`);
+    }
+    await sleep(300); // a retry would have come 100 ms after the first attempt
+    assert.deepEqual(hits, { '/badlength': 1, '/nocolon': 1, '/huge': 1 });
+  } finally {
+    srv.close();
+  }
 }));
 
 test('connection reset by the receiver is logged as a failed attempt', withLogs(async () => {
