@@ -719,14 +719,15 @@ int sender_next(struct sender *s, struct sender_done *out)
 		 * colon, one too long; curl 7.88 calls that last "Out of memory"). A 2xx was
 		 * an answer, and sending the event again would only duplicate it. */
 		int cut = cc == CURLE_PARTIAL_FILE || cc == CURLE_RECV_ERROR ||
-		          cc == CURLE_OPERATION_TIMEDOUT || cc == CURLE_HTTP2_STREAM || cc == CURLE_HTTP2;
+		          cc == CURLE_OPERATION_TIMEDOUT || cc == CURLE_HTTP2_STREAM ||
+		          cc == CURLE_HTTP2;
 		char curl_text[DELIVERY_ERROR_MAX]; /* a copy: the text is rewritten in place */
 		memcpy(curl_text, t->res->error, sizeof curl_text);
 		curl_text[sizeof curl_text - 1] = '\0';
-		snprintf(t->res->error, sizeof t->res->error, "HTTP %d, %s: %.200s",
-		         t->res->http_status,
-		         cut ? "response body cut short" : "response malformed after the status line",
-		         curl_text[0] ? curl_text : curl_easy_strerror(cc));
+		snprintf(
+		    t->res->error, sizeof t->res->error, "HTTP %d, %s: %.200s", t->res->http_status,
+		    cut ? "response body cut short" : "response malformed after the status line",
+		    curl_text[0] ? curl_text : curl_easy_strerror(cc));
 		out->complete = 1;
 	} else if (t->blocked[0] != '\0' && cc == CURLE_COULDNT_CONNECT && t->sockets == 0) {
 		/* Every address was refused by the guard: curl's text would only say it could
