@@ -21,15 +21,15 @@ void histogram_observe(struct histogram *h, int64_t ms)
 		ms = 0;
 	while (i < HISTOGRAM_BOUNDS && ms > bounds_ms[i])
 		i++;
-	atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&h->sum_ms, ms, memory_order_relaxed);
+	atomic_fetch_add(&h->bucket[i], 1); /* seq_cst: see count_results */
+	atomic_fetch_add(&h->sum_ms, ms);
 }
 
 void histogram_read(struct histogram *h, struct histogram_counts *out)
 {
 	for (int i = 0; i <= HISTOGRAM_BOUNDS; i++)
-		out->bucket[i] = atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
-	out->sum_ms = atomic_load_explicit(&h->sum_ms, memory_order_relaxed);
+		out->bucket[i] = atomic_load(&h->bucket[i]);
+	out->sum_ms = atomic_load(&h->sum_ms);
 }
 
 int histogram_write(FILE *f, const char *name, const char *help, const struct histogram_counts *c)

@@ -1919,9 +1919,16 @@ static void count_results(struct store *s, const struct store_call *c)
 {
 	const struct complete_args *a = c->internal;
 
+	for (int i = 0; i < a->n; i++)
+		lease_drop(s, a->results[i]->delivery_id);
+	/* The counters before the histograms, and store_stats reads them the other way
+	 * round (seq_cst): a scrape never shows a histogram's _count ahead of them. */
+	atomic_fetch_add(&s->counters.delivered, a->ended[STATE_DELIVERED]);
+	atomic_fetch_add(&s->counters.retry, a->ended[STATE_PENDING]);
+	atomic_fetch_add(&s->counters.failed, a->ended[STATE_FAILED]);
+	atomic_fetch_sub_explicit(&s->counters.in_flight, a->n, memory_order_relaxed);
 	for (int i = 0; i < a->n; i++) {
 		const struct delivery_result *r = a->results[i];
-		lease_drop(s, r->delivery_id);
 		if (r->outcome == DELIVERY_RELEASED)
 			continue; /* not sent */
 		histogram_observe(&s->counters.attempt_duration, r->duration_ms);
@@ -1929,11 +1936,6 @@ static void count_results(struct store *s, const struct store_call *c)
 			histogram_observe(&s->counters.delivery_latency,
 			                  r->started_at_ms + r->duration_ms - r->published_at_ms);
 	}
-	atomic_fetch_add_explicit(&s->counters.delivered, a->ended[STATE_DELIVERED],
-	                          memory_order_relaxed);
-	atomic_fetch_add_explicit(&s->counters.retry, a->ended[STATE_PENDING], memory_order_relaxed);
-	atomic_fetch_add_explicit(&s->counters.failed, a->ended[STATE_FAILED], memory_order_relaxed);
-	atomic_fetch_sub_explicit(&s->counters.in_flight, a->n, memory_order_relaxed);
 }
 
 /* After COMMIT: the leases a claim took, per subscription. */
@@ -2839,15 +2841,15 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	enum store_rc rc = STORE_ERR;
 
 	memset(out, 0, sizeof(*out));
+	histogram_read(&s->counters.attempt_duration, &out->attempt_duration); /* first */
+	histogram_read(&s->counters.delivery_latency, &out->delivery_latency);
 	out->events_published = atomic_load_explicit(&s->counters.events, memory_order_relaxed);
-	out->attempts_delivered = atomic_load_explicit(&s->counters.delivered, memory_order_relaxed);
-	out->attempts_retry = atomic_load_explicit(&s->counters.retry, memory_order_relaxed);
-	out->attempts_failed = atomic_load_explicit(&s->counters.failed, memory_order_relaxed);
+	out->attempts_delivered = atomic_load(&s->counters.delivered);
+	out->attempts_retry = atomic_load(&s->counters.retry);
+	out->attempts_failed = atomic_load(&s->counters.failed);
 	out->deliveries_in_flight = atomic_load_explicit(&s->counters.in_flight, memory_order_relaxed);
 	out->deliveries_pending = atomic_load_explicit(&s->counters.pending, memory_order_relaxed);
 	out->write_failures = atomic_load(&s->write_failures);
-	histogram_read(&s->counters.attempt_duration, &out->attempt_duration);
-	histogram_read(&s->counters.delivery_latency, &out->delivery_latency);
 	out->writer_queue = (int64_t)writer_queued(s->writer);
 	if (db &&
 	    sqlite3_prepare_v2(db,
