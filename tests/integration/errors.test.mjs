@@ -199,6 +199,11 @@ test('events: wrong types and invalid event types are 422 invalid_field', withLo
   }
   const named = await api(relay, 'POST', '/v1/events', { type: 5 });
   assert.match(named.json.error.message, /type/, 'message names the field');
+  for (const body of [{ type: 'ok.type', key: 'a\u0000b' }, { type: 'ok.type', id: '\u0000' }]) {
+    const nul = await api(relay, 'POST', '/v1/events', body);
+    assertError(nul, 422, 'invalid_field', JSON.stringify(body));
+    assert.match(nul.json.error.message, /without \\u0000/, `the message says why: ${nul.text}`);
+  }
   // Limits are inclusive: 16 words of 64 chars would exceed 255 bytes, so test them apart.
   const edge = await api(relay, 'POST', '/v1/events', { type: Array.from({ length: 16 }, () => 'w').join('.'), id: 'edge-16-words' });
   assert.equal(edge.status, 202, `16 words is allowed: ${edge.text}`);
