@@ -241,8 +241,9 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 	if (f->key && !is_null(f->key)) {
 		ev->key = take_string(in, f->key, f->key_end, &len);
 		if (!ev->key || len > INGEST_KEY_MAX) {
-			snprintf(why, whylen, "%skey must be a string of at most %d bytes, without \\u0000", where,
-			         INGEST_KEY_MAX);
+			snprintf(why, whylen,
+			         "%skey must be a string of at most %d bytes, without \\u0000",
+			         where, INGEST_KEY_MAX);
 			return INGEST_INVALID;
 		}
 	}
@@ -250,7 +251,8 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 	if (f->id && !is_null(f->id)) {
 		ev->idempotency_key = take_string(in, f->id, f->id_end, &len);
 		if (!ev->idempotency_key || len == 0 || len > INGEST_KEY_MAX) {
-			snprintf(why, whylen, "%sid must be a string of 1 to %d bytes, without \\u0000", where,
+			snprintf(why, whylen,
+			         "%sid must be a string of 1 to %d bytes, without \\u0000", where,
 			         INGEST_KEY_MAX);
 			return INGEST_INVALID;
 		}
