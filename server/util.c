@@ -174,17 +174,17 @@ static int random_bytes(unsigned char *out, size_t n)
 	return 0;
 }
 
-int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX])
+/* Writes "evt_" + 26 Crockford base32 chars of 128 bits: 48-bit big-endian `ms`, then
+ * the 80 bits of `random` (10 bytes). */
+static void format_event_id(int64_t ms, const unsigned char random[10], char out[UTIL_ID_MAX])
 {
 	static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 	unsigned char bytes[16];
 	char *p = out;
 
-	/* 48-bit big-endian time, then 80 random bits: 128 bits as 26 base32 chars. */
 	for (int i = 0; i < 6; i++)
-		bytes[i] = (unsigned char)((uint64_t)now_ms >> (40 - 8 * i));
-	if (random_bytes(bytes + 6, 10) != 0)
-		return -1;
+		bytes[i] = (unsigned char)((uint64_t)ms >> (40 - 8 * i));
+	memcpy(bytes + 6, random, 10);
 	memcpy(p, "evt_", 4);
 	p += 4;
 	/* 130 bits of output for 128 bits of input: the first char carries 3 bits. */
@@ -201,5 +201,22 @@ int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX])
 		acc &= (1u << bits) - 1;
 	}
 	*p = '\0';
+}
+
+int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX])
+{
+	unsigned char random[10];
+
+	if (random_bytes(random, sizeof(random)) != 0)
+		return -1;
+	format_event_id(now_ms, random, out);
 	return 0;
+}
+
+void util_event_id_floor(int64_t ms, char out[UTIL_ID_MAX])
+{
+	static const unsigned char zero[10];
+	const int64_t max_ms = ((int64_t)1 << 48) - 1;
+
+	format_event_id(ms < 0 ? 0 : ms > max_ms ? max_ms : ms, zero, out);
 }

@@ -28,6 +28,11 @@ int util_parse_id(const char *prefix, const char *text, int64_t *n);
  * time, 80 random bits), so ids sort by creation time. Returns 0 or -1 (no entropy). */
 int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX]);
 
+/* Writes the lowest event id of millisecond `ms` (clamped to 0..2^48-1): every event
+ * created at `ms` or later has an id that sorts at or above it (strcmp), every earlier
+ * one below it. */
+void util_event_id_floor(int64_t ms, char out[UTIL_ID_MAX]);
+
 /* Parses a decimal in [min, max] from the whole of text. Returns 0 or -1. */
 int util_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
 

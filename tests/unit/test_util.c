@@ -2,7 +2,9 @@
  * test_util.c - util_parse_time, the RFC 3339 reader behind the recover route's "since":
  * real dates only (no 31 February, 29 February only in leap years), offsets within a day,
  * and the instant each spelling names; util_format_time: the libc spelling, from arithmetic,
- * read back to the same instant; util_parse_id: one spelling per id.
+ * read back to the same instant; util_parse_id: one spelling per id; event ids: fresh ones
+ * sort by their millisecond, and util_event_id_floor sits between one millisecond's ids
+ * and the one before's.
  */
 #include <inttypes.h>
 #include <stdint.h>
@@ -135,9 +137,42 @@ static void test_format_time(void)
 	CHECK(strcmp(out, "10000-01-01T00:00:00.000Z") == 0);
 }
 
+static void test_event_ids(void)
+{
+	char a[UTIL_ID_MAX], b[UTIL_ID_MAX], floor[UTIL_ID_MAX], next_floor[UTIL_ID_MAX];
+	static const int64_t times[] = {0, 1, 1795478400123, 253402300799999};
+
+	for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+		int64_t ms = times[i];
+		util_event_id_floor(ms, floor);
+		util_event_id_floor(ms + 1, next_floor);
+		CHECK(strlen(floor) == 30 && strncmp(floor, "evt_", 4) == 0);
+		CHECK(strcmp(floor, next_floor) < 0);
+		for (int n = 0; n < 1000; n++) {
+			CHECK(util_new_event_id(ms, a) == 0);
+			CHECK(strlen(a) == 30);
+			CHECK(strcmp(a, floor) >= 0);
+			CHECK(strcmp(a, next_floor) < 0);
+		}
+	}
+	CHECK(util_new_event_id(1795478400123, a) == 0);
+	CHECK(util_new_event_id(1795478400123, b) == 0);
+	CHECK(strcmp(a, b) != 0); /* 80 random bits */
+	/* the Crockford spelling of the ULID of (1795478400123, zero bits) */
+	util_event_id_floor(1795478400123, floor);
+	CHECK(strcmp(floor, "evt_01M85DMB3V0000000000000000") == 0);
+	/* out of the 48-bit range: clamped, not wrapped */
+	util_event_id_floor(-5, a);
+	util_event_id_floor(0, b);
+	CHECK(strcmp(a, b) == 0);
+	util_event_id_floor(INT64_MAX, a);
+	CHECK(strcmp(a, "evt_7ZZZZZZZZZ0000000000000000") == 0);
+}
+
 int main(void)
 {
 	test_parse_time();
+	test_event_ids();
 	test_format_time();
 	test_parse_id();
 	return CHECK_DONE();
