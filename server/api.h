@@ -46,6 +46,7 @@ void api_subscriptions_update(struct api *api, struct http_request *req);
 void api_subscriptions_delete(struct api *api, struct http_request *req);
 void api_subscriptions_rotate(struct api *api, struct http_request *req);
 void api_subscriptions_recover(struct api *api, struct http_request *req);
+void api_subscriptions_replay(struct api *api, struct http_request *req);
 void api_deliveries_list(struct api *api, struct http_request *req);
 void api_deliveries_get(struct api *api, struct http_request *req);
 void api_deliveries_retry(struct api *api, struct http_request *req);

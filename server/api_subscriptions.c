@@ -428,32 +428,86 @@ out:
 	json_decref(body);
 }
 
+/* Reads the RFC 3339 time body.name into *ms. Returns 0, 1 when it is absent (or
+ * null), or -1 when it is not a time. */
+static int body_time(const json_t *body, const char *name, int64_t *ms)
+{
+	const json_t *v = json_object_get(body, name);
+	if (!v || json_is_null(v))
+		return 1;
+	return json_is_string(v) && util_parse_time(json_string_value(v), ms) == 0 ? 0 : -1;
+}
+
+/* Parses a {"since", ...} body of recover or replay, with since into *since_ms; answers
+ * and returns NULL when it is not one. */
+static json_t *since_body(struct http_request *req, const char *const *known, int64_t *since_ms)
+{
+	json_t *body = api_parse_body(req);
+	char why[128];
+
+	if (!body)
+		return NULL;
+	if (json_is_object(body) && api_known_fields(body, known, why, sizeof(why)) != 0) {
+		http_reply_error(req, 422, "invalid_field", "%s", why);
+	} else if (!json_is_object(body) || body_time(body, "since", since_ms) != 0) {
+		http_reply_error(
+		    req, 422, "invalid_field",
+		    "send {\"since\": \"<RFC 3339 time>\"}, e.g. \"2026-11-24T00:00:00Z\"");
+	} else {
+		return body;
+	}
+	json_decref(body);
+	return NULL;
+}
+
 void api_subscriptions_recover(struct api *api, struct http_request *req)
 {
 	static const char *const known[] = {"since", NULL};
-	json_t *body = NULL, *fields = NULL, *since;
+	json_t *body, *fields;
 	int64_t id, since_ms;
-	char why[128];
 
-	if (path_id(req, &id) != 0)
+	if (path_id(req, &id) != 0 || !(body = since_body(req, known, &since_ms)))
 		return;
-	body = api_parse_body(req);
-	if (!body)
-		return;
-	since = json_object_get(body, "since");
-	if (json_is_object(body) && api_known_fields(body, known, why, sizeof(why)) != 0) {
-		http_reply_error(req, 422, "invalid_field", "%s", why);
-		goto out;
-	}
-	if (!json_is_object(body) || !json_is_string(since) ||
-	    util_parse_time(json_string_value(since), &since_ms) != 0) {
-		http_reply_error(req, 422, "invalid_field",
-		                 "send {\"since\": \"<RFC 3339 time>\"}, e.g. \"2026-11-24T00:00:00Z\"");
-		goto out;
-	}
 	fields = json_pack("{s:I}", "since_ms", (json_int_t)since_ms);
-	submit_fields(api, req, STORE_SUB_RECOVER, id, fields, 202);
+	if (fields)
+		submit_fields(api, req, STORE_SUB_RECOVER, id, fields, 202);
+	else
+		http_reply_error(req, 503, "overloaded", "out of memory");
+	json_decref(body);
+}
+
+void api_subscriptions_replay(struct api *api, struct http_request *req)
+{
+	static const char *const known[] = {"since", "until", NULL};
+	json_t *body, *fields;
+	int64_t id, since_ms, until_ms;
+
+	if (path_id(req, &id) != 0 || !(body = since_body(req, known, &since_ms)))
+		return;
+	fields = json_pack("{s:I}", "since_ms", (json_int_t)since_ms);
+	if (!fields) {
+		http_reply_error(req, 503, "overloaded", "out of memory");
+		goto out;
+	}
+	switch (body_time(body, "until", &until_ms)) {
+	case -1:
+		http_reply_error(req, 422, "invalid_field",
+		                 "until must be an RFC 3339 time, e.g. \"2026-11-25T00:00:00Z\"");
+		goto out;
+	case 0:
+		if (until_ms <= since_ms) {
+			http_reply_error(req, 422, "invalid_field", "until must be after since");
+			goto out;
+		}
+		json_object_set_new(fields, "until_ms", json_integer(until_ms));
+		break;
+	default:
+		break;
+	}
+	submit_fields(api, req, STORE_SUB_REPLAY, id, fields, 202);
+	fields = NULL;
 out:
+	json_decref(fields);
 	json_decref(body);
 }
 

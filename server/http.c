@@ -302,6 +302,7 @@ static const struct route routes[] = {
 	{"DELETE", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_delete},
 	{"POST", "/v1/subscriptions/*/rotate-secret", BODY_OPTIONAL_JSON, api_subscriptions_rotate},
 	{"POST", "/v1/subscriptions/*/recover", BODY_JSON, api_subscriptions_recover},
+	{"POST", "/v1/subscriptions/*/replay", BODY_JSON, api_subscriptions_replay},
 	{"GET", "/v1/deliveries", BODY_NONE, api_deliveries_list},
 	{"GET", "/v1/deliveries/*", BODY_NONE, api_deliveries_get},
 	{"POST", "/v1/deliveries/*/retry", BODY_NONE, api_deliveries_retry},

@@ -79,6 +79,8 @@ enum store_call_kind {
 	STORE_SUB_DELETE,     /* id */
 	STORE_SUB_ROTATE,     /* id, fields: {"secret": new, "grace_ms": n} */
 	STORE_SUB_RECOVER,    /* id, fields: {"since_ms": n}: re-queue failed deliveries */
+	STORE_SUB_REPLAY,     /* id, fields: {"since_ms": n, "until_ms"?: n}: deliveries of
+	                         stored events it has none of */
 	STORE_DELIVERY_RETRY, /* id */
 	STORE_CLAIM,          /* internal: the dispatcher's claim */
 	STORE_COMPLETE,       /* internal: the dispatcher's results */
@@ -120,7 +122,8 @@ struct store_call {
 	json_t *result;   /* new reference the caller owns: INGEST: NULL (the outputs
 	                     are in events[]); SUB_*: the subscription
 	                     (with "secret" after CREATE/ROTATE); RECOVER:
-	                     {"requeued": n}; RETRY: the delivery */
+	                     {"requeued": n}; REPLAY: {"replayed": n,
+	                     "next": time|null}; RETRY: the delivery */
 	char why[160];    /* for rc != STORE_OK: what went wrong, for the error message */
 	/* completion, called on the writer or syncer thread; may free the call */
 	void (*done)(struct store_call *call);

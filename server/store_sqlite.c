@@ -72,6 +72,7 @@
 #define WRITER_BATCH_MAX 4096   /* calls per transaction */
 #define SECRETS_MAX 11          /* the current secret and at most 10 old ones */
 #define RECOVER_MAX 10000       /* deliveries one recover call re-queues */
+#define REPLAY_SCAN 2000        /* events a replay call looks at (~30 ms of writes) */
 #define SWEEP_CHUNK 1000        /* pending deliveries of a deleted subscription failed per
                                    batch (~3 ms of writer time) */
 #define PRUNE_CHUNK 200         /* events (with their deliveries and attempts) deleted per
@@ -1720,6 +1721,136 @@ fail:
 	return fail_storage(s, call);
 }
 
+/* The subscription's patterns, read from its row (a disabled subscription is not in the
+ * matcher). Returns a new array of borrowed strings (free it, and decref *patterns) with
+ * *n set, or NULL on a storage error or out of memory. */
+static const char **sub_patterns(struct store *s, int64_t id, json_t **patterns, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	const char **pats = NULL;
+
+	*patterns = NULL;
+	if (sqlite3_prepare_v2(s->wdb, "SELECT event_types FROM subscriptions WHERE id = ?1", -1,
+	                       &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) != SQLITE_ROW || !column_text(st, 0))
+		goto out;
+	*patterns = json_loads(column_text(st, 0), 0, NULL);
+	*n = json_array_size(*patterns);
+	pats = calloc(*n ? *n : 1, sizeof(*pats));
+	for (size_t i = 0; pats && i < *n; i++)
+		pats[i] = json_string_value(json_array_get(*patterns, i));
+out:
+	sqlite3_finalize(st);
+	return pats;
+}
+
+static int patterns_match(const char *const *pats, size_t n, const char *type)
+{
+	for (size_t i = 0; i < n; i++)
+		if (pats[i] && pattern_match(pats[i], type))
+			return 1;
+	return 0;
+}
+
+/* Gives the subscription a delivery, pending and due now, of each stored event of
+ * [since_ms, until_ms) that its patterns match and that has none for it yet (published
+ * before it existed, while it was disabled, or before its patterns took the type), in
+ * the order of the events' times. Event ids begin with their millisecond, so the walk
+ * is a range of the id index. One call looks at REPLAY_SCAN events and on to the end of
+ * that millisecond; "next" is then the since to send for the rest, else null. Running
+ * it again makes no second delivery of an event. */
+static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, int *made_due)
+{
+	sqlite3_stmt *scan = NULL, *has = NULL;
+	sqlite3_stmt *ins = s->st[ST_DELIVERY_INSERT];
+	json_t *patterns = NULL, *until = json_object_get(call->fields, "until_ms");
+	const char **pats = NULL;
+	size_t npats = 0;
+	int64_t now = clock_now_ms(), next_ms = -1, last_ms = -1;
+	char lo[UTIL_ID_MAX], hi[UTIL_ID_MAX];
+	int seen = 0, made = 0, step;
+	struct sub_entry *sub = sub_find(s, call->id);
+
+	if (!sub)
+		return subscription_exists(s, call->id) < 0 ? fail_storage(s, call)
+		                                            : STORE_NOTFOUND;
+	pats = sub_patterns(s, call->id, &patterns, &npats);
+	if (!pats)
+		goto fail;
+	util_event_id_floor(json_integer_value(json_object_get(call->fields, "since_ms")), lo);
+	if (until)
+		util_event_id_floor(json_integer_value(until), hi);
+	else
+		snprintf(hi, sizeof(hi), "evt_~"); /* above every id: '~' sorts after base32 */
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT seq, type, created_at FROM events"
+	                       " WHERE id >= ?1 AND id < ?2 ORDER BY id",
+	                       -1, &scan, NULL) != SQLITE_OK ||
+	    /* the event's few deliveries, not the subscription's many: `+` keeps SQLite
+	     * (without statistics) off deliveries_by_sub */
+	    sqlite3_prepare_v2(
+	        s->wdb, "SELECT 1 FROM deliveries WHERE event_seq = ?1 AND +subscription_id = ?2",
+	        -1, &has, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_text(scan, 1, lo, -1, SQLITE_STATIC);
+	sqlite3_bind_text(scan, 2, hi, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(has, 2, call->id);
+	while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
+		int64_t seq = sqlite3_column_int64(scan, 0);
+		int64_t created = sqlite3_column_int64(scan, 2);
+		const char *type = column_text(scan, 1);
+
+		if (seen >= REPLAY_SCAN && created != last_ms) {
+			next_ms = created;
+			break;
+		}
+		seen++;
+		last_ms = created;
+		if (!type || !patterns_match(pats, npats, type))
+			continue;
+		sqlite3_bind_int64(has, 1, seq);
+		int found = sqlite3_step(has);
+		sqlite3_reset(has);
+		if (found == SQLITE_ROW)
+			continue;
+		if (found != SQLITE_DONE)
+			goto fail;
+		sqlite3_bind_int64(ins, 1, seq);
+		sqlite3_bind_int64(ins, 2, call->id);
+		sqlite3_bind_int64(ins, 3, now); /* held while the subscription is disabled */
+		if (step_done(ins) != 0)
+			goto fail;
+		made++;
+		if (seq > sub->newest_seq)
+			sub->newest_seq = seq;
+	}
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		goto fail;
+	s->batch_pending += made;
+	if (made > 0)
+		*made_due = 1;
+	if (next_ms >= 0) {
+		char next[UTIL_TIME_MAX];
+		util_format_time(next_ms, next);
+		call->result = json_pack("{s:i,s:s}", "replayed", made, "next", next);
+	} else {
+		call->result = json_pack("{s:i,s:n}", "replayed", made, "next");
+	}
+	sqlite3_finalize(scan);
+	sqlite3_finalize(has);
+	free(pats);
+	json_decref(patterns);
+	return call->result ? STORE_OK : STORE_ERR;
+fail:
+	sqlite3_finalize(scan);
+	sqlite3_finalize(has);
+	free(pats);
+	json_decref(patterns);
+	return fail_storage(s, call);
+}
+
 /* Copies one claimed row into a job: the subscription from the cache, the envelope. */
 static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const struct sub_entry *sub,
                                       int64_t now_ms)
@@ -2240,6 +2371,9 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			break;
 		case STORE_SUB_RECOVER:
 			c->rc = apply_sub_recover(s, c, &made_due);
+			break;
+		case STORE_SUB_REPLAY:
+			c->rc = apply_sub_replay(s, c, &made_due);
 			break;
 		case STORE_DELIVERY_RETRY:
 			c->rc = apply_delivery_retry(s, c, &made_due);
