@@ -515,6 +515,24 @@ test('a subscription at max_in_flight 1 gets an event published while another is
   assert.ok(worst < 300, `the second event of a pair arrived ${worst.toFixed(0)} ms after its 202`);
 }));
 
+// README: at max_in_flight 1, events arrive in publish order as long as no attempt fails;
+// with more in flight they may not. Singles, concurrent singles (their 202s fix the
+// order) and a batch, while the receiver answers after a varying delay.
+test('at max_in_flight 1 a subscription receives events in publish order', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: (_req, i) => ({ delayMs: (i * 7) % 5 }) });
+  await createSub(relay, r, { max_in_flight: 1, event_types: ['seq.#'] });
+  const order = [];
+  for (let k = 0; k < 20; k++) order.push((await postEvent(relay, { type: 'seq.single', data: k })).id);
+  const batch = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 100 }, (_, i) => ({ type: 'seq.batch', data: i })));
+  assert.equal(batch.status, 202, batch.text);
+  order.push(...batch.json.ids);
+  for (let k = 0; k < 20; k++) order.push((await postEvent(relay, { type: 'seq.after', data: k })).id);
+  await r.waitFor(order.length, 20_000 * SLOW);
+  assert.deepEqual(r.requests.map((q) => q.headers['webhook-id']), order);
+}));
+
 // Raising max_in_flight gives a backlog room at once: the dispatcher is woken, rather
 // than finding out on its one-second timer.
 test('raising max_in_flight sends the waiting backlog at once', withLogs(async () => {
