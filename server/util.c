@@ -49,7 +49,8 @@ void util_format_time(int64_t ms, char out[UTIL_TIME_MAX])
 		return;
 	}
 
-	time_t secs = (time_t)(ms / 1000);
+	/* floor division: -1 ms is 1969-12-31T23:59:59.999Z, not 1970-01-01T00:00:00.999Z */
+	time_t secs = (time_t)(ms / 1000 - (ms % 1000 < 0));
 	unsigned int millis = (unsigned int)(((ms % 1000) + 1000) % 1000);
 	struct tm tm;
 	size_t len;

@@ -135,6 +135,12 @@ static void test_format_time(void)
 	char out[UTIL_TIME_MAX];
 	util_format_time(253402300800000LL, out); /* year 10000: the libc way, five digits */
 	CHECK(strcmp(out, "10000-01-01T00:00:00.000Z") == 0);
+	util_format_time(-1, out); /* before 1970: the libc way, seconds rounded down */
+	CHECK(strcmp(out, "1969-12-31T23:59:59.999Z") == 0);
+	util_format_time(-1000, out);
+	CHECK(strcmp(out, "1969-12-31T23:59:59.000Z") == 0);
+	util_format_time(-86400001, out);
+	CHECK(strcmp(out, "1969-12-30T23:59:59.999Z") == 0);
 }
 
 static void test_event_ids(void)
