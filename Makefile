@@ -133,7 +133,8 @@ sanitize: build/san/hookrelay $(SAN_UNIT) tests/node_modules/.package-lock.json
 # not in `make test`: the timing-heavy reliability and restart files would need longer
 # waits). Fails on any memory error or definite leak; reports are in build/valgrind/.
 VALGRIND_TESTS := $(addprefix tests/integration/,events.test.mjs delivery.test.mjs \
-	errors.test.mjs subscriptions.test.mjs metrics.test.mjs ed25519.test.mjs)
+	errors.test.mjs subscriptions.test.mjs metrics.test.mjs ed25519.test.mjs \
+	replay.test.mjs)
 valgrind: deps build/hookrelay tests/node_modules/.package-lock.json
 	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
 	@rm -rf build/valgrind && mkdir -p build/valgrind
