@@ -499,7 +499,10 @@ void api_subscriptions_replay(struct api *api, struct http_request *req)
 			http_reply_error(req, 422, "invalid_field", "until must be after since");
 			goto out;
 		}
-		json_object_set_new(fields, "until_ms", json_integer(until_ms));
+		if (json_object_set_new(fields, "until_ms", json_integer(until_ms)) != 0) {
+			http_reply_error(req, 503, "overloaded", "out of memory");
+			goto out;
+		}
 		break;
 	default:
 		break;

@@ -1737,6 +1737,8 @@ static const char **sub_patterns(struct store *s, int64_t id, json_t **patterns,
 	if (sqlite3_step(st) != SQLITE_ROW || !column_text(st, 0))
 		goto out;
 	*patterns = json_loads(column_text(st, 0), 0, NULL);
+	if (!json_is_array(*patterns))
+		goto out;
 	*n = json_array_size(*patterns);
 	pats = calloc(*n ? *n : 1, sizeof(*pats));
 	for (size_t i = 0; pats && i < *n; i++)
@@ -1754,31 +1756,96 @@ static int patterns_match(const char *const *pats, size_t n, const char *type)
 	return 0;
 }
 
+static int cmp_int64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* One millisecond's matching events of a replay, gathered to go out in store order. */
+struct replay_ms {
+	int64_t *seqs;
+	size_t n, cap;
+};
+
+static int replay_ms_add(struct replay_ms *m, int64_t seq)
+{
+	if (m->n == m->cap) {
+		size_t cap = m->cap ? m->cap * 2 : 256;
+		int64_t *grown = realloc(m->seqs, cap * sizeof(*grown));
+		if (!grown)
+			return -1;
+		m->seqs = grown;
+		m->cap = cap;
+	}
+	m->seqs[m->n++] = seq;
+	return 0;
+}
+
+/* Gives each gathered event that has no delivery for the subscription one, due at
+ * `now`, in seq order; empties m. Returns the number made, or -1 on a storage error. */
+static int replay_ms_flush(struct store *s, struct replay_ms *m, sqlite3_stmt *has,
+                           struct sub_entry *sub, int64_t now)
+{
+	sqlite3_stmt *ins = s->st[ST_DELIVERY_INSERT];
+	int made = 0;
+
+	if (m->n == 0)
+		return 0; /* (qsort takes no NULL, even for nothing) */
+	qsort(m->seqs, m->n, sizeof(*m->seqs), cmp_int64);
+	for (size_t i = 0; i < m->n; i++) {
+		int64_t seq = m->seqs[i];
+		sqlite3_bind_int64(has, 1, seq);
+		int found = sqlite3_step(has);
+		sqlite3_reset(has);
+		if (found == SQLITE_ROW)
+			continue;
+		if (found != SQLITE_DONE)
+			return -1;
+		sqlite3_bind_int64(ins, 1, seq);
+		sqlite3_bind_int64(ins, 2, sub->id);
+		sqlite3_bind_int64(ins, 3, now); /* held while the subscription is disabled */
+		if (step_done(ins) != 0)
+			return -1;
+		made++;
+		if (seq > sub->newest_seq)
+			sub->newest_seq = seq;
+	}
+	m->n = 0;
+	return made;
+}
+
 /* Gives the subscription a delivery, pending and due now, of each stored event of
  * [since_ms, until_ms) that its patterns match and that has none for it yet (published
- * before it existed, while it was disabled, or before its patterns took the type), in
- * the order of the events' times. Event ids begin with their millisecond, so the walk
- * is a range of the id index. One call looks at REPLAY_SCAN events and on to the end of
- * that millisecond; "next" is then the since to send for the rest, else null. Running
- * it again makes no second delivery of an event. */
+ * before it existed, while it was disabled, or before its patterns took the type).
+ * Event ids begin with their millisecond, so the walk is a range of the id index; within
+ * a millisecond (a batch shares one) ids are random, so each millisecond's events are
+ * sorted back into store order: deliveries are made, and go out, in publish order. One
+ * call looks at REPLAY_SCAN events and on to the end of that millisecond; "next" is then
+ * the since to send for the rest, else null. Running it again makes no second delivery
+ * of an event. */
 static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, int *made_due)
 {
 	sqlite3_stmt *scan = NULL, *has = NULL;
-	sqlite3_stmt *ins = s->st[ST_DELIVERY_INSERT];
 	json_t *patterns = NULL, *until = json_object_get(call->fields, "until_ms");
 	const char **pats = NULL;
 	size_t npats = 0;
-	int64_t now = clock_now_ms(), next_ms = -1, last_ms = -1;
+	int64_t now = clock_now_ms(), next_ms = -1, cur_ms = -1;
 	char lo[UTIL_ID_MAX], hi[UTIL_ID_MAX];
-	int seen = 0, made = 0, step;
+	struct replay_ms ms = {0};
+	int seen = 0, made = 0, step, n;
 	struct sub_entry *sub = sub_find(s, call->id);
+	enum store_rc rc = STORE_ERR;
 
 	if (!sub)
 		return subscription_exists(s, call->id) < 0 ? fail_storage(s, call)
 		                                            : STORE_NOTFOUND;
 	pats = sub_patterns(s, call->id, &patterns, &npats);
-	if (!pats)
-		goto fail;
+	if (!pats) {
+		snprintf(call->why, sizeof(call->why),
+		         "reading the subscription's patterns failed");
+		goto out;
+	}
 	util_event_id_floor(json_integer_value(json_object_get(call->fields, "since_ms")), lo);
 	if (until)
 		util_event_id_floor(json_integer_value(until), hi);
@@ -1798,36 +1865,31 @@ static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, 
 	sqlite3_bind_text(scan, 2, hi, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(has, 2, call->id);
 	while ((step = sqlite3_step(scan)) == SQLITE_ROW) {
-		int64_t seq = sqlite3_column_int64(scan, 0);
 		int64_t created = sqlite3_column_int64(scan, 2);
 		const char *type = column_text(scan, 1);
 
-		if (seen >= REPLAY_SCAN && created != last_ms) {
-			next_ms = created;
-			break;
+		if (created != cur_ms) {
+			if ((n = replay_ms_flush(s, &ms, has, sub, now)) < 0)
+				goto fail;
+			made += n;
+			if (seen >= REPLAY_SCAN) {
+				next_ms = created;
+				break;
+			}
+			cur_ms = created;
 		}
 		seen++;
-		last_ms = created;
-		if (!type || !patterns_match(pats, npats, type))
-			continue;
-		sqlite3_bind_int64(has, 1, seq);
-		int found = sqlite3_step(has);
-		sqlite3_reset(has);
-		if (found == SQLITE_ROW)
-			continue;
-		if (found != SQLITE_DONE)
-			goto fail;
-		sqlite3_bind_int64(ins, 1, seq);
-		sqlite3_bind_int64(ins, 2, call->id);
-		sqlite3_bind_int64(ins, 3, now); /* held while the subscription is disabled */
-		if (step_done(ins) != 0)
-			goto fail;
-		made++;
-		if (seq > sub->newest_seq)
-			sub->newest_seq = seq;
+		if (type && patterns_match(pats, npats, type) &&
+		    replay_ms_add(&ms, sqlite3_column_int64(scan, 0)) != 0) {
+			snprintf(call->why, sizeof(call->why), "out of memory");
+			goto out;
+		}
 	}
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		goto fail;
+	if ((n = replay_ms_flush(s, &ms, has, sub, now)) < 0)
+		goto fail;
+	made += n;
 	s->batch_pending += made;
 	if (made > 0)
 		*made_due = 1;
@@ -1838,17 +1900,20 @@ static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, 
 	} else {
 		call->result = json_pack("{s:i,s:n}", "replayed", made, "next");
 	}
-	sqlite3_finalize(scan);
-	sqlite3_finalize(has);
-	free(pats);
-	json_decref(patterns);
-	return call->result ? STORE_OK : STORE_ERR;
+	if (call->result)
+		rc = STORE_OK;
+	else
+		snprintf(call->why, sizeof(call->why), "out of memory");
+	goto out;
 fail:
+	rc = fail_storage(s, call);
+out:
 	sqlite3_finalize(scan);
 	sqlite3_finalize(has);
+	free(ms.seqs);
 	free(pats);
 	json_decref(patterns);
-	return fail_storage(s, call);
+	return rc;
 }
 
 /* Copies one claimed row into a job: the subscription from the cache, the envelope. */

@@ -70,6 +70,23 @@ test('a new subscription gets the matching events published before it, in order,
   assert.ok(!ids(r).includes(other.id), 'an event its patterns do not match is not replayed');
 }));
 
+// A batch's events share one millisecond, and ids are random within one: replay puts
+// them back in the order they were stored, as live delivery sends them.
+test('a replayed batch arrives in its publish order', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const since = await instant();
+  const batch = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 300 }, (_, i) => ({ type: 'row.changed', data: { i } })));
+  assert.equal(batch.status, 202, batch.text);
+  const single = await postEvent(relay, { type: 'row.changed', data: { i: 300 } });
+  const sub = await createSub(relay, r, { event_types: ['row.#'], max_in_flight: 1 });
+  const res = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/replay`, { since });
+  assert.deepEqual([res.status, res.json], [202, { replayed: 301, next: null }], res.text);
+  await r.waitFor(301, 20_000 * SLOW);
+  assert.deepEqual(ids(r), [...batch.json.ids, single.id]);
+}));
+
 test('events published while a subscription was disabled are replayed after it is enabled, not before', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
