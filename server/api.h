@@ -42,6 +42,7 @@ void api_events_get(struct api *api, struct http_request *req);
 void api_subscriptions_create(struct api *api, struct http_request *req);
 void api_subscriptions_list(struct api *api, struct http_request *req);
 void api_subscriptions_get(struct api *api, struct http_request *req);
+void api_subscriptions_stats(struct api *api, struct http_request *req);
 void api_subscriptions_update(struct api *api, struct http_request *req);
 void api_subscriptions_delete(struct api *api, struct http_request *req);
 void api_subscriptions_rotate(struct api *api, struct http_request *req);

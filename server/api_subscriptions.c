@@ -534,6 +534,21 @@ void api_subscriptions_get(struct api *api, struct http_request *req)
 	    &(struct api_read){.run = run_subscription_get, .what = "subscription", .id = id});
 }
 
+static enum store_rc run_subscription_stats(struct store *store, struct api_read *r)
+{
+	return store_subscription_stats(store, r->id, &r->json);
+}
+
+void api_subscriptions_stats(struct api *api, struct http_request *req)
+{
+	int64_t id;
+	if (path_id(req, &id) != 0)
+		return;
+	api_read_submit(
+	    api, req,
+	    &(struct api_read){.run = run_subscription_stats, .what = "subscription", .id = id});
+}
+
 void api_subscriptions_list(struct api *api, struct http_request *req)
 {
 	struct store_list_query q;

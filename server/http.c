@@ -298,6 +298,7 @@ static const struct route routes[] = {
 	{"POST", "/v1/subscriptions", BODY_JSON, api_subscriptions_create},
 	{"GET", "/v1/subscriptions", BODY_NONE, api_subscriptions_list},
 	{"GET", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_get},
+	{"GET", "/v1/subscriptions/*/stats", BODY_NONE, api_subscriptions_stats},
 	{"PATCH", "/v1/subscriptions/*", BODY_JSON, api_subscriptions_update},
 	{"DELETE", "/v1/subscriptions/*", BODY_NONE, api_subscriptions_delete},
 	{"POST", "/v1/subscriptions/*/rotate-secret", BODY_OPTIONAL_JSON, api_subscriptions_rotate},

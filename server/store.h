@@ -173,6 +173,9 @@ enum store_rc store_stats(struct store *s, struct store_stats *out);
 enum store_rc store_event_get(struct store *s, const char *id, char **out);
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out);
 enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out);
+/* {"id", "pending" (in flight included), "failed", "oldest_due_at": the earliest
+ * next_attempt_at of its pending deliveries, or null}: costs its own backlog. */
+enum store_rc store_subscription_stats(struct store *s, int64_t id, json_t **out);
 enum store_rc store_subscriptions_list(struct store *s, const struct store_list_query *q,
                                        json_t **out);
 enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out);

@@ -687,6 +687,16 @@ static enum store_rc load_subscription_json(sqlite3 *db, int64_t id, json_t **ou
 	                id, subscription_json, out);
 }
 
+static json_t *subscription_stats_json(sqlite3_stmt *st)
+{
+	json_t *o = json_object();
+	json_object_set_new(o, "id", json_id("sub_", sqlite3_column_int64(st, 0)));
+	json_object_set_new(o, "pending", json_integer(sqlite3_column_int64(st, 1)));
+	json_object_set_new(o, "failed", json_integer(sqlite3_column_int64(st, 2)));
+	json_object_set_new(o, "oldest_due_at", json_time_or_null(st, 3));
+	return o;
+}
+
 static enum store_rc load_delivery_json(sqlite3 *db, int64_t id, json_t **out)
 {
 	return load_one(db, "SELECT " DELIVERY_COLUMNS DELIVERY_FROM " WHERE d.id = ?1", id,
@@ -3285,6 +3295,27 @@ enum store_rc store_subscription_get(struct store *s, int64_t id, json_t **out)
 	enum store_rc rc = db ? load_subscription_json(db, id, out) : STORE_ERR;
 	if (db)
 		reader_release(s, db);
+	return rc;
+}
+
+/* Counts through the per-subscription partial indexes (its pending, its failed), so the
+ * cost is its own backlog's, not the history's; leased is 0 in every row now (leases are
+ * the writer's memory), which lets deliveries_due_by_sub serve the pending ones. */
+enum store_rc store_subscription_stats(struct store *s, int64_t id, json_t **out)
+{
+	static const char sql[] =
+	    "SELECT id,"
+	    " (SELECT count(*) FROM deliveries WHERE subscription_id = ?1"
+	    " AND state = 0 AND leased = 0),"
+	    " (SELECT count(*) FROM deliveries WHERE subscription_id = ?1 AND state = 2),"
+	    " (SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
+	    " AND state = 0 AND leased = 0)"
+	    " FROM subscriptions WHERE id = ?1 AND deleted_at IS NULL";
+	sqlite3 *db = reader_acquire(s);
+	if (!db)
+		return STORE_ERR;
+	enum store_rc rc = load_one(db, sql, id, subscription_stats_json, out);
+	reader_release(s, db);
 	return rc;
 }
 

@@ -10,6 +10,7 @@ import {
   assertError, waitUntil, eventDeliveries, getDelivery, waitDelivery, listAll, cleanup, withLogs,
   holdWriteLock, sleep,
 } from './harness.mjs';
+import { SLOW } from './reliability/lib.mjs';
 
 afterEach(cleanup);
 
@@ -325,6 +326,36 @@ test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and r
   const [req] = await r.waitFor(1);
   assert.equal(req.headers['webhook-signature'].split(' ').length, 1);
   verifySigned(req, sub.secret);
+}));
+
+test('stats: pending (in flight included), failed, and since when the oldest is due', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const hang = await startReceiver({ behavior: { hang: true } });
+  const bad = await startReceiver({ behavior: { status: 500 } });
+  const slow = await createSub(relay, hang, { event_types: ['st.slow'], max_in_flight: 1 });
+  const failing = await createSub(relay, bad, { event_types: ['st.bad'] });
+  const stats = async (id) => {
+    const res = await api(relay, 'GET', `/v1/subscriptions/${id}/stats`);
+    assert.equal(res.status, 200, res.text);
+    return res.json;
+  };
+  assert.deepEqual(await stats(slow.id), { id: slow.id, pending: 0, failed: 0, oldest_due_at: null });
+
+  const t0 = Date.now();
+  for (let i = 0; i < 5; i++) await postEvent(relay, { type: 'st.slow', data: i });
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'st.bad', data: i });
+  await hang.waitFor(1, 5000 * SLOW); // one in flight (it hangs), four waiting behind it
+  const s = await stats(slow.id);
+  assert.deepEqual([s.pending, s.failed], [5, 0], JSON.stringify(s));
+  const due = Date.parse(s.oldest_due_at);
+  assert.ok(due >= t0 - 5 && due <= Date.now(), `oldest_due_at ${s.oldest_due_at} is when the first was published`);
+  await waitUntil(async () => (await stats(failing.id)).failed === 3, 5000 * SLOW, 'three deliveries failed', 50);
+  assert.deepEqual(await stats(failing.id), { id: failing.id, pending: 0, failed: 3, oldest_due_at: null });
+
+  assertError(await api(relay, 'GET', '/v1/subscriptions/sub_999999/stats'), 404, 'not_found', 'unknown id');
+  assertError(await api(relay, 'POST', `/v1/subscriptions/${slow.id}/stats`, {}), 405, 'method_not_allowed', 'POST');
+  assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${failing.id}`)).status, 204);
+  assertError(await api(relay, 'GET', `/v1/subscriptions/${failing.id}/stats`), 404, 'not_found', 'deleted');
 }));
 
 test('delivery log: filters by subscription, event and status', withLogs(async () => {
