@@ -55,6 +55,10 @@ static void ingest(struct api *api, struct http_request *req, int batch)
 	size_t len;
 	const char *body = http_body(req, &len);
 
+	if (http_header_count(req, "Idempotency-Key") > 1) {
+		http_reply_error(req, 422, "invalid_field", "send one Idempotency-Key header");
+		return;
+	}
 	switch (ingest_parse(body, len, batch, http_header(req, "Idempotency-Key"),
 	                     clock_now_ms(), &in, why, sizeof(why))) {
 	case INGEST_OK:

@@ -37,6 +37,11 @@
 #define REPLY_HEADERS_MAX 4
 #define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
 #define HTTP_DRAIN_MS 2000 /* at a stop, requests in progress may finish this long */
+/* Request headers we take, in bytes (names, values, ": " and CRLF). libmicrohttpd's own
+ * limit is its 32 KiB connection pool, which must also hold the answer's headers: a
+ * request just under it was processed, and its answer then failed to build (a publish
+ * stored, the client told nothing). Below this there is room for any answer. */
+#define HTTP_HEADERS_MAX (24u * 1024)
 #define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
 
 struct http_server {
@@ -239,6 +244,28 @@ const char *http_header(const struct http_request *req, const char *name)
 	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
+struct header_count {
+	const char *name;
+	int n;
+};
+
+static enum MHD_Result count_step(void *arg, enum MHD_ValueKind kind, const char *name,
+                                  const char *value)
+{
+	struct header_count *c = arg;
+	(void)kind;
+	(void)value;
+	c->n += strcasecmp(name, c->name) == 0;
+	return MHD_YES;
+}
+
+int http_header_count(const struct http_request *req, const char *name)
+{
+	struct header_count c = {name, 0};
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_step, &c);
+	return c.n;
+}
+
 const char *http_body(const struct http_request *req, size_t *len)
 {
 	*len = req->body_len;
@@ -360,13 +387,20 @@ struct request_shape {
 	int codings;                /* Transfer-Encoding headers */
 	int other_coding;           /* one that is not exactly "chunked" */
 	int hosts;                  /* Host headers */
+	int spaced_name;            /* a name with white space in it (before its colon) */
+	size_t bytes;               /* the header block, about: names, values, ": ", CRLF */
 };
 
 static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char *name,
-                                    const char *value)
+                                  size_t name_len, const char *value, size_t value_len)
 {
 	struct request_shape *f = arg;
 	(void)kind;
+	f->bytes += name_len + value_len + 4;
+	/* "Content-Length : 5" is kept as an unknown header, which a proxy may take for
+	 * the length (RFC 9112 5.1: answer 400) */
+	if (strpbrk(name, " \t"))
+		f->spaced_name = 1;
 	if (strcasecmp(name, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
 		if (!f->content_length)
 			f->content_length = value ? value : "";
@@ -385,13 +419,21 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
 
 /* Why the request is ambiguous, or NULL: two Content-Lengths that differ, or one beside
  * Transfer-Encoding (RFC 9112 6.3): a proxy in front may read the other one, and the rest
- * of the body would then be taken for the next request (request smuggling); or an
- * HTTP/1.1 request without exactly one Host header (RFC 9112 3.2: a server must answer
- * 400), which a proxy and we could route differently. */
-static const char *request_conflict(const struct http_request *req, const char *version)
+ * of the body would then be taken for the next request (request smuggling); a header
+ * name with white space before its colon, for the same reason; or an HTTP/1.1 request
+ * without exactly one Host header (RFC 9112 3.2: a server must answer 400), which a
+ * proxy and we could route differently. Sets *too_big for a header block over
+ * HTTP_HEADERS_MAX (answered 431). */
+static const char *request_conflict(const struct http_request *req, const char *version,
+                                    int *too_big)
 {
 	struct request_shape f = {0};
-	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, shape_step, &f);
+	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, shape_step, &f);
+	*too_big = f.bytes > HTTP_HEADERS_MAX;
+	if (*too_big)
+		return "the request headers are over 24 KiB in all";
+	if (f.spaced_name)
+		return "a header name has white space before its colon";
 	if (f.lengths_differ)
 		return "the request has Content-Length headers that differ";
 	if (f.content_length && f.codings)
@@ -503,10 +545,14 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	const char *expect =
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
-	const char *conflict = request_conflict(req, version);
+	int too_big;
+	const char *conflict = request_conflict(req, version, &too_big);
 	if (conflict) { /* refused at once, whatever the route; the connection is closed */
 		req->ambiguous = 1;
-		http_reply_error(req, 400, "malformed_request", "%s", conflict);
+		if (too_big)
+			http_reply_error(req, 431, "headers_too_large", "%s", conflict);
+		else
+			http_reply_error(req, 400, "malformed_request", "%s", conflict);
 		return;
 	}
 	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
