@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #define JSON_CHECK_STACK 256 /* deepest max_depth honoured */
@@ -156,27 +157,42 @@ static int digits(struct scan *s)
 }
 
 /* Refuses a number whose magnitude a double cannot hold (1e400): receivers would read it
- * as infinity or fail. Underflow (1e-400) is fine: it is just 0. */
+ * as infinity or fail. Underflow (1e-400) is fine: it is just 0. The number is already
+ * valid JSON. Its magnitude is worked out from where its first significant digit sits
+ * (0.001e310 is 1e307), and one near the limit is rewritten as 0.<digits>e<exponent>
+ * for strtod, so no length of digits hides its exponent. */
 static int in_range(struct scan *s, const unsigned char *from)
 {
 	const unsigned char *q = from;
-	long digits = 0, exp = 0;
-	int leading = 1;
-	char buf[400];
-	size_t n;
+	long mag = 0, exp = 0; /* value = 0.<significant digits> x 10^(mag + exp) */
+	int seen = 0;          /* a significant (non-zero-led) digit */
+	char buf[160];
+	size_t n = 0;
 
 	if (*q == '-')
 		q++;
-	/* Estimate the decimal exponent: integer digits after leading zeros, plus e. */
-	for (; q < s->p && *q >= '0' && *q <= '9'; q++) {
-		if (*q != '0')
-			leading = 0;
-		if (!leading)
-			digits++;
+	for (; q < s->p && *q >= '0' && *q <= '9'; q++) { /* integer part */
+		seen |= *q != '0';
+		if (seen) {
+			mag++;
+			if (n < 120)
+				buf[n++] = (char)*q;
+		}
 	}
-	for (; q < s->p && *q != 'e' && *q != 'E'; q++)
-		;
-	if (q < s->p) {
+	if (q < s->p && *q == '.') {
+		for (q++; q < s->p && *q >= '0' && *q <= '9'; q++) { /* fraction */
+			if (!seen && *q == '0') {
+				mag--;
+				continue;
+			}
+			seen = 1;
+			if (n < 120)
+				buf[n++] = (char)*q;
+		}
+	}
+	if (!seen)
+		return 0; /* zero, however spelt */
+	if (q < s->p && (*q == 'e' || *q == 'E')) {
 		q++;
 		int neg = *q == '-';
 		if (*q == '-' || *q == '+')
@@ -186,14 +202,13 @@ static int in_range(struct scan *s, const unsigned char *from)
 		if (neg)
 			exp = -exp;
 	}
-	if (digits + exp < 300)
+	if (mag + exp < 300)
 		return 0;
-	if (digits + exp > 310)
+	if (mag + exp > 310)
 		return fail(s, "number out of range");
-	n = (size_t)(s->p - from) < sizeof(buf) - 1 ? (size_t)(s->p - from) : sizeof(buf) - 1;
-	memcpy(buf, from, n);
-	buf[n] = '\0';
-	return isinf(strtod(buf, NULL)) ? fail(s, "number out of range") : 0;
+	char number[sizeof(buf) + 16];
+	snprintf(number, sizeof(number), "0.%.*se%ld", (int)n, buf, mag + exp);
+	return isinf(strtod(number, NULL)) ? fail(s, "number out of range") : 0;
 }
 
 static int number(struct scan *s)

@@ -21,18 +21,34 @@ static void test_table(void)
 	    "0", "-0", "1.5e-3", "-12E+2", "\"\"", "\"\\u00e9\\ud83d\\ude00\\n\"", "\"\xc3\xa9\xf0\x9f\x98\x80\"",
 	    "[]", "{}", " [1, {\"a\": [null, true, false]}] ", "{\"a\":{\"b\":{}}}", "\"\\u0000\"",
 	    "123456789012345678901234567890", "1e-400", "1.7976931348623157e308", "-1e308",
+	    "0.00000000000001e311", "0e400", "-0.000e99999", "0.1e309", "100e306",
 	};
 	static const char *const bad[] = {
 	    "", " ", "01", "1.", ".5", "-", "1e", "+1", "[1,]", "{\"a\":1,}", "{\"a\"}", "{a:1}",
 	    "[1 2]", "\"abc", "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"", "\"\\ud800\\u0041\"",
 	    "\"\x01\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"", "\"\xe2\x82\"",
 	    "tru", "nul", "[", "]", "{]", "[}", "1 2", "{\"a\":1}}", "NaN", "\"\\u12G4\"",
-	    "1e400", "-1e309", "2e308", "1000000000000000000000000000000e290",
+	    "1e400", "-1e309", "2e308", "1000000000000000000000000000000e290", "0.18e310",
+	    "1.8e308",
 	};
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
 		CHECK(ok(good[i]));
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		CHECK(!ok(bad[i]));
+
+	/* Long spellings: the magnitude is where the first significant digit sits, however
+	 * many digits come before the exponent. */
+	char big[700];
+	snprintf(big, sizeof(big), "1%0299de%d", 0, 9); /* 1e308 */
+	CHECK(ok(big));
+	snprintf(big, sizeof(big), "1%0299d.%0200de10", 0, 0); /* 1e309 */
+	CHECK(!ok(big));
+	snprintf(big, sizeof(big), "1%0299d.%0200de-10", 0, 0); /* 1e289 */
+	CHECK(ok(big));
+	snprintf(big, sizeof(big), "0.%0400d1e400", 0); /* 1e-1 */
+	CHECK(ok(big));
+	snprintf(big, sizeof(big), "0.%0400d1e710", 0); /* 1e309 */
+	CHECK(!ok(big));
 
 	struct json_check_error e;
 	CHECK(json_check("[[[]]]", 6, 3, &e) == 0);
