@@ -37,6 +37,7 @@
 #define REPLY_HEADERS_MAX 4
 #define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
 #define HTTP_DRAIN_MS 2000 /* at a stop, requests in progress may finish this long */
+#define HTTP_LOG_PER_MINUTE 20 /* libmicrohttpd messages written a minute, at most */
 /* Request headers we take, in bytes (names, values, ": " and CRLF). libmicrohttpd's own
  * limit is its 32 KiB connection pool, which must also hold the answer's headers: a
  * request just under it was processed, and its answer then failed to build (a publish
@@ -56,6 +57,10 @@ struct http_server {
 	                             and every reply closes its connection */
 	atomic_int resuming;      /* http_resume calls still inside MHD_resume_connection,
 	                             which touches the daemon after the request may be done */
+	pthread_mutex_t log_lock; /* guards the three fields below */
+	int64_t log_window_ms;    /* monotonic start of the current minute of MHD messages */
+	unsigned int log_shown;   /* messages written in it */
+	unsigned long log_dropped; /* messages not written in it */
 };
 
 struct reply_header {
@@ -701,6 +706,39 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 }
 
+/* libmicrohttpd's own messages (a connection it dropped, a request it could not parse)
+ * go to stderr with our prefix, at most HTTP_LOG_PER_MINUTE a minute: a client that
+ * opens and breaks connections in a loop must not fill the operator's disk. The first
+ * message of a new minute says how many the last one left out. */
+static void http_log(void *cls, const char *fmt, va_list ap)
+{
+	struct http_server *srv = cls;
+	int64_t now = clock_mono_ms();
+
+	pthread_mutex_lock(&srv->log_lock);
+	if (now - srv->log_window_ms >= 60 * 1000) {
+		if (srv->log_dropped)
+			fprintf(
+			    stderr,
+			    "hookrelay: http: %lu more libmicrohttpd messages in the last minute "
+			    "were not written\n",
+			    srv->log_dropped);
+		srv->log_window_ms = now;
+		srv->log_shown = 0;
+		srv->log_dropped = 0;
+	}
+	if (srv->log_shown < HTTP_LOG_PER_MINUTE) {
+		srv->log_shown++;
+		flockfile(stderr);
+		fputs("hookrelay: http: ", stderr);
+		vfprintf(stderr, fmt, ap);
+		funlockfile(stderr);
+	} else {
+		srv->log_dropped++;
+	}
+	pthread_mutex_unlock(&srv->log_lock);
+}
+
 struct http_server *http_start(const struct http_options *opts, struct api *api, int *port_out,
                                char *err, size_t errlen)
 {
@@ -722,7 +760,6 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	}
 	srv->api = api;
 	srv->max_body = opts->max_body;
-	pthread_mutex_init(&srv->lock, NULL);
 	memset(&addr, 0, sizeof(addr));
 	struct sockaddr_in *a4 = (struct sockaddr_in *)&addr;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&addr;
@@ -738,8 +775,13 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 		free(srv);
 		return NULL;
 	}
+	pthread_mutex_init(&srv->lock, NULL);
+	pthread_mutex_init(&srv->log_lock, NULL);
+	srv->log_window_ms = clock_mono_ms();
 	srv->daemon = MHD_start_daemon(
-	    flags, (uint16_t)opts->port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, &addr,
+	    flags, (uint16_t)opts->port, NULL, NULL, on_request, srv,
+	    /* first, or MHD writes what comes before it with its own logger */
+	    MHD_OPTION_EXTERNAL_LOGGER, http_log, srv, MHD_OPTION_SOCK_ADDR, &addr,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
 	    HTTP_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT, 60U,
 	    /* last: one thread is no pool, and naming a pool of 1 (or 0) makes MHD print a
@@ -750,6 +792,7 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 		snprintf(err, errlen, "cannot listen on %s:%d (in use, or not an address of this host)",
 		         opts->host, opts->port);
 		pthread_mutex_destroy(&srv->lock);
+		pthread_mutex_destroy(&srv->log_lock);
 		free(srv);
 		return NULL;
 	}
@@ -788,5 +831,6 @@ void http_stop(struct http_server *srv)
 	if (listener != MHD_INVALID_SOCKET)
 		close(listener); /* ours since the quiesce; MHD's threads are gone only now */
 	pthread_mutex_destroy(&srv->lock);
+	pthread_mutex_destroy(&srv->log_lock);
 	free(srv);
 }

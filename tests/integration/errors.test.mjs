@@ -512,6 +512,28 @@ test('HEAD is answered like GET, without a body', withLogs(async () => {
   assert.equal((await api(relay, 'HEAD', '/v1/events/nope')).status, 404);
 }));
 
+// Each connection reset in the middle of a request makes libmicrohttpd write a line; a
+// client doing that in a loop must not fill the operator's disk.
+test('libmicrohttpd messages are written at most 20 a minute', withLogs(async () => {
+  const own = await startRelay();
+  const resets = 60;
+  for (let i = 0; i < resets; i++) {
+    await new Promise((resolve) => {
+      const sock = net.connect(own.port, '127.0.0.1', () => {
+        sock.write('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"ty');
+        setTimeout(() => sock.resetAndDestroy(), 5);
+      });
+      sock.on('close', resolve);
+      sock.on('error', () => {});
+    });
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  const lines = own.stderrText.split('\n').filter((l) => l.startsWith('hookrelay: http: '));
+  assert.ok(lines.length >= 1, `the first resets are written:\n${own.stderrText}`);
+  assert.ok(lines.length <= 20, `${lines.length} libmicrohttpd lines for ${resets} resets:\n${own.stderrText}`);
+  assert.equal((await api(own, 'GET', '/healthz')).status, 200);
+}));
+
 test('after all the bad input the relay is up and still has what it accepted', withLogs(async () => {
   assert.equal(relay.exitCode, undefined, 'relay still running');
   const h = await api(relay, 'GET', '/healthz');
