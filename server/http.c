@@ -43,6 +43,9 @@
  * request just under it was processed, and its answer then failed to build (a publish
  * stored, the client told nothing). Below this there is room for any answer. */
 #define HTTP_HEADERS_MAX (24u * 1024)
+/* per header or query argument besides its name and value: ": ", CRLF, and the record
+ * libmicrohttpd keeps for it (7 words) */
+#define HTTP_RECORD_BYTES 60
 #define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
 
 struct http_server {
@@ -393,7 +396,7 @@ struct request_shape {
 	int other_coding;           /* one that is not exactly "chunked" */
 	int hosts;                  /* Host headers */
 	int spaced_name;            /* a name with white space in it (before its colon) */
-	size_t bytes;               /* the header block, about: names, values, ": ", CRLF */
+	size_t bytes;               /* of libmicrohttpd's pool the request takes, about */
 };
 
 static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char *name,
@@ -401,7 +404,7 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
 {
 	struct request_shape *f = arg;
 	(void)kind;
-	f->bytes += name_len + value_len + 4;
+	f->bytes += name_len + value_len + HTTP_RECORD_BYTES;
 	/* "Content-Length : 5" is kept as an unknown header, which a proxy may take for
 	 * the length (RFC 9112 5.1: answer 400) */
 	if (strpbrk(name, " \t"))
@@ -429,14 +432,26 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
  * without exactly one Host header (RFC 9112 3.2: a server must answer 400), which a
  * proxy and we could route differently. Sets *too_big for a header block over
  * HTTP_HEADERS_MAX (answered 431). */
-static const char *request_conflict(const struct http_request *req, const char *version,
-                                    int *too_big)
+static enum MHD_Result size_step(void *arg, enum MHD_ValueKind kind, const char *name,
+                                 size_t name_len, const char *value, size_t value_len)
+{
+	(void)kind;
+	(void)name;
+	(void)value;
+	*(size_t *)arg += name_len + value_len + HTTP_RECORD_BYTES;
+	return MHD_YES;
+}
+
+static const char *request_conflict(const struct http_request *req, const char *url,
+                                    const char *version, int *too_big)
 {
 	struct request_shape f = {0};
 	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, shape_step, &f);
+	MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, size_step, &f.bytes);
+	f.bytes += strlen(url);
 	*too_big = f.bytes > HTTP_HEADERS_MAX;
 	if (*too_big)
-		return "the request headers are over 24 KiB in all";
+		return "the request headers (with the URL) are over 24 KiB in all";
 	if (f.spaced_name)
 		return "a header name has white space before its colon";
 	if (f.lengths_differ)
@@ -551,7 +566,7 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
 	int too_big;
-	const char *conflict = request_conflict(req, version, &too_big);
+	const char *conflict = request_conflict(req, url, version, &too_big);
 	if (conflict) { /* refused at once, whatever the route; the connection is closed */
 		req->ambiguous = 1;
 		if (too_big)

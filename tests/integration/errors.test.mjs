@@ -485,6 +485,16 @@ test('request headers over 24 KiB in all are refused with 431, and nothing is st
     assert.match(text, /^HTTP\/1\.1 431 /, `${pad} bytes of X-Pad: ${text.slice(0, 200)}`);
     if (pad < 32 * 1024) assert.match(text, /"code":"headers_too_large"/, text.slice(0, 300));
   }
+  // the URL and its query arguments take the same room
+  const query = Array.from({ length: 420 }, (_, i) => `a${i}=1`).join('&');
+  for (const raw of [
+    `POST /v1/events?${'q'.repeat(10 * 1024)} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${body.length}\r\nX-Pad: ${'a'.repeat(16 * 1024)}\r\n\r\n${body}`,
+    `GET /healthz?${query} HTTP/1.1\r\nHost: x\r\n\r\n`,
+  ]) {
+    const text = await rawExchange(raw, (got) => /\r\n\r\n[\s\S]*\}/.test(got));
+    assert.match(text, /^HTTP\/1\.1 431 [\s\S]*"code":"headers_too_large"/, `${raw.slice(0, 60)}: ${text.slice(0, 300)}`);
+  }
   const under = await rawExchange(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(20 * 1024)}\r\n\r\n`,
     (got) => /\r\n\r\n/.test(got));
   assert.match(under, /^HTTP\/1\.1 200 /, 'headers under the limit are served');
