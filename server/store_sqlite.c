@@ -272,6 +272,7 @@ struct store {
 	struct {                        /* events past the retention: writer thread */
 		struct store_call call; /* the one STORE_PRUNE call, queued or not */
 		int queued;             /* call is in the writer's queue */
+		int failing;            /* the last prune's batch failed (said once a streak) */
 		int64_t next_at;        /* unix ms: the next prune is queued after this */
 		struct prune_pass {
 			int64_t start;      /* events.seq: every event up to it is gone */
@@ -1570,9 +1571,14 @@ static void prune_done(struct store_call *call)
 	struct store *s = call->arg;
 
 	s->prune.queued = 0;
-	if (call->rc != STORE_OK)
-		fprintf(stderr, "hookrelay: deleting events past the retention: %s; will try again\n",
+	/* Once a streak: with the disk full every batch fails, the prune's with the rest
+	 * (hookrelay_store_write_failures_total counts them), once a second. */
+	if (call->rc != STORE_OK && !s->prune.failing)
+		fprintf(stderr,
+		        "hookrelay: deleting events past the retention: %s; will try again (said "
+		        "once until it succeeds)\n",
 		        call->why[0] ? call->why : "storage error");
+	s->prune.failing = call->rc != STORE_OK;
 	if (call->rc == STORE_OK && s->prune.pass.more)
 		s->prune.next_at = 0;
 	else
