@@ -1,6 +1,6 @@
 /*
  * main.c - hookrelay's entry: flags and HOOKRELAY_* environment, start-up in order
- * (store, dispatcher, HTTP), and a graceful stop on SIGINT/SIGTERM.
+ * (store, dispatcher, HTTP), and a graceful stop on SIGINT/SIGTERM/SIGHUP.
  *
  * Every configuration error exits here with a message; after start-up nothing exits.
  * Signals are blocked in every thread and taken by sigwait() in main, so no handler
@@ -87,7 +87,7 @@ static const char usage[] =
     "                             and attempts (not while one is pending), e.g. 90d;\n"
     "                             0 = keep for ever (default 30d)\n"
     "\n"
-    "Send SIGINT or SIGTERM to stop: in-flight deliveries get 5 s to finish, then are put\n"
+    "Send SIGINT, SIGTERM or SIGHUP to stop: in-flight deliveries get 5 s to finish, then are put\n"
     "back (sent again after the next start); a second signal puts them back at once.\n";
 
 /* The environment variable the value being applied came from, or NULL for a flag: an
@@ -202,7 +202,10 @@ static void add_key_file(struct config *c, const char *path)
 
 	if (!f)
 		die("--api-key-file: cannot read %s", path);
-	while (fgets(line, sizeof(line), f)) {
+	for (int first = 1; fgets(line, sizeof(line), f); first = 0) {
+		/* a byte-order mark (Windows editors) would become part of the first key */
+		if (first && memcmp(line, "\xef\xbb\xbf", 3) == 0)
+			memmove(line, line + 3, strlen(line + 3) + 1);
 		size_t len = strcspn(line, "\r\n");
 		/* A full buffer with no end of line: the line goes on, unless the file ends. */
 		if (line[len] == '\0' && len == sizeof(line) - 1) {
@@ -269,6 +272,10 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 	} else if (strcmp(name, "allow-targets") == 0) {
 		c->allow_targets = value;
 	} else if (strcmp(name, "db") == 0) {
+		/* SQLite would take these for a database in memory, gone at the next start, and
+		 * its read connections would each see another one */
+		if (!*value || strcmp(value, ":memory:") == 0 || strncmp(value, "file:", 5) == 0)
+			die("--db wants the path of a database file, not '%s'", value);
 		c->db_path = value;
 	} else if (strcmp(name, "http-threads") == 0) {
 		if (parse_positive(value, 256, &c->http_threads) != 0)
@@ -386,6 +393,13 @@ static void load_config(struct config *c, int argc, char **argv)
 		var[off] = '\0';
 		const char *value = getenv(var);
 		if (!value || !*value || flag_given(argc, argv, env_flags[i]))
+			continue;
+		/* The admin keys are one setting, whichever way given: --api-key-file on the
+		 * command line retires HOOKRELAY_API_KEY too, and --api-key the file's. */
+		if ((strcmp(env_flags[i], "api-key") == 0 &&
+		     flag_given(argc, argv, "api-key-file")) ||
+		    (strcmp(env_flags[i], "api-key-file") == 0 &&
+		     flag_given(argc, argv, "api-key")))
 			continue;
 		config_source = var;
 		apply_flag(c, env_flags[i], value);
@@ -563,6 +577,8 @@ static int serve(int argc, char **argv)
 	sigemptyset(&stop_signals);
 	sigaddset(&stop_signals, SIGINT);
 	sigaddset(&stop_signals, SIGTERM);
+	sigaddset(&stop_signals, SIGHUP); /* a closed terminal, or a "reload" habit: stop cleanly,
+	                                     not die with deliveries in flight */
 	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -587,20 +603,6 @@ static int serve(int argc, char **argv)
 		fprintf(stderr, "hookrelay: %s: %s\n", cfg.db_path, err);
 		goto out;
 	}
-	struct dispatcher_options dopts = {
-	    .max_in_flight = cfg.max_in_flight,
-	    .max_per_host = cfg.max_per_host,
-	    .timeout_ms = (int)cfg.delivery_timeout_ms,
-	    .retry_schedule = cfg.retry_schedule,
-	    .retry_count = cfg.retry_count,
-	    .user_agent = "hookrelay/" HOOKRELAY_VERSION,
-	    .targets = &targets,
-	};
-	dispatcher = dispatcher_start(&dopts, store_delivery_source(store));
-	if (!dispatcher)
-		goto out;
-	store_set_due_hook(store, wake_dispatcher, dispatcher);
-
 	struct api_options aopts = {
 	    .admin_keys = cfg.admin_keys,
 	    .publish_keys = cfg.publish_keys,
@@ -622,6 +624,23 @@ static int serve(int argc, char **argv)
 		fprintf(stderr, "hookrelay: %s\n", err);
 		goto out;
 	}
+	/* Only once the address is ours does anything go out: a relay that cannot listen (a
+	 * restored backup checked while production holds the port, a restart loop) must not
+	 * send the database's pending deliveries. What is published meanwhile waits for the
+	 * dispatcher's first claim. */
+	struct dispatcher_options dopts = {
+	    .max_in_flight = cfg.max_in_flight,
+	    .max_per_host = cfg.max_per_host,
+	    .timeout_ms = (int)cfg.delivery_timeout_ms,
+	    .retry_schedule = cfg.retry_schedule,
+	    .retry_count = cfg.retry_count,
+	    .user_agent = "hookrelay/" HOOKRELAY_VERSION,
+	    .targets = &targets,
+	};
+	dispatcher = dispatcher_start(&dopts, store_delivery_source(store));
+	if (!dispatcher)
+		goto out;
+	store_set_due_hook(store, wake_dispatcher, dispatcher);
 	printf("hookrelay listening on http://%s%s%s:%d\n", strchr(cfg.listen_host, ':') ? "[" : "",
 	       cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "", port);
 	fflush(stdout);
@@ -634,7 +653,10 @@ static int serve(int argc, char **argv)
 	        targets.ncidrs > 0 ? cfg.allow_targets : "");
 
 	if (sigwait(&stop_signals, &sig) == 0)
-		fprintf(stderr, "hookrelay: %s received, stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+		fprintf(stderr, "hookrelay: %s received, stopping\n",
+		        sig == SIGINT   ? "SIGINT"
+		        : sig == SIGHUP ? "SIGHUP"
+		                        : "SIGTERM");
 	rc = 0;
 out:
 	/* Stop in reverse: no new requests, then no new attempts, then drain the writer. */

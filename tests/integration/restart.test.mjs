@@ -4,10 +4,10 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { writeFileSync, statSync, symlinkSync } from 'node:fs';
+import { writeFileSync, statSync, symlinkSync, existsSync } from 'node:fs';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
   waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries,
@@ -451,6 +451,70 @@ test('--api-key-file: white space around a key is not part of it', withLogs(asyn
   const relay = await startRelay({ args: ['--api-key-file', file, '--api-key-file', longest] });
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer spaced-key-0123456789abcdef' })).status, 200);
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: `Bearer ${'L'.repeat(1023)}` })).status, 200);
+}));
+
+// Checking a restored backup with `serve --db backup.db` while production holds the port
+// must not send the backup's pending deliveries to the real receivers.
+test('a relay that cannot listen sends nothing, and exits 1', withLogs(async () => {
+  const r = await startReceiver({ behavior: { status: 500 } });
+  const a = await startRelay({ retrySchedule: '300ms,300ms,300ms' });
+  await createSub(a, r, { event_types: ['held.#'] });
+  const batch = await api(a, 'POST', '/v1/events/batch', Array.from({ length: 200 }, () => ({ type: 'held.one' })));
+  assert.equal(batch.status, 202, batch.text);
+  await r.waitFor(200, 10_000);
+  await a.stop(); // 200 deliveries pending, due again 300 ms after their 500
+  await sleep(600);
+  const before = r.requests.length;
+  const holder = net.createServer();
+  await new Promise((resolve) => holder.listen(0, '127.0.0.1', resolve));
+  const child = spawn(relayBin(), ['serve', '--listen', `127.0.0.1:${holder.address().port}`, '--db', a.dbPath,
+    '--allow-private-targets'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const code = await new Promise((resolve) => {
+    const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.on('exit', (c) => { clearTimeout(t); resolve(c); });
+  });
+  holder.close();
+  assert.equal(code, 1, stderr);
+  assert.match(stderr, /cannot listen on 127\.0\.0\.1:\d+/);
+  await sleep(300);
+  assert.equal(r.requests.length, before, `the relay that could not listen sent deliveries:\n${stderr}`);
+  // They were due: a relay that can listen sends them.
+  await startRelay({ dbPath: a.dbPath, retrySchedule: '300ms' });
+  await r.waitFor(before + 1, 5000);
+}));
+
+test('SIGHUP stops the relay cleanly', withLogs(async () => {
+  const relay = await startRelay();
+  await relay.stop({ signal: 'SIGHUP' }); // exit 0 asserted by stop()
+  assert.match(relay.stderrText, /SIGHUP received, stopping[\s\S]*stopped cleanly/);
+}));
+
+test('--db :memory: is refused: nothing would be kept', withLogs(async () => {
+  const dir = tmpDir();
+  for (const db of [':memory:', '', 'file::memory:']) {
+    const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db],
+      { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL', cwd: dir });
+    assert.ok(!res.error, `--db '${db}' started anyway: ${res.stdout}`);
+    assert.equal(res.status, 2, res.stderr);
+    assert.match(res.stderr, /--db wants the path of a database file/);
+  }
+  assert.ok(!existsSync(path.join(dir, ':memory:')), 'no file named :memory: left behind');
+}));
+
+// Moving from HOOKRELAY_API_KEY to a key file (or back) by flag must retire the old key.
+test('admin keys given by flag replace both key variables; a key file may start with a BOM', withLogs(async () => {
+  const file = path.join(tmpDir(), 'keys');
+  writeFileSync(file, '\ufefffile-key-0123456789abcdef\r\n'); // as a Windows editor saves it
+  const get = (relay, key) => api(relay, 'GET', '/v1/events', undefined, { authorization: `Bearer ${key}` });
+  const byFile = await startRelay({ args: ['--api-key-file', file], env: { HOOKRELAY_API_KEY: 'env-key-0123456789abcdef' } });
+  assert.equal((await get(byFile, 'file-key-0123456789abcdef')).status, 200, 'the file key, BOM dropped');
+  assertError(await get(byFile, 'env-key-0123456789abcdef'), 401, 'unauthorized', 'the variable, replaced by --api-key-file');
+  await byFile.stop();
+  const byFlag = await startRelay({ args: ['--api-key', 'flag-key-0123456789abcdef'], env: { HOOKRELAY_API_KEY_FILE: file } });
+  assert.equal((await get(byFlag, 'flag-key-0123456789abcdef')).status, 200);
+  assertError(await get(byFlag, 'file-key-0123456789abcdef'), 401, 'unauthorized', 'the file variable, replaced by --api-key');
 }));
 
 test('one relay per database and per port; the database is the owner\'s alone', withLogs(async () => {
