@@ -38,10 +38,10 @@
 #define DISCARD_FACTOR 16               /* an oversize chunked body is read and dropped up to */
 #define HTTP_DRAIN_MS 2000 /* at a stop, requests in progress may finish this long */
 #define HTTP_LOG_PER_MINUTE 20 /* libmicrohttpd messages written a minute, at most */
-/* Request headers we take, in bytes (names, values, ": " and CRLF). libmicrohttpd's own
- * limit is its 32 KiB connection pool, which must also hold the answer's headers: a
- * request just under it was processed, and its answer then failed to build (a publish
- * stored, the client told nothing). Below this there is room for any answer. */
+/* The request line and headers we take, in bytes of libmicrohttpd's 32 KiB connection
+ * pool, which must also hold the answer's headers: a request just under that was
+ * processed, and its answer then failed to build (a publish stored, the client told
+ * nothing). Below this there is room for any answer. */
 #define HTTP_HEADERS_MAX (24u * 1024)
 /* per header or query argument besides its name and value: ": ", CRLF, and the record
  * libmicrohttpd keeps for it (7 words) */
@@ -399,12 +399,22 @@ struct request_shape {
 	size_t bytes;               /* of libmicrohttpd's pool the request takes, about */
 };
 
+/* Adds what a header or query argument takes of libmicrohttpd's pool to *(size_t *)arg. */
+static enum MHD_Result size_step(void *arg, enum MHD_ValueKind kind, const char *name,
+                                 size_t name_len, const char *value, size_t value_len)
+{
+	(void)kind;
+	(void)name;
+	(void)value;
+	*(size_t *)arg += name_len + value_len + HTTP_RECORD_BYTES;
+	return MHD_YES;
+}
+
 static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char *name,
                                   size_t name_len, const char *value, size_t value_len)
 {
 	struct request_shape *f = arg;
-	(void)kind;
-	f->bytes += name_len + value_len + HTTP_RECORD_BYTES;
+	size_step(&f->bytes, kind, name, name_len, value, value_len);
 	/* "Content-Length : 5" is kept as an unknown header, which a proxy may take for
 	 * the length (RFC 9112 5.1: answer 400) */
 	if (strpbrk(name, " \t"))
@@ -432,16 +442,6 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
  * without exactly one Host header (RFC 9112 3.2: a server must answer 400), which a
  * proxy and we could route differently. Sets *too_big for a header block over
  * HTTP_HEADERS_MAX (answered 431). */
-static enum MHD_Result size_step(void *arg, enum MHD_ValueKind kind, const char *name,
-                                 size_t name_len, const char *value, size_t value_len)
-{
-	(void)kind;
-	(void)name;
-	(void)value;
-	*(size_t *)arg += name_len + value_len + HTTP_RECORD_BYTES;
-	return MHD_YES;
-}
-
 static const char *request_conflict(const struct http_request *req, const char *url,
                                     const char *version, int *too_big)
 {

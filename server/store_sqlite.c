@@ -1586,19 +1586,27 @@ static void prune_done(struct store_call *call)
 	prune_schedule(s);
 }
 
-/* After the COMMIT of a delete: the subscription may have pending rows left. */
+/* Appends id to a growing array (*n used of *cap). Returns 0, or -1 out of memory (the
+ * array is left as it was). */
+static int ids_push(int64_t **ids, size_t *n, size_t *cap, int64_t id)
+{
+	if (*n == *cap) {
+		size_t grown_cap = *cap ? *cap * 2 : 8;
+		int64_t *grown = realloc(*ids, grown_cap * sizeof(*grown));
+		if (!grown)
+			return -1;
+		*ids = grown;
+		*cap = grown_cap;
+	}
+	(*ids)[(*n)++] = id;
+	return 0;
+}
+
+/* After the COMMIT of a delete: the subscription may have pending rows left. Returns
+ * -1 out of memory: its rows stay pending (held) until the next start. */
 static int sweep_add(struct store *s, int64_t id)
 {
-	if (s->sweep.n == s->sweep.cap) {
-		size_t cap = s->sweep.cap ? s->sweep.cap * 2 : 8;
-		int64_t *ids = realloc(s->sweep.ids, cap * sizeof(*ids));
-		if (!ids)
-			return -1; /* the rows stay pending (held) until the next start */
-		s->sweep.ids = ids;
-		s->sweep.cap = cap;
-	}
-	s->sweep.ids[s->sweep.n++] = id;
-	return 0;
+	return ids_push(&s->sweep.ids, &s->sweep.n, &s->sweep.cap, id);
 }
 
 static void sweep_remove(struct store *s, int64_t id)
@@ -1784,20 +1792,6 @@ struct replay_ms {
 	size_t n, cap;
 };
 
-static int replay_ms_add(struct replay_ms *m, int64_t seq)
-{
-	if (m->n == m->cap) {
-		size_t cap = m->cap ? m->cap * 2 : 256;
-		int64_t *grown = realloc(m->seqs, cap * sizeof(*grown));
-		if (!grown)
-			return -1;
-		m->seqs = grown;
-		m->cap = cap;
-	}
-	m->seqs[m->n++] = seq;
-	return 0;
-}
-
 /* Gives each gathered event that has no delivery for the subscription one, due at
  * `now`, in seq order; empties m. Returns the number made, or -1 on a storage error. */
 static int replay_ms_flush(struct store *s, struct replay_ms *m, sqlite3_stmt *has,
@@ -1896,7 +1890,7 @@ static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, 
 		}
 		seen++;
 		if (type && patterns_match(pats, npats, type) &&
-		    replay_ms_add(&ms, sqlite3_column_int64(scan, 0)) != 0) {
+		    ids_push(&ms.seqs, &ms.n, &ms.cap, sqlite3_column_int64(scan, 0)) != 0) {
 			snprintf(call->why, sizeof(call->why), "out of memory");
 			goto out;
 		}
@@ -2194,15 +2188,8 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 	 * to an endpoint that just answered 410 (a rolled-back batch has another number; a
 	 * call rolled back to its savepoint takes its marks back, see call_disabled). */
 	if (cached) {
-		if (s->ncall_disabled == s->call_disabled_cap) {
-			size_t cap = s->call_disabled_cap ? s->call_disabled_cap * 2 : 8;
-			int64_t *grown = realloc(s->call_disabled, cap * sizeof(*grown));
-			if (!grown)
-				return -1;
-			s->call_disabled = grown;
-			s->call_disabled_cap = cap;
-		}
-		s->call_disabled[s->ncall_disabled++] = id;
+		if (ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
+			return -1;
 		cached->disabled_in_batch = s->batch_no;
 	}
 	if (sqlite3_prepare_v2(s->wdb,
