@@ -524,29 +524,29 @@ static enum store_rc run_subscriptions_list(struct store *store, struct api_read
 	return store_subscriptions_list(store, &r->q, &r->json);
 }
 
-void api_subscriptions_get(struct api *api, struct http_request *req)
-{
-	int64_t id;
-	if (path_id(req, &id) != 0)
-		return;
-	api_read_submit(
-	    api, req,
-	    &(struct api_read){.run = run_subscription_get, .what = "subscription", .id = id});
-}
-
 static enum store_rc run_subscription_stats(struct store *store, struct api_read *r)
 {
 	return store_subscription_stats(store, r->id, &r->json);
 }
 
-void api_subscriptions_stats(struct api *api, struct http_request *req)
+/* A read of the subscription the path names, off the HTTP thread. */
+static void read_subscription(struct api *api, struct http_request *req,
+                              enum store_rc (*run)(struct store *, struct api_read *))
 {
 	int64_t id;
 	if (path_id(req, &id) != 0)
 		return;
-	api_read_submit(
-	    api, req,
-	    &(struct api_read){.run = run_subscription_stats, .what = "subscription", .id = id});
+	api_read_submit(api, req, &(struct api_read){.run = run, .what = "subscription", .id = id});
+}
+
+void api_subscriptions_get(struct api *api, struct http_request *req)
+{
+	read_subscription(api, req, run_subscription_get);
+}
+
+void api_subscriptions_stats(struct api *api, struct http_request *req)
+{
+	read_subscription(api, req, run_subscription_stats);
 }
 
 void api_subscriptions_list(struct api *api, struct http_request *req)
