@@ -134,7 +134,7 @@ sanitize: build/san/hookrelay $(SAN_UNIT) tests/node_modules/.package-lock.json
 # waits). Fails on any memory error or definite leak; reports are in build/valgrind/.
 VALGRIND_TESTS := $(addprefix tests/integration/,events.test.mjs delivery.test.mjs \
 	errors.test.mjs subscriptions.test.mjs metrics.test.mjs ed25519.test.mjs \
-	replay.test.mjs)
+	replay.test.mjs tls.test.mjs)
 valgrind: deps build/hookrelay tests/node_modules/.package-lock.json
 	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
 	@rm -rf build/valgrind && mkdir -p build/valgrind

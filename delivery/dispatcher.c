@@ -507,6 +507,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	so.max_per_host = opts->max_per_host;
 	so.timeout_ms = opts->timeout_ms;
 	so.user_agent = opts->user_agent;
+	so.ca_file = opts->ca_file;
 	so.targets = opts->targets;
 	if (store->current) {
 		so.still_wanted = job_still_wanted;

@@ -24,6 +24,7 @@ struct dispatcher_options {
 	const int64_t *retry_schedule;  /* ms delays after attempt 1, 2, ...; borrowed */
 	int retry_count;                /* entries in retry_schedule */
 	const char *user_agent;         /* e.g. "hookrelay/0.1.0"; borrowed */
+	const char *ca_file;            /* sender_options.ca_file; borrowed, or NULL */
 	const struct target_policy *targets; /* addresses deliveries may connect to, checked
 	                                        at connect time; borrowed. NULL: no check
 	                                        (tests only; main always sets one) */

@@ -37,6 +37,11 @@
  *   is caught) and refuses a blocked one. The refusal's reason waits in t->blocked and
  *   replaces curl's generic "couldn't connect" text when the transfer fails. No proxy
  *   is ever used (CURLOPT_PROXY ""), so that address is always the receiver's.
+ * - An https receiver's certificate is checked (curl's default, never turned off) against
+ *   the system's CAs, or with opts.ca_file against that file alone (CURLOPT_CAPATH
+ *   cleared, or Debian's libcurl would still trust /etc/ssl/certs). Every easy handle
+ *   shares one TLS session cache (tls_sessions, set when the handle is made; a reset
+ *   keeps it), so a new connection resumes a session another handle's connection got.
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
@@ -44,6 +49,7 @@
 #include "sender.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -55,6 +61,8 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 
 #include "backoff.h"
 #include "clock.h"
@@ -101,6 +109,7 @@ struct sender {
 	int in_flight;              /* jobs taken and not yet handed back */
 	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
 	struct sign_cache *signer;  /* owned; subscriptions' keys, prepared once */
+	CURLSH *tls_sessions;       /* owned; the TLS session cache every easy handle shares */
 };
 
 static void set_error(struct delivery_result *res, const char *text)
@@ -322,6 +331,11 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
 		set_error(res, "curl refused the request options");
+		goto out;
+	}
+	if (s->opts.ca_file && (curl_easy_setopt(e, CURLOPT_CAINFO, s->opts.ca_file) != CURLE_OK ||
+	                        curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK)) {
+		set_error(res, "curl refused --ca-file");
 		goto out;
 	}
 	t->targets = s->opts.targets;
@@ -554,6 +568,16 @@ struct sender *sender_new(const struct sender_options *opts)
 		fprintf(stderr, "sender: curl refused the connection limits\n");
 		goto out;
 	}
+	/* Each easy handle keeps the TLS sessions of the connections it made, and a new
+	 * connection offers only its own handle's: when a burst to a receiver opened 8
+	 * connections on 8 handles, all 8 took a full handshake. Shared, the first one's
+	 * session resumes the other 7 (measured against a TLS 1.3 receiver). */
+	s->tls_sessions = curl_share_init();
+	if (!s->tls_sessions || curl_share_setopt(s->tls_sessions, CURLSHOPT_SHARE,
+	                                          CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+		fprintf(stderr, "sender: curl cannot share TLS sessions\n");
+		goto out;
+	}
 	ret = s;
 	s = NULL;
 out:
@@ -593,8 +617,42 @@ void sender_free(struct sender *s)
 		transfer_destroy(t);
 	}
 	curl_multi_cleanup(s->multi);
+	curl_share_cleanup(s->tls_sessions); /* after every easy handle that used it */
 	sign_cache_free(s->signer);
 	free(s);
+}
+
+int sender_ca_file_check(const char *path, char *err, size_t errlen)
+{
+	int rc = -1;
+	int certs = 0;
+	FILE *f = fopen(path, "r");
+	STACK_OF(X509_INFO) *infos = NULL;
+
+	if (!f) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		goto out;
+	}
+	/* What libcurl's OpenSSL backend does with CURLOPT_CAINFO: every PEM block of the
+	 * file, one bad block failing the whole load. */
+	infos = PEM_X509_INFO_read(f, NULL, NULL, NULL);
+	if (ferror(f)) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		goto out;
+	}
+	for (int i = 0; infos && i < sk_X509_INFO_num(infos); i++)
+		certs += sk_X509_INFO_value(infos, i)->x509 != NULL;
+	if (certs == 0) {
+		snprintf(err, errlen, "%s holds no PEM certificate that OpenSSL can read", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	sk_X509_INFO_pop_free(infos, X509_INFO_free);
+	ERR_clear_error();
+	if (f)
+		fclose(f);
+	return rc;
 }
 
 int sender_start(struct sender *s, struct delivery_job *job)
@@ -618,7 +676,10 @@ int sender_start(struct sender *s, struct delivery_job *job)
 		if (!t)
 			goto out;
 		t->easy = curl_easy_init();
-		if (!t->easy) {
+		/* kept by curl_easy_reset, like the sessions themselves */
+		if (!t->easy ||
+		    curl_easy_setopt(t->easy, CURLOPT_SHARE, s->tls_sessions) != CURLE_OK) {
+			curl_easy_cleanup(t->easy);
 			free(t);
 			t = NULL;
 			goto out;

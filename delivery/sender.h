@@ -15,6 +15,7 @@
 #ifndef HOOKRELAY_SENDER_H
 #define HOOKRELAY_SENDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "delivery.h"
@@ -31,6 +32,9 @@ struct sender_options {
 	                           yet handed to curl */
 	int timeout_ms;         /* whole-request timeout per attempt */
 	const char *user_agent; /* user-agent header value; borrowed */
+	const char *ca_file;    /* PEM file of the CAs an https receiver's certificate must
+	                           chain to, instead of the system's; borrowed. NULL: the
+	                           system's (libcurl's built-in bundle and directory) */
 	const struct target_policy *targets; /* checked on every address a transfer is
 	                                        about to connect to; borrowed. NULL: no
 	                                        check (unit tests of the HTTP side only) */
@@ -61,6 +65,11 @@ struct sender_done {
  * fails with complete = 0 and result->error "blocked: <address> is <rule>". Proxies
  * from the environment are ignored, so the address checked is the receiver's. */
 struct sender *sender_new(const struct sender_options *opts);
+
+/* Checks that path is a PEM file OpenSSL can load with at least one certificate in it,
+ * as a start-up check of --ca-file: libcurl reads the file only when it connects, and
+ * a bad one would fail every https delivery. Returns 0, or -1 with why in err. */
+int sender_ca_file_check(const char *path, char *err, size_t errlen);
 
 /* Frees everything. Transfers still in flight are dropped and their jobs freed: call
  * sender_release() until it returns 0 first to hand them back. Accepts NULL. */

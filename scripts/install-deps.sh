@@ -3,7 +3,8 @@
 # the -dev packages pkg-config cannot find, a C compiler, clang with its libFuzzer
 # runtime (make fuzz), Node.js/npm for the integration tests (they verify signatures
 # with the standardwebhooks npm package), sqlite3 and curl for the tests, walk-through
-# and bench.
+# and bench, openssl for the https tests' certificates, and the system's CA bundle that
+# https receivers are checked against.
 # Debian 12; uses apt-get (run as root, or with sudo available).
 set -eu
 need=""
@@ -24,6 +25,8 @@ command -v clang >/dev/null 2>&1 || need="$need clang"
 have_fuzzer_rt || need="$need libclang-rt-dev"
 command -v sqlite3 >/dev/null 2>&1 || need="$need sqlite3"  # integrity checks in the reliability tests
 command -v curl >/dev/null 2>&1 || need="$need curl"        # the README's walk-through, make bench
+command -v openssl >/dev/null 2>&1 || need="$need openssl"  # tls.test.mjs makes its CA
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates" # libcurl's default
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 [ -z "$need" ] && exit 0

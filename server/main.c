@@ -25,6 +25,7 @@
 #include "backoff.h"
 #include "dispatcher.h"
 #include "http.h"
+#include "sender.h"
 #include "store.h"
 #include "target.h"
 #include "util.h"
@@ -52,6 +53,7 @@ struct config {
 	int npublish;
 	int allow_private_targets;
 	const char *allow_targets;             /* CIDR list, or NULL; parsed in serve() */
+	const char *ca_file;                   /* PEM CAs for https receivers, or NULL */
 	int synchronous_full;
 	size_t max_queue;
 	int64_t disable_after_ms;
@@ -79,6 +81,8 @@ static const char usage[] =
     "  --allow-private-targets    allow subscriptions to loopback/private addresses\n"
     "  --allow-targets CIDR,...   allow just these otherwise blocked networks, e.g.\n"
     "                             127.0.0.1/32,10.20.0.0/16,fd00::/8\n"
+    "  --ca-file PATH             trust only the CAs in this PEM file for https\n"
+    "                             receivers (default: the system's CAs)\n"
     "  --synchronous full|normal  fsync every commit (full, default) or not (normal)\n"
     "  --max-queue N              writes queued before answering 503 (default 8192)\n"
     "  --disable-after DUR        disable a subscription whose deliveries all failed this\n"
@@ -271,6 +275,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 		parse_listen(c, value);
 	} else if (strcmp(name, "allow-targets") == 0) {
 		c->allow_targets = value;
+	} else if (strcmp(name, "ca-file") == 0) {
+		char why_not[512];
+		if (sender_ca_file_check(value, why_not, sizeof why_not) != 0)
+			die("--ca-file: %s", why_not);
+		c->ca_file = value;
 	} else if (strcmp(name, "db") == 0) {
 		/* SQLite would take these for a database in memory, gone at the next start, and
 		 * its read connections would each see another one */
@@ -334,8 +343,8 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 static const char *const env_flags[] = {
 	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
 	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
-	"allow-private-targets", "allow-targets", "synchronous", "max-queue", "disable-after",
-	"retention", NULL,
+	"allow-private-targets", "allow-targets", "ca-file", "synchronous", "max-queue",
+	"disable-after", "retention", NULL,
 };
 
 /* Is --name given on the command line (as --name VALUE, --name=VALUE or a switch)? */
@@ -635,6 +644,7 @@ static int serve(int argc, char **argv)
 	    .retry_schedule = cfg.retry_schedule,
 	    .retry_count = cfg.retry_count,
 	    .user_agent = "hookrelay/" HOOKRELAY_VERSION,
+	    .ca_file = cfg.ca_file,
 	    .targets = &targets,
 	};
 	dispatcher = dispatcher_start(&dopts, store_delivery_source(store));
@@ -645,12 +655,16 @@ static int serve(int argc, char **argv)
 	       cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "", port);
 	fflush(stdout);
 	fprintf(stderr,
-	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, retry schedule of %d steps%s%s%s%s\n",
-	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.max_in_flight, cfg.retry_count,
+	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, "
+	        "retry schedule of %d steps%s%s%s%s%s%s\n",
+	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.max_in_flight,
+	        cfg.retry_count,
 	        cfg.nadmin ? ", API keys required" : ", no API key (loopback only)",
 	        cfg.allow_private_targets ? ", private targets ALLOWED" : "",
 	        targets.ncidrs > 0 ? ", targets allowed in " : "",
-	        targets.ncidrs > 0 ? cfg.allow_targets : "");
+	        targets.ncidrs > 0 ? cfg.allow_targets : "",
+	        cfg.ca_file ? ", https receivers checked against the CAs in " : "",
+	        cfg.ca_file ? cfg.ca_file : "");
 
 	if (sigwait(&stop_signals, &sig) == 0)
 		fprintf(stderr, "hookrelay: %s received, stopping\n",

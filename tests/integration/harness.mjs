@@ -11,6 +11,7 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -366,8 +367,10 @@ export async function waitUntil(fn, timeoutMs = 5000, what = 'condition', interv
  * reset: destroy the socket without answering; hang: never answer.
  * Each recorded request: {method, url, headers, body (Buffer), arrivedAt (ms, wall clock),
  * arrivedMono (ms, monotonic), index}.
+ * tls: {key, cert} (PEM) serves https instead; receiver.handshakes counts the TLS
+ * handshakes it completed, full and resumed.
  */
-export async function startReceiver({ behavior = {} } = {}) {
+export async function startReceiver({ behavior = {}, tls = null } = {}) {
   const requests = [];
   const waiters = new Set();
   let current = behavior;
@@ -382,7 +385,8 @@ export async function startReceiver({ behavior = {} } = {}) {
   };
 
   const onSocket = new WeakMap(); // socket -> requests seen on it
-  const server = http.createServer((req, res) => {
+  const handshakes = { full: 0, resumed: 0 };
+  const server = (tls ? https : http).createServer(tls ? { key: tls.key, cert: tls.cert } : {}, (req, res) => {
     const arrivedAt = Date.now();
     const arrivedMono = performance.now();
     const index = count++;
@@ -426,6 +430,10 @@ export async function startReceiver({ behavior = {} } = {}) {
     });
   });
   server.on('clientError', (_err, socket) => socket.destroy());
+  server.on('secureConnection', (socket) => {
+    if (socket.isSessionReused()) handshakes.resumed++;
+    else handshakes.full++;
+  });
   let open = 0; // TCP connections open now
   server.on('connection', (socket) => {
     open++;
@@ -437,9 +445,10 @@ export async function startReceiver({ behavior = {} } = {}) {
   });
   const { port } = server.address();
   const receiver = {
-    url: `http://${HOST}:${port}`,
+    url: `${tls ? 'https' : 'http'}://${HOST}:${port}`,
     port,
     requests,
+    handshakes,
     secrets, // secrets every recorded request must verify with (checked by cleanup())
     setBehavior(b) { current = b; },
     /** Resolves with the requests once at least n have arrived; rejects after timeoutMs. */
