@@ -38,10 +38,11 @@
  *   replaces curl's generic "couldn't connect" text when the transfer fails. No proxy
  *   is ever used (CURLOPT_PROXY ""), so that address is always the receiver's.
  * - An https receiver's certificate is checked (curl's default, never turned off) against
- *   the system's CAs, or with opts.ca_file against that file alone (CURLOPT_CAPATH
- *   cleared, or Debian's libcurl would still trust /etc/ssl/certs). Every easy handle
- *   shares one TLS session cache (tls_sessions, set when the handle is made; a reset
- *   keeps it), so a new connection resumes a session another handle's connection got.
+ *   one CA file: libcurl's built-in bundle (the system's), or opts.ca_file. Never a CA
+ *   directory (CURLOPT_CAPATH is cleared: Debian's libcurl sets /etc/ssl/certs), as with
+ *   one libcurl loads the file once into the multi handle's store and keeps it
+ *   (CURLOPT_CA_CACHE_TIMEOUT -1); with a directory it parsed the whole system bundle
+ *   again for every new connection, ~40 ms of this thread each (measured).
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
@@ -58,6 +59,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
@@ -108,8 +110,7 @@ struct sender {
 	struct transfer *idle;      /* reusable easy handles; singly linked through next */
 	int in_flight;              /* jobs taken and not yet handed back */
 	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
-	struct sign_cache *signer;  /* owned; subscriptions' keys, prepared once */
-	CURLSH *tls_sessions;       /* owned; the TLS session cache every easy handle shares */
+	struct sign_cache *signer;               /* owned; subscriptions' keys, prepared once */
 };
 
 static void set_error(struct delivery_result *res, const char *text)
@@ -286,6 +287,7 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	char *signature = NULL;
 	static const char empty_body[] = "";
 	const void *body = job->body ? (const void *)job->body : (const void *)empty_body;
+	int tls = job->url && strncasecmp(job->url, "https:", 6) == 0;
 
 	if (!job->url || !job->event_id || !job->secrets) {
 		set_error(res, "job has no url, event id or secret");
@@ -329,13 +331,24 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	        CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK) {
+	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK ||
+	    /* https: HTTP/2 where the receiver offers it, and a transfer to a host whose
+	     * connection is still being made waits to learn whether it can be a stream of
+	     * it (without, a burst of 8 to a new HTTP/2 receiver opened 8 connections).
+	     * http: HTTP/1.1 as always, said outright: otherwise curl counts it as maybe
+	     * multiplexed, and that wait held a burst until the first answer (510 ms
+	     * against a receiver taking 500). */
+	    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+	                     tls ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1) !=
+	        CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_PIPEWAIT, (long)tls) != CURLE_OK) {
 		set_error(res, "curl refused the request options");
 		goto out;
 	}
-	if (s->opts.ca_file && (curl_easy_setopt(e, CURLOPT_CAINFO, s->opts.ca_file) != CURLE_OK ||
-	                        curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK)) {
-		set_error(res, "curl refused --ca-file");
+	if (curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, -1L) != CURLE_OK ||
+	    (s->opts.ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, s->opts.ca_file) != CURLE_OK)) {
+		set_error(res, "curl refused the CA file options");
 		goto out;
 	}
 	t->targets = s->opts.targets;
@@ -568,16 +581,6 @@ struct sender *sender_new(const struct sender_options *opts)
 		fprintf(stderr, "sender: curl refused the connection limits\n");
 		goto out;
 	}
-	/* Each easy handle keeps the TLS sessions of the connections it made, and a new
-	 * connection offers only its own handle's: when a burst to a receiver opened 8
-	 * connections on 8 handles, all 8 took a full handshake. Shared, the first one's
-	 * session resumes the other 7 (measured against a TLS 1.3 receiver). */
-	s->tls_sessions = curl_share_init();
-	if (!s->tls_sessions || curl_share_setopt(s->tls_sessions, CURLSHOPT_SHARE,
-	                                          CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
-		fprintf(stderr, "sender: curl cannot share TLS sessions\n");
-		goto out;
-	}
 	ret = s;
 	s = NULL;
 out:
@@ -617,7 +620,6 @@ void sender_free(struct sender *s)
 		transfer_destroy(t);
 	}
 	curl_multi_cleanup(s->multi);
-	curl_share_cleanup(s->tls_sessions); /* after every easy handle that used it */
 	sign_cache_free(s->signer);
 	free(s);
 }
@@ -626,9 +628,21 @@ int sender_ca_file_check(const char *path, char *err, size_t errlen)
 {
 	int rc = -1;
 	int certs = 0;
-	FILE *f = fopen(path, "r");
+	FILE *f = NULL;
 	STACK_OF(X509_INFO) *infos = NULL;
+	struct stat st;
 
+	if (stat(path, &st) != 0) {
+		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+		goto out;
+	}
+	/* libcurl opens it again at the first https connection: a pipe would be empty by
+	 * then (and opening a FIFO nobody writes to would block the start) */
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s is not a regular file", path);
+		goto out;
+	}
+	f = fopen(path, "r");
 	if (!f) {
 		snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
 		goto out;
@@ -655,6 +669,20 @@ out:
 	return rc;
 }
 
+int sender_system_ca_check(char *err, size_t errlen)
+{
+	int rc = -1;
+	char *path = NULL;
+	CURL *e = curl_easy_init();
+
+	if (!e || curl_easy_getinfo(e, CURLINFO_CAINFO, &path) != CURLE_OK || !path)
+		snprintf(err, errlen, "libcurl was built without a CA bundle");
+	else
+		rc = sender_ca_file_check(path, err, errlen);
+	curl_easy_cleanup(e);
+	return rc;
+}
+
 int sender_start(struct sender *s, struct delivery_job *job)
 {
 	int rc = -1;
@@ -676,10 +704,7 @@ int sender_start(struct sender *s, struct delivery_job *job)
 		if (!t)
 			goto out;
 		t->easy = curl_easy_init();
-		/* kept by curl_easy_reset, like the sessions themselves */
-		if (!t->easy ||
-		    curl_easy_setopt(t->easy, CURLOPT_SHARE, s->tls_sessions) != CURLE_OK) {
-			curl_easy_cleanup(t->easy);
+		if (!t->easy) {
 			free(t);
 			t = NULL;
 			goto out;

@@ -71,6 +71,10 @@ struct sender *sender_new(const struct sender_options *opts);
  * a bad one would fail every https delivery. Returns 0, or -1 with why in err. */
 int sender_ca_file_check(const char *path, char *err, size_t errlen);
 
+/* The same check of libcurl's built-in CA bundle, the one used without --ca-file (on
+ * Debian /etc/ssl/certs/ca-certificates.crt, from the ca-certificates package). */
+int sender_system_ca_check(char *err, size_t errlen);
+
 /* Frees everything. Transfers still in flight are dropped and their jobs freed: call
  * sender_release() until it returns 0 first to hand them back. Accepts NULL. */
 void sender_free(struct sender *s);

@@ -595,6 +595,13 @@ static int serve(int argc, char **argv)
 		return 1;
 	}
 
+	/* Not fatal: a relay whose receivers are all http has no use for one. */
+	if (!cfg.ca_file && sender_system_ca_check(err, sizeof(err)) != 0)
+		fprintf(
+		    stderr,
+		    "hookrelay: warning: https receivers will fail: %s (install ca-certificates, "
+		    "or give --ca-file)\n",
+		    err);
 	raise_open_file_limit(cfg.max_in_flight, cfg.http_threads);
 	umask(077); /* the database holds the subscriptions' secrets: owner only */
 	ensure_db_dir(cfg.db_path);

@@ -12,6 +12,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -366,9 +367,9 @@ export async function waitUntil(fn, timeoutMs = 5000, what = 'condition', interv
  *   {status = 200, body = 'ok', headers = {}, delayMs = 0, retryAfter, reset, hang}
  * reset: destroy the socket without answering; hang: never answer.
  * Each recorded request: {method, url, headers, body (Buffer), arrivedAt (ms, wall clock),
- * arrivedMono (ms, monotonic), index}.
+ * arrivedMono (ms, monotonic), index, perConnection, httpVersion}.
  * tls: {key, cert} (PEM) serves https instead; receiver.handshakes counts the TLS
- * handshakes it completed, full and resumed.
+ * handshakes it completed, full and resumed. tls.http2: serve HTTP/2 only (ALPN h2).
  */
 export async function startReceiver({ behavior = {}, tls = null } = {}) {
   const requests = [];
@@ -386,7 +387,7 @@ export async function startReceiver({ behavior = {}, tls = null } = {}) {
 
   const onSocket = new WeakMap(); // socket -> requests seen on it
   const handshakes = { full: 0, resumed: 0 };
-  const server = (tls ? https : http).createServer(tls ? { key: tls.key, cert: tls.cert } : {}, (req, res) => {
+  const handler = (req, res) => {
     const arrivedAt = Date.now();
     const arrivedMono = performance.now();
     const index = count++;
@@ -404,6 +405,7 @@ export async function startReceiver({ behavior = {}, tls = null } = {}) {
         arrivedMono,
         index,
         perConnection, // 1 for the first request on its TCP connection, 2 for the next...
+        httpVersion: req.httpVersion, // '1.1', or '2.0' from a tls.http2 receiver
       };
       requests.push(rec);
       for (const w of [...waiters]) w();
@@ -428,16 +430,22 @@ export async function startReceiver({ behavior = {}, tls = null } = {}) {
         res.end(a.body ?? 'ok');
       } catch { /* the relay went away */ }
     });
-  });
+  };
+  const server = !tls ? http.createServer(handler)
+    : tls.http2 ? http2.createSecureServer({ key: tls.key, cert: tls.cert }, handler)
+      : https.createServer({ key: tls.key, cert: tls.cert }, handler);
   server.on('clientError', (_err, socket) => socket.destroy());
   server.on('secureConnection', (socket) => {
     if (socket.isSessionReused()) handshakes.resumed++;
     else handshakes.full++;
   });
   let open = 0; // TCP connections open now
+  const sockets = new Set(); // and their sockets (an HTTP/2 server has no closeAllConnections)
+  const dropAll = () => { for (const socket of sockets) socket.destroy(); };
   server.on('connection', (socket) => {
     open++;
-    socket.once('close', () => { open--; });
+    sockets.add(socket);
+    socket.once('close', () => { open--; sockets.delete(socket); });
   });
   await new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -475,10 +483,10 @@ export async function startReceiver({ behavior = {}, tls = null } = {}) {
     /** TCP connections open now (a hanging request holds its connection until the relay gives up). */
     openConnections() { return open; },
     /** Drops every open connection (e.g. hanging ones) without closing the listener. */
-    dropConnections() { server.closeAllConnections(); },
+    dropConnections() { dropAll(); },
     async close() {
       liveReceivers.delete(receiver);
-      server.closeAllConnections();
+      dropAll();
       await new Promise((resolve) => server.close(() => resolve()));
     },
   };

@@ -1,19 +1,26 @@
 // tls.test.mjs - deliveries to https receivers: the certificate is checked (against the
-// system's CAs, or only those of --ca-file), a failed check is an attempt whose error says
-// why and nothing reaches the receiver, and TLS connections are kept alive and resumed.
+// system's CA bundle, loaded once, or only the CAs of --ca-file), a failed check is an
+// attempt whose error says why and nothing reaches the receiver, TLS connections are kept
+// alive, and an HTTP/2 receiver gets its deliveries as streams of one connection.
 //
 // The certificates are made for each run with the openssl command (a test CA of our own,
-// valid for two days); the receivers are Node https servers on 127.0.0.1.
+// valid for two days); the receivers are Node https servers on 127.0.0.1. The system
+// bundle is replaced by one holding the test CA inside a mount namespace
+// (netns/tls-child.mjs), never on the machine itself.
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, eventDeliveries,
-  getDelivery, waitDelivery, waitUntil, tmpDir, cleanup, withLogs,
+  getDelivery, waitDelivery, waitUntil, tmpDir, cleanup, withLogs, runNamespaced, tail,
 } from './harness.mjs';
+
+const CHILD = path.join(path.dirname(fileURLToPath(import.meta.url)), 'netns', 'tls-child.mjs');
+const SYSTEM_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 
 afterEach(cleanup);
 
@@ -108,24 +115,51 @@ test('https receiver whose certificate names another host: refused even from a t
   assert.equal(r.requests.length, 0);
 }));
 
-test('TLS sessions are shared: a burst that opens new connections to a receiver resumes the first one', withLogs(async () => {
+test('HTTP/2 receiver: deliveries go as concurrent streams on one connection, signed', withLogs(async () => {
   const ca = makeCA('hookrelay test CA');
-  const r = await startReceiver({ tls: makeServerCert(ca, 'IP:127.0.0.1'), behavior: { delayMs: 50 } });
+  let now = 0;
+  let most = 0;
+  const r = await startReceiver({
+    tls: { ...makeServerCert(ca, 'IP:127.0.0.1'), http2: true },
+    behavior: () => {
+      most = Math.max(most, ++now);
+      setTimeout(() => { now--; }, 100);
+      return { delayMs: 100 };
+    },
+  });
   const relay = await startRelay({ args: ['--ca-file', ca.certPath] });
-  await createSub(relay, r, { max_in_flight: 8 });
-  await postEvent(relay, { type: 'warm.up' });
-  await r.waitFor(1, 8000);
-  await waitUntil(() => r.handshakes.full === 1, 4000, 'the first handshake');
-  // Eight at a time against a receiver taking 50 ms: the one idle connection is reused
-  // and new ones are opened, each by another easy handle than the first one's.
+  const sub = await createSub(relay, r, { max_in_flight: 8 });
   const res = await api(relay, 'POST', '/v1/events/batch',
-    Array.from({ length: 40 }, (_, i) => ({ type: 'order.updated', data: { i } })));
+    Array.from({ length: 24 }, (_, i) => ({ type: 'order.updated', data: { i } })));
   assert.equal(res.status, 202, res.text);
-  const reqs = await r.waitFor(41, 10_000);
-  const connections = reqs.filter((q) => q.perConnection === 1).length;
-  assert.ok(connections >= 4, `the burst opened connections: ${connections}`);
-  await waitUntil(() => r.handshakes.full + r.handshakes.resumed === connections, 4000, 'every handshake counted');
-  assert.deepEqual(r.handshakes, { full: 1, resumed: connections - 1 });
+  const reqs = await r.waitFor(24, 10_000);
+  assert.deepEqual([...new Set(reqs.map((q) => q.httpVersion))], ['2.0']);
+  assert.deepEqual(new Set(reqs.map((q) => q.headers['webhook-id'])), new Set(res.json.ids));
+  for (const q of reqs) verifySigned(q, sub.secret);
+  assert.equal(r.handshakes.full + r.handshakes.resumed, 1, 'one connection');
+  assert.ok(most >= 4, `streams at once on it: ${most}`);
+  const last = (await eventDeliveries(relay, res.json.ids[23]))[0];
+  assert.equal((await waitDelivery(relay, last.id, 'delivered')).attempts[0].http_status, 200);
+}));
+
+test('an http receiver is not held by that wait: a burst of 8 is in flight at once from the start', withLogs(async () => {
+  let now = 0;
+  let most = 0;
+  const r = await startReceiver({
+    behavior: () => {
+      most = Math.max(most, ++now);
+      setTimeout(() => { now--; }, 300);
+      return { delayMs: 300 };
+    },
+  });
+  const relay = await startRelay();
+  await createSub(relay, r, { max_in_flight: 8 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 8 }, (_, i) => ({ type: 'order.updated', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const reqs = await r.waitFor(8, 8000);
+  assert.deepEqual([...new Set(reqs.map((q) => q.httpVersion))], ['1.1']);
+  assert.equal(most, 8, 'all eight at once, not one and then seven after its answer');
 }));
 
 test('--ca-file is checked at start: a missing file or one without a certificate exits 2', withLogs(async () => {
@@ -133,11 +167,14 @@ test('--ca-file is checked at start: a missing file or one without a certificate
   const notPem = path.join(dir, 'not.pem');
   writeFileSync(notPem, 'hello\n');
   const keyOnly = makeCA('key only');
+  const fifo = path.join(dir, 'fifo');
+  execFileSync('mkfifo', [fifo]);
   for (const [file, why] of [
     [path.join(dir, 'missing.pem'), /--ca-file: cannot read .*missing\.pem: No such file or directory/],
     [notPem, /--ca-file: .*not\.pem holds no PEM certificate/],
     [keyOnly.keyPath, /--ca-file: .*key only\.key holds no PEM certificate/],
-    [dir, /--ca-file: cannot read .*: Is a directory/],
+    [dir, /--ca-file: .* is not a regular file/],
+    [fifo, /--ca-file: .*fifo is not a regular file/], // opening it would block the start
   ]) {
     const relay = await startRelay({ args: ['--ca-file', file] }).catch((e) => e);
     assert.ok(relay instanceof Error, `started with --ca-file ${file}`);
@@ -149,3 +186,38 @@ test('--ca-file is checked at start: a missing file or one without a certificate
   assert.ok(relay instanceof Error);
   assert.match(relay.message, /holds no PEM certificate.*\(from HOOKRELAY_CA_FILE\)/);
 }));
+
+// A mount namespace needs CAP_SYS_ADMIN (root, or a user namespace).
+function canReplaceSystemBundle() {
+  const r = spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind /dev/null /dev/null && test -f ${SYSTEM_BUNDLE}`],
+    { timeout: 10_000 });
+  return r.status === 0;
+}
+
+test('without --ca-file the system bundle is trusted, loaded once (not per connection), and checked at start',
+  { skip: canReplaceSystemBundle() ? false : `unshare -m is not permitted here, or there is no ${SYSTEM_BUNDLE}` },
+  withLogs(async () => {
+    const ca = makeCA('hookrelay test CA');
+    const { key, cert } = makeServerCert(ca, 'IP:127.0.0.1');
+    const keyPath = path.join(ca.dir, 'tls.key');
+    const certPath = path.join(ca.dir, 'tls.pem');
+    const bundle = path.join(ca.dir, 'bundle.crt');
+    writeFileSync(keyPath, key);
+    writeFileSync(certPath, cert);
+    writeFileSync(bundle, ca.cert);
+    const r = await runNamespaced({
+      flags: '-m', setup: `mount --bind "$2" ${SYSTEM_BUNDLE}`, script: CHILD, extraArgs: [bundle],
+      env: {
+        HOOKRELAY_TLS_MOUNTNS: '1', HOOKRELAY_TLS_BUNDLE: bundle, HOOKRELAY_TLS_KEY: keyPath,
+        HOOKRELAY_TLS_CERT: certPath,
+      },
+      timeoutMs: 60_000, label: 'tls.test',
+    });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('TLS-SUMMARY '));
+    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
+    assert.ok(line, `no TLS-SUMMARY line\n${ctx}`);
+    const summary = JSON.parse(line.slice('TLS-SUMMARY '.length));
+    assert.equal(summary.ok, true, ctx);
+    assert.deepEqual(summary, { mountns: true, delivered: 4, warned: true, ok: true });
+    assert.equal(r.code, 0, ctx);
+  }));
