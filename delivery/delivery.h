@@ -76,6 +76,9 @@ struct delivery_host_room {
 struct delivery_claim {
 	int64_t now_ms;              /* in: lease jobs due at this unix ms */
 	int max;                     /* in: at most this many */
+	int in_flight_max;           /* in: the dispatcher's max_in_flight. While many
+	                                subscriptions have work due, each is held to its
+	                                share of it (see the store's claim). 0 = no shares */
 	int per_host_max;            /* in: at most this many jobs for one receiver host
 	                                (target_host_key of the job's url), less what the
 	                                host holds already (hosts[]); 0 = no host limit */

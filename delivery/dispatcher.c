@@ -328,6 +328,7 @@ static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_
 	memset(c, 0, sizeof(*c));
 	c->now_ms = now;
 	c->max = d->opts.max_in_flight - sender_in_flight(d->sender);
+	c->in_flight_max = d->opts.max_in_flight;
 	list_host_rooms(d, c);
 	c->done = on_claimed;
 	c->arg = d;
@@ -503,7 +504,13 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	atomic_init(&d->stopping, 0);
 	atomic_init(&d->stop_at_mono_ms, INT64_MAX);
 	memset(&so, 0, sizeof so);
-	so.max_total = opts->max_in_flight;
+	/* Connections: those in flight, and as many idle, kept for the next requests to
+	 * their receivers. Capped at max_in_flight, none is idle while every slot is busy,
+	 * so a request to a receiver other than the one just answered closed that one's
+	 * connection to open its own: with the claim's shares, 50 backlogged receivers got
+	 * 5,053 connections for 10,000 deliveries; with this too, 518 for 20,000 (and
+	 * without the shares, 16,095 for 20,000). */
+	so.max_total = 2 * opts->max_in_flight;
 	so.max_per_host = opts->max_per_host;
 	so.timeout_ms = opts->timeout_ms;
 	so.user_agent = opts->user_agent;

@@ -449,9 +449,10 @@ static int is_loopback(const char *host)
  * the soft limit toward the hard one (as far as we need); say so if even that is short. */
 static void raise_open_file_limit(int max_in_flight, int http_threads)
 {
-	/* + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
-	const rlim_t need = HTTP_MAX_CONNECTIONS + (rlim_t)max_in_flight +
-	                    (rlim_t)http_threads + 256;
+	/* + the delivery connections (in flight, and as many idle: see dispatcher_start),
+	 * + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
+	const rlim_t need =
+	    HTTP_MAX_CONNECTIONS + 2 * (rlim_t)max_in_flight + (rlim_t)http_threads + 256;
 	struct rlimit rl;
 	rlim_t was;
 	const char *why = NULL;

@@ -724,3 +724,25 @@ test('subscriptions sharing a full host take turns', withLogs(async () => {
     assert.ok(n >= 2, `${path} got ${n} of the first 8 requests: ${first.join(' ')}`);
   }
 }));
+
+test('more receivers busy than --max-in-flight has room for: connections are kept alive, not opened per delivery', withLogs(async () => {
+  // 20 backlogged receivers at the default max_in_flight (16 each: 320 wanted) share 64
+  // slots. Each subscription keeps about its share going; idle connections are kept.
+  const relay = await startRelay({ args: ['--max-in-flight', '64'] });
+  const receivers = [];
+  for (let i = 0; i < 20; i++) {
+    const r = await startReceiver();
+    await createSub(relay, r);
+    receivers.push(r);
+  }
+  for (let b = 0; b < 2; b++) {
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 50 }, (_, i) => ({ type: 'order.updated', data: { b, i } })));
+    assert.equal(res.status, 202, res.text);
+  }
+  await Promise.all(receivers.map((r) => r.waitFor(100, 20_000)));
+  const connections = receivers.reduce((n, r) => n + r.requests.filter((q) => q.perConnection === 1).length, 0);
+  // At most 128 are open at once (64 in flight, as many idle); the build that kept no
+  // idle one opened about one per delivery (~1,900 of 2,000).
+  assert.ok(connections <= 400, `${connections} connections for 2,000 deliveries`);
+}));
