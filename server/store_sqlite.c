@@ -111,6 +111,8 @@ struct sub_entry {
 	uint64_t settings_hash;       /* of those, to tell a reload that changed them */
 	int host;                     /* its url's receiver host in s->hosts, or -1 */
 	int leased;                   /* leases it holds now (committed claims - applied completions) */
+	uint64_t claim_no;            /* the claim that set claimed (s->claim_no) */
+	int claimed;                  /* jobs that claim gave it so far (not yet in leased) */
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
@@ -2030,7 +2032,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	if (s->batch_top_seq > written)
 		written = s->batch_top_seq; /* this batch's own, not committed yet */
 	/* Deliveries this claim cannot take yet, of subscriptions it could give them to (a
-	 * subscription at its cap gets its wake from a completion instead). */
+	 * subscription at its max_in_flight gets its wake from a completion instead; one at
+	 * its share, from any request's end: see host_full below). */
 	for (size_t k = 0; k < nsubs && written > synced; k++) {
 		const struct sub_entry *sub = &s->subs[k];
 		int64_t newest = sub->newest_seq < written ? sub->newest_seq : written;
@@ -2062,29 +2065,40 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	 * requests came in waves (0, then 16, then 0 as the next ones had their turn), each
 	 * wave needing new connections: 50 backlogged receivers got 9,837 connections for
 	 * 10,000 deliveries (each a TLS handshake over https). The busy count is the last
-	 * claim's, as this one's is known only at its end. */
+	 * claim's, as this one's is known only at its end. A share some cannot use (a
+	 * smaller max_in_flight, a rate limit, a full host) is not lost: what the claim has
+	 * left after the first two passes goes, in a third, to those the share held back. */
 	int share = INT_MAX;
-	int busy = 0;
+	int busy = 0, held = 0;
 	if (a->claim->in_flight_max > 0 && s->claim_busy_subs > 0)
 		share = (a->claim->in_flight_max + s->claim_busy_subs - 1) / s->claim_busy_subs;
 	/* Two passes: a subscription whose host it is not the turn of (its id is not above
 	 * the host's last served) waits for the second, so that subscriptions sharing a full
-	 * host take turns at its room. Each subscription is looked at in one pass only. */
-	for (int pass = 0; pass < 2; pass++)
+	 * host take turns at its room. Each subscription is looked at in one of them only. */
+	for (int pass = 0; pass < 3; pass++)
 	for (size_t k = 0; k < nsubs; k++) {
+		if (pass == 2 && (held == 0 || a->njobs == a->max))
+			break;
 		struct sub_entry *sub = &s->subs[(s->claim_cursor + k) % nsubs];
 		struct claim_host *host = claim_host_of(s, a, sub);
-		if ((host && host->turn_after >= sub->id) != pass)
+		if (pass < 2 && (host && host->turn_after >= sub->id) != pass)
 			continue;
-		int cap = sub->max_in_flight < share ? sub->max_in_flight : share;
-		int room = cap - sub->leased;
+		if (sub->claim_no != s->claim_no) {
+			sub->claim_no = s->claim_no;
+			sub->claimed = 0;
+		}
+		int cap = pass < 2 && share < sub->max_in_flight ? share : sub->max_in_flight;
+		int room = cap - sub->leased - sub->claimed;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
 		int step, before = a->njobs, more_due = 0;
 
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no)
 			continue; /* disabled: held */
 		if (room <= 0) {
-			busy += sub->leased > 0;
+			if (pass < 2) {
+				busy += sub->leased > 0;
+				held += cap < sub->max_in_flight;
+			}
 			continue; /* full: its completions wake the dispatcher */
 		}
 		int host_cut = host && host->room < want;
@@ -2106,6 +2120,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 				a->jobs[a->njobs++] = job;
 			}
 			sqlite3_reset(st);
+			sub->claimed += a->njobs - before;
 			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
 			if (host && a->njobs > before) {
 				host->room -= a->njobs - before;
@@ -2116,6 +2131,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			if (a->njobs == a->max && filled_at == SIZE_MAX)
 				filled_at = k;
 		}
+		if (pass == 2)
+			continue; /* its next due and count come from its first look */
 		sqlite3_bind_int64(nd, 1, sub->id);
 		sqlite3_bind_int64(nd, 2, synced);
 		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL) {
@@ -2134,8 +2151,15 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		}
 		sqlite3_reset(nd);
 		busy += more_due || a->njobs > before || sub->leased > 0;
+		held += more_due && cap < sub->max_in_flight; /* more due than its share took */
 	}
 	s->claim_busy_subs = busy > 0 ? busy : 1;
+	/* One the share held back is woken by no completion of its own (those wake only a
+	 * subscription at its max_in_flight), and a next due would spin: the dispatcher
+	 * claims again when any request ends, as for a full host. Without this a draining
+	 * backlog stalled for the dispatcher's 1 s reclaim timer. */
+	if (held > 0)
+		a->host_full = 1;
 	/* A full claim: the next one starts after the subscription that filled it. */
 	if (filled_at != SIZE_MAX)
 		s->claim_cursor = (s->claim_cursor + filled_at + 1) % nsubs;

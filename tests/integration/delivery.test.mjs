@@ -746,3 +746,52 @@ test('more receivers busy than --max-in-flight has room for: connections are kep
   // idle one opened about one per delivery (~1,900 of 2,000).
   assert.ok(connections <= 400, `${connections} connections for 2,000 deliveries`);
 }));
+
+test('a subscription held to its share is not left waiting when others run dry', withLogs(async () => {
+  // 4 subscriptions share 8 slots (2 each); one runs out after 10. The others' own
+  // completions do not free them (they are under their max_in_flight), so the claim must
+  // come again when any request ends: the build without that stalled ~1 s, several times.
+  const relay = await startRelay({ args: ['--max-in-flight', '8'] });
+  const receivers = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await startReceiver({ behavior: { delayMs: 50 } });
+    await createSub(relay, r, { event_types: [`t${i}.*`] });
+    receivers.push(r);
+  }
+  const sizes = [10, 60, 60, 60];
+  for (let i = 0; i < 4; i++) {
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: sizes[i] }, (_, n) => ({ type: `t${i}.x`, data: { n } })));
+    assert.equal(res.status, 202, res.text);
+  }
+  await Promise.all(receivers.map((r, i) => r.waitFor(sizes[i], 20_000)));
+  const arrivals = receivers.flatMap((r) => r.requests.map((q) => q.arrivedMono)).sort((x, y) => x - y);
+  let gap = 0;
+  for (let i = 1; i < arrivals.length; i++) gap = Math.max(gap, arrivals[i] - arrivals[i - 1]);
+  // Requests take 50 ms: a gap much longer than that is the dispatcher idling.
+  assert.ok(gap < 500, `longest pause between deliveries: ${Math.round(gap)} ms`);
+}));
+
+test('a share others cannot use goes to those with more to send', withLogs(async () => {
+  // 64 slots, 16 busy subscriptions: a share of 4. Twelve of them may hold only 1 in
+  // flight (max_in_flight 1), so the four big ones get the rest: up to their 16 each.
+  const relay = await startRelay({ args: ['--max-in-flight', '64'] });
+  const big = [];
+  for (let i = 0; i < 16; i++) {
+    let now = 0;
+    const r = await startReceiver({
+      behavior: () => {
+        r.most = Math.max(r.most ?? 0, ++now);
+        setTimeout(() => { now--; }, 100);
+        return { delayMs: 100 };
+      },
+    });
+    await createSub(relay, r, { max_in_flight: i < 12 ? 1 : 16 });
+    if (i >= 12) big.push(r);
+  }
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 40 }, (_, n) => ({ type: 'order.updated', data: { n } })));
+  assert.equal(res.status, 202, res.text);
+  await Promise.all(big.map((r) => r.waitFor(40, 20_000)));
+  for (const r of big) assert.ok(r.most >= 12, `in flight at once to a big one: ${r.most} (its share was 4)`);
+}));
