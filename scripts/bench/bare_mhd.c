@@ -7,8 +7,13 @@
  * receiver that is not the bottleneck (rows 1c, 4, 5).
  *
  *   bare_mhd [--status 202|200] [--threads N] [--max-seconds S] [--latency] [--hold]
+ *            [--listeners N] [--tls CERT.pem KEY.pem]
  *
- * Listens on 127.0.0.1, port chosen by the kernel, and prints "PORT\n" on stdout.
+ * Listens on 127.0.0.1, port chosen by the kernel, and prints "PORT\n" on stdout. With
+ * --listeners N (row 4c's many receivers), N servers, each its own port and --threads,
+ * sharing the counts; their ports are printed on one line, separated by spaces. With
+ * --tls they speak https (libmicrohttpd's GnuTLS) with that certificate and key.
+ * GET /connections answers how many connections were accepted, all listeners together.
  * MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL with a pool of --threads (default 2): poll
  * as in the relay (server/http.c says why not epoll; with epoll, 128 connections stalled).
  * Every POST (any path) is read to the end and answered with --status and an empty body,
@@ -42,6 +47,7 @@
 static unsigned int g_status = 202;
 static int g_latency;
 static atomic_ullong g_count;
+static atomic_ullong g_connections;
 static atomic_ullong g_lat_n;
 static int64_t *g_lat;
 static struct MHD_Response *g_empty;
@@ -142,6 +148,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 			snprintf(text, sizeof text, "released %zu\n", n);
 			return answer_text(c, text);
 		}
+		if (strcmp(url, "/connections") == 0) {
+			snprintf(text, sizeof text, "%llu\n",
+			         (unsigned long long)atomic_load(&g_connections));
+			return answer_text(c, text);
+		}
 		snprintf(text, sizeof text, "%llu\n", (unsigned long long)atomic_load(&g_count));
 		return answer_text(c, text);
 	}
@@ -203,8 +214,43 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 	}
 }
 
+static void connection_notice(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code)
+{
+	(void)cls;
+	(void)c;
+	(void)socket_context;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED)
+		atomic_fetch_add(&g_connections, 1);
+}
+
+/* The whole file, NUL-terminated, or NULL. */
+static char *read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+	if (!f)
+		return NULL;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
+	    (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n)
+		buf[n] = '\0';
+	else {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	return buf;
+}
+
+#define LISTENERS_MAX 256
+
 int main(int argc, char **argv)
 {
+	unsigned int listeners = 1;
+	const char *tls_cert = NULL, *tls_key = NULL;
+	char *cert = NULL, *key = NULL;
+	struct MHD_Daemon *daemons[LISTENERS_MAX] = {0};
 	unsigned int threads = 2;
 	long max_seconds = 600;
 	for (int i = 1; i < argc; i++) {
@@ -218,11 +264,25 @@ int main(int argc, char **argv)
 			g_latency = 1;
 		else if (strcmp(argv[i], "--hold") == 0)
 			g_holding = 1;
-		else {
+		else if (strcmp(argv[i], "--listeners") == 0 && i + 1 < argc)
+			listeners = (unsigned int)atoi(argv[++i]);
+		else if (strcmp(argv[i], "--tls") == 0 && i + 2 < argc) {
+			tls_cert = argv[++i];
+			tls_key = argv[++i];
+		} else {
 			fprintf(stderr, "usage: bare_mhd [--status N] [--threads N] "
-			                "[--max-seconds S] [--latency] [--hold]\n");
+			                "[--max-seconds S] [--latency] [--hold] [--listeners N] "
+			                "[--tls CERT KEY]\n");
 			return 2;
 		}
+	}
+	if (listeners < 1 || listeners > LISTENERS_MAX) {
+		fprintf(stderr, "bare_mhd: --listeners wants 1..%d\n", LISTENERS_MAX);
+		return 2;
+	}
+	if (tls_cert && (!(cert = read_file(tls_cert)) || !(key = read_file(tls_key)))) {
+		fprintf(stderr, "bare_mhd: cannot read %s or %s\n", tls_cert, tls_key);
+		return 1;
 	}
 	if (g_latency && !(g_lat = malloc(LAT_MAX * sizeof *g_lat))) {
 		perror("malloc");
@@ -247,18 +307,30 @@ int main(int argc, char **argv)
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	addr.sin_port = 0;
 	/* a pool of 1 is no pool: ask for none (0) and MHD uses its polling thread alone */
-	struct MHD_Daemon *d = MHD_start_daemon(
-	    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL,
-	    NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr,
-	    MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_CONNECTION_LIMIT, 4096u,
-	    MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_THREAD_POOL_SIZE,
-	    threads > 1 ? threads : 0u, MHD_OPTION_END);
-	if (!d) {
-		fprintf(stderr, "bare_mhd: MHD_start_daemon failed\n");
-		return 1;
+	struct MHD_OptionItem tls_opts[] = {
+	    {MHD_OPTION_HTTPS_MEM_CERT, 0, cert},
+	    {MHD_OPTION_HTTPS_MEM_KEY, 0, key},
+	    {MHD_OPTION_END, 0, NULL},
+	};
+	for (unsigned int l = 0; l < listeners; l++) {
+		daemons[l] = MHD_start_daemon(
+		    MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
+		        (cert ? MHD_USE_TLS : 0),
+		    0, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&addr,
+		    MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_NOTIFY_CONNECTION,
+		    connection_notice, NULL, MHD_OPTION_CONNECTION_LIMIT, 4096u,
+		    MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_THREAD_POOL_SIZE,
+		    threads > 1 ? threads : 0u, MHD_OPTION_ARRAY, cert ? tls_opts : tls_opts + 2,
+		    MHD_OPTION_END);
+		if (!daemons[l]) {
+			fprintf(stderr, "bare_mhd: MHD_start_daemon failed\n");
+			return 1;
+		}
+		const union MHD_DaemonInfo *info =
+		    MHD_get_daemon_info(daemons[l], MHD_DAEMON_INFO_BIND_PORT);
+		printf("%s%u", l ? " " : "", info ? (unsigned)info->port : 0u);
 	}
-	const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-	printf("%u\n", info ? (unsigned)info->port : 0u);
+	printf("\n");
 	fflush(stdout);
 
 	struct timespec limit = {.tv_sec = max_seconds, .tv_nsec = 0};
@@ -271,8 +343,11 @@ int main(int argc, char **argv)
 		MHD_resume_connection(g_held[i]);
 	g_held_n = 0;
 	pthread_mutex_unlock(&g_hold_mu);
-	MHD_stop_daemon(d);
+	for (unsigned int l = 0; l < listeners; l++)
+		MHD_stop_daemon(daemons[l]);
 	MHD_destroy_response(g_empty);
+	free(cert);
+	free(key);
 	free(g_lat);
 	free(g_held);
 	return 0;
