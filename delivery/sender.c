@@ -38,11 +38,12 @@
  *   replaces curl's generic "couldn't connect" text when the transfer fails. No proxy
  *   is ever used (CURLOPT_PROXY ""), so that address is always the receiver's.
  * - An https receiver's certificate is checked (curl's default, never turned off) against
- *   one CA file: libcurl's built-in bundle (the system's), or opts.ca_file. Never a CA
- *   directory (CURLOPT_CAPATH is cleared: Debian's libcurl sets /etc/ssl/certs), as with
- *   one libcurl loads the file once into the multi handle's store and keeps it
+ *   one CA file: libcurl's built-in bundle (the system's), or opts.ca_file. Not a CA
+ *   directory too (CURLOPT_CAPATH is cleared: Debian's libcurl sets /etc/ssl/certs), as
+ *   without one libcurl loads the file once into the multi handle's store and keeps it
  *   (CURLOPT_CA_CACHE_TIMEOUT -1); with a directory it parsed the whole system bundle
- *   again for every new connection, ~40 ms of this thread each (measured).
+ *   again for every new connection, ~40 ms of this thread each (measured). Only a
+ *   libcurl built with a directory and no bundle file keeps its directory (ca_dir_only).
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
@@ -111,6 +112,8 @@ struct sender {
 	int in_flight;              /* jobs taken and not yet handed back */
 	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
 	struct sign_cache *signer;               /* owned; subscriptions' keys, prepared once */
+	int ca_dir_only; /* libcurl has a CA directory and no bundle file, and there is
+	                    no --ca-file: keep its directory (and so no cached store) */
 };
 
 static void set_error(struct delivery_result *res, const char *text)
@@ -345,8 +348,8 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 		set_error(res, "curl refused the request options");
 		goto out;
 	}
-	if (curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, -1L) != CURLE_OK ||
+	if ((!s->ca_dir_only && (curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
+	                         curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, -1L) != CURLE_OK)) ||
 	    (s->opts.ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, s->opts.ca_file) != CURLE_OK)) {
 		set_error(res, "curl refused the CA file options");
 		goto out;
@@ -543,6 +546,19 @@ static void transfer_destroy(struct transfer *t)
 	free(t);
 }
 
+/* libcurl's built-in CA bundle file (CURLINFO_CAINFO), copied into out; 0 if it has
+ * none (or is out of memory). */
+static int system_ca_file(char *out, size_t size)
+{
+	char *path = NULL;
+	CURL *e = curl_easy_init();
+	int found = e && curl_easy_getinfo(e, CURLINFO_CAINFO, &path) == CURLE_OK && path &&
+	            (size_t)snprintf(out, size, "%s", path) < size;
+
+	curl_easy_cleanup(e);
+	return found;
+}
+
 struct sender *sender_new(const struct sender_options *opts)
 {
 	struct sender *s = NULL;
@@ -554,6 +570,8 @@ struct sender *sender_new(const struct sender_options *opts)
 		goto out;
 	}
 	s->opts = *opts;
+	char bundle[4096];
+	s->ca_dir_only = !opts->ca_file && !system_ca_file(bundle, sizeof bundle);
 	if (opts->max_per_host < 1) { /* curl would read 0 as no limit; our queue, as none */
 		fprintf(stderr, "sender: max_per_host must be at least 1\n");
 		goto out;
@@ -671,16 +689,13 @@ out:
 
 int sender_system_ca_check(char *err, size_t errlen)
 {
-	int rc = -1;
-	char *path = NULL;
-	CURL *e = curl_easy_init();
+	char path[4096];
 
-	if (!e || curl_easy_getinfo(e, CURLINFO_CAINFO, &path) != CURLE_OK || !path)
-		snprintf(err, errlen, "libcurl was built without a CA bundle");
-	else
-		rc = sender_ca_file_check(path, err, errlen);
-	curl_easy_cleanup(e);
-	return rc;
+	if (!system_ca_file(path, sizeof path)) {
+		snprintf(err, errlen, "libcurl names no CA bundle file");
+		return -1;
+	}
+	return sender_ca_file_check(path, err, errlen);
 }
 
 int sender_start(struct sender *s, struct delivery_job *job)
@@ -819,6 +834,16 @@ int sender_next(struct sender *s, struct sender_done *out)
 		/* Every address was refused by the guard: curl's text would only say it could
 		 * not connect. (If another address was tried, curl's text is about that one.) */
 		set_error(t->res, t->blocked);
+	} else if (cc == CURLE_OPERATION_TIMEDOUT &&
+	           strstr(t->res->error, "Failed to resolve host") &&
+	           strstr(t->res->error, " after 0 ms")) {
+		/* curl's text for a transfer that timed out before its own connection began:
+		 * it waited (CURLOPT_PIPEWAIT) on another one's to the same receiver that did
+		 * not complete. No name was looked up; send nobody looking at DNS. */
+		snprintf(t->res->error, sizeof t->res->error,
+		         "timed out waiting for a connection to %s (another request's connection "
+		         "to it did not complete)",
+		         host->key);
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}

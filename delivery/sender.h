@@ -34,7 +34,7 @@ struct sender_options {
 	const char *user_agent; /* user-agent header value; borrowed */
 	const char *ca_file;    /* PEM file of the CAs an https receiver's certificate must
 	                           chain to, instead of the system's; borrowed. NULL: the
-	                           system's (libcurl's built-in bundle and directory) */
+	                           system's (libcurl's built-in bundle file) */
 	const struct target_policy *targets; /* checked on every address a transfer is
 	                                        about to connect to; borrowed. NULL: no
 	                                        check (unit tests of the HTTP side only) */

@@ -466,13 +466,15 @@ static void raise_open_file_limit(int max_in_flight, int http_threads)
 		rl.rlim_cur = was;
 	}
 	if (rl.rlim_cur < need)
-		fprintf(stderr,
-		        "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the %llu "
-		        "that %u connections and %d deliveries in flight can use; raise it (ulimit -n, "
-		        "or LimitNOFILE= in a systemd unit)\n",
-		        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
-		        why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
-		        HTTP_MAX_CONNECTIONS, max_in_flight);
+		fprintf(
+		    stderr,
+		    "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the "
+		    "%llu that %u connections, %d deliveries in flight and as many idle "
+		    "delivery connections can use; raise it (ulimit -n, or LimitNOFILE= in a "
+		    "systemd unit)\n",
+		    (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+		    why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
+		    HTTP_MAX_CONNECTIONS, max_in_flight);
 }
 
 /* Creates the database's directory if it is missing (one level, like `make run` needs). */

@@ -12,6 +12,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -140,6 +141,32 @@ test('HTTP/2 receiver: deliveries go as concurrent streams on one connection, si
   assert.ok(most >= 4, `streams at once on it: ${most}`);
   const last = (await eventDeliveries(relay, res.json.ids[23]))[0];
   assert.equal((await waitDelivery(relay, last.id, 'delivered')).attempts[0].http_status, 200);
+}));
+
+test('an https receiver whose handshake stalls: a burst ends at the timeout, and the waiting ones say what they waited for', withLogs(async () => {
+  const silent = net.createServer((socket) => { socket.on('data', () => {}); socket.on('error', () => {}); });
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  try {
+    const relay = await startRelay({ args: ['--delivery-timeout', '1s'], retrySchedule: '1h' });
+    const url = `https://127.0.0.1:${silent.address().port}/hook`;
+    const res = await api(relay, 'POST', '/v1/subscriptions', { url, event_types: ['#'], max_in_flight: 8 });
+    assert.equal(res.status, 201, res.text);
+    const batch = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 8 }, (_, i) => ({ type: 'order.updated', data: { i } })));
+    assert.equal(batch.status, 202, batch.text);
+    const errors = await waitUntil(async () => {
+      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${res.json.id}`);
+      const e = l.json.data.map((d) => d.last_error);
+      return e.every((x) => x) ? e : false;
+    }, 8000, 'every delivery attempted');
+    // One connection was made, and timed out; the other seven waited for it to learn
+    // whether it could carry them as HTTP/2 streams.
+    const waited = errors.filter((e) => /^timed out waiting for a connection to 127\.0\.0\.1:\d+ \(another request's connection to it did not complete\)$/.test(e));
+    assert.equal(waited.length + errors.filter((e) => /timed out after \d+ milliseconds/.test(e)).length, 8, JSON.stringify(errors));
+    assert.ok(errors.every((e) => !/resolve/i.test(e)), JSON.stringify(errors));
+  } finally {
+    silent.close();
+  }
 }));
 
 test('an http receiver is not held by that wait: a burst of 8 is in flight at once from the start', withLogs(async () => {
