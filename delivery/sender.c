@@ -690,12 +690,20 @@ out:
 int sender_system_ca_check(char *err, size_t errlen)
 {
 	char path[4096];
+	char *dir = NULL;
+	CURL *e;
+	int rc = -1;
 
-	if (!system_ca_file(path, sizeof path)) {
-		snprintf(err, errlen, "libcurl names no CA bundle file");
-		return -1;
-	}
-	return sender_ca_file_check(path, err, errlen);
+	if (system_ca_file(path, sizeof path))
+		return sender_ca_file_check(path, err, errlen);
+	/* A libcurl with a CA directory alone: it is kept (ca_dir_only) and used as it is */
+	e = curl_easy_init();
+	if (e && curl_easy_getinfo(e, CURLINFO_CAPATH, &dir) == CURLE_OK && dir)
+		rc = 0;
+	else
+		snprintf(err, errlen, "libcurl names no CA bundle file nor directory");
+	curl_easy_cleanup(e);
+	return rc;
 }
 
 int sender_start(struct sender *s, struct delivery_job *job)

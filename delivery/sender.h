@@ -72,7 +72,8 @@ struct sender *sender_new(const struct sender_options *opts);
 int sender_ca_file_check(const char *path, char *err, size_t errlen);
 
 /* The same check of libcurl's built-in CA bundle, the one used without --ca-file (on
- * Debian /etc/ssl/certs/ca-certificates.crt, from the ca-certificates package). */
+ * Debian /etc/ssl/certs/ca-certificates.crt, from the ca-certificates package); a
+ * libcurl with a CA directory and no bundle file passes unchecked. */
 int sender_system_ca_check(char *err, size_t errlen);
 
 /* Frees everything. Transfers still in flight are dropped and their jobs freed: call
