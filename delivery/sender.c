@@ -546,17 +546,22 @@ static void transfer_destroy(struct transfer *t)
 	free(t);
 }
 
-/* libcurl's built-in CA bundle file (CURLINFO_CAINFO), copied into out; 0 if it has
- * none (or is out of memory). */
-static int system_ca_file(char *out, size_t size)
+/* libcurl's built-in CA locations: its bundle file (CURLINFO_CAINFO) copied into file,
+ * or file[0] = '\0' if it has none (or curl cannot start); returns 1 if it also names a
+ * CA directory (CURLINFO_CAPATH). */
+static int system_ca_defaults(char *file, size_t size)
 {
-	char *path = NULL;
+	char *path = NULL, *dir = NULL;
 	CURL *e = curl_easy_init();
-	int found = e && curl_easy_getinfo(e, CURLINFO_CAINFO, &path) == CURLE_OK && path &&
-	            (size_t)snprintf(out, size, "%s", path) < size;
 
+	file[0] = '\0';
+	if (e && curl_easy_getinfo(e, CURLINFO_CAINFO, &path) == CURLE_OK && path &&
+	    (size_t)snprintf(file, size, "%s", path) >= size)
+		file[0] = '\0';
+	if (e && curl_easy_getinfo(e, CURLINFO_CAPATH, &dir) != CURLE_OK)
+		dir = NULL;
 	curl_easy_cleanup(e);
-	return found;
+	return dir != NULL;
 }
 
 struct sender *sender_new(const struct sender_options *opts)
@@ -571,7 +576,8 @@ struct sender *sender_new(const struct sender_options *opts)
 	}
 	s->opts = *opts;
 	char bundle[4096];
-	s->ca_dir_only = !opts->ca_file && !system_ca_file(bundle, sizeof bundle);
+	system_ca_defaults(bundle, sizeof bundle);
+	s->ca_dir_only = !opts->ca_file && bundle[0] == '\0';
 	if (opts->max_per_host < 1) { /* curl would read 0 as no limit; our queue, as none */
 		fprintf(stderr, "sender: max_per_host must be at least 1\n");
 		goto out;
@@ -690,20 +696,14 @@ out:
 int sender_system_ca_check(char *err, size_t errlen)
 {
 	char path[4096];
-	char *dir = NULL;
-	CURL *e;
-	int rc = -1;
+	int has_dir = system_ca_defaults(path, sizeof path);
 
-	if (system_ca_file(path, sizeof path))
+	if (path[0])
 		return sender_ca_file_check(path, err, errlen);
-	/* A libcurl with a CA directory alone: it is kept (ca_dir_only) and used as it is */
-	e = curl_easy_init();
-	if (e && curl_easy_getinfo(e, CURLINFO_CAPATH, &dir) == CURLE_OK && dir)
-		rc = 0;
-	else
-		snprintf(err, errlen, "libcurl names no CA bundle file nor directory");
-	curl_easy_cleanup(e);
-	return rc;
+	if (has_dir)
+		return 0; /* a CA directory alone: kept (ca_dir_only) and used as it is */
+	snprintf(err, errlen, "libcurl names no CA bundle file nor directory");
+	return -1;
 }
 
 int sender_start(struct sender *s, struct delivery_job *job)
