@@ -43,6 +43,8 @@ struct config {
 	int64_t delivery_timeout_ms;
 	int max_in_flight;
 	int max_per_host;
+	int max_idle_connections;                  /* delivery connections kept open beyond those
+	                                              in flight */
 	int64_t retry_schedule[BACKOFF_MAX_STEPS]; /* ms */
 	int retry_count;
 	const char *admin_keys[KEYS_MAX + 1];
@@ -73,6 +75,8 @@ static const char usage[] =
     "  --delivery-timeout DUR     per-attempt timeout, e.g. 15s, 500ms (default 15s)\n"
     "  --max-in-flight N          deliveries in flight at once (default 256)\n"
     "  --max-per-host N           requests at once per receiver host:port (default 32)\n"
+    "  --max-idle-connections N   delivery connections kept open for reuse beyond those\n"
+    "                             in flight (default 1024)\n"
     "  --retry-schedule LIST      delays after each failed attempt\n"
     "                             (default " BACKOFF_DEFAULT ")\n"
     "  --api-key KEY              require 'Authorization: Bearer KEY' on /v1 (repeatable)\n"
@@ -302,6 +306,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 	} else if (strcmp(name, "max-per-host") == 0) {
 		if (parse_positive(value, 10000, &c->max_per_host) != 0)
 			die("--max-per-host wants 1..10000, not '%s'", value);
+	} else if (strcmp(name, "max-idle-connections") == 0) {
+		int64_t n;
+		if (util_parse_int(value, 0, 100000, &n) != 0)
+			die("--max-idle-connections wants 0..100000, not '%s'", value);
+		c->max_idle_connections = (int)n;
 	} else if (strcmp(name, "retry-schedule") == 0) {
 		c->retry_count = backoff_parse_schedule(value, c->retry_schedule, BACKOFF_MAX_STEPS, &why);
 		if (c->retry_count < 0)
@@ -342,9 +351,9 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 
 static const char *const env_flags[] = {
 	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
-	"max-per-host", "retry-schedule", "api-key", "api-key-file", "publish-key",
-	"allow-private-targets", "allow-targets", "ca-file", "synchronous", "max-queue",
-	"disable-after", "retention", NULL,
+	"max-per-host", "max-idle-connections", "retry-schedule", "api-key", "api-key-file",
+	"publish-key", "allow-private-targets", "allow-targets", "ca-file", "synchronous",
+	"max-queue", "disable-after", "retention", NULL,
 };
 
 /* Is --name given on the command line (as --name VALUE, --name=VALUE or a switch)? */
@@ -375,6 +384,7 @@ static void load_config(struct config *c, int argc, char **argv)
 	c->delivery_timeout_ms = 15000;
 	c->max_in_flight = 256;
 	c->max_per_host = 32;
+	c->max_idle_connections = 1024;
 	c->synchronous_full = 1;
 	c->max_queue = 8192;
 	c->disable_after_ms = 5LL * 86400 * 1000;
@@ -443,16 +453,17 @@ static int is_loopback(const char *host)
 	return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
 }
 
-/* Every client connection and every delivery in flight is a descriptor. A shell's soft
+/* Every client connection and every delivery connection is a descriptor. A shell's soft
  * limit is often 1,024: at that many connections accept() failed and the connections
  * beyond waited unanswered, and a new delivery connection could fail the same way. Raise
- * the soft limit toward the hard one (as far as we need); say so if even that is short. */
-static void raise_open_file_limit(int max_in_flight, int http_threads)
+ * the soft limit toward the hard one (as far as we need). Idle delivery connections are
+ * only a saving, so when even the hard limit is short they are cut to fit, first; say so. */
+static void raise_open_file_limit(struct config *c)
 {
-	/* + the delivery connections (in flight, and as many idle: see dispatcher_start),
-	 * + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
-	const rlim_t need =
-	    HTTP_MAX_CONNECTIONS + 2 * (rlim_t)max_in_flight + (rlim_t)http_threads + 256;
+	/* + a wake-up descriptor per HTTP thread, + the db, WAL, pipes and curl's resolver */
+	const rlim_t fixed =
+	    HTTP_MAX_CONNECTIONS + (rlim_t)c->max_in_flight + (rlim_t)c->http_threads + 256;
+	const rlim_t need = fixed + (rlim_t)c->max_idle_connections;
 	struct rlimit rl;
 	rlim_t was;
 	const char *why = NULL;
@@ -465,16 +476,18 @@ static void raise_open_file_limit(int max_in_flight, int http_threads)
 		why = strerror(errno);
 		rl.rlim_cur = was;
 	}
-	if (rl.rlim_cur < need)
-		fprintf(
-		    stderr,
-		    "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the "
-		    "%llu that %u connections, %d deliveries in flight and as many idle "
-		    "delivery connections can use; raise it (ulimit -n, or LimitNOFILE= in a "
-		    "systemd unit)\n",
-		    (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
-		    why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
-		    HTTP_MAX_CONNECTIONS, max_in_flight);
+	if (rl.rlim_cur >= need)
+		return;
+	const int idle_wanted = c->max_idle_connections;
+	c->max_idle_connections = rl.rlim_cur > fixed ? (int)(rl.rlim_cur - fixed) : 0;
+	fprintf(stderr,
+	        "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the %llu "
+	        "that %u connections, %d deliveries in flight and %d idle delivery connections "
+	        "can use; keeping %d idle; raise it (ulimit -n, or LimitNOFILE= in a systemd "
+	        "unit)\n",
+	        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
+	        why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
+	        HTTP_MAX_CONNECTIONS, c->max_in_flight, idle_wanted, c->max_idle_connections);
 }
 
 /* Creates the database's directory if it is missing (one level, like `make run` needs). */
@@ -605,7 +618,7 @@ static int serve(int argc, char **argv)
 		    "hookrelay: warning: https receivers will fail: %s (install ca-certificates, "
 		    "or give --ca-file)\n",
 		    err);
-	raise_open_file_limit(cfg.max_in_flight, cfg.http_threads);
+	raise_open_file_limit(&cfg);
 	umask(077); /* the database holds the subscriptions' secrets: owner only */
 	ensure_db_dir(cfg.db_path);
 	if (lock_database(cfg.db_path) < 0)
@@ -650,6 +663,7 @@ static int serve(int argc, char **argv)
 	struct dispatcher_options dopts = {
 	    .max_in_flight = cfg.max_in_flight,
 	    .max_per_host = cfg.max_per_host,
+	    .max_idle_connections = cfg.max_idle_connections,
 	    .timeout_ms = (int)cfg.delivery_timeout_ms,
 	    .retry_schedule = cfg.retry_schedule,
 	    .retry_count = cfg.retry_count,

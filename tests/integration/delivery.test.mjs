@@ -742,9 +742,54 @@ test('more receivers busy than --max-in-flight has room for: connections are kep
   }
   await Promise.all(receivers.map((r) => r.waitFor(100, 20_000)));
   const connections = receivers.reduce((n, r) => n + r.requests.filter((q) => q.perConnection === 1).length, 0);
-  // At most 128 are open at once (64 in flight, as many idle); the build that kept no
-  // idle one opened about one per delivery (~1,900 of 2,000).
+  // Those in flight and up to --max-idle-connections more are kept open; the build that
+  // kept no idle one opened about one per delivery (~1,900 of 2,000).
   assert.ok(connections <= 400, `${connections} connections for 2,000 deliveries`);
+}));
+
+// A relay with many receivers, each sent an event now and then: they take turns, few
+// at once. Idle connections were capped at --max-in-flight, so with more receivers
+// than that each one's connection was closed for another's before its next event came,
+// and every delivery opened one (over https, a full TLS handshake).
+async function connectionsForReceiversTakingTurns(args) {
+  const relay = await startRelay({ args: ['--max-in-flight', '8', ...args] });
+  const receivers = [];
+  for (let i = 0; i < 40; i++) {
+    const r = await startReceiver();
+    await createSub(relay, r, { event_types: [`turn.${i}`] });
+    receivers.push(r);
+  }
+  for (let round = 1; round <= 4; round++) {
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      receivers.map((_, i) => ({ type: `turn.${i}`, data: { round } })));
+    assert.equal(res.status, 202, res.text);
+    await Promise.all(receivers.map((r) => r.waitFor(round, 10_000)));
+  }
+  return receivers.reduce((n, r) => n + r.requests.filter((q) => q.perConnection === 1).length, 0);
+}
+
+test('receivers taking turns keep a connection each, beyond --max-in-flight', withLogs(async () => {
+  const kept = await connectionsForReceiversTakingTurns([]);
+  console.log(`40 receivers taking turns, 160 deliveries: ${kept} connections`);
+  // One each, and a few more where a round's request met its connection still closing.
+  assert.ok(kept <= 60, `${kept} connections for 160 deliveries to 40 receivers`);
+  const few = await connectionsForReceiversTakingTurns(['--max-idle-connections', '8']);
+  // 16 open at most (8 in flight, 8 idle): the 40 rotate through them (the build with
+  // idle connections capped at --max-in-flight opened 160 at the default too).
+  assert.ok(few >= 120, `${few} connections for 160 deliveries with 8 kept idle`);
+}));
+
+test('an open-file limit too low for the idle connections keeps fewer, says so, and delivers', withLogs(async () => {
+  const relay = await startRelay({ wrap: ['sh', '-c', 'ulimit -n 1600 && exec "$@"', 'sh'], args: ['--max-in-flight', '8'] });
+  const m = relay.stderrText.match(/open-file limit is 1600 .*1024 idle delivery connections can use; keeping (\d+) idle/);
+  assert.ok(m, relay.stderrText);
+  // 1600 less 1,024 client connections, 8 in flight, the HTTP threads and 256 spare.
+  assert.ok(Number(m[1]) > 250 && Number(m[1]) < 312, m[0]);
+  const r = await startReceiver();
+  await createSub(relay, r);
+  const res = await api(relay, 'POST', '/v1/events', { type: 'order.updated', data: {} });
+  assert.equal(res.status, 202, res.text);
+  await r.waitFor(1, 5000);
 }));
 
 test('a subscription held to its share is not left waiting when others run dry', withLogs(async () => {

@@ -415,6 +415,8 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
     [['--publish-key', 'publish-0123456789abcdef'], {}, /--publish-key needs an admin key/],
     [['--listen', '127.1:0'], {}, /not a numeric IPv4 or IPv6 address/],
     [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
+    [['--max-idle-connections', '-1'], {}, /--max-idle-connections wants 0\.\.100000, not '-1'/],
+    [[], { HOOKRELAY_MAX_IDLE_CONNECTIONS: 'many' }, /\(from HOOKRELAY_MAX_IDLE_CONNECTIONS\)/],
   ]) {
     const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, ...args],
       { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL', env: { ...process.env, ...env } });
