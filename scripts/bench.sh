@@ -11,7 +11,7 @@
 # Knobs (env): BENCH_DUR (wrk seconds, default 10 as the issue asks), BENCH_BACKLOG_EVENTS (default 100000),
 # BENCH_BUDGET (seconds the whole run may take, default 180), BENCH_KEEP=1 keeps the run dir,
 # BENCH_ONLY="ingest delivery wide e2e big tls" (the relay sections to run; the ceilings
-# always run; wide is row 4b, tls row 4c).
+# always run; wide is row 4b, tls rows 4c and 4d).
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
 # BENCH_RELAY=PATH benches another build of the relay (A/B against a saved binary).
@@ -488,59 +488,91 @@ section_wide() {
 		',"max_in_flight":48' "$((BACKLOG_EVENTS / 2))"
 }
 
-# ---- 4c. many receivers over https -----------------------------------------------------
-# WIDE_RECEIVERS https receivers (one bare_mhd, a listener each, libmicrohttpd's GnuTLS,
-# a certificate from a CA this run makes with openssl), one subscription each at the
-# default max_in_flight: 50 x 16 = 800 wanted, 256 slots (--max-in-flight). The backlog
-# comes from replay: the events are published with no subscription, the subscriptions
-# are created disabled and replayed (held while disabled), and the clock starts when
-# they are enabled. Besides deliveries/s: the connections the receivers accepted (each
+# ---- 4c, 4d. many receivers over https ------------------------------------------------
+# N https receivers (one bare_mhd, a listener each, libmicrohttpd's GnuTLS, a certificate
+# from a CA this run makes with openssl), one subscription each at the default
+# max_in_flight (16). Besides deliveries/s: the connections the receivers accepted (each
 # a TLS handshake) and the relay's CPU per delivery.
-WIDE_RECEIVERS=50
-WIDE_EVENTS=400 # x WIDE_RECEIVERS = 20,000 deliveries
+# - 4c: 50 receivers with a backlog of 400 each (800 wanted in flight, 256 slots). The
+#   backlog comes from replay: the events are published with no subscription, the
+#   subscriptions are created disabled and replayed (held while disabled), and the clock
+#   starts when they are enabled.
+# - 4d: 600 receivers, more than the connections kept before --max-idle-connections (256
+#   in flight, as many idle), with their subscriptions live: the clock starts at the
+#   publish of a batch of 20 events, 12,000 deliveries.
+TLS_ROWS="4c:50:400:replay 4d:600:20:live" # row:receivers:events each:shape
+
 section_tls() {
-	local ca=$RUN/ca.pem cert=$RUN/recv.pem key=$RUN/recv.key ports p0 id ids="" i
-	local expect got t0 el n ticks0 threads0 conns t_end
+	local r
 	if ! command -v openssl >/dev/null ||
 		! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/ca.key" \
-			-out "$ca" -days 2 -subj "/CN=hookrelay bench CA" -addext basicConstraints=critical,CA:TRUE \
+			-out "$RUN/ca.pem" -days 2 -subj "/CN=hookrelay bench CA" -addext basicConstraints=critical,CA:TRUE \
 			-addext keyUsage=critical,keyCertSign,cRLSign 2>"$RUN/openssl.err" ||
-		! openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$key" \
+		! openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$RUN/recv.key" \
 			-out "$RUN/recv.csr" -subj /CN=receiver 2>>"$RUN/openssl.err" ||
 		! printf 'subjectAltName=IP:127.0.0.1\n' >"$RUN/recv.ext" ||
-		! openssl x509 -req -in "$RUN/recv.csr" -CA "$ca" -CAkey "$RUN/ca.key" -CAcreateserial \
-			-out "$cert" -days 2 -extfile "$RUN/recv.ext" 2>>"$RUN/openssl.err"; then
-		row "4c hookrelay delivery to $WIDE_RECEIVERS https receivers" "skipped: openssl could not make the certificates" "—" "—"
+		! openssl x509 -req -in "$RUN/recv.csr" -CA "$RUN/ca.pem" -CAkey "$RUN/ca.key" -CAcreateserial \
+			-out "$RUN/recv.pem" -days 2 -extfile "$RUN/recv.ext" 2>>"$RUN/openssl.err"; then
+		row "4c, 4d hookrelay delivery to many https receivers" "skipped: openssl could not make the certificates" "—" "—"
 		return 1
 	fi
-	"$BIN/bare_mhd" --max-seconds 900 --status 200 --threads 1 --listeners "$WIDE_RECEIVERS" \
-		--tls "$cert" "$key" >"$RUN/wide.port" 2>"$RUN/wide.err" &
+	for r in $TLS_ROWS; do
+		# shellcheck disable=SC2046 # the fields, split on purpose
+		tls_row $(printf '%s' "$r" | tr : ' ') || return 1
+	done
+	return 0
+}
+
+# tls_row ROW RECEIVERS EVENTS replay|live
+tls_row() {
+	local label=$1 receivers=$2 events=$3 shape=$4 ca=$RUN/ca.pem
+	local ports p0 id ids="" i expect got t0 el n ticks0 threads0 conns t_end
+	"$BIN/bare_mhd" --max-seconds 900 --status 200 --threads 1 --listeners "$receivers" \
+		--tls "$RUN/recv.pem" "$RUN/recv.key" >"$RUN/wide.port" 2>"$RUN/wide.err" &
 	MHD_PID=$!
 	PIDS="$PIDS $MHD_PID"
 	RECV="$RECV $MHD_PID"
-	wait_file "$RUN/wide.port" '^[0-9 ]+$' 5 || { note "row 4c: the https receivers did not start: $(head -c 200 "$RUN/wide.err")"; return 1; }
+	wait_file "$RUN/wide.port" '^[0-9 ]+$' 30 || { note "row $label: the https receivers did not start: $(head -c 200 "$RUN/wide.err")"; return 1; }
 	ports=$(head -1 "$RUN/wide.port")
 	p0=${ports%% *}
 	wide_count() { curl -s -m 5 --cacert "$ca" "https://127.0.0.1:$p0/$1" 2>/dev/null || echo 0; }
-	start_relay tls --ca-file "$ca" || return 1
-	for i in $(seq 1 $((WIDE_EVENTS / 100))); do
-		api POST /v1/events/batch "$(cat "$RUN/batch100.json")"
-		[ "$HTTP_STATUS" = 202 ] || { note "row 4c: POST /v1/events/batch answered $HTTP_STATUS"; return 1; }
-	done
-	for p in $ports; do
+	start_relay "tls-$label" --ca-file "$ca" || return 1
+	batch_body $((events < 100 ? events : 100)) "$RUN/tls-batch.json"
+	publish_tls_batches() {
+		for i in $(seq 1 $(((events + 99) / 100))); do
+			api POST /v1/events/batch "$(cat "$RUN/tls-batch.json")"
+			[ "$HTTP_STATUS" = 202 ] || { note "row $label: POST /v1/events/batch answered $HTTP_STATUS"; return 1; }
+		done
+	}
+	[ "$shape" = live ] || publish_tls_batches || return 1
+	if [ "$shape" = live ]; then
+		# One curl for all of them: a curl (and jq) per subscription took ~65 ms, 40 s for 600.
+		for p in $ports; do
+			printf 'url = "%s/v1/subscriptions"\nrequest = "POST"\nheader = "Content-Type: application/json"\n' "$API"
+			printf 'data-binary = "{\\"url\\":\\"https://127.0.0.1:%s/hook\\",\\"event_types\\":[\\"order.*\\"]}"\n' "$p"
+			printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n'
+		done >"$RUN/tls-subs.curl"
+		i=$(curl -sS -m 120 --config "$RUN/tls-subs.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
+		[ "$i" = "$receivers" ] || { note "row $label: $i of $receivers subscriptions created: $(head -c 200 "$RUN/api.err")"; return 1; }
+	fi
+	for p in $([ "$shape" = live ] || echo "$ports"); do
 		api POST /v1/subscriptions "{\"url\":\"https://127.0.0.1:$p/hook\",\"event_types\":[\"order.*\"],\"enabled\":false}"
 		id=$(printf '%s' "$HTTP_BODY" | jq -r '.id // empty' 2>/dev/null || true)
-		[ "$HTTP_STATUS" = 201 ] && [ -n "$id" ] || { note "row 4c: POST /v1/subscriptions answered $HTTP_STATUS"; return 1; }
+		[ "$HTTP_STATUS" = 201 ] && [ -n "$id" ] || { note "row $label: POST /v1/subscriptions answered $HTTP_STATUS"; return 1; }
 		api POST "/v1/subscriptions/$id/replay" '{"since":"1970-01-01T00:00:00.000Z"}'
-		[ "$HTTP_STATUS" = 202 ] || { note "row 4c: replay answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200)"; return 1; }
+		[ "$HTTP_STATUS" = 202 ] || { note "row $label: replay answered $HTTP_STATUS $(printf '%s' "$HTTP_BODY" | head -c 200)"; return 1; }
 		ids="$ids $id"
 	done
-	expect=$((WIDE_RECEIVERS * WIDE_EVENTS))
+	expect=$((receivers * events))
 	SUBS=$ids
 	t0=$(date +%s.%N)
 	ticks0=$(cpu_ticks "$RELAY_PID")
 	threads0=$(thread_ticks "$RELAY_PID")
-	set_enabled true || return 1
+	if [ "$shape" = live ]; then
+		publish_tls_batches || return 1
+	else
+		set_enabled true || return 1
+	fi
 	t_end=$((SECONDS + 60))
 	got=0
 	while [ "$SECONDS" -lt "$t_end" ] && alive; do
@@ -551,9 +583,9 @@ section_tls() {
 	el=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 	n=$(awk -v g="$got" -v e="$el" 'BEGIN { print g / e }')
 	conns=$(wide_count connections)
-	alive || relay_gone tls
-	note "row 4c: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$got"); peak RSS $(vmhwm "$RELAY_PID") MiB"
-	row "4c hookrelay delivery: $(fmt_int "$expect") pending deliveries to $WIDE_RECEIVERS https receivers (one subscription each, default caps: 800 wanted in flight, 256 allowed)" \
+	alive || relay_gone "tls-$label"
+	note "row $label: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$got"); peak RSS $(vmhwm "$RELAY_PID") MiB"
+	row "$label hookrelay delivery: $(fmt_int "$expect") $([ "$shape" = live ] && echo "deliveries of $events events published at once" || echo "pending deliveries") to $receivers https receivers (one subscription each, default caps: $(fmt_int $((receivers * 16))) wanted in flight, 256 allowed)" \
 		"$(fmt_int "$n") deliveries/s ($(fmt_int "$got") in $(printf '%.1f' "$el") s); $(fmt_int "$conns") TLS connections; $(fmt_int "$(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$got" 'BEGIN { printf "%.0f", (g > 0 ? t / hz * 1e6 / g : 0) }')") µs of relay CPU each" \
 		"$(fmt_int "$CEIL_CURL") req/s (1c, plain http)" "$(pct "$n" "$CEIL_CURL")"
 	stop "$RELAY_PID" relay
@@ -678,6 +710,6 @@ cat "$ROWS"
 echo
 echo "Notes:"
 echo "- Everything (wrk/loadgen, relay, receivers) shares the same $(nproc) CPUs on 127.0.0.1; wrk runs are ${DUR} s; total run time ${SECONDS} s."
-echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4, 4b, 6b and 7, --retention 0 in 7, --ca-file with the run's own CA in 4c); subscriptions use the default max_in_flight (16) except in 4b."
+echo "- Relay flags are defaults except --listen, --db, --allow-private-targets (and --delivery-timeout 300s in 4, 4b, 6b and 7, --retention 0 in 7, --ca-file with the run's own CA in 4c and 4d); subscriptions use the default max_in_flight (16) except in 4b."
 echo "- The dbs live in build/bench/run.*/ (on the repo's filesystem, so fsync is real; removed at exit unless BENCH_KEEP=1); relay stderr of this run: build/bench/logs/. The relay runs as build/hookrelay through a symlink named relay-under-test."
 cat "$NOTES"

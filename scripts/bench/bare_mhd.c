@@ -10,7 +10,7 @@
  *            [--listeners N] [--tls CERT.pem KEY.pem]
  *
  * Listens on 127.0.0.1, port chosen by the kernel, and prints "PORT\n" on stdout. With
- * --listeners N (row 4c's many receivers), N servers, each its own port and --threads,
+ * --listeners N (rows 4c and 4d's many receivers), N servers, each its own port and --threads,
  * sharing the counts; their ports are printed on one line, separated by spaces. With
  * --tls they speak https (libmicrohttpd's GnuTLS) with that certificate and key.
  * GET /connections answers how many connections were accepted, all listeners together.
@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -243,7 +244,7 @@ static char *read_file(const char *path)
 	return buf;
 }
 
-#define LISTENERS_MAX 256
+#define LISTENERS_MAX 1024
 
 int main(int argc, char **argv)
 {
@@ -279,6 +280,13 @@ int main(int argc, char **argv)
 	if (listeners < 1 || listeners > LISTENERS_MAX) {
 		fprintf(stderr, "bare_mhd: --listeners wants 1..%d\n", LISTENERS_MAX);
 		return 2;
+	}
+	/* A listener and the relay's connections to it (in flight and idle) each take a
+	 * descriptor: 600 listeners and their connections pass a shell's usual 1,024. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	if (tls_cert && (!(cert = read_file(tls_cert)) || !(key = read_file(tls_key)))) {
 		fprintf(stderr, "bare_mhd: cannot read %s or %s\n", tls_cert, tls_key);
