@@ -483,11 +483,15 @@ static void raise_open_file_limit(struct config *c)
 	fprintf(stderr,
 	        "hookrelay: warning: the open-file limit is %llu (hard %llu%s%s), below the %llu "
 	        "that %u connections, %d deliveries in flight and %d idle delivery connections "
-	        "can use; keeping %d idle; raise it (ulimit -n, or LimitNOFILE= in a systemd "
-	        "unit)\n",
+	        "can use; keeping %d idle%s; raise it (ulimit -n, or LimitNOFILE= in a systemd "
+	        "unit)%s\n",
 	        (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max,
 	        why ? "; raising it failed: " : "", why ? why : "", (unsigned long long)need,
-	        HTTP_MAX_CONNECTIONS, c->max_in_flight, idle_wanted, c->max_idle_connections);
+	        HTTP_MAX_CONNECTIONS, c->max_in_flight, idle_wanted, c->max_idle_connections,
+	        rl.rlim_cur < fixed ? ", and client connections or deliveries may still fail to "
+	                              "open"
+	                            : "",
+	        rl.rlim_cur < fixed ? " or lower --max-in-flight" : "");
 }
 
 /* Creates the database's directory if it is missing (one level, like `make run` needs). */
