@@ -2,13 +2,26 @@
  * matcher.c - event type and pattern validation, RabbitMQ-topic matching, and the
  * in-memory index from an event type to the subscriptions whose patterns match it.
  *
- * Matching is a dynamic programme over (pattern word, type word) positions, at most
- * 17 x 17 cells, so "#.#.#..." patterns cost the same as any other: no recursion, no
- * backtracking.
+ * One pattern against one type (pattern_match) is a dynamic programme over (pattern
+ * word, type word) positions, at most 17 x 17 cells, so "#.#.#..." patterns cost the
+ * same as any other: no recursion, no backtracking.
+ *
+ * A struct matcher answers "which subscriptions want this type" through a trie over
+ * its valid patterns' words (RabbitMQ's topic exchange does the same): a walk follows
+ * the type's words, "*" and "#" edges, so an event costs what its matching patterns
+ * cost, not one check per subscription (10,000 subscriptions of other types took batch
+ * ingest from 23,122 to 404 events/s when every pattern was checked). Each (node, type
+ * word) is visited at most once per walk, so "#.#.#..." cannot blow it up either.
  *
  * Invariants:
- * - struct matcher keeps entries sorted by strictly ascending id, so matcher_match
- *   returns ascending, unique ids in one scan.
+ * - struct matcher keeps entries sorted by strictly ascending id; they are the truth,
+ *   and the trie is derived from them: any change marks it stale, and the next
+ *   matcher_match rebuilds it (a burst of changes costs one rebuild). If that fails
+ *   (out of memory), matcher_match checks every entry instead, as it did before the
+ *   trie.
+ * - The trie's words point into the entries' blobs: it is never walked while stale.
+ * - matcher_match returns ascending, unique ids (sorted after the walk, which finds a
+ *   subscription once per matching pattern).
  * - Every stored pattern is pre-split into word spans over its own copy of the text.
  *   A pattern that fails pattern_check is kept (matcher_set only fails on out of memory)
  *   but marked as matching nothing.
@@ -44,10 +57,44 @@ struct matcher_entry {
 	char *blob;             /* the NUL-terminated pattern texts, back to back */
 };
 
+/* The trie. Node 0 is the root, and no node's child, so 0 also means "none". */
+struct trie_node {
+	uint32_t star;      /* child by "*" */
+	uint32_t hash;      /* child by "#" */
+	uint32_t ends;      /* the patterns ending here: index + 1 into trie.ends, or 0 */
+	uint32_t seen_gen;  /* the walk seen_mask belongs to */
+	uint32_t seen_mask; /* bit j: visited at type word j in that walk (j <= 16) */
+};
+
+/* A child by a literal word, in an open-addressing table keyed by (parent, word). */
+struct trie_edge {
+	const char *word; /* in an entry's blob; NULL: an empty slot */
+	uint32_t parent;
+	uint32_t child;
+	uint8_t len;
+};
+
+struct trie_end {
+	int64_t id;    /* the subscription whose pattern ends at this node */
+	uint32_t next; /* index + 1 of the next pattern ending at the same node, or 0 */
+};
+
+struct trie {
+	struct trie_node *nodes;
+	size_t nnodes;
+	struct trie_edge *edges;
+	size_t edge_mask; /* slots - 1; slots is a power of two, at least twice the edges */
+	struct trie_end *ends;
+	size_t nends;
+	uint32_t gen; /* the current walk's number */
+};
+
 struct matcher {
 	struct matcher_entry *entries; /* sorted by ascending id, ids unique */
 	size_t count;                  /* entries in use */
 	size_t cap;                    /* entries allocated */
+	struct trie trie;
+	int trie_stale; /* entries changed since the trie was built */
 };
 
 enum text_kind { KIND_TYPE, KIND_PATTERN };
@@ -231,7 +278,18 @@ out:
 
 struct matcher *matcher_new(void)
 {
-	return calloc(1, sizeof(struct matcher));
+	struct matcher *m = calloc(1, sizeof(struct matcher));
+	if (m)
+		m->trie_stale = 1;
+	return m;
+}
+
+static void trie_cleanup(struct trie *t)
+{
+	free(t->nodes);
+	free(t->edges);
+	free(t->ends);
+	memset(t, 0, sizeof(*t));
 }
 
 static void entry_cleanup(struct matcher_entry *e)
@@ -252,6 +310,7 @@ void matcher_free(struct matcher *m)
 	for (i = 0; i < m->count; i++)
 		entry_cleanup(&m->entries[i]);
 	free(m->entries);
+	trie_cleanup(&m->trie);
 	free(m);
 }
 
@@ -331,6 +390,7 @@ int matcher_set(struct matcher *m, int64_t id, const char *const *patterns, size
 	}
 	if (entry_build(&e, id, patterns, n) != 0)
 		goto out;
+	m->trie_stale = 1;
 	pos = lower_bound(m, id);
 	if (pos < m->count && m->entries[pos].id == id) {
 		entry_cleanup(&m->entries[pos]);
@@ -367,6 +427,7 @@ void matcher_remove(struct matcher *m, int64_t id)
 		return;
 	pos = lower_bound(m, id);
 	if (pos < m->count && m->entries[pos].id == id) {
+		m->trie_stale = 1;
 		entry_cleanup(&m->entries[pos]);
 		memmove(&m->entries[pos], &m->entries[pos + 1],
 		        (m->count - pos - 1) * sizeof(m->entries[0]));
@@ -374,13 +435,191 @@ void matcher_remove(struct matcher *m, int64_t id)
 	}
 }
 
-int matcher_match(const struct matcher *m, const char *type, int64_t **ids_out, size_t *cap)
+static uint32_t edge_slot(const struct trie *t, uint32_t parent, const char *word, size_t len)
+{
+	uint32_t h = 2166136261u ^ (parent * 0x9E3779B1u); /* FNV-1a, seeded by the parent */
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)word[i];
+		h *= 16777619u;
+	}
+	size_t slot = h & t->edge_mask;
+	while (t->edges[slot].word &&
+	       !(t->edges[slot].parent == parent && t->edges[slot].len == len &&
+	         memcmp(t->edges[slot].word, word, len) == 0))
+		slot = (slot + 1) & t->edge_mask;
+	return (uint32_t)slot;
+}
+
+/* Adds one valid pattern of subscription `id`. The arrays were sized for every word of
+ * every pattern, so nothing grows here. */
+static void trie_insert(struct trie *t, const struct split *p, int64_t id)
+{
+	uint32_t at = 0;
+
+	for (int w = 0; w < p->n; w++) {
+		const char *word = p->text + p->w[w].off;
+		uint32_t *child;
+
+		if (word_is(p, w, '*')) {
+			child = &t->nodes[at].star;
+		} else if (word_is(p, w, '#')) {
+			child = &t->nodes[at].hash;
+		} else {
+			struct trie_edge *edge = &t->edges[edge_slot(t, at, word, p->w[w].len)];
+			if (!edge->word) {
+				edge->word = word;
+				edge->len = p->w[w].len;
+				edge->parent = at;
+			}
+			child = &edge->child;
+		}
+		if (*child == 0)
+			*child = (uint32_t)t->nnodes++;
+		at = *child;
+	}
+	t->ends[t->nends].id = id;
+	t->ends[t->nends].next = t->nodes[at].ends;
+	t->nodes[at].ends = (uint32_t)++t->nends;
+}
+
+/* Rebuilds m->trie from the entries. Returns 0, or -1 on out of memory (the old trie is
+ * then gone and m->trie_stale still set). */
+static int trie_build(struct matcher *m)
+{
+	struct trie t;
+	size_t words = 0;
+	size_t patterns = 0;
+	size_t slots = 16;
+
+	trie_cleanup(&m->trie);
+	memset(&t, 0, sizeof(t));
+	for (size_t i = 0; i < m->count; i++) {
+		for (size_t k = 0; k < m->entries[i].n; k++) {
+			if (m->entries[i].patterns[k].n < 1)
+				continue; /* invalid: matches nothing */
+			words += (size_t)m->entries[i].patterns[k].n;
+			patterns++;
+		}
+	}
+	if (words >= UINT32_MAX / 4)
+		return -1;
+	while (slots < 2 * words)
+		slots *= 2;
+	t.nodes = calloc(words + 1, sizeof(*t.nodes));
+	t.edges = calloc(slots, sizeof(*t.edges));
+	t.ends = calloc(patterns ? patterns : 1, sizeof(*t.ends));
+	if (!t.nodes || !t.edges || !t.ends) {
+		trie_cleanup(&t);
+		return -1;
+	}
+	t.edge_mask = slots - 1;
+	t.nnodes = 1;
+	for (size_t i = 0; i < m->count; i++)
+		for (size_t k = 0; k < m->entries[i].n; k++)
+			if (m->entries[i].patterns[k].n >= 1)
+				trie_insert(&t, &m->entries[i].patterns[k], m->entries[i].id);
+	m->trie = t;
+	m->trie_stale = 0;
+	return 0;
+}
+
+struct trie_walk {
+	struct trie *trie;
+	const struct split *type;
+	int64_t **ids;
+	size_t *cap;
+	size_t count;
+	int failed; /* out of memory */
+};
+
+/* Appends id to *ids (count in use, *cap allocated), growing it. Returns 0, or -1 on out
+ * of memory or past INT32_MAX ids (the count is returned as an int). */
+static int ids_push(int64_t **ids, size_t *cap, size_t count, int64_t id)
+{
+	if (count >= (size_t)INT32_MAX)
+		return -1;
+	if (*ids == NULL || count == *cap) {
+		size_t newcap = *ids != NULL && *cap != 0 ? *cap * 2 : 16;
+		int64_t *grown;
+		if (newcap > SIZE_MAX / sizeof(**ids))
+			return -1;
+		grown = realloc(*ids, newcap * sizeof(**ids));
+		if (grown == NULL)
+			return -1;
+		*ids = grown;
+		*cap = newcap;
+	}
+	(*ids)[count] = id;
+	return 0;
+}
+
+/* Every pattern below `node` matching type words j.. . Recursion depth is at most the
+ * pattern's words plus the type's (33). */
+static void walk(struct trie_walk *w, uint32_t node, int j)
+{
+	struct trie_node *nd = &w->trie->nodes[node];
+	const struct split *t = w->type;
+
+	if (nd->seen_gen != w->trie->gen) {
+		nd->seen_gen = w->trie->gen;
+		nd->seen_mask = 0;
+	}
+	if (nd->seen_mask & (1u << j))
+		return;
+	nd->seen_mask |= 1u << j;
+	if (j == t->n) {
+		for (uint32_t e = nd->ends; e != 0 && !w->failed; e = w->trie->ends[e - 1].next)
+			if (ids_push(w->ids, w->cap, w->count, w->trie->ends[e - 1].id) == 0)
+				w->count++;
+			else
+				w->failed = 1;
+	} else {
+		const struct trie_edge *edge =
+		    &w->trie->edges[edge_slot(w->trie, node, t->text + t->w[j].off, t->w[j].len)];
+		if (edge->word)
+			walk(w, edge->child, j + 1);
+		if (nd->star)
+			walk(w, nd->star, j + 1);
+	}
+	if (nd->hash) /* "#" takes zero or more words */
+		for (int k = j; k <= t->n; k++)
+			walk(w, nd->hash, k);
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a;
+	int64_t y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* The trie's answer: ascending, unique ids. Returns the count, or -1 on out of memory. */
+static int match_trie(struct matcher *m, const struct split *t, int64_t **ids_out, size_t *cap)
+{
+	struct trie_walk w = {.trie = &m->trie, .type = t, .ids = ids_out, .cap = cap};
+	size_t unique = 0;
+
+	if (++m->trie.gen == 0) { /* wrapped: no node may look seen by this walk */
+		for (size_t i = 0; i < m->trie.nnodes; i++)
+			m->trie.nodes[i].seen_gen = 0;
+		m->trie.gen = 1;
+	}
+	walk(&w, 0, 0);
+	if (w.failed)
+		return -1;
+	if (w.count > 1)
+		qsort(*ids_out, w.count, sizeof(**ids_out), id_cmp);
+	for (size_t i = 0; i < w.count; i++)
+		if (unique == 0 || (*ids_out)[unique - 1] != (*ids_out)[i])
+			(*ids_out)[unique++] = (*ids_out)[i];
+	return (int)unique;
+}
+
+int matcher_match(struct matcher *m, const char *type, int64_t **ids_out, size_t *cap)
 {
 	struct split t;
 	enum why_code code;
 	const struct matcher_entry *e;
-	int64_t *grown;
-	size_t newcap;
 	size_t count = 0;
 	size_t i;
 	size_t k;
@@ -392,7 +631,11 @@ int matcher_match(const struct matcher *m, const char *type, int64_t **ids_out, 
 		rc = 0; /* nothing matches an invalid type */
 		goto out;
 	}
-	for (i = 0; i < m->count; i++) {
+	if (!m->trie_stale || trie_build(m) == 0) {
+		rc = match_trie(m, &t, ids_out, cap);
+		goto out;
+	}
+	for (i = 0; i < m->count; i++) { /* no trie (out of memory): check every entry */
 		e = &m->entries[i];
 		for (k = 0; k < e->n; k++) {
 			if (match_split(&e->patterns[k], &t))
@@ -400,19 +643,9 @@ int matcher_match(const struct matcher *m, const char *type, int64_t **ids_out, 
 		}
 		if (k == e->n)
 			continue;
-		if (count == (size_t)INT32_MAX)
+		if (ids_push(ids_out, cap, count, e->id) != 0)
 			goto out;
-		if (*ids_out == NULL || count == *cap) {
-			newcap = *ids_out != NULL && *cap != 0 ? *cap * 2 : 16;
-			if (newcap > SIZE_MAX / sizeof(**ids_out))
-				goto out;
-			grown = realloc(*ids_out, newcap * sizeof(**ids_out));
-			if (grown == NULL)
-				goto out;
-			*ids_out = grown;
-			*cap = newcap;
-		}
-		(*ids_out)[count++] = e->id;
+		count++;
 	}
 	rc = (int)count;
 out:

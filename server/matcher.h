@@ -40,7 +40,8 @@ void matcher_remove(struct matcher *m, int64_t id);
 /* Collects the ids of subscriptions with at least one pattern matching `type`, each
  * once, in ascending id order, into *ids_out (grown with realloc; caller keeps and
  * reuses it, frees it with free()); *cap tracks its capacity. Returns the count or -1
- * on out of memory. */
-int matcher_match(const struct matcher *m, const char *type, int64_t **ids_out, size_t *cap);
+ * on out of memory. The first call after a change rebuilds the matcher's index (not
+ * const: it also marks what a walk has visited). */
+int matcher_match(struct matcher *m, const char *type, int64_t **ids_out, size_t *cap);
 
 #endif

@@ -5,6 +5,8 @@
 #include "check.h"
 #include "matcher.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -492,6 +494,129 @@ static void test_matcher(void)
 	matcher_free(NULL);
 }
 
+/* A tiny deterministic generator, so a failure repeats. */
+static uint32_t rnd(uint32_t *state)
+{
+	*state = *state * 1103515245u + 12345u;
+	return (*state >> 8) & 0xffffff;
+}
+
+/* A random dotted text of 1..max_words words from `vocab` (words separated by '|'). */
+static void random_text(char *buf, size_t size, const char *const *vocab, size_t nvocab,
+                        int max_words, uint32_t *state)
+{
+	int n = 1 + (int)(rnd(state) % (uint32_t)max_words);
+	buf[0] = '\0';
+	for (int i = 0; i < n; i++) {
+		if (i)
+			strncat(buf, ".", size - strlen(buf) - 1);
+		strncat(buf, vocab[rnd(state) % nvocab], size - strlen(buf) - 1);
+	}
+}
+
+/* The index (a trie, rebuilt after changes) against a brute-force answer: every
+ * subscription's patterns checked with pattern_match. Random subscriptions with 1..3
+ * patterns over a small vocabulary (so that they overlap, share prefixes and repeat),
+ * some invalid, changed and removed between rounds of random types. */
+static void test_matcher_index_random(void)
+{
+	static const char *const pattern_words[] = {"a", "b", "c", "order", "*",
+	                                            "#", "#", "*", "a*",    ""};
+	static const char *const type_words[] = {"a", "b", "c", "order", "x"};
+	enum { SUBS = 300, ROUNDS = 40, TYPES = 200, PMAX = 3 };
+	char pats[SUBS][PMAX][80];
+	int npats[SUBS] = {0}; /* 0: not in the matcher */
+	struct matcher *m = matcher_new();
+	int64_t *ids = NULL;
+	size_t cap = 0;
+	uint32_t state = 12345;
+	long compared = 0, mismatches = 0, hits = 0;
+
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	for (int round = 0; round < ROUNDS; round++) {
+		/* change a random tenth of the subscriptions (a third of those: removed) */
+		for (int c = 0; c < SUBS / 10 + (round == 0 ? SUBS : 0); c++) {
+			int id = (int)(rnd(&state) % SUBS);
+			const char *list[PMAX];
+			if (round > 0 && rnd(&state) % 3 == 0) {
+				CHECK(matcher_set(m, id + 1, NULL, 0) == 0);
+				npats[id] = 0;
+				continue;
+			}
+			npats[id] = 1 + (int)(rnd(&state) % PMAX);
+			for (int k = 0; k < npats[id]; k++) {
+				random_text(pats[id][k], sizeof pats[id][k], pattern_words,
+				            sizeof pattern_words / sizeof *pattern_words, 5,
+				            &state);
+				list[k] = pats[id][k];
+			}
+			CHECK(matcher_set(m, id + 1, list, (size_t)npats[id]) == 0);
+		}
+		for (int q = 0; q < TYPES; q++) {
+			char type[80];
+			int64_t want[SUBS];
+			int nwant = 0;
+			random_text(type, sizeof type, type_words,
+			            sizeof type_words / sizeof *type_words, 6, &state);
+			for (int id = 0; id < SUBS; id++) {
+				int hit = 0;
+				for (int k = 0; k < npats[id] && !hit; k++)
+					hit = pattern_match(pats[id][k], type);
+				if (hit)
+					want[nwant++] = id + 1;
+			}
+			int n = matcher_match(m, type, &ids, &cap);
+			compared++;
+			hits += nwant;
+			if (!ids_equal(ids, n, want, nwant)) {
+				if (mismatches < 3)
+					fprintf(stderr,
+					        "  index: '%s' matched %d, brute force %d\n", type,
+					        n, nwant);
+				mismatches++;
+			}
+		}
+	}
+	CHECK(mismatches == 0);
+	CHECK(compared == ROUNDS * TYPES);
+	CHECK(hits > compared); /* the types do match things: not a vacuous comparison */
+	free(ids);
+	matcher_free(m);
+}
+
+/* Many subscriptions of other types, and one for everything: a match finds just its
+ * own and that one. (Its speed is `make bench`'s row 3b.) */
+static void test_matcher_index_many(void)
+{
+	enum { SUBS = 20000 };
+	struct matcher *m = matcher_new();
+	int64_t *ids = NULL;
+	size_t cap = 0;
+	char a[64], b[64];
+	int ok = 1;
+
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	for (int i = 1; i <= SUBS && ok; i++) {
+		snprintf(a, sizeof a, "tenant%d.order.*", i);
+		snprintf(b, sizeof b, "tenant%d.invoice.#", i);
+		const char *list[] = {a, b};
+		ok = matcher_set(m, i, list, 2) == 0;
+	}
+	const char *all[] = {"#"};
+	CHECK(ok && matcher_set(m, SUBS + 1, all, 1) == 0);
+	int n = matcher_match(m, "tenant777.invoice.paid.late", &ids, &cap);
+	CHECK(n == 2 && ids[0] == 777 && ids[1] == SUBS + 1);
+	n = matcher_match(m, "tenant19999.order.created", &ids, &cap);
+	CHECK(n == 2 && ids[0] == 19999 && ids[1] == SUBS + 1);
+	CHECK(matcher_match(m, "tenant5.order.created.extra", &ids, &cap) == 1);
+	free(ids);
+	matcher_free(m);
+}
+
 int main(void)
 {
 	test_checks();
@@ -499,5 +624,7 @@ int main(void)
 	test_match_limits();
 	test_match_exhaustive();
 	test_matcher();
+	test_matcher_index_random();
+	test_matcher_index_many();
 	return CHECK_DONE();
 }
