@@ -346,6 +346,7 @@ section_ingest() {
 		"$(fmt_int "$CEIL_SQL") events/s (1b)" "$(pct "$n" "$CEIL_SQL")"
 	[ "$(kv non2xx "$W")" = 0 ] || note "row 3: $(kv non2xx "$W") of $(kv requests "$W") batch calls were answered >= 400"
 	note "rows 2-3: the relay delivered $(fmt_int "$(recv_sum "$r1" "$r2" "$r3")") webhooks to the receivers while ingesting (deliveries run beside ingest); peak RSS $(vmhwm "$RELAY_PID") MiB"
+
 	stop "$RELAY_PID" relay
 	[ -z "$STOP_NOTE" ] || note "ingest relay: $STOP_NOTE"
 	stop_receivers
@@ -362,9 +363,53 @@ section_ingest() {
 			"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
 			"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
 	fi
+
+	# 3c, 3d: a relay serving many tenants holds subscriptions of many other types; an
+	# event must cost what its own matches cost, not a check of every subscription. Batch
+	# ingest with the receivers holding (so that no deliveries share the cores), before
+	# and after OTHER_SUBS more subscriptions; 5 s runs.
+	log "3c: relay batch ingest, receivers holding"
+	W=$(DUR=5 wrk_run batch.lua "$API/v1/events/batch" 16 "$EVENT" 100)
+	if [ -z "$W" ] || ! alive; then
+		alive || relay_gone ingest-held
+		row "3c hookrelay POST /v1/events/batch, receivers holding" "failed (see notes)" "—" "—"
+		return 1
+	fi
+	local before
+	before=$(wrk_rate "$W" 100)
+	row "3c hookrelay POST /v1/events/batch, 100 events/call, 16 conns, 5 s, receivers holding" \
+		"$(fmt_int "$before") events/s (call p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")"))" \
+		"$(fmt_int "$CEIL_SQL") events/s (1b)" "$(pct "$before" "$CEIL_SQL")"
+	log "3d: $(fmt_int "$OTHER_SUBS") more subscriptions of other types, then 3c again"
+	subscribe_others "$OTHER_SUBS" "http://127.0.0.1:$r1" || return 1
+	W=$(DUR=5 wrk_run batch.lua "$API/v1/events/batch" 16 "$EVENT" 100)
+	if [ -z "$W" ] || ! alive; then
+		alive || relay_gone ingest-held
+		row "3d the same, $(fmt_int "$OTHER_SUBS") more subscriptions of other types" "failed (see notes)" "—" "—"
+		return 1
+	fi
+	n=$(wrk_rate "$W" 100)
+	row "3d the same, with $(fmt_int "$OTHER_SUBS") more subscriptions of other types (tenantN.order.*, tenantN.invoice.#)" \
+		"$(fmt_int "$n") events/s (call p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")"))" \
+		"$(fmt_int "$before") events/s (3c)" "$(pct "$n" "$before")"
 	stop "$RELAY_PID" relay
 	stop_receivers
 	return 0
+}
+
+# subscribe_others N RECEIVER_URL: N subscriptions to types no bench event has, made by
+# one curl (64 at once, so the writer commits them in groups).
+OTHER_SUBS=10000
+subscribe_others() {
+	local i made
+	for i in $(seq 1 "$1"); do
+		[ "$i" = 1 ] || printf 'next\n' # between requests: one after the last has no URL
+		printf 'url = "%s/v1/subscriptions"\nrequest = "POST"\nheader = "Content-Type: application/json"\n' "$API"
+		printf 'data-binary = "{\\"url\\":\\"%s/t%s\\",\\"event_types\\":[\\"tenant%s.order.*\\",\\"tenant%s.invoice.#\\"]}"\n' "$2" "$i" "$i" "$i"
+		printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
+	done >"$RUN/others.curl"
+	made=$(curl -sS --no-progress-meter -m 120 --parallel --parallel-max 64 --config "$RUN/others.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
+	[ "$made" = "$1" ] || { note "row 3d: $made of $1 subscriptions created: $(head -c 200 "$RUN/api.err")"; return 1; }
 }
 
 # fill_backlog EVENTS BODYFILE PER_CALL: batch-ingest into $API; sets FILL_OK, FILL_S
@@ -548,9 +593,11 @@ tls_row() {
 	if [ "$shape" = live ]; then
 		# One curl for all of them: a curl (and jq) per subscription took ~65 ms, 40 s for 600.
 		for p in $ports; do
+			# "next" between requests: one after the last is a request with no URL
+			[ "$p" = "$p0" ] || printf 'next\n'
 			printf 'url = "%s/v1/subscriptions"\nrequest = "POST"\nheader = "Content-Type: application/json"\n' "$API"
 			printf 'data-binary = "{\\"url\\":\\"https://127.0.0.1:%s/hook\\",\\"event_types\\":[\\"order.*\\"]}"\n' "$p"
-			printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\nnext\n'
+			printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
 		done >"$RUN/tls-subs.curl"
 		i=$(curl -sS -m 120 --config "$RUN/tls-subs.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
 		[ "$i" = "$receivers" ] || { note "row $label: $i of $receivers subscriptions created: $(head -c 200 "$RUN/api.err")"; return 1; }
