@@ -160,9 +160,13 @@ test('an https receiver whose handshake stalls: a burst ends at the timeout, and
       return e.every((x) => x) ? e : false;
     }, 8000, 'every delivery attempted');
     // One connection was made, and timed out; the other seven waited for it to learn
-    // whether it could carry them as HTTP/2 streams.
+    // whether it could carry them as HTTP/2 streams. (On a slow run, one that waited may
+    // start a connection of its own when the first fails; libcurl says "SSL connection
+    // timeout" for one that ends in the TLS handshake.)
     const waited = errors.filter((e) => /^timed out waiting for a connection to 127\.0\.0\.1:\d+ \(another request's connection to it did not complete\)$/.test(e));
-    assert.equal(waited.length + errors.filter((e) => /timed out after \d+ milliseconds/.test(e)).length, 8, JSON.stringify(errors));
+    const own = errors.filter((e) => /timed out after \d+ milliseconds|^SSL connection timeout$/.test(e));
+    assert.equal(waited.length + own.length, 8, JSON.stringify(errors));
+    assert.ok(waited.length >= 4, JSON.stringify(errors));
     assert.ok(errors.every((e) => !/resolve/i.test(e)), JSON.stringify(errors));
   } finally {
     silent.close();
