@@ -10,8 +10,8 @@
 # Programs and scripts live in scripts/bench/ (see the comment at the top of each).
 # Knobs (env): BENCH_DUR (wrk seconds, default 10 as the issue asks), BENCH_BACKLOG_EVENTS (default 100000),
 # BENCH_BUDGET (seconds the whole run may take, default 180), BENCH_KEEP=1 keeps the run dir,
-# BENCH_ONLY="ingest delivery wide e2e big tls" (the relay sections to run; the ceilings
-# always run; wide is row 4b, tls rows 4c and 4d).
+# BENCH_ONLY="ingest delivery wide idle e2e big tls" (the relay sections to run; the
+# ceilings always run; wide is row 4b, idle 4e, tls rows 4c and 4d).
 # BENCH_ONLY=stored runs row 7 (ingest with 5M events already stored, BENCH_STORED_EVENTS),
 # which takes ~4 minutes more and so is not in the default set.
 # BENCH_RELAY=PATH benches another build of the relay (A/B against a saved binary).
@@ -29,7 +29,7 @@ RELAY=$(realpath "${BENCH_RELAY:-$ROOT/build/hookrelay}") # the symlink below ne
 DUR=${BENCH_DUR:-10}
 BACKLOG_EVENTS=${BENCH_BACKLOG_EVENTS:-100000}
 BUDGET=${BENCH_BUDGET:-180}
-ONLY=${BENCH_ONLY:-ingest delivery wide e2e big tls}
+ONLY=${BENCH_ONLY:-ingest delivery wide idle e2e big tls}
 STORED_EVENTS=${BENCH_STORED_EVENTS:-5000000}
 BIG_EVENTS=334000 # x 3 subscriptions = 1,002,000 deliveries (334 batch calls of 1,000)
 
@@ -409,7 +409,7 @@ subscribe_others() {
 		printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
 	done >"$RUN/others.curl"
 	made=$(curl -sS --no-progress-meter -m 120 --parallel --parallel-max 64 --config "$RUN/others.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
-	[ "$made" = "$1" ] || { note "row 3d: $made of $1 subscriptions created: $(head -c 200 "$RUN/api.err")"; return 1; }
+	[ "$made" = "$1" ] || { note "$made of $1 subscriptions of other types created: $(head -c 200 "$RUN/api.err")"; return 1; }
 }
 
 # fill_backlog EVENTS BODYFILE PER_CALL: batch-ingest into $API; sets FILL_OK, FILL_S
@@ -451,11 +451,15 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 # default max_in_flight, BACKLOG_EVENTS x 3); row 4b gives each subscription SUB_FIELDS
 # and a backlog of EVENTS x 3.
 section_delivery() {
-	local id=${1:-4} caps=${2:-default caps} events=${4:-$BACKLOG_EVENTS}
+	local id=${1:-4} caps=${2:-default caps} events=${4:-$BACKLOG_EVENTS} others=${5:-0}
 	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left ticks0
 	[ $# -lt 3 ] || local SUB_FIELDS=$3
 	if [ "$id" = 4 ]; then start_held_relay d delivery || return 1; else start_held_relay w "delivery$id" || return 1; fi
 	r1=$HELD1 r2=$HELD2 r3=$HELD3
+	if [ "$others" -gt 0 ]; then
+		log "$id: $(fmt_int "$others") more subscriptions of other types (idle)"
+		subscribe_others "$others" "http://127.0.0.1:$r1" || return 1
+	fi
 	api POST /v1/events "$(cat "$EVENT")"
 	probe=$(printf '%s' "$HTTP_BODY" | jq -r .deliveries 2>/dev/null || true)
 	if [ "$HTTP_STATUS" != 202 ] || [ "$probe" != 3 ]; then
@@ -531,6 +535,14 @@ section_delivery() {
 section_wide() {
 	section_delivery 4b "max_in_flight 48 per subscription (144 in flight; 1c has 128)" \
 		',"max_in_flight":48' "$((BACKLOG_EVENTS / 2))"
+}
+
+# ---- 4e. delivery beside many idle subscriptions ----------------------------------------
+# Row 4's shape with a fifth of its backlog, and OTHER_SUBS subscriptions of types no
+# event has: a claim must not cost what every subscription's due deliveries would.
+section_idle() {
+	section_delivery 4e "default caps, $(fmt_int "$OTHER_SUBS") idle subscriptions of other types beside them" \
+		"" "$((BACKLOG_EVENTS / 5))" "$OTHER_SUBS"
 }
 
 # ---- 4c, 4d. many receivers over https ------------------------------------------------
@@ -738,7 +750,7 @@ if [ ! -x "$RELAY" ]; then
 	skip_relay_rows "build/hookrelay is missing"
 else
 	BATCH_RATE=0
-	for sec in ingest delivery wide e2e big tls stored; do
+	for sec in ingest delivery wide idle e2e big tls stored; do
 		case " $ONLY " in *" $sec "*) ;; *) continue ;; esac
 		"section_$sec" || note "section $sec stopped early"
 		stop_relay_if_running
