@@ -2175,9 +2175,11 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		/* Until something makes one of its deliveries pending, or that time comes, the
 		 * next claims need not ask again: unless some are not on disk yet (beyond
 		 * synced, which neither query sees). */
-		sub->look = sub->newest_seq > synced;
+		int nd_step = sqlite3_step(nd);
+		sub->look = nd_step != SQLITE_ROW || sub->newest_seq > synced; /* a failed query
+		                                                                 learned nothing */
 		sub->due_hint_ms = INT64_MAX;
-		if (sqlite3_step(nd) == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL) {
+		if (nd_step == SQLITE_ROW && sqlite3_column_type(nd, 0) != SQLITE_NULL) {
 			int64_t due = sqlite3_column_int64(nd, 0);
 			sub->due_hint_ms = due;
 			int64_t token =
