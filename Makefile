@@ -79,7 +79,7 @@ build/fuzz/obj/%.o: %.c
 	$(FUZZ_CC) $(BASE_CFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
 FUZZ_INGEST_SRC := server/ingest.c server/matcher.c server/util.c $(wildcard server/json_check.c)
 build/fuzz/fuzz_ingest: $(FUZZ_INGEST_SRC:%.c=build/fuzz/obj/%.o)
-build/fuzz/fuzz_matcher: build/fuzz/obj/server/matcher.o
+build/fuzz/fuzz_matcher: build/fuzz/obj/server/matcher.o build/fuzz/obj/server/util.o
 build/fuzz/fuzz_url: build/fuzz/obj/delivery/target.o
 build/fuzz/%: tests/fuzz/%.c
 	@mkdir -p $(@D)

@@ -32,6 +32,7 @@
  * owned by one thread (the writer) and is not locked.
  */
 #include "matcher.h"
+#include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -532,25 +533,13 @@ struct trie_walk {
 	int failed; /* out of memory */
 };
 
-/* Appends id to *ids (count in use, *cap allocated), growing it. Returns 0, or -1 on out
- * of memory or past INT32_MAX ids (the count is returned as an int). */
-static int ids_push(int64_t **ids, size_t *cap, size_t count, int64_t id)
+/* Appends id to the walk's answer. Returns 0, or -1 on out of memory or past INT32_MAX
+ * ids (the count is returned as an int). */
+static int ids_push(int64_t **ids, size_t *count, size_t *cap, int64_t id)
 {
-	if (count >= (size_t)INT32_MAX)
+	if (*count >= (size_t)INT32_MAX)
 		return -1;
-	if (*ids == NULL || count == *cap) {
-		size_t newcap = *ids != NULL && *cap != 0 ? *cap * 2 : 16;
-		int64_t *grown;
-		if (newcap > SIZE_MAX / sizeof(**ids))
-			return -1;
-		grown = realloc(*ids, newcap * sizeof(**ids));
-		if (grown == NULL)
-			return -1;
-		*ids = grown;
-		*cap = newcap;
-	}
-	(*ids)[count] = id;
-	return 0;
+	return util_ids_push(ids, count, cap, id);
 }
 
 /* Every pattern below `node` matching type words j.. . Recursion depth is at most the
@@ -569,9 +558,7 @@ static void walk(struct trie_walk *w, uint32_t node, int j)
 	nd->seen_mask |= 1u << j;
 	if (j == t->n) {
 		for (uint32_t e = nd->ends; e != 0 && !w->failed; e = w->trie->ends[e - 1].next)
-			if (ids_push(w->ids, w->cap, w->count, w->trie->ends[e - 1].id) == 0)
-				w->count++;
-			else
+			if (ids_push(w->ids, &w->count, w->cap, w->trie->ends[e - 1].id) != 0)
 				w->failed = 1;
 	} else {
 		const struct trie_edge *edge =
@@ -643,9 +630,8 @@ int matcher_match(struct matcher *m, const char *type, int64_t **ids_out, size_t
 		}
 		if (k == e->n)
 			continue;
-		if (ids_push(ids_out, cap, count, e->id) != 0)
+		if (ids_push(ids_out, &count, cap, e->id) != 0)
 			goto out;
-		count++;
 	}
 	rc = (int)count;
 out:

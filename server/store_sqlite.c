@@ -1600,27 +1600,11 @@ static void prune_done(struct store_call *call)
 	prune_schedule(s);
 }
 
-/* Appends id to a growing array (*n used of *cap). Returns 0, or -1 out of memory (the
- * array is left as it was). */
-static int ids_push(int64_t **ids, size_t *n, size_t *cap, int64_t id)
-{
-	if (*n == *cap) {
-		size_t grown_cap = *cap ? *cap * 2 : 8;
-		int64_t *grown = realloc(*ids, grown_cap * sizeof(*grown));
-		if (!grown)
-			return -1;
-		*ids = grown;
-		*cap = grown_cap;
-	}
-	(*ids)[(*n)++] = id;
-	return 0;
-}
-
 /* After the COMMIT of a delete: the subscription may have pending rows left. Returns
  * -1 out of memory: its rows stay pending (held) until the next start. */
 static int sweep_add(struct store *s, int64_t id)
 {
-	return ids_push(&s->sweep.ids, &s->sweep.n, &s->sweep.cap, id);
+	return util_ids_push(&s->sweep.ids, &s->sweep.n, &s->sweep.cap, id);
 }
 
 static void sweep_remove(struct store *s, int64_t id)
@@ -1908,7 +1892,7 @@ static enum store_rc apply_sub_replay(struct store *s, struct store_call *call, 
 		}
 		seen++;
 		if (type && patterns_match(pats, npats, type) &&
-		    ids_push(&ms.seqs, &ms.n, &ms.cap, sqlite3_column_int64(scan, 0)) != 0) {
+		    util_ids_push(&ms.seqs, &ms.n, &ms.cap, sqlite3_column_int64(scan, 0)) != 0) {
 			snprintf(call->why, sizeof(call->why), "out of memory");
 			goto out;
 		}
@@ -2288,7 +2272,7 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 	 * to an endpoint that just answered 410 (a rolled-back batch has another number; a
 	 * call rolled back to its savepoint takes its marks back, see call_disabled). */
 	if (cached) {
-		if (ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
+		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
 			return -1;
 		cached->disabled_in_batch = s->batch_no;
 	}

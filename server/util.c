@@ -1,5 +1,6 @@
 /*
- * util.c - RFC 3339 times and external ids. Pure functions, no allocation.
+ * util.c - RFC 3339 times, external ids, growing id arrays. Only util_ids_push
+ * allocates.
  */
 #include "util.h"
 
@@ -220,4 +221,22 @@ void util_event_id_floor(int64_t ms, char out[UTIL_ID_MAX])
 	const int64_t max_ms = ((int64_t)1 << 48) - 1;
 
 	format_event_id(ms < 0 ? 0 : ms > max_ms ? max_ms : ms, zero, out);
+}
+
+int util_ids_push(int64_t **ids, size_t *n, size_t *cap, int64_t id)
+{
+	if (*n == *cap) {
+		size_t grown_cap = *cap ? *cap * 2 : 16;
+		int64_t *grown;
+
+		if (grown_cap > SIZE_MAX / sizeof(*grown))
+			return -1;
+		grown = realloc(*ids, grown_cap * sizeof(*grown));
+		if (!grown)
+			return -1;
+		*ids = grown;
+		*cap = grown_cap;
+	}
+	(*ids)[(*n)++] = id;
+	return 0;
 }

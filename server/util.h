@@ -1,6 +1,6 @@
 /*
- * util.h - small pure helpers shared by server/: RFC 3339 times, external ids
- * ("sub_12", "dlv_7", "evt_<26 chars>"). Thread-safe.
+ * util.h - small helpers shared by server/: RFC 3339 times, external ids
+ * ("sub_12", "dlv_7", "evt_<26 chars>"), growing id arrays. Thread-safe.
  */
 #ifndef HOOKRELAY_UTIL_H
 #define HOOKRELAY_UTIL_H
@@ -35,5 +35,9 @@ void util_event_id_floor(int64_t ms, char out[UTIL_ID_MAX]);
 
 /* Parses a decimal in [min, max] from the whole of text. Returns 0 or -1. */
 int util_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
+
+/* Appends id to the growing array *ids (*n used of *cap allocated; NULL and 0 to start),
+ * doubling it when full. Returns 0, or -1 out of memory (the array is left as it was). */
+int util_ids_push(int64_t **ids, size_t *n, size_t *cap, int64_t id);
 
 #endif

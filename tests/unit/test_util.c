@@ -175,8 +175,25 @@ static void test_event_ids(void)
 	CHECK(strcmp(a, "evt_7ZZZZZZZZZ0000000000000000") == 0);
 }
 
+/* An id array grown from nothing keeps every id in order, and its count within cap. */
+static void test_ids_push(void)
+{
+	int64_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	int ok = 1;
+
+	for (int64_t id = 1; id <= 1000; id++)
+		CHECK(util_ids_push(&ids, &n, &cap, id * 3) == 0);
+	CHECK(n == 1000 && cap >= n);
+	for (size_t i = 0; i < n; i++)
+		ok &= ids[i] == (int64_t)(i + 1) * 3;
+	CHECK(ok);
+	free(ids);
+}
+
 int main(void)
 {
+	test_ids_push();
 	test_parse_time();
 	test_event_ids();
 	test_format_time();
