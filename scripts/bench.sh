@@ -397,19 +397,28 @@ section_ingest() {
 	return 0
 }
 
-# subscribe_others N RECEIVER_URL: N subscriptions to types no bench event has, made by
-# one curl (64 at once, so the writer commits them in groups).
+# create_subscriptions N WHAT: creates the subscriptions whose JSON bodies come one per
+# line on stdin, with one curl (64 at once, so the writer commits them in groups): a
+# curl (and jq) per subscription took ~65 ms, 40 s for 600. Fails unless all N answer 201.
+create_subscriptions() {
+	local made
+	# "next" between requests: one after the last is a request with no URL
+	awk -v api="$API" 'NR > 1 { print "next" }
+		{ gsub(/["\\]/, "\\\\&")
+		  printf "url = \"%s/v1/subscriptions\"\nrequest = \"POST\"\n", api
+		  printf "header = \"Content-Type: application/json\"\ndata-binary = \"%s\"\n", $0
+		  printf "output = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\n" }' >"$RUN/subs.curl"
+	made=$(curl -sS --no-progress-meter -m 120 --parallel --parallel-max 64 --config "$RUN/subs.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
+	[ "$made" = "$1" ] || { note "$made of $1 $2 created: $(head -c 200 "$RUN/api.err")"; return 1; }
+}
+
+# subscribe_others N RECEIVER_URL: N subscriptions to types no bench event has.
 OTHER_SUBS=10000
 subscribe_others() {
-	local i made
+	local i
 	for i in $(seq 1 "$1"); do
-		[ "$i" = 1 ] || printf 'next\n' # between requests: one after the last has no URL
-		printf 'url = "%s/v1/subscriptions"\nrequest = "POST"\nheader = "Content-Type: application/json"\n' "$API"
-		printf 'data-binary = "{\\"url\\":\\"%s/t%s\\",\\"event_types\\":[\\"tenant%s.order.*\\",\\"tenant%s.invoice.#\\"]}"\n' "$2" "$i" "$i" "$i"
-		printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
-	done >"$RUN/others.curl"
-	made=$(curl -sS --no-progress-meter -m 120 --parallel --parallel-max 64 --config "$RUN/others.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
-	[ "$made" = "$1" ] || { note "$made of $1 subscriptions of other types created: $(head -c 200 "$RUN/api.err")"; return 1; }
+		printf '{"url":"%s/t%s","event_types":["tenant%s.order.*","tenant%s.invoice.#"]}\n' "$2" "$i" "$i" "$i"
+	done | create_subscriptions "$1" "subscriptions of other types"
 }
 
 # fill_backlog EVENTS BODYFILE PER_CALL: batch-ingest into $API; sets FILL_OK, FILL_S
@@ -603,16 +612,9 @@ tls_row() {
 	}
 	[ "$shape" = live ] || publish_tls_batches || return 1
 	if [ "$shape" = live ]; then
-		# One curl for all of them: a curl (and jq) per subscription took ~65 ms, 40 s for 600.
 		for p in $ports; do
-			# "next" between requests: one after the last is a request with no URL
-			[ "$p" = "$p0" ] || printf 'next\n'
-			printf 'url = "%s/v1/subscriptions"\nrequest = "POST"\nheader = "Content-Type: application/json"\n' "$API"
-			printf 'data-binary = "{\\"url\\":\\"https://127.0.0.1:%s/hook\\",\\"event_types\\":[\\"order.*\\"]}"\n' "$p"
-			printf 'output = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
-		done >"$RUN/tls-subs.curl"
-		i=$(curl -sS -m 120 --config "$RUN/tls-subs.curl" 2>"$RUN/api.err" | grep -c '^201$' || true)
-		[ "$i" = "$receivers" ] || { note "row $label: $i of $receivers subscriptions created: $(head -c 200 "$RUN/api.err")"; return 1; }
+			printf '{"url":"https://127.0.0.1:%s/hook","event_types":["order.*"]}\n' "$p"
+		done | create_subscriptions "$receivers" "row $label subscriptions" || return 1
 	fi
 	for p in $([ "$shape" = live ] || echo "$ports"); do
 		api POST /v1/subscriptions "{\"url\":\"https://127.0.0.1:$p/hook\",\"event_types\":[\"order.*\"],\"enabled\":false}"
