@@ -1945,7 +1945,8 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 	job->secrets = sub_secrets_text(sub, now_ms);
 	job->subscription_version = sub->version;
 	sqlite3_bind_int64(env, 1, sqlite3_column_int64(row, 1));
-	if (sqlite3_step(env) == SQLITE_ROW) {
+	int step = sqlite3_step(env);
+	if (step == SQLITE_ROW) {
 		int len = sqlite3_column_bytes(env, 1);
 		job->event_id = strdup_or_null(column_text(env, 0));
 		job->published_at_ms = sqlite3_column_int64(env, 2);
@@ -1957,7 +1958,12 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 		}
 	}
 	sqlite3_reset(env);
-	/* A job missing a part fails its attempt in the sender with a clear error. */
+	if (step != SQLITE_ROW && step != SQLITE_DONE) {
+		delivery_job_free(job); /* a failed read fails the claim, retried, not an attempt */
+		return NULL;
+	}
+	/* A job missing a part (its event pruned, out of memory) fails its attempt in the
+	 * sender with a clear error. */
 	return job;
 }
 
@@ -2270,8 +2276,10 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 
 	/* The cache changes only after the COMMIT; a claim later in this batch must not send
 	 * to an endpoint that just answered 410 (a rolled-back batch has another number; a
-	 * call rolled back to its savepoint takes its marks back, see call_disabled). */
-	if (cached) {
+	 * call rolled back to its savepoint takes its marks back, see call_disabled: only the
+	 * first call to disable it in the batch marks it, so a later one's rollback cannot
+	 * take back a disable that stands). */
+	if (cached && cached->disabled_in_batch != s->batch_no) {
 		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
 			return -1;
 		cached->disabled_in_batch = s->batch_no;
@@ -2507,8 +2515,15 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		 * that copy was half the writer's time per event. */
 		int guarded = c->kind != STORE_INGEST;
 		int64_t pending_before = s->batch_pending;
-		if (guarded)
-			step_done(s->st[ST_SAVEPOINT]);
+		size_t span = c->kind == STORE_COMPLETE
+		                  ? (size_t)((struct complete_args *)c->internal)->n
+		                  : 1; /* its entries in changed[] */
+		/* A savepoint that cannot be taken, rolled back to or released (the disk, say)
+		 * fails the whole batch: else a failed call's writes could be committed. */
+		if (guarded && step_done(s->st[ST_SAVEPOINT]) != 0) {
+			c->rc = STORE_OK; /* not run: answered "storage unavailable" below */
+			goto abandon;
+		}
 		s->ncall_disabled = 0;
 		switch (c->kind) {
 		case STORE_INGEST:
@@ -2549,25 +2564,21 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			break;
 		}
 		if (c->rc == STORE_OK) {
-			size_t span = c->kind == STORE_COMPLETE
-			                  ? (size_t)((struct complete_args *)c->internal)->n
-			                  : 1;
 			nchanged += span;
 		} else if (!guarded) {
-			if (!sqlite3_get_autocommit(s->wdb))
-				exec_sql(s->wdb, "ROLLBACK", NULL, 0);
-			goto finish;
+			goto abandon;
 		} else {
 			if (c->rc == STORE_ERR)
 				storage_failed = 1;
-			memset(slot, 0, sizeof(*slot));
+			memset(slot, 0, span * sizeof(*slot));
 			/* Only reads and in-memory marks are undone by hand: a claim's
 			 * conclusions came from reads that still hold, but for the jobs it
 			 * gives back (free_claim_jobs); and the calls after this one see what
 			 * it rolled back to. Asking every subscription again instead, a
 			 * stream of PATCHes to an unknown id (~290 404s a second) made 2,000
 			 * deliveries beside 3,000 idle subscriptions take 1.6-1.8 s, not 0.3. */
-			step_done(s->st[ST_ROLLBACK_TO]);
+			if (step_done(s->st[ST_ROLLBACK_TO]) != 0)
+				goto abandon;
 			for (size_t k = 0; k < s->ncall_disabled; k++) { /* the disables went too */
 				struct sub_entry *e = sub_find(s, s->call_disabled[k]);
 				if (e)
@@ -2579,19 +2590,21 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			if (c->kind == STORE_CLAIM)
 				free_claim_jobs(s, c->internal);
 		}
-		if (guarded)
-			step_done(s->st[ST_RELEASE]);
+		if (guarded && step_done(s->st[ST_RELEASE]) != 0)
+			goto abandon;
 		if (sqlite3_get_autocommit(s->wdb)) {
 			/* SQLite rolled the whole transaction back itself (disk full, I/O
 			 * error): nothing of this batch is kept, so every call fails. */
 			goto finish;
 		}
 	}
-	if (step_done(s->st[ST_COMMIT]) == 0)
+	if (step_done(s->st[ST_COMMIT]) == 0) {
 		committed = 1;
-	else if (!sqlite3_get_autocommit(s->wdb))
+		goto finish;
+	}
+abandon: /* nothing of this batch is kept */
+	if (!sqlite3_get_autocommit(s->wdb))
 		exec_sql(s->wdb, "ROLLBACK", NULL, 0);
-
 finish:
 	s->last_batch_failed = !committed;
 	if ((writes && !committed) || storage_failed)

@@ -1,19 +1,29 @@
-// reliability-storage.test.mjs - issue #5, part 4: a full disk under a running relay.
+// reliability-storage.test.mjs - issue #5, part 4: a full disk under a running relay, and
+// storage errors inside the writer's batches.
 //
-// The relay runs inside a private mount namespace whose database directory is a 4 MiB
-// tmpfs (reliability/storage-child.mjs does the steps and reports a summary): publishing
-// until a POST answers 503 storage_unavailable must keep the relay up and every earlier
-// 202 stored; freeing space must let the next POST answer 202 without a restart; SIGTERM
-// exits 0 and the database passes PRAGMA integrity_check.
+// Full disk: the relay runs inside a private mount namespace whose database directory is
+// a 4 MiB tmpfs (reliability/storage-child.mjs does the steps and reports a summary):
+// publishing until a POST answers 503 storage_unavailable must keep the relay up and every
+// earlier 202 stored; freeing space must let the next POST answer 202 without a restart;
+// SIGTERM exits 0 and the database passes PRAGMA integrity_check.
+//
+// Errors inside batches: tests/faults/step_fault.c (LD_PRELOAD, built by make) fails
+// chosen SQLite steps at random, as a flaky disk would: the savepoints each call runs in,
+// the claims' reads, the attempt log. Every publish answered 202 must still be delivered,
+// and none may spend an attempt on a read that failed.
 
-import { test } from 'node:test';
+import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { relayBin } from './harness.mjs';
+import { existsSync, writeFileSync, rmSync } from 'node:fs';
+import {
+  relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery,
+  waitUntil, sleep, cleanup, withLogs,
+} from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
 const CHILD = fileURLToPath(new URL('./reliability/storage-child.mjs', import.meta.url));
@@ -22,6 +32,8 @@ function canUnshare() {
   const r = spawnSync('unshare', ['-m', 'true'], { timeout: 5000 });
   return !r.error && r.status === 0;
 }
+
+afterEach(cleanup);
 
 test('disk full: 503 storage_unavailable, nothing accepted lost, recovers by itself once there is room', {
   skip: canUnshare() ? false : 'needs `unshare -m` (root or CAP_SYS_ADMIN) for a private tmpfs',
@@ -71,3 +83,88 @@ test('disk full: 503 storage_unavailable, nothing accepted lost, recovers by its
     try { rmdirSync(dir); } catch { /* the tmpfs lived only in the namespace */ }
   }
 });
+
+const FAULT_SHIM = fileURLToPath(new URL('../../build/faults/step_fault.so', import.meta.url));
+
+test('storage errors inside batches (savepoints, claims, attempt logs): every 202 delivered, no attempt spent on a failed read', withLogs(async () => {
+  assert.ok(existsSync(FAULT_SHIM), `${FAULT_SHIM} is missing: make build/faults/step_fault.so`);
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    env: {
+      LD_PRELOAD: FAULT_SHIM,
+      FAULT_STEP_FLAG: flag,
+      FAULT_STEP_P: '0.02',
+      // The claim's own query rarely (a failed claim waits 200 ms and more before the
+      // next), the event it reads for each job often.
+      FAULT_STEP_SQL: ['SAVEPOINT', 'RELEASE', 'ROLLBACK TO', 'SELECT id, event_seq, subscription_id@0.005',
+        'SELECT id, envelope@0.1', 'INSERT INTO attempts@0.05', 'UPDATE deliveries SET state@0.05'].join('|'),
+      // The shim comes before the sanitizer build's runtime in the library list.
+      ASAN_OPTIONS: [process.env.ASAN_OPTIONS, 'verify_asan_link_order=0'].filter(Boolean).join(':'),
+    },
+  });
+  // Receivers that answer 500 to the first request for a third of the events: retries.
+  const subs = [];
+  for (let i = 0; i < 6; i++) {
+    const delivered = new Set();
+    const seen = new Map();
+    const rcv = await startReceiver({
+      behavior: (req) => {
+        const id = req.headers['webhook-id'];
+        const n = (seen.get(id) ?? 0) + 1;
+        seen.set(id, n);
+        const status = n === 1 && id.charCodeAt(id.length - 1) % 3 === 0 ? 500 : 200;
+        if (status === 200) delivered.add(id);
+        return { status };
+      },
+    });
+    subs.push({ sub: await createSub(relay, rcv, { event_types: [`faults${i}.x`] }), delivered, accepted: [] });
+  }
+
+  writeFileSync(flag, '');
+  let stop = false;
+  let notFound = 0;
+  // Calls that answer 404 each roll back to their savepoint, beside the others.
+  const noise = (async () => {
+    while (!stop) {
+      const r = await api(relay, 'PATCH', '/v1/subscriptions/sub_99999999', { description: 'x' });
+      if (r.status === 404) notFound++;
+      await sleep(2);
+    }
+  })();
+  const statuses = {};
+  for (let k = 0; k < 40; k++) {
+    const answers = await Promise.all(subs.map((_, i) => api(relay, 'POST', '/v1/events', { type: `faults${i}.x`, data: { k } })));
+    answers.forEach((r, i) => {
+      statuses[r.status] = (statuses[r.status] ?? 0) + 1;
+      assert.ok(r.status === 202 || r.status === 503, `publish answered ${r.status} ${r.text}`);
+      if (r.status === 202) subs[i].accepted.push(r.json.id);
+    });
+  }
+  await sleep(1000);
+  rmSync(flag);
+  stop = true;
+  await noise;
+
+  const missing = () => subs.reduce((n, s) => n + s.accepted.filter((id) => !s.delivered.has(id)).length, 0);
+  await waitUntil(() => missing() === 0, 30_000 * SLOW,
+    `every accepted event delivered (publishes answered ${JSON.stringify(statuses)})`, 50);
+  const metrics = await waitUntil(async () => {
+    const m = (await api(relay, 'GET', '/metrics')).text;
+    return /^hookrelay_deliveries_pending 0$/m.test(m) && /^hookrelay_deliveries_in_flight 0$/m.test(m) ? m : false;
+  }, 10_000 * SLOW, 'nothing pending or in flight');
+  const failures = Number(metrics.match(/^hookrelay_store_write_failures_total (\d+)$/m)?.[1]);
+  assert.ok(failures > 0, `the shim made no batch fail (store_write_failures_total ${failures})`);
+  assert.ok(notFound > 0, 'the 404 stream ran');
+
+  // A failed read of the event fails the claim, which is tried again; it must not become
+  // an attempt that went out without a body or id.
+  for (const { sub } of subs) {
+    for (const d of await listAll(relay, `/v1/deliveries?subscription=${sub.id}`)) {
+      assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d)}`);
+      const full = await getDelivery(relay, d.id);
+      for (const a of full.attempts) {
+        assert.ok(a.http_status !== 0, `${d.id} attempt ${a.attempt} went nowhere: ${a.error}`);
+      }
+    }
+  }
+}));

@@ -1,0 +1,74 @@
+/*
+ * step_fault.c - an LD_PRELOAD shim for tests: makes sqlite3_step fail with SQLITE_IOERR,
+ * as a failing disk would, for chosen statements, at random, while a flag file exists.
+ *
+ *   FAULT_STEP_SQL   '|'-separated prefixes of the statements' SQL text to fail, each
+ *                    optionally followed by "@P", its own probability
+ *   FAULT_STEP_P     probability of failing each matching step otherwise (default 0.02)
+ *   FAULT_STEP_FLAG  faults happen only while this file exists (so a relay can start and
+ *                    be set up cleanly, then have faults, then none)
+ *
+ * Every other call goes to SQLite untouched. The random sequence is fixed (erand48 with a
+ * constant seed) and shared by the process's threads under a lock.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int (*real_step)(sqlite3_stmt *);
+static const char *prefixes, *flag;
+static double probability = 0.02;
+static unsigned short seed[3] = {0x1234, 0x5678, 0x9abc};
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t seed_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void setup(void)
+{
+	const char *p = getenv("FAULT_STEP_P");
+
+	real_step = (int (*)(sqlite3_stmt *))dlsym(RTLD_NEXT, "sqlite3_step");
+	prefixes = getenv("FAULT_STEP_SQL");
+	flag = getenv("FAULT_STEP_FLAG");
+	if (p)
+		probability = atof(p);
+}
+
+/* The probability of failing a step of sql: that of the first prefix it starts with, or 0. */
+static double chance(const char *sql)
+{
+	for (const char *q = prefixes; q && *q;) {
+		const char *bar = strchr(q, '|');
+		size_t n = bar ? (size_t)(bar - q) : strlen(q);
+		const char *at = memchr(q, '@', n);
+		size_t len = at ? (size_t)(at - q) : n;
+		if (len > 0 && strncmp(sql, q, len) == 0)
+			return at ? atof(at + 1) : probability;
+		if (!bar)
+			break;
+		q = bar + 1;
+	}
+	return 0;
+}
+
+static int roll(double p)
+{
+	pthread_mutex_lock(&seed_lock);
+	double r = erand48(seed);
+	pthread_mutex_unlock(&seed_lock);
+	return r < p;
+}
+
+int sqlite3_step(sqlite3_stmt *st)
+{
+	const char *sql;
+
+	pthread_once(&once, setup);
+	sql = sqlite3_sql(st);
+	double p = sql && flag ? chance(sql) : 0;
+	if (p > 0 && access(flag, F_OK) == 0 && roll(p))
+		return SQLITE_IOERR;
+	return real_step(st);
+}
