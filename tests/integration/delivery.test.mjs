@@ -850,3 +850,67 @@ test('a share others cannot use goes to those with more to send', withLogs(async
   await Promise.all(big.map((r) => r.waitFor(40, 20_000)));
   for (const r of big) assert.ok(r.most >= 12, `in flight at once to a big one: ${r.most} (its share was 4)`);
 }));
+
+// Claims pass by subscriptions known to have nothing pending (the quiet ones, stepped
+// over 64 at a time): each way a delivery becomes due must bring one back.
+test('subscriptions idle through many claims are sent what becomes due for them: publish, retry, enable, replay', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: { status: 200 } });
+  const IDLE = 150;
+  const idle = [];
+  const before = await postEvent(relay, { type: 'before.x' }); // for a replay below
+  for (let i = 0; i < IDLE; i += 25) {
+    idle.push(...await Promise.all(Array.from({ length: 25 }, (_, k) =>
+      createSub(relay, r, { event_types: [`idle${i + k}.x`, ...(i + k === 70 ? ['before.x'] : [])] }))));
+  }
+  const late = await createSub(relay, r, { event_types: ['late.x'], enabled: false });
+  await createSub(relay, r, { event_types: ['busy.x'] });
+  const arrived = (id) => r.requests.filter((q) => q.headers['webhook-id'] === id).length;
+  // Many claims while only busy.x has work: the idle ones are found to have none.
+  for (let k = 0; k < 10; k++) {
+    const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 50 }, () => ({ type: 'busy.x' })));
+    assert.equal(res.status, 202, res.text);
+    await sleep(20);
+  }
+  await waitUntil(() => r.requests.length >= 500, 10_000 * SLOW, '500 busy deliveries');
+
+  // Published: the first of a run of 64, one inside it, the last subscription.
+  const picks = [0, 37, 64, 100, IDLE - 1];
+  const events = [];
+  for (const i of picks) events.push(await postEvent(relay, { type: `idle${i}.x` }));
+  await waitUntil(() => events.every((e) => arrived(e.id) === 1), 5000 * SLOW,
+    'each idle subscription sent its event');
+
+  // Retried by hand after more claims have passed them by again.
+  const more = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 50 }, () => ({ type: 'busy.x' })));
+  assert.equal(more.status, 202, more.text);
+  await waitUntil(() => r.requests.length >= 555, 10_000 * SLOW, 'the next busy deliveries');
+  const [d] = await eventDeliveries(relay, events[1].id);
+  const retry = await api(relay, 'POST', `/v1/deliveries/${d.id}/retry`);
+  assert.equal(retry.status, 202, retry.text);
+  await waitUntil(() => arrived(events[1].id) === 2, 5000 * SLOW, 'the retried delivery sent again');
+
+  // Replayed: an event published before the subscription was created.
+  const back = await api(relay, 'POST', `/v1/subscriptions/${idle[70].id}/replay`, { since: '1970-01-01T00:00:00Z' });
+  assert.equal(back.status, 202, back.text);
+  assert.equal(back.json.replayed, 1, back.text);
+  await waitUntil(() => arrived(before.id) === 1, 5000 * SLOW, 'the replayed event sent');
+
+  // Replayed while disabled (held), then enabled; and replayed to one created late.
+  const held = await postEvent(relay, { type: 'late.x' });
+  assert.equal(held.deliveries, 0, 'a disabled subscription gets no delivery of a new event');
+  const missed = await api(relay, 'POST', `/v1/subscriptions/${late.id}/replay`, { since: '1970-01-01T00:00:00Z' });
+  assert.equal(missed.status, 202, missed.text);
+  assert.equal(missed.json.replayed, 1, missed.text);
+  await sleep(300);
+  assert.equal(arrived(held.id), 0, 'held while disabled');
+  const on = await api(relay, 'PATCH', `/v1/subscriptions/${late.id}`, { enabled: true });
+  assert.equal(on.status, 200, on.text);
+  await waitUntil(() => arrived(held.id) === 1, 5000 * SLOW, 'the held delivery sent once enabled');
+  const newcomer = await createSub(relay, r, { event_types: [`idle${picks[2]}.x`] });
+  const replay = await api(relay, 'POST', `/v1/subscriptions/${newcomer.id}/replay`, { since: '1970-01-01T00:00:00Z' });
+  assert.equal(replay.status, 202, replay.text);
+  assert.equal(replay.json.replayed, 1, replay.text);
+  await waitUntil(() => arrived(events[2].id) === 2, 5000 * SLOW, 'the replayed event sent to the newcomer');
+  assert.equal(idle.length, IDLE);
+}));
