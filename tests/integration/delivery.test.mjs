@@ -853,7 +853,7 @@ test('a share others cannot use goes to those with more to send', withLogs(async
 
 // Claims pass by subscriptions known to have nothing pending (the quiet ones, stepped
 // over 64 at a time): each way a delivery becomes due must bring one back.
-test('subscriptions idle through many claims are sent what becomes due for them: publish, retry, enable, replay', withLogs(async () => {
+test('subscriptions idle through many claims are sent what becomes due for them: publish, retry, recover, replay, enable', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver({ behavior: { status: 200 } });
   const IDLE = 150;
@@ -864,6 +864,12 @@ test('subscriptions idle through many claims are sent what becomes due for them:
       createSub(relay, r, { event_types: [`idle${i + k}.x`, ...(i + k === 70 ? ['before.x'] : [])] }))));
   }
   const late = await createSub(relay, r, { event_types: ['late.x'], enabled: false });
+  let flakyStatus = 500;
+  const r2 = await startReceiver({ behavior: () => ({ status: flakyStatus }) });
+  const flaky = await createSub(relay, r2, { event_types: ['flaky.x'] });
+  const lost = await postEvent(relay, { type: 'flaky.x' });
+  await waitUntil(async () => (await eventDeliveries(relay, lost.id))[0]?.status === 'failed',
+    5000 * SLOW, 'the flaky delivery failed (three attempts)');
   await createSub(relay, r, { event_types: ['busy.x'] });
   const arrived = (id) => r.requests.filter((q) => q.headers['webhook-id'] === id).length;
   // Many claims while only busy.x has work: the idle ones are found to have none.
@@ -889,6 +895,13 @@ test('subscriptions idle through many claims are sent what becomes due for them:
   const retry = await api(relay, 'POST', `/v1/deliveries/${d.id}/retry`);
   assert.equal(retry.status, 202, retry.text);
   await waitUntil(() => arrived(events[1].id) === 2, 5000 * SLOW, 'the retried delivery sent again');
+
+  // Recovered after failing.
+  flakyStatus = 200;
+  const rec = await api(relay, 'POST', `/v1/subscriptions/${flaky.id}/recover`, { since: '1970-01-01T00:00:00Z' });
+  assert.equal(rec.status, 202, rec.text);
+  assert.equal(rec.json.requeued, 1, rec.text);
+  await waitUntil(() => r2.requests.length === 4, 5000 * SLOW, 'the recovered delivery sent a fourth time');
 
   // Replayed: an event published before the subscription was created.
   const back = await api(relay, 'POST', `/v1/subscriptions/${idle[70].id}/replay`, { since: '1970-01-01T00:00:00Z' });
