@@ -791,10 +791,13 @@ test('an open-file limit too low for the idle connections keeps fewer, says so, 
     wrap: ['sh', '-c', 'ulimit -n 1600 && exec "$@"', 'sh'],
     args: ['--max-in-flight', '8', '--http-threads', '2'],
   });
-  const said = /open-file limit is 1600 .*1024 idle delivery connections can use; keeping (\d+) idle;/;
+  const said = /open-file limit is (\d+) .*1024 idle delivery connections can use; keeping (\d+) idle;/;
   await waitUntil(() => said.test(relay.stderrText), 3000, 'the open-file warning');
-  // 1,600 less 1,024 client connections, 8 in flight, 2 HTTP threads and 256 spare.
-  assert.equal(relay.stderrText.match(said)[1], '310');
+  // 1,600 (less the few valgrind keeps for itself under `make valgrind`) less 1,024
+  // client connections, 8 in flight, 2 HTTP threads and 256 spare: 310 idle.
+  const [, limit, kept] = relay.stderrText.match(said).map(Number);
+  assert.ok(limit > 1500 && limit <= 1600, `limit ${limit}`);
+  assert.equal(kept, limit - 1024 - 8 - 2 - 256);
   const r = await startReceiver();
   await createSub(relay, r);
   const res = await api(relay, 'POST', '/v1/events', { type: 'order.updated', data: {} });
