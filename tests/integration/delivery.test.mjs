@@ -928,5 +928,4 @@ test('subscriptions idle through many claims are sent what becomes due for them:
   assert.equal(replay.status, 202, replay.text);
   assert.equal(replay.json.replayed, 1, replay.text);
   await waitUntil(() => arrived(events[2].id) === 2, 5000 * SLOW, 'the replayed event sent to the newcomer');
-  assert.equal(idle.length, IDLE);
 }));
