@@ -95,6 +95,9 @@ struct delivery_claim {
 	                                with room */
 	int host_full;               /* out: 1 if a host had no room for a subscription
 	                                that did: claim again when a request to one ends */
+	int sub_full;                /* out: 1 if a subscription had no room (at its
+	                                max_in_flight or its share of ours), or had more
+	                                due than it took: its results free room for it */
 };
 
 /*

@@ -314,6 +314,7 @@ struct claim_args {
 	int njobs;
 	int64_t next_due_ms;
 	int host_full; /* a host's room cut what a subscription could take */
+	int sub_full;  /* a subscription was at its cap, or left due work behind */
 };
 
 /* A receiver host of some subscription (its target_host_key), for the claims' per-host
@@ -2108,6 +2109,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		synced = wish_wake_when_synced(s, missed);
 	a->next_due_ms = INT64_MAX;
 	a->host_full = 0;
+	a->sub_full = 0;
 	size_t filled_at = SIZE_MAX; /* k of the subscription whose jobs filled the claim */
 	a->jobs = calloc((size_t)a->max, sizeof(*a->jobs));
 	if (!a->jobs)
@@ -2190,6 +2192,7 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no)
 			continue; /* disabled: held */
 		if (room <= 0) {
+			a->sub_full = 1;
 			if (pass < 2) {
 				busy += sub->leased > 0;
 				held += cap < sub->max_in_flight;
@@ -2251,6 +2254,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 			more_due = due <= a->now_ms;
+			if (more_due)
+				a->sub_full = 1;
 		}
 		sqlite3_reset(nd);
 		busy += more_due || a->njobs > before || sub->leased > 0;
@@ -2830,6 +2835,7 @@ static void claim_done(struct store_call *call)
 		claim->jobs = a->jobs;
 		claim->next_due_ms = a->next_due_ms;
 		claim->host_full = a->host_full;
+		claim->sub_full = a->sub_full;
 		a->jobs = NULL; /* handed over */
 		a->njobs = 0;
 	} else {
