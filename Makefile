@@ -73,6 +73,13 @@ $(FAULT_SHIM): tests/faults/step_fault.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -shared -fPIC -o $@ $< $(LIBS) -ldl
 
+# The bench's load generator, which one integration test also drives (Node's HTTP client
+# cannot publish fast enough to make the WAL long).
+LOADGEN := build/tools/loadgen
+$(LOADGEN): scripts/bench/loadgen.c
+	@mkdir -p $(@D)
+	$(CC) -std=c11 $(WARN) $(OPT) -o $@ $< -lcurl
+
 build/unit/%: tests/unit/%.c tests/unit/check.h $(OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(OBJ) $(LIBS)
@@ -126,11 +133,11 @@ unit: $(UNIT_BIN)
 tests/node_modules/.package-lock.json: tests/package.json
 	cd tests && npm ci --no-audit --no-fund --loglevel=error
 
-integration: build/hookrelay $(FAULT_SHIM) tests/node_modules/.package-lock.json
+integration: build/hookrelay $(FAULT_SHIM) $(LOADGEN) tests/node_modules/.package-lock.json
 	HOOKRELAY_BIN=$(CURDIR)/build/hookrelay node --test --test-concurrency=2 tests/integration/
 
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
-sanitize: build/san/hookrelay $(SAN_UNIT) $(FAULT_SHIM) tests/node_modules/.package-lock.json
+sanitize: build/san/hookrelay $(SAN_UNIT) $(FAULT_SHIM) $(LOADGEN) tests/node_modules/.package-lock.json
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 scripts/run-unit.sh $(SAN_UNIT)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	HOOKRELAY_BIN=$(CURDIR)/build/san/hookrelay node --test --test-concurrency=2 tests/integration/
@@ -158,7 +165,7 @@ test: deps
 
 # Issue #5 at length: the reliability tests with RELIABILITY_SOAK=1 (20 kills under load,
 # bigger bursts; RELIABILITY_KILLS=N to change the kill count), one file at a time.
-soak: deps build/hookrelay $(FAULT_SHIM) tests/node_modules/.package-lock.json
+soak: deps build/hookrelay $(FAULT_SHIM) $(LOADGEN) tests/node_modules/.package-lock.json
 	RELIABILITY_SOAK=1 HOOKRELAY_BIN=$(CURDIR)/build/hookrelay \
 	node --test --test-concurrency=1 $(sort $(wildcard tests/integration/reliability*.test.mjs))
 
