@@ -3153,7 +3153,6 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "loading subscriptions: %s", sqlite3_errmsg(s->wdb));
 		goto fail;
 	}
-	measure_wal(s);
 	if (s->synchronous_full) {
 		s->wal_fd = open_wal_for_sync(s);
 		if (s->wal_fd >= 0 && exec_sql(s->wdb, "PRAGMA synchronous=NORMAL", err, errlen) != 0)
@@ -3176,6 +3175,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
 		pthread_setname_np(s->checkpointer, "hr-checkpoint");
 		s->checkpointer_running = 1;
+		measure_wal(s); /* without the hook the limit stays WAL_SIZE_LIMIT */
 		sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the automatic checkpoint */
 	}
 	s->source.ctx = s;
