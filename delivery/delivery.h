@@ -34,6 +34,8 @@ struct delivery_job {
 	                                  delivery_store.current */
 	int64_t published_at_ms;       /* unix ms its event was published (the envelope's
 	                                  timestamp) */
+	int fills_subscription;        /* its claim left the subscription at max_in_flight:
+	                                  new work for it waits for this one's result */
 };
 
 enum delivery_outcome {

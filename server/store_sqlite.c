@@ -2232,6 +2232,9 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			}
 			sqlite3_reset(st);
 			sub->claimed += a->njobs - before;
+			if (sub->leased + sub->claimed >= sub->max_in_flight)
+				for (int j = before; j < a->njobs; j++)
+					a->jobs[j]->fills_subscription = 1;
 			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
 			if (host && a->njobs > before) {
 				host->room -= a->njobs - before;
