@@ -204,7 +204,7 @@ test('a long WAL comes back down in steps while publishing goes on, not in one c
   writeFileSync(path.join(dir, 'event.json'), JSON.stringify(event));
   const walBytes = () => { try { return statSync(relay.dbPath + '-wal').size; } catch { return 0; } };
   const sizes = [];
-  const sampler = setInterval(() => sizes.push(walBytes()), 100);
+  const sampler = setInterval(() => sizes.push(walBytes()), 10);
   try {
     const burst = await loadgen(['--url', `${relay.url}/v1/events/batch`, '--body', path.join(dir, 'batch.json'),
       '--rate', '0', '--inflight', '16', '--seconds', '5', '--requests', '1000000']);
@@ -216,14 +216,17 @@ test('a long WAL comes back down in steps while publishing goes on, not in one c
     sizes.push(walBytes());
     const MiB = 1048576;
     const peak = Math.max(...sizes);
-    const trace = `WAL MiB every 0.5 s: ${sizes.filter((_, i) => i % 5 === 0).map((b) => (b / MiB).toFixed(0)).join(' ')}`;
-    if (peak <= 80 * MiB) {
-      console.log(`# the WAL never passed 80 MiB (a slow machine?), nothing to cut: ${trace}`);
+    const trace = `WAL MiB every ~0.5 s: ${sizes.filter((_, i) => i % 50 === 0).map((b) => (b / MiB).toFixed(0)).join(' ')}`;
+    if (peak <= 112 * MiB) {
+      console.log(`# the WAL never passed 112 MiB (a slow machine?), no cut to tell: ${trace}`);
       return;
     }
     let biggestCut = 0;
     for (let i = 1; i < sizes.length; i++) biggestCut = Math.max(biggestCut, sizes[i - 1] - sizes[i]);
-    assert.ok(biggestCut <= 16 * MiB, `the WAL was cut by ${(biggestCut / MiB).toFixed(0)} MiB at once: ${trace}`);
+    console.log(`# biggest cut between samples: ${(biggestCut / MiB).toFixed(1)} MiB; ${trace}`);
+    // Sampled every ~10 ms: a restart (checkpoint pass, commit, an 8 MiB cut) takes
+    // several, so two steps at most fit between samples; one cut to 64 MiB is >= 48.
+    assert.ok(biggestCut <= 32 * MiB, `the WAL was cut by ${(biggestCut / MiB).toFixed(0)} MiB between two samples: ${trace}`);
     assert.ok(sizes.at(-1) < peak, `the WAL must come down while publishing goes on: ${trace}`);
   } finally {
     clearInterval(sampler);
