@@ -465,8 +465,8 @@ static void *dispatcher_main(void *arg)
 		claim_now = !stopping && !lp.claim_out &&
 		            sender_in_flight(d->sender) < d->opts.max_in_flight &&
 		            now >= lp.next_due && mono >= lp.claim_retry_at;
-		if (claim_now || more || stopping || now >= lp.next_due || lp.sub_full ||
-		    lp.frees_full ||
+		/* now >= next_due covers a claim made now: its results go in front of it */
+		if (more || stopping || now >= lp.next_due || lp.sub_full || lp.frees_full ||
 		    (lp.n > 0 && clock_mono_ms() - lp.held_since >= DISPATCH_RESULT_HOLD_MS))
 			batch_flush(d, &lp);
 		if (claim_now)
