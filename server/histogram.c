@@ -4,47 +4,65 @@
  */
 #include "histogram.h"
 
-static const int64_t bounds_ms[HISTOGRAM_BOUNDS] = {
-    5,    10,    25,    50,    100,    250,     500,     1000,     2500,
-    5000, 10000, 30000, 60000, 300000, 1800000, 7200000, 86400000,
-};
-static const char *const bounds_text[HISTOGRAM_BOUNDS] = {
-    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",  "1",     "2.5",
-    "5",     "10",   "30",    "60",   "300", "1800", "7200", "86400",
+#include <string.h>
+
+const struct histogram_scale histogram_scale_delivery = {
+    17,
+    {5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000,
+     30000000, 60000000, 300000000, 1800000000, 7200000000, 86400000000},
+    {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60",
+     "300", "1800", "7200", "86400"},
 };
 
-void histogram_observe(struct histogram *h, int64_t ms)
+const struct histogram_scale histogram_scale_disk = {
+    16,
+    {100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+     5000000, 10000000},
+    {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+     "0.25", "0.5", "1", "2.5", "5", "10"},
+};
+
+void histogram_init(struct histogram *h, const struct histogram_scale *scale)
 {
+	memset(h, 0, sizeof(*h));
+	h->scale = scale;
+}
+
+void histogram_observe(struct histogram *h, int64_t us)
+{
+	const struct histogram_scale *sc = h->scale;
 	int i = 0;
 
-	if (ms < 0)
-		ms = 0;
-	while (i < HISTOGRAM_BOUNDS && ms > bounds_ms[i])
+	if (us < 0)
+		us = 0;
+	while (i < sc->bounds && us > sc->bound_us[i])
 		i++;
 	atomic_fetch_add(&h->bucket[i], 1); /* seq_cst: see count_results */
-	atomic_fetch_add(&h->sum_ms, ms);
+	atomic_fetch_add(&h->sum_us, us);
 }
 
 void histogram_read(struct histogram *h, struct histogram_counts *out)
 {
-	for (int i = 0; i <= HISTOGRAM_BOUNDS; i++)
+	out->scale = h->scale;
+	for (int i = 0; i <= HISTOGRAM_MAX_BOUNDS; i++)
 		out->bucket[i] = atomic_load(&h->bucket[i]);
-	out->sum_ms = atomic_load(&h->sum_ms);
+	out->sum_us = atomic_load(&h->sum_us);
 }
 
 int histogram_write(FILE *f, const char *name, const char *help, const struct histogram_counts *c)
 {
+	const struct histogram_scale *sc = c->scale;
 	long long seen = 0;
 	int rc = fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
 
-	for (int i = 0; i <= HISTOGRAM_BOUNDS && rc >= 0; i++) {
+	for (int i = 0; i <= sc->bounds && rc >= 0; i++) {
 		seen += c->bucket[i];
 		rc = fprintf(f, "%s_bucket{le=\"%s\"} %lld\n", name,
-		             i < HISTOGRAM_BOUNDS ? bounds_text[i] : "+Inf", seen);
+		             i < sc->bounds ? sc->bound_text[i] : "+Inf", seen);
 	}
 	if (rc >= 0)
-		rc = fprintf(f, "%s_sum %lld.%03lld\n%s_count %lld\n", name,
-		             (long long)(c->sum_ms / 1000), (long long)(c->sum_ms % 1000), name,
-		             seen);
+		rc = fprintf(f, "%s_sum %lld.%06lld\n%s_count %lld\n", name,
+		             (long long)(c->sum_us / 1000000), (long long)(c->sum_us % 1000000),
+		             name, seen);
 	return rc;
 }

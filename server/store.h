@@ -165,6 +165,7 @@ struct store_stats {
 	struct histogram_counts attempt_duration; /* each attempt sent: its duration_ms */
 	struct histogram_counts delivery_latency; /* each delivery done with a 2xx: from
 	                                             its event published to that answer */
+	struct histogram_counts wal_sync;         /* each fdatasync of the WAL by the syncer */
 };
 enum store_rc store_stats(struct store *s, struct store_stats *out);
 /* Events come as JSON text (*out malloc'ed), not json_t: data is shown as stored, byte

@@ -301,6 +301,7 @@ struct store {
 		                                   /metrics does not walk the backlog */
 		struct histogram attempt_duration; /* every attempt recorded */
 		struct histogram delivery_latency; /* event published -> the 2xx, per delivery */
+		struct histogram wal_sync;         /* the syncer's fdatasyncs of the WAL */
 	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
@@ -2316,10 +2317,11 @@ static void count_results(struct store *s, const struct store_call *c)
 		const struct delivery_result *r = a->results[i];
 		if (r->outcome == DELIVERY_RELEASED)
 			continue; /* not sent */
-		histogram_observe(&s->counters.attempt_duration, r->duration_ms);
+		histogram_observe(&s->counters.attempt_duration, r->duration_ms * 1000);
 		if (r->outcome == DELIVERY_DELIVERED)
 			histogram_observe(&s->counters.delivery_latency,
-			                  r->started_at_ms + r->duration_ms - r->published_at_ms);
+			                  (r->started_at_ms + r->duration_ms - r->published_at_ms) *
+			                      1000);
 	}
 }
 
@@ -2805,6 +2807,7 @@ static void store_sync(void *ctx)
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
 	int64_t upto = atomic_load(&s->committed_seq);
+	int64_t started_us = clock_mono_us();
 
 	if (fdatasync(s->wal_fd) != 0) {
 		/* The batch is committed and visible, and after a failed fdatasync Linux may
@@ -2815,6 +2818,7 @@ static void store_sync(void *ctx)
 		                "recovery decides what was kept\n", strerror(errno));
 		abort();
 	}
+	histogram_observe(&s->counters.wal_sync, clock_mono_us() - started_us);
 	atomic_store(&s->synced_seq, upto); /* before the wake: claims may take them now */
 	if (take_wake_wish(s, upto))
 		wake = 1;
@@ -3113,6 +3117,9 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	s->retention_ms = opts->retention_ms;
 	s->sync_now = 1;
 	s->wal_fd = -1;
+	histogram_init(&s->counters.attempt_duration, &histogram_scale_delivery);
+	histogram_init(&s->counters.delivery_latency, &histogram_scale_delivery);
+	histogram_init(&s->counters.wal_sync, &histogram_scale_disk);
 	s->path = strdup(opts->path);
 	s->matcher = matcher_new();
 	if (!s->path || !s->matcher) {
@@ -3300,6 +3307,7 @@ enum store_rc store_stats(struct store *s, struct store_stats *out)
 	memset(out, 0, sizeof(*out));
 	histogram_read(&s->counters.attempt_duration, &out->attempt_duration); /* first */
 	histogram_read(&s->counters.delivery_latency, &out->delivery_latency);
+	histogram_read(&s->counters.wal_sync, &out->wal_sync);
 	out->events_published = atomic_load_explicit(&s->counters.events, memory_order_relaxed);
 	out->attempts_delivered = atomic_load(&s->counters.delivered);
 	out->attempts_retry = atomic_load(&s->counters.retry);

@@ -1,12 +1,14 @@
 /*
  * step_fault.c - an LD_PRELOAD shim for tests: makes sqlite3_step fail with SQLITE_IOERR,
- * as a failing disk would, for chosen statements, at random, while a flag file exists.
+ * as a failing disk would, for chosen statements, at random, while a flag file exists;
+ * or makes every fdatasync stall first, as a disk with a slow flush would.
  *
  *   FAULT_STEP_SQL   '|'-separated prefixes of the statements' SQL text to fail, each
  *                    optionally followed by "@P", its own probability
  *   FAULT_STEP_P     probability of failing each matching step otherwise (default 0.02)
  *   FAULT_STEP_FLAG  faults happen only while this file exists (so a relay can start and
  *                    be set up cleanly, then have faults, then none)
+ *   FAULT_FSYNC_MS   while the flag file exists, each fdatasync sleeps this long first
  *
  * Every other call goes to SQLite untouched. The random sequence is fixed (erand48 with a
  * constant seed) and shared by the process's threads under a lock.
@@ -16,9 +18,12 @@
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int (*real_step)(sqlite3_stmt *);
+static int (*real_fdatasync)(int);
+static long fsync_stall_ms;
 static const char *prefixes, *flag;
 static double probability = 0.02;
 static unsigned short seed[3] = {0x1234, 0x5678, 0x9abc};
@@ -30,6 +35,9 @@ static void setup(void)
 	const char *p = getenv("FAULT_STEP_P");
 
 	real_step = (int (*)(sqlite3_stmt *))dlsym(RTLD_NEXT, "sqlite3_step");
+	real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+	if (getenv("FAULT_FSYNC_MS"))
+		fsync_stall_ms = atol(getenv("FAULT_FSYNC_MS"));
 	prefixes = getenv("FAULT_STEP_SQL");
 	flag = getenv("FAULT_STEP_FLAG");
 	if (p)
@@ -71,4 +79,14 @@ int sqlite3_step(sqlite3_stmt *st)
 	if (p > 0 && access(flag, F_OK) == 0 && roll(p))
 		return SQLITE_IOERR;
 	return real_step(st);
+}
+
+int fdatasync(int fd)
+{
+	pthread_once(&once, setup);
+	if (fsync_stall_ms > 0 && flag && access(flag, F_OK) == 0) {
+		struct timespec stall = {fsync_stall_ms / 1000, fsync_stall_ms % 1000 * 1000000};
+		nanosleep(&stall, NULL);
+	}
+	return real_fdatasync(fd);
 }

@@ -52,6 +52,22 @@ export function relayBin() {
   return bin;
 }
 
+/**
+ * The env of a relay run under tests/faults/step_fault.c (LD_PRELOAD, built by make): a
+ * disk that fails chosen SQLite steps or stalls each fdatasync. `faults` holds the
+ * shim's FAULT_* settings (see the top of that file).
+ */
+export function faultEnv(faults) {
+  const shim = new URL('../../build/faults/step_fault.so', import.meta.url).pathname;
+  assert.ok(existsSync(shim), `${shim} is missing: make build/faults/step_fault.so`);
+  return {
+    LD_PRELOAD: shim,
+    ...faults,
+    // The shim comes before the sanitizer build's runtime in the library list.
+    ASAN_OPTIONS: [process.env.ASAN_OPTIONS, 'verify_asan_link_order=0'].filter(Boolean).join(':'),
+  };
+}
+
 export function tmpDir() {
   const d = mkdtempSync(path.join(os.tmpdir(), 'hookrelay-it-'));
   tmpDirs.add(d);

@@ -3,9 +3,11 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { writeFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import {
   startRelay, startReceiver, api, createSub, postEvent, assertError, waitUntil, cleanup, withLogs,
-  listAll,
+  listAll, tmpDir, faultEnv,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -109,6 +111,38 @@ test('/metrics histograms: each attempt\'s duration, and each delivery\'s latenc
   assert.equal(m[`${lat}_bucket{le="0.25"}`], 0, 'no delivery under 250 ms');
   assert.equal(m[`${lat}_bucket{le="10"}`], 4);
   assert.ok(m[`${lat}_sum`] >= 1.2, `latency in all: ${m[`${lat}_sum`]} s`);
+}));
+
+// A durable publish is answered after the WAL's fdatasync; when the disk stalls, the
+// publisher waits, and the operator should see why without a profiler. The stall is
+// made by tests/faults/step_fault.c (LD_PRELOAD): each fdatasync sleeps 300 ms first
+// while a flag file exists.
+
+test('/metrics shows a disk that stalls on fdatasync, the wait every durable publish has', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'slow-disk');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_FSYNC_MS: '300' }) });
+  const name = 'hookrelay_wal_sync_duration_seconds';
+  const slowSyncs = (m) => m[`${name}_count`] - m[`${name}_bucket{le="0.25"}`];
+
+  await postEvent(relay, { type: 'disk.fast' });
+  const before = await metrics(relay);
+  assert.ok(before[`${name}_count`] >= 1, 'the publish waited for a sync, and it was counted');
+  const buckets = Object.keys(before).filter((k) => k.startsWith(`${name}_bucket`)).map((k) => before[k]);
+  assert.equal(buckets.length, 17, '16 bounds, 100 µs to 10 s, and +Inf');
+  assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b), 'cumulative');
+  assert.equal(before[`${name}_bucket{le="+Inf"}`], before[`${name}_count`]);
+  assert.ok(before[`${name}_bucket{le="0.0001"}`] !== undefined, 'sub-millisecond buckets');
+
+  writeFileSync(flag, '');
+  const started = Date.now();
+  await postEvent(relay, { type: 'disk.slow' });
+  const waited = Date.now() - started;
+  rmSync(flag);
+  assert.ok(waited >= 300, `the 202 came after the stalled sync, not before it (${waited} ms)`);
+  const after = await metrics(relay);
+  assert.ok(after[`${name}_count`] > before[`${name}_count`]);
+  assert.ok(slowSyncs(after) >= slowSyncs(before) + 1, 'the stalled sync is in the buckets past 250 ms');
+  assert.ok(after[`${name}_sum`] - before[`${name}_sum`] >= 0.3, 'and in the sum');
 }));
 
 test('/metrics needs the admin key when keys are set', withLogs(async () => {

@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import {
   relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery,
-  waitUntil, sleep, cleanup, withLogs,
+  waitUntil, sleep, cleanup, withLogs, faultEnv,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -87,23 +87,17 @@ test('disk full: 503 storage_unavailable, nothing accepted lost, recovers by its
   }
 });
 
-const FAULT_SHIM = fileURLToPath(new URL('../../build/faults/step_fault.so', import.meta.url));
-
 test('storage errors inside batches (savepoints, claims, attempt logs): every 202 delivered, no attempt spent on a failed read', withLogs(async () => {
-  assert.ok(existsSync(FAULT_SHIM), `${FAULT_SHIM} is missing: make build/faults/step_fault.so`);
   const flag = path.join(tmpDir(), 'faults-on');
   const relay = await startRelay({
-    env: {
-      LD_PRELOAD: FAULT_SHIM,
+    env: faultEnv({
       FAULT_STEP_FLAG: flag,
       FAULT_STEP_P: '0.02',
       // The claim's own query rarely (a failed claim waits 200 ms and more before the
       // next), the event it reads for each job often.
       FAULT_STEP_SQL: ['SAVEPOINT', 'RELEASE', 'ROLLBACK TO', 'SELECT id, event_seq, subscription_id@0.005',
         'SELECT id, envelope@0.1', 'INSERT INTO attempts@0.05', 'UPDATE deliveries SET state@0.05'].join('|'),
-      // The shim comes before the sanitizer build's runtime in the library list.
-      ASAN_OPTIONS: [process.env.ASAN_OPTIONS, 'verify_asan_link_order=0'].filter(Boolean).join(':'),
-    },
+    }),
   });
   // Receivers that answer 500 to the first request for a third of the events: retries.
   const subs = [];

@@ -1,7 +1,8 @@
 /*
  * test_histogram.c - the /metrics histograms: a duration lands in the first bucket whose
  * bound it does not pass (a bound is inclusive, as Prometheus' le), the text is
- * cumulative with +Inf equal to _count, and the sum is written in seconds to the ms.
+ * cumulative with +Inf equal to _count, the sum is written in seconds to the µs, and
+ * each scale writes its own bounds.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -32,22 +33,23 @@ static long long cumulative(const char *text, const char *le)
 
 int main(void)
 {
-	static struct histogram h; /* zeroed: empty */
+	static struct histogram h;
 	struct histogram_counts c;
 
+	histogram_init(&h, &histogram_scale_delivery);
 	histogram_read(&h, &c);
 	char *text = written(&c);
 	CHECK(text &&
 	      strstr(text, "# HELP t_seconds A test.\n# TYPE t_seconds histogram\n") == text);
 	CHECK(text && cumulative(text, "+Inf") == 0);
-	CHECK(text && strstr(text, "\nt_seconds_sum 0.000\nt_seconds_count 0\n"));
+	CHECK(text && strstr(text, "\nt_seconds_sum 0.000000\nt_seconds_count 0\n"));
 	free(text);
 
-	histogram_observe(&h, 5);        /* on the first bound: in it */
-	histogram_observe(&h, 6);        /* just past it: the next */
-	histogram_observe(&h, -3);       /* a clock stepped back: 0 */
-	histogram_observe(&h, 1000);     /* 1 s */
-	histogram_observe(&h, 86400001); /* past a day: +Inf only */
+	histogram_observe(&h, 5000);        /* on the first bound (5 ms): in it */
+	histogram_observe(&h, 5001);        /* just past it: the next */
+	histogram_observe(&h, -3);          /* a clock stepped back: 0 */
+	histogram_observe(&h, 1000000);     /* 1 s */
+	histogram_observe(&h, 86400000001); /* past a day: +Inf only */
 	histogram_read(&h, &c);
 	text = written(&c);
 	CHECK(text != NULL);
@@ -58,7 +60,7 @@ int main(void)
 		CHECK(cumulative(text, "1") == 4);
 		CHECK(cumulative(text, "86400") == 4);
 		CHECK(cumulative(text, "+Inf") == 5);
-		CHECK(strstr(text, "\nt_seconds_sum 86401.012\nt_seconds_count 5\n") != NULL);
+		CHECK(strstr(text, "\nt_seconds_sum 86401.010002\nt_seconds_count 5\n") != NULL);
 		/* cumulative: never falls from one bucket to the next */
 		long long last = 0;
 		int monotone = 1, lines = 0;
@@ -68,7 +70,28 @@ int main(void)
 			last = v;
 			lines++;
 		}
-		CHECK(monotone && lines == HISTOGRAM_BOUNDS + 1);
+		CHECK(monotone && lines == histogram_scale_delivery.bounds + 1);
+	}
+	free(text);
+
+	/* The disk scale: sub-millisecond bounds, and a stall of seconds still counted
+	 * apart from +Inf. */
+	histogram_init(&h, &histogram_scale_disk);
+	histogram_observe(&h, 80);      /* 80 µs: the first bucket, 100 µs */
+	histogram_observe(&h, 300);     /* 0.5 ms */
+	histogram_observe(&h, 2000000); /* a 2 s stall */
+	histogram_read(&h, &c);
+	text = written(&c);
+	CHECK(text != NULL);
+	if (text) {
+		CHECK(cumulative(text, "0.0001") == 1);
+		CHECK(cumulative(text, "0.00025") == 1);
+		CHECK(cumulative(text, "0.0005") == 2);
+		CHECK(cumulative(text, "1") == 2);
+		CHECK(cumulative(text, "2.5") == 3);
+		CHECK(cumulative(text, "0.005") == 2); /* not the delivery scale's first bound */
+		CHECK(cumulative(text, "86400") == -1);
+		CHECK(strstr(text, "\nt_seconds_sum 2.000380\nt_seconds_count 3\n") != NULL);
 	}
 	free(text);
 	return CHECK_DONE();
