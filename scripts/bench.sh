@@ -257,6 +257,24 @@ set_enabled() { # true|false
 		fi
 	done
 }
+# wal_syncs: the relay's fdatasyncs of its WAL so far, from /metrics: how many, how many
+# took over 25 ms and over 100 ms, and the bucket bound the slowest fell under. Every
+# durable publish waits for one, so a stalling disk shows in the ingest tail here.
+wal_syncs() {
+	curl -s -m 10 "$API/metrics" | awk -F'[{}" ]+' '
+		/^hookrelay_wal_sync_duration_seconds_bucket/ { le[++n] = $3; c[n] = $4 }
+		/^hookrelay_wal_sync_duration_seconds_count/ { total = $2 }
+		END {
+			if (!n) { print "(no hookrelay_wal_sync_duration_seconds in /metrics)"; exit }
+			for (i = 1; i <= n; i++) {
+				if (le[i] == "0.025") o25 = total - c[i]
+				if (le[i] == "0.1") o100 = total - c[i]
+				if (slowest == "" && c[i] == total) slowest = le[i]
+			}
+			printf "%d fdatasyncs of the WAL, %d over 25 ms, %d over 100 ms, the slowest <= %s s",
+				total, o25, o100, slowest
+		}'
+}
 vmhwm() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "? (process gone)"; }
 # cpu_ticks PID: user + system clock ticks the process has used (proc(5) fields 14, 15)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -346,6 +364,7 @@ section_ingest() {
 		"$(fmt_int "$CEIL_SQL") events/s (1b)" "$(pct "$n" "$CEIL_SQL")"
 	[ "$(kv non2xx "$W")" = 0 ] || note "row 3: $(kv non2xx "$W") of $(kv requests "$W") batch calls were answered >= 400"
 	note "rows 2-3: the relay delivered $(fmt_int "$(recv_sum "$r1" "$r2" "$r3")") webhooks to the receivers while ingesting (deliveries run beside ingest); peak RSS $(vmhwm "$RELAY_PID") MiB"
+	note "rows 2-3: $(wal_syncs)"
 
 	stop "$RELAY_PID" relay
 	[ -z "$STOP_NOTE" ] || note "ingest relay: $STOP_NOTE"
@@ -362,6 +381,7 @@ section_ingest() {
 		row "2b the same, receivers holding every request (no deliveries beside ingest)" \
 			"$(fmt_int "$n") events/s, p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")")" \
 			"$(fmt_int "$CEIL_HTTP") req/s (1a)" "$(pct "$n" "$CEIL_HTTP")"
+		note "row 2b: $(wal_syncs)"
 	fi
 
 	# 3c, 3d: a relay serving many tenants holds subscriptions of many other types; an
@@ -676,6 +696,7 @@ section_e2e() {
 		"p50 $(us "$(kv p50_us "$st")"), p90 $(us "$(kv p90_us "$st")"), p99 $(us "$(kv p99_us "$st")"), max $(us "$(kv max_us "$st")") ($(kv with_stamp "$st") of $((ok * 3)) deliveries)" "—" "—"
 	row "5b ingest answer (202) latency in the same run" \
 		"p50 $(us "$(kv p50_us "$out")"), p99 $(us "$(kv p99_us "$out")"), max $(us "$(kv max_us "$out")")" "—" "—"
+	note "row 5: $(wal_syncs)"
 	stop "$RELAY_PID" relay
 	[ -z "$STOP_NOTE" ] || note "e2e relay: $STOP_NOTE"
 	stop_receivers
