@@ -67,7 +67,8 @@ build/san/%.o: %.c
 build/san/hookrelay: build/san/server/main.o $(SAN_OBJ)
 	$(CC) $(BASE_CFLAGS) $(SAN_FLAGS) -o $@ $^ $(LIBS)
 
-# An LD_PRELOAD shim the integration tests use to fail chosen SQLite steps (a bad disk).
+# An LD_PRELOAD shim the integration tests use to fail chosen SQLite steps or stall each
+# fdatasync (a bad or slow disk).
 FAULT_SHIM := build/faults/step_fault.so
 $(FAULT_SHIM): tests/faults/step_fault.c
 	@mkdir -p $(@D)
@@ -148,7 +149,7 @@ sanitize: build/san/hookrelay $(SAN_UNIT) $(FAULT_SHIM) $(LOADGEN) tests/node_mo
 VALGRIND_TESTS := $(addprefix tests/integration/,events.test.mjs delivery.test.mjs \
 	errors.test.mjs subscriptions.test.mjs metrics.test.mjs ed25519.test.mjs \
 	replay.test.mjs tls.test.mjs)
-valgrind: deps build/hookrelay tests/node_modules/.package-lock.json
+valgrind: deps build/hookrelay $(FAULT_SHIM) tests/node_modules/.package-lock.json
 	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
 	@rm -rf build/valgrind && mkdir -p build/valgrind
 	VALGRIND_LOG_DIR=$(CURDIR)/build/valgrind HOOKRELAY_BIN=$(CURDIR)/scripts/valgrind-relay.sh \

@@ -266,6 +266,7 @@ wal_syncs() {
 		/^hookrelay_wal_sync_duration_seconds_count/ { total = $2 }
 		END {
 			if (!n) { print "(no hookrelay_wal_sync_duration_seconds in /metrics)"; exit }
+			if (!total) { print "no fdatasyncs of the WAL"; exit }
 			for (i = 1; i <= n; i++) {
 				if (le[i] == "0.025") o25 = total - c[i]
 				if (le[i] == "0.1") o100 = total - c[i]

@@ -496,8 +496,8 @@ void api_metrics(struct api *api, struct http_request *req)
 	                      "for its delivery, retries included.",
 	                      &st.delivery_latency) < 0 ||
 	      histogram_write(f, "hookrelay_wal_sync_duration_seconds",
-	                      "Time each fdatasync of the WAL took: every durable publish waits "
-	                      "for one, so a slow disk shows here first.",
+	                      "Time each fdatasync of the WAL took: with --synchronous full every "
+	                      "publish waits for one, so a slow disk shows here first.",
 	                      &st.wal_sync) < 0 ||
 	      ferror(f);
 	if (fclose(f) != 0 || bad) {

@@ -7,8 +7,8 @@
  *   writer thread (and to store_open/store_close before/after it runs).
  * - Read routes borrow a read-only connection from `readers` (mutex-guarded stack);
  *   one connection is used by one thread at a time.
- * - The syncer thread only calls fdatasync on `wal_fd` (its own descriptor of the WAL)
- *   and the due hook.
+ * - The syncer thread only calls fdatasync on `wal_fd` (its own descriptor of the WAL),
+ *   times it into counters.wal_sync, and calls the due hook.
  * Durability: wdb runs with synchronous=NORMAL, so COMMIT writes the WAL without
  *   syncing it; a batch with a durable call is answered only after the syncer's
  *   fdatasync of the WAL that began after that COMMIT (what synchronous=FULL would have
@@ -293,7 +293,7 @@ struct store {
 		int64_t *ids;           /* sorted, no duplicates */
 		size_t n, cap;
 	} leases;
-	struct {                        /* for /metrics: written by the writer after COMMIT */
+	struct { /* for /metrics: the writer's, after COMMIT */
 		atomic_llong events, delivered, retry, failed;
 		atomic_llong in_flight;         /* leases held: claimed minus completed */
 		atomic_llong pending;           /* deliveries in state 0: counted at open, then
@@ -301,7 +301,7 @@ struct store {
 		                                   /metrics does not walk the backlog */
 		struct histogram attempt_duration; /* every attempt recorded */
 		struct histogram delivery_latency; /* event published -> the 2xx, per delivery */
-		struct histogram wal_sync;         /* the syncer's fdatasyncs of the WAL */
+		struct histogram wal_sync;         /* the syncer's fdatasyncs (syncer thread) */
 	} counters;
 	int64_t retention_ms;           /* 0: events are kept for ever */
 	struct {                        /* events past the retention: writer thread */
@@ -2317,7 +2317,7 @@ static void count_results(struct store *s, const struct store_call *c)
 		const struct delivery_result *r = a->results[i];
 		if (r->outcome == DELIVERY_RELEASED)
 			continue; /* not sent */
-		histogram_observe(&s->counters.attempt_duration, r->duration_ms * 1000);
+		histogram_observe(&s->counters.attempt_duration, (int64_t)r->duration_ms * 1000);
 		if (r->outcome == DELIVERY_DELIVERED)
 			histogram_observe(&s->counters.delivery_latency,
 			                  (r->started_at_ms + r->duration_ms - r->published_at_ms) *

@@ -10,8 +10,9 @@
  *                    be set up cleanly, then have faults, then none)
  *   FAULT_FSYNC_MS   while the flag file exists, each fdatasync sleeps this long first
  *
- * Every other call goes to SQLite untouched. The random sequence is fixed (erand48 with a
- * constant seed) and shared by the process's threads under a lock.
+ * The stall hits every fdatasync of the process, SQLite's own (checkpoints) as well as
+ * the relay's syncer. Every other call goes to SQLite or libc untouched. The random
+ * sequence is fixed (erand48 with a constant seed) and shared by the threads under a lock.
  */
 #include <dlfcn.h>
 #include <pthread.h>

@@ -16,6 +16,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import assert from 'node:assert/strict';
 import { Webhook } from 'standardwebhooks';
@@ -58,7 +59,7 @@ export function relayBin() {
  * shim's FAULT_* settings (see the top of that file).
  */
 export function faultEnv(faults) {
-  const shim = new URL('../../build/faults/step_fault.so', import.meta.url).pathname;
+  const shim = fileURLToPath(new URL('../../build/faults/step_fault.so', import.meta.url));
   assert.ok(existsSync(shim), `${shim} is missing: make build/faults/step_fault.so`);
   return {
     LD_PRELOAD: shim,
