@@ -39,17 +39,34 @@ static const char *skip_ws(const char *p, const char *end)
 	return p;
 }
 
-/* p at the opening quote; returns the position after the closing quote. */
+/* p at the opening quote; returns the position after the closing quote. A quote closes
+ * the string unless an odd number of backslashes stands right before it; memchr finds
+ * the quotes, which is most of the time spent on a body (its strings are most of it). */
 static const char *string_end(const char *p, const char *end)
 {
-	for (p++; p < end; p++) {
-		if (*p == '\\')
-			p++;
-		else if (*p == '"')
-			return p + 1;
+	const char *from = p + 1;
+
+	while (from < end) {
+		const char *q = memchr(from, '"', (size_t)(end - from));
+		const char *b;
+
+		if (!q)
+			return end;
+		/* from - 1 is a quote (the opening one, or the last one found), never a
+		 * backslash, so the count stops there */
+		for (b = q; b > from && b[-1] == '\\'; b--)
+			;
+		if ((q - b) % 2 == 0)
+			return q + 1;
+		from = q + 1;
 	}
 	return end;
 }
+
+/* The bytes value_end stops at inside an array or object; the others are skipped. */
+static const unsigned char structural[256] = {
+    ['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1,
+};
 
 /* Returns the position after the value starting at p. */
 static const char *value_end(const char *p, const char *end)
@@ -66,13 +83,17 @@ static const char *value_end(const char *p, const char *end)
 		return p;
 	}
 	while (p < end) {
+		if (!structural[(unsigned char)*p]) {
+			p++;
+			continue;
+		}
 		if (*p == '"') {
 			p = string_end(p, end);
 			continue;
 		}
 		if (*p == '{' || *p == '[')
 			depth++;
-		else if ((*p == '}' || *p == ']') && --depth == 0)
+		else if (--depth == 0)
 			return p + 1;
 		p++;
 	}

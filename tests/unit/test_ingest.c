@@ -62,6 +62,20 @@ static void test_exact_data(void)
 	ingest_free(in);
 }
 
+/* A quote ends a string unless an odd run of backslashes stands before it: "\\" ends
+ * with one, "\"" goes on, "\\\"" goes on. The data must come out whole either way. */
+static void test_backslash_runs(void)
+{
+	struct ingest *in = NULL;
+	CHECK(parse("{\"type\":\"a\",\"key\":\"k\\\\\",\"data\":{\"s\":\"x\\\"}\\\\\\\"]\","
+	            "\"t\":\"\\\\\",\"u\":[\"\\\\\\\\\"]}}",
+	            0, &in) == INGEST_OK);
+	CHECK(in &&
+	      data_is(in, 0, "{\"s\":\"x\\\"}\\\\\\\"]\",\"t\":\"\\\\\",\"u\":[\"\\\\\\\\\"]}"));
+	CHECK(in && strstr(ingest_events(in)[0].envelope, "\"key\":\"k\\\\\"") != NULL);
+	ingest_free(in);
+}
+
 static void test_batch(void)
 {
 	struct ingest *in = NULL;
@@ -143,6 +157,7 @@ static void test_errors(void)
 int main(void)
 {
 	test_exact_data();
+	test_backslash_runs();
 	test_batch();
 	test_errors();
 	return CHECK_DONE();
