@@ -34,11 +34,12 @@ static pthread_mutex_t seed_lock = PTHREAD_MUTEX_INITIALIZER;
 static void setup(void)
 {
 	const char *p = getenv("FAULT_STEP_P");
+	const char *stall = getenv("FAULT_FSYNC_MS");
 
 	real_step = (int (*)(sqlite3_stmt *))dlsym(RTLD_NEXT, "sqlite3_step");
 	real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-	if (getenv("FAULT_FSYNC_MS"))
-		fsync_stall_ms = atol(getenv("FAULT_FSYNC_MS"));
+	if (stall)
+		fsync_stall_ms = atol(stall);
 	prefixes = getenv("FAULT_STEP_SQL");
 	flag = getenv("FAULT_STEP_FLAG");
 	if (p)

@@ -117,7 +117,6 @@ test('/metrics histograms: each attempt\'s duration, and each delivery\'s latenc
 // publisher waits, and the operator should see why without a profiler. The stall is
 // made by tests/faults/step_fault.c (LD_PRELOAD): each fdatasync sleeps 300 ms first
 // while a flag file exists.
-
 test('/metrics shows a disk that stalls on fdatasync, the wait every durable publish has', withLogs(async () => {
   const flag = path.join(tmpDir(), 'slow-disk');
   const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_FSYNC_MS: '300' }) });
