@@ -1,0 +1,333 @@
+/*
+ * wal_vfs.c - the VFS of wal_vfs.h: a WAL file that gathers a commit's writes.
+ *
+ * Files other than a WAL are the default VFS's own files, opened in place: only their
+ * size in memory differs. A WAL file is a struct gather_file with the default VFS's file
+ * behind it.
+ *
+ * Invariants of a gather_file:
+ * - buf holds bytes written by this connection that follow each other (file offsets
+ *   buf_off .. buf_off + len) and are not yet in the file. They belong to a transaction
+ *   not yet committed: other connections read a frame only once a commit lists it in the
+ *   wal-index, and the xWrite of a commit frame's page returns only after the buffer is
+ *   in the file (with the default VFS's result, a full disk included).
+ * - every method but a write that continues the buffer, xSectorSize and
+ *   xDeviceCharacteristics empties the buffer first, so reads, syncs, truncations and
+ *   locks see the file as SQLite wrote it.
+ * - a failed flush leaves the buffer empty: what it held is reported lost to SQLite,
+ *   which rolls the transaction back (frames past the last commit are ignored).
+ */
+#include "wal_vfs.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FRAME_HEADER 24          /* WAL frame header: page number, commit size, ... */
+#define GATHER_MIN (64 * 1024)   /* first buffer */
+#define GATHER_MAX (1024 * 1024) /* a buffer this full is written without waiting */
+/* The most the unix VFS writes in one call: it cuts a longer write to its low 17 bits
+ * (seekAndWriteFd) and reports the short write as a full disk. */
+#define WRITE_MAX ((size_t)96 * 1024)
+
+struct gather_file {
+	sqlite3_file base;  /* pMethods = &gather_methods */
+	sqlite3_file *real; /* the default VFS's file, right behind this struct */
+	unsigned char *buf;
+	size_t len, cap;
+	sqlite3_int64 buf_off;
+	int commit_page_next; /* the last write was a commit frame's header */
+};
+
+/* The file behind, aligned as SQLite aligns its own (8). */
+#define GATHER_SIZE ((sizeof(struct gather_file) + 7) & ~(size_t)7)
+
+static sqlite3_vfs *default_vfs;
+static sqlite3_vfs gather_vfs;
+static sqlite3_io_methods gather_methods;
+static int registered_rc = -1;
+static pthread_once_t register_once = PTHREAD_ONCE_INIT;
+
+static int flush(struct gather_file *f)
+{
+	int rc = SQLITE_OK;
+	for (size_t done = 0; done < f->len && rc == SQLITE_OK; done += WRITE_MAX) {
+		size_t n = f->len - done < WRITE_MAX ? f->len - done : WRITE_MAX;
+		rc = f->real->pMethods->xWrite(f->real, f->buf + done, (int)n,
+		                               f->buf_off + (sqlite3_int64)done);
+	}
+	f->len = 0;
+	return rc;
+}
+
+/* Room for n more bytes; 0 if the buffer cannot take them (the caller writes them
+ * through instead). */
+static int make_room(struct gather_file *f, size_t n)
+{
+	if (f->len + n <= f->cap)
+		return 1;
+	if (f->len + n > GATHER_MAX)
+		return 0;
+	size_t cap = f->cap ? f->cap : GATHER_MIN;
+	while (cap < f->len + n)
+		cap *= 2;
+	unsigned char *buf = realloc(f->buf, cap);
+	if (!buf)
+		return 0;
+	f->buf = buf;
+	f->cap = cap;
+	return 1;
+}
+
+static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite3_int64 off)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	const unsigned char *bytes = data;
+	size_t n = (size_t)amount;
+	int rc;
+
+	/* A frame header's second word is the database size after a commit, 0 otherwise;
+	 * the page after a commit frame's header ends the commit. */
+	int ends_commit = f->commit_page_next && n != FRAME_HEADER;
+	f->commit_page_next = n == FRAME_HEADER && (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
+
+	if (f->len && off != f->buf_off + (sqlite3_int64)f->len && (rc = flush(f)) != SQLITE_OK)
+		return rc;
+	if (!make_room(f, n)) {
+		if ((rc = flush(f)) != SQLITE_OK)
+			return rc;
+		if (!make_room(f, n)) /* no memory: this one goes straight to the file */
+			return f->real->pMethods->xWrite(f->real, data, amount, off);
+	}
+	if (f->len == 0)
+		f->buf_off = off;
+	memcpy(f->buf + f->len, data, n);
+	f->len += n;
+	return ends_commit ? flush(f) : SQLITE_OK;
+}
+
+/* Each of the rest empties the buffer, then asks the file behind. */
+
+static int gather_close(sqlite3_file *file)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int flush_rc = flush(f);
+	int rc = f->real->pMethods->xClose(f->real);
+	free(f->buf);
+	f->buf = NULL;
+	f->cap = 0;
+	return flush_rc != SQLITE_OK ? flush_rc : rc;
+}
+
+static int gather_read(sqlite3_file *file, void *data, int amount, sqlite3_int64 off)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xRead(f->real, data, amount, off);
+}
+
+static int gather_truncate(sqlite3_file *file, sqlite3_int64 size)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xTruncate(f->real, size);
+}
+
+static int gather_sync(sqlite3_file *file, int flags)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xSync(f->real, flags);
+}
+
+static int gather_file_size(sqlite3_file *file, sqlite3_int64 *size)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xFileSize(f->real, size);
+}
+
+static int gather_lock(sqlite3_file *file, int level)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xLock(f->real, level);
+}
+
+static int gather_unlock(sqlite3_file *file, int level)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xUnlock(f->real, level);
+}
+
+static int gather_check_reserved(sqlite3_file *file, int *out)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xCheckReservedLock(f->real, out);
+}
+
+static int gather_file_control(sqlite3_file *file, int op, void *arg)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	int rc = flush(f);
+	return rc != SQLITE_OK ? rc : f->real->pMethods->xFileControl(f->real, op, arg);
+}
+
+static int gather_sector_size(sqlite3_file *file)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	return f->real->pMethods->xSectorSize(f->real);
+}
+
+static int gather_device_characteristics(sqlite3_file *file)
+{
+	struct gather_file *f = (struct gather_file *)file;
+	return f->real->pMethods->xDeviceCharacteristics(f->real);
+}
+
+static int gather_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, int flags,
+                       int *out_flags)
+{
+	(void)vfs;
+	if (!(flags & SQLITE_OPEN_WAL)) /* the default VFS's file, in place */
+		return default_vfs->xOpen(default_vfs, name, file, flags, out_flags);
+
+	struct gather_file *f = (struct gather_file *)file;
+	memset(f, 0, sizeof(*f));
+	f->real = (sqlite3_file *)((char *)file + GATHER_SIZE);
+	int rc = default_vfs->xOpen(default_vfs, name, f->real, flags, out_flags);
+	/* SQLite calls xClose only on a file whose pMethods is set. */
+	f->base.pMethods = rc == SQLITE_OK && f->real->pMethods ? &gather_methods : NULL;
+	if (rc == SQLITE_OK && !f->real->pMethods)
+		rc = SQLITE_CANTOPEN;
+	return rc;
+}
+
+/* The rest of the VFS is the default one's. */
+static int vfs_delete(sqlite3_vfs *v, const char *name, int sync_dir)
+{
+	(void)v;
+	return default_vfs->xDelete(default_vfs, name, sync_dir);
+}
+
+static int vfs_access(sqlite3_vfs *v, const char *name, int flags, int *out)
+{
+	(void)v;
+	return default_vfs->xAccess(default_vfs, name, flags, out);
+}
+
+static int vfs_full_pathname(sqlite3_vfs *v, const char *name, int n, char *out)
+{
+	(void)v;
+	return default_vfs->xFullPathname(default_vfs, name, n, out);
+}
+
+static void *vfs_dl_open(sqlite3_vfs *v, const char *name)
+{
+	(void)v;
+	return default_vfs->xDlOpen(default_vfs, name);
+}
+
+static void vfs_dl_error(sqlite3_vfs *v, int n, char *out)
+{
+	(void)v;
+	default_vfs->xDlError(default_vfs, n, out);
+}
+
+static void (*vfs_dl_sym(sqlite3_vfs *v, void *handle, const char *sym))(void)
+{
+	(void)v;
+	return default_vfs->xDlSym(default_vfs, handle, sym);
+}
+
+static void vfs_dl_close(sqlite3_vfs *v, void *handle)
+{
+	(void)v;
+	default_vfs->xDlClose(default_vfs, handle);
+}
+
+static int vfs_randomness(sqlite3_vfs *v, int n, char *out)
+{
+	(void)v;
+	return default_vfs->xRandomness(default_vfs, n, out);
+}
+
+static int vfs_sleep(sqlite3_vfs *v, int us)
+{
+	(void)v;
+	return default_vfs->xSleep(default_vfs, us);
+}
+
+static int vfs_current_time(sqlite3_vfs *v, double *out)
+{
+	(void)v;
+	return default_vfs->xCurrentTime(default_vfs, out);
+}
+
+static int vfs_last_error(sqlite3_vfs *v, int n, char *out)
+{
+	(void)v;
+	return default_vfs->xGetLastError(default_vfs, n, out);
+}
+
+static int vfs_current_time_int64(sqlite3_vfs *v, sqlite3_int64 *out)
+{
+	(void)v;
+	return default_vfs->xCurrentTimeInt64(default_vfs, out);
+}
+
+static void register_gather_vfs(void)
+{
+	default_vfs = sqlite3_vfs_find(NULL);
+	/* Version 2 of the VFS (xCurrentTimeInt64): the unix VFS's since SQLite 3.7. */
+	if (!default_vfs || default_vfs->iVersion < 2 || !default_vfs->xCurrentTimeInt64)
+		return;
+	/* Version 1: SQLite maps shared memory and pages through the database file, never
+	 * through its WAL. */
+	gather_methods = (sqlite3_io_methods){
+	    .iVersion = 1,
+	    .xClose = gather_close,
+	    .xRead = gather_read,
+	    .xWrite = gather_write,
+	    .xTruncate = gather_truncate,
+	    .xSync = gather_sync,
+	    .xFileSize = gather_file_size,
+	    .xLock = gather_lock,
+	    .xUnlock = gather_unlock,
+	    .xCheckReservedLock = gather_check_reserved,
+	    .xFileControl = gather_file_control,
+	    .xSectorSize = gather_sector_size,
+	    .xDeviceCharacteristics = gather_device_characteristics,
+	};
+	gather_vfs = (sqlite3_vfs){
+	    .iVersion = 2,
+	    .szOsFile = (int)GATHER_SIZE + default_vfs->szOsFile,
+	    .mxPathname = default_vfs->mxPathname,
+	    .zName = WAL_VFS_NAME,
+	    .xOpen = gather_open,
+	    .xDelete = vfs_delete,
+	    .xAccess = vfs_access,
+	    .xFullPathname = vfs_full_pathname,
+	    .xDlOpen = vfs_dl_open,
+	    .xDlError = vfs_dl_error,
+	    .xDlSym = vfs_dl_sym,
+	    .xDlClose = vfs_dl_close,
+	    .xRandomness = vfs_randomness,
+	    .xSleep = vfs_sleep,
+	    .xCurrentTime = vfs_current_time,
+	    .xGetLastError = vfs_last_error,
+	    .xCurrentTimeInt64 = vfs_current_time_int64,
+	};
+	if (sqlite3_vfs_register(&gather_vfs, 0) == SQLITE_OK)
+		registered_rc = 0;
+}
+
+int wal_vfs_register(void)
+{
+	pthread_once(&register_once, register_gather_vfs);
+	return registered_rc;
+}

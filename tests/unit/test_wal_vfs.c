@@ -1,0 +1,205 @@
+/*
+ * test_wal_vfs.c - the WAL-gathering VFS on real SQLite files: a commit reaches the WAL
+ * in a few writes (not two per page), none longer than the unix VFS takes, and is
+ * readable by another connection as soon as COMMIT returns; a failed write fails the
+ * COMMIT and loses nothing committed before it.
+ *
+ * The writes are watched through the unix VFS's own hook for tests (xSetSystemCall):
+ * its pwrite64 is replaced by one that counts the writes to a file ending in "-wal",
+ * and fails them with ENOSPC while `fail_wal` is set.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "check.h"
+#include "wal_vfs.h"
+
+typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off_t);
+static pwrite64_fn real_pwrite64;
+static int wal_writes, fail_wal;
+static size_t wal_bytes, wal_longest;
+
+static int is_wal(int fd)
+{
+	char link[64], target[PATH_MAX];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(link, target, sizeof(target) - 1);
+	if (n < 4)
+		return 0;
+	target[n] = '\0';
+	return strcmp(target + n - 4, "-wal") == 0;
+}
+
+static ssize_t watched_pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+	if (is_wal(fd)) {
+		if (fail_wal) {
+			errno = ENOSPC;
+			return -1;
+		}
+		wal_writes++;
+		wal_bytes += n;
+		if (n > wal_longest)
+			wal_longest = n;
+	}
+	return real_pwrite64(fd, buf, n, off);
+}
+
+static void reset_counts(void)
+{
+	wal_writes = 0;
+	wal_bytes = 0;
+	wal_longest = 0;
+}
+
+static sqlite3 *open_db(const char *path, const char *vfs)
+{
+	sqlite3 *db = NULL;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs) !=
+	    SQLITE_OK) {
+		fprintf(stderr, "open %s: %s\n", path, db ? sqlite3_errmsg(db) : "no memory");
+		exit(1);
+	}
+	return db;
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+	if (rc != SQLITE_OK && rc != SQLITE_FULL)
+		fprintf(stderr, "%s: %s\n", sql, sqlite3_errmsg(db));
+	return rc;
+}
+
+static long long count_rows(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	long long n = -1;
+	if (sqlite3_prepare_v2(db, "SELECT count(*) FROM t", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return n;
+}
+
+/* Inserts `rows` rows of about 3 KiB (each on a page of its own, mostly) in one
+ * transaction; returns its COMMIT's result. */
+static int insert_rows(sqlite3 *db, int rows)
+{
+	char sql[160];
+	if (exec(db, "BEGIN") != SQLITE_OK)
+		return SQLITE_ERROR;
+	snprintf(sql, sizeof(sql),
+	         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
+	         " INSERT INTO t(v) SELECT randomblob(3000) FROM n",
+	         rows);
+	if (exec(db, sql) != SQLITE_OK) {
+		exec(db, "ROLLBACK");
+		return SQLITE_ERROR;
+	}
+	int rc = exec(db, "COMMIT");
+	if (rc != SQLITE_OK && !sqlite3_get_autocommit(db))
+		exec(db, "ROLLBACK");
+	return rc;
+}
+
+static int integrity_ok(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int ok = 0;
+	if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		ok = strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+	sqlite3_finalize(st);
+	return ok;
+}
+
+int main(void)
+{
+	char dir[] = "/tmp/hookrelay-walvfs-XXXXXX", path[64];
+	if (!mkdtemp(dir))
+		return 1;
+	snprintf(path, sizeof(path), "%s/t.db", dir);
+
+	sqlite3_vfs *unix_vfs = sqlite3_vfs_find(NULL);
+	real_pwrite64 = (pwrite64_fn)unix_vfs->xGetSystemCall(unix_vfs, "pwrite64");
+	CHECK(real_pwrite64 != NULL);
+	if (!real_pwrite64)
+		return CHECK_DONE();
+	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", (sqlite3_syscall_ptr)watched_pwrite64);
+	CHECK(wal_vfs_register() == 0);
+	CHECK(wal_vfs_register() == 0); /* again: the same VFS, still registered */
+	CHECK(sqlite3_vfs_find(WAL_VFS_NAME) != NULL);
+	CHECK(sqlite3_vfs_find(NULL) == unix_vfs); /* not made the default */
+
+	sqlite3 *w = open_db(path, WAL_VFS_NAME);
+	sqlite3 *r = open_db(path, NULL); /* a reader on the default VFS, as the API's are */
+	CHECK(exec(w, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+	              " PRAGMA wal_autocheckpoint=0;"
+	              " CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)") == SQLITE_OK);
+
+	/* The default VFS writes a frame as two writes: the measure to compare with. */
+	sqlite3 *plain = open_db(path, NULL);
+	reset_counts();
+	CHECK(insert_rows(plain, 20) == SQLITE_OK);
+	int plain_writes = wal_writes;
+	CHECK(plain_writes >= 40);
+	sqlite3_close(plain);
+
+	/* Twenty pages and more in one commit: a write or two, no write past the unix VFS's
+	 * limit, every byte there, and the reader sees the rows once COMMIT returns. */
+	reset_counts();
+	CHECK(insert_rows(w, 20) == SQLITE_OK);
+	CHECK(wal_bytes >= 20 * 4096);
+	CHECK(wal_writes >= 1 && wal_writes <= 2);
+	CHECK(wal_longest <= 0x1ffff);
+	CHECK(count_rows(r) == 40);
+
+	/* 3 MiB in one transaction: past the buffer's cap, so it goes out before the
+	 * commit in writes that each stay under the limit. */
+	reset_counts();
+	CHECK(insert_rows(w, 1000) == SQLITE_OK);
+	CHECK(wal_bytes >= (size_t)1000 * 3000);
+	CHECK(wal_writes >= 30 && wal_writes < 1000);
+	CHECK(wal_longest <= 0x1ffff);
+	CHECK(count_rows(r) == 1040);
+
+	/* The disk fills: COMMIT fails, none of its rows are seen, and what was committed
+	 * before is intact. With room again the next commit goes through. */
+	fail_wal = 1;
+	int rc = insert_rows(w, 20);
+	fail_wal = 0;
+	CHECK(rc == SQLITE_FULL);
+	CHECK(count_rows(w) == 1040);
+	CHECK(count_rows(r) == 1040);
+	CHECK(insert_rows(w, 5) == SQLITE_OK);
+	CHECK(count_rows(r) == 1045);
+	CHECK(integrity_ok(r));
+
+	/* A checkpoint (through the reader's connection) copies what the writer's
+	 * connection wrote: the database file alone holds every row. */
+	CHECK(exec(r, "PRAGMA wal_checkpoint(TRUNCATE)") == SQLITE_OK);
+	sqlite3_close(r);
+	sqlite3_close(w);
+	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", NULL);
+	sqlite3 *again = open_db(path, NULL);
+	CHECK(count_rows(again) == 1045);
+	CHECK(integrity_ok(again));
+	sqlite3_close(again);
+
+	char wal[80], shm[80];
+	snprintf(wal, sizeof(wal), "%s-wal", path);
+	snprintf(shm, sizeof(shm), "%s-shm", path);
+	unlink(wal);
+	unlink(shm);
+	unlink(path);
+	rmdir(dir);
+	return CHECK_DONE();
+}
