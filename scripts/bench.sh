@@ -394,6 +394,7 @@ section_ingest() {
 	# ingest with the receivers holding (so that no deliveries share the cores), before
 	# and after OTHER_SUBS more subscriptions; 5 s runs.
 	log "3c: relay batch ingest, receivers holding"
+	threads0=$(thread_ticks "$RELAY_PID")
 	W=$(DUR=5 wrk_run batch.lua "$API/v1/events/batch" 16 "$EVENT" 100)
 	if [ -z "$W" ] || ! alive; then
 		alive || relay_gone ingest-held
@@ -405,6 +406,9 @@ section_ingest() {
 	row "3c hookrelay POST /v1/events/batch, 100 events/call, 16 conns, 5 s, receivers holding" \
 		"$(fmt_int "$before") events/s (call p50 $(us "$(kv p50_us "$W")"), p99 $(us "$(kv p99_us "$W")"))" \
 		"$(fmt_int "$CEIL_SQL") events/s (1b)" "$(pct "$before" "$CEIL_SQL")"
+	# The writer thread near one whole CPU here says batch ingest is bound by SQLite's
+	# work per event, not by HTTP.
+	note "row 3c: µs of CPU per event by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$(($(kv requests "$W") * 100))")"
 	log "3d: $(fmt_int "$OTHER_SUBS") more subscriptions of other types, then 3c again"
 	subscribe_others "$OTHER_SUBS" "http://127.0.0.1:$r1" || return 1
 	W=$(DUR=5 wrk_run batch.lua "$API/v1/events/batch" 16 "$EVENT" 100)
