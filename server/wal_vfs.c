@@ -5,17 +5,27 @@
  * size in memory differs. A WAL file is a struct gather_file with the default VFS's file
  * behind it.
  *
+ * Which writes wait: only one that continues the write before it (off == tail). SQLite
+ * appends frames that way; everything else it writes to a WAL (the WAL header after a
+ * restart, a page of this transaction rewritten in place, the frame headers whose
+ * checksums walRewriteChecksums redoes after such a rewrite, the last of them being the
+ * commit frame's) lands elsewhere and goes to the file at once, after what waits.
+ * From a commit frame's header on, until the next frame's header, every write goes to
+ * the file before xWrite returns, with what waits before it: so the commit frame's page
+ * and the padding frames SQLite may add after it for a sector (synchronous=FULL on a
+ * disk without powersafe overwrite, a frame of which it may split around a sync) are in
+ * the file when COMMIT returns.
+ *
  * Invariants of a gather_file:
- * - buf holds bytes written by this connection that follow each other (file offsets
- *   buf_off .. buf_off + len) and are not yet in the file. They belong to a transaction
- *   not yet committed: other connections read a frame only once a commit lists it in the
- *   wal-index, and the xWrite of a commit frame's page returns only after the buffer is
- *   in the file (with the default VFS's result, a full disk included).
+ * - buf holds bytes this connection wrote that follow each other (file offsets buf_off ..
+ *   buf_off + len = tail) and are not yet in the file. They belong to frames of a
+ *   transaction not yet committed, which no other connection reads (readers look only at
+ *   frames a commit has listed in the wal-index) and the syncer need not sync.
  * - every method but a write that continues the buffer, xSectorSize and
- *   xDeviceCharacteristics empties the buffer first, so reads, syncs, truncations and
- *   locks see the file as SQLite wrote it.
- * - a failed flush leaves the buffer empty: what it held is reported lost to SQLite,
- *   which rolls the transaction back (frames past the last commit are ignored).
+ *   xDeviceCharacteristics empties the buffer first, so this connection's reads, syncs,
+ *   truncations and locks see the file as SQLite wrote it.
+ * - a failed flush leaves the buffer empty and fails the call that flushed it: what was
+ *   lost belongs to the transaction under way, which SQLite then rolls back.
  */
 #include "wal_vfs.h"
 
@@ -28,8 +38,9 @@
 #define FRAME_HEADER 24          /* WAL frame header: page number, commit size, ... */
 #define GATHER_MIN (64 * 1024)   /* first buffer */
 #define GATHER_MAX (1024 * 1024) /* a buffer this full is written without waiting */
-/* The most the unix VFS writes in one call: it cuts a longer write to its low 17 bits
- * (seekAndWriteFd) and reports the short write as a full disk. */
+/* The unix VFS keeps only the low 17 bits of a write's length (seekAndWriteFd), so a
+ * write of 128 KiB or more comes out short and is reported as a full disk: the buffer
+ * goes out in pieces this long. */
 #define WRITE_MAX ((size_t)96 * 1024)
 
 struct gather_file {
@@ -38,7 +49,8 @@ struct gather_file {
 	unsigned char *buf;
 	size_t len, cap;
 	sqlite3_int64 buf_off;
-	int commit_page_next; /* the last write was a commit frame's header */
+	sqlite3_int64 tail;  /* where the last write ended; -1 unknown */
+	int in_commit_frame; /* the last frame header written was a commit frame's */
 };
 
 /* The file behind, aligned as SQLite aligns its own (8). */
@@ -86,26 +98,25 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 	struct gather_file *f = (struct gather_file *)file;
 	const unsigned char *bytes = data;
 	size_t n = (size_t)amount;
+	int header = n == FRAME_HEADER;
 	int rc;
 
-	/* A frame header's second word is the database size after a commit, 0 otherwise;
-	 * the page after a commit frame's header ends the commit. */
-	int ends_commit = f->commit_page_next && n != FRAME_HEADER;
-	f->commit_page_next = n == FRAME_HEADER && (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
-
-	if (f->len && off != f->buf_off + (sqlite3_int64)f->len && (rc = flush(f)) != SQLITE_OK)
-		return rc;
-	if (!make_room(f, n)) {
+	/* A frame header's second word is the database size after a commit, 0 otherwise. */
+	if (header)
+		f->in_commit_frame = (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
+	int appends = off == f->tail;
+	f->tail = off + amount;
+	if (!appends || !make_room(f, n)) {
 		if ((rc = flush(f)) != SQLITE_OK)
 			return rc;
-		if (!make_room(f, n)) /* no memory: this one goes straight to the file */
+		if (!appends || !make_room(f, n)) /* not an append, or no memory */
 			return f->real->pMethods->xWrite(f->real, data, amount, off);
 	}
 	if (f->len == 0)
 		f->buf_off = off;
 	memcpy(f->buf + f->len, data, n);
 	f->len += n;
-	return ends_commit ? flush(f) : SQLITE_OK;
+	return f->in_commit_frame && !header ? flush(f) : SQLITE_OK;
 }
 
 /* Each of the rest empties the buffer, then asks the file behind. */
@@ -132,6 +143,7 @@ static int gather_truncate(sqlite3_file *file, sqlite3_int64 size)
 {
 	struct gather_file *f = (struct gather_file *)file;
 	int rc = flush(f);
+	f->tail = -1;
 	return rc != SQLITE_OK ? rc : f->real->pMethods->xTruncate(f->real, size);
 }
 
@@ -198,6 +210,7 @@ static int gather_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *file, i
 
 	struct gather_file *f = (struct gather_file *)file;
 	memset(f, 0, sizeof(*f));
+	f->tail = -1;
 	f->real = (sqlite3_file *)((char *)file + GATHER_SIZE);
 	int rc = default_vfs->xOpen(default_vfs, name, f->real, flags, out_flags);
 	/* SQLite calls xClose only on a file whose pMethods is set. */

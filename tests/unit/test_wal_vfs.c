@@ -1,8 +1,9 @@
 /*
  * test_wal_vfs.c - the WAL-gathering VFS on real SQLite files: a commit reaches the WAL
- * in a few writes (not two per page), none longer than the unix VFS takes, and is
- * readable by another connection as soon as COMMIT returns; a failed write fails the
- * COMMIT and loses nothing committed before it.
+ * in a few writes (not two per page), whole, and is readable by another connection as
+ * soon as COMMIT returns, and recoverable from the files as a crash would leave them,
+ * also when SQLite rewrote frames of the transaction in place (a spill) or padded the
+ * commit to a sector; a failed write fails the COMMIT and loses nothing committed before.
  *
  * The writes are watched through the unix VFS's own hook for tests (xSetSystemCall):
  * its pwrite64 is replaced by one that counts the writes to a file ending in "-wal",
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -24,7 +26,7 @@
 typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off_t);
 static pwrite64_fn real_pwrite64;
 static int wal_writes, fail_wal;
-static size_t wal_bytes, wal_longest;
+static size_t wal_bytes;
 
 static int is_wal(int fd)
 {
@@ -46,8 +48,6 @@ static ssize_t watched_pwrite64(int fd, const void *buf, size_t n, off_t off)
 		}
 		wal_writes++;
 		wal_bytes += n;
-		if (n > wal_longest)
-			wal_longest = n;
 	}
 	return real_pwrite64(fd, buf, n, off);
 }
@@ -56,14 +56,13 @@ static void reset_counts(void)
 {
 	wal_writes = 0;
 	wal_bytes = 0;
-	wal_longest = 0;
 }
 
 static sqlite3 *open_db(const char *path, const char *vfs)
 {
 	sqlite3 *db = NULL;
-	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, vfs) !=
-	    SQLITE_OK) {
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI,
+	                    vfs) != SQLITE_OK) {
 		fprintf(stderr, "open %s: %s\n", path, db ? sqlite3_errmsg(db) : "no memory");
 		exit(1);
 	}
@@ -89,18 +88,23 @@ static long long count_rows(sqlite3 *db)
 	return n;
 }
 
-/* Inserts `rows` rows of about 3 KiB (each on a page of its own, mostly) in one
- * transaction; returns its COMMIT's result. */
-static int insert_rows(sqlite3 *db, int rows)
+/* Inserts `rows` rows of about 3 KiB (each on a page of its own, mostly) into t. */
+static int insert_rows_in_tx(sqlite3 *db, int rows)
 {
 	char sql[160];
-	if (exec(db, "BEGIN") != SQLITE_OK)
-		return SQLITE_ERROR;
 	snprintf(sql, sizeof(sql),
 	         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %d)"
 	         " INSERT INTO t(v) SELECT randomblob(3000) FROM n",
 	         rows);
-	if (exec(db, sql) != SQLITE_OK) {
+	return exec(db, sql);
+}
+
+/* The same in a transaction of its own; returns its COMMIT's result. */
+static int insert_rows(sqlite3 *db, int rows)
+{
+	if (exec(db, "BEGIN") != SQLITE_OK)
+		return SQLITE_ERROR;
+	if (insert_rows_in_tx(db, rows) != SQLITE_OK) {
 		exec(db, "ROLLBACK");
 		return SQLITE_ERROR;
 	}
@@ -108,6 +112,58 @@ static int insert_rows(sqlite3 *db, int rows)
 	if (rc != SQLITE_OK && !sqlite3_get_autocommit(db))
 		exec(db, "ROLLBACK");
 	return rc;
+}
+
+static long long file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* The WAL holds its 32-byte header and whole frames of a 4 KiB page, nothing partial. */
+static int wal_whole(const char *db_path)
+{
+	char wal[96];
+	snprintf(wal, sizeof(wal), "%s-wal", db_path);
+	long long n = file_size(wal);
+	return n >= 32 && (n - 32) % (4096 + 24) == 0;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	int in = open(from, O_RDONLY), out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ssize_t n = 0;
+	while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, (size_t)n) != n)
+			n = -1;
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+	return in >= 0 && out >= 0 && n == 0 ? 0 : -1;
+}
+
+/* What a crash right now would leave: the database and its WAL as they are in the file
+ * system (no wal-index), opened fresh, so that SQLite recovers the WAL by its checksums.
+ * Returns the rows of t found there, -1 if it cannot be read. */
+static long long rows_after_crash(const char *db_path, const char *dir)
+{
+	char wal[96], copy[64], copy_wal[80], copy_shm[80];
+	snprintf(wal, sizeof(wal), "%s-wal", db_path);
+	snprintf(copy, sizeof(copy), "%s/crash.db", dir);
+	snprintf(copy_wal, sizeof(copy_wal), "%s-wal", copy);
+	snprintf(copy_shm, sizeof(copy_shm), "%s-shm", copy);
+	unlink(copy_shm);
+	if (copy_file(db_path, copy) != 0 || copy_file(wal, copy_wal) != 0)
+		return -1;
+	sqlite3 *db = open_db(copy, NULL);
+	long long n = count_rows(db);
+	sqlite3_close(db);
+	unlink(copy_wal);
+	unlink(copy_shm);
+	unlink(copy);
+	return n;
 }
 
 static int integrity_ok(sqlite3 *db)
@@ -159,17 +215,34 @@ int main(void)
 	CHECK(insert_rows(w, 20) == SQLITE_OK);
 	CHECK(wal_bytes >= 20 * 4096);
 	CHECK(wal_writes >= 1 && wal_writes <= 2);
-	CHECK(wal_longest <= 0x1ffff);
 	CHECK(count_rows(r) == 40);
+	CHECK(wal_whole(path));
+	CHECK(rows_after_crash(path, dir) == 40);
 
 	/* 3 MiB in one transaction: past the buffer's cap, so it goes out before the
-	 * commit in writes that each stay under the limit. */
+	 * commit, in pieces the unix VFS writes whole (one of 128 KiB or more would come
+	 * back as a full disk). */
 	reset_counts();
 	CHECK(insert_rows(w, 1000) == SQLITE_OK);
 	CHECK(wal_bytes >= (size_t)1000 * 3000);
 	CHECK(wal_writes >= 30 && wal_writes < 1000);
-	CHECK(wal_longest <= 0x1ffff);
 	CHECK(count_rows(r) == 1040);
+	CHECK(wal_whole(path));
+
+	/* A transaction bigger than the page cache spills frames to the WAL early; pages it
+	 * changes again are rewritten in place, and SQLite then rewrites the checksums of
+	 * every frame from there to the commit frame, header by header. Those headers must
+	 * reach the file with the COMMIT, or recovery stops at the first bad checksum and
+	 * the whole transaction is gone after a crash. */
+	CHECK(exec(w, "PRAGMA cache_size=10") == SQLITE_OK);
+	CHECK(exec(w, "BEGIN") == SQLITE_OK);
+	CHECK(insert_rows_in_tx(w, 200) == SQLITE_OK);
+	CHECK(exec(w, "UPDATE t SET v = randomblob(3000) WHERE id <= 1050") == SQLITE_OK);
+	CHECK(exec(w, "COMMIT") == SQLITE_OK);
+	CHECK(exec(w, "PRAGMA cache_size=-2000") == SQLITE_OK);
+	CHECK(count_rows(r) == 1240);
+	CHECK(wal_whole(path));
+	CHECK(rows_after_crash(path, dir) == 1240);
 
 	/* The disk fills: COMMIT fails, none of its rows are seen, and what was committed
 	 * before is intact. With room again the next commit goes through. */
@@ -177,11 +250,12 @@ int main(void)
 	int rc = insert_rows(w, 20);
 	fail_wal = 0;
 	CHECK(rc == SQLITE_FULL);
-	CHECK(count_rows(w) == 1040);
-	CHECK(count_rows(r) == 1040);
+	CHECK(count_rows(w) == 1240);
+	CHECK(count_rows(r) == 1240);
 	CHECK(insert_rows(w, 5) == SQLITE_OK);
-	CHECK(count_rows(r) == 1045);
+	CHECK(count_rows(r) == 1245);
 	CHECK(integrity_ok(r));
+	CHECK(rows_after_crash(path, dir) == 1245);
 
 	/* A checkpoint (through the reader's connection) copies what the writer's
 	 * connection wrote: the database file alone holds every row. */
@@ -190,9 +264,31 @@ int main(void)
 	sqlite3_close(w);
 	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", NULL);
 	sqlite3 *again = open_db(path, NULL);
-	CHECK(count_rows(again) == 1045);
+	CHECK(count_rows(again) == 1245);
 	CHECK(integrity_ok(again));
 	sqlite3_close(again);
+
+	/* synchronous=FULL on a disk without powersafe overwrite: SQLite pads each commit
+	 * with copies of its commit frame up to a sector boundary, syncing in the middle of
+	 * one. The padding counts as committed, so it must be in the file, whole, when
+	 * COMMIT returns, or a reader fails on a short frame. */
+	char padded[64], uri[80];
+	snprintf(padded, sizeof(padded), "%s/padded.db", dir);
+	snprintf(uri, sizeof(uri), "file:%s?psow=0", padded);
+	sqlite3 *pw = open_db(uri, WAL_VFS_NAME);
+	CHECK(
+	    exec(pw,
+	         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+	         " PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)") ==
+	    SQLITE_OK);
+	sqlite3 *pr = open_db(uri, NULL);
+	for (int i = 1; i <= 3; i++) {
+		CHECK(exec(pw, "INSERT INTO t(v) VALUES (randomblob(100))") == SQLITE_OK);
+		CHECK(wal_whole(padded));
+		CHECK(count_rows(pr) == i);
+	}
+	sqlite3_close(pr);
+	sqlite3_close(pw);
 
 	char wal[80], shm[80];
 	snprintf(wal, sizeof(wal), "%s-wal", path);
@@ -200,6 +296,11 @@ int main(void)
 	unlink(wal);
 	unlink(shm);
 	unlink(path);
+	snprintf(wal, sizeof(wal), "%s-wal", padded);
+	snprintf(shm, sizeof(shm), "%s-shm", padded);
+	unlink(wal);
+	unlink(shm);
+	unlink(padded);
 	rmdir(dir);
 	return CHECK_DONE();
 }
