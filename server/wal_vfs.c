@@ -5,25 +5,30 @@
  * size in memory differs. A WAL file is a struct gather_file with the default VFS's file
  * behind it.
  *
- * Which writes wait: only one that continues the write before it (off == tail). SQLite
- * appends frames that way; everything else it writes to a WAL (the WAL header after a
- * restart, a page of this transaction rewritten in place, the frame headers whose
- * checksums walRewriteChecksums redoes after such a rewrite, the last of them being the
- * commit frame's) lands elsewhere and goes to the file at once, after what waits.
- * From a commit frame's header on, until the next frame's header, every write goes to
- * the file before xWrite returns, with what waits before it: so the commit frame's page
- * and the padding frames SQLite may add after it for a sector (synchronous=FULL on a
- * disk without powersafe overwrite, a frame of which it may split around a sync) are in
- * the file when COMMIT returns.
+ * Which writes wait: only one that continues the write before it (off == tail), once the
+ * frame size is known (from the WAL header, written or read). SQLite appends frames that
+ * way; everything else it writes to a WAL (the WAL header after a restart, a page of this
+ * transaction rewritten in place, the frame headers whose checksums walRewriteChecksums
+ * redoes after such a rewrite, the last of them being the commit frame's) lands
+ * elsewhere and goes to the file at once, after what waits.
+ * A frame header is a 24-byte write at a frame's start: a piece of a page that SQLite
+ * split around a sync can be 24 bytes long too. From a commit frame's header on, until
+ * the next frame's header, every write goes to the file before xWrite returns, with what
+ * waits before it: so the commit frame's page and the padding frames SQLite may add after
+ * it for a sector (synchronous=FULL on a disk without powersafe overwrite) are in the
+ * file when COMMIT returns.
  *
  * Invariants of a gather_file:
  * - buf holds bytes this connection wrote that follow each other (file offsets buf_off ..
  *   buf_off + len = tail) and are not yet in the file. They belong to frames of a
  *   transaction not yet committed, which no other connection reads (readers look only at
  *   frames a commit has listed in the wal-index) and the syncer need not sync.
- * - every method but a write that continues the buffer, xSectorSize and
- *   xDeviceCharacteristics empties the buffer first, so this connection's reads, syncs,
- *   truncations and locks see the file as SQLite wrote it.
+ * - after a rollback they are garbage, and the connection no longer holds the WAL's write
+ *   lock: another connection may restart the WAL and commit over their offsets. The
+ *   rollback hook (wal_vfs_rolled_back) drops them, and so does close.
+ * - every other method but xClose, xSectorSize and xDeviceCharacteristics empties the
+ *   buffer into the file first, so this connection's reads, syncs, truncations and locks see the
+ * file as SQLite wrote it.
  * - a failed flush leaves the buffer empty and fails the call that flushed it: what was
  *   lost belongs to the transaction under way, which SQLite then rolls back.
  */
@@ -35,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define WAL_HEADER 32            /* the WAL's own header: magic, version, page size, ... */
 #define FRAME_HEADER 24          /* WAL frame header: page number, commit size, ... */
 #define GATHER_MIN (64 * 1024)   /* first buffer */
 #define GATHER_MAX (1024 * 1024) /* a buffer this full is written without waiting */
@@ -49,8 +55,9 @@ struct gather_file {
 	unsigned char *buf;
 	size_t len, cap;
 	sqlite3_int64 buf_off;
-	sqlite3_int64 tail;  /* where the last write ended; -1 unknown */
-	int in_commit_frame; /* the last frame header written was a commit frame's */
+	sqlite3_int64 tail;       /* where the last write ended; -1 unknown */
+	sqlite3_int64 frame_size; /* 24 + the page size, from the WAL header; 0 unknown */
+	int in_commit_frame;      /* the last frame header written was a commit frame's */
 };
 
 /* The file behind, aligned as SQLite aligns its own (8). */
@@ -93,18 +100,48 @@ static int make_room(struct gather_file *f, size_t n)
 	return 1;
 }
 
+/* The page size a WAL header (its first 32 bytes) names; 0 if it is not one. */
+static sqlite3_int64 wal_header_page_size(const unsigned char *h)
+{
+	uint32_t size = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
+	if (size == 1)
+		size = 65536; /* how the header writes 64 KiB */
+	return size >= 512 && size <= 65536 && (size & (size - 1)) == 0 ? size : 0;
+}
+
+/* Learns the frame size from the WAL header already in the file. */
+static void read_frame_size(struct gather_file *f)
+{
+	unsigned char h[WAL_HEADER];
+	if (flush(f) == SQLITE_OK &&
+	    f->real->pMethods->xRead(f->real, h, (int)sizeof(h), 0) == SQLITE_OK) {
+		sqlite3_int64 page = wal_header_page_size(h);
+		f->frame_size = page ? page + FRAME_HEADER : 0;
+	}
+}
+
 static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite3_int64 off)
 {
 	struct gather_file *f = (struct gather_file *)file;
 	const unsigned char *bytes = data;
 	size_t n = (size_t)amount;
-	int header = n == FRAME_HEADER;
 	int rc;
 
-	/* A frame header's second word is the database size after a commit, 0 otherwise. */
+	if (off == 0 && n == WAL_HEADER) { /* a new WAL, or a restart */
+		sqlite3_int64 page = wal_header_page_size(bytes);
+		f->frame_size = page ? page + FRAME_HEADER : 0;
+	} else if (f->frame_size == 0) {
+		read_frame_size(f);
+	}
+	/* A frame header is 24 bytes at a frame's start (a piece of a page that SQLite split
+	 * around a sync may be 24 bytes too); its second word is the database size after a
+	 * commit, 0 otherwise. */
+	int header = n == FRAME_HEADER && f->frame_size && off >= WAL_HEADER &&
+	             (off - WAL_HEADER) % f->frame_size == 0;
 	if (header)
 		f->in_commit_frame = (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
-	int appends = off == f->tail;
+	/* Without the frame size no write can be told from a header: none waits. */
+	int appends = off == f->tail && f->frame_size;
 	f->tail = off + amount;
 	if (!appends || !make_room(f, n)) {
 		if ((rc = flush(f)) != SQLITE_OK)
@@ -121,15 +158,16 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 
 /* Each of the rest empties the buffer, then asks the file behind. */
 
+/* What still waits at close belongs to a transaction that did not commit (a commit
+ * leaves nothing waiting): it is dropped, not written. */
 static int gather_close(sqlite3_file *file)
 {
 	struct gather_file *f = (struct gather_file *)file;
-	int flush_rc = flush(f);
 	int rc = f->real->pMethods->xClose(f->real);
 	free(f->buf);
 	f->buf = NULL;
-	f->cap = 0;
-	return flush_rc != SQLITE_OK ? flush_rc : rc;
+	f->len = f->cap = 0;
+	return rc;
 }
 
 static int gather_read(sqlite3_file *file, void *data, int amount, sqlite3_int64 off)
@@ -337,6 +375,17 @@ static void register_gather_vfs(void)
 	};
 	if (sqlite3_vfs_register(&gather_vfs, 0) == SQLITE_OK)
 		registered_rc = 0;
+}
+
+void wal_vfs_rolled_back(sqlite3 *db)
+{
+	sqlite3_file *file = NULL;
+	if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &file) != SQLITE_OK ||
+	    !file || file->pMethods != &gather_methods)
+		return;
+	struct gather_file *f = (struct gather_file *)file;
+	f->len = 0;
+	f->tail = -1;
 }
 
 int wal_vfs_register(void)

@@ -3,7 +3,8 @@
  * in a few writes (not two per page), whole, and is readable by another connection as
  * soon as COMMIT returns, and recoverable from the files as a crash would leave them,
  * also when SQLite rewrote frames of the transaction in place (a spill) or padded the
- * commit to a sector; a failed write fails the COMMIT and loses nothing committed before.
+ * commit to a sector; a failed write fails the COMMIT and loses nothing committed before;
+ * frames a rollback left are never written over another connection's commit.
  *
  * The writes are watched through the unix VFS's own hook for tests (xSetSystemCall):
  * its pwrite64 is replaced by one that counts the writes to a file ending in "-wal",
@@ -120,13 +121,39 @@ static long long file_size(const char *path)
 	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
 }
 
-/* The WAL holds its 32-byte header and whole frames of a 4 KiB page, nothing partial. */
-static int wal_whole(const char *db_path)
+/* The WAL holds its 32-byte header and whole frames of `page` bytes, nothing partial. */
+static int wal_whole_of(const char *db_path, int page)
 {
 	char wal[96];
 	snprintf(wal, sizeof(wal), "%s-wal", db_path);
 	long long n = file_size(wal);
-	return n >= 32 && (n - 32) % (4096 + 24) == 0;
+	return n >= 32 && (n - 32) % (page + 24) == 0;
+}
+
+static int wal_whole(const char *db_path)
+{
+	return wal_whole_of(db_path, 4096);
+}
+
+static void remove_db(const char *db_path)
+{
+	char side[96];
+	snprintf(side, sizeof(side), "%s-wal", db_path);
+	unlink(side);
+	snprintf(side, sizeof(side), "%s-shm", db_path);
+	unlink(side);
+	unlink(db_path);
+}
+
+/* Reads every byte of t; 0 if the read fails (a short frame, say). */
+static int all_readable(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int ok = sqlite3_prepare_v2(db, "SELECT sum(length(v)), max(hex(v)) FROM t", -1, &st,
+	                            NULL) == SQLITE_OK &&
+	         sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return ok;
 }
 
 static int copy_file(const char *from, const char *to)
@@ -175,6 +202,74 @@ static int integrity_ok(sqlite3 *db)
 		ok = strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
 	sqlite3_finalize(st);
 	return ok;
+}
+
+/* synchronous=FULL on a disk without powersafe overwrite: SQLite pads each commit with
+ * copies of its commit frame up to a sector boundary, syncing in the middle of one and
+ * splitting that write in two, either of which may be 24 bytes long (a frame header's
+ * length) with small pages. The padding counts as committed, so it must be in the file,
+ * whole, when COMMIT returns, or a reader fails on a short frame. `value` is the SQL of
+ * each row's v. Returns the commits after which something was wrong. */
+static int padded_commits_wrong(const char *dir, int page, int commits, const char *value)
+{
+	char path[64], uri[96], sql[160];
+	snprintf(path, sizeof(path), "%s/padded-%d.db", dir, page);
+	snprintf(uri, sizeof(uri), "file:%s?psow=0", path);
+	sqlite3 *w = open_db(uri, WAL_VFS_NAME);
+	snprintf(sql, sizeof(sql),
+	         "PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+	         " PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)",
+	         page);
+	int wrong = exec(w, sql) == SQLITE_OK ? 0 : commits;
+	sqlite3 *r = open_db(uri, NULL);
+	snprintf(sql, sizeof(sql), "INSERT INTO t(v) VALUES (%s)", value);
+	for (int i = 1; i <= commits && !wrong; i++) {
+		if (exec(w, sql) != SQLITE_OK || !wal_whole_of(path, page) || !all_readable(r) ||
+		    count_rows(r) != i)
+			wrong++;
+	}
+	sqlite3_close(r);
+	sqlite3_close(w);
+	remove_db(path);
+	return wrong;
+}
+
+/* A transaction that spilled frames and rolled back leaves them waiting; another
+ * connection then restarts the WAL from the top and commits. What waited must never be
+ * written over that (the store's rollback hook drops it; close drops it too). */
+static void rolled_back_spill(const char *dir, int close_after)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "%s/rollback.db", dir);
+	sqlite3 *a = open_db(path, WAL_VFS_NAME);
+	sqlite3_rollback_hook(a, (void (*)(void *))wal_vfs_rolled_back, a);
+	CHECK(
+	    exec(a,
+	         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+	         " PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=20;"
+	         " CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t(v) VALUES (1)") ==
+	    SQLITE_OK);
+	sqlite3 *b = open_db(path, NULL);
+	CHECK(count_rows(b) == 1);
+	CHECK(sqlite3_wal_checkpoint_v2(b, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL) ==
+	      SQLITE_OK);
+	CHECK(exec(a, "BEGIN") == SQLITE_OK);
+	CHECK(insert_rows_in_tx(a, 100) == SQLITE_OK); /* spills: the cache holds 20 pages */
+	CHECK(exec(a, "ROLLBACK") == SQLITE_OK);
+	CHECK(insert_rows(b, 20) == SQLITE_OK); /* restarts the WAL: the checkpoint caught up */
+	if (close_after)
+		sqlite3_close(a);
+	else
+		CHECK(exec(a, "INSERT INTO t(v) VALUES (2)") == SQLITE_OK);
+	sqlite3 *c = open_db(path, NULL);
+	CHECK(count_rows(c) == (close_after ? 21 : 22));
+	CHECK(integrity_ok(c));
+	sqlite3_close(c);
+	CHECK(rows_after_crash(path, dir) == (close_after ? 21 : 22));
+	sqlite3_close(b);
+	if (!close_after)
+		sqlite3_close(a);
+	remove_db(path);
 }
 
 int main(void)
@@ -268,39 +363,16 @@ int main(void)
 	CHECK(integrity_ok(again));
 	sqlite3_close(again);
 
-	/* synchronous=FULL on a disk without powersafe overwrite: SQLite pads each commit
-	 * with copies of its commit frame up to a sector boundary, syncing in the middle of
-	 * one. The padding counts as committed, so it must be in the file, whole, when
-	 * COMMIT returns, or a reader fails on a short frame. */
-	char padded[64], uri[80];
-	snprintf(padded, sizeof(padded), "%s/padded.db", dir);
-	snprintf(uri, sizeof(uri), "file:%s?psow=0", padded);
-	sqlite3 *pw = open_db(uri, WAL_VFS_NAME);
-	CHECK(
-	    exec(pw,
-	         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-	         " PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)") ==
-	    SQLITE_OK);
-	sqlite3 *pr = open_db(uri, NULL);
-	for (int i = 1; i <= 3; i++) {
-		CHECK(exec(pw, "INSERT INTO t(v) VALUES (randomblob(100))") == SQLITE_OK);
-		CHECK(wal_whole(padded));
-		CHECK(count_rows(pr) == i);
-	}
-	sqlite3_close(pr);
-	sqlite3_close(pw);
+	CHECK(padded_commits_wrong(dir, 4096, 3, "randomblob(100)") == 0);
+	CHECK(padded_commits_wrong(dir, 512, 400, "randomblob(50 + abs(random()) % 300)") == 0);
+	CHECK(padded_commits_wrong(dir, 1024, 400, "randomblob(50 + abs(random()) % 300)") == 0);
+	/* a last page whose second word is 0, as a frame header of no commit has */
+	CHECK(padded_commits_wrong(dir, 4096, 30, "zeroblob(3 * 4096)") == 0);
 
-	char wal[80], shm[80];
-	snprintf(wal, sizeof(wal), "%s-wal", path);
-	snprintf(shm, sizeof(shm), "%s-shm", path);
-	unlink(wal);
-	unlink(shm);
-	unlink(path);
-	snprintf(wal, sizeof(wal), "%s-wal", padded);
-	snprintf(shm, sizeof(shm), "%s-shm", padded);
-	unlink(wal);
-	unlink(shm);
-	unlink(padded);
+	rolled_back_spill(dir, 0);
+	rolled_back_spill(dir, 1);
+
+	remove_db(path);
 	rmdir(dir);
 	return CHECK_DONE();
 }
