@@ -20,7 +20,7 @@
  *
  * Invariants of a gather_file:
  * - buf holds bytes this connection wrote that follow each other (file offsets buf_off ..
- *   buf_off + len = tail) and are not yet in the file. They belong to frames of a
+ *   buf_off + len) and are not yet in the file. They belong to frames of a
  *   transaction not yet committed, which no other connection reads (readers look only at
  *   frames a commit has listed in the wal-index) and the syncer need not sync.
  * - after a rollback they are garbage, and the connection no longer holds the WAL's write
@@ -29,8 +29,9 @@
  * - every other method but xClose, xSectorSize and xDeviceCharacteristics empties the
  *   buffer into the file first, so this connection's reads, syncs, truncations and locks see the
  * file as SQLite wrote it.
- * - a failed flush leaves the buffer empty and fails the call that flushed it: what was
- *   lost belongs to the transaction under way, which SQLite then rolls back.
+ * - a failed flush fails the call that flushed it and keeps what did not reach the file
+ *   waiting (buf_off moves past what did): SQLite may roll back only the statement and
+ *   commit the transaction later, with those frames listed in its wal-index.
  */
 #include "wal_vfs.h"
 
@@ -69,15 +70,25 @@ static sqlite3_io_methods gather_methods;
 static int registered_rc = -1;
 static pthread_once_t register_once = PTHREAD_ONCE_INIT;
 
+/* Writes what waits. On a failure what did not reach the file keeps waiting: the
+ * transaction may go on (SQLite rolls back only the statement after some errors) and
+ * write it at its COMMIT; a rollback drops it. */
 static int flush(struct gather_file *f)
 {
 	int rc = SQLITE_OK;
-	for (size_t done = 0; done < f->len && rc == SQLITE_OK; done += WRITE_MAX) {
+	size_t done = 0;
+	while (done < f->len) {
 		size_t n = f->len - done < WRITE_MAX ? f->len - done : WRITE_MAX;
 		rc = f->real->pMethods->xWrite(f->real, f->buf + done, (int)n,
 		                               f->buf_off + (sqlite3_int64)done);
+		if (rc != SQLITE_OK)
+			break;
+		done += n;
 	}
-	f->len = 0;
+	if (done > 0 && done < f->len)
+		memmove(f->buf, f->buf + done, f->len - done);
+	f->len -= done;
+	f->buf_off += (sqlite3_int64)done;
 	return rc;
 }
 
@@ -141,14 +152,20 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 	if (header)
 		f->in_commit_frame = (bytes[4] | bytes[5] | bytes[6] | bytes[7]) != 0;
 	/* Without the frame size no write can be told from a header: none waits. */
-	int appends = off == f->tail && f->frame_size;
-	f->tail = off + amount;
+	sqlite3_int64 end = f->len ? f->buf_off + (sqlite3_int64)f->len : f->tail;
+	int appends = off == end && f->frame_size;
+	f->tail = -1; /* until this write is in the buffer or the file */
 	if (!appends || !make_room(f, n)) {
 		if ((rc = flush(f)) != SQLITE_OK)
 			return rc;
-		if (!appends || !make_room(f, n)) /* not an append, or no memory */
-			return f->real->pMethods->xWrite(f->real, data, amount, off);
+		if (!appends || !make_room(f, n)) { /* not an append, or no memory */
+			rc = f->real->pMethods->xWrite(f->real, data, amount, off);
+			if (rc == SQLITE_OK)
+				f->tail = off + amount;
+			return rc;
+		}
 	}
+	f->tail = off + amount;
 	if (f->len == 0)
 		f->buf_off = off;
 	memcpy(f->buf + f->len, data, n);

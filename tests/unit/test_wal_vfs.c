@@ -4,7 +4,8 @@
  * soon as COMMIT returns, and recoverable from the files as a crash would leave them,
  * also when SQLite rewrote frames of the transaction in place (a spill) or padded the
  * commit to a sector; a failed write fails the COMMIT and loses nothing committed before;
- * frames a rollback left are never written over another connection's commit.
+ * frames a rollback left are never written over another connection's commit, and frames
+ * a failed write held back still go out with a later COMMIT.
  *
  * The writes are watched through the unix VFS's own hook for tests (xSetSystemCall):
  * its pwrite64 is replaced by one that counts the writes to a file ending in "-wal",
@@ -272,6 +273,39 @@ static void rolled_back_spill(const char *dir, int close_after)
 	remove_db(path);
 }
 
+/* A write that fails while a read empties the buffer (the disk is full) fails only the
+ * statement when it has a statement journal: the transaction goes on, and its COMMIT
+ * lists the spilled frames that were held back. They must still reach the file then. */
+static void read_flush_fails(const char *dir)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "%s/readfail.db", dir);
+	sqlite3 *w = open_db(path, WAL_VFS_NAME);
+	sqlite3_rollback_hook(w, (void (*)(void *))wal_vfs_rolled_back, w);
+	CHECK(exec(w,
+	           "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+	           " PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10;"
+	           " CREATE TABLE t(id INTEGER PRIMARY KEY, u INTEGER UNIQUE, v BLOB);"
+	           " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)"
+	           " INSERT INTO t SELECT i, i, randomblob(900) FROM n;"
+	           " PRAGMA wal_checkpoint(TRUNCATE)") == SQLITE_OK);
+	CHECK(exec(w, "BEGIN; UPDATE t SET v = randomblob(900) WHERE id <= 300") == SQLITE_OK);
+	fail_wal = 1;
+	int rc = exec(w, "INSERT INTO t(u, v) SELECT u + 100000, v FROM t WHERE id <= 300");
+	fail_wal = 0;
+	CHECK(rc == SQLITE_FULL);
+	if (!sqlite3_get_autocommit(w))
+		CHECK(exec(w, "COMMIT") == SQLITE_OK);
+	sqlite3 *r = open_db(path, NULL);
+	CHECK(count_rows(r) == 400);
+	CHECK(all_readable(r));
+	CHECK(integrity_ok(r));
+	sqlite3_close(r);
+	CHECK(rows_after_crash(path, dir) == 400);
+	sqlite3_close(w);
+	remove_db(path);
+}
+
 int main(void)
 {
 	char dir[] = "/tmp/hookrelay-walvfs-XXXXXX", path[64];
@@ -357,7 +391,6 @@ int main(void)
 	CHECK(exec(r, "PRAGMA wal_checkpoint(TRUNCATE)") == SQLITE_OK);
 	sqlite3_close(r);
 	sqlite3_close(w);
-	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", NULL);
 	sqlite3 *again = open_db(path, NULL);
 	CHECK(count_rows(again) == 1245);
 	CHECK(integrity_ok(again));
@@ -371,7 +404,9 @@ int main(void)
 
 	rolled_back_spill(dir, 0);
 	rolled_back_spill(dir, 1);
+	read_flush_fails(dir);
 
+	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", NULL);
 	remove_db(path);
 	rmdir(dir);
 	return CHECK_DONE();
