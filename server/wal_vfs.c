@@ -173,8 +173,6 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 	return f->in_commit_frame && !header ? flush(f) : SQLITE_OK;
 }
 
-/* Each of the rest empties the buffer, then asks the file behind. */
-
 /* What still waits at close belongs to a transaction that did not commit (a commit
  * leaves nothing waiting): it is dropped, not written. */
 static int gather_close(sqlite3_file *file)
@@ -186,6 +184,8 @@ static int gather_close(sqlite3_file *file)
 	f->len = f->cap = 0;
 	return rc;
 }
+
+/* Each of the rest empties the buffer, then asks the file behind. */
 
 static int gather_read(sqlite3_file *file, void *data, int amount, sqlite3_int64 off)
 {
