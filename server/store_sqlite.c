@@ -3102,12 +3102,6 @@ fail:
 	return -1;
 }
 
-/* wdb's rollback hook: the frames its WAL held back are garbage now (wal_vfs.h). */
-static void wal_rolled_back(void *db)
-{
-	wal_vfs_rolled_back(db);
-}
-
 struct store *store_open(const struct store_options *opts, char *err, size_t errlen)
 {
 	struct store *s = calloc(1, sizeof(*s));
@@ -3144,7 +3138,8 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		         s->wdb ? sqlite3_errmsg(s->wdb) : "out of memory");
 		goto fail;
 	}
-	sqlite3_rollback_hook(s->wdb, wal_rolled_back, s->wdb);
+	/* a rollback makes the frames the WAL held back garbage (wal_vfs.h) */
+	sqlite3_rollback_hook(s->wdb, wal_vfs_rolled_back, s->wdb);
 	sqlite3_busy_timeout(s->wdb, STORE_LOCK_WAIT_MS);
 	s->lock_wait_ms = STORE_LOCK_WAIT_MS;
 	sqlite3_extended_result_codes(s->wdb, 1);

@@ -111,13 +111,14 @@ static int make_room(struct gather_file *f, size_t n)
 	return 1;
 }
 
-/* The page size a WAL header (its first 32 bytes) names; 0 if it is not one. */
-static sqlite3_int64 wal_header_page_size(const unsigned char *h)
+/* The frame size (24 + the page size) a WAL header (its first 32 bytes) names; 0 if it
+ * is not one. */
+static sqlite3_int64 header_frame_size(const unsigned char *h)
 {
-	uint32_t size = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
-	if (size == 1)
-		size = 65536; /* how the header writes 64 KiB */
-	return size >= 512 && size <= 65536 && (size & (size - 1)) == 0 ? size : 0;
+	uint32_t page = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
+	if (page == 1)
+		page = 65536; /* how the header writes 64 KiB */
+	return page >= 512 && page <= 65536 && (page & (page - 1)) == 0 ? page + FRAME_HEADER : 0;
 }
 
 /* Learns the frame size from the WAL header already in the file. */
@@ -125,10 +126,8 @@ static void read_frame_size(struct gather_file *f)
 {
 	unsigned char h[WAL_HEADER];
 	if (flush(f) == SQLITE_OK &&
-	    f->real->pMethods->xRead(f->real, h, (int)sizeof(h), 0) == SQLITE_OK) {
-		sqlite3_int64 page = wal_header_page_size(h);
-		f->frame_size = page ? page + FRAME_HEADER : 0;
-	}
+	    f->real->pMethods->xRead(f->real, h, (int)sizeof(h), 0) == SQLITE_OK)
+		f->frame_size = header_frame_size(h);
 }
 
 static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite3_int64 off)
@@ -138,12 +137,10 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 	size_t n = (size_t)amount;
 	int rc;
 
-	if (off == 0 && n == WAL_HEADER) { /* a new WAL, or a restart */
-		sqlite3_int64 page = wal_header_page_size(bytes);
-		f->frame_size = page ? page + FRAME_HEADER : 0;
-	} else if (f->frame_size == 0) {
+	if (off == 0 && n == WAL_HEADER) /* a new WAL, or a restart */
+		f->frame_size = header_frame_size(bytes);
+	else if (f->frame_size == 0)
 		read_frame_size(f);
-	}
 	/* A frame header is 24 bytes at a frame's start (a piece of a page that SQLite split
 	 * around a sync may be 24 bytes too); its second word is the database size after a
 	 * commit, 0 otherwise. */
@@ -394,7 +391,7 @@ static void register_gather_vfs(void)
 		registered_rc = 0;
 }
 
-void wal_vfs_rolled_back(sqlite3 *db)
+void wal_vfs_rolled_back(void *db)
 {
 	sqlite3_file *file = NULL;
 	if (sqlite3_file_control(db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &file) != SQLITE_OK ||

@@ -243,7 +243,7 @@ static void rolled_back_spill(const char *dir, int close_after)
 	char path[64];
 	snprintf(path, sizeof(path), "%s/rollback.db", dir);
 	sqlite3 *a = open_db(path, WAL_VFS_NAME);
-	sqlite3_rollback_hook(a, (void (*)(void *))wal_vfs_rolled_back, a);
+	sqlite3_rollback_hook(a, wal_vfs_rolled_back, a);
 	CHECK(
 	    exec(a,
 	         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
@@ -281,7 +281,7 @@ static void read_flush_fails(const char *dir)
 	char path[64];
 	snprintf(path, sizeof(path), "%s/readfail.db", dir);
 	sqlite3 *w = open_db(path, WAL_VFS_NAME);
-	sqlite3_rollback_hook(w, (void (*)(void *))wal_vfs_rolled_back, w);
+	sqlite3_rollback_hook(w, wal_vfs_rolled_back, w);
 	CHECK(exec(w,
 	           "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
 	           " PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=10;"
