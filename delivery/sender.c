@@ -288,12 +288,10 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	int64_t timestamp = res->started_at_ms / 1000;
 	char timestamp_text[24];
 	char *signature = NULL;
-	static const char empty_body[] = "";
-	const void *body = job->body ? (const void *)job->body : (const void *)empty_body;
 	int tls = job->url && strncasecmp(job->url, "https:", 6) == 0;
 
-	if (!job->url || !job->event_id || !job->secrets) {
-		set_error(res, "job has no url, event id or secret");
+	if (!job->url || !job->event_id || !job->body || !job->secrets) {
+		set_error(res, "job has no url, event id, body or secret");
 		goto out;
 	}
 	snprintf(timestamp_text, sizeof timestamp_text, "%" PRId64, timestamp);
@@ -332,7 +330,7 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	    curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->body_len) !=
 	        CURLE_OK ||
-	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const void *)job->body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK ||
 	    /* https: HTTP/2 where the receiver offers it, and a transfer to a host whose

@@ -2029,12 +2029,17 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 		}
 	}
 	sqlite3_reset(env);
-	if (step != SQLITE_ROW && step != SQLITE_DONE) {
-		delivery_job_free(job); /* a failed read fails the claim, retried, not an attempt */
+	/* A failed read, or a part that memory ran out for, fails the claim (retried), not
+	 * an attempt: sent without its body, a job was signed over "" and a 2xx marked it
+	 * delivered. */
+	if ((step != SQLITE_ROW && step != SQLITE_DONE) || !job->url || !job->secrets ||
+	    (sub->headers_json && !job->headers_json) ||
+	    (step == SQLITE_ROW && (!job->event_id || !job->body))) {
+		delivery_job_free(job);
 		return NULL;
 	}
-	/* A job missing a part (its event pruned, out of memory) fails its attempt in the
-	 * sender with a clear error. */
+	/* Its event pruned (no row): no event id, and the sender fails the attempt with a
+	 * clear error. */
 	return job;
 }
 
