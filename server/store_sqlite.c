@@ -142,6 +142,8 @@ struct sub_entry {
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
+	uint64_t health_batch;        /* the batch (s->batch_no) batch_failing_since is of */
+	int64_t batch_failing_since;  /* failing_since as that batch left it, uncommitted */
 	char *url;
 	char *headers_json;           /* or NULL */
 	struct sub_secret secrets[SECRETS_MAX]; /* newest first */
@@ -2406,29 +2408,39 @@ out:
 /*
  * A subscription's health after one attempt: a success clears failing_since; a failure
  * starts it; failing for longer than --disable-after, or a 410, disables it. Writes only
- * on a change (the cache says what is committed), and asks for a reload when it writes.
+ * on a change, and asks for a reload when it writes. What is committed is in the cache;
+ * what the running batch wrote is in batch_failing_since (health_batch says which
+ * batch; health_reread puts it right when a call rolls back). Reading the cache alone,
+ * a failure and then a success in one batch left failing_since set, and the next
+ * failure, days later, disabled the subscription as failing all that time.
  */
-static int track_health(struct store *s, const struct sub_entry *sub,
-                        const struct delivery_result *r, int64_t now, int64_t *changed)
+static int track_health(struct store *s, struct sub_entry *sub, const struct delivery_result *r,
+                        int64_t now, int64_t *changed)
 {
 	char reason[160], since_text[UTIL_TIME_MAX];
+	int64_t failing =
+	    sub->health_batch == s->batch_no ? sub->batch_failing_since : sub->failing_since;
 
 	if (r->outcome == DELIVERY_DELIVERED) {
-		if (!sub->failing_since)
+		if (!failing)
 			return 0;
 		*changed = sub->id;
+		sub->health_batch = s->batch_no;
+		sub->batch_failing_since = 0;
 		return exec_with_id_time(s, "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1"
 		                            " AND ?2 IS NOT NULL", sub->id, now);
 	}
-	int64_t since = sub->failing_since ? sub->failing_since : r->started_at_ms;
-	if (!sub->failing_since) {
+	int64_t since = failing ? failing : r->started_at_ms;
+	if (!failing) {
 		*changed = sub->id;
+		sub->health_batch = s->batch_no;
+		sub->batch_failing_since = since;
 		if (exec_with_id_time(s, "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1"
 		                         " AND failing_since IS NULL", sub->id, since) != 0)
 			return -1;
 	}
-	if (!sub->enabled)
-		return 0;
+	if (!sub->enabled || sub->disabled_in_batch == s->batch_no)
+		return 0; /* disabled, perhaps by an earlier result of this batch */
 	if (r->outcome == DELIVERY_GONE) {
 		*changed = sub->id;
 		return disable_subscription(s, sub->id, "the endpoint answered 410 Gone", now);
@@ -2441,6 +2453,34 @@ static int track_health(struct store *s, const struct sub_entry *sub,
 		return disable_subscription(s, sub->id, reason, now);
 	}
 	return 0;
+}
+
+/* After a completion rolled back to its savepoint: what this batch wrote of its
+ * subscriptions' health is what the database holds now. */
+static int health_reread(struct store *s, const struct complete_args *a)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT coalesce(failing_since, 0) FROM subscriptions WHERE id = ?1",
+	                       -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	for (int i = 0; i < a->n; i++) {
+		struct sub_entry *sub = sub_find(s, a->results[i]->subscription_id);
+		if (!sub || sub->health_batch != s->batch_no)
+			continue;
+		sqlite3_bind_int64(st, 1, sub->id);
+		int step = sqlite3_step(st);
+		if (step != SQLITE_ROW && step != SQLITE_DONE)
+			goto out;
+		sub->batch_failing_since = step == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+		sqlite3_reset(st);
+	}
+	rc = 0;
+out:
+	sqlite3_finalize(st);
+	return rc;
 }
 
 static const enum delivery_state outcome_state[] = {
@@ -2458,7 +2498,7 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 	memset(a->ended, 0, sizeof(a->ended)); /* applied again if a batch failed */
 	for (int i = 0; i < a->n; i++) {
 		const struct delivery_result *r = a->results[i];
-		const struct sub_entry *sub = sub_find(s, r->subscription_id);
+		struct sub_entry *sub = sub_find(s, r->subscription_id);
 
 		if (r->outcome == DELIVERY_RELEASED) {
 			/* Unsent. Due again now, or, if its subscription is gone, failed as the
@@ -2705,6 +2745,8 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			 * deliveries beside 3,000 idle subscriptions take 1.6-1.8 s, not 0.3. */
 			if (step_done(s->st[ST_ROLLBACK_TO]) != 0)
 				goto abandon;
+			if (c->kind == STORE_COMPLETE && health_reread(s, c->internal) != 0)
+				goto abandon; /* its health writes went too */
 			for (size_t k = 0; k < s->ncall_disabled; k++) { /* the disables went too */
 				struct sub_entry *e = sub_find(s, s->call_disabled[k]);
 				if (e)

@@ -145,3 +145,43 @@ test('a 410 disables the subscription even for a claim in the same writer transa
   const pending = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=pending`);
   assert.equal(pending.length, 2, 'the other two are held');
 }));
+
+// A failure and then a success of the same subscription can be applied in one writer
+// transaction. The success must clear failing_since (the subscription is healthy), so
+// that the next failure, later than --disable-after, starts the clock again rather than
+// disabling the subscription as if it had failed all along. To put both results in one
+// transaction, an sqlite3 session holds the write lock with a publish waiting on it in
+// the writer while both answers come back.
+test('a failure then a success in one writer transaction leaves the subscription healthy', { timeout: 30_000 }, withLogs(async () => {
+  const relay = await startRelay({ args: ['--disable-after', '2s'], retrySchedule: '1h' });
+  const r = await startReceiver({
+    behavior: (req, i) => (i === 0 ? { status: 500, delayMs: 600 } : i === 1 ? { status: 200, delayMs: 900 } : { status: 500 }),
+  });
+  const sub = await createSub(relay, r, { event_types: ['flaky.#'] });
+  const getSub = async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+  await postEvent(relay, { type: 'flaky.a' });
+  await postEvent(relay, { type: 'flaky.b' });
+  await r.waitFor(2, 5000);
+
+  const lock = await holdWriteLock(relay.dbPath);
+  const blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // the writer waits on the lock
+  await sleep(r.requests[1].arrivedMono + 1300 - performance.now()); // both answers are back
+  await lock.release();
+  assert.equal((await blocked).status, 202);
+  await waitUntil(async () => {
+    const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+    return ds.length === 2 && ds.every((d) => d.attempt_count === 1) ? ds : false;
+  }, 5000 * SLOW, 'both attempts recorded', 50);
+  assert.equal((await getSub()).failing_since, null, 'the last attempt succeeded: not failing');
+
+  // Past --disable-after, one more failure starts the clock; it does not disable.
+  await sleep(2200);
+  await postEvent(relay, { type: 'flaky.c' });
+  await r.waitFor(3, 5000);
+  const after = await waitUntil(async () => {
+    const s = await getSub();
+    return s.failing_since ? s : false;
+  }, 5000 * SLOW, 'failing_since set by the new failure', 50);
+  assert.equal(after.enabled, true, `disabled: ${after.disabled_reason}`);
+  assert.ok(Date.parse(after.failing_since) >= Date.now() - 2000, `failing since ${after.failing_since}: the new failure`);
+}));
