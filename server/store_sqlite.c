@@ -21,9 +21,10 @@
  *   claim that finds newer events asks for a wake after their sync (wake_when_synced).
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
- *   both change only after the COMMIT that changed the row (reload_subscription),
- *   except a subscription's lease count, which a completion lowers when it is applied
- *   (return_leases) so that a claim in the same batch can use the room.
+ *   both change only after the COMMIT that changed the row (reload_subscription; one
+ *   that cannot read the row keeps the entry as it was and is tried again after the next
+ *   COMMIT), except a subscription's lease count, which a completion lowers when it is
+ *   applied (return_leases) so that a claim in the same batch can use the room.
  * - a delivery in the dispatcher's hands (claimed, its result not yet committed) is in
  *   s->leases, in memory only: a claim writes nothing, and a crash or a stop re-sends what
  *   was in flight. An id enters when its claim makes the job (and leaves again if that
@@ -294,6 +295,10 @@ struct store {
 		int queued;             /* call is in the writer's queue */
 		int64_t finished;       /* set by the last sweep: this id has none left */
 	} sweep;
+	struct {                        /* subscriptions whose reload failed: writer thread */
+		int64_t *ids;           /* read again after the next COMMIT (reload_changed) */
+		size_t n, cap;
+	} reload_retry;
 	struct {                        /* deliveries in the dispatcher's hands: writer thread */
 		int64_t *ids;           /* sorted, no duplicates */
 		size_t n, cap;
@@ -959,14 +964,33 @@ static void log_health_change(int64_t id, const struct sub_health *was,
 	}
 }
 
+/* Room in s->subs for one more entry (under subs_lock). Returns 0 or -1. */
+static int subs_reserve(struct store *s)
+{
+	if (s->nsubs < s->subs_cap)
+		return 0;
+	size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
+	struct sub_entry *grown = realloc(s->subs, cap * sizeof(*grown));
+	if (!grown)
+		return -1;
+	s->subs = grown;
+	s->subs_cap = cap;
+	return 0;
+}
+
 /* Reads subscription `id` from wdb into the cache and the matcher, or removes it if it
- * is gone. Returns 0 or -1 (the cache is then left without it: deliveries fail safe). */
+ * is gone. Returns 0; or -1 when it could not be read (a read error, out of memory):
+ * the cache and the matcher then keep what they had, and the id waits in
+ * s->reload_retry for the next COMMIT. (Removing the entry before reading, a single
+ * failed read dropped a live subscription until a restart: its events got no
+ * deliveries, its retries were never claimed, its results in flight ended failed.) */
 static int reload_subscription(struct store *s, int64_t id)
 {
 	sqlite3_stmt *st = NULL;
 	struct sub_entry fresh;
 	json_t *patterns = NULL;
 	const char **pats = NULL;
+	char *disabled_reason = NULL;
 	int rc = -1, step;
 
 	memset(&fresh, 0, sizeof(fresh));
@@ -986,9 +1010,6 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
-	pthread_mutex_lock(&s->subs_lock);
-	sub_remove(s, id);
-	pthread_mutex_unlock(&s->subs_lock);
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
 	                       " coalesce(failing_since, 0), disabled_reason,"
@@ -998,8 +1019,11 @@ static int reload_subscription(struct store *s, int64_t id)
 		goto out;
 	sqlite3_bind_int64(st, 1, id);
 	step = sqlite3_step(st);
-	if (step == SQLITE_DONE) {
-		rc = 0; /* deleted */
+	if (step == SQLITE_DONE) { /* deleted */
+		pthread_mutex_lock(&s->subs_lock);
+		sub_remove(s, id);
+		pthread_mutex_unlock(&s->subs_lock);
+		rc = 0;
 		goto out;
 	}
 	if (step != SQLITE_ROW)
@@ -1017,10 +1041,10 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.max_in_flight = sqlite3_column_int(st, 4);
 	fresh.failing_since = sqlite3_column_int64(st, 5);
 	fresh.rate_limit = sqlite3_column_int(st, 7);
-	log_health_change(id, &was, &(struct sub_health){1, fresh.enabled, fresh.failing_since},
-	                  column_text(st, 6));
+	disabled_reason = strdup_or_null(column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
-	if (!fresh.url || !json_is_array(patterns))
+	if (!fresh.url || (column_text(st, 1) && !fresh.headers_json) ||
+	    (column_text(st, 6) && !disabled_reason) || !json_is_array(patterns))
 		goto out;
 	sqlite3_finalize(st);
 	st = NULL;
@@ -1039,6 +1063,8 @@ static int reload_subscription(struct store *s, int64_t id)
 			goto out;
 		fresh.nsecrets++;
 	}
+	if (step != SQLITE_ROW && step != SQLITE_DONE)
+		goto out; /* a failed read must not pass for fewer secrets */
 
 	if (fresh.enabled) {
 		size_t n = json_array_size(patterns);
@@ -1047,43 +1073,78 @@ static int reload_subscription(struct store *s, int64_t id)
 			goto out;
 		for (size_t i = 0; i < n; i++)
 			pats[i] = json_string_value(json_array_get(patterns, i));
-		if (matcher_set(s->matcher, id, pats, n) != 0)
-			goto out;
 	}
 	/* A reload for its health alone (failing_since) keeps the version: the jobs claimed
 	 * beside the results that changed it are as good as before. */
 	fresh.settings_hash = sub_settings_hash(&fresh);
 	fresh.version =
 	    old_version && fresh.settings_hash == old_hash ? old_version : ++s->last_sub_version;
+	/* What can fail comes before the matcher changes: room for a new entry, then the
+	 * matcher (which keeps the old patterns when it fails). */
 	pthread_mutex_lock(&s->subs_lock);
-	if (s->nsubs == s->subs_cap) {
-		size_t cap = s->subs_cap ? s->subs_cap * 2 : 16;
-		struct sub_entry *grown = realloc(s->subs, cap * sizeof(*grown));
-		if (!grown) {
-			pthread_mutex_unlock(&s->subs_lock);
+	int room = sub_find(s, id) ? 0 : subs_reserve(s);
+	pthread_mutex_unlock(&s->subs_lock);
+	if (room != 0)
+		goto out;
+	if (fresh.enabled) {
+		if (matcher_set(s->matcher, id, pats, json_array_size(patterns)) != 0)
 			goto out;
-		}
-		s->subs = grown;
-		s->subs_cap = cap;
+	} else {
+		matcher_remove(s->matcher, id);
 	}
-	size_t at = s->nsubs;
-	while (at > 0 && s->subs[at - 1].id > id)
-		at--;
-	memmove(&s->subs[at + 1], &s->subs[at], (s->nsubs - at) * sizeof(*s->subs));
-	s->subs[at] = fresh;
-	s->nsubs++;
+	pthread_mutex_lock(&s->subs_lock);
+	struct sub_entry *old = sub_find(s, id);
+	if (old) {
+		sub_entry_clear(old);
+		*old = fresh;
+	} else {
+		size_t at = s->nsubs;
+		while (at > 0 && s->subs[at - 1].id > id)
+			at--;
+		memmove(&s->subs[at + 1], &s->subs[at], (s->nsubs - at) * sizeof(*s->subs));
+		s->subs[at] = fresh;
+		s->nsubs++;
+	}
 	quiet_clear_all(s);
 	pthread_mutex_unlock(&s->subs_lock);
+	log_health_change(id, &was, &(struct sub_health){1, fresh.enabled, fresh.failing_since},
+	                  disabled_reason);
 	memset(&fresh, 0, sizeof(fresh));
 	rc = 0;
 out:
-	if (rc != 0)
-		matcher_remove(s->matcher, id);
+	if (rc != 0 && util_ids_push(&s->reload_retry.ids, &s->reload_retry.n,
+	                             &s->reload_retry.cap, id) != 0)
+		fprintf(stderr, "hookrelay: out of memory: sub_%lld keeps its cached settings"
+		                " until the next change to it or a restart\n", (long long)id);
 	sub_entry_clear(&fresh);
 	free(pats);
+	free(disabled_reason);
 	json_decref(patterns);
 	sqlite3_finalize(st);
 	return rc;
+}
+
+/* After a COMMIT: the subscriptions it changed into the cache, and those whose reload
+ * failed after an earlier COMMIT (retry: taken before, so each is tried once here). */
+static void reload_changed(struct store *s, const int64_t *changed, size_t nchanged)
+{
+	int64_t *retry = s->reload_retry.ids;
+	size_t nretry = s->reload_retry.n;
+
+	memset(&s->reload_retry, 0, sizeof(s->reload_retry));
+	for (size_t i = 0; i < nchanged; i++) {
+		if (changed[i] && reload_subscription(s, changed[i]) != 0)
+			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change"
+			                " failed (%s); it keeps the ones it had, and the read is"
+			                " tried again after each write\n",
+			        (long long)changed[i], sqlite3_errmsg(s->wdb));
+	}
+	for (size_t i = 0; i < nretry; i++) {
+		if (reload_subscription(s, retry[i]) == 0)
+			fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n",
+			        (long long)retry[i]);
+	}
+	free(retry);
 }
 
 /* At open: the newest event is committed, and on disk once the WAL a crashed process
@@ -2824,10 +2885,7 @@ finish:
 	}
 	sweep_schedule(s);
 	prune_schedule(s);
-	for (size_t i = 0; i < nchanged; i++) {
-		if (changed[i])
-			reload_subscription(s, changed[i]);
-	}
+	reload_changed(s, changed, nchanged);
 	free(changed);
 	int needs_sync = durable && s->synchronous_full && s->wal_fd >= 0;
 	/* An ingest that fails rolls the whole batch back, so these count only what was kept
@@ -3293,6 +3351,7 @@ void store_close(struct store *s)
 	free(s->host_slots);
 	free(s->sweep.ids);
 	free(s->leases.ids);
+	free(s->reload_retry.ids);
 	free(s->match_ids);
 	free(s->call_disabled);
 	matcher_free(s->matcher);

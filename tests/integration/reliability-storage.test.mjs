@@ -24,7 +24,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import {
-  relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery,
+  relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery, waitDelivery,
   waitUntil, sleep, cleanup, withLogs, faultEnv,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
@@ -225,4 +225,38 @@ test('a long WAL comes back down in steps while publishing goes on, not in one c
   } finally {
     clearInterval(sampler);
   }
+}));
+
+// After a write that changes a subscription (here its health: the first failed attempt
+// sets failing_since) the writer reads the row back into its cache. When that read
+// fails, the subscription must keep delivering on the settings it had, and the read is
+// tried again: dropped from the cache instead, its events got no deliveries and its
+// retries were never sent, until a restart.
+test('a failed read of a changed subscription keeps it delivering, and is tried again', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    retrySchedule: '300ms',
+    env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'SELECT url, headers, enabled@1' }),
+  });
+  const r = await startReceiver({ behavior: [{ status: 500 }, { status: 200 }] });
+  const sub = await createSub(relay, r, { event_types: ['kept.#'] });
+  writeFileSync(flag, '');
+  const first = await api(relay, 'POST', '/v1/events', { type: 'kept.a' });
+  assert.equal(first.status, 202, first.text);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.failing_since,
+    5000 * SLOW, 'the failed attempt recorded (and the read after it failed)', 20);
+  await sleep(100);
+  rmSync(flag);
+
+  const second = await api(relay, 'POST', '/v1/events', { type: 'kept.b' });
+  assert.equal(second.status, 202, second.text);
+  assert.equal(second.json.deliveries, 1, 'the subscription still gets deliveries');
+  for (const ev of [first.json, second.json]) {
+    const d = (await listAll(relay, `/v1/deliveries?event=${ev.id}`))[0];
+    await waitDelivery(relay, d.id, 'delivered', 5000 * SLOW);
+  }
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.failing_since === null,
+    5000 * SLOW, 'the success clears failing_since');
+  assert.match(relay.stderr, /sub_\d+: reading its settings after a change failed/);
+  assert.match(relay.stderr, /sub_\d+: its settings are read again/);
 }));
