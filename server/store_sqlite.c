@@ -964,6 +964,26 @@ static void log_health_change(int64_t id, const struct sub_health *was,
 	}
 }
 
+/* The index of id in ids[0..n), or n if it is not there. */
+static size_t ids_find(const int64_t *ids, size_t n, int64_t id)
+{
+	size_t i = 0;
+	while (i < n && ids[i] != id)
+		i++;
+	return i;
+}
+
+/* Removes id from ids[0..*n) (the first one), keeping the order. Returns 1 if it was there. */
+static int ids_remove(int64_t *ids, size_t *n, int64_t id)
+{
+	size_t i = ids_find(ids, *n, id);
+	if (i == *n)
+		return 0;
+	memmove(&ids[i], &ids[i + 1], (*n - i - 1) * sizeof(*ids));
+	(*n)--;
+	return 1;
+}
+
 /* Room in s->subs for one more entry (under subs_lock). Returns 0 or -1. */
 static int subs_reserve(struct store *s)
 {
@@ -978,12 +998,36 @@ static int subs_reserve(struct store *s)
 	return 0;
 }
 
+/* When a reload cannot read the row: the entry keeps its settings (url, secrets,
+ * patterns) until a retry can, but takes what the batch just committed is known to
+ * have done to it (writer thread, right after that COMMIT, so batch_no is still the
+ * batch's): deleted (its id is in the sweep list), disabled, failing or healthy again.
+ * Kept as it was instead, a subscription disabled by a 410 went on being sent its
+ * backlog (each one failed for good), and a success did not clear failing_since. */
+static void reload_failed_keep(struct store *s, int64_t id)
+{
+	pthread_mutex_lock(&s->subs_lock);
+	struct sub_entry *e = sub_find(s, id);
+	if (e && ids_find(s->sweep.ids, s->sweep.n, id) < s->sweep.n) {
+		sub_remove(s, id);
+	} else if (e) {
+		if (e->health_batch == s->batch_no)
+			e->failing_since = e->batch_failing_since;
+		if (e->enabled && e->disabled_in_batch == s->batch_no) {
+			e->enabled = 0; /* its jobs not yet sent are not current any more */
+			matcher_remove(s->matcher, id);
+		}
+	}
+	pthread_mutex_unlock(&s->subs_lock);
+}
+
 /* Reads subscription `id` from wdb into the cache and the matcher, or removes it if it
  * is gone. Returns 0; or -1 when it could not be read (a read error, out of memory):
- * the cache and the matcher then keep what they had, and the id waits in
- * s->reload_retry for the next COMMIT. (Removing the entry before reading, a single
+ * the entry then keeps its settings (see reload_failed_keep), and the id waits in
+ * s->reload_retry, read again after each COMMIT until it can be (said on stderr once
+ * when it fails, once when it is read). Removing the entry before reading, a single
  * failed read dropped a live subscription until a restart: its events got no
- * deliveries, its retries were never claimed, its results in flight ended failed.) */
+ * deliveries, its retries were never claimed, its results in flight ended failed. */
 static int reload_subscription(struct store *s, int64_t id)
 {
 	sqlite3_stmt *st = NULL;
@@ -991,6 +1035,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	json_t *patterns = NULL;
 	const char **pats = NULL;
 	char *disabled_reason = NULL;
+	char why[160] = "out of memory";
 	int rc = -1, step;
 
 	memset(&fresh, 0, sizeof(fresh));
@@ -1016,7 +1061,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	                       " coalesce(rate_limit, 0) FROM subscriptions"
 	                       " WHERE id = ?1 AND deleted_at IS NULL",
 	                       -1, &st, NULL) != SQLITE_OK)
-		goto out;
+		goto read_failed;
 	sqlite3_bind_int64(st, 1, id);
 	step = sqlite3_step(st);
 	if (step == SQLITE_DONE) { /* deleted */
@@ -1027,7 +1072,7 @@ static int reload_subscription(struct store *s, int64_t id)
 		goto out;
 	}
 	if (step != SQLITE_ROW)
-		goto out;
+		goto read_failed;
 	fresh.id = id;
 	fresh.url = strdup_or_null(column_text(st, 0));
 	fresh.host = -1;
@@ -1043,6 +1088,8 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.rate_limit = sqlite3_column_int(st, 7);
 	disabled_reason = strdup_or_null(column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
+	if (patterns && !json_is_array(patterns))
+		snprintf(why, sizeof(why), "its event_types are not a JSON array");
 	if (!fresh.url || (column_text(st, 1) && !fresh.headers_json) ||
 	    (column_text(st, 6) && !disabled_reason) || !json_is_array(patterns))
 		goto out;
@@ -1053,7 +1100,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	                       "SELECT secret, coalesce(expires_at, 0) FROM subscription_secrets"
 	                       " WHERE subscription_id = ?1 ORDER BY id DESC LIMIT 11",
 	                       -1, &st, NULL) != SQLITE_OK)
-		goto out;
+		goto read_failed;
 	sqlite3_bind_int64(st, 1, id);
 	while ((step = sqlite3_step(st)) == SQLITE_ROW && fresh.nsecrets < SECRETS_MAX) {
 		struct sub_secret *sec = &fresh.secrets[fresh.nsecrets];
@@ -1064,7 +1111,7 @@ static int reload_subscription(struct store *s, int64_t id)
 		fresh.nsecrets++;
 	}
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
-		goto out; /* a failed read must not pass for fewer secrets */
+		goto read_failed; /* a failed read must not pass for fewer secrets */
 
 	if (fresh.enabled) {
 		size_t n = json_array_size(patterns);
@@ -1111,11 +1158,28 @@ static int reload_subscription(struct store *s, int64_t id)
 	                  disabled_reason);
 	memset(&fresh, 0, sizeof(fresh));
 	rc = 0;
+	goto out;
+read_failed:
+	snprintf(why, sizeof(why), "%s", sqlite3_errmsg(s->wdb));
 out:
-	if (rc != 0 && util_ids_push(&s->reload_retry.ids, &s->reload_retry.n,
-	                             &s->reload_retry.cap, id) != 0)
-		fprintf(stderr, "hookrelay: out of memory: sub_%lld keeps its cached settings"
-		                " until the next change to it or a restart\n", (long long)id);
+	if (rc == 0 && ids_remove(s->reload_retry.ids, &s->reload_retry.n, id))
+		fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n", (long long)id);
+	int queued = ids_find(s->reload_retry.ids, s->reload_retry.n, id) < s->reload_retry.n;
+	if (rc != 0)
+		reload_failed_keep(s, id);
+	if (rc != 0 && !queued) { /* (a retry that fails again says nothing more) */
+		if (util_ids_push(&s->reload_retry.ids, &s->reload_retry.n, &s->reload_retry.cap,
+		                  id) != 0)
+			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change failed"
+			                " (%s), and there is no memory to try again: it keeps the ones"
+			                " it had until the next change to it or a restart\n",
+			        (long long)id, why);
+		else
+			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change failed"
+			                " (%s); it keeps the ones it had, and the read is tried again"
+			                " after each write\n",
+			        (long long)id, why);
+	}
 	sub_entry_clear(&fresh);
 	free(pats);
 	free(disabled_reason);
@@ -1124,26 +1188,23 @@ out:
 	return rc;
 }
 
-/* After a COMMIT: the subscriptions it changed into the cache, and those whose reload
- * failed after an earlier COMMIT (retry: taken before, so each is tried once here). */
+/* After a COMMIT: the subscriptions it changed into the cache (each once), then those
+ * whose reload failed after an earlier COMMIT. */
 static void reload_changed(struct store *s, const int64_t *changed, size_t nchanged)
 {
-	int64_t *retry = s->reload_retry.ids;
-	size_t nretry = s->reload_retry.n;
-
-	memset(&s->reload_retry, 0, sizeof(s->reload_retry));
 	for (size_t i = 0; i < nchanged; i++) {
-		if (changed[i] && reload_subscription(s, changed[i]) != 0)
-			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change"
-			                " failed (%s); it keeps the ones it had, and the read is"
-			                " tried again after each write\n",
-			        (long long)changed[i], sqlite3_errmsg(s->wdb));
+		if (changed[i] && ids_find(changed, i, changed[i]) == i &&
+		    ids_find(s->reload_retry.ids, s->reload_retry.n, changed[i]) == s->reload_retry.n)
+			reload_subscription(s, changed[i]);
 	}
-	for (size_t i = 0; i < nretry; i++) {
-		if (reload_subscription(s, retry[i]) == 0)
-			fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n",
-			        (long long)retry[i]);
-	}
+	/* a copy: a reload that succeeds takes its id off the list */
+	size_t n = s->reload_retry.n;
+	int64_t *retry = n ? malloc(n * sizeof(*retry)) : NULL;
+	if (!retry)
+		return; /* none, or tried after the next COMMIT */
+	memcpy(retry, s->reload_retry.ids, n * sizeof(*retry));
+	for (size_t i = 0; i < n; i++)
+		reload_subscription(s, retry[i]);
 	free(retry);
 }
 
@@ -1743,14 +1804,7 @@ static int sweep_add(struct store *s, int64_t id)
 
 static void sweep_remove(struct store *s, int64_t id)
 {
-	for (size_t i = 0; i < s->sweep.n; i++) {
-		if (s->sweep.ids[i] == id) {
-			memmove(&s->sweep.ids[i], &s->sweep.ids[i + 1],
-			        (s->sweep.n - i - 1) * sizeof(*s->sweep.ids));
-			s->sweep.n--;
-			return;
-		}
-	}
+	ids_remove(s->sweep.ids, &s->sweep.n, id);
 }
 
 static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, int64_t *changed)

@@ -260,3 +260,30 @@ test('a failed read of a changed subscription keeps it delivering, and is tried 
   assert.match(relay.stderr, /sub_\d+: reading its settings after a change failed/);
   assert.match(relay.stderr, /sub_\d+: its settings are read again/);
 }));
+
+// The same failed read after a 410 has disabled the subscription: what the write did (it
+// is disabled) holds even though its settings could not be read, so its other
+// deliveries stay held rather than being sent to the endpoint that answered 410.
+test('a failed read after a 410 still holds the disabled subscription\'s deliveries', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'SELECT url, headers, enabled@1' }),
+  });
+  const gone = await startReceiver({ behavior: { status: 410 } });
+  const sub = await createSub(relay, gone, { event_types: ['gone.#'], max_in_flight: 1 });
+  writeFileSync(flag, '');
+  const batch = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 5 }, (_, i) => ({ type: 'gone.x', data: { i } })));
+  assert.equal(batch.status, 202, batch.text);
+  await waitUntil(() => /sub_\d+: reading its settings after a change failed/.test(relay.stderr),
+    5000 * SLOW, 'the read after the 410 failed', 20);
+  await sleep(1500); // claims run at least once a second
+  assert.equal(gone.requests.length, 1, 'nothing more was sent to the endpoint that answered 410');
+  const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+  assert.deepEqual(ds.map((d) => d.status).sort(), ['failed', 'pending', 'pending', 'pending', 'pending']);
+  rmSync(flag);
+  await waitUntil(() => /sub_\d+: its settings are read again/.test(relay.stderr), 5000 * SLOW,
+    'the read tried again once the fault is gone', 50);
+  assert.equal((await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.enabled, false);
+  assert.equal(gone.requests.length, 1);
+}));
