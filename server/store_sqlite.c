@@ -998,6 +998,25 @@ static int subs_reserve(struct store *s)
 	return 0;
 }
 
+/* Marks subscription id disabled by the running batch. The cache changes only after the
+ * COMMIT; a claim later in this batch must not send to an endpoint that just answered
+ * 410, and a reload after the COMMIT that cannot read the row must still disable it
+ * (reload_failed_keep). A rolled-back batch has another number; a call rolled back to
+ * its savepoint takes its marks back, see call_disabled: only the first call to disable
+ * it in the batch marks it, so a later one's rollback cannot take back a disable that
+ * stands. Returns 0, or -1 out of memory. */
+static int mark_disabled(struct store *s, int64_t id)
+{
+	struct sub_entry *cached = sub_find(s, id);
+
+	if (cached && cached->disabled_in_batch != s->batch_no) {
+		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
+			return -1;
+		cached->disabled_in_batch = s->batch_no;
+	}
+	return 0;
+}
+
 /* When a reload cannot read the row: the entry keeps its settings (url, secrets,
  * patterns) until a retry can, but takes what the batch just committed is known to
  * have done to it (writer thread, right after that COMMIT, so batch_no is still the
@@ -1011,12 +1030,15 @@ static void reload_failed_keep(struct store *s, int64_t id)
 	if (e && ids_find(s->sweep.ids, s->sweep.n, id) < s->sweep.n) {
 		sub_remove(s, id);
 	} else if (e) {
+		struct sub_health was = {1, e->enabled, e->failing_since};
 		if (e->health_batch == s->batch_no)
 			e->failing_since = e->batch_failing_since;
 		if (e->enabled && e->disabled_in_batch == s->batch_no) {
 			e->enabled = 0; /* its jobs not yet sent are not current any more */
 			matcher_remove(s->matcher, id);
 		}
+		log_health_change(id, &was, &(struct sub_health){1, e->enabled, e->failing_since},
+		                  "its reason is in the database");
 	}
 	pthread_mutex_unlock(&s->subs_lock);
 }
@@ -1036,7 +1058,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	const char **pats = NULL;
 	char *disabled_reason = NULL;
 	char why[160] = "out of memory";
-	int rc = -1, step;
+	int rc = -1, step, err = SQLITE_OK;
 
 	memset(&fresh, 0, sizeof(fresh));
 	struct sub_health was = {0};
@@ -1055,15 +1077,15 @@ static int reload_subscription(struct store *s, int64_t id)
 		if (old)
 			was = (struct sub_health){1, old->enabled, old->failing_since};
 	}
-	if (sqlite3_prepare_v2(s->wdb,
-	                       "SELECT url, headers, enabled, event_types, max_in_flight,"
-	                       " coalesce(failing_since, 0), disabled_reason,"
-	                       " coalesce(rate_limit, 0) FROM subscriptions"
-	                       " WHERE id = ?1 AND deleted_at IS NULL",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if ((err = sqlite3_prepare_v2(s->wdb,
+	                              "SELECT url, headers, enabled, event_types, max_in_flight,"
+	                              " coalesce(failing_since, 0), disabled_reason,"
+	                              " coalesce(rate_limit, 0) FROM subscriptions"
+	                              " WHERE id = ?1 AND deleted_at IS NULL",
+	                              -1, &st, NULL)) != SQLITE_OK)
 		goto read_failed;
 	sqlite3_bind_int64(st, 1, id);
-	step = sqlite3_step(st);
+	step = err = sqlite3_step(st);
 	if (step == SQLITE_DONE) { /* deleted */
 		pthread_mutex_lock(&s->subs_lock);
 		sub_remove(s, id);
@@ -1088,21 +1110,22 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.rate_limit = sqlite3_column_int(st, 7);
 	disabled_reason = strdup_or_null(column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
-	if (patterns && !json_is_array(patterns))
-		snprintf(why, sizeof(why), "its event_types are not a JSON array");
+	if (!json_is_array(patterns))
+		snprintf(why, sizeof(why), "its event_types could not be parsed");
 	if (!fresh.url || (column_text(st, 1) && !fresh.headers_json) ||
 	    (column_text(st, 6) && !disabled_reason) || !json_is_array(patterns))
 		goto out;
 	sqlite3_finalize(st);
 	st = NULL;
 
-	if (sqlite3_prepare_v2(s->wdb,
-	                       "SELECT secret, coalesce(expires_at, 0) FROM subscription_secrets"
-	                       " WHERE subscription_id = ?1 ORDER BY id DESC LIMIT 11",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if ((err = sqlite3_prepare_v2(s->wdb,
+	                              "SELECT secret, coalesce(expires_at, 0) FROM"
+	                              " subscription_secrets WHERE subscription_id = ?1"
+	                              " ORDER BY id DESC LIMIT 11",
+	                              -1, &st, NULL)) != SQLITE_OK)
 		goto read_failed;
 	sqlite3_bind_int64(st, 1, id);
-	while ((step = sqlite3_step(st)) == SQLITE_ROW && fresh.nsecrets < SECRETS_MAX) {
+	while ((step = err = sqlite3_step(st)) == SQLITE_ROW && fresh.nsecrets < SECRETS_MAX) {
 		struct sub_secret *sec = &fresh.secrets[fresh.nsecrets];
 		sec->secret = strdup_or_null(column_text(st, 0));
 		sec->expires_at = sqlite3_column_int64(st, 1);
@@ -1160,7 +1183,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	rc = 0;
 	goto out;
 read_failed:
-	snprintf(why, sizeof(why), "%s", sqlite3_errmsg(s->wdb));
+	snprintf(why, sizeof(why), "%s", sqlite3_errstr(err));
 out:
 	if (rc == 0 && ids_remove(s->reload_retry.ids, &s->reload_retry.n, id))
 		fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n", (long long)id);
@@ -1188,24 +1211,22 @@ out:
 	return rc;
 }
 
-/* After a COMMIT: the subscriptions it changed into the cache (each once), then those
- * whose reload failed after an earlier COMMIT. */
+/* After a COMMIT: the subscriptions it changed into the cache, then those whose reload
+ * failed after an earlier COMMIT, each once (the retry list is short, and empty unless
+ * reads fail). A changed id already waiting for a retry is read in the second pass. */
 static void reload_changed(struct store *s, const int64_t *changed, size_t nchanged)
 {
+	size_t waiting = s->reload_retry.n; /* those a failure in the first pass adds wait */
+
 	for (size_t i = 0; i < nchanged; i++) {
-		if (changed[i] && ids_find(changed, i, changed[i]) == i &&
-		    ids_find(s->reload_retry.ids, s->reload_retry.n, changed[i]) == s->reload_retry.n)
+		if (changed[i] &&
+		    ids_find(s->reload_retry.ids, waiting, changed[i]) == waiting)
 			reload_subscription(s, changed[i]);
 	}
-	/* a copy: a reload that succeeds takes its id off the list */
-	size_t n = s->reload_retry.n;
-	int64_t *retry = n ? malloc(n * sizeof(*retry)) : NULL;
-	if (!retry)
-		return; /* none, or tried after the next COMMIT */
-	memcpy(retry, s->reload_retry.ids, n * sizeof(*retry));
-	for (size_t i = 0; i < n; i++)
-		reload_subscription(s, retry[i]);
-	free(retry);
+	/* backwards: a read that succeeds takes its id (at i) off the list; one that fails
+	 * again adds nothing */
+	for (size_t i = waiting; i-- > 0;)
+		reload_subscription(s, s->reload_retry.ids[i]);
 }
 
 /* At open: the newest event is committed, and on disk once the WAL a crashed process
@@ -1552,6 +1573,8 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		             " coalesce(disabled_reason, 'disabled through the API'),"
 		             " updated_at = ?2 WHERE id = ?1 AND enabled = 1",
 		        call->id, now) != 0)
+			goto fail;
+		if (!on && sqlite3_changes(s->wdb) > 0 && mark_disabled(s, call->id) != 0)
 			goto fail;
 		/* Nothing to move: claims skip a disabled subscription, so its pending rows
 		 * wait where they are and go out as soon as it is enabled again. */
@@ -2492,18 +2515,9 @@ static int disable_subscription(struct store *s, int64_t id, const char *reason,
 {
 	sqlite3_stmt *st = NULL;
 	int rc = -1;
-	struct sub_entry *cached = sub_find(s, id);
 
-	/* The cache changes only after the COMMIT; a claim later in this batch must not send
-	 * to an endpoint that just answered 410 (a rolled-back batch has another number; a
-	 * call rolled back to its savepoint takes its marks back, see call_disabled: only the
-	 * first call to disable it in the batch marks it, so a later one's rollback cannot
-	 * take back a disable that stands). */
-	if (cached && cached->disabled_in_batch != s->batch_no) {
-		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
-			return -1;
-		cached->disabled_in_batch = s->batch_no;
-	}
+	if (mark_disabled(s, id) != 0)
+		return -1;
 	if (sqlite3_prepare_v2(s->wdb,
 	                       "UPDATE subscriptions SET enabled = 0, disabled_reason = ?2,"
 	                       " updated_at = ?3 WHERE id = ?1",

@@ -287,3 +287,25 @@ test('a failed read after a 410 still holds the disabled subscription\'s deliver
   assert.equal((await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.enabled, false);
   assert.equal(gone.requests.length, 1);
 }));
+
+// And after a PATCH that disables it: the operator's disable holds while the read fails.
+test('a failed read after PATCH enabled:false still stops new deliveries', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'SELECT url, headers, enabled@1' }),
+  });
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['off.#'] });
+  writeFileSync(flag, '');
+  const off = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: false });
+  assert.equal(off.status, 200, off.text);
+  assert.equal(off.json.enabled, false);
+  await waitUntil(() => /sub_\d+: reading its settings after a change failed/.test(relay.stderr),
+    5000 * SLOW, 'the read after the PATCH failed', 20);
+  const ev = await api(relay, 'POST', '/v1/events', { type: 'off.x' });
+  assert.equal(ev.status, 202, ev.text);
+  assert.equal(ev.json.deliveries, 0, 'a disabled subscription gets no new delivery');
+  rmSync(flag);
+  await sleep(300);
+  assert.equal(r.requests.length, 0);
+}));
