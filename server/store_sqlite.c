@@ -1840,9 +1840,12 @@ static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, 
 
 	if (found <= 0)
 		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	/* The current secret signs until the grace ends, and no older one signs longer: a
+	 * rotation with no grace stops every old secret at once (an emergency rotation left
+	 * the ones earlier rotations had in grace signing for up to 30 days). */
 	if (sqlite3_prepare_v2(s->wdb,
-	                       "UPDATE subscription_secrets SET expires_at = ?2 WHERE subscription_id = ?1"
-	                       " AND expires_at IS NULL",
+	                       "UPDATE subscription_secrets SET expires_at = ?2"
+	                       " WHERE subscription_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, call->id);

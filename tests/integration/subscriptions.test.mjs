@@ -294,8 +294,9 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   assert.equal(q3.headers['webhook-id'], e3.id);
   assert.equal(verifySigned(q3, mine).id, e3.id);
   assert.throws(() => verifySigned(q3, rot.json.secret), 'previous secret no longer signs');
-  // (Whether `old`, still inside its own 1 h grace, keeps signing after a second rotation
-  // is not pinned by the docs, so it is not asserted.)
+  // `old` was still inside its own 1 h grace: a rotation with no grace stops it too.
+  assert.equal(q3.headers['webhook-signature'].split(' ').length, 1, q3.headers['webhook-signature']);
+  assert.throws(() => verifySigned(q3, old), 'the oldest secret no longer signs either');
 
   const badSecret = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: 'not-a-secret' });
   assertError(badSecret, 422, 'invalid_field', 'rotate with a malformed secret');
