@@ -545,3 +545,27 @@ test('one relay per database and per port; the database is the owner\'s alone', 
   assert.match(samePort.stderr, /cannot listen on 127\.0\.0\.1:\d+/);
   assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'the first one is unharmed');
 }));
+
+// A delivery put back at a stop keeps its place: at max_in_flight 1 the events still
+// arrive in the order they were published (the README's promise while no attempt fails).
+test('a delivery put back at a stop keeps its place: order holds at max_in_flight 1', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '60s'] });
+  const r = await startReceiver({ behavior: { hang: true } });
+  await createSub(relay, r, { max_in_flight: 1 });
+  const evs = [];
+  for (let i = 0; i < 4; i++) evs.push(await postEvent(relay, { type: 'order.kept', data: { i } }));
+  await r.waitFor(1);
+  relay.proc.kill('SIGTERM');
+  await waitUntil(() => /send SIGINT or SIGTERM again to stop now/.test(relay.stderrText), 3000,
+    'the stop says it is waiting for deliveries in flight');
+  relay.proc.kill('SIGTERM');
+  await relay.exited;
+  assert.equal(relay.exitCode, 0, relay.stderrText);
+  relay.stopped = true;
+  r.dropConnections();
+  r.setBehavior({ status: 200 });
+  await startRelay({ dbPath: relay.dbPath });
+  await r.waitFor(5, 8000);
+  assert.deepEqual(r.requests.slice(1).map((q) => q.headers['webhook-id']), evs.map((e) => e.id),
+    'after the restart, in the order published');
+}));
