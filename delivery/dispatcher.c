@@ -367,6 +367,30 @@ static void ask_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_
 	}
 }
 
+/* A job the sender could not start (out of memory) goes back unsent, as at a stop: its
+ * result ends the lease and the job is claimed again. Dropped without one, it stayed
+ * leased until a restart: pending with no attempt, a manual retry answered 409, and its
+ * subscription had one request fewer to send for good (at max_in_flight 1, none). There
+ * is a slot in the batch: results held and requests in flight never pass max_in_flight,
+ * and this job is neither. Only if even the result cannot be allocated does the lease
+ * stay until restart. */
+static void release_unstarted(struct dispatcher *d, struct loop *lp, struct delivery_job *job)
+{
+	struct delivery_result *r = lp->n < d->opts.max_in_flight ? calloc(1, sizeof(*r)) : NULL;
+
+	if (r) {
+		r->delivery_id = job->delivery_id;
+		r->subscription_id = job->subscription_id;
+		r->attempt = job->attempt;
+		r->published_at_ms = job->published_at_ms;
+		r->outcome = DELIVERY_RELEASED; /* no attempt is recorded */
+		if (lp->n == 0)
+			lp->held_since = clock_mono_ms();
+		d->batch[lp->n++] = r;
+	}
+	delivery_job_free(job);
+}
+
 /* Starts the jobs of an answered claim. */
 static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64_t mono)
 {
@@ -389,8 +413,7 @@ static void take_claim(struct dispatcher *d, struct loop *lp, int64_t now, int64
 		if (!c->jobs[i])
 			continue;
 		if (sender_start(d->sender, c->jobs[i]) != 0) {
-			/* Out of memory: the lease stays until restart makes the job due again. */
-			delivery_job_free(c->jobs[i]);
+			release_unstarted(d, lp, c->jobs[i]);
 			lost++;
 		}
 	}

@@ -1,7 +1,8 @@
 /*
  * step_fault.c - an LD_PRELOAD shim for tests: makes sqlite3_step fail with SQLITE_IOERR,
  * as a failing disk would, for chosen statements, at random, while a flag file exists;
- * or makes every fdatasync stall first, as a disk with a slow flush would.
+ * or makes every fdatasync stall first, as a disk with a slow flush would; or makes
+ * curl_easy_init fail, as it does out of memory.
  *
  *   FAULT_STEP_SQL   '|'-separated prefixes of the statements' SQL text to fail, each
  *                    optionally followed by "@P", its own probability
@@ -9,9 +10,11 @@
  *   FAULT_STEP_FLAG  faults happen only while this file exists (so a relay can start and
  *                    be set up cleanly, then have faults, then none)
  *   FAULT_FSYNC_MS   while the flag file exists, each fdatasync sleeps this long first
+ *   FAULT_CURL_INIT  set (to anything): while the flag file exists, curl_easy_init returns
+ *                    NULL, as it does out of memory (the sender cannot start a request)
  *
  * The stall hits every fdatasync of the process, SQLite's own (checkpoints) as well as
- * the relay's syncer. Every other call goes to SQLite or libc untouched. The random
+ * the relay's syncer. Every other call goes to SQLite, libcurl or libc untouched. The random
  * sequence is fixed (erand48 with a constant seed) and shared by the threads under a lock.
  */
 #include <dlfcn.h>
@@ -24,6 +27,8 @@
 
 static int (*real_step)(sqlite3_stmt *);
 static int (*real_fdatasync)(int);
+static void *(*real_curl_easy_init)(void);
+static int fail_curl_init;
 static long fsync_stall_ms;
 static const char *prefixes, *flag;
 static double probability = 0.02;
@@ -38,6 +43,8 @@ static void setup(void)
 
 	real_step = (int (*)(sqlite3_stmt *))dlsym(RTLD_NEXT, "sqlite3_step");
 	real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+	real_curl_easy_init = (void *(*)(void))dlsym(RTLD_NEXT, "curl_easy_init");
+	fail_curl_init = getenv("FAULT_CURL_INIT") != NULL;
 	if (stall)
 		fsync_stall_ms = atol(stall);
 	prefixes = getenv("FAULT_STEP_SQL");
@@ -91,4 +98,14 @@ int fdatasync(int fd)
 		nanosleep(&stall, NULL);
 	}
 	return real_fdatasync(fd);
+}
+
+/* (void *: the shim does not include curl.h; CURL is an opaque struct to the caller) */
+void *curl_easy_init(void);
+void *curl_easy_init(void)
+{
+	pthread_once(&once, setup);
+	if (fail_curl_init && flag && access(flag, F_OK) == 0)
+		return NULL;
+	return real_curl_easy_init ? real_curl_easy_init() : NULL;
 }

@@ -6,9 +6,11 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { writeFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import {
   startRelay, startReceiver, api, createSub, postEvent, eventDeliveries, getDelivery,
-  listAll, waitUntil, sleep, cleanup, withLogs,
+  listAll, waitUntil, sleep, cleanup, withLogs, faultEnv, tmpDir,
 } from './harness.mjs';
 import { SOAK, SLOW, percentile, idsOf } from './reliability/lib.mjs';
 
@@ -134,4 +136,27 @@ test('SIGTERM while slow deliveries are in flight: exit 0 promptly, nothing lost
     `receiver got ${r.requests.length} requests for 5 events (SIGTERM took ${took.toFixed(0)} ms)`);
   const got = await api(again, 'GET', '/v1/deliveries?status=pending');
   assert.deepEqual(got.json.data, []);
+}));
+
+// A request the sender cannot start (out of memory: here curl_easy_init fails while a
+// flag file exists) goes back unsent and is claimed again: it must not stay leased until
+// a restart, pending for ever, with a manual retry answering 409 and its subscription's
+// only slot (max_in_flight 1) taken.
+test('a request that cannot be started goes back unsent and is sent once it can be', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_CURL_INIT: '1' }) });
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['oom.#'], max_in_flight: 1 });
+  writeFileSync(flag, '');
+  const first = await postEvent(relay, { type: 'oom.a' });
+  await waitUntil(() => /out of memory starting transfers/.test(relay.stderrText), 5000 * SLOW,
+    'the start failed', 20);
+  rmSync(flag);
+  const second = await postEvent(relay, { type: 'oom.b' });
+  await r.waitFor(2, 8000 * SLOW);
+  assert.deepEqual(r.requests.map((q) => q.headers['webhook-id']), [first.id, second.id]);
+  await waitUntil(async () => {
+    const all = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+    return all.length === 2 && all.every((d) => d.status === 'delivered');
+  }, 5000 * SLOW, 'both delivered', 50);
 }));
