@@ -1013,7 +1013,8 @@ static int mark_disabled(struct store *s, int64_t id)
 	struct sub_entry *cached = sub_find(s, id);
 
 	if (cached && cached->disabled_in_batch != s->batch_no) {
-		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap, id) != 0)
+		if (util_ids_push(&s->call_disabled, &s->ncall_disabled, &s->call_disabled_cap,
+		                  id) != 0)
 			return -1;
 		cached->disabled_in_batch = s->batch_no;
 	}
@@ -1189,21 +1190,24 @@ read_failed:
 	snprintf(why, sizeof(why), "%s", sqlite3_errstr(err));
 out:
 	if (rc == 0 && ids_remove(s->reload_retry.ids, &s->reload_retry.n, id))
-		fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n", (long long)id);
+		fprintf(stderr, "hookrelay: sub_%lld: its settings are read again\n",
+		        (long long)id);
 	int queued = ids_find(s->reload_retry.ids, s->reload_retry.n, id) < s->reload_retry.n;
 	if (rc != 0)
 		reload_failed_keep(s, id);
 	if (rc != 0 && !queued) { /* (a retry that fails again says nothing more) */
 		if (util_ids_push(&s->reload_retry.ids, &s->reload_retry.n, &s->reload_retry.cap,
 		                  id) != 0)
-			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change failed"
-			                " (%s), and there is no memory to try again: it keeps the ones"
-			                " it had until the next change to it or a restart\n",
+			fprintf(stderr,
+			        "hookrelay: sub_%lld: reading its settings after a change failed"
+			        " (%s), and there is no memory to try again: it keeps the ones"
+			        " it had until the next change to it or a restart\n",
 			        (long long)id, why);
 		else
-			fprintf(stderr, "hookrelay: sub_%lld: reading its settings after a change failed"
-			                " (%s); it keeps the ones it had, and the read is tried again"
-			                " after each write\n",
+			fprintf(stderr,
+			        "hookrelay: sub_%lld: reading its settings after a change failed"
+			        " (%s); it keeps the ones it had, and the read is tried again"
+			        " after each write\n",
 			        (long long)id, why);
 	}
 	sub_entry_clear(&fresh);
@@ -1222,8 +1226,7 @@ static void reload_changed(struct store *s, const int64_t *changed, size_t nchan
 	size_t waiting = s->reload_retry.n; /* those a failure in the first pass adds wait */
 
 	for (size_t i = 0; i < nchanged; i++) {
-		if (changed[i] &&
-		    ids_find(s->reload_retry.ids, waiting, changed[i]) == waiting)
+		if (changed[i] && ids_find(s->reload_retry.ids, waiting, changed[i]) == waiting)
 			reload_subscription(s, changed[i]);
 	}
 	/* backwards: a read that succeeds takes its id (at i) off the list; one that fails
@@ -1846,10 +1849,11 @@ static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, 
 	/* The current secret signs until the grace ends, and no older one signs longer: a
 	 * rotation with no grace stops every old secret at once (an emergency rotation left
 	 * the ones earlier rotations had in grace signing for up to 30 days). */
-	if (sqlite3_prepare_v2(s->wdb,
-	                       "UPDATE subscription_secrets SET expires_at = ?2"
-	                       " WHERE subscription_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-	                       -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(
+	        s->wdb,
+	        "UPDATE subscription_secrets SET expires_at = ?2"
+	        " WHERE subscription_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+	        -1, &st, NULL) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, call->id);
 	sqlite3_bind_int64(st, 2, now + grace_ms);
