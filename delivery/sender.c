@@ -558,10 +558,9 @@ static int waited_for_connection(const char *error)
 	char *end;
 	long ms;
 
-	if (strstr(error, "Failed to resolve host"))
+	if (strstr(error, "Failed to resolve host") ||
+	    strncmp(error, "Connection timeout after ", 25) == 0)
 		after = strstr(error, " after ");
-	else if (strncmp(error, "Connection timeout after ", 25) == 0)
-		after = error + 24;
 	if (!after)
 		return 0;
 	ms = strtol(after + 7, &end, 10);
