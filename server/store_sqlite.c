@@ -199,8 +199,8 @@ static const char *const writer_sql[ST_COUNT] = {
                            " updated_at = ?7 WHERE id = ?1",
     /* a claimed row was due already: it keeps its place (at max_in_flight 1, moved to
      * now, a delivery put back at a stop arrived after every newer event's) */
-    [ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?2)"
-                            " WHERE id = ?1",
+    [ST_DELIVERY_RELEASE] = "UPDATE deliveries SET next_attempt_at ="
+                            " min(coalesce(next_attempt_at, ?2), ?2) WHERE id = ?1",
     [ST_DELIVERY_ORPHANED] = "UPDATE deliveries SET state = 2, next_attempt_at = NULL,"
                              " last_error = 'subscription deleted', updated_at = ?2"
                              " WHERE id = ?1 AND state = 0",
