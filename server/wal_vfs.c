@@ -27,8 +27,8 @@
  *   lock: another connection may restart the WAL and commit over their offsets. The
  *   rollback hook (wal_vfs_rolled_back) drops them, and so does close.
  * - every other method but xClose, xSectorSize and xDeviceCharacteristics empties the
- *   buffer into the file first, so this connection's reads, syncs, truncations and locks see the
- * file as SQLite wrote it.
+ *   buffer into the file first, so this connection's reads, syncs, truncations and locks
+ *   see the file as SQLite wrote it.
  * - a failed flush fails the call that flushed it and keeps what did not reach the file
  *   waiting (buf_off moves past what did): SQLite may roll back only the statement and
  *   commit the transaction later, with those frames listed in its wal-index.

@@ -15,8 +15,6 @@
 
 #define WAL_VFS_NAME "hookrelay-wal"
 
-#include <sqlite3.h>
-
 /* Registers the VFS (not as the default) once. Returns 0, or -1 if SQLite has no
  * default VFS to wrap or would not register it. */
 int wal_vfs_register(void);
