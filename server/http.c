@@ -80,6 +80,7 @@ struct http_request {
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
 	int ambiguous;          /* framing or Host ambiguous: refused, connection closed */
+	int encoded_separator;  /* the raw path held %00 or %2F (see on_uri) */
 	const struct route *route; /* set by route_find once routed and authorized */
 	int hold;               /* replies are held (see held), not queued yet */
 	struct MHD_Response *held; /* a reply route_find made, queued once the body is in */
@@ -578,7 +579,11 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	req->too_large = declared_too_large(req); /* any reply then says Connection: close */
 	/* A client that waits for 100 Continue sends no body if refused now. */
 	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
-	route_match(req, target_path(url));
+	if (req->encoded_separator)
+		http_reply_error(req, 404, "not_found",
+		                 "no route: the path holds an encoded NUL or slash (%%00 or %%2F)");
+	else
+		route_match(req, target_path(url));
 	req->hold = 0;
 }
 
@@ -603,6 +608,32 @@ static void route_run(struct http_request *req)
 
 /* ---------- MHD callbacks ---------- */
 
+/* What on_uri hands on_request (as its first *con_cls) for a path that holds an encoded
+ * NUL or slash; it is never freed, and on_request replaces it with the request. */
+static char encoded_separator_mark;
+
+/* 1 if the path of a raw request target (before its query) holds %00 or %2F. */
+static int path_has_encoded_separator(const char *uri)
+{
+	for (const char *p = target_path(uri); *p && *p != '?' && *p != '#'; p++)
+		if (p[0] == '%' && ((p[1] == '0' && p[2] == '0') ||
+		                    (p[1] == '2' && (p[2] == 'F' || p[2] == 'f'))))
+			return 1;
+	return 0;
+}
+
+/* MHD's URI callback: sees the request target before MHD decodes it. Decoded, a %00
+ * ended the path where it stood (DELETE /v1/subscriptions/sub_4%00x deleted sub_4, and
+ * /v1/subscriptions/sub_1%00/stats answered as /v1/subscriptions/sub_1), and a %2F split
+ * a segment (/v1/deliveries/dlv_1%2Fretry routed as .../retry): a proxy allowing or
+ * logging by the raw path saw one route while another ran. Such a path is no route. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	(void)cls;
+	(void)conn;
+	return path_has_encoded_separator(uri) ? &encoded_separator_mark : NULL;
+}
+
 static void run_continuation(struct http_request *req)
 {
 	struct http_server *srv = req->srv;
@@ -621,11 +652,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
 	struct http_server *srv = cls;
 	struct http_request *req = *con_cls;
+	int encoded_separator = req == (void *)&encoded_separator_mark;
 
-	if (!req) {
+	if (!req || encoded_separator) {
 		req = calloc(1, sizeof(*req));
 		if (!req)
 			return MHD_NO;
+		req->encoded_separator = encoded_separator;
 		req->srv = srv;
 		req->conn = conn;
 		req->method = method;
@@ -698,8 +731,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void)cls;
 	(void)conn;
 	(void)toe;
-	if (!req)
-		return;
+	if (!req || req == (void *)&encoded_separator_mark)
+		return; /* on_request never ran */
 	/* The client went away while we waited for the writer: MHD resumed the connection
 	 * and found it closed without calling on_request again. The continuation still owns
 	 * the write's resources; its reply goes nowhere. (A suspended connection is completed
@@ -797,7 +830,8 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	    flags, (uint16_t)opts->port, NULL, NULL, on_request, srv,
 	    /* first, or MHD writes what comes before it with its own logger */
 	    MHD_OPTION_EXTERNAL_LOGGER, http_log, srv, MHD_OPTION_SOCK_ADDR, &addr,
-	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
+	    NULL, MHD_OPTION_CONNECTION_LIMIT,
 	    HTTP_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT, 60U,
 	    /* last: one thread is no pool, and naming a pool of 1 (or 0) makes MHD print a
 	     * warning at every start; MHD_OPTION_END there ends the list instead */

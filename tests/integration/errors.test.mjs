@@ -418,6 +418,35 @@ test('unknown ids on every {id} route are 404 not_found; unknown routes too', wi
   await assertNothingStored();
 }));
 
+// libmicrohttpd decodes the path before routing, and a decoded %00 ended it: DELETE
+// /v1/subscriptions/sub_4%00x deleted sub_4. A %2F split a segment in two.
+test('an encoded NUL or slash in the path is 404, and the id in front of it is untouched', withLogs(async () => {
+  const made = await api(relay, 'POST', '/v1/subscriptions', SUB);
+  assert.equal(made.status, 201, made.text);
+  const id = made.json.id;
+  const calls = [
+    ['DELETE', `/v1/subscriptions/${id}%00not-an-id`],
+    ['PATCH', `/v1/subscriptions/${id}%2F`, { enabled: false }],
+    ['PATCH', `/v1/subscriptions/${id}%00`, { enabled: false }],
+    ['GET', `/v1/subscriptions/${id}%00/stats`],
+    ['GET', `/v1/events/${accepted.id}%00x`],
+    ['GET', '/v1/deliveries%00/dlv_1'],
+    ['POST', '/v1/deliveries/dlv_1%2fretry'],
+  ];
+  for (const [method, p, body] of calls) {
+    const res = await api(relay, method, p, body);
+    assertError(res, 404, 'not_found', `${method} ${p}`);
+  }
+  const kept = await api(relay, 'GET', `/v1/subscriptions/${id}`);
+  assert.equal(kept.status, 200, kept.text);
+  assert.equal(kept.json.enabled, true, 'no PATCH reached it');
+  // other escapes in the path are decoded as before
+  const escaped = await api(relay, 'GET', `/v1/subscriptions/%73ub_${id.slice(4)}`);
+  assert.equal(escaped.status, 200, escaped.text);
+  assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${id}`)).status, 204);
+  await assertNothingStored();
+}));
+
 test('wrong method on a known path is 405 with Allow', withLogs(async () => {
   const calls = [
     ['PUT', '/v1/events', /POST/],
