@@ -616,8 +616,8 @@ static char encoded_separator_mark;
 static int path_has_encoded_separator(const char *uri)
 {
 	for (const char *p = target_path(uri); *p && *p != '?' && *p != '#'; p++)
-		if (p[0] == '%' && ((p[1] == '0' && p[2] == '0') ||
-		                    (p[1] == '2' && (p[2] == 'F' || p[2] == 'f'))))
+		if (p[0] == '%' &&
+		    ((p[1] == '0' && p[2] == '0') || (p[1] == '2' && (p[2] == 'F' || p[2] == 'f'))))
 			return 1;
 	return 0;
 }
@@ -831,8 +831,8 @@ struct http_server *http_start(const struct http_options *opts, struct api *api,
 	    /* first, or MHD writes what comes before it with its own logger */
 	    MHD_OPTION_EXTERNAL_LOGGER, http_log, srv, MHD_OPTION_SOCK_ADDR, &addr,
 	    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_URI_LOG_CALLBACK, on_uri,
-	    NULL, MHD_OPTION_CONNECTION_LIMIT,
-	    HTTP_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT, 60U,
+	    NULL, MHD_OPTION_CONNECTION_LIMIT, HTTP_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+	    60U,
 	    /* last: one thread is no pool, and naming a pool of 1 (or 0) makes MHD print a
 	     * warning at every start; MHD_OPTION_END there ends the list instead */
 	    opts->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
