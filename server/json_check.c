@@ -160,13 +160,20 @@ static int digits(struct scan *s)
  * as infinity or fail. Underflow (1e-400) is fine: it is just 0. The number is already
  * valid JSON. Its magnitude is worked out from where its first significant digit sits
  * (0.001e310 is 1e307), and one near the limit is rewritten as 0.<digits>e<exponent>
- * for strtod, so no length of digits hides its exponent. */
+ * for strtod, so no length of digits hides its exponent. strtod gets the first
+ * KEEP_DIGITS significant digits: where it turns to infinity (DBL_MAX + half an ulp,
+ * 2^1024 - 2^970) has 309, so a number is at or past it exactly when those digits are
+ * (with 120, that point itself passed as finite). The exponent is read on far past any body's length
+ * of digits, so that 0.<a million zeros>1e1000400 (1e399) is not taken for small, nor
+ * 1<a million zeros>e-1000000 (10) for large. */
+#define KEEP_DIGITS 330 /* significant digits handed to strtod, past the 309 needed */
+
 static int in_range(struct scan *s, const unsigned char *from)
 {
 	const unsigned char *q = from;
 	long mag = 0, exp = 0; /* value = 0.<significant digits> x 10^(mag + exp) */
 	int seen = 0;          /* a significant (non-zero-led) digit */
-	char buf[160];
+	char buf[KEEP_DIGITS];
 	size_t n = 0;
 
 	if (*q == '-')
@@ -175,7 +182,7 @@ static int in_range(struct scan *s, const unsigned char *from)
 		seen |= *q != '0';
 		if (seen) {
 			mag++;
-			if (n < 120)
+			if (n < KEEP_DIGITS)
 				buf[n++] = (char)*q;
 		}
 	}
@@ -186,7 +193,7 @@ static int in_range(struct scan *s, const unsigned char *from)
 				continue;
 			}
 			seen = 1;
-			if (n < 120)
+			if (n < KEEP_DIGITS)
 				buf[n++] = (char)*q;
 		}
 	}
@@ -197,7 +204,7 @@ static int in_range(struct scan *s, const unsigned char *from)
 		int neg = *q == '-';
 		if (*q == '-' || *q == '+')
 			q++;
-		for (; q < s->p && exp < 100000; q++)
+		for (; q < s->p && exp < 1000000000L; q++)
 			exp = exp * 10 + (*q - '0');
 		if (neg)
 			exp = -exp;

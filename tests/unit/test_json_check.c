@@ -4,6 +4,7 @@
  */
 #include <jansson.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -49,6 +50,31 @@ static void test_table(void)
 	CHECK(ok(big));
 	snprintf(big, sizeof(big), "0.%0400d1e710", 0); /* 1e309 */
 	CHECK(!ok(big));
+
+	/* Where strtod turns to infinity, 2^1024 - 2^970, has 309 digits: it is refused,
+	 * one less is DBL_MAX. (Cut to 120 digits, both passed.) */
+	static const char limit[] = "179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792";
+	CHECK(!ok(limit));
+	snprintf(big, sizeof(big), "%.308s1", limit); /* it ends in 2 */
+	CHECK(ok(big));
+	snprintf(big, sizeof(big), "%.308s1.%0300d9", limit, 0);
+	CHECK(ok(big));
+
+	/* The exponent counts however long the digits before it run. */
+	size_t huge_len = 1100000;
+	char *huge = malloc(huge_len);
+	CHECK(huge != NULL);
+	if (huge) {
+		memset(huge, '0', huge_len);
+		memcpy(huge, "0.", 2); /* 0.<1,000,000 zeros>1e1000400 is 1e399 */
+		snprintf(huge + 2 + 1000000, huge_len - 2 - 1000000, "1e1000400");
+		CHECK(!ok(huge));
+		memset(huge, '0', huge_len); /* 1<1,000,001 zeros>e-1000000 is 10 */
+		huge[0] = '1';
+		snprintf(huge + 1 + 1000001, huge_len - 1 - 1000001, "e-1000000");
+		CHECK(ok(huge));
+		free(huge);
+	}
 
 	struct json_check_error e;
 	CHECK(json_check("[[[]]]", 6, 3, &e) == 0);
