@@ -211,12 +211,16 @@ static void add_key_file(struct config *c, const char *path)
 	if (!f)
 		die("--api-key-file: cannot read %s", path);
 	for (int first = 1; fgets(line, sizeof(line), f); first = 0) {
+		/* A full buffer with no end of line: the line goes on, unless the file ends.
+		 * Decided before a BOM is dropped, or a first line 3 bytes too long passed
+		 * as two keys. */
+		size_t got = strlen(line);
+		int cut = got == sizeof(line) - 1 && line[got - 1] != '\n';
 		/* a byte-order mark (Windows editors) would become part of the first key */
 		if (first && memcmp(line, "\xef\xbb\xbf", 3) == 0)
 			memmove(line, line + 3, strlen(line + 3) + 1);
 		size_t len = strcspn(line, "\r\n");
-		/* A full buffer with no end of line: the line goes on, unless the file ends. */
-		if (line[len] == '\0' && len == sizeof(line) - 1) {
+		if (cut) {
 			int next = getc(f);
 			if (next != EOF && next != '\n' && next != '\r')
 				die("--api-key-file: a line of %s is over 1,023 bytes", path);

@@ -406,12 +406,15 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
   writeFileSync(commented, 'admin-key-0123456789abcdef  # ops team\n');
   const tooLong = path.join(dir, 'keys-long');
   writeFileSync(tooLong, 'k'.repeat(1024) + '\n');
+  const tooLongBom = path.join(dir, 'keys-long-bom'); // not two keys of 1,020 and 20
+  writeFileSync(tooLongBom, '\ufeff' + 'k'.repeat(1040) + '\n');
   for (const [args, env, says] of [
     [['--allow-private-targets=maybe'], {}, /--allow-private-targets wants true or false/],
     [[], { HOOKRELAY_ALLOW_PRIVATE_TARGETS: 'maybe' }, /\(from HOOKRELAY_ALLOW_PRIVATE_TARGETS\)/],
     [['--api-key-file', noKeys], {}, /holds no key/],
     [['--api-key-file', commented], {}, /may not contain white space/],
     [['--api-key-file', tooLong], {}, /over 1,023 bytes/],
+    [['--api-key-file', tooLongBom], {}, /over 1,023 bytes/],
     [['--publish-key', 'publish-0123456789abcdef'], {}, /--publish-key needs an admin key/],
     [['--listen', '127.1:0'], {}, /not a numeric IPv4 or IPv6 address/],
     [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
