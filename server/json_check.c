@@ -163,9 +163,9 @@ static int digits(struct scan *s)
  * for strtod, so no length of digits hides its exponent. strtod gets the first
  * KEEP_DIGITS significant digits: where it turns to infinity (DBL_MAX + half an ulp,
  * 2^1024 - 2^970) has 309, so a number is at or past it exactly when those digits are
- * (with 120, that point itself passed as finite). The exponent is read on far past any body's length
- * of digits, so that 0.<a million zeros>1e1000400 (1e399) is not taken for small, nor
- * 1<a million zeros>e-1000000 (10) for large. */
+ * (with 120, that point itself passed as finite). The exponent is read on far past
+ * any body's length of digits, so that 0.<a million zeros>1e1000400 (1e399) is not
+ * taken for small, nor 1<a million zeros>e-1000000 (10) for large. */
 #define KEEP_DIGITS 330 /* significant digits handed to strtod, past the 309 needed */
 
 static int in_range(struct scan *s, const unsigned char *from)
