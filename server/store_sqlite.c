@@ -87,6 +87,8 @@
 #define PRUNE_EVERY_MS 1000     /* how often to look for events past the retention */
 #define PRUNE_REVISIT_MS 60000  /* how often to look again at the events kept (or once
                                    per retention, if that is shorter) */
+#define PRUNE_AHEAD_MS 60000    /* an event stamped more than this after now was stamped
+                                   with the clock ahead: kept, and looked past */
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
@@ -1734,7 +1736,11 @@ static int prune_newest(struct store *s, int64_t never[2])
 
 /* The next events after pass.pos, up to PRUNE_CHUNK of them or PRUNE_ROWS rows deleted,
  * stopping at the first one inside the retention (events are in time order, give or
- * take a clock step). Every PRUNE_REVISIT_MS (plus 1 ms per event it kept last time) the
+ * take a clock step). One stamped more than PRUNE_AHEAD_MS after now was published
+ * while the clock was ahead (a VM booted before NTP set it): it is kept like one with a
+ * delivery pending, and the pass goes on past it. Stopping there, the prune deleted
+ * nothing newer until the clock caught up with it (a day ahead, a day). Every
+ * PRUNE_REVISIT_MS (plus 1 ms per event it kept last time) the
  * scan goes back to pass.start, so that an event kept while a delivery was pending goes
  * once that delivery has ended; in between, kept events are not looked at again. */
 static enum store_rc apply_prune(struct store *s, struct store_call *call)
@@ -1742,6 +1748,7 @@ static enum store_rc apply_prune(struct store *s, struct store_call *call)
 	sqlite3_stmt *next = s->st[ST_PRUNE_NEXT];
 	int64_t now = clock_now_ms(), cutoff = now - s->retention_ms;
 	int64_t seqs[PRUNE_CHUNK], never[2];
+	unsigned char ahead[PRUNE_CHUNK]; /* seqs[i] was stamped with the clock ahead */
 	struct prune_pass *p = &s->prune.next;
 	int n = 0, done = 0, rows = 0, step;
 
@@ -1759,15 +1766,17 @@ static enum store_rc apply_prune(struct store *s, struct store_call *call)
 	sqlite3_bind_int64(next, 1, p->pos);
 	sqlite3_bind_int(next, 2, PRUNE_CHUNK);
 	while ((step = sqlite3_step(next)) == SQLITE_ROW) {
-		if (sqlite3_column_int64(next, 1) >= cutoff)
+		int64_t created = sqlite3_column_int64(next, 1);
+		if (created >= cutoff && created <= now + PRUNE_AHEAD_MS)
 			break;
+		ahead[n] = created >= cutoff;
 		seqs[n++] = sqlite3_column_int64(next, 0);
 	}
 	sqlite3_reset(next);
 	if (step != SQLITE_ROW && step != SQLITE_DONE)
 		return fail_storage(s, call);
 	while (done < n && rows < PRUNE_ROWS) {
-		int r = prune_event(s, seqs[done], never);
+		int r = ahead[done] ? 0 : prune_event(s, seqs[done], never);
 		if (r < 0)
 			return fail_storage(s, call);
 		if (r == 0 && !p->first_kept)

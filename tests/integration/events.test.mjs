@@ -539,6 +539,29 @@ test('--retention: older events go with their deliveries and attempts; pending o
   assert.ok(!(await gone(next.id)));
 }));
 
+// An event stamped while the clock was ahead (a VM booted before NTP set it) is inside the
+// retention until the clock reaches its stamp: the prune stopped there, and deleted nothing
+// newer for as long.
+test('--retention: an event stamped with the clock ahead does not stop the prune of newer ones', withLogs(async () => {
+  const relay = await startRelay({ args: ['--retention', '2s'] });
+  const gone = async (id) => (await api(relay, 'GET', `/v1/events/${id}`)).status === 404;
+  const ahead = await postEvent(relay, { type: 'clock.ahead' });
+  const day = 86_400_000;
+  const fix = spawnSync('sqlite3', ['-cmd', '.timeout 5000', relay.dbPath,
+    `UPDATE events SET created_at = created_at + ${day} WHERE id = '${ahead.id}'`], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(fix.status, 0, fix.stderr);
+  const older = [];
+  for (let i = 0; i < 3; i++) older.push(await postEvent(relay, { type: 'clock.normal' }));
+  await sleep(2100);
+  const newest = await postEvent(relay, { type: 'clock.normal' });
+  await waitUntil(async () => {
+    for (const e of older) if (!(await gone(e.id))) return false;
+    return true;
+  }, 10_000, 'the events after the one stamped ahead deleted after the retention', 100);
+  assert.ok(!(await gone(ahead.id)), 'the one stamped a day ahead is kept until its stamp is past');
+  assert.ok(!(await gone(newest.id)));
+}));
+
 // DESIGN.md: lists default to 50. A client that sends no limit must get pages of 50 with
 // a cursor, not everything at once nor a page silently cut without one.
 test('lists without ?limit= give 50 a page, then the rest through next', withLogs(async () => {
