@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
@@ -722,6 +723,12 @@ out:
 
 int main(int argc, char **argv)
 {
+	/* UTF-8 text, whatever the environment says: libcurl turns a receiver's
+	 * internationalized host name (http://bücher.example/) into its punycode form
+	 * reading it in this character set, and in the C locale it could not, so every
+	 * attempt failed "URL using bad/illegal format". Only LC_CTYPE: numbers are still
+	 * written and read with a '.' (LC_NUMERIC stays "C"). */
+	setlocale(LC_CTYPE, "C.UTF-8");
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage, argc < 2 ? stderr : stdout);

@@ -14,6 +14,7 @@ import { runNamespaced, tail, tmpDir } from './harness.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHILD = path.join(here, 'netns', 'dns-child.mjs');
+const IDN_CHILD = path.join(here, 'netns', 'idn-child.mjs');
 const CHILD_TIMEOUT_MS = 60_000;
 
 // Network and mount namespaces need CAP_SYS_ADMIN (root, or a user namespace).
@@ -39,6 +40,23 @@ test('a name server that never answers costs only that delivery its timeout',
     const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
     assert.ok(line, `no DNS-SUMMARY line\n${ctx}`);
     const s = JSON.parse(line.slice('DNS-SUMMARY '.length));
+    assert.equal(s.ok, true, ctx);
+    assert.equal(r.code, 0, ctx);
+    assert.equal(s.netns, true);
+  });
+
+test('a receiver named in Unicode (an IDN) is delivered to, at its punycode name',
+  { skip: namespacesWork() ? false : 'unshare -mn is not permitted here: cannot fake /etc/hosts' },
+  async () => {
+    const hosts = path.join(tmpDir(), 'hosts');
+    writeFileSync(hosts, '127.0.0.1 localhost\n127.0.0.1 xn--bcher-kva.test\n');
+    const r = await runNamespaced({ flags: '-mn', setup: 'ip link set lo up && mount --bind "$2" /etc/hosts',
+      script: IDN_CHILD, extraArgs: [hosts], env: { HOOKRELAY_IDN_NETNS: '1' },
+      timeoutMs: CHILD_TIMEOUT_MS, label: 'idn' });
+    const line = r.stdout.split('\n').find((l) => l.startsWith('IDN-SUMMARY '));
+    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
+    assert.ok(line, `no IDN-SUMMARY line\n${ctx}`);
+    const s = JSON.parse(line.slice('IDN-SUMMARY '.length));
     assert.equal(s.ok, true, ctx);
     assert.equal(r.code, 0, ctx);
     assert.equal(s.netns, true);

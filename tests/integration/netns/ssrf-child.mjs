@@ -15,6 +15,8 @@
 //    accepts it) that resolves to loopback is refused at connect time: the attempt
 //    says "blocked: 127.0.0.1 is a loopback address (127.0.0.0/8)" and the receiver
 //    it points at gets nothing;
+//    So is a Unicode spelling of 127.0.0.1 (127。0。0。1, fullwidth digits), which libcurl
+//    maps to the address itself;
 // 3. --allow-targets 127.0.0.1/32 (flag or HOOKRELAY_ALLOW_TARGETS) lets exactly that
 //    through, at registration and at delivery; a bad CIDR list stops start-up.
 
@@ -246,6 +248,13 @@ async function main() {
   const host = await loopbackName();
   summary.loopbackName = host ? host.name : null;
   if (host) summary.blockedError = await deliveryTimeGuard(rcv, host);
+  // Unicode spellings of 127.0.0.1 pass registration as names; libcurl maps them (IDNA,
+  // in the relay's UTF-8 character set) to the address itself, which the connect-time
+  // guard refuses.
+  summary.unicodeBlocked = [];
+  for (const name of ['127\u30020\u30020\u30021', '\uff11\uff12\uff17.\uff10.\uff10.\uff11']) {
+    summary.unicodeBlocked.push(await deliveryTimeGuard(rcv, { name, addrs: ['127.0.0.1'] }));
+  }
   // The allow-list step lifts 127.0.0.1/32 only and the receiver listens there: a name
   // for ::1 (ip6-localhost) or 127.0.1.1 (Debian's hostname line) stays blocked there.
   const allowHost = host && host.addrs.every((a) => a === '127.0.0.1') ? host : null;
