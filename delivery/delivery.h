@@ -113,8 +113,10 @@ struct delivery_claim {
  *   not called). The dispatcher frees the jobs (delivery_job_free) and the array.
  *   A claim queued after complete() normally sees the room those completions gave
  *   back (not if their batch failed and they are applied again later).
- * complete: hand over finished attempts; takes ownership of every results[i] (not of
- *   the array). Queues for the writer.
+ * complete: hand over finished attempts. Returns 0 when queued for the writer: every
+ *   results[i] (not the array) belongs to the store from then on. Returns -1 when they
+ *   could not be queued (out of memory): the caller still owns them, and hands them
+ *   over again later; their leases stay held meanwhile.
  * current: asked just before a job's request is sent (a job may wait a while for room
  *   at its host): 1 if its subscription still exists, enabled, at the
  *   subscription_version the job was made with; 0 if it was deleted, disabled or
@@ -124,7 +126,7 @@ struct delivery_claim {
 struct delivery_store {
 	void *ctx;
 	int (*claim)(void *ctx, struct delivery_claim *claim);
-	void (*complete)(void *ctx, struct delivery_result **results, int n);
+	int (*complete)(void *ctx, struct delivery_result **results, int n);
 	int (*current)(void *ctx, int64_t subscription_id, uint64_t subscription_version);
 };
 

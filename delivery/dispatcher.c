@@ -33,7 +33,9 @@
  *   thread-safe; the loop ends only after on_claimed has returned), and the main
  *   thread creating the sender before pthread_create and freeing it after pthread_join.
  * - Every job claimed yields exactly one result passed to complete(), including at
- *   shutdown (DELIVERY_RELEASED), so the store never keeps a lease we forgot.
+ *   shutdown (DELIVERY_RELEASED), so the store never keeps a lease we forgot. Results
+ *   the store cannot take (complete() says -1, out of memory) are held and handed over
+ *   again; only at the very end of a stop are they dropped, as the leases end there.
  * - next_due is never more than DISPATCH_RECLAIM_MS ahead: the store's next_due only
  *   knows what it had committed at claim time (results we complete are written later
  *   by the writer), so an idle dispatcher still looks again once a second.
@@ -118,6 +120,9 @@ struct loop {
 	                           its max_in_flight: it goes to the store at once */
 	int ended_meanwhile;    /* a request ended while the claim out was being answered
 	                           (the room it gave a host is not in that answer) */
+	int complete_failing;   /* the store could not take the last results (out of
+	                           memory): they are held, and go again at complete_retry_at */
+	int64_t complete_retry_at; /* monotonic ms */
 };
 
 static uint64_t rng_next(uint64_t *state)
@@ -189,12 +194,52 @@ static void decide(struct dispatcher *d, const struct sender_done *done)
 	r->next_attempt_at_ms = next;
 }
 
-static void batch_flush(struct dispatcher *d, struct loop *lp)
+/* Hands the results held to the store. If it cannot take them (out of memory), they stay
+ * held, leases and all, and go again DISPATCH_ERROR_PAUSE_MS later; meanwhile collect
+ * takes no more than the batch holds, so the rest wait in the sender. Returns 0 when
+ * none are held after. */
+static int batch_flush(struct dispatcher *d, struct loop *lp)
 {
+	int64_t mono;
+
+	if (lp->n == 0) {
+		lp->frees_full = 0;
+		return 0;
+	}
+	mono = clock_mono_ms();
+	if (lp->complete_failing && mono < lp->complete_retry_at)
+		return -1;
+	if (d->store->complete(d->store->ctx, d->batch, lp->n) != 0) {
+		if (!lp->complete_failing)
+			fprintf(stderr,
+			        "dispatcher: the store cannot take %d results (out of memory); "
+			        "they are held and handed over again\n",
+			        lp->n);
+		lp->complete_failing = 1;
+		lp->complete_retry_at = mono + DISPATCH_ERROR_PAUSE_MS;
+		return -1;
+	}
+	if (lp->complete_failing)
+		fprintf(stderr, "dispatcher: the store takes results again\n");
+	lp->complete_failing = 0;
 	lp->frees_full = 0;
-	if (lp->n == 0)
+	lp->n = 0;
+	return 0;
+}
+
+/* At the stop: results the store cannot take are dropped. Their leases end with the
+ * process, and the next start sends those deliveries again (at least once). */
+static void batch_flush_or_drop(struct dispatcher *d, struct loop *lp)
+{
+	lp->complete_retry_at = 0; /* one more try now */
+	if (batch_flush(d, lp) == 0)
 		return;
-	d->store->complete(d->store->ctx, d->batch, lp->n);
+	fprintf(stderr,
+	        "dispatcher: stopping with %d results the store could not take; their "
+	        "deliveries are sent again after the restart\n",
+	        lp->n);
+	for (int i = 0; i < lp->n; i++)
+		delivery_result_free(d->batch[i]);
 	lp->n = 0;
 }
 
@@ -251,10 +296,10 @@ static void release_all(struct dispatcher *d, struct loop *lp)
 	struct sender_done done;
 
 	while (collect(d, lp))
-		batch_flush(d, lp);
+		batch_flush_or_drop(d, lp);
 	for (;;) {
 		if (lp->n == d->opts.max_in_flight)
-			batch_flush(d, lp);
+			batch_flush_or_drop(d, lp);
 		if (!sender_release(d->sender, &done))
 			break;
 		done.result->outcome = DELIVERY_RELEASED;
@@ -262,7 +307,7 @@ static void release_all(struct dispatcher *d, struct loop *lp)
 		delivery_job_free(done.job);
 		d->batch[lp->n++] = done.result;
 	}
-	batch_flush(d, lp);
+	batch_flush_or_drop(d, lp);
 }
 
 static void claim_failed(struct loop *lp, int64_t mono, const char *why)
@@ -453,8 +498,12 @@ static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, in
 		t = atomic_load(&d->stop_at_mono_ms) - mono;
 	if (stopping && lp->claim_out && sender_in_flight(d->sender) == 0)
 		t = DISPATCH_WAIT_MAX_MS; /* only the claim's answer is left, and it wakes us */
-	if (lp->n > 0 && lp->held_since + DISPATCH_RESULT_HOLD_MS - mono < t)
-		t = lp->held_since + DISPATCH_RESULT_HOLD_MS - mono;
+	if (lp->n > 0) {
+		int64_t flush_at = lp->complete_failing ? lp->complete_retry_at
+		                                        : lp->held_since + DISPATCH_RESULT_HOLD_MS;
+		if (flush_at - mono < t)
+			t = flush_at - mono;
+	}
 	return t < 0 ? 0 : (int)t;
 }
 
@@ -498,11 +547,13 @@ static void *dispatcher_main(void *arg)
 		if (stopping) {
 			if (mono >= atomic_load(&d->stop_at_mono_ms))
 				release_all(d, &lp);
-			if (sender_in_flight(d->sender) == 0 && !lp.claim_out)
+			if (sender_in_flight(d->sender) == 0 && !lp.claim_out) {
+				batch_flush_or_drop(d, &lp);
 				break; /* every claim is taken, and its on_claimed has returned */
+			}
 		}
-		if (more)
-			continue;
+		if (more && lp.n < d->opts.max_in_flight)
+			continue; /* more finished transfers wait (unless the store took none) */
 		if (sender_wait(d->sender,
 		                wait_ms(d, &lp, stopping, clock_now_ms(), clock_mono_ms())) != 0) {
 			if (!poll_failed)

@@ -3153,21 +3153,26 @@ static void complete_done(struct store_call *call)
 	free(call);
 }
 
-static void source_complete(void *ctx, struct delivery_result **results, int n)
+static int source_complete(void *ctx, struct delivery_result **results, int n)
 {
 	struct store *s = ctx;
-	struct store_call *call = calloc(1, sizeof(*call));
-	struct complete_args *a = calloc(1, sizeof(*a));
-	struct delivery_result **copy = calloc((size_t)(n > 0 ? n : 1), sizeof(*copy));
+	struct store_call *call = NULL;
+	struct complete_args *a = NULL;
+	struct delivery_result **copy = NULL;
 
-	if (!call || !a || !copy || n <= 0) {
-		/* Out of memory: the leases stay until restart, which re-sends them. */
-		for (int i = 0; i < n; i++)
-			delivery_result_free(results[i]);
+	if (n <= 0)
+		return 0;
+	call = calloc(1, sizeof(*call));
+	a = calloc(1, sizeof(*a));
+	copy = calloc((size_t)n, sizeof(*copy));
+	if (!call || !a || !copy) {
+		/* Out of memory: the dispatcher keeps the results and hands them over again.
+		 * Dropped here, their leases stayed held until a restart: pending with no
+		 * end, and their subscriptions' slots lost. */
 		free(call);
 		free(a);
 		free(copy);
-		return;
+		return -1;
 	}
 	memcpy(copy, results, (size_t)n * sizeof(*copy));
 	a->results = copy;
@@ -3180,6 +3185,7 @@ static void source_complete(void *ctx, struct delivery_result **results, int n)
 		call->rc = STORE_OK; /* writer stopping: free without resubmitting */
 		complete_done(call);
 	}
+	return 0;
 }
 
 const struct delivery_store *store_delivery_source(struct store *s)

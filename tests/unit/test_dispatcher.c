@@ -387,6 +387,8 @@ struct test_store {
 	int fail_claims;    /* claims still to fail with -1 */
 	int failed_claims;  /* claims that did */
 	int complete_calls; /* calls to complete() */
+	int fail_completes; /* complete() calls still to refuse (-1, results not taken) */
+	int failed_completes; /* complete() calls that did */
 	int leased_now;
 	int max_leased; /* most leases held at once */
 	/* Like hookrelay's writer, where results and the claim behind them share a batch
@@ -513,13 +515,19 @@ static void test_store_apply(struct test_store *st, const struct delivery_result
 	}
 }
 
-static void test_store_complete(void *ctx, struct delivery_result **results, int n)
+static int test_store_complete(void *ctx, struct delivery_result **results, int n)
 {
 	struct test_store *st = ctx;
 	int i;
 
 	pthread_mutex_lock(&st->mu);
 	st->complete_calls++;
+	if (st->fail_completes > 0) { /* out of memory: the results stay the caller's */
+		st->fail_completes--;
+		st->failed_completes++;
+		pthread_mutex_unlock(&st->mu);
+		return -1;
+	}
 	for (i = 0; i < n; i++) {
 		struct delivery_result *r = results[i];
 		if (st->n_results >= TEST_MAX_RESULTS) {
@@ -535,6 +543,7 @@ static void test_store_complete(void *ctx, struct delivery_result **results, int
 	}
 	pthread_cond_broadcast(&st->cv);
 	pthread_mutex_unlock(&st->mu);
+	return 0;
 }
 
 static struct test_store *test_store_new(void)
@@ -986,6 +995,55 @@ static void test_claim_errors_back_off(void)
 	test_store_free(st);
 }
 
+/* A store that cannot take results (out of memory) gets them again: each delivery ends
+ * with exactly one result, and its lease is not lost. They were dropped, which kept
+ * their leases until a restart: pending for ever, the subscription's slots gone. */
+static void test_complete_refused_then_taken(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	int ids[3];
+
+	st->fail_completes = 3;
+	for (int i = 0; i < 3; i++)
+		ids[i] = test_store_add(st, "/ok", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	CHECK(test_store_wait(st, 3, 5000));
+	dispatcher_stop(d, 1000);
+	CHECK(st->failed_completes == 3);
+	for (int i = 0; i < 3; i++) {
+		struct delivery_result *r = test_result(st, ids[i], 0);
+		CHECK(r && r->outcome == DELIVERY_DELIVERED);
+		CHECK(test_result(st, ids[i], 1) == NULL); /* once */
+	}
+	CHECK(st->leased_now == 0);
+	test_store_free(st);
+}
+
+/* A store that never takes them: the stop still ends, and drops them (ASan: freed). */
+static void test_complete_refused_at_stop(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	int64_t t0;
+
+	st->fail_completes = 1000000;
+	test_store_add(st, "/ok", TEST_SECRET, NULL);
+	test_store_add(st, "/ok", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	test_sleep_ms(300);
+	t0 = clock_mono_ms();
+	dispatcher_stop(d, 500);
+	CHECK(clock_mono_ms() - t0 < 1500);
+	CHECK(st->n_results == 0);
+	CHECK(st->failed_completes >= 2 && st->failed_completes < 20); /* every 100 ms, no spin */
+	test_store_free(st);
+}
+
 /* An idle dispatcher picks up new work at once when woken, not at its next look. */
 static void test_wake(void)
 {
@@ -1155,6 +1213,8 @@ int main(void)
 		test_schedule_empty_fails();
 		test_retry_after();
 		test_claim_errors_back_off();
+		test_complete_refused_then_taken();
+		test_complete_refused_at_stop();
 		test_wake();
 		test_stop_releases();
 		test_stop_hurried();
