@@ -24,6 +24,17 @@ function namespacesWork() {
   return r.status === 0;
 }
 
+// A child prints `<PREFIX> {json}` with ok and netns, and exits 0 when it passed.
+function assertChildPassed(r, prefix) {
+  const line = r.stdout.split('\n').find((l) => l.startsWith(`${prefix} `));
+  const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
+  assert.ok(line, `no ${prefix} line\n${ctx}`);
+  const s = JSON.parse(line.slice(prefix.length + 1));
+  assert.equal(s.ok, true, ctx);
+  assert.equal(r.code, 0, ctx);
+  assert.equal(s.netns, true);
+}
+
 function runChild() {
   const conf = path.join(tmpDir(), 'resolv.conf');
   writeFileSync(conf, 'nameserver 127.0.0.1\noptions timeout:5 attempts:2\n');
@@ -35,14 +46,7 @@ function runChild() {
 test('a name server that never answers costs only that delivery its timeout',
   { skip: namespacesWork() ? false : 'unshare -mn is not permitted here: cannot fake the name server' },
   async () => {
-    const r = await runChild();
-    const line = r.stdout.split('\n').find((l) => l.startsWith('DNS-SUMMARY '));
-    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
-    assert.ok(line, `no DNS-SUMMARY line\n${ctx}`);
-    const s = JSON.parse(line.slice('DNS-SUMMARY '.length));
-    assert.equal(s.ok, true, ctx);
-    assert.equal(r.code, 0, ctx);
-    assert.equal(s.netns, true);
+    assertChildPassed(await runChild(), 'DNS-SUMMARY');
   });
 
 test('a receiver named in Unicode (an IDN) is delivered to, at its punycode name',
@@ -53,11 +57,5 @@ test('a receiver named in Unicode (an IDN) is delivered to, at its punycode name
     const r = await runNamespaced({ flags: '-mn', setup: 'ip link set lo up && mount --bind "$2" /etc/hosts',
       script: IDN_CHILD, extraArgs: [hosts], env: { HOOKRELAY_IDN_NETNS: '1' },
       timeoutMs: CHILD_TIMEOUT_MS, label: 'idn' });
-    const line = r.stdout.split('\n').find((l) => l.startsWith('IDN-SUMMARY '));
-    const ctx = `child exit ${r.code} ${r.signal ?? ''}\nstdout: ${tail(r.stdout, 6000)}\nstderr: ${tail(r.stderr, 6000)}`;
-    assert.ok(line, `no IDN-SUMMARY line\n${ctx}`);
-    const s = JSON.parse(line.slice('IDN-SUMMARY '.length));
-    assert.equal(s.ok, true, ctx);
-    assert.equal(r.code, 0, ctx);
-    assert.equal(s.netns, true);
+    assertChildPassed(r, 'IDN-SUMMARY');
   });
