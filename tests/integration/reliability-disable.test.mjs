@@ -7,7 +7,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, api, createSub, postEvent, listAll, waitUntil, sleep, cleanup,
-  withLogs, holdWriteLock,
+  withLogs, holdWriteLock, eventDeliveries,
 } from './harness.mjs';
 import { SLOW, idsOf } from './reliability/lib.mjs';
 
@@ -90,6 +90,38 @@ test('--disable-after: disabled with a reason, held, resumed by PATCH, recovered
   const n = r.requests.length;
   await sleep(500);
   assert.equal(r.requests.length, n, 'a second recover sends nothing');
+}));
+
+// recover's since bounds what it re-sends: a failed delivery from before it stays failed
+// (re-sending every failure the subscription ever had would flood a receiver just fixed).
+test('recover re-queues only the failed deliveries created since its since', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  const sub = await createSub(relay, r, { event_types: ['rec.#'] });
+  const failedCount = (n) => waitUntil(async () => {
+    const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=failed`);
+    return ds.length >= n ? ds : false;
+  }, 5000 * SLOW, `${n} deliveries failed`, 50);
+  const old = await postEvent(relay, { type: 'rec.old' });
+  await failedCount(1);
+  await sleep(20);
+  const since = new Date().toISOString();
+  await sleep(20);
+  const recent = [await postEvent(relay, { type: 'rec.new' }), await postEvent(relay, { type: 'rec.new' })];
+  await failedCount(3);
+
+  r.setBehavior({ status: 200 });
+  const before = r.requests.length;
+  const rec = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/recover`, { since });
+  assert.equal(rec.status, 202, rec.text);
+  assert.deepEqual(rec.json, { requeued: 2 });
+  await r.waitFor(before + 2);
+  await sleep(300);
+  const sent = r.requests.slice(before).map((q) => q.headers['webhook-id']);
+  assert.equal(sent.length, 2, `only the two since then: ${sent}`);
+  assert.deepEqual(new Set(sent), new Set(recent.map((e) => e.id)));
+  const [dOld] = await eventDeliveries(relay, old.id);
+  assert.equal(dOld.status, 'failed', 'the failure from before since stays failed');
 }));
 
 // A client that re-applies a whole subscription sends "enabled": true to one that is
