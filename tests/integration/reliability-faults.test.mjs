@@ -62,6 +62,40 @@ test('a 5 MiB response body: logged as 4 KiB, retried on schedule, and a 2xx wit
   assert.equal(r.requests.length, 3, 'no attempt after the 2xx');
 }));
 
+// A retry waits its step from the END of the failed attempt: counted from the start, a
+// receiver that takes seconds to fail was tried again at once. And each wait has its own
+// jitter (+-20%): without it, every delivery failed in an outage comes back at the same
+// instant.
+test('a retry waits its schedule step from the end of a slow failure, with jitter of its own', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1s' });
+  const r = await startReceiver({
+    behavior: (req) => {
+      const first = !r.requests.slice(0, -1).some((q) => q.headers['webhook-id'] === req.headers['webhook-id']);
+      return first ? { status: 500, delayMs: 700 } : { status: 200 };
+    },
+  });
+  await createSub(relay, r);
+  const evs = [];
+  for (let i = 0; i < 20; i++) evs.push(await postEvent(relay, { type: 'jitter.test', data: { i } }));
+  const gaps = [];
+  for (const ev of evs) {
+    const [d0] = await eventDeliveries(relay, ev.id);
+    const d = await waitUntil(async () => {
+      const x = await getDelivery(relay, d0.id);
+      return x.status === 'delivered' ? x : false;
+    }, 10_000 * SLOW, `delivery of ${ev.id} delivered on its retry`, 50);
+    assert.equal(d.attempts.length, 2, JSON.stringify(d.attempts));
+    const [a, b] = d.attempts;
+    assert.ok(a.duration_ms >= 650, `the first attempt took the receiver's 700 ms: ${a.duration_ms}`);
+    gaps.push(Date.parse(b.started_at) - (Date.parse(a.started_at) + a.duration_ms));
+  }
+  const min = Math.min(...gaps);
+  const max = Math.max(...gaps);
+  assert.ok(min >= 800 - 5, `a retry came ${min} ms after its failed attempt ended (step 1 s, -20% at most)`);
+  assert.ok(max <= 1200 + 300 * SLOW, `a retry came ${max} ms after its failed attempt ended`);
+  assert.ok(max - min >= 100, `20 retries all came ${min}..${max} ms after their failures: no jitter`);
+}));
+
 test('a hanging receiver saturating its in-flight cap: a healthy subscription keeps p99 < 1 s', withLogs(async () => {
   // The timeout only has to outlast the measurement (up to 3.5 s of publishing, and on a
   // busy machine a second or more for the 24 publishes before it): 5 s did not always.
