@@ -542,10 +542,19 @@ test('two Idempotency-Key headers are refused with 422', withLogs(async () => {
 }));
 
 test('HEAD is answered like GET, without a body', withLogs(async () => {
+  // On the wire: fetch never shows a HEAD response's body, so it could not tell.
+  const head = (p) => rawExchange(`HEAD ${p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, () => false);
+  const header = (text, name) => (text.match(new RegExp(`^${name}: *(.*?)\r$`, 'mi')) ?? [])[1];
   for (const p of ['/healthz', '/v1/events', `/v1/events/${accepted.id}`]) {
-    const res = await api(relay, 'HEAD', p);
-    assert.equal(res.status, 200, `HEAD ${p}`);
-    assert.equal(res.text, '', `HEAD ${p} has no body`);
+    const raw = await head(p);
+    assert.match(raw, /^HTTP\/1\.1 200 /, `HEAD ${p}: ${raw}`);
+    const end = raw.indexOf('\r\n\r\n');
+    assert.ok(end > 0, `HEAD ${p}: headers end: ${raw}`);
+    assert.equal(raw.slice(end + 4), '', `HEAD ${p} has no body`);
+    const get = await api(relay, 'GET', p);
+    assert.equal(header(raw, 'Content-Type'), get.headers.get('content-type'), `HEAD ${p}: the GET's type`);
+    assert.equal(Number(header(raw, 'Content-Length')), Buffer.byteLength(get.text),
+      `HEAD ${p}: the GET's length`);
   }
   assertError(await api(relay, 'GET', '/v1/events/nope'), 404, 'not_found');
   assert.equal((await api(relay, 'HEAD', '/v1/events/nope')).status, 404);
