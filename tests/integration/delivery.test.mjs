@@ -282,7 +282,9 @@ test('a subscription at its cap keeps every slot busy while a backlog drains', w
 // for a connection. libcurl counts that wait into the request timeout (its
 // CURLMOPT_MAX_HOST_CONNECTIONS page says so), so a queue inside curl made attempts time
 // out that the receiver never got, or got too late. The clock must start when the request
-// can go out.
+// can go out. (Since claims take no more than a host's room, the deliveries beyond it
+// wait pending in the database, not in the sender: this guards the user's view, and
+// test_dispatcher.c's host-queue tests guard the sender's own queue.)
 test('deliveries queued behind --max-per-host get the whole timeout once they are sent', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '1500ms', '--max-per-host', '2'], retrySchedule: '5m' });
   const r = await startReceiver({ behavior: { delayMs: 600 } });
@@ -624,7 +626,9 @@ test('rate_limit can be raised and removed; the waiting backlog then goes at onc
 // Deliveries beyond --max-per-host wait in hookrelay, already claimed with the
 // subscription's settings of that moment. Once a DELETE, a PATCH of the url or a disable
 // has been answered, none of them may go out with the old settings: they go back unsent
-// and are failed (deleted), sent to the new url, or held (disabled).
+// and are failed (deleted), sent to the new url, or held (disabled). (Claims now take no
+// more than a host's room, so these wait pending in the database; the sender's own
+// host queue and its still_wanted check are tested in test_dispatcher.c.)
 for (const change of ['delete', 'url', 'disable']) {
   test(`jobs waiting for host room are not sent after the subscription's ${change}`, withLogs(async () => {
     const relay = await startRelay({ args: ['--max-per-host', '2'], retrySchedule: '1h' });

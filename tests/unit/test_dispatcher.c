@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -89,6 +90,8 @@ static struct test_route test_routes[] = {
     {.path = "/huge", .statuses = {200}, .body_len = TEST_BIG_LEN},
     {.path = "/hang", .statuses = {200}, .sleep_ms = 10000},
     {.path = "/slowish", .statuses = {200}, .sleep_ms = 300},
+    {.path = "/queued", .statuses = {200}, .sleep_ms = 300},
+    {.path = "/unwanted", .statuses = {200}, .sleep_ms = 300},
     {.path = "/wake", .statuses = {204}},
     {.path = "/large", .statuses = {200}},
 };
@@ -390,6 +393,8 @@ struct test_store {
 	int fail_completes; /* complete() calls still to refuse (-1, results not taken) */
 	int failed_completes; /* complete() calls that did */
 	int leased_now;
+	atomic_int unwanted; /* current() says no (the subscription changed) while set */
+	int release_ends;    /* a RELEASED result ends its slot (no claim again) */
 	int max_leased; /* most leases held at once */
 	/* Like hookrelay's writer, where results and the claim behind them share a batch
 	 * and a lease ends only at its COMMIT: results are recorded at once but change
@@ -508,6 +513,7 @@ static void test_store_apply(struct test_store *st, const struct delivery_result
 		s->next_at = r->next_attempt_at_ms;
 		break;
 	case DELIVERY_RELEASED:
+		s->done = st->release_ends;
 		break;
 	default:
 		s->done = 1;
@@ -546,6 +552,15 @@ static int test_store_complete(void *ctx, struct delivery_result **results, int 
 	return 0;
 }
 
+static int test_store_current(void *ctx, int64_t subscription_id, uint64_t version)
+{
+	struct test_store *st = ctx;
+
+	(void)subscription_id;
+	(void)version;
+	return !atomic_load(&st->unwanted);
+}
+
 static struct test_store *test_store_new(void)
 {
 	struct test_store *st = calloc(1, sizeof *st);
@@ -557,6 +572,7 @@ static struct test_store *test_store_new(void)
 	st->iface.ctx = st;
 	st->iface.claim = test_store_claim;
 	st->iface.complete = test_store_complete;
+	st->iface.current = test_store_current;
 	return st;
 }
 
@@ -1022,6 +1038,67 @@ static void test_complete_refused_then_taken(void)
 	test_store_free(st);
 }
 
+/* Jobs beyond --max-per-host wait in the sender (this store leases past the host's
+ * room; hookrelay's claim does not, so its integration tests never queue there). Each
+ * gets the whole timeout from when it is sent, not from when it was claimed: handed to
+ * curl's own queue, the fourth of four 300 ms requests timed out at 700 ms unsent. */
+static void test_host_queue_timeout_from_send(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	int ids[4];
+	int64_t prev_start = 0;
+
+	o.max_per_host = 1;
+	o.timeout_ms = 700;
+	for (int i = 0; i < 4; i++)
+		ids[i] = test_store_add(st, "/queued", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	CHECK(test_store_wait(st, 4, 5000));
+	dispatcher_stop(d, 1000);
+	for (int i = 0; i < 4; i++) {
+		struct delivery_result *r = test_result(st, ids[i], 0);
+		CHECK(r && r->outcome == DELIVERY_DELIVERED && r->http_status == 200);
+		CHECK(r && r->duration_ms >= 250 && r->duration_ms < 700);
+		if (r && i > 0)
+			CHECK(r->started_at_ms >= prev_start + 250); /* one at a time, in order */
+		if (r)
+			prev_start = r->started_at_ms;
+	}
+	CHECK(test_rx_hits(test_route_find("/queued")) == 4);
+	test_store_free(st);
+}
+
+/* A job waiting for host room whose subscription changes meanwhile (PATCH url, disable,
+ * delete: current() says no) goes back unsent, RELEASED; the ones already sent finish. */
+static void test_host_queue_unwanted_released(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	int delivered = 0, released = 0;
+
+	o.max_per_host = 2;
+	st->release_ends = 1;
+	for (int i = 0; i < 6; i++)
+		test_store_add(st, "/unwanted", TEST_SECRET, NULL);
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	test_sleep_ms(100); /* 2 sent, 4 waiting for the host */
+	atomic_store(&st->unwanted, 1);
+	CHECK(test_store_wait(st, 6, 5000));
+	dispatcher_stop(d, 1000);
+	for (int i = 0; i < st->n_results; i++) {
+		delivered += st->results[i]->outcome == DELIVERY_DELIVERED;
+		released += st->results[i]->outcome == DELIVERY_RELEASED;
+	}
+	CHECK(delivered == 2 && released == 4);
+	CHECK(test_rx_hits(test_route_find("/unwanted")) == 2);
+	test_store_free(st);
+}
+
 /* A store that never takes them: the stop still ends, and drops them (ASan: freed). */
 static void test_complete_refused_at_stop(void)
 {
@@ -1215,6 +1292,8 @@ int main(void)
 		test_claim_errors_back_off();
 		test_complete_refused_then_taken();
 		test_complete_refused_at_stop();
+		test_host_queue_timeout_from_send();
+		test_host_queue_unwanted_released();
 		test_wake();
 		test_stop_releases();
 		test_stop_hurried();
