@@ -295,7 +295,9 @@ test('deliveries queued behind --max-per-host get the whole timeout once they ar
     const a = d.attempts[0];
     assert.equal(d.status, 'delivered', `${d.id}: ${JSON.stringify(d.attempts)}`);
     assert.equal(d.attempt_count, 1);
-    assert.ok(a.duration_ms >= 500 && a.duration_ms < 1200,
+    // (a slow build's first request, on a new connection, takes ~1.2 s: there, only
+    // within the timeout)
+    assert.ok(a.duration_ms >= 500 && a.duration_ms < (SLOW > 1 ? 1500 : 1200),
       `${d.id}: duration_ms ${a.duration_ms} counts from the send, not from the queue`);
   }
   assert.equal(r.requests.length, 8);

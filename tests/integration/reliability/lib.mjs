@@ -10,8 +10,10 @@ import assert from 'node:assert/strict';
 /** RELIABILITY_SOAK=1 (make soak) scales counts and durations up. */
 export const SOAK = process.env.RELIABILITY_SOAK === '1';
 
-/** The sanitizer build is ~3x slower: waits (never counts of things that must hold) scale. */
-export const SLOW = /\/san\//.test(process.env.HOOKRELAY_BIN ?? '') || !!process.env.ASAN_OPTIONS ? 3 : 1;
+/** The sanitizer build is ~3x slower, and the relay under valgrind (make valgrind) more:
+ * waits (never counts of things that must hold) scale. */
+export const SLOW = /\/san\//.test(process.env.HOOKRELAY_BIN ?? '') || !!process.env.ASAN_OPTIONS
+  || !!process.env.VALGRIND_LOG_DIR ? 3 : 1;
 
 /** `sqlite3 -readonly <db> 'PRAGMA integrity_check'` -> its trimmed stdout ("ok" when sound).
  * Read-only so the check does not checkpoint the WAL: the relay itself must recover it. */
