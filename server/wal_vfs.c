@@ -31,7 +31,10 @@
  *   see the file as SQLite wrote it.
  * - a failed flush fails the call that flushed it and keeps what did not reach the file
  *   waiting (buf_off moves past what did): SQLite may roll back only the statement and
- *   commit the transaction later, with those frames listed in its wal-index.
+ *   commit the transaction later, with those frames listed in its wal-index. Except at
+ *   the commit frame: that COMMIT fails and SQLite rolls the whole transaction back, so
+ *   what waits is dropped (kept, the rollback's next read wrote it out, commit frame
+ *   and all, and a crash brought back a transaction answered as failed).
  */
 #include "wal_vfs.h"
 
@@ -167,7 +170,19 @@ static int gather_write(sqlite3_file *file, const void *data, int amount, sqlite
 		f->buf_off = off;
 	memcpy(f->buf + f->len, data, n);
 	f->len += n;
-	return f->in_commit_frame && !header ? flush(f) : SQLITE_OK;
+	if (!f->in_commit_frame || header)
+		return SQLITE_OK;
+	rc = flush(f);
+	if (rc != SQLITE_OK) {
+		/* COMMIT fails and SQLite rolls the whole transaction back. Kept, the rest
+		 * went to the file on the rollback's next read (of a page it keeps in the
+		 * WAL), commit frame and all: a valid commit past the WAL's end that the next
+		 * write covers, but that a crash before it brought back, so a batch answered
+		 * 503 was there after a restart. */
+		f->len = 0;
+		f->tail = -1;
+	}
+	return rc;
 }
 
 /* What still waits at close belongs to a transaction that did not commit (a commit

@@ -28,6 +28,7 @@
 typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off_t);
 static pwrite64_fn real_pwrite64;
 static int wal_writes, fail_wal;
+static int fail_wal_nth; /* > 0: the WAL write this many from now fails, once */
 static size_t wal_bytes;
 
 static int is_wal(int fd)
@@ -44,7 +45,7 @@ static int is_wal(int fd)
 static ssize_t watched_pwrite64(int fd, const void *buf, size_t n, off_t off)
 {
 	if (is_wal(fd)) {
-		if (fail_wal) {
+		if (fail_wal || (fail_wal_nth > 0 && --fail_wal_nth == 0)) {
 			errno = ENOSPC;
 			return -1;
 		}
@@ -386,13 +387,25 @@ int main(void)
 	CHECK(integrity_ok(r));
 	CHECK(rows_after_crash(path, dir) == 1245);
 
+	/* Only the second piece of a COMMIT's write fails (120 KB of frames go out in 96 KiB
+	 * pieces): COMMIT fails, and what waited is dropped. Kept, it went to the file on
+	 * the rollback's next read, commit frame and all, and a crash brought it back. */
+	fail_wal_nth = 2;
+	rc = insert_rows(w, 40);
+	fail_wal_nth = 0;
+	CHECK(rc == SQLITE_FULL);
+	CHECK(count_rows(w) == 1245);
+	CHECK(rows_after_crash(path, dir) == 1245);
+	CHECK(insert_rows(w, 5) == SQLITE_OK);
+	CHECK(rows_after_crash(path, dir) == 1250);
+
 	/* A checkpoint (through the reader's connection) copies what the writer's
 	 * connection wrote: the database file alone holds every row. */
 	CHECK(exec(r, "PRAGMA wal_checkpoint(TRUNCATE)") == SQLITE_OK);
 	sqlite3_close(r);
 	sqlite3_close(w);
 	sqlite3 *again = open_db(path, NULL);
-	CHECK(count_rows(again) == 1245);
+	CHECK(count_rows(again) == 1250);
 	CHECK(integrity_ok(again));
 	sqlite3_close(again);
 
