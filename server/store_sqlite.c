@@ -2819,6 +2819,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	set_wal_limit(s);
 	if (!changed || step_done(s->st[ST_BEGIN]) != 0)
 		goto finish;
+	int spill_now = 0, spill_high = 0; /* pages a call spilled to the WAL (see below) */
 
 	for (size_t i = 0; i < n; i++) {
 		struct store_call *c = calls[i];
@@ -2838,6 +2839,9 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			c->rc = STORE_OK; /* not run: answered "storage unavailable" below */
 			goto abandon;
 		}
+		if (guarded) /* from 0 at each call */
+			sqlite3_db_status(s->wdb, SQLITE_DBSTATUS_CACHE_SPILL, &spill_now,
+			                  &spill_high, 1);
 		s->ncall_disabled = 0;
 		switch (c->kind) {
 		case STORE_INGEST:
@@ -2891,6 +2895,19 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			 * it rolled back to. Asking every subscription again instead, a
 			 * stream of PATCHes to an unknown id (~290 404s a second) made 2,000
 			 * deliveries beside 3,000 idle subscriptions take 1.6-1.8 s, not 0.3. */
+			/* SQLite 3.40 (Debian 12's) leaves the WAL's checksums broken on disk
+			 * when a ROLLBACK TO goes back past a page the transaction spilled and
+			 * then rewrote in place (fixed upstream in sqlite3WalSavepointUndo):
+			 * COMMIT succeeds, readers see it all, and recovery after a crash
+			 * stops at the first bad frame, losing this batch and every commit
+			 * after it until the WAL restarts. A failed call that spilled pages to
+			 * the WAL (the batch past cache_size of dirty pages) fails the whole
+			 * batch instead; one that wrote none there changed nothing the
+			 * rollback could get wrong (a 404, say). */
+			if (sqlite3_db_status(s->wdb, SQLITE_DBSTATUS_CACHE_SPILL, &spill_now,
+			                      &spill_high, 0) != SQLITE_OK ||
+			    spill_now > 0)
+				goto abandon;
 			if (step_done(s->st[ST_ROLLBACK_TO]) != 0)
 				goto abandon;
 			if (c->kind == STORE_COMPLETE && health_reread(s, c->internal) != 0)
@@ -3011,6 +3028,10 @@ static void store_sync(void *ctx)
 		 * disk, and every unanswered publisher retries. */
 		fprintf(stderr, "hookrelay: fatal: syncing the WAL failed (%s); stopping so that "
 		                "recovery decides what was kept\n", strerror(errno));
+		/* Linux keeps the pages that failed to write in its cache, marked clean: a
+		 * restart within this boot would read them back and trust them. Dropped,
+		 * they are read from the disk, as it is. */
+		posix_fadvise(s->wal_fd, 0, 0, POSIX_FADV_DONTNEED);
 		abort();
 	}
 	histogram_observe(&s->counters.wal_sync, clock_mono_us() - started_us);
