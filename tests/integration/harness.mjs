@@ -110,6 +110,20 @@ export function runNamespaced({ flags, setup, script, extraArgs = [], env = {}, 
   });
 }
 
+/** In a script runNamespaced runs: awaits main(), then prints `<prefix> {summary}` (with
+ * ok false and the error if it threw) and exits 0 or 1, for the test to read. */
+export function reportChild(prefix, summary, main) {
+  const report = (code) => {
+    process.stdout.write(`${prefix} ${JSON.stringify(summary)}\n`);
+    process.exit(code);
+  };
+  main().then(() => report(0), (err) => {
+    summary.ok = false;
+    summary.error = String(err?.stack ?? err);
+    report(1);
+  });
+}
+
 function sanitizerReport(stderr) {
   return SANITIZER_MARKERS.some((m) => stderr.includes(m));
 }

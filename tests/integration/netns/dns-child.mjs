@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import {
   startRelay, startReceiver, createSub, postEvent, eventDeliveries, getDelivery, waitUntil,
-  cleanup,
+  cleanup, reportChild,
 } from '../harness.mjs';
 
 const summary = { netns: process.env.HOOKRELAY_DNS_NETNS === '1' };
@@ -69,12 +69,4 @@ async function main() {
   }
 }
 
-main().then(() => {
-  process.stdout.write(`DNS-SUMMARY ${JSON.stringify(summary)}\n`);
-  process.exit(0);
-}, (err) => {
-  summary.ok = false;
-  summary.error = String(err?.stack ?? err);
-  process.stdout.write(`DNS-SUMMARY ${JSON.stringify(summary)}\n`);
-  process.exit(1);
-});
+reportChild('DNS-SUMMARY', summary, main);

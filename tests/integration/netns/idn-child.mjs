@@ -12,7 +12,7 @@
 import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, createSub, postEvent, eventDeliveries, getDelivery, waitUntil,
-  cleanup,
+  cleanup, reportChild,
 } from '../harness.mjs';
 
 const summary = { netns: process.env.HOOKRELAY_IDN_NETNS === '1' };
@@ -42,12 +42,4 @@ async function main() {
   }
 }
 
-main().then(() => {
-  process.stdout.write(`IDN-SUMMARY ${JSON.stringify(summary)}\n`);
-  process.exit(0);
-}, (err) => {
-  summary.ok = false;
-  summary.error = String(err?.stack ?? err);
-  process.stdout.write(`IDN-SUMMARY ${JSON.stringify(summary)}\n`);
-  process.exit(1);
-});
+reportChild('IDN-SUMMARY', summary, main);
