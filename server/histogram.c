@@ -38,7 +38,10 @@ void histogram_observe(struct histogram *h, int64_t us)
 	while (i < sc->bounds && us > sc->bound_us[i])
 		i++;
 	atomic_fetch_add(&h->bucket[i], 1); /* seq_cst: see count_results */
-	atomic_fetch_add(&h->sum_us, us);
+	/* no atomic add for a double in C11: one thread observes, so this rarely loops */
+	double sum = atomic_load(&h->sum_us);
+	while (!atomic_compare_exchange_weak(&h->sum_us, &sum, sum + (double)us))
+		;
 }
 
 void histogram_read(struct histogram *h, struct histogram_counts *out)
@@ -61,8 +64,6 @@ int histogram_write(FILE *f, const char *name, const char *help, const struct hi
 		             i < sc->bounds ? sc->bound_text[i] : "+Inf", seen);
 	}
 	if (rc >= 0)
-		rc = fprintf(f, "%s_sum %lld.%06lld\n%s_count %lld\n", name,
-		             (long long)(c->sum_us / 1000000), (long long)(c->sum_us % 1000000),
-		             name, seen);
+		rc = fprintf(f, "%s_sum %.6f\n%s_count %lld\n", name, c->sum_us / 1e6, name, seen);
 	return rc;
 }

@@ -27,7 +27,7 @@ extern const struct histogram_scale histogram_scale_disk;
 struct histogram {
 	const struct histogram_scale *scale;
 	atomic_llong bucket[HISTOGRAM_MAX_BOUNDS + 1]; /* per bucket, not cumulative */
-	atomic_llong sum_us;
+	_Atomic double sum_us; /* a double, as Prometheus' own: it cannot wrap */
 };
 
 /* A copy of the counts at one moment (each count read on its own: a scrape during an
@@ -35,7 +35,7 @@ struct histogram {
 struct histogram_counts {
 	const struct histogram_scale *scale;
 	int64_t bucket[HISTOGRAM_MAX_BOUNDS + 1];
-	int64_t sum_us;
+	double sum_us;
 };
 
 /* Empties h and gives it its scale; before any other use. */

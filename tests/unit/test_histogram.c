@@ -1,8 +1,8 @@
 /*
  * test_histogram.c - the /metrics histograms: a duration lands in the first bucket whose
  * bound it does not pass (a bound is inclusive, as Prometheus' le), the text is
- * cumulative with +Inf equal to _count, the sum is written in seconds to the µs, and
- * each scale writes its own bounds.
+ * cumulative with +Inf equal to _count, the sum is written in seconds to the µs (and
+ * stays a number past 2^63 µs), and each scale writes its own bounds.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +92,26 @@ int main(void)
 		CHECK(cumulative(text, "0.005") == 2); /* not the delivery scale's first bound */
 		CHECK(cumulative(text, "86400") == -1);
 		CHECK(strstr(text, "\nt_seconds_sum 2.000380\nt_seconds_count 3\n") != NULL);
+	}
+	free(text);
+
+	/* A sum past 2^63 µs (~292,000 years): a replay of 3.6M events 30 days old. It
+	 * wrapped to a negative, written as "-9115544073709.-551616", which is no number:
+	 * Prometheus refused the whole scrape. */
+	histogram_init(&h, &histogram_scale_delivery);
+	const int64_t month_us = 30LL * 86400 * 1000000;
+	for (int i = 0; i < 3600000; i++)
+		histogram_observe(&h, month_us);
+	histogram_read(&h, &c);
+	text = written(&c);
+	CHECK(text != NULL);
+	if (text) {
+		const char *p = strstr(text, "\nt_seconds_sum ");
+		char *end = NULL;
+		double sum = p ? strtod(p + strlen("\nt_seconds_sum "), &end) : -1;
+		CHECK(end && *end == '\n');                /* one number, the whole value */
+		CHECK(sum > 9.3311e12 && sum < 9.3313e12); /* 3.6e6 x 2,592,000 s */
+		CHECK(cumulative(text, "+Inf") == 3600000);
 	}
 	free(text);
 	return CHECK_DONE();
