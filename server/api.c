@@ -304,11 +304,9 @@ static void read_reply(struct http_request *req, void *arg)
 		free(t->r.text);
 		http_reply_error(req, 404, "not_found", "no %s with that id", t->r.what);
 	} else if (t->rc == STORE_OVERLOADED) {
-		http_add_header(req, "Retry-After", "1");
 		http_reply_error(req, 503, "overloaded", "too many reads waiting; retry shortly");
 	} else {
 		free(t->r.text);
-		http_add_header(req, "Retry-After", "1");
 		http_reply_error(req, 503, "storage_unavailable",
 		                 "the store did not answer; try again");
 	}
@@ -396,7 +394,6 @@ static void write_then(struct http_request *req, void *arg)
 		http_reply_error(req, 409, "conflict", "%s", w->call.why);
 		break;
 	case STORE_OVERLOADED:
-		http_add_header(req, "Retry-After", "1");
 		http_reply_error(req, 503, "overloaded", "too many writes queued; retry shortly");
 		break;
 	case STORE_ERR:

@@ -70,7 +70,6 @@ static void ingest(struct api *api, struct http_request *req, int batch)
 		http_reply_error(req, 422, "invalid_field", "%s", why);
 		return;
 	case INGEST_NOMEM:
-		http_add_header(req, "Retry-After", "1");
 		http_reply_error(req, 503, "overloaded", "%s", why);
 		return;
 	}

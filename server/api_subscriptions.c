@@ -410,7 +410,6 @@ void api_subscriptions_rotate(struct api *api, struct http_request *req)
 		http_reply_error(req, 404, "not_found", "no subscription with that id");
 		goto out;
 	default: /* not knowing its algorithm, an ed25519 subscription would get an HMAC secret */
-		http_add_header(req, "Retry-After", "1");
 		http_reply_error(req, 503, "storage_unavailable", "could not read the subscription");
 		goto out;
 	}

@@ -118,8 +118,14 @@ static void queue_reply_as(struct http_request *req, int status, const char *con
 	}
 	if (body)
 		MHD_add_response_header(resp, "Content-Type", content_type);
-	for (int i = 0; i < req->nheaders; i++)
+	int retry_after = 0;
+	for (int i = 0; i < req->nheaders; i++) {
 		MHD_add_response_header(resp, req->headers[i].name, req->headers[i].value);
+		retry_after |= strcasecmp(req->headers[i].name, "Retry-After") == 0;
+	}
+	/* The docs promise Retry-After on every 503: a route that names no wait gets 1 s. */
+	if (status == 503 && !retry_after)
+		MHD_add_response_header(resp, "Retry-After", "1");
 	if (req->too_large || req->ambiguous || atomic_load(&req->srv->stopping))
 		MHD_add_response_header(resp, "Connection", "close");
 	if (req->hold && !req->held) {

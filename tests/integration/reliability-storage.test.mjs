@@ -309,3 +309,26 @@ test('a failed read after PATCH enabled:false still stops new deliveries', withL
   await sleep(300);
   assert.equal(r.requests.length, 0);
 }));
+
+// Every 503 tells the client when to come back (docs/api.md, "all with Retry-After"):
+// the read routes did, but /metrics, which a monitor polls while the disk is failing,
+// answered without it (as did /healthz, whose sqlite3_exec the shim cannot reach; the
+// header is now added to every 503 in one place, http.c).
+test('a store that does not answer: /metrics and reads are 503 with Retry-After', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    env: faultEnv({
+      FAULT_STEP_FLAG: flag,
+      FAULT_STEP_SQL: 'SELECT (SELECT count(*) FROM subscriptions@1|SELECT d.id, e.id@1',
+    }),
+  });
+  writeFileSync(flag, '');
+  for (const route of ['/metrics', '/v1/deliveries']) {
+    const r = await api(relay, 'GET', route);
+    assert.equal(r.status, 503, `${route}: ${r.text}`);
+    assert.equal(r.json?.error?.code, 'storage_unavailable', route);
+    assert.match(r.headers.get('retry-after') ?? '', /^[1-9]\d*$/, `${route} says when to retry`);
+  }
+  rmSync(flag);
+  assert.equal((await api(relay, 'GET', '/metrics')).status, 200, 'and it answers again');
+}));
