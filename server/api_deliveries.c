@@ -43,8 +43,9 @@ void api_deliveries_list(struct api *api, struct http_request *req)
 		                 "subscription must be a subscription id, sub_<n>");
 		return;
 	}
-	if (q.event && strncmp(q.event, "evt_", 4) != 0) {
-		http_reply_error(req, 422, "invalid_field", "event must be an event id, evt_...");
+	if (q.event && !util_is_event_id(q.event)) {
+		http_reply_error(req, 422, "invalid_field",
+		                 "event must be an event id, evt_ and 26 characters");
 		return;
 	}
 	status = http_query(req, "status");

@@ -178,9 +178,10 @@ static int random_bytes(unsigned char *out, size_t n)
 
 /* Writes "evt_" + 26 Crockford base32 chars of 128 bits: 48-bit big-endian `ms`, then
  * the 80 bits of `random` (10 bytes). */
+static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
 static void format_event_id(int64_t ms, const unsigned char random[10], char out[UTIL_ID_MAX])
 {
-	static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 	unsigned char bytes[16];
 	char *p = out;
 
@@ -213,6 +214,17 @@ int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX])
 		return -1;
 	format_event_id(now_ms, random, out);
 	return 0;
+}
+
+int util_is_event_id(const char *text)
+{
+	if (strncmp(text, "evt_", 4) != 0 || strlen(text) != 4 + 26 || text[4] > '7')
+		return 0;
+	for (const char *p = text + 4; *p; p++) {
+		if (!strchr(crockford, *p))
+			return 0;
+	}
+	return 1;
 }
 
 void util_event_id_floor(int64_t ms, char out[UTIL_ID_MAX])

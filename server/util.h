@@ -28,6 +28,10 @@ int util_parse_id(const char *prefix, const char *text, int64_t *n);
  * time, 80 random bits), so ids sort by creation time. Returns 0 or -1 (no entropy). */
 int util_new_event_id(int64_t now_ms, char out[UTIL_ID_MAX]);
 
+/* 1 if text is an event id as util_new_event_id writes them: "evt_" + 26 of its
+ * characters, the first at most '7' (128 bits), else 0. */
+int util_is_event_id(const char *text);
+
 /* Writes the lowest event id of millisecond `ms` (clamped to 0..2^48-1): every event
  * created at `ms` or later has an id that sorts at or above it (strcmp), every earlier
  * one below it. */

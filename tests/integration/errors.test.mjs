@@ -305,7 +305,7 @@ test('list query parameters: unknown, repeated or without a value are 422 naming
   for (const [route, filters] of [
     ['/v1/events', 'type=a.b'],
     ['/v1/subscriptions', ''],
-    ['/v1/deliveries', 'status=failed&subscription=sub_1&event=evt_x'],
+    ['/v1/deliveries', 'status=failed&subscription=sub_1&event=evt_01M85DMB3V0000000000000000'],
   ]) {
     const sep = filters ? '&' : '';
     for (const [query, says] of [

@@ -409,10 +409,11 @@ test('delivery log: filters by subscription, event and status', withLogs(async (
   assert.equal(new Set(paged.map((d) => d.id)).size, 5);
   assertError(await api(relay, 'GET', '/v1/deliveries?status=bogus'), 422, 'invalid_field', 'status=bogus');
   // A malformed id is a mistake to say, not an empty log; a well-formed unknown one is empty.
-  for (const q of ['subscription=1', 'subscription=foo', 'subscription=sub_x', 'event=1234']) {
+  for (const q of ['subscription=1', 'subscription=foo', 'subscription=sub_x', 'event=1234', 'event=evt_',
+    'event=evt_nosuchevent', `event=${ea.id.toLowerCase()}`]) {
     assertError(await api(relay, 'GET', `/v1/deliveries?${q}`), 422, 'invalid_field', q);
   }
-  for (const q of ['subscription=sub_999999', 'event=evt_nosuchevent']) {
+  for (const q of ['subscription=sub_999999', 'event=evt_01M85DMB3V0000000000000000']) {
     const res = await api(relay, 'GET', `/v1/deliveries?${q}`);
     assert.equal(res.status, 200, `${q}: ${res.text}`);
     assert.deepEqual(res.json, { data: [], next: null }, q);

@@ -157,6 +157,7 @@ static void test_event_ids(void)
 		for (int n = 0; n < 1000; n++) {
 			CHECK(util_new_event_id(ms, a) == 0);
 			CHECK(strlen(a) == 30);
+			CHECK(util_is_event_id(a));
 			CHECK(strcmp(a, floor) >= 0);
 			CHECK(strcmp(a, next_floor) < 0);
 		}
@@ -173,6 +174,19 @@ static void test_event_ids(void)
 	CHECK(strcmp(a, b) == 0);
 	util_event_id_floor(INT64_MAX, a);
 	CHECK(strcmp(a, "evt_7ZZZZZZZZZ0000000000000000") == 0);
+	CHECK(util_is_event_id(a));
+	/* what ?event= refuses: another length, a letter out of the alphabet, lower case,
+	 * a first char past 128 bits, another prefix */
+	static const char *const not_ids[] = {"evt_",
+	                                      "evt_zzz",
+	                                      "evt_01M85DMB3V000000000000000",
+	                                      "evt_01M85DMB3V00000000000000000",
+	                                      "evt_01M85DMB3V000000000000000U",
+	                                      "evt_01m85dmb3v0000000000000000",
+	                                      "evt_81M85DMB3V0000000000000000",
+	                                      "sub_01M85DMB3V0000000000000000"};
+	for (size_t i = 0; i < sizeof(not_ids) / sizeof(not_ids[0]); i++)
+		CHECK(!util_is_event_id(not_ids[i]));
 }
 
 /* An id array grown from nothing keeps every id in order, and its count within cap. */
