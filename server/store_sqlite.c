@@ -19,6 +19,8 @@
  *   Claims take only deliveries of events up to synced_seq, which the syncer raises
  *   after each fdatasync: nothing is sent that a power cut could still take back. A
  *   claim that finds newer events asks for a wake after their sync (wake_when_synced).
+ *   Reads likewise show events up to synced_seq and deliveries up to synced_delivery:
+ *   none is shown that a power cut could take back (SQLite would give its id again).
  * Invariants:
  * - the cache holds every subscription not deleted; the matcher holds the enabled ones;
  *   both change only after the COMMIT that changed the row (reload_subscription; one
@@ -240,6 +242,7 @@ struct store {
 	int wal_fd;                     /* the WAL, for the syncer's fdatasync; -1: SQLite syncs */
 	atomic_int due_after_sync;      /* a synced batch made work due: wake after the sync */
 	int64_t batch_top_seq;          /* writer: the newest event the running batch stored */
+	int64_t batch_top_delivery;     /* writer: the newest delivery the running batch made */
 	_Atomic int64_t wake_when_synced; /* a claim could not take events up to this one (not
 	                                     on disk yet): wake the dispatcher once they are */
 	int64_t batch_new_events;       /* writer: events the running batch stored */
@@ -249,7 +252,10 @@ struct store {
 	int64_t batch_pending;          /* writer: how the running batch changed the number of
 	                                   pending deliveries (counters.pending) */
 	_Atomic int64_t committed_seq;  /* the newest event committed */
-	_Atomic int64_t synced_seq;     /* the newest event on disk: claims go no further */
+	_Atomic int64_t synced_seq;     /* the newest event on disk: claims and reads go no
+	                                   further */
+	_Atomic int64_t committed_delivery; /* the same two for delivery ids: reads show no */
+	_Atomic int64_t synced_delivery;    /* delivery a power cut could take back */
 	int last_batch_failed;          /* slows the writer down while storage fails */
 	int lock_wait_ms;               /* the writer connection's busy timeout now */
 	atomic_llong write_failures;    /* batches whose writes failed (not committed, or a
@@ -1249,11 +1255,15 @@ static int init_seqs(struct store *s, char *err, size_t errlen)
 		return -1;
 	}
 
-	if (sqlite3_prepare_v2(s->wdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &st, NULL) ==
-	        SQLITE_OK &&
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT coalesce(max(seq), 0), (SELECT coalesce(max(id), 0)"
+	                       " FROM deliveries) FROM events",
+	                       -1, &st, NULL) == SQLITE_OK &&
 	    sqlite3_step(st) == SQLITE_ROW) {
 		atomic_store(&s->committed_seq, sqlite3_column_int64(st, 0));
 		atomic_store(&s->synced_seq, sqlite3_column_int64(st, 0));
+		atomic_store(&s->committed_delivery, sqlite3_column_int64(st, 1));
+		atomic_store(&s->synced_delivery, sqlite3_column_int64(st, 1));
 		rc = 0;
 	} else {
 		snprintf(err, errlen, "reading the newest event: %s", sqlite3_errmsg(s->wdb));
@@ -1393,6 +1403,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			sqlite3_bind_int64(dl, 3, now);
 			if (step_done(dl) != 0)
 				goto fail;
+			s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
 			/* A subscription at its max_in_flight gets no claim now: the completion
 			 * that gives it room wakes the dispatcher. Under a backlog that spares a
 			 * claim and a wake-up per event. */
@@ -2048,6 +2059,7 @@ static int replay_ms_flush(struct store *s, struct replay_ms *m, sqlite3_stmt *h
 		sqlite3_bind_int64(ins, 3, now); /* held while the subscription is disabled */
 		if (step_done(ins) != 0)
 			return -1;
+		s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
 		made++;
 		if (seq > sub->newest_seq)
 			sub->newest_seq = seq;
@@ -2803,6 +2815,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	changed = calloc(changed_cap ? changed_cap : 1, sizeof(*changed));
 	s->batch_no++;
 	s->batch_top_seq = 0;
+	s->batch_top_delivery = 0;
 	s->batch_new_events = 0;
 	s->batch_pending = 0;
 	if (s->last_batch_failed)
@@ -3001,6 +3014,11 @@ finish:
 		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
 			atomic_store(&s->synced_seq, s->batch_top_seq);
 	}
+	if (s->batch_top_delivery > 0) {
+		atomic_store(&s->committed_delivery, s->batch_top_delivery);
+		if (!needs_sync)
+			atomic_store(&s->synced_delivery, s->batch_top_delivery);
+	}
 	/* Send nothing that is not on disk yet: deliveries made due wake the dispatcher after
 	 * their sync. Those of subscriptions that looked full are left to the completion that
 	 * gives them room; if its claim comes before their sync, it asks for a wake then. */
@@ -3019,6 +3037,7 @@ static void store_sync(void *ctx)
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
 	int64_t upto = atomic_load(&s->committed_seq);
+	int64_t upto_delivery = atomic_load(&s->committed_delivery);
 	int64_t started_us = clock_mono_us();
 
 	if (fdatasync(s->wal_fd) != 0) {
@@ -3036,6 +3055,7 @@ static void store_sync(void *ctx)
 	}
 	histogram_observe(&s->counters.wal_sync, clock_mono_us() - started_us);
 	atomic_store(&s->synced_seq, upto); /* before the wake: claims may take them now */
+	atomic_store(&s->synced_delivery, upto_delivery);
 	if (take_wake_wish(s, upto))
 		wake = 1;
 	if (wake)
@@ -3717,16 +3737,18 @@ enum store_rc store_events_list(struct store *s, const struct store_list_query *
 	char sql[512];
 	struct bind b[3];
 	int nb = 0;
+	/* seq < after, and nothing newer than the disk has (see synced_seq) */
+	int64_t below = atomic_load(&s->synced_seq) + 1;
 
+	if (q->after && q->after < below)
+		below = q->after;
 	snprintf(sql, sizeof(sql),
-	         "SELECT " EVENT_COLUMNS " FROM events WHERE 1%s%s ORDER BY seq DESC LIMIT ?%d",
-	         q->type ? " AND type = ?1" : "",
-	         q->after ? (q->type ? " AND seq < ?2" : " AND seq < ?1") : "",
-	         1 + (q->type != NULL) + (q->after != 0));
+	         "SELECT " EVENT_COLUMNS
+	         " FROM events WHERE %sseq < ?%d ORDER BY seq DESC LIMIT ?%d",
+	         q->type ? "type = ?1 AND " : "", 1 + (q->type != NULL), 2 + (q->type != NULL));
 	if (q->type)
 		b[nb++] = (struct bind){.text = q->type, .is_text = 1};
-	if (q->after)
-		b[nb++] = (struct bind){.num = q->after};
+	b[nb++] = (struct bind){.num = below};
 	b[nb++] = (struct bind){.num = q->limit + 1};
 	return run_text_list(s, sql, b, nb, event_text, q->limit, EVENTS_PAGE_BYTES, out);
 }
@@ -3742,14 +3764,17 @@ enum store_rc store_event_get(struct store *s, const char *id, char **out)
 	FILE *f;
 
 	if (!db ||
-	    sqlite3_prepare_v2(db, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1", -1, &st,
-	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db,
+	                       "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?1 AND seq <= ?2",
+	                       -1, &st, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v2(db,
 	                       "SELECT " DELIVERY_COLUMNS DELIVERY_FROM
-	                       " WHERE d.event_seq = ?1 ORDER BY d.id",
+	                       " WHERE d.event_seq = ?1 AND d.id <= ?2 ORDER BY d.id",
 	                       -1, &dst, NULL) != SQLITE_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, atomic_load(&s->synced_seq));
+	sqlite3_bind_int64(dst, 2, atomic_load(&s->synced_delivery));
 	int step = sqlite3_step(st);
 	if (step != SQLITE_ROW) {
 		rc = step == SQLITE_DONE ? STORE_NOTFOUND : STORE_ERR;
@@ -3848,9 +3873,19 @@ enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out)
 	sqlite3 *db = reader_acquire(s);
 	enum store_rc rc = STORE_ERR;
 	json_t *delivery = NULL;
+	int reading = 0;
 
 	if (!db)
 		goto out;
+	if (id > atomic_load(&s->synced_delivery)) { /* not on disk yet: see synced_delivery */
+		rc = STORE_NOTFOUND;
+		goto out;
+	}
+	/* one snapshot for the row and its attempts: else a result committed between them
+	 * showed attempt_count 28 beside 29 attempts */
+	if (exec_sql(db, "BEGIN", NULL, 0) != 0)
+		goto out;
+	reading = 1;
 	rc = load_delivery_json(db, id, &delivery);
 	if (rc != STORE_OK)
 		goto out;
@@ -3864,6 +3899,8 @@ enum store_rc store_delivery_get(struct store *s, int64_t id, json_t **out)
 	delivery = NULL;
 	rc = STORE_OK;
 out:
+	if (reading)
+		exec_sql(db, "ROLLBACK", NULL, 0); /* a read: nothing to keep */
 	json_decref(delivery);
 	if (db)
 		reader_release(s, db);
@@ -3892,10 +3929,12 @@ enum store_rc store_deliveries_list(struct store *s, const struct store_list_que
 		 * pending and failed rows (q->status is 0, 1 or 2). */
 		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.state = %d", q->status);
 	}
-	if (q->after) {
-		b[nb++] = (struct bind){.num = q->after};
-		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.id < ?%d", nb);
-	}
+	/* d.id < after, and nothing newer than the disk has (see synced_delivery) */
+	int64_t below = atomic_load(&s->synced_delivery) + 1;
+	if (q->after && q->after < below)
+		below = q->after;
+	b[nb++] = (struct bind){.num = below};
+	off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.id < ?%d", nb);
 	b[nb++] = (struct bind){.num = q->limit + 1};
 	snprintf(sql + off, sizeof(sql) - off, " ORDER BY d.id DESC LIMIT ?%d", nb);
 	return run_text_list(s, sql, b, nb, delivery_text, q->limit, 0, out);

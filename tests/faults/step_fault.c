@@ -10,6 +10,9 @@
  *   FAULT_STEP_FLAG  faults happen only while this file exists (so a relay can start and
  *                    be set up cleanly, then have faults, then none)
  *   FAULT_FSYNC_MS   while the flag file exists, each fdatasync sleeps this long first
+ *   FAULT_STEP_STALL_MS  set: a statement chosen by FAULT_STEP_SQL sleeps this long at
+ *                    its first step and then runs, instead of failing (a reader held
+ *                    between two statements)
  *   FAULT_CURL_INIT  set (to anything): while the flag file exists, curl_easy_init returns
  *                    NULL, as it does out of memory (the sender cannot start a request)
  *
@@ -29,7 +32,7 @@ static int (*real_step)(sqlite3_stmt *);
 static int (*real_fdatasync)(int);
 static void *(*real_curl_easy_init)(void);
 static int fail_curl_init;
-static long fsync_stall_ms;
+static long fsync_stall_ms, step_stall_ms;
 static const char *prefixes, *flag;
 static double probability = 0.02;
 static unsigned short seed[3] = {0x1234, 0x5678, 0x9abc};
@@ -40,6 +43,7 @@ static void setup(void)
 {
 	const char *p = getenv("FAULT_STEP_P");
 	const char *stall = getenv("FAULT_FSYNC_MS");
+	const char *step_stall = getenv("FAULT_STEP_STALL_MS");
 
 	real_step = (int (*)(sqlite3_stmt *))dlsym(RTLD_NEXT, "sqlite3_step");
 	real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
@@ -47,6 +51,8 @@ static void setup(void)
 	fail_curl_init = getenv("FAULT_CURL_INIT") != NULL;
 	if (stall)
 		fsync_stall_ms = atol(stall);
+	if (step_stall)
+		step_stall_ms = atol(step_stall);
 	prefixes = getenv("FAULT_STEP_SQL");
 	flag = getenv("FAULT_STEP_FLAG");
 	if (p)
@@ -78,6 +84,12 @@ static int roll(double p)
 	return r < p;
 }
 
+static void stall_ms(long ms)
+{
+	struct timespec stall = {ms / 1000, ms % 1000 * 1000000};
+	nanosleep(&stall, NULL);
+}
+
 int sqlite3_step(sqlite3_stmt *st)
 {
 	const char *sql;
@@ -85,18 +97,20 @@ int sqlite3_step(sqlite3_stmt *st)
 	pthread_once(&once, setup);
 	sql = sqlite3_sql(st);
 	double p = sql && flag ? chance(sql) : 0;
-	if (p > 0 && access(flag, F_OK) == 0 && roll(p))
-		return SQLITE_IOERR;
+	if (p > 0 && access(flag, F_OK) == 0 && roll(p)) {
+		if (step_stall_ms <= 0)
+			return SQLITE_IOERR;
+		if (!sqlite3_stmt_busy(st)) /* its first step only, not each row's */
+			stall_ms(step_stall_ms);
+	}
 	return real_step(st);
 }
 
 int fdatasync(int fd)
 {
 	pthread_once(&once, setup);
-	if (fsync_stall_ms > 0 && flag && access(flag, F_OK) == 0) {
-		struct timespec stall = {fsync_stall_ms / 1000, fsync_stall_ms % 1000 * 1000000};
-		nanosleep(&stall, NULL);
-	}
+	if (fsync_stall_ms > 0 && flag && access(flag, F_OK) == 0)
+		stall_ms(fsync_stall_ms);
 	return real_fdatasync(fd);
 }
 

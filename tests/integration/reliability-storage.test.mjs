@@ -332,3 +332,63 @@ test('a store that does not answer: /metrics and reads are 503 with Retry-After'
   rmSync(flag);
   assert.equal((await api(relay, 'GET', '/metrics')).status, 200, 'and it answers again');
 }));
+
+// A publish is answered after the fdatasync of its batch; the COMMIT comes before, and
+// readers saw the event and its deliveries from then on. A power cut in between took
+// back what a reader had been shown, and SQLite then gave its delivery id to another
+// delivery. Reads now stop where the disk does, as claims always have.
+test('reads show no event or delivery before its sync: nothing a power cut could take back', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'slow-disk');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_FSYNC_MS: '1500' }) });
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['seen.#'] });
+  writeFileSync(flag, '');
+  const publish = api(relay, 'POST', '/v1/events', { type: 'seen.a' });
+  await sleep(500); // committed by now, its sync stalled for 1.5 s
+  try {
+    const events = await api(relay, 'GET', '/v1/events');
+    assert.equal(events.status, 200, events.text);
+    assert.deepEqual(events.json.data.map((e) => e.type), [], 'the event is not listed before its sync');
+    const deliveries = await api(relay, 'GET', '/v1/deliveries');
+    assert.deepEqual(deliveries.json.data, [], 'nor its delivery');
+    assert.equal((await api(relay, 'GET', '/v1/deliveries/dlv_1')).status, 404, 'nor by id');
+  } finally {
+    rmSync(flag);
+  }
+  const res = await publish;
+  assert.equal(res.status, 202, res.text);
+  const shown = await api(relay, 'GET', `/v1/events/${res.json.id}`);
+  assert.equal(shown.status, 200, 'once answered, it is there');
+  assert.deepEqual(shown.json.deliveries.map((d) => d.id), ['dlv_1']);
+  assert.deepEqual((await api(relay, 'GET', '/v1/events')).json.data.map((e) => e.id), [res.json.id]);
+  assert.equal((await api(relay, 'GET', '/v1/deliveries/dlv_1')).status, 200);
+}));
+
+// GET /v1/deliveries/{id} read the row, then its attempts, each in a read of its own: a
+// result committed between the two showed attempt_count 28 beside 29 attempts. The
+// shim holds the reader between them while retries every 50 ms go on.
+test('a delivery and its attempts are read from one snapshot', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'hold-reader');
+  const relay = await startRelay({
+    retrySchedule: Array(40).fill('50ms').join(','),
+    env: faultEnv({
+      FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'SELECT attempt, started_at@1', FAULT_STEP_STALL_MS: '700',
+    }),
+  });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  await createSub(relay, r, { event_types: ['snap.#'] });
+  const ev = await api(relay, 'POST', '/v1/events', { type: 'snap.a' });
+  assert.equal(ev.status, 202, ev.text);
+  await waitUntil(async () => (await getDelivery(relay, 'dlv_1')).attempt_count >= 2, 5000 * SLOW,
+    'failing attempts recorded', 20);
+  writeFileSync(flag, '');
+  let d;
+  try {
+    d = await getDelivery(relay, 'dlv_1');
+  } finally {
+    rmSync(flag);
+  }
+  assert.equal(d.attempts.length, d.attempt_count, 'as many attempts listed as counted');
+  assert.deepEqual(d.attempts.map((a) => a.attempt), d.attempts.map((_, i) => i + 1));
+  assert.ok(r.requests.length > d.attempts.length, 'attempts were made while the read was held');
+}));
