@@ -55,6 +55,7 @@ struct delivery_result {
 	int attempt;                    /* as in the job */
 	int64_t started_at_ms;          /* unix ms when the request started */
 	int duration_ms;                /* ms from start to response or failure */
+	int64_t duration_us;            /* the same in µs, for /metrics' 5 ms buckets */
 	int http_status;                /* 0 = no response */
 	char error[DELIVERY_ERROR_MAX]; /* "" on success; curl's text or our reason */
 	char *response_snippet;         /* first DELIVERY_SNIPPET_MAX bytes of body, or NULL */

@@ -80,7 +80,7 @@ struct transfer {
 	struct curl_slist *headers;   /* request headers; curl reads them while live */
 	struct delivery_job *job;     /* owned while it has a job, NULL while idle */
 	struct delivery_result *res;  /* owned while it has a job, NULL while idle */
-	int64_t start_mono_ms;        /* monotonic ms it went to curl, for duration_ms */
+	int64_t start_mono_us;        /* monotonic µs it went to curl, for its duration */
 	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
 	const struct target_policy *targets; /* borrowed from the sender's options */
@@ -457,11 +457,11 @@ static void live_unlink(struct sender *s, struct transfer *t)
 }
 
 /* The attempt's clock starts: its started_at (and so its signature's timestamp) and
- * the monotonic start its duration_ms counts from. */
+ * the monotonic start its duration counts from. */
 static void transfer_start_clock(struct transfer *t)
 {
 	t->res->started_at_ms = clock_now_ms();
-	t->start_mono_ms = clock_mono_ms();
+	t->start_mono_us = clock_mono_us();
 }
 
 /* Hands t's job to curl now: the attempt starts and t goes live; or, if it cannot be
@@ -511,11 +511,14 @@ static struct host *live_remove(struct sender *s, struct transfer *t)
  * idle list with every option, and so every pointer into the job, cleared. */
 static void transfer_finish(struct sender *s, struct transfer *t, struct sender_done *out)
 {
-	int64_t took = clock_mono_ms() - t->start_mono_ms;
+	int64_t took_us = clock_mono_us() - t->start_mono_us;
 
 	curl_easy_reset(t->easy);
 	curl_slist_free_all(t->headers);
-	t->res->duration_ms = took < 0 ? 0 : took > INT_MAX ? INT_MAX : (int)took;
+	if (took_us < 0)
+		took_us = 0;
+	t->res->duration_us = took_us;
+	t->res->duration_ms = took_us / 1000 > INT_MAX ? INT_MAX : (int)(took_us / 1000);
 	out->job = t->job;
 	out->result = t->res;
 	out->released = t->unwanted;

@@ -162,7 +162,7 @@ struct store_stats {
 	int64_t subscriptions_failing;  /* enabled, and failing since their last success */
 	int64_t writer_queue;           /* calls waiting for the writer */
 	int64_t write_failures;         /* write batches that failed (disk full, I/O error) */
-	struct histogram_counts attempt_duration; /* each attempt sent: its duration_ms */
+	struct histogram_counts attempt_duration; /* each attempt sent: its duration */
 	struct histogram_counts delivery_latency; /* each delivery done with a 2xx: from
 	                                             its event published to that answer */
 	struct histogram_counts wal_sync;         /* each fdatasync of the WAL by the syncer */

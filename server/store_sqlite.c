@@ -2496,7 +2496,7 @@ static void count_results(struct store *s, const struct store_call *c)
 		const struct delivery_result *r = a->results[i];
 		if (r->outcome == DELIVERY_RELEASED)
 			continue; /* not sent */
-		histogram_observe(&s->counters.attempt_duration, (int64_t)r->duration_ms * 1000);
+		histogram_observe(&s->counters.attempt_duration, r->duration_us);
 		if (r->outcome == DELIVERY_DELIVERED)
 			histogram_observe(&s->counters.delivery_latency,
 			                  (r->started_at_ms + r->duration_ms - r->published_at_ms) *
