@@ -37,6 +37,10 @@ FUZZ_BIN     := $(FUZZ_TARGETS:%=build/fuzz/%)
 .PHONY: FORCE all deps run test unit integration sanitize valgrind clean bench format fuzz fuzz-short soak
 all: build/hookrelay
 
+# A recipe that failed leaves no half-written target (an empty generated schema, say)
+# for the next make to take as up to date.
+.DELETE_ON_ERROR:
+
 deps:
 	@scripts/install-deps.sh
 
@@ -123,7 +127,10 @@ fuzz-run-%: build/fuzz/%
 fuzz-short-%: build/fuzz/%
 	$(call fuzz_run,$*,20)
 
-run: deps build/hookrelay
+# The targets that install first build in a sub-make after it, as test does: as
+# prerequisites beside deps, `make -j` compiled before the headers were there.
+run: deps
+	@$(MAKE) --no-print-directory build/hookrelay
 	@mkdir -p -m 700 data
 	@echo "make run: --allow-private-targets is on so subscriptions may point at this machine"
 	./build/hookrelay serve --db ./data/hookrelay.db --allow-private-targets
@@ -131,7 +138,7 @@ run: deps build/hookrelay
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)
 
-tests/node_modules/.package-lock.json: tests/package.json
+tests/node_modules/.package-lock.json: tests/package.json tests/package-lock.json
 	cd tests && npm ci --no-audit --no-fund --loglevel=error
 
 integration: build/hookrelay $(FAULT_SHIM) $(LOADGEN) tests/node_modules/.package-lock.json
@@ -149,8 +156,9 @@ sanitize: build/san/hookrelay $(SAN_UNIT) $(FAULT_SHIM) $(LOADGEN) tests/node_mo
 VALGRIND_TESTS := $(addprefix tests/integration/,events.test.mjs delivery.test.mjs \
 	errors.test.mjs subscriptions.test.mjs metrics.test.mjs ed25519.test.mjs \
 	replay.test.mjs tls.test.mjs)
-valgrind: deps build/hookrelay $(FAULT_SHIM) tests/node_modules/.package-lock.json
-	@command -v valgrind >/dev/null || apt-get install -y -q valgrind
+valgrind:
+	@scripts/install-deps.sh valgrind
+	@$(MAKE) --no-print-directory build/hookrelay $(FAULT_SHIM) tests/node_modules/.package-lock.json
 	@rm -rf build/valgrind && mkdir -p build/valgrind
 	VALGRIND_LOG_DIR=$(CURDIR)/build/valgrind HOOKRELAY_BIN=$(CURDIR)/scripts/valgrind-relay.sh \
 	node --test --test-concurrency=2 $(VALGRIND_TESTS)
@@ -166,11 +174,15 @@ test: deps
 
 # Issue #5 at length: the reliability tests with RELIABILITY_SOAK=1 (20 kills under load,
 # bigger bursts; RELIABILITY_KILLS=N to change the kill count), one file at a time.
-soak: deps build/hookrelay $(FAULT_SHIM) $(LOADGEN) tests/node_modules/.package-lock.json
+soak: deps
+	@$(MAKE) --no-print-directory build/hookrelay $(FAULT_SHIM) $(LOADGEN) \
+		tests/node_modules/.package-lock.json
 	RELIABILITY_SOAK=1 HOOKRELAY_BIN=$(CURDIR)/build/hookrelay \
 	node --test --test-concurrency=1 $(sort $(wildcard tests/integration/reliability*.test.mjs))
 
-bench: deps build/hookrelay
+bench:
+	@scripts/install-deps.sh wrk jq
+	@$(MAKE) --no-print-directory build/hookrelay
 	scripts/bench.sh
 
 format:

@@ -4,10 +4,16 @@
 # runtime (make fuzz), Node.js/npm for the integration tests (they verify signatures
 # with the standardwebhooks npm package), sqlite3 and curl for the tests, walk-through
 # and bench, openssl for the https tests' certificates, and the system's CA bundle that
-# https receivers are checked against.
+# https receivers are checked against, and `ip`, which the SSRF and DNS tests need to
+# bring up loopback in their own network namespace (without it they are skipped).
+# Arguments name more commands whose Debian package has the same name, installed the
+# same way when missing: `make bench` asks for wrk and jq, `make valgrind` for valgrind.
 # Debian 12; uses apt-get (run as root, or with sudo available).
 set -eu
 need=""
+for extra in "$@"; do
+	command -v "$extra" >/dev/null 2>&1 || need="$need $extra"
+done
 have_pc() { pkg-config --exists "$1" 2>/dev/null; }
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
@@ -29,6 +35,7 @@ command -v openssl >/dev/null 2>&1 || need="$need openssl"  # tls.test.mjs makes
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates" # libcurl's default
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"   # ssrf.test, dns.test: netns loopback
 [ -z "$need" ] && exit 0
 echo "install-deps: installing:$need"
 SUDO=""
