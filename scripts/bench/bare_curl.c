@@ -79,6 +79,7 @@ int main(int argc, char **argv)
 	for (long i = 0; i < inflight && started < requests; i++, started++) {
 		easy[i] = curl_easy_init();
 		curl_easy_setopt(easy[i], CURLOPT_URL, url);
+		curl_easy_setopt(easy[i], CURLOPT_PROXY, ""); /* loopback only, whatever http_proxy says */
 		curl_easy_setopt(easy[i], CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(easy[i], CURLOPT_POSTFIELDSIZE, (long)body_len);
 		curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, hdrs);

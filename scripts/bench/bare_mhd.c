@@ -17,7 +17,8 @@
  * MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL with a pool of --threads (default 2): poll
  * as in the relay (server/http.c says why not epoll; with epoll, 128 connections stalled).
  * Every POST (any path) is read to the end and answered with --status and an empty body,
- * and counted. GET /count answers the count of POSTs as a decimal number.
+ * and counted. GET /count answers the count of POSTs as a decimal number, GET /last the
+ * wall-clock time of the last one in ns (so a drain's end is not a poll's).
  * With --latency, each POST body is searched for "sent_at_ns":<int> (unix ns, taken by
  * the load generator just before sending) and now - sent_at_ns is recorded; GET /stats
  * answers "count=N with_stamp=M p50_us=.. p90_us=.. p99_us=.. max_us=..".
@@ -48,6 +49,7 @@
 static unsigned int g_status = 202;
 static int g_latency;
 static atomic_ullong g_count;
+static atomic_llong g_last_ns; /* CLOCK_REALTIME of the last POST counted */
 static atomic_ullong g_connections;
 static atomic_ullong g_lat_n;
 static int64_t *g_lat;
@@ -154,6 +156,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 			         (unsigned long long)atomic_load(&g_connections));
 			return answer_text(c, text);
 		}
+		if (strcmp(url, "/last") == 0) {
+			snprintf(text, sizeof text, "%lld\n", (long long)atomic_load(&g_last_ns));
+			return answer_text(c, text);
+		}
 		snprintf(text, sizeof text, "%llu\n", (unsigned long long)atomic_load(&g_count));
 		return answer_text(c, text);
 	}
@@ -198,6 +204,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
 	if (g_latency)
 		record_latency(r->buf ? r->buf : "", r->len, now_ns());
 	atomic_fetch_add(&g_count, 1);
+	atomic_store(&g_last_ns, now_ns());
 	return MHD_queue_response(c, g_status, g_empty);
 }
 

@@ -132,6 +132,7 @@ int main(int argc, char **argv)
 		memcpy(slots[i].body, tmpl, body_len);
 		CURL *e = slots[i].easy = curl_easy_init();
 		curl_easy_setopt(e, CURLOPT_URL, url);
+		curl_easy_setopt(e, CURLOPT_PROXY, ""); /* loopback only, whatever http_proxy says */
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, slots[i].body);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
 		curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
