@@ -29,12 +29,13 @@
 #define IN_FLIGHT_MAX 1000       /* a subscription's max_in_flight */
 
 /* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
- * namespace), or ones that would break the request: framing, and the hop-by-hop ones
+ * namespace), or ones that would break the request: framing and coding (the body is the
+ * signed plain JSON: labelled gzip, no receiver could read it), and the hop-by-hop ones
  * (RFC 9110 7.6.1; an Upgrade could turn the attempt into a protocol switch). */
 static const char *const reserved_headers[] = {
-    "content-type", "content-length",   "host",                "user-agent", "transfer-encoding",
-    "connection",   "expect",           "te",                  "trailer",    "upgrade",
-    "keep-alive",   "proxy-connection", "proxy-authorization", NULL,
+    "content-type", "content-length", "content-encoding", "host",  "user-agent",
+    "transfer-encoding", "connection", "expect", "te", "trailer",
+    "upgrade", "keep-alive", "proxy-connection", "proxy-authorization", NULL,
 };
 #define RESERVED_PREFIX "webhook-"
 

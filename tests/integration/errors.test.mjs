@@ -251,8 +251,8 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, headers: { 'Content-Type': 'text/plain' } },
     { ...SUB, headers: { host: 'evil.example' } },
     ...['TE', 'Trailer', 'Upgrade', 'Keep-Alive', 'Proxy-Connection', 'Proxy-Authorization',
-      'Connection', 'Expect', 'Transfer-Encoding', 'Content-Length']
-      .map((name) => ({ ...SUB, headers: { [name]: 'x' } })), // hop-by-hop and framing
+      'Connection', 'Expect', 'Transfer-Encoding', 'Content-Length', 'Content-Encoding']
+      .map((name) => ({ ...SUB, headers: { [name]: 'x' } })), // hop-by-hop, framing, coding
     { ...SUB, headers: { 'bad name': 'x' } },
     { ...SUB, headers: { 'X-A:': 'x' } },
     { ...SUB, enabled: 'yes' },
