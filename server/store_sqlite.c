@@ -2269,6 +2269,22 @@ static void forget_rolled_back_wish(struct store *s)
 		call_due_hook(s);
 }
 
+/* The slots kept back from subscriptions with requests in flight (or failing), of a
+ * cap of `max`: an eighth, at least one from a cap of 4 up (see apply_claim). */
+static int claim_reserve(int max)
+{
+	return max < 4 ? 0 : max / 8 > 1 ? max / 8 : 1;
+}
+
+/* How many of `free` slots a subscription may take when `reserve` of them are kept:
+ * those above it, or, for a fresh one (nothing in flight, not failing), one more. */
+static int claim_limit(int free, int reserve, int fresh)
+{
+	if (free - reserve > 0)
+		return free - reserve;
+	return fresh && free > 0 ? 1 : 0;
+}
+
 /*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
  * stopped, each subscription up to its max_in_flight and what its rate_limit has left:
@@ -2332,6 +2348,8 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	int busy = 0, held = 0;
 	if (a->claim->in_flight_max > 0 && s->claim_busy_subs > 0)
 		share = (a->claim->in_flight_max + s->claim_busy_subs - 1) / s->claim_busy_subs;
+	const int reserve = claim_reserve(a->claim->in_flight_max);
+	const int host_reserve = claim_reserve(a->claim->per_host_max);
 	/* Two passes: a subscription whose host it is not the turn of (its id is not above
 	 * the host's last served) waits for the second, so that subscriptions sharing a full
 	 * host take turns at its room. Each subscription is looked at in one of them only. */
@@ -2394,9 +2412,22 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			}
 			continue; /* full: its completions wake the dispatcher */
 		}
-		int host_cut = host && host->room < want;
-		if (host_cut)
-			want = host->room > 0 ? host->room : 0;
+		/* The last of the slots and of a host's room are kept for subscriptions with
+		 * nothing in flight that are not failing: 16 dead receivers at max_in_flight
+		 * 16 held all 256 slots (two held a host's 32), and each event of a healthy
+		 * subscription waited for their timeouts, ~15 s. Such a one takes one there. */
+		int fresh = sub->leased + sub->claimed == 0 && sub->failing_since == 0;
+		int limit = claim_limit(a->max - a->njobs, reserve, fresh);
+		int reserve_cut = want > limit;
+		if (reserve_cut)
+			want = limit;
+		int host_cut = 0;
+		if (host) {
+			limit = claim_limit(host->room, host_reserve, fresh);
+			host_cut = want > limit;
+			if (host_cut)
+				want = limit;
+		}
 		want = rate_limit_allow(&sub->bucket, sub->rate_limit, a->now_ms, want);
 		if (want > 0) {
 			sqlite3_bind_int64(st, 1, a->now_ms);
@@ -2445,10 +2476,10 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			    rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
-			if (host_cut && due <= a->now_ms)
-				a->host_full = 1; /* due now but its host is full: the dispatcher
-				                     claims again when a request ends (a next_due
-				                     would spin) */
+			if ((host_cut || reserve_cut) && due <= a->now_ms)
+				a->host_full = 1; /* due now but its host (or what is not kept) is
+				                     full: the dispatcher claims again when a
+				                     request ends (a next_due would spin) */
 			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 			more_due = due <= a->now_ms;

@@ -706,6 +706,48 @@ test('a dead receiver shared by many subscriptions does not starve a healthy one
   dead.dropConnections();
 }));
 
+// Receivers that never answer, each its own subscription, could hold every slot: 16
+// dead ones at max_in_flight 16 took all 256 of --max-in-flight (two dead paths of one
+// host took its 32), and each event of a healthy subscription waited for their
+// timeouts (~15 s by default). The last eighth of the slots, and of a host's room, is
+// kept for subscriptions with nothing in flight that are not failing.
+for (const [what, args, path] of [
+  ['--max-in-flight', ['--max-in-flight', '8'], (i) => `/dead${i}`],
+  ['a host\'s --max-per-host room', ['--max-per-host', '8'], (i) => `/dead${i}`],
+]) {
+  test(`dead receivers holding ${what} do not delay a healthy subscription`, withLogs(async () => {
+    const relay = await startRelay({ args: [...args, '--delivery-timeout', '5s'], retrySchedule: '1h' });
+    // one receiver host for the host case; for --max-in-flight, a host each
+    const shared = await startReceiver({ behavior: (q) => (q.url.startsWith('/dead') ? { hang: true } : {}) });
+    const deadHosts = [];
+    for (let i = 1; i <= 2; i++) {
+      const r = what.startsWith('a host') ? shared : await startReceiver({ behavior: { hang: true } });
+      deadHosts.push(r);
+      await createSub(relay, r, { url: `${r.url}${path(i)}`, event_types: ['dead.*'], max_in_flight: 4 });
+    }
+    await createSub(relay, shared, { url: `${shared.url}/ok`, event_types: ['ok.*'] });
+    const dead = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 20 }, (_, i) => ({ type: 'dead.tick', data: { i } })));
+    assert.equal(dead.status, 202, dead.text);
+    const deadCount = () => new Set(deadHosts).size === 1 ? shared.requests.length
+      : deadHosts.reduce((n, r) => n + r.requests.length, 0);
+    await waitUntil(() => deadCount() >= 7, 3000, 'the dead receivers hold their slots', 20);
+    await sleep(200);
+    const waited = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      const ev = await api(relay, 'POST', '/v1/events', { type: 'ok.tick', data: { i } });
+      assert.equal(ev.status, 202, ev.text);
+      await waitUntil(() => shared.requests.filter((q) => q.url === '/ok').length > i, 4500,
+        `healthy event ${i} delivered`, 5);
+      waited.push(Math.round(performance.now() - t0));
+    }
+    console.log(`healthy beside dead receivers holding ${what}: delivered after ${waited.join(', ')} ms`);
+    assert.ok(waited.every((ms) => ms < 1500), `each healthy event waited ${waited.join(', ')} ms`);
+    for (const r of new Set([shared, ...deadHosts])) r.dropConnections();
+  }));
+}
+
 // Subscriptions sharing one receiver host take turns at its --max-per-host room: a
 // claim cut short by the host's room must not start from the same subscription again
 // (the first one's whole backlog went before the others' first delivery), also while a
