@@ -1546,7 +1546,12 @@ static enum store_rc apply_sub_update(struct store *s, struct store_call *call, 
 		const char *sql;
 		int is_json; /* 0 text, 1 JSON, 2 integer or null */
 	} setters[] = {
-	    {"url", "UPDATE subscriptions SET url = ?2, updated_at = ?3 WHERE id = ?1", 0},
+	    /* a new url is a new receiver: the old one's failures do not count toward
+	     * --disable-after (its first blip disabled the subscription at once) */
+	    {"url",
+	     "UPDATE subscriptions SET url = ?2, updated_at = ?3, failing_since = CASE"
+	     " WHEN url = ?2 THEN failing_since END WHERE id = ?1",
+	     0},
 	    {"event_types",
 	     "UPDATE subscriptions SET event_types = ?2, updated_at = ?3 WHERE id = ?1", 1},
 	    {"description",

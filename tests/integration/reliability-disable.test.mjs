@@ -143,6 +143,36 @@ test('PATCH enabled:true on an enabled subscription keeps failing_since', withLo
   assert.equal(res.json.failing_since, failing.failing_since, 'the failing clock runs on');
 }));
 
+// A new url is a new receiver: the failures of the old one must not count toward
+// --disable-after. failing_since ran on through the PATCH, so the new receiver's first
+// 503 (one event, 2 s after the old one's last failure) disabled the subscription.
+test('PATCH url starts the failing clock afresh: one blip of the new receiver does not disable', withLogs(async () => {
+  const relay = await startRelay({ args: ['--disable-after', '2s'], retrySchedule: '100ms' });
+  const old = await startReceiver({ behavior: { status: 500 } });
+  const sub = await createSub(relay, old, { event_types: ['moved.#'] });
+  const first = await postEvent(relay, { type: 'moved.a' });
+  const [d1] = await eventDeliveries(relay, first.id);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${d1.id}`)).json.status === 'failed',
+    5000 * SLOW, 'the old receiver\'s delivery failed for good', 20);
+  const failingSince = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.failing_since;
+  assert.ok(failingSince, 'failing since the old receiver\'s first failure');
+  // The same url again is no new receiver: its clock runs on.
+  const same = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: sub.url });
+  assert.equal(same.json.failing_since, failingSince);
+  await sleep(2500); // past --disable-after since its failures began, and quiet since
+  const fixed = await startReceiver({ behavior: [{ status: 503 }, { status: 200 }] });
+  const moved = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: `${fixed.url}/hook` });
+  assert.equal(moved.status, 200, moved.text);
+  assert.equal(moved.json.failing_since, null, 'a new url has no failures yet');
+  const second = await postEvent(relay, { type: 'moved.b' });
+  await fixed.waitFor(2, 5000 * SLOW);
+  const [d2] = await eventDeliveries(relay, second.id);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${d2.id}`)).json.status === 'delivered',
+    5000 * SLOW, 'the second attempt delivered', 20);
+  const after = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+  assert.equal(after.enabled, true, `still enabled: ${after.disabled_reason}`);
+}));
+
 // The results that disable a subscription (a 410) and the dispatcher's next claim can
 // share one writer transaction; the claim must not lease the just-disabled subscription
 // another delivery. To make them share it, an sqlite3 session holds the database's write
