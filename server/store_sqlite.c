@@ -2481,10 +2481,10 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			    rate_limit_next_ms(&sub->bucket, sub->rate_limit, a->now_ms);
 			if (due < token)
 				due = token; /* due, but its rate_limit lets it start only then */
+			/* Due now but its host (or what is not kept back) is full: the
+			 * dispatcher claims again when a request ends (a next_due would spin). */
 			if ((host_cut || reserve_cut) && due <= a->now_ms)
-				a->host_full = 1; /* due now but its host (or what is not kept) is
-				                     full: the dispatcher claims again when a
-				                     request ends (a next_due would spin) */
+				a->host_full = 1;
 			else if (due < a->next_due_ms)
 				a->next_due_ms = due;
 			more_due = due <= a->now_ms;
