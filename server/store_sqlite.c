@@ -2349,12 +2349,15 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 	 * claim's, as this one's is known only at its end. A share some cannot use (a
 	 * smaller max_in_flight, a rate limit, a full host) is not lost: what the claim has
 	 * left after the first two passes goes, in a third, to those the share held back. */
+	const int reserve = claim_reserve(a->claim->in_flight_max);
+	const int host_reserve = claim_reserve(a->claim->per_host_max);
+	/* shares of what busy subscriptions may use: the reserve is not theirs (shares of
+	 * all 256 left the last in the round one request each, from the reserve) */
 	int share = INT_MAX;
 	int busy = 0, held = 0;
 	if (a->claim->in_flight_max > 0 && s->claim_busy_subs > 0)
-		share = (a->claim->in_flight_max + s->claim_busy_subs - 1) / s->claim_busy_subs;
-	const int reserve = claim_reserve(a->claim->in_flight_max);
-	const int host_reserve = claim_reserve(a->claim->per_host_max);
+		share = (a->claim->in_flight_max - reserve + s->claim_busy_subs - 1) /
+		        s->claim_busy_subs;
 	/* Two passes: a subscription whose host it is not the turn of (its id is not above
 	 * the host's last served) waits for the second, so that subscriptions sharing a full
 	 * host take turns at its room. Each subscription is looked at in one of them only. */
@@ -2460,7 +2463,9 @@ static enum store_rc apply_claim(struct store *s, struct store_call *call)
 			}
 			if (step != SQLITE_DONE)
 				return STORE_ERR;
-			if (a->njobs == a->max && filled_at == SIZE_MAX)
+			/* full, or full up to the reserve: the next claim starts after it (else,
+			 * the cursor still, each freed slot went to the first in the round) */
+			if (a->max - a->njobs <= reserve && filled_at == SIZE_MAX)
 				filled_at = k;
 		}
 		if (pass == 2)
@@ -2879,6 +2884,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		 * that copy was half the writer's time per event. */
 		int guarded = c->kind != STORE_INGEST;
 		int64_t pending_before = s->batch_pending;
+		int64_t top_delivery_before = s->batch_top_delivery;
 		size_t span = c->kind == STORE_COMPLETE
 		                  ? (size_t)((struct complete_args *)c->internal)->n
 		                  : 1; /* its entries in changed[] */
@@ -2967,6 +2973,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 					e->disabled_in_batch = 0;
 			}
 			s->batch_pending = pending_before;
+			s->batch_top_delivery = top_delivery_before; /* its ids are free again */
 			json_decref(c->result);
 			c->result = NULL;
 			if (c->kind == STORE_CLAIM)
@@ -3045,15 +3052,16 @@ finish:
 	 * (an idempotent replay stores nothing). */
 	atomic_fetch_add_explicit(&s->counters.events, s->batch_new_events, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->counters.pending, s->batch_pending, memory_order_relaxed);
-	if (s->batch_top_seq > 0) {
-		atomic_store(&s->committed_seq, s->batch_top_seq);
-		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
-			atomic_store(&s->synced_seq, s->batch_top_seq);
-	}
+	/* deliveries first: a reader that sees an event sees its deliveries */
 	if (s->batch_top_delivery > 0) {
 		atomic_store(&s->committed_delivery, s->batch_top_delivery);
-		if (!needs_sync)
+		if (!needs_sync) /* on disk already (SQLite synced), or durability is off */
 			atomic_store(&s->synced_delivery, s->batch_top_delivery);
+	}
+	if (s->batch_top_seq > 0) {
+		atomic_store(&s->committed_seq, s->batch_top_seq);
+		if (!needs_sync)
+			atomic_store(&s->synced_seq, s->batch_top_seq);
 	}
 	/* Send nothing that is not on disk yet: deliveries made due wake the dispatcher after
 	 * their sync. Those of subscriptions that looked full are left to the completion that
@@ -3072,8 +3080,8 @@ static void store_sync(void *ctx)
 	struct store *s = ctx;
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
-	int64_t upto = atomic_load(&s->committed_seq);
 	int64_t upto_delivery = atomic_load(&s->committed_delivery);
+	int64_t upto = atomic_load(&s->committed_seq);
 	int64_t started_us = clock_mono_us();
 
 	if (fdatasync(s->wal_fd) != 0) {
@@ -3090,8 +3098,8 @@ static void store_sync(void *ctx)
 		abort();
 	}
 	histogram_observe(&s->counters.wal_sync, clock_mono_us() - started_us);
+	atomic_store(&s->synced_delivery, upto_delivery); /* first: see store_run_batch */
 	atomic_store(&s->synced_seq, upto); /* before the wake: claims may take them now */
-	atomic_store(&s->synced_delivery, upto_delivery);
 	if (take_wake_wish(s, upto))
 		wake = 1;
 	if (wake)
@@ -3561,6 +3569,12 @@ static sqlite3 *reader_acquire(struct store *s)
 
 static void reader_release(struct store *s, sqlite3 *db)
 {
+	/* one left inside a read transaction (its ROLLBACK failed, out of memory) would
+	 * hold the WAL at its snapshot and answer stale: closed instead */
+	if (!sqlite3_get_autocommit(db)) {
+		sqlite3_close(db);
+		return;
+	}
 	pthread_mutex_lock(&s->readers_lock);
 	if (s->nreaders < READERS_MAX) {
 		s->readers[s->nreaders++] = db;

@@ -748,6 +748,28 @@ for (const [what, args, path] of [
   }));
 }
 
+// Backlogged subscriptions share what is not kept back, in turn: with shares of all of
+// --max-in-flight the last in the round got one request at a time, from the reserve
+// (16 at the defaults: 14 had 15.6 in flight, 2 had 1), and the claim, never full
+// again, started from the same one each time.
+test('backlogged subscriptions get even shares beside the reserve', withLogs(async () => {
+  const relay = await startRelay({ args: ['--max-in-flight', '32'] });
+  const receivers = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await startReceiver({ behavior: { delayMs: 100 } });
+    receivers.push(r);
+    await createSub(relay, r, { event_types: ['even.*'], max_in_flight: 8 });
+  }
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 200 }, (_, i) => ({ type: 'even.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await receivers[0].waitFor(1, 3000);
+  await sleep(2000);
+  const counts = receivers.map((r) => r.requests.length);
+  console.log(`deliveries per subscription in ~2 s: ${counts.join(' ')}`);
+  assert.ok(Math.min(...counts) >= 0.75 * Math.max(...counts), `uneven shares: ${counts.join(' ')}`);
+}));
+
 // Subscriptions sharing one receiver host take turns at its --max-per-host room: a
 // claim cut short by the host's room must not start from the same subscription again
 // (the first one's whole backlog went before the others' first delivery), also while a
