@@ -528,7 +528,7 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 # and a backlog of EVENTS x 3.
 section_delivery() {
 	local id=${1:-4} caps=${2:-default caps} events=${4:-$BACKLOG_EVENTS} others=${5:-0}
-	local r1 r2 r3 expect got base t0 t_end el n hwm_before probe left ticks0
+	local r1 r2 r3 expect got base t0 t_end t_done el n hwm_before probe left ticks0
 	[ $# -lt 3 ] || local SUB_FIELDS=$3
 	if [ "$id" = 4 ]; then start_held_relay d delivery || return 1; else start_held_relay w "delivery$id" || return 1; fi
 	r1=$HELD1 r2=$HELD2 r3=$HELD3
@@ -662,7 +662,7 @@ section_tls() {
 # tls_row ROW RECEIVERS EVENTS replay|live
 tls_row() {
 	local label=$1 receivers=$2 events=$3 shape=$4 ca=$RUN/ca.pem
-	local ports p0 id ids="" i expect got t0 el n ticks0 threads0 conns t_end
+	local ports p0 id ids="" i expect got t0 el n ticks0 threads0 conns t_end t_done
 	"$BIN/bare_mhd" --max-seconds 900 --status 200 --threads 1 --listeners "$receivers" \
 		--tls "$RUN/recv.pem" "$RUN/recv.key" >"$RUN/wide.port" 2>"$RUN/wide.err" &
 	MHD_PID=$!

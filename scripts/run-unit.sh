@@ -4,7 +4,7 @@ set -u
 passed=0; failed=0; status=0
 for t in "$@"; do
 	# bounded: a unit binary that hangs fails here rather than stalling CI
-	out=$(timeout 300 "$t" 2>&1); rc=$?
+	out=$(timeout -k 10 300 "$t" 2>&1); rc=$?
 	printf '%s\n' "$out"
 	line=$(printf '%s\n' "$out" | grep -E '[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
 	[ $rc -ne 124 ] || printf '%s: no end within 300 s\n' "$t"
