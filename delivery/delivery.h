@@ -63,6 +63,7 @@ struct delivery_result {
 	enum delivery_outcome outcome;
 	int64_t next_attempt_at_ms;     /* unix ms, meaningful for DELIVERY_RETRY only */
 	int64_t published_at_ms;        /* as in the job */
+	uint64_t subscription_version;  /* as in the job: the settings it was sent with */
 };
 
 /* A receiver host (target_host_key) with requests in hookrelay, and how many more it may

@@ -428,6 +428,7 @@ static void release_unstarted(struct dispatcher *d, struct loop *lp, struct deli
 		r->subscription_id = job->subscription_id;
 		r->attempt = job->attempt;
 		r->published_at_ms = job->published_at_ms;
+		r->subscription_version = job->subscription_version;
 		r->outcome = DELIVERY_RELEASED; /* no attempt is recorded */
 		if (lp->n == 0)
 			lp->held_since = clock_mono_ms();

@@ -761,6 +761,7 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	res->subscription_id = job->subscription_id;
 	res->attempt = job->attempt;
 	res->published_at_ms = job->published_at_ms;
+	res->subscription_version = job->subscription_version;
 	t->job = job;
 	t->res = res;
 	t->host = h;

@@ -141,6 +141,9 @@ struct sub_entry {
 	                                 headers, secrets) or enabled: a job made at another
 	                                 version is not sent (current) */
 	uint64_t settings_hash;       /* of those, to tell a reload that changed them */
+	uint64_t url_version;         /* the version its url came in at: the results of jobs
+	                                 made before are an old receiver's, and say nothing
+	                                 of this one's health (a 410 there disabled it) */
 	int host;                     /* its url's receiver host in s->hosts, or -1 */
 	uint64_t claim_no;            /* the claim that set claimed (s->claim_no) */
 	int claimed;                  /* jobs that claim gave it so far (not yet in leased) */
@@ -1161,6 +1164,12 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.settings_hash = sub_settings_hash(&fresh);
 	fresh.version =
 	    old_version && fresh.settings_hash == old_hash ? old_version : ++s->last_sub_version;
+	{
+		const struct sub_entry *old = sub_find(s, id); /* (before subs_reserve moves it) */
+		fresh.url_version = old && old->url && strcmp(old->url, fresh.url) == 0
+		                        ? old->url_version
+		                        : fresh.version;
+	}
 	/* What can fail comes before the matcher changes: room for a new entry, then the
 	 * matcher (which keeps the old patterns when it fails). */
 	pthread_mutex_lock(&s->subs_lock);
@@ -2756,7 +2765,8 @@ static enum store_rc apply_complete(struct store *s, struct store_call *call, in
 		if (step_done(fin) != 0)
 			return fail_storage(s, call);
 
-		if (sub && track_health(s, sub, r, now, &changed[i]) != 0)
+		if (sub && r->subscription_version >= sub->url_version &&
+		    track_health(s, sub, r, now, &changed[i]) != 0)
 			return fail_storage(s, call);
 	}
 	return_leases(s, a, made_due);

@@ -173,6 +173,25 @@ test('PATCH url starts the failing clock afresh: one blip of the new receiver do
   assert.equal(after.enabled, true, `still enabled: ${after.disabled_reason}`);
 }));
 
+// An answer from the old url that comes after the PATCH is the old receiver's: its 410
+// disabled the subscription under its new url (and its failures set failing_since).
+test('a 410 from the old url, after a PATCH of the url, does not disable the subscription', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1h' });
+  const old = await startReceiver({ behavior: { delayMs: 800, status: 410 } });
+  const fresh = await startReceiver();
+  const sub = await createSub(relay, old, { event_types: ['gone.#'] });
+  await postEvent(relay, { type: 'gone.a' });
+  await old.waitFor(1, 3000);
+  const moved = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: `${fresh.url}/hook` });
+  assert.equal(moved.status, 200, moved.text);
+  await sleep(1200); // the old receiver's 410 has come back and been written
+  const after = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+  assert.equal(after.enabled, true, `disabled: ${after.disabled_reason}`);
+  assert.equal(after.failing_since, null);
+  await postEvent(relay, { type: 'gone.b' });
+  await fresh.waitFor(1, 3000);
+}));
+
 // The results that disable a subscription (a 410) and the dispatcher's next claim can
 // share one writer transaction; the claim must not lease the just-disabled subscription
 // another delivery. To make them share it, an sqlite3 session holds the database's write
