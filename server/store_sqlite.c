@@ -150,8 +150,6 @@ struct sub_entry {
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
-	int64_t last_failure_ms;      /* writer memory: when the last failed attempt was
-	                                 recorded (at open, a failing one's is the open) */
 	uint64_t health_batch;        /* the batch (s->batch_no) batch_failing_since is of */
 	int64_t batch_failing_since;  /* failing_since as that batch left it, uncommitted */
 	char *url;
@@ -1087,7 +1085,6 @@ static int reload_subscription(struct store *s, int64_t id)
 			old_hash = old->settings_hash;
 		}
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
-		fresh.last_failure_ms = old ? old->last_failure_ms : 0;
 		fresh.newest_seq = old ? old->newest_seq : 0;
 		fresh.look = 1; /* enabled again, or new settings: ask */
 		fresh.bucket =
@@ -1125,8 +1122,6 @@ static int reload_subscription(struct store *s, int64_t id)
 	fresh.enabled = sqlite3_column_int(st, 2);
 	fresh.max_in_flight = sqlite3_column_int(st, 4);
 	fresh.failing_since = sqlite3_column_int64(st, 5);
-	if (fresh.failing_since && !fresh.last_failure_ms)
-		fresh.last_failure_ms = clock_now_ms(); /* not known: as if just now */
 	fresh.rate_limit = sqlite3_column_int(st, 7);
 	disabled_reason = strdup_or_null(column_text(st, 6));
 	patterns = json_loads(column_text(st, 3) ? column_text(st, 3) : "[]", 0, NULL);
@@ -2645,23 +2640,13 @@ static int track_health(struct store *s, struct sub_entry *sub, const struct del
 		return exec_with_id_time(s, "UPDATE subscriptions SET failing_since = NULL WHERE id = ?1"
 		                            " AND ?2 IS NOT NULL", sub->id, now);
 	}
-	/* A failing streak with a silence of half of --disable-after in it is over: nothing
-	 * was tried then. Else one failure of a quiet endpoint, days after its last, was
-	 * "every attempt failed for that long" and disabled it at once. */
-	int restart = failing && s->disable_after_ms > 0 && sub->last_failure_ms > 0 &&
-	              now - sub->last_failure_ms > s->disable_after_ms / 2;
-	int64_t since = failing && !restart ? failing : r->started_at_ms;
-	sub->last_failure_ms = now;
-	if (!failing || restart) {
+	int64_t since = failing ? failing : r->started_at_ms;
+	if (!failing) {
 		*changed = sub->id;
 		sub->health_batch = s->batch_no;
 		sub->batch_failing_since = since;
-		static const char start[] =
-		    "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1"
-		    " AND failing_since IS NULL";
-		static const char again[] =
-		    "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1";
-		if (exec_with_id_time(s, restart ? again : start, sub->id, since) != 0)
+		if (exec_with_id_time(s, "UPDATE subscriptions SET failing_since = ?2 WHERE id = ?1"
+		                         " AND failing_since IS NULL", sub->id, since) != 0)
 			return -1;
 	}
 	if (!sub->enabled || sub->disabled_in_batch == s->batch_no)

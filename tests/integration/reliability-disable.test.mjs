@@ -173,29 +173,6 @@ test('PATCH url starts the failing clock afresh: one blip of the new receiver do
   assert.equal(after.enabled, true, `still enabled: ${after.disabled_reason}`);
 }));
 
-// A quiet endpoint: one delivery failed for good, then nothing was sent to it for longer
-// than --disable-after. Its next failure was "every attempt failed for that long" and
-// disabled it at once, though nothing had been tried in between. A silence of half the
-// window now ends the failing streak.
-test('a failure after a long quiet spell starts a new failing streak, and does not disable', withLogs(async () => {
-  const relay = await startRelay({ args: ['--disable-after', '2s'], retrySchedule: '100ms' });
-  const r = await startReceiver({ behavior: [{ status: 500 }, { status: 500 }, { status: 503 }, { status: 200 }] });
-  const sub = await createSub(relay, r, { event_types: ['quiet.#'] });
-  const first = await postEvent(relay, { type: 'quiet.a' });
-  const [d1] = await eventDeliveries(relay, first.id);
-  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${d1.id}`)).json.status === 'failed',
-    5000 * SLOW, 'the first delivery failed for good', 20);
-  const before = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
-  assert.ok(before.failing_since, 'failing since the first attempt');
-  await sleep(2300); // quiet, past --disable-after since the streak began
-  const second = await postEvent(relay, { type: 'quiet.b' });
-  const [d2] = await eventDeliveries(relay, second.id);
-  await waitUntil(async () => (await api(relay, 'GET', `/v1/deliveries/${d2.id}`)).json.status === 'delivered',
-    5000 * SLOW, 'the second delivery, after one 503', 20);
-  const after = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
-  assert.equal(after.enabled, true, `disabled: ${after.disabled_reason}`);
-}));
-
 // An answer from the old url that comes after the PATCH is the old receiver's: its 410
 // disabled the subscription under its new url (and its failures set failing_since).
 test('a 410 from the old url, after a PATCH of the url, does not disable the subscription', withLogs(async () => {
