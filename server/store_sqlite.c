@@ -3090,8 +3090,10 @@ static void store_sync(void *ctx)
 	struct store *s = ctx;
 	/* Taken before the sync: a batch committed during it is not covered by it. */
 	int wake = atomic_exchange(&s->due_after_sync, 0);
-	int64_t upto_delivery = atomic_load(&s->committed_delivery);
+	/* the reverse of the writer's stores (deliveries, then the event): an event seen
+	 * here has its deliveries in the second load */
 	int64_t upto = atomic_load(&s->committed_seq);
+	int64_t upto_delivery = atomic_load(&s->committed_delivery);
 	int64_t started_us = clock_mono_us();
 
 	if (fdatasync(s->wal_fd) != 0) {
