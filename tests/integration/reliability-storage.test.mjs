@@ -392,3 +392,46 @@ test('a delivery and its attempts are read from one snapshot', withLogs(async ()
   assert.deepEqual(d.attempts.map((a) => a.attempt), d.attempts.map((_, i) => i + 1));
   assert.ok(r.requests.length > d.attempts.length, 'attempts were made while the read was held');
 }));
+
+// A deleted subscription's pending deliveries are failed 1,000 per writer batch, so that
+// one DELETE of a big backlog does not hold the write lock for seconds nor journal it
+// all at once. The chunks ran milliseconds apart, too fast to see from outside; the
+// shim now holds each chunk 400 ms before it runs, and a reader counts between them.
+test('a deleted subscription\'s backlog is failed in chunks of 1,000', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'slow-sweep');
+  const relay = await startRelay({
+    retrySchedule: '1h',
+    env: faultEnv({
+      FAULT_STEP_FLAG: flag, FAULT_STEP_STALL_MS: '400',
+      FAULT_STEP_SQL: "UPDATE deliveries SET state = 2, next_attempt_at = NULL, last_error = 'subscription deleted', updated_at = ?2 WHERE id IN@1",
+    }),
+  });
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { event_types: ['bulk.*'], max_in_flight: 1 });
+  const batch = Array.from({ length: 100 }, (_, i) => ({ type: 'bulk.item', data: { i } }));
+  for (let k = 0; k < 25; k++) assert.equal((await api(relay, 'POST', '/v1/events/batch', batch)).status, 202);
+  await r.waitFor(1); // one in flight (not swept: its result ends it), 2,499 pending
+  const n = Number(sub.id.replace('sub_', ''));
+  const failed = () => Number(spawnSync('sqlite3', [relay.dbPath,
+    `SELECT count(*) FROM deliveries WHERE subscription_id = ${n} AND state = 2`],
+  { encoding: 'utf8', timeout: 5000 }).stdout.trim());
+  writeFileSync(flag, '');
+  const seen = new Set();
+  try {
+    const del = api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`);
+    const until = Date.now() + 8000 * SLOW;
+    while (Date.now() < until) {
+      seen.add(failed());
+      if (seen.has(2499)) break;
+      await sleep(50);
+    }
+    assert.equal((await del).status, 204);
+  } finally {
+    rmSync(flag);
+  }
+  const counts = [...seen].sort((a, b) => a - b);
+  assert.ok(counts.includes(2499), `all 2,499 failed in the end: ${counts.join(' ')}`);
+  assert.ok(counts.includes(1000) && counts.includes(2000),
+    `chunks of 1,000 seen between the batches: ${counts.join(' ')}`);
+  assert.equal(r.requests.length, 1, 'nothing more was sent');
+}));
