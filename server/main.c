@@ -263,6 +263,14 @@ static int parse_switch(const char *name, const char *value)
 	return 0;
 }
 
+/* Every flag of serve (each also read from HOOKRELAY_<NAME>). */
+static const char *const env_flags[] = {
+    "listen",        "db",           "http-threads",          "max-body",       "delivery-timeout",
+    "max-in-flight", "max-per-host", "max-idle-connections",  "retry-schedule", "api-key",
+    "api-key-file",  "publish-key",  "allow-private-targets", "allow-targets",  "ca-file",
+    "synchronous",   "max-queue",    "disable-after",         "retention",      NULL,
+};
+
 /* Applies one flag (name without "--") with its value (NULL for switches). Returns 1 if
  * the flag takes a value, 0 for a switch. */
 static int apply_flag(struct config *c, const char *name, const char *value)
@@ -279,6 +287,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 		c->allow_private_targets = parse_switch(name, value);
 		return 0;
 	}
+	size_t known = 0;
+	while (env_flags[known] && strcmp(env_flags[known], name) != 0)
+		known++;
+	if (!env_flags[known]) /* before its value: a last --bogus needs none */
+		die("unknown flag --%s (see --help)", name);
 	NEED_VALUE();
 	if (strcmp(name, "listen") == 0) {
 		parse_listen(c, value);
@@ -348,18 +361,11 @@ static int apply_flag(struct config *c, const char *name, const char *value)
 			die("--max-queue wants 1..1000000, not '%s'", value);
 		c->max_queue = (size_t)q;
 	} else {
-		die("unknown flag --%s (see --help)", name);
+		die("unknown flag --%s (see --help)", name); /* a name added above but not here */
 	}
 	return 1;
 #undef NEED_VALUE
 }
-
-static const char *const env_flags[] = {
-	"listen", "db", "http-threads", "max-body", "delivery-timeout", "max-in-flight",
-	"max-per-host", "max-idle-connections", "retry-schedule", "api-key", "api-key-file",
-	"publish-key", "allow-private-targets", "allow-targets", "ca-file", "synchronous",
-	"max-queue", "disable-after", "retention", NULL,
-};
 
 /* Is --name given on the command line (as --name VALUE, --name=VALUE or a switch)? */
 static int flag_given(int argc, char **argv, const char *name)

@@ -305,6 +305,12 @@ test('bad flags are refused at start with a non-zero exit', withLogs(async () =>
     assert.ok(res.stderr.length > 0, `serve ${args.join(' ')} explains itself on stderr`);
     assert.ok(!/AddressSanitizer|runtime error:/.test(res.stderr), res.stderr);
   }
+  // An unknown flag is named as one, even last, where it has no value after it (it was
+  // "--bogus needs a value").
+  const last = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, '--bogus'],
+    { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+  assert.equal(last.status, 2);
+  assert.match(last.stderr, /unknown flag --bogus/);
 }));
 
 test('HOOKRELAY_* environment variables configure the server like flags', withLogs(async () => {
