@@ -212,7 +212,8 @@ static int batch_flush(struct dispatcher *d, struct loop *lp)
 	if (d->store->complete(d->store->ctx, d->batch, lp->n) != 0) {
 		if (!lp->complete_failing)
 			fprintf(stderr,
-			        "dispatcher: the store cannot take %d results (out of memory); "
+			        "hookrelay: dispatcher: the store cannot take %d results (out of "
+			        "memory); "
 			        "they are held and handed over again\n",
 			        lp->n);
 		lp->complete_failing = 1;
@@ -220,7 +221,7 @@ static int batch_flush(struct dispatcher *d, struct loop *lp)
 		return -1;
 	}
 	if (lp->complete_failing)
-		fprintf(stderr, "dispatcher: the store takes results again\n");
+		fprintf(stderr, "hookrelay: dispatcher: the store takes results again\n");
 	lp->complete_failing = 0;
 	lp->frees_full = 0;
 	lp->n = 0;
@@ -235,7 +236,7 @@ static void batch_flush_or_drop(struct dispatcher *d, struct loop *lp)
 	if (batch_flush(d, lp) == 0)
 		return;
 	fprintf(stderr,
-	        "dispatcher: stopping with %d results the store could not take; their "
+	        "hookrelay: dispatcher: stopping with %d results the store could not take; their "
 	        "deliveries are sent again after the restart\n",
 	        lp->n);
 	for (int i = 0; i < lp->n; i++)
@@ -319,7 +320,7 @@ static void claim_failed(struct loop *lp, int64_t mono, const char *why)
 	else
 		lp->claim_backoff = DISPATCH_CLAIM_BACKOFF_MAX;
 	lp->claim_retry_at = mono + lp->claim_backoff;
-	fprintf(stderr, "dispatcher: %s; next claim in %d ms\n", why, lp->claim_backoff);
+	fprintf(stderr, "hookrelay: dispatcher: %s; next claim in %d ms\n", why, lp->claim_backoff);
 }
 
 /* The store's done(): runs on the writer thread. */
@@ -558,7 +559,7 @@ static void *dispatcher_main(void *arg)
 		if (sender_wait(d->sender,
 		                wait_ms(d, &lp, stopping, clock_now_ms(), clock_mono_ms())) != 0) {
 			if (!poll_failed)
-				fprintf(stderr, "dispatcher: curl_multi_poll failed\n");
+				fprintf(stderr, "hookrelay: dispatcher: curl_multi_poll failed\n");
 			poll_failed = 1;
 			pause_ms(DISPATCH_ERROR_PAUSE_MS);
 		} else {
@@ -590,14 +591,14 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 	if (opts->max_in_flight < 1 || opts->max_per_host < 1 || opts->timeout_ms < 1 ||
 	    opts->retry_count < 0 || (opts->retry_count > 0 && !opts->retry_schedule) ||
 	    !opts->user_agent || !store || !store->claim || !store->complete) {
-		fprintf(stderr, "dispatcher: invalid options\n");
+		fprintf(stderr, "hookrelay: dispatcher: invalid options\n");
 		goto out;
 	}
 	d = calloc(1, sizeof *d);
 	if (d)
 		d->batch = calloc((size_t)opts->max_in_flight, sizeof *d->batch);
 	if (!d || !d->batch) {
-		fprintf(stderr, "dispatcher: out of memory\n");
+		fprintf(stderr, "hookrelay: dispatcher: out of memory\n");
 		goto out;
 	}
 	d->opts = *opts;
@@ -630,7 +631,7 @@ struct dispatcher *dispatcher_start(const struct dispatcher_options *opts,
 		goto out; /* sender_new said why */
 	err = pthread_create(&d->thread, NULL, dispatcher_main, d);
 	if (err != 0) {
-		fprintf(stderr, "dispatcher: cannot start thread: %s\n", strerror(err));
+		fprintf(stderr, "hookrelay: dispatcher: cannot start thread: %s\n", strerror(err));
 		goto out;
 	}
 	pthread_setname_np(d->thread, "hr-dispatch");

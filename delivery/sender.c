@@ -595,7 +595,7 @@ struct sender *sender_new(const struct sender_options *opts)
 
 	s = calloc(1, sizeof *s);
 	if (!s) {
-		fprintf(stderr, "sender: out of memory\n");
+		fprintf(stderr, "hookrelay: sender: out of memory\n");
 		goto out;
 	}
 	s->opts = *opts;
@@ -603,17 +603,18 @@ struct sender *sender_new(const struct sender_options *opts)
 	system_ca_defaults(bundle, sizeof bundle);
 	s->ca_dir_only = !opts->ca_file && bundle[0] == '\0';
 	if (opts->max_per_host < 1) { /* curl would read 0 as no limit; our queue, as none */
-		fprintf(stderr, "sender: max_per_host must be at least 1\n");
+		fprintf(stderr, "hookrelay: sender: max_per_host must be at least 1\n");
 		goto out;
 	}
 	s->signer = sign_cache_new();
 	if (!s->signer) {
-		fprintf(stderr, "sender: no signing key cache (out of memory, or OpenSSL < 3.0.3)\n");
+		fprintf(stderr, "hookrelay: sender: no signing key cache (out of memory, or "
+		                "OpenSSL < 3.0.3)\n");
 		goto out;
 	}
 	s->multi = curl_multi_init();
 	if (!s->multi) {
-		fprintf(stderr, "sender: curl_multi_init failed\n");
+		fprintf(stderr, "hookrelay: sender: curl_multi_init failed\n");
 		goto out;
 	}
 	/* The per-host queue already keeps curl within max_per_host; curl's own cap stays as
@@ -626,7 +627,7 @@ struct sender *sender_new(const struct sender_options *opts)
 	     * handles in the multi, which drops between jobs, and it then closed about one
 	     * connection in 40 only to open it again for the next job. */
 	    curl_multi_setopt(s->multi, CURLMOPT_MAXCONNECTS, (long)opts->max_total) != CURLM_OK) {
-		fprintf(stderr, "sender: curl refused the connection limits\n");
+		fprintf(stderr, "hookrelay: sender: curl refused the connection limits\n");
 		goto out;
 	}
 	ret = s;

@@ -3011,7 +3011,10 @@ finish:
 	if (!committed) {
 		for (size_t i = 0; i < n; i++) {
 			struct store_call *c = calls[i];
-			if (c->rc == STORE_OK || c->rc == STORE_NOTFOUND || c->rc == STORE_CONFLICT) {
+			/* and a call that never ran (BEGIN failed: "database is locked") says
+			 * why too, not only "the store failed" */
+			if (c->rc == STORE_OK || c->rc == STORE_NOTFOUND ||
+			    c->rc == STORE_CONFLICT || !c->why[0]) {
 				snprintf(c->why, sizeof(c->why), "storage unavailable: %s",
 				         sqlite3_errmsg(s->wdb));
 				c->rc = STORE_ERR;

@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, writeFileSync, rmSync, statSync } from 'node:fs';
 import {
   relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery, waitDelivery,
-  waitUntil, sleep, cleanup, withLogs, faultEnv,
+  waitUntil, sleep, cleanup, withLogs, faultEnv, holdWriteLock,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -434,4 +434,22 @@ test('a deleted subscription\'s backlog is failed in chunks of 1,000', withLogs(
   assert.ok(counts.includes(1000) && counts.includes(2000),
     `chunks of 1,000 seen between the batches: ${counts.join(' ')}`);
   assert.equal(r.requests.length, 1, 'nothing more was sent');
+}));
+
+// Another process holding the write lock past the writer's 5 s wait: the publish is 503
+// and says why. It said only "the store failed; nothing was kept", and the log nothing.
+test('a write lock held elsewhere: 503 storage_unavailable naming the lock, then 202 again', withLogs(async () => {
+  const relay = await startRelay();
+  const lock = await holdWriteLock(relay.dbPath);
+  let res;
+  try {
+    res = await api(relay, 'POST', '/v1/events', { type: 'locked.out' }, {}, { timeoutMs: 15_000 });
+  } finally {
+    await lock.release();
+  }
+  assert.equal(res.status, 503, res.text);
+  assert.equal(res.json?.error?.code, 'storage_unavailable');
+  assert.match(res.json.error.message, /database is locked/);
+  assert.ok(res.headers.get('retry-after'));
+  assert.equal((await api(relay, 'POST', '/v1/events', { type: 'locked.out' })).status, 202);
 }));
