@@ -150,6 +150,10 @@ struct sub_entry {
 	int64_t newest_seq;           /* event seq of its newest delivery stored (a batch rolled
 	                                 back may leave it higher than any committed) */
 	int64_t failing_since;        /* unix ms of the first failure since a success; 0 = none */
+	int64_t health_log_minute;    /* its "failing"/"delivering again" lines: the monotonic
+	                                 ms their minute began, how many it has had, */
+	int health_lines;             /* and the changes since not logged (a flaky */
+	int health_unlogged;          /* receiver flips on every other attempt) */
 	uint64_t health_batch;        /* the batch (s->batch_no) batch_failing_since is of */
 	int64_t batch_failing_since;  /* failing_since as that batch left it, uncommitted */
 	char *url;
@@ -950,16 +954,40 @@ struct sub_health {
 	int64_t failing_since;
 };
 
-/* One line on stderr when a reload changes whether a subscription is enabled or failing:
- * these transitions are rare (track_health writes only on a change), so the log shows
- * each one once, after the COMMIT that made it. */
-static void log_health_change(int64_t id, const struct sub_health *was,
+#define HEALTH_LOG_LINES 4 /* failing/delivering lines a subscription may have a minute */
+
+/* One line on stderr when a reload changes whether a subscription is enabled or failing,
+ * after the COMMIT that made it. Disabled and enabled are rare and always logged. Failing
+ * and delivering again can flip on every other attempt of a flaky receiver (1,757 lines
+ * in 7 s from five of them), so e (the entry, whose counts it keeps) gets at most
+ * HEALTH_LOG_LINES of them a minute; the next says how many changes went unlogged
+ * (/metrics' failing gauge is always current). */
+static void log_health_change(struct sub_entry *e, int64_t id, const struct sub_health *was,
                               const struct sub_health *now, const char *disabled_reason)
 {
-	char since[UTIL_TIME_MAX];
+	char since[UTIL_TIME_MAX], unlogged[96] = "";
 
 	if (!was->known)
 		return;
+	int flip = was->enabled && now->enabled && !was->failing_since != !now->failing_since;
+	if (flip && e) {
+		int64_t t = clock_mono_ms();
+		if (!e->health_log_minute || t - e->health_log_minute >= 60000) {
+			e->health_log_minute = t;
+			e->health_lines = 0;
+		}
+		if (e->health_lines == HEALTH_LOG_LINES) {
+			e->health_unlogged++;
+			return;
+		}
+		if (e->health_unlogged)
+			snprintf(unlogged, sizeof(unlogged),
+			         " [%d changes between failing and delivering since the last such"
+			         " line]",
+			         e->health_unlogged);
+		e->health_lines++;
+		e->health_unlogged = 0;
+	}
 	if (was->enabled && !now->enabled) {
 		fprintf(stderr, "hookrelay: sub_%lld disabled: %s\n", (long long)id,
 		        disabled_reason ? disabled_reason : "no reason recorded");
@@ -969,12 +997,12 @@ static void log_health_change(int64_t id, const struct sub_health *was,
 		util_format_time(now->failing_since, since);
 		fprintf(stderr,
 		        "hookrelay: sub_%lld failing: an attempt failed at %s; retrying on"
-		        " schedule (GET /v1/deliveries?subscription=sub_%lld says why)\n",
-		        (long long)id, since, (long long)id);
+		        " schedule (GET /v1/deliveries?subscription=sub_%lld says why)%s\n",
+		        (long long)id, since, (long long)id, unlogged);
 	} else if (now->enabled && was->failing_since && !now->failing_since) {
 		util_format_time(was->failing_since, since);
-		fprintf(stderr, "hookrelay: sub_%lld delivering again (failing since %s)\n",
-		        (long long)id, since);
+		fprintf(stderr, "hookrelay: sub_%lld delivering again (failing since %s)%s\n",
+		        (long long)id, since, unlogged);
 	}
 }
 
@@ -1052,7 +1080,8 @@ static void reload_failed_keep(struct store *s, int64_t id)
 			e->enabled = 0; /* its jobs not yet sent are not current any more */
 			matcher_remove(s->matcher, id);
 		}
-		log_health_change(id, &was, &(struct sub_health){1, e->enabled, e->failing_since},
+		log_health_change(e, id, &was,
+		                  &(struct sub_health){1, e->enabled, e->failing_since},
 		                  "its reason is in the database");
 	}
 	pthread_mutex_unlock(&s->subs_lock);
@@ -1085,6 +1114,9 @@ static int reload_subscription(struct store *s, int64_t id)
 			old_hash = old->settings_hash;
 		}
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
+		fresh.health_log_minute = old ? old->health_log_minute : 0;
+		fresh.health_lines = old ? old->health_lines : 0;
+		fresh.health_unlogged = old ? old->health_unlogged : 0;
 		fresh.newest_seq = old ? old->newest_seq : 0;
 		fresh.look = 1; /* enabled again, or new settings: ask */
 		fresh.bucket =
@@ -1198,7 +1230,8 @@ static int reload_subscription(struct store *s, int64_t id)
 	}
 	quiet_clear_all(s);
 	pthread_mutex_unlock(&s->subs_lock);
-	log_health_change(id, &was, &(struct sub_health){1, fresh.enabled, fresh.failing_since},
+	log_health_change(sub_find(s, id), id, &was,
+	                  &(struct sub_health){1, fresh.enabled, fresh.failing_since},
 	                  disabled_reason);
 	memset(&fresh, 0, sizeof(fresh));
 	rc = 0;

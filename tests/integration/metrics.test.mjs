@@ -7,7 +7,7 @@ import { writeFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import {
   startRelay, startReceiver, api, createSub, postEvent, assertError, waitUntil, cleanup, withLogs,
-  listAll, tmpDir, faultEnv, holdWriteLock,
+  listAll, tmpDir, faultEnv, holdWriteLock, sleep,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -219,6 +219,26 @@ test('/metrics pending follows every way in and out of pending, and a restart', 
   const m = await metrics(again);
   assert.equal(m.hookrelay_deliveries_pending, 4, 'counted at start');
   assert.equal((await listAll(again, '/v1/deliveries?status=pending')).length, 4);
+}));
+
+// A receiver that fails every other request flips its subscription between failing and
+// delivering on nearly every result: five such gave 1,757 lines in 7 s. At most 4 such
+// lines a minute per subscription now, the next one counting what went unlogged.
+test('a flaky receiver: at most 4 failing/delivering lines a minute, not one per flip', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '50ms' });
+  const r = await startReceiver({ behavior: (_q, i) => (i % 2 ? { status: 200 } : { status: 500 }) });
+  const sub = await createSub(relay, r, { event_types: ['flaky.#'], max_in_flight: 1 });
+  const n = sub.id.replace('sub_', '');
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 40 }, (_, i) => ({ type: 'flaky.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await r.waitFor(60, 10_000);
+  await sleep(200);
+  const flips = relay.stderrText.split('\n')
+    .filter((l) => new RegExp(`sub_${n} (failing|delivering again)`).test(l));
+  console.log(`${r.requests.length} attempts, ${flips.length} health lines`);
+  assert.ok(flips.length <= 4, `${flips.length} lines:\n${flips.join('\n')}`);
+  assert.ok(flips.length >= 2, 'the first changes are logged');
 }));
 
 // An operator alerts on the gauge and reads the log: each change of a subscription's
