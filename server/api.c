@@ -484,6 +484,16 @@ void api_metrics(struct api *api, struct http_request *req)
 	        (long long)st.subscriptions_enabled, (long long)st.subscriptions_disabled,
 	        (long long)st.subscriptions_failing, (long long)st.writer_queue,
 	        (long long)st.write_failures) < 0;
+	unsigned long refused[HTTP_REFUSED_KINDS];
+	http_refused(req, refused);
+	bad = bad ||
+	      fprintf(f, "# HELP hookrelay_requests_refused_total Requests answered 503 since "
+	                 "start, by error code (each with Retry-After): overloaded (write queue "
+	                 "or read queue full), storage_unavailable, shutting_down.\n"
+	                 "# TYPE hookrelay_requests_refused_total counter\n") < 0;
+	for (int i = 0; i < HTTP_REFUSED_KINDS && !bad; i++)
+		bad = fprintf(f, "hookrelay_requests_refused_total{code=\"%s\"} %lu\n",
+		              http_refusal_codes[i], refused[i]) < 0;
 	bad = bad ||
 	      histogram_write(f, "hookrelay_delivery_attempt_duration_seconds",
 	                      "Time from an attempt's request to its answer or failure.",

@@ -64,6 +64,7 @@ struct http_server {
 	int64_t log_window_ms;    /* monotonic start of the current minute of MHD messages */
 	unsigned int log_shown;   /* messages written in it */
 	unsigned long log_dropped; /* messages not written in it */
+	atomic_ulong refused[HTTP_REFUSED_KINDS]; /* 503s answered, by code (http_refused) */
 };
 
 struct reply_header {
@@ -164,10 +165,24 @@ void http_reply_json(struct http_request *req, int status, json_t *body)
 	queue_reply(req, status, text, strlen(text));
 }
 
+const char *const http_refusal_codes[HTTP_REFUSED_KINDS] = {"overloaded", "storage_unavailable",
+                                                            "shutting_down"};
+
+void http_refused(const struct http_request *req, unsigned long out[HTTP_REFUSED_KINDS])
+{
+	for (int i = 0; i < HTTP_REFUSED_KINDS; i++)
+		out[i] = atomic_load_explicit(&req->srv->refused[i], memory_order_relaxed);
+}
+
 void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)
 {
 	char message[512];
 	va_list ap;
+
+	for (int i = 0; status == 503 && i < HTTP_REFUSED_KINDS; i++) {
+		if (strcmp(code, http_refusal_codes[i]) == 0)
+			atomic_fetch_add_explicit(&req->srv->refused[i], 1, memory_order_relaxed);
+	}
 
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);

@@ -51,6 +51,16 @@ const char *http_header(const struct http_request *req, const char *name);
 int http_header_count(const struct http_request *req, const char *name);
 const char *http_body(const struct http_request *req, size_t *len);
 
+/* The 503s answered since start, by their error code: the clients turned away. */
+enum http_refusal {
+	HTTP_REFUSED_OVERLOADED,
+	HTTP_REFUSED_STORAGE,
+	HTTP_REFUSED_STOPPING,
+	HTTP_REFUSED_KINDS
+};
+extern const char *const http_refusal_codes[HTTP_REFUSED_KINDS];
+void http_refused(const struct http_request *req, unsigned long out[HTTP_REFUSED_KINDS]);
+
 /* Replies. Exactly one per request. */
 void http_reply_json(struct http_request *req, int status, json_t *body); /* steals body */
 void http_reply_error(struct http_request *req, int status, const char *code, const char *fmt, ...)

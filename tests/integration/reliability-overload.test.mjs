@@ -63,6 +63,11 @@ test('400 concurrent POSTs against --max-queue 8 and one HTTP thread: 202 or 503
   // 400 at once against a queue of 8 must shed some load: if this ever fails, the flag
   // is not enforced (or the writer became fast enough to need a bigger burst here).
   assert.ok((small.counts[503] ?? 0) > 0, `no 503 among ${N} concurrent POSTs with --max-queue 8`);
+  // and /metrics counts each one turned away (nothing else said so)
+  const refused = (await api(relay, 'GET', '/metrics')).text
+    .match(/^hookrelay_requests_refused_total\{code="overloaded"\} (\d+)$/m)?.[1];
+  assert.equal(Number(refused), (small.counts[503] ?? 0) + (big.counts[503] ?? 0),
+    'hookrelay_requests_refused_total{code="overloaded"} counts the 503s');
   assert.ok(small.accepted.length > 0, 'some POSTs accepted during the burst');
   assert.ok(small.peak < RSS_LIMIT_MIB && big.peak < RSS_LIMIT_MIB,
     `relay RSS peaked at ${Math.max(small.peak, big.peak).toFixed(1)} MiB (limit ${RSS_LIMIT_MIB})`);
