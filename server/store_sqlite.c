@@ -1381,7 +1381,13 @@ static char *sub_secrets_text(const struct sub_entry *e, int64_t now_ms)
 /* Sets call->why from the write connection's last error. */
 static enum store_rc fail_storage(struct store *s, struct store_call *call)
 {
-	snprintf(call->why, sizeof(call->why), "storage error: %s", sqlite3_errmsg(s->wdb));
+	const char *msg = sqlite3_errmsg(s->wdb);
+
+	/* (a step that failed outside SQLite's knowledge, as the tests' fault shim makes
+	 * one, leaves its message at "not an error") */
+	if (strcmp(msg, sqlite3_errstr(SQLITE_OK)) == 0)
+		msg = "a statement failed";
+	snprintf(call->why, sizeof(call->why), "storage error: %s", msg);
 	return STORE_ERR;
 }
 
@@ -2878,11 +2884,23 @@ static void call_due_hook(struct store *s)
  * must have the syncer sync before the durable calls are answered (the WAL is written,
  * not yet synced).
  */
+/* Keeps SQLite's reason for a failed batch in why (once: the first failure says most),
+ * unless its message is no error (the failure was a call's, which has its own why). */
+static void batch_reason(struct store *s, const int64_t *changed, char *why, size_t size)
+{
+	const char *msg = changed ? sqlite3_errmsg(s->wdb) : "out of memory";
+
+	if (!why[0] && strcmp(msg, sqlite3_errstr(SQLITE_OK)) != 0)
+		snprintf(why, size, "%s", msg);
+}
+
 static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 {
 	struct store *s = ctx;
 	int durable = 0, made_due = 0, committed = 0, writes = 0, storage_failed = 0;
 	int64_t *changed = NULL; /* subscriptions to reload after COMMIT */
+	char batch_why[160] = ""; /* SQLite's reason the batch failed, kept before a ROLLBACK
+	                             turns its message into "not an error" */
 	size_t nchanged = 0, changed_cap = 0;
 
 	for (size_t i = 0; i < n; i++) {
@@ -3035,9 +3053,12 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		goto finish;
 	}
 abandon: /* nothing of this batch is kept */
+	batch_reason(s, changed, batch_why, sizeof(batch_why));
 	if (!sqlite3_get_autocommit(s->wdb))
 		exec_sql(s->wdb, "ROLLBACK", NULL, 0);
 finish:
+	if (!committed)
+		batch_reason(s, changed, batch_why, sizeof(batch_why)); /* BEGIN failed, say */
 	s->last_batch_failed = !committed;
 	if ((writes && !committed) || storage_failed)
 		atomic_fetch_add(&s->write_failures, 1);
@@ -3049,7 +3070,7 @@ finish:
 			if (c->rc == STORE_OK || c->rc == STORE_NOTFOUND ||
 			    c->rc == STORE_CONFLICT || !c->why[0]) {
 				snprintf(c->why, sizeof(c->why), "storage unavailable: %s",
-				         sqlite3_errmsg(s->wdb));
+				         batch_why[0] ? batch_why : "its batch failed");
 				c->rc = STORE_ERR;
 			}
 			json_decref(c->result);

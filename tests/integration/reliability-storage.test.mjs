@@ -453,3 +453,31 @@ test('a write lock held elsewhere: 503 storage_unavailable naming the lock, then
   assert.ok(res.headers.get('retry-after'));
   assert.equal((await api(relay, 'POST', '/v1/events', { type: 'locked.out' })).status, 202);
 }));
+
+// A batch failed by one of its calls fails the others too; each 503 must say why. The
+// message was read after the ROLLBACK, which had turned SQLite's into "not an error".
+test('publishes failed with their batch say why, never "not an error"', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'INSERT INTO events@0.05' }) });
+  writeFileSync(flag, '');
+  const messages = {};
+  try {
+    for (let round = 0; round < 3; round++) {
+      const answers = await Promise.all(Array.from({ length: 150 },
+        (_, i) => api(relay, 'POST', '/v1/events', { type: 'why.x', data: { round, i } })));
+      for (const a of answers) {
+        if (a.status === 202) continue;
+        assert.equal(a.status, 503, a.text);
+        messages[a.json.error.message] = (messages[a.json.error.message] ?? 0) + 1;
+      }
+    }
+  } finally {
+    rmSync(flag);
+  }
+  console.log(`503 messages: ${JSON.stringify(messages)}`);
+  assert.ok(Object.keys(messages).length > 0, 'some publishes failed');
+  for (const m of Object.keys(messages)) {
+    assert.ok(!/not an error/.test(m), `a 503 said: ${m}`);
+    assert.match(m, /^storage (unavailable|error): /, m);
+  }
+}));
