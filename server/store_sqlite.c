@@ -306,6 +306,11 @@ struct store {
 	pthread_mutex_t readers_lock;
 	sqlite3 *readers[READERS_MAX];  /* idle read-only connections */
 	int nreaders;
+	struct {              /* health lines held back: writer thread */
+		int64_t *ids; /* subscriptions with changes not logged, whose state
+		                 is logged once their minute is over */
+		size_t n, cap;
+	} health_held;
 	struct {                        /* deleted subscriptions' pending rows: writer thread */
 		int64_t *ids;           /* subscriptions that may have some left, oldest first */
 		size_t n, cap;
@@ -960,10 +965,11 @@ struct sub_health {
  * after the COMMIT that made it. Disabled and enabled are rare and always logged. Failing
  * and delivering again can flip on every other attempt of a flaky receiver (1,757 lines
  * in 7 s from five of them), so e (the entry, whose counts it keeps) gets at most
- * HEALTH_LOG_LINES of them a minute; the next says how many changes went unlogged
- * (/metrics' failing gauge is always current). */
-static void log_health_change(struct sub_entry *e, int64_t id, const struct sub_health *was,
-                              const struct sub_health *now, const char *disabled_reason)
+ * HEALTH_LOG_LINES of them a minute; the next, or the line health_log_settled writes
+ * once the minute is over, says how many changes went unlogged. */
+static void log_health_change(struct store *s, struct sub_entry *e, int64_t id,
+                              const struct sub_health *was, const struct sub_health *now,
+                              const char *disabled_reason)
 {
 	char since[UTIL_TIME_MAX], unlogged[96] = "";
 
@@ -977,7 +983,10 @@ static void log_health_change(struct sub_entry *e, int64_t id, const struct sub_
 			e->health_lines = 0;
 		}
 		if (e->health_lines == HEALTH_LOG_LINES) {
-			e->health_unlogged++;
+			if (e->health_unlogged++ == 0 &&
+			    util_ids_push(&s->health_held.ids, &s->health_held.n,
+			                  &s->health_held.cap, id) != 0)
+				e->health_unlogged = 0; /* out of memory: its next line will do */
 			return;
 		}
 		if (e->health_unlogged)
@@ -1003,6 +1012,40 @@ static void log_health_change(struct sub_entry *e, int64_t id, const struct sub_
 		util_format_time(was->failing_since, since);
 		fprintf(stderr, "hookrelay: sub_%lld delivering again (failing since %s)%s\n",
 		        (long long)id, since, unlogged);
+	}
+}
+
+static size_t ids_find(const int64_t *ids, size_t n, int64_t id);
+
+/* After each COMMIT: a subscription whose health lines were held back, its minute over,
+ * gets one line with the state it is in now, so that the log never ends on a state it
+ * left (a receiver that flapped and then went down for good). */
+static void health_log_settled(struct store *s)
+{
+	int64_t t = clock_mono_ms();
+	char since[UTIL_TIME_MAX];
+
+	for (size_t i = 0; i < s->health_held.n;) {
+		int64_t id = s->health_held.ids[i];
+		struct sub_entry *e = sub_find(s, id);
+		if (e && e->health_unlogged && t - e->health_log_minute < 60000) {
+			i++;
+			continue;
+		}
+		if (e && e->health_unlogged && e->enabled) {
+			util_format_time(e->failing_since, since);
+			fprintf(
+			    stderr,
+			    "hookrelay: sub_%lld %s%s [%d changes between failing and delivering"
+			    " in the last minute not logged]\n",
+			    (long long)id, e->failing_since ? "failing since " : "delivering",
+			    e->failing_since ? since : "", e->health_unlogged);
+			e->health_log_minute = t;
+			e->health_lines = 1;
+		}
+		if (e)
+			e->health_unlogged = 0;
+		s->health_held.ids[i] = s->health_held.ids[--s->health_held.n];
 	}
 }
 
@@ -1080,7 +1123,7 @@ static void reload_failed_keep(struct store *s, int64_t id)
 			e->enabled = 0; /* its jobs not yet sent are not current any more */
 			matcher_remove(s->matcher, id);
 		}
-		log_health_change(e, id, &was,
+		log_health_change(s, e, id, &was,
 		                  &(struct sub_health){1, e->enabled, e->failing_since},
 		                  "its reason is in the database");
 	}
@@ -1230,7 +1273,7 @@ static int reload_subscription(struct store *s, int64_t id)
 	}
 	quiet_clear_all(s);
 	pthread_mutex_unlock(&s->subs_lock);
-	log_health_change(sub_find(s, id), id, &was,
+	log_health_change(s, sub_find(s, id), id, &was,
 	                  &(struct sub_health){1, fresh.enabled, fresh.failing_since},
 	                  disabled_reason);
 	memset(&fresh, 0, sizeof(fresh));
@@ -3113,6 +3156,7 @@ finish:
 	sweep_schedule(s);
 	prune_schedule(s);
 	reload_changed(s, changed, nchanged);
+	health_log_settled(s);
 	free(changed);
 	int needs_sync = durable && s->synchronous_full && s->wal_fd >= 0;
 	/* An ingest that fails rolls the whole batch back, so these count only what was kept
@@ -3597,6 +3641,7 @@ void store_close(struct store *s)
 	free(s->hosts);
 	free(s->host_slots);
 	free(s->sweep.ids);
+	free(s->health_held.ids);
 	free(s->leases.ids);
 	free(s->reload_retry.ids);
 	free(s->match_ids);

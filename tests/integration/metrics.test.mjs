@@ -224,7 +224,7 @@ test('/metrics pending follows every way in and out of pending, and a restart', 
 // A receiver that fails every other request flips its subscription between failing and
 // delivering on nearly every result: five such gave 1,757 lines in 7 s. At most 4 such
 // lines a minute per subscription now, the next one counting what went unlogged.
-test('a flaky receiver: at most 4 failing/delivering lines a minute, not one per flip', withLogs(async () => {
+test('a flaky receiver: at most 4 failing/delivering lines a minute, then the state it settled in', { timeout: 120_000 }, withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '50ms' });
   const r = await startReceiver({ behavior: (_q, i) => (i % 2 ? { status: 200 } : { status: 500 }) });
   const sub = await createSub(relay, r, { event_types: ['flaky.#'], max_in_flight: 1 });
@@ -239,6 +239,14 @@ test('a flaky receiver: at most 4 failing/delivering lines a minute, not one per
   console.log(`${r.requests.length} attempts, ${flips.length} health lines`);
   assert.ok(flips.length <= 4, `${flips.length} lines:\n${flips.join('\n')}`);
   assert.ok(flips.length >= 2, 'the first changes are logged');
+  // Then it goes down for good: once the minute is over, the log says so (it ended on
+  // whichever flip was the fourth, with nothing after it).
+  r.setBehavior({ status: 500 });
+  await api(relay, 'POST', '/v1/events', { type: 'flaky.down' });
+  const settled = await waitUntil(() => relay.stderrText.split('\n').find((l) =>
+    new RegExp(`^hookrelay: sub_${n} failing since \\S+ \\[\\d+ changes between failing and delivering in the last minute not logged\\]$`).test(l)),
+  75_000, 'a line with the state it settled in', 500);
+  console.log(settled);
 }));
 
 // An operator alerts on the gauge and reads the log: each change of a subscription's
