@@ -3112,7 +3112,7 @@ finish:
 			 * why too, not only "the store failed" */
 			if (c->rc == STORE_OK || c->rc == STORE_NOTFOUND ||
 			    c->rc == STORE_CONFLICT || !c->why[0]) {
-				snprintf(c->why, sizeof(c->why), "storage unavailable: %s",
+				snprintf(c->why, sizeof(c->why), "storage unavailable: %.120s",
 				         batch_why[0] ? batch_why : "its batch failed");
 				c->rc = STORE_ERR;
 			}
