@@ -489,7 +489,8 @@ void api_metrics(struct api *api, struct http_request *req)
 	bad = bad ||
 	      fprintf(f, "# HELP hookrelay_requests_refused_total Requests answered 503 since "
 	                 "start, by error code (each with Retry-After): overloaded (write queue "
-	                 "or read queue full), storage_unavailable, shutting_down.\n"
+	                 "or read queue full, or out of memory), storage_unavailable (/healthz "
+	                 "included), shutting_down.\n"
 	                 "# TYPE hookrelay_requests_refused_total counter\n") < 0;
 	for (int i = 0; i < HTTP_REFUSED_KINDS && !bad; i++)
 		bad = fprintf(f, "hookrelay_requests_refused_total{code=\"%s\"} %lu\n",

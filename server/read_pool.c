@@ -80,7 +80,7 @@ struct read_pool *read_pool_start(int threads)
 	struct read_pool *p = calloc(1, sizeof(*p));
 
 	if (!p) {
-		fprintf(stderr, "read pool: out of memory\n");
+		fprintf(stderr, "hookrelay: read pool: out of memory\n");
 		return NULL;
 	}
 	pthread_mutex_init(&p->lock, NULL);
@@ -94,7 +94,7 @@ struct read_pool *read_pool_start(int threads)
 		p->nthreads++;
 	}
 	if (p->nthreads == 0) {
-		fprintf(stderr, "read pool: cannot start a thread\n");
+		fprintf(stderr, "hookrelay: read pool: cannot start a thread\n");
 		read_pool_stop(p);
 		return NULL;
 	}
