@@ -959,7 +959,8 @@ struct sub_health {
 	int64_t failing_since;
 };
 
-#define HEALTH_LOG_LINES 4 /* failing/delivering lines a subscription may have a minute */
+#define HEALTH_LOG_LINES 4         /* failing/delivering lines a subscription may have */
+#define HEALTH_LOG_MINUTE_MS 60000 /* in each minute from its first */
 
 /* One line on stderr when a reload changes whether a subscription is enabled or failing,
  * after the COMMIT that made it. Disabled and enabled are rare and always logged. Failing
@@ -978,7 +979,7 @@ static void log_health_change(struct store *s, struct sub_entry *e, int64_t id,
 	int flip = was->enabled && now->enabled && !was->failing_since != !now->failing_since;
 	if (flip && e) {
 		int64_t t = clock_mono_ms();
-		if (!e->health_log_minute || t - e->health_log_minute >= 60000) {
+		if (!e->health_log_minute || t - e->health_log_minute >= HEALTH_LOG_MINUTE_MS) {
 			e->health_log_minute = t;
 			e->health_lines = 0;
 		}
@@ -1015,8 +1016,6 @@ static void log_health_change(struct store *s, struct sub_entry *e, int64_t id,
 	}
 }
 
-static size_t ids_find(const int64_t *ids, size_t n, int64_t id);
-
 /* After each COMMIT: a subscription whose health lines were held back, its minute over,
  * gets one line with the state it is in now, so that the log never ends on a state it
  * left (a receiver that flapped and then went down for good). */
@@ -1028,7 +1027,7 @@ static void health_log_settled(struct store *s)
 	for (size_t i = 0; i < s->health_held.n;) {
 		int64_t id = s->health_held.ids[i];
 		struct sub_entry *e = sub_find(s, id);
-		if (e && e->health_unlogged && t - e->health_log_minute < 60000) {
+		if (e && e->health_unlogged && t - e->health_log_minute < HEALTH_LOG_MINUTE_MS) {
 			i++;
 			continue;
 		}
@@ -1422,15 +1421,21 @@ static char *sub_secrets_text(const struct sub_entry *e, int64_t now_ms)
 /* ---------- the writer's calls ---------- */
 
 /* Sets call->why from the write connection's last error. */
-static enum store_rc fail_storage(struct store *s, struct store_call *call)
+/* The write connection's last error message, or NULL where it says "not an error": a
+ * ROLLBACK resets it so, and so does a step failed outside SQLite's knowledge (as the
+ * tests' fault shim fails one). */
+static const char *write_error(struct store *s)
 {
 	const char *msg = sqlite3_errmsg(s->wdb);
+	return strcmp(msg, sqlite3_errstr(SQLITE_OK)) == 0 ? NULL : msg;
+}
 
-	/* (a step that failed outside SQLite's knowledge, as the tests' fault shim makes
-	 * one, leaves its message at "not an error") */
-	if (strcmp(msg, sqlite3_errstr(SQLITE_OK)) == 0)
-		msg = "a statement failed";
-	snprintf(call->why, sizeof(call->why), "storage error: %s", msg);
+static enum store_rc fail_storage(struct store *s, struct store_call *call)
+{
+	const char *msg = write_error(s);
+
+	snprintf(call->why, sizeof(call->why), "storage error: %s",
+	         msg ? msg : "a statement failed");
 	return STORE_ERR;
 }
 
@@ -2931,9 +2936,9 @@ static void call_due_hook(struct store *s)
  * unless its message is no error (the failure was a call's, which has its own why). */
 static void batch_reason(struct store *s, const int64_t *changed, char *why, size_t size)
 {
-	const char *msg = changed ? sqlite3_errmsg(s->wdb) : "out of memory";
+	const char *msg = changed ? write_error(s) : "out of memory";
 
-	if (!why[0] && strcmp(msg, sqlite3_errstr(SQLITE_OK)) != 0)
+	if (!why[0] && msg)
 		snprintf(why, size, "%s", msg);
 }
 
@@ -3896,16 +3901,20 @@ out:
  * a gigabyte (`next` continues it). */
 #define EVENTS_PAGE_BYTES (4L << 20)
 
+/* A list page's keys stay below this: the cursor `after` (0: none), and nothing newer
+ * than `synced`, what the disk has (see synced_seq). */
+static int64_t list_below(int64_t after, int64_t synced)
+{
+	return after && after <= synced ? after : synced + 1;
+}
+
 enum store_rc store_events_list(struct store *s, const struct store_list_query *q, char **out)
 {
 	char sql[512];
 	struct bind b[3];
 	int nb = 0;
-	/* seq < after, and nothing newer than the disk has (see synced_seq) */
-	int64_t below = atomic_load(&s->synced_seq) + 1;
+	int64_t below = list_below(q->after, atomic_load(&s->synced_seq));
 
-	if (q->after && q->after < below)
-		below = q->after;
 	snprintf(sql, sizeof(sql),
 	         "SELECT " EVENT_COLUMNS
 	         " FROM events WHERE %sseq < ?%d ORDER BY seq DESC LIMIT ?%d",
@@ -4093,11 +4102,7 @@ enum store_rc store_deliveries_list(struct store *s, const struct store_list_que
 		 * pending and failed rows (q->status is 0, 1 or 2). */
 		off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.state = %d", q->status);
 	}
-	/* d.id < after, and nothing newer than the disk has (see synced_delivery) */
-	int64_t below = atomic_load(&s->synced_delivery) + 1;
-	if (q->after && q->after < below)
-		below = q->after;
-	b[nb++] = (struct bind){.num = below};
+	b[nb++] = (struct bind){.num = list_below(q->after, atomic_load(&s->synced_delivery))};
 	off += (size_t)snprintf(sql + off, sizeof(sql) - off, " AND d.id < ?%d", nb);
 	b[nb++] = (struct bind){.num = q->limit + 1};
 	snprintf(sql + off, sizeof(sql) - off, " ORDER BY d.id DESC LIMIT ?%d", nb);
