@@ -164,6 +164,29 @@ out:
 	return rc;
 }
 
+/* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
+ * namespace), or ones that would break the request: framing and coding (the body is the
+ * signed plain JSON: labelled gzip, no receiver could read it), and the hop-by-hop ones
+ * (RFC 9110 7.6.1; an Upgrade could turn the attempt into a protocol switch). */
+/* clang-format off */
+static const char *const reserved_headers[] = {
+    "content-type", "content-length", "content-encoding", "host",  "user-agent",
+    "transfer-encoding", "connection", "expect", "te", "trailer",
+    "upgrade", "keep-alive", "proxy-connection", "proxy-authorization", NULL,
+};
+/* clang-format on */
+
+int sender_header_reserved(const char *name)
+{
+	if (strncasecmp(name, "webhook-", 8) == 0)
+		return 1;
+	for (size_t i = 0; reserved_headers[i]; i++) {
+		if (strcasecmp(name, reserved_headers[i]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 /* The API validated these; a line break would still let one header smuggle another,
  * so such a job is refused rather than sent. */
 static int header_text_ok(const char *text)
@@ -197,6 +220,9 @@ static int add_custom_headers(struct curl_slist **list, const char *headers_json
 			         "custom header %.64s is not sendable", name);
 			goto out;
 		}
+		/* stored before a name was reserved (content-encoding): ours wins */
+		if (sender_header_reserved(name))
+			continue;
 		if (header_add(list, name, json_string_value(value)) != 0) {
 			set_error(res, "out of memory building headers");
 			goto out;

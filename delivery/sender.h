@@ -76,6 +76,11 @@ int sender_ca_file_check(const char *path, char *err, size_t errlen);
  * libcurl with a CA directory and no bundle file passes unchecked. */
 int sender_system_ca_check(char *err, size_t errlen);
 
+/* 1 if name (any case) is a header a subscription may not set: webhook-*, the ones the
+ * sender sets itself, and framing, coding and hop-by-hop ones. Such a header stored
+ * before its name was reserved is left out of the request. */
+int sender_header_reserved(const char *name);
+
 /* Frees everything. Transfers still in flight are dropped and their jobs freed: call
  * sender_release() until it returns 0 first to hand them back. Accepts NULL. */
 void sender_free(struct sender *s);

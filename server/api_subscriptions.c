@@ -15,6 +15,7 @@
 #include "api.h"
 #include "matcher.h"
 #include "rate_limit.h"
+#include "sender.h"
 #include "sign.h"
 #include "target.h"
 #include "util.h"
@@ -27,17 +28,6 @@
 #define GRACE_MAX_SECONDS (30 * 86400)
 #define GRACE_DEFAULT_SECONDS 86400
 #define IN_FLIGHT_MAX 1000       /* a subscription's max_in_flight */
-
-/* Headers a subscription may not set: ours (and every webhook-*, the Standard Webhooks
- * namespace), or ones that would break the request: framing and coding (the body is the
- * signed plain JSON: labelled gzip, no receiver could read it), and the hop-by-hop ones
- * (RFC 9110 7.6.1; an Upgrade could turn the attempt into a protocol switch). */
-static const char *const reserved_headers[] = {
-    "content-type", "content-length", "content-encoding", "host",  "user-agent",
-    "transfer-encoding", "connection", "expect", "te", "trailer",
-    "upgrade", "keep-alive", "proxy-connection", "proxy-authorization", NULL,
-};
-#define RESERVED_PREFIX "webhook-"
 
 static int is_token_char(unsigned char c)
 {
@@ -72,18 +62,16 @@ static int check_headers(json_t *headers, char *why, size_t whylen)
 				return -1;
 			}
 		}
-		if (strncasecmp(name, RESERVED_PREFIX, strlen(RESERVED_PREFIX)) == 0) {
-			snprintf(why, whylen,
-			         "headers: %s* names are hookrelay's (Standard Webhooks)",
-			         RESERVED_PREFIX);
+		if (sender_header_reserved(name)) {
+			if (strncasecmp(name, "webhook-", 8) == 0)
+				snprintf(
+				    why, whylen,
+				    "headers: webhook-* names are hookrelay's (Standard Webhooks)");
+			else
+				snprintf(why, whylen,
+				         "headers: %s is set by hookrelay and cannot be overridden",
+				         name);
 			return -1;
-		}
-		for (size_t i = 0; reserved_headers[i]; i++) {
-			if (strcasecmp(name, reserved_headers[i]) == 0) {
-				snprintf(why, whylen, "headers: %s is set by hookrelay and cannot be overridden",
-				         reserved_headers[i]);
-				return -1;
-			}
 		}
 		if (!json_is_string(value)) {
 			snprintf(why, whylen, "headers: the value of %.64s must be a string", name);
