@@ -1735,9 +1735,14 @@ static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, 
 		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
 	/* The first chunk now, so that a small backlog is failed by the time we answer; the
 	 * rest in STORE_SWEEP calls after the COMMIT (sweep_add). */
-	if (exec_with_id_time(s,
-	                      "UPDATE subscriptions SET deleted_at = ?2, enabled = 0, updated_at = ?2"
-	                      " WHERE id = ?1",
+	/* Its secrets sign nothing from here on (a retry or replay of a deleted subscription is
+	 * refused), so they do not stay in the file and its backups either. */
+	if (exec_with_id_time(
+	        s,
+	        "UPDATE subscriptions SET deleted_at = ?2, enabled = 0, updated_at = ?2"
+	        " WHERE id = ?1",
+	        call->id, now) != 0 ||
+	    exec_with_id_time(s, "DELETE FROM subscription_secrets WHERE subscription_id = ?1",
 	                      call->id, now) != 0 ||
 	    sweep_chunk(s, call->id, now) < 0)
 		return fail_storage(s, call);
@@ -1967,6 +1972,28 @@ static enum store_rc apply_sub_rotate(struct store *s, struct store_call *call, 
 
 	if (found <= 0)
 		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
+	/* A rotation "to" the secret in use (a pasted value) would keep a leaked secret
+	 * current with no end, and send its signature twice. */
+	if (sqlite3_prepare_v2(s->wdb,
+	                       "SELECT 1 FROM subscription_secrets WHERE subscription_id = ?1"
+	                       " AND secret = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+	                       -1, &st, NULL) != SQLITE_OK)
+		goto fail;
+	sqlite3_bind_int64(st, 1, call->id);
+	sqlite3_bind_text(st, 2, json_string_value(json_object_get(f, "secret")), -1,
+	                  SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, now);
+	int step = sqlite3_step(st);
+	sqlite3_finalize(st);
+	st = NULL;
+	if (step == SQLITE_ROW) {
+		snprintf(call->why, sizeof(call->why),
+		         "that secret is already this subscription's (current or in its grace);"
+		         " rotate to a new one");
+		return STORE_CONFLICT;
+	}
+	if (step != SQLITE_DONE)
+		goto fail;
 	/* The current secret signs until the grace ends, and no older one signs longer: a
 	 * rotation with no grace stops every old secret at once (an emergency rotation left
 	 * the ones earlier rotations had in grace signing for up to 30 days). */

@@ -302,6 +302,32 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   assertError(badSecret, 422, 'invalid_field', 'rotate with a malformed secret');
   const badGrace = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: -5 });
   assertError(badGrace, 422, 'invalid_field', 'negative grace');
+
+  // "Rotating" to the secret in use, or to one still in its grace, would change nothing:
+  // a leaked secret would stay current with no end (and sign twice). A 409 says so.
+  const same = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: mine });
+  assertError(same, 409, 'conflict', 'rotate to the current secret');
+  const fresh = 'whsec_' + Buffer.alloc(32, 9).toString('base64');
+  const rot3 = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 3600, secret: fresh });
+  assert.equal(rot3.status, 200, rot3.text);
+  r.secrets.push(fresh);
+  const inGrace = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: mine });
+  assertError(inGrace, 409, 'conflict', 'rotate back to a secret still in its grace');
+  const e4 = await postEvent(relay, { type: 'rot.refused' });
+  const q4 = (await r.waitFor(4))[3];
+  assert.equal(q4.headers['webhook-id'], e4.id);
+  assert.deepEqual(q4.headers['webhook-signature'].split(' '), [
+    new Webhook(fresh).sign(e4.id, new Date(Number(q4.headers['webhook-timestamp']) * 1000), q4.body),
+    new Webhook(mine).sign(e4.id, new Date(Number(q4.headers['webhook-timestamp']) * 1000), q4.body),
+  ], 'the refused rotations changed nothing');
+
+  // A deleted subscription's secrets are not kept in the file.
+  const del = await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`);
+  assert.equal(del.status, 204, del.text);
+  const left = spawnSync('sqlite3', ['-cmd', '.timeout 5000', relay.dbPath,
+    `SELECT count(*) FROM subscription_secrets WHERE subscription_id = ${sub.id.slice(4)}`], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(left.status, 0, left.stderr);
+  assert.equal(left.stdout.trim(), '0', 'secrets of the deleted subscription left in the database');
 }));
 
 // An operator's typo must not be a silent success: {"grace": 0} used to rotate with the
