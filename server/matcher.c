@@ -96,6 +96,7 @@ struct matcher {
 	size_t cap;                    /* entries allocated */
 	struct trie trie;
 	int trie_stale; /* entries changed since the trie was built */
+	uint64_t builds; /* tries built so far */
 };
 
 enum text_kind { KIND_TYPE, KIND_PATTERN };
@@ -373,6 +374,22 @@ out:
 	return rc;
 }
 
+/* 1 if e holds exactly these n patterns, in this order. */
+static int entry_same(const struct matcher_entry *e, const char *const *patterns, size_t n)
+{
+	const char *text = e->blob;
+
+	if (e->n != n)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *want = patterns[i] != NULL ? patterns[i] : "";
+		if (strcmp(text, want) != 0)
+			return 0;
+		text += strlen(text) + 1;
+	}
+	return 1;
+}
+
 int matcher_set(struct matcher *m, int64_t id, const char *const *patterns, size_t n)
 {
 	struct matcher_entry e;
@@ -389,10 +406,18 @@ int matcher_set(struct matcher *m, int64_t id, const char *const *patterns, size
 		rc = 0;
 		goto out;
 	}
+	pos = lower_bound(m, id);
+	/* Unchanged (a PATCH of the url, a rotation, a health change reload the whole
+	 * subscription): the trie stays, rather than being rebuilt from every pattern of
+	 * every subscription at the next match, on the writer thread. */
+	if (pos < m->count && m->entries[pos].id == id &&
+	    entry_same(&m->entries[pos], patterns, n)) {
+		rc = 0;
+		goto out;
+	}
 	if (entry_build(&e, id, patterns, n) != 0)
 		goto out;
 	m->trie_stale = 1;
-	pos = lower_bound(m, id);
 	if (pos < m->count && m->entries[pos].id == id) {
 		entry_cleanup(&m->entries[pos]);
 		m->entries[pos] = e;
@@ -521,6 +546,7 @@ static int trie_build(struct matcher *m)
 				trie_insert(&t, &m->entries[i].patterns[k], m->entries[i].id);
 	m->trie = t;
 	m->trie_stale = 0;
+	m->builds++;
 	return 0;
 }
 
@@ -636,4 +662,9 @@ int matcher_match(struct matcher *m, const char *type, int64_t **ids_out, size_t
 	rc = (int)count;
 out:
 	return rc;
+}
+
+uint64_t matcher_builds(const struct matcher *m)
+{
+	return m ? m->builds : 0;
 }

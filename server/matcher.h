@@ -44,4 +44,8 @@ void matcher_remove(struct matcher *m, int64_t id);
  * const: it also marks what a walk has visited). */
 int matcher_match(struct matcher *m, const char *type, int64_t **ids_out, size_t *cap);
 
+/* How many times the index was built so far: a set that changed no pattern (the same
+ * ones again) does not make the next match build it. For tests. */
+uint64_t matcher_builds(const struct matcher *m);
+
 #endif

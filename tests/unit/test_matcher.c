@@ -617,6 +617,37 @@ static void test_matcher_index_many(void)
 	matcher_free(m);
 }
 
+/* Setting a subscription's patterns to what they are (its url, secret or health changed:
+ * the store reloads it whole) keeps the index; a real change rebuilds it. */
+static void test_matcher_unchanged_keeps_index(void)
+{
+	struct matcher *m = matcher_new();
+	int64_t *ids = NULL;
+	size_t cap = 0;
+	const char *one[] = {"order.*", "invoice.#"};
+	const char *same[] = {"order.*", "invoice.#"};
+	const char *reordered[] = {"invoice.#", "order.*"};
+	const char *fewer[] = {"order.*"};
+	const char *longer[] = {"order.*", "invoice.#.x"};
+
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	CHECK(matcher_set(m, 1, one, 2) == 0 && matcher_set(m, 2, fewer, 1) == 0);
+	CHECK(matcher_match(m, "order.created", &ids, &cap) == 2 && matcher_builds(m) == 1);
+	CHECK(matcher_set(m, 1, same, 2) == 0);
+	CHECK(matcher_match(m, "invoice.paid", &ids, &cap) == 1 && matcher_builds(m) == 1);
+	CHECK(matcher_set(m, 1, reordered, 2) == 0);
+	CHECK(matcher_match(m, "invoice.paid", &ids, &cap) == 1 && matcher_builds(m) == 2);
+	CHECK(matcher_set(m, 1, fewer, 1) == 0);
+	CHECK(matcher_match(m, "invoice.paid", &ids, &cap) == 0 && matcher_builds(m) == 3);
+	CHECK(matcher_set(m, 1, longer, 2) == 0);
+	CHECK(matcher_match(m, "invoice.paid.x", &ids, &cap) == 1 && matcher_builds(m) == 4);
+	CHECK(matcher_match(m, "invoice.paid", &ids, &cap) == 0 && matcher_builds(m) == 4);
+	free(ids);
+	matcher_free(m);
+}
+
 int main(void)
 {
 	test_checks();
@@ -626,5 +657,6 @@ int main(void)
 	test_matcher();
 	test_matcher_index_random();
 	test_matcher_index_many();
+	test_matcher_unchanged_keeps_index();
 	return CHECK_DONE();
 }
