@@ -18,6 +18,7 @@
 #include "target.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -440,15 +441,14 @@ out:
 	return rc;
 }
 
-void target_host_key(const char *url, char *out)
+/* The key from the URL's text: host as written (ASCII lower-cased), port as a number. */
+static void host_key_from_text(const char *url, char *out)
 {
 	const size_t cap = TARGET_HOST_KEY_MAX;
 	const char *p, *end, *host_end;
 	long port;
 	size_t n = 0;
 
-	if (!url)
-		url = "";
 	port = strncasecmp(url, "https:", 6) == 0 ? 443 : 80;
 	p = strstr(url, "://");
 	p = p ? p + 3 : url;
@@ -470,4 +470,80 @@ void target_host_key(const char *url, char *out)
 	for (const char *c = p; c < host_end && n + 1 < cap; c++)
 		out[n++] = (*c >= 'A' && *c <= 'Z') ? (char)(*c - 'A' + 'a') : *c;
 	snprintf(out + n, cap - n, ":%ld", port);
+}
+
+/* 1 if the URL's host is written the one way curl writes it too: a DNS name of ASCII
+ * letters, digits, '-' and '.' whose last label starts with a letter (so no IPv4
+ * number), with no trailing dot; or a dotted quad of four decimal bytes without leading
+ * zeros. Anything else (IPv6, other IPv4 spellings, %-escapes, trailing dots, non-ASCII)
+ * is for curl's parser. */
+static int host_written_plainly(const char *url)
+{
+	const char *p = strstr(url, "://");
+	const char *h, *last;
+	int parts = 1, digits = 0, value = 0, numeric = 1;
+
+	if (!p)
+		return 0;
+	h = p + 3;
+	last = h;
+	for (p = h; *p && !strchr(":/?#", *p); p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c == '.') {
+			if (digits == 0 || (digits > 1 && *(p - digits) == '0') || value > 255)
+				numeric = 0;
+			parts++;
+			digits = value = 0;
+			last = p + 1;
+		} else if (c >= '0' && c <= '9') {
+			digits++;
+			value = value * 10 + (c - '0');
+			if (value > 255)
+				value = 256;
+		} else if (isalpha(c) || c == '-') {
+			numeric = 0;
+		} else {
+			return 0;
+		}
+	}
+	if (p == h || p[-1] == '.')
+		return 0;
+	if (isalpha((unsigned char)*last))
+		return 1;
+	return numeric && parts == 4 && !(digits > 1 && *(p - digits) == '0') && value <= 255;
+}
+
+void target_host_key(const char *url, char *out)
+{
+	CURLU *u = NULL;
+	char *host = NULL, *port = NULL;
+
+	if (!url)
+		url = "";
+	if (host_written_plainly(url)) {
+		host_key_from_text(url, out);
+		return;
+	}
+	/* curl's own reading, the host it connects to and counts connections under: IPv4 in
+	 * any spelling as a dotted quad, IPv6 compressed and without its zone, %-escapes
+	 * decoded. (A Unicode host stays as written: curl 7.88 gives no punycode here, so
+	 * a receiver named both ways counts as two.) */
+	u = curl_url();
+	if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, CURLU_URLDECODE) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+		size_t n = strlen(host);
+		while (n > 0 && host[n - 1] == '.') /* example.com. is example.com */
+			n--;
+		for (size_t i = 0; i < n; i++)
+			if (host[i] >= 'A' && host[i] <= 'Z')
+				host[i] = (char)(host[i] - 'A' + 'a');
+		snprintf(out, TARGET_HOST_KEY_MAX, "%.*s:%ld", (int)n, host,
+		         strtol(port, NULL, 10));
+	} else {
+		host_key_from_text(url, out);
+	}
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
 }

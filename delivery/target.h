@@ -76,11 +76,14 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 #define TARGET_HOST_KEY_MAX (TARGET_URL_MAX + 8) /* bytes target_host_key writes at most */
 
 /*
- * Writes the key the per-host caps count requests under, "host:port" (host in lower
- * case, the scheme's port when the URL names none; curl counts connections the same
- * way), for url: an absolute http(s) URL as target_url_check accepts them (NULL or
- * anything else gives some key, never an error). out holds TARGET_HOST_KEY_MAX bytes;
- * a longer key is cut short. Pure.
+ * Writes the key the per-host caps count requests under, "host:port", for url: an
+ * absolute http(s) URL as target_url_check accepts them (NULL or anything else gives
+ * some key, never an error). The host as curl connects to it: lower case, IPv4 in any
+ * spelling as a dotted quad, IPv6 compressed and without a zone, %-escapes decoded, no
+ * trailing dot; the scheme's port when the URL names none. So two spellings of one
+ * receiver share one cap, as they share curl's connection cap (a Unicode host and its
+ * punycode still count as two). out holds TARGET_HOST_KEY_MAX bytes; a longer key is
+ * cut short. Pure.
  */
 void target_host_key(const char *url, char *out);
 

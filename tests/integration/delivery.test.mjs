@@ -303,6 +303,32 @@ test('deliveries queued behind --max-per-host get the whole timeout once they ar
   assert.equal(r.requests.length, 8);
 }));
 
+// One receiver registered under two spellings of its address (127.0.0.1 and 127.1; the
+// same goes for a trailing dot, %-escapes, IPv6 written long): curl connects to one host
+// and holds it to --max-per-host, so hookrelay must count both spellings as that one
+// host too. Counted as two, it let through twice the cap, and curl queued the rest with
+// their timeout running: attempts timed out that the receiver never got.
+test('two spellings of one receiver share its --max-per-host', withLogs(async () => {
+  // 900 ms a request, two at a time: a request queued in curl behind two others would
+  // take 1.8 s from its start, past the 1.6 s timeout
+  const relay = await startRelay({ args: ['--delivery-timeout', `${1600 * SLOW}ms`, '--max-per-host', '2'], retrySchedule: '5m' });
+  const r = await startReceiver({ behavior: { delayMs: 900 } });
+  await createSub(relay, r, { event_types: ['spell.*'], max_in_flight: 8 });
+  await createSub(relay, r, { event_types: ['spell.*'], max_in_flight: 8, url: r.url.replace('127.0.0.1', '127.1') + '/short' });
+  const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 3 }, (_, i) => ({ type: 'spell.x', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  const ds = await waitUntil(async () => {
+    const page = await api(relay, 'GET', '/v1/deliveries?limit=100');
+    const got = await Promise.all(page.json.data.map((d) => getDelivery(relay, d.id)));
+    return got.length === 6 && got.every((d) => d.attempt_count >= 1) ? got : false;
+  }, 10_000, 'six deliveries attempted');
+  for (const d of ds) {
+    assert.equal(d.status, 'delivered', `${d.id} (${d.subscription_id}): ${JSON.stringify(d.attempts)}`);
+    assert.equal(d.attempt_count, 1);
+  }
+  assert.equal(r.requests.length, 6);
+}));
+
 test('a kept-alive connection closed under each request: every delivery still succeeds at once', withLogs(async () => {
   // The receiver drops each connection when its second request arrives, unanswered: the
   // keep-alive race a receiver's idle timeout causes. curl re-sends such a request on a

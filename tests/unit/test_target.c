@@ -737,6 +737,18 @@ static void test_host_key(void)
 	    {"http://[::1]:9000/x", "[::1]:9000"},
 	    {"http://[2001:DB8::1]/", "[2001:db8::1]:80"},
 	    {"HTTPS://h.example:443", "h.example:443"},
+	    {"http://10.0.0.7:8080/", "10.0.0.7:8080"},
+	    /* spellings curl connects to as one host must share its key */
+	    {"http://127.1:8080/", "127.0.0.1:8080"},
+	    {"http://0x7f000001/", "127.0.0.1:80"},
+	    {"http://2130706433/", "127.0.0.1:80"},
+	    {"http://0177.0.0.01/", "127.0.0.1:80"},
+	    {"http://[2606:4700:0:0::1]/", "[2606:4700::1]:80"},
+	    {"http://[FE80::1%25eth0]:81/", "[fe80::1]:81"},
+	    {"http://ex%41mple.com/", "example.com:80"},
+	    {"http://Example.COM.:8080/", "example.com:8080"},
+	    {"https://EXAMPLE.com:0443/", "example.com:443"},
+	    {"http://a-b.example/", "a-b.example:80"},
 	    {NULL, ":80"},
 	};
 	char key[TARGET_HOST_KEY_MAX];
