@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <locale.h>
 #include <malloc.h>
 #include <signal.h>
@@ -526,6 +527,31 @@ static void ensure_db_dir(const char *path)
  * flock with them, and SQLite over NFS is unsupported anyway); the descriptor stays open,
  * and so locked, until the process exits, and is never closed while SQLite has the
  * file open (closing another descriptor of the file would drop SQLite's locks). */
+/*
+ * The process, other than this one, that has db_path open through SQLite in WAL mode, or
+ * 0. Every such connection holds a read lock on one byte of the -shm file while it is
+ * open (SQLite's unix VFS: byte 128, its "DMS" lock). A hookrelay from before the flock
+ * below took none (nor does another program), and starting beside it would clear the
+ * leases of what it is sending and send that again, or migrate the schema under it.
+ */
+static long shm_holder(const char *db_path)
+{
+	char shm[PATH_MAX];
+	struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
+	long pid = 0;
+
+	if ((size_t)snprintf(shm, sizeof shm, "%s-shm", db_path) >= sizeof shm)
+		return 0;
+	int fd = open(shm, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) /* none: no one has it open in WAL mode (or it cannot be read: SQLite
+	               will say so) */
+		return 0;
+	if (fcntl(fd, F_GETLK, &probe) == 0 && probe.l_type != F_UNLCK)
+		pid = (long)probe.l_pid;
+	close(fd); /* this process holds no lock on it yet: closing drops none */
+	return pid;
+}
+
 static int lock_database(const char *db_path)
 {
 	int fd = open(db_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -546,6 +572,24 @@ static int lock_database(const char *db_path)
 		close(fd);
 		return -1;
 	}
+	long holder = shm_holder(db_path);
+	if (holder != 0) {
+		fprintf(
+		    stderr,
+		    "hookrelay: %s is open in process %ld (an older hookrelay, or another program"
+		    " using it); stop that first: one relay per database\n",
+		    db_path, holder);
+		close(fd);
+		return -1;
+	}
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
+		fprintf(
+		    stderr,
+		    "hookrelay: warning: %s can be read by other users (mode %03o: made by an older"
+		    " hookrelay, say); it holds the signing secrets:"
+		    " chmod 600 it and its -wal and -shm files\n",
+		    db_path, (unsigned)(st.st_mode & 0777));
 	return fd;
 }
 

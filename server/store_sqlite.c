@@ -3497,36 +3497,83 @@ static void *checkpointer_main(void *arg)
 
 /* ---------- open / close ---------- */
 
-static int migrate(sqlite3 *db, char *err, size_t errlen)
+/* Reads one integer (the first column of the first row of sql) into *out. */
+static int read_int(sqlite3 *db, const char *sql, int *out, char *err, size_t errlen)
 {
 	sqlite3_stmt *st = NULL;
-	int version = 0;
+	int step;
 
-	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
-		goto fail;
-	if (sqlite3_step(st) == SQLITE_ROW)
-		version = sqlite3_column_int(st, 0);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+		return -1;
+	}
+	step = sqlite3_step(st);
+	if (step == SQLITE_ROW)
+		*out = sqlite3_column_int(st, 0);
+	else
+		snprintf(err, errlen, "%s: %s", sql,
+		         step == SQLITE_DONE ? "no answer" : sqlite3_errmsg(db));
 	sqlite3_finalize(st);
+	return step == SQLITE_ROW ? 0 : -1;
+}
+
+/*
+ * Refuses, before anything is written to it (the switch to WAL is a write), a file that
+ * is not a hookrelay database: a typo in --db must not turn another program's SQLite
+ * file into ours. Ours is empty (new), or has a schema version this build knows and
+ * our tables.
+ */
+static int check_ours(sqlite3 *db, char *err, size_t errlen)
+{
+	int version = 0, tables = 0, ours = 0;
+
+	if (read_int(db, "PRAGMA user_version", &version, err, errlen) != 0 ||
+	    read_int(db, "SELECT count(*) FROM sqlite_schema", &tables, err, errlen) != 0 ||
+	    read_int(db,
+	             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN"
+	             " ('subscriptions', 'events', 'deliveries', 'attempts')",
+	             &ours, err, errlen) != 0)
+		return -1;
 	if (version > schema_migration_count) {
 		snprintf(err, errlen,
 		         "database schema version %d is newer than this hookrelay knows (%d)", version,
 		         schema_migration_count);
 		return -1;
 	}
-	for (int v = version; v < schema_migration_count; v++) {
-		char bump[64];
-		snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", v + 1);
-		if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != 0)
-			return -1;
-		if (exec_sql(db, schema_migrations[v], err, errlen) != 0 ||
-		    exec_sql(db, bump, err, errlen) != 0 || exec_sql(db, "COMMIT", err, errlen) != 0) {
-			exec_sql(db, "ROLLBACK", NULL, 0);
-			return -1;
-		}
+	if ((version == 0 && tables > 0) || (version > 0 && ours < 4)) {
+		snprintf(err, errlen,
+		         "not a hookrelay database (it holds %d schema object%s, and %s); nothing"
+		         " in it was changed",
+		         tables, tables == 1 ? "" : "s",
+		         version == 0 ? "no hookrelay schema version" : "not hookrelay's tables");
+		return -1;
 	}
 	return 0;
+}
+
+/* Brings the schema to this build's version, one migration per transaction. The version
+ * is read inside each one's write lock, so two processes cannot both apply a step. */
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+	for (;;) {
+		int version = 0;
+		char bump[64];
+
+		if (exec_sql(db, "BEGIN IMMEDIATE", err, errlen) != 0)
+			return -1;
+		if (read_int(db, "PRAGMA user_version", &version, err, errlen) != 0)
+			goto fail;
+		if (version >= schema_migration_count)
+			break;
+		snprintf(bump, sizeof(bump), "PRAGMA user_version = %d", version + 1);
+		if (exec_sql(db, schema_migrations[version], err, errlen) != 0 ||
+		    exec_sql(db, bump, err, errlen) != 0 ||
+		    exec_sql(db, "COMMIT", err, errlen) != 0)
+			goto fail;
+	}
+	return exec_sql(db, "COMMIT", err, errlen);
 fail:
-	snprintf(err, errlen, "%s", sqlite3_errmsg(db));
+	exec_sql(db, "ROLLBACK", NULL, 0);
 	return -1;
 }
 
@@ -3571,8 +3618,10 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	sqlite3_busy_timeout(s->wdb, STORE_LOCK_WAIT_MS);
 	s->lock_wait_ms = STORE_LOCK_WAIT_MS;
 	sqlite3_extended_result_codes(s->wdb, 1);
-	if (exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err, errlen) != 0 ||
-	    exec_sql(s->wdb, s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+	if (check_ours(s->wdb, err, errlen) != 0 ||
+	    exec_sql(s->wdb, "PRAGMA journal_mode=WAL", err, errlen) != 0 ||
+	    exec_sql(s->wdb,
+	             s->synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
 	             err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA cache_size=-16000", err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA temp_store=MEMORY", err, errlen) != 0 ||

@@ -555,6 +555,63 @@ test('one relay per database and per port; the database is the owner\'s alone', 
   assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'the first one is unharmed');
 }));
 
+// A typo in --db must not turn another program's SQLite file into hookrelay's: it is
+// refused before anything is written (the switch to WAL is a write). A database another
+// process has open (a hookrelay from before the flock, which takes none) is refused too:
+// starting beside it would send what it is sending again. And a database others can read
+// (made before the owner-only umask) gets a warning: it holds the signing secrets.
+test('refused at start, unchanged: another program\'s database, one open in another process', withLogs(async () => {
+  const dir = tmpDir();
+  const serve = (db) => spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db],
+    { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+  const sql = (db, text) => {
+    const r = spawnSync('sqlite3', [db, text], { encoding: 'utf8', timeout: 10_000 });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  for (const [name, setup, why] of [
+    ['theirs.db', 'CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)', /no hookrelay schema version/],
+    ['versioned.db', 'CREATE TABLE events(x); PRAGMA user_version = 3', /not hookrelay's tables/],
+  ]) {
+    const db = path.join(dir, name);
+    sql(db, setup);
+    const res = serve(db);
+    assert.ok(!res.error, `started on ${name}: ${res.stdout}`);
+    assert.equal(res.status, 1, res.stderr);
+    assert.match(res.stderr, /not a hookrelay database/);
+    assert.match(res.stderr, why);
+    assert.equal(sql(db, 'PRAGMA journal_mode'), 'delete', `${name} was switched to WAL`);
+    assert.equal(sql(db, "SELECT group_concat(name) FROM sqlite_schema WHERE type = 'table'"),
+      name === 'theirs.db' ? 'invoices' : 'events', `${name} was given hookrelay's tables`);
+  }
+
+  // A database made by a relay, then held open by another process (sqlite3 here; a
+  // hookrelay from before the flock looks the same).
+  const first = await startRelay();
+  await first.stop();
+  const holder = spawn('sqlite3', [first.dbPath], { stdio: ['pipe', 'pipe', 'pipe'] });
+  try {
+    let out = '';
+    holder.stdout.on('data', (d) => { out += d; });
+    holder.stdin.write('SELECT count(*) FROM events;\nSELECT 42;\n');
+    await waitUntil(() => out.includes('42'), 5000, 'sqlite3 has the database open');
+    const res = serve(first.dbPath);
+    assert.ok(!res.error, `started beside another process: ${res.stdout}`);
+    assert.equal(res.status, 1, res.stderr);
+    assert.match(res.stderr, new RegExp(`is open in process ${holder.pid} `));
+  } finally {
+    holder.stdin.end();
+    await new Promise((resolve) => (holder.exitCode !== null ? resolve() : holder.on('exit', resolve)));
+  }
+
+  // Readable by others: it starts, with a warning.
+  const open = path.join(dir, 'open.db');
+  writeFileSync(open, '', { mode: 0o644 });
+  const relay = await startRelay({ dbPath: open });
+  await waitUntil(() => /can be read by other users \(mode 644/.test(relay.stderr), 3000, 'the warning');
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
+}));
+
 // A delivery put back at a stop keeps its place: at max_in_flight 1 the events still
 // arrive in the order they were published (the README's promise while no attempt fails).
 test('a delivery put back at a stop keeps its place: order holds at max_in_flight 1', withLogs(async () => {
