@@ -145,7 +145,14 @@ json_t *api_parse_body(struct http_request *req)
 		return NULL;
 	}
 	v = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &error);
-	if (!v)
+	if (!v && (json_error_code(&error) == json_error_null_character ||
+	           json_error_code(&error) == json_error_null_byte_in_key))
+		/* valid JSON that no field may hold (as the events route answers a key with it) */
+		http_reply_error(
+		    req, 422, "invalid_field",
+		    "a string at line %d, column %d holds \\u0000, which no field may hold",
+		    error.line, error.column);
+	else if (!v)
 		http_reply_error(req, 400, "malformed_json", "invalid JSON at line %d, column %d: %s",
 		                 error.line, error.column, error.text);
 	return v;

@@ -149,6 +149,18 @@ test('malformed JSON is 400 malformed_json', withLogs(async () => {
   }
   const p = await api(relay, 'PATCH', `/v1/subscriptions/${subsBefore[0].id}`, '{"enabled": tru');
   assertError(p, 400, 'malformed_json', 'PATCH malformed');
+  // \u0000 is valid JSON that no field may hold: 422 as the events route answers it, with
+  // a message of ours rather than the JSON library's flag names.
+  for (const [method, route, body] of [
+    ['POST', '/v1/subscriptions', '{"url":"http://127.0.0.1:9/x","event_types":["a.\\u0000"]}'],
+    ['POST', '/v1/subscriptions', '{"url":"http://127.0.0.1:9/x","event_types":["a.*"],"headers":{"X-\\u0000":"v"}}'],
+    ['PATCH', `/v1/subscriptions/${subsBefore[0].id}`, '{"description":"a\\u0000b"}'],
+  ]) {
+    const res = await api(relay, method, route, body);
+    assertError(res, 422, 'invalid_field', `${method} ${route} ${body}`);
+    assert.match(res.json.error.message, /holds \\u0000/);
+    assert.doesNotMatch(res.json.error.message, /JSON_ALLOW_NUL/);
+  }
   await assertNothingStored();
 }));
 
