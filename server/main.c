@@ -177,13 +177,12 @@ static int parse_positive(const char *text, int max, int *out)
 }
 
 /* "0" (off) or a duration of at least 1s, in ms. */
+/* A duration of at least 1 s, or any spelling of zero (0, 0s, 0d, 00): off. */
 static int parse_duration_or_zero(const char *text, int64_t *ms)
 {
-	if (strcmp(text, "0") == 0) {
-		*ms = 0;
-		return 0;
-	}
-	return backoff_parse_duration(text, ms) != 0 || *ms < 1000 ? -1 : 0;
+	if (backoff_parse_duration(text, ms) != 0)
+		return -1;
+	return *ms == 0 || *ms >= 1000 ? 0 : -1;
 }
 
 static void add_key(const char **keys, int *n, const char *key, const char *flag)

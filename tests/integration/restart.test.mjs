@@ -313,6 +313,17 @@ test('bad flags are refused at start with a non-zero exit', withLogs(async () =>
   assert.match(last.stderr, /unknown flag --bogus/);
 }));
 
+// "0 for ever" / "0 for never": any spelling of zero the durations take means off, as
+// 0 does (0s was refused with exit 2).
+test('--retention and --disable-after take 0 in any duration spelling', withLogs(async () => {
+  const relay = await startRelay({ args: ['--retention', '0s', '--disable-after', '0d'] });
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
+  const half = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', path.join(tmpDir(), 'h.db'), '--retention', '500ms'],
+    { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
+  assert.equal(half.status, 2, 'under a second, not zero: still refused');
+  assert.match(half.stderr, /--retention wants a duration from 1s to 365d \(or 0 for ever\)/);
+}));
+
 test('HOOKRELAY_* environment variables configure the server like flags', withLogs(async () => {
   const relay = await startRelay({ env: { HOOKRELAY_MAX_BODY: '4KiB', HOOKRELAY_API_KEY: 'env-key-0123456789abcdef' } });
   const auth = { authorization: 'Bearer env-key-0123456789abcdef' };
