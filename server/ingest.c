@@ -231,8 +231,10 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 	size_t len, bad_len = 0;
 	int found;
 
-	if (*p != '{') {
-		snprintf(why, whylen, "%sthe event must be a JSON object", where);
+	if (*p != '{') { /* where is "" or "items[3]." */
+		size_t wl = strlen(where);
+		snprintf(why, whylen, "%.*s%sthe event must be a JSON object",
+		         (int)(wl ? wl - 1 : 0), where, wl ? ": " : "");
 		return INGEST_INVALID;
 	}
 	found = find_fields(p, end, f, &bad, &bad_len);
@@ -254,7 +256,11 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 		snprintf(why, whylen, "%stype must be a string", where);
 		return INGEST_INVALID;
 	}
-	if (len > MATCHER_TYPE_MAX || event_type_check(ev->type, &reason) != 0) {
+	if (len > MATCHER_TYPE_MAX) {
+		snprintf(why, whylen, "%stype is longer than %d bytes", where, MATCHER_TYPE_MAX);
+		return INGEST_INVALID;
+	}
+	if (event_type_check(ev->type, &reason) != 0) {
 		snprintf(why, whylen, "%stype: %s", where, reason ? reason : "not a valid event type");
 		return INGEST_INVALID;
 	}

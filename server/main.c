@@ -737,10 +737,10 @@ static int serve(int argc, char **argv)
 	       cfg.listen_host, strchr(cfg.listen_host, ':') ? "]" : "", port);
 	fflush(stdout);
 	fprintf(stderr,
-	        "hookrelay %s: db %s, %d HTTP threads, max %d in flight, "
-	        "retry schedule of %d steps%s%s%s%s%s%s\n",
-	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.max_in_flight,
-	        cfg.retry_count,
+	        "hookrelay %s: db %s, %d HTTP thread%s, max %d in flight, "
+	        "retry schedule of %d step%s%s%s%s%s%s%s\n",
+	        HOOKRELAY_VERSION, cfg.db_path, cfg.http_threads, cfg.http_threads == 1 ? "" : "s",
+	        cfg.max_in_flight, cfg.retry_count, cfg.retry_count == 1 ? "" : "s",
 	        cfg.nadmin ? ", API keys required" : ", no API key (loopback only)",
 	        cfg.allow_private_targets ? ", private targets ALLOWED" : "",
 	        targets.ncidrs > 0 ? ", targets allowed in " : "",

@@ -317,7 +317,12 @@ test('batch: one invalid item rejects the whole batch and stores nothing', withL
   assert.match(missing.json.error.message, /items\[1\]/);
   assertError(await api(relay, 'POST', '/v1/events/batch', []), 422, 'invalid_field', 'empty batch');
   assertError(await api(relay, 'POST', '/v1/events/batch', { type: 'not.array' }), 422, 'invalid_field', 'object instead of array');
-  assertError(await api(relay, 'POST', '/v1/events/batch', [5]), 422, 'invalid_field', 'item not an object');
+  const notObject = await api(relay, 'POST', '/v1/events/batch', [{ type: 'ok.one' }, 5]);
+  assertError(notObject, 422, 'invalid_field', 'item not an object');
+  assert.equal(notObject.json.error.message, 'items[1]: the event must be a JSON object');
+  const long = await api(relay, 'POST', '/v1/events', { type: Array(4).fill('w'.repeat(64)).join('.') });
+  assertError(long, 422, 'invalid_field', 'a type of 259 bytes');
+  assert.equal(long.json.error.message, 'type is longer than 255 bytes', 'the rule broken is named');
   const tooMany = Array.from({ length: 1001 }, (_, i) => ({ type: 'many.x', data: i }));
   assertError(await api(relay, 'POST', '/v1/events/batch', tooMany), 422, 'invalid_field', '1001 items');
 
