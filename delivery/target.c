@@ -55,6 +55,7 @@ static const struct target_rule target_rules[] = {
     /* Oracle Cloud's metadata service is 192.0.0.192 */
     RULE(AF_INET, 24, -1, "an IETF protocol assignment address (192.0.0.0/24)", 192, 0, 0),
     RULE(AF_INET, 24, -1, "a documentation address (192.0.2.0/24)", 192, 0, 2),
+    RULE(AF_INET, 24, -1, "a 6to4 relay anycast address (192.88.99.0/24)", 192, 88, 99),
     RULE(AF_INET, 16, -1, "a private address (192.168.0.0/16)", 192, 168),
     RULE(AF_INET, 15, -1, "a benchmarking address (198.18.0.0/15)", 198, 18),
     RULE(AF_INET, 24, -1, "a documentation address (198.51.100.0/24)", 198, 51, 100),
@@ -73,7 +74,10 @@ static const struct target_rule target_rules[] = {
     RULE(AF_INET6, 48, -1, "a local-use NAT64 address (64:ff9b:1::/48)", 0, 0x64, 0xff, 0x9b, 0, 1),
     RULE(AF_INET6, 16, 2, "a 6to4 address (2002::/16) of a blocked IPv4 address", 0x20, 0x02),
     RULE(AF_INET6, 32, -1, "a Teredo address (2001::/32)", 0x20, 0x01, 0, 0),
+    RULE(AF_INET6, 48, -1, "a benchmarking address (2001:2::/48)", 0x20, 0x01, 0, 0x02, 0, 0),
+    RULE(AF_INET6, 28, -1, "an ORCHID address (2001:10::/28)", 0x20, 0x01, 0, 0x10),
     RULE(AF_INET6, 32, -1, "a documentation address (2001:db8::/32)", 0x20, 0x01, 0x0d, 0xb8),
+    RULE(AF_INET6, 20, -1, "a documentation address (3fff::/20)", 0x3f, 0xff, 0),
     RULE(AF_INET6, 64, -1, "a discard-only address (100::/64)", 0x01, 0x00),
     RULE(AF_INET6, 7, -1, "a private address (fc00::/7)", 0xfc),
     RULE(AF_INET6, 10, -1, "a link-local address (fe80::/10)", 0xfe, 0x80),
@@ -418,7 +422,8 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 		*why = "url must not contain credentials; use custom headers for authentication";
 		goto out;
 	}
-	if (curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK) {
+	/* (curl 7.88 reports no fragment for a bare "#": '#' can only start one) */
+	if (curl_url_get(u, CURLUPART_FRAGMENT, &fragment, 0) == CURLUE_OK || strchr(url, '#')) {
 		*why = "url must not contain a #fragment";
 		goto out;
 	}
