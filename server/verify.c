@@ -27,7 +27,9 @@
 #include "sign.h"
 #include "util.h"
 
-#define VERIFY_FILE_MAX (64u << 20)       /* bytes read from --body / --headers */
+/* bytes read from --body / --headers: the largest envelope, --max-body's 64 MiB of data
+ * and the rest of the envelope around it */
+#define VERIFY_FILE_MAX ((64u << 20) + (64u << 10))
 #define VERIFY_SHOW_MAX 200               /* body bytes shown escaped on a mismatch */
 #define VERIFY_TOLERANCE 300              /* seconds, the Standard Webhooks default */
 #define VERIFY_KEY_MIN 24                 /* bytes in a v1 key */
@@ -81,20 +83,24 @@ static char *read_file(const char *path, size_t *len, const char *what)
 	if (!buf)
 		goto nomem;
 	for (;;) {
-		if (cap - used < 2) {
-			if (cap >= VERIFY_FILE_MAX) {
-				fprintf(stderr, "hookrelay verify: %s file %s is over 64 MiB\n",
-				        what, path);
-				goto out;
-			}
-			grown = realloc(buf, cap * 2);
+		if (cap - used < 2) { /* room for the byte past the limit, and a NUL */
+			size_t want = cap * 2 < VERIFY_FILE_MAX + 2 ? cap * 2 : VERIFY_FILE_MAX + 2;
+			grown = realloc(buf, want);
 			if (!grown)
 				goto nomem;
 			buf = grown;
-			cap *= 2;
+			cap = want;
 		}
 		n = fread(buf + used, 1, cap - used - 1, f);
 		used += n;
+		if (used > VERIFY_FILE_MAX) {
+			fprintf(
+			    stderr,
+			    "hookrelay verify: %s file %s is over 64 MiB and 64 KiB (no envelope"
+			    " is larger)\n",
+			    what, path);
+			goto out;
+		}
 		if (n == 0)
 			break;
 	}

@@ -205,3 +205,14 @@ test('the body is shown escaped and cut at 200 bytes', () => {
   const r2 = verify({ '--body': file(Buffer.from([0x7b, 0x0d, 0x0a, 0xc3, 0xa9, 0x00, 0x7d])) });
   assertInvalid(r2, /7 bytes: "\{\\r\\n\\xc3\\xa9\\x00\}"/);
 });
+
+// The relay sends envelopes of up to --max-body (64 MiB) of data plus the envelope's own
+// fields: such a delivery must be checkable (files from 64 MiB less 4 KiB up were refused
+// as "over 64 MiB").
+test('an envelope around 64 MiB of data verifies', () => {
+  const body = `{"id":"evt_big","type":"a.b","key":null,"timestamp":"2021-02-25T15:02:10.000Z","data":"${'a'.repeat(64 * 1024 * 1024 - 2)}"}`;
+  const sig = hmacWithKey(Buffer.from(SECRET.slice(6), 'base64'), body);
+  const r = verify({ '--body': file(body), '--signature': sig });
+  assert.equal(r.code, 0, r.out.slice(0, 500));
+  assert.match(r.out, /^valid/);
+});
