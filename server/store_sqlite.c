@@ -3577,6 +3577,39 @@ fail:
 	return -1;
 }
 
+/*
+ * SQLite's error log, for what no answer explains: a damaged page found by some read
+ * (the client gets a 503 and would retry for ever; the operator must hear of it). At
+ * most one line a minute, saying how many were left out. Any thread.
+ */
+static void sqlite_log(void *arg, int code, const char *msg)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static int64_t said_at = INT64_MIN / 2;
+	static long unsaid;
+	(void)arg;
+
+	if ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB)
+		return;
+	pthread_mutex_lock(&lock);
+	int64_t now = clock_mono_ms();
+	if (now - said_at >= 60000) {
+		char more[64] = "";
+		if (unsaid)
+			snprintf(more, sizeof more, " [%ld more since the last such line]", unsaid);
+		fprintf(stderr,
+		        "hookrelay: the database file is damaged: %s (SQLite: %s); reads or writes"
+		        " that touch the damage fail with 503. Stop the relay, keep a copy, and see"
+		        " sqlite3's .recover%s\n",
+		        sqlite3_errstr(code), msg, more);
+		said_at = now;
+		unsaid = 0;
+	} else {
+		unsaid++;
+	}
+	pthread_mutex_unlock(&lock);
+}
+
 struct store *store_open(const struct store_options *opts, char *err, size_t errlen)
 {
 	struct store *s = calloc(1, sizeof(*s));
@@ -3587,6 +3620,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	/* No allocation statistics: they take a global mutex on every malloc of every
 	 * connection. Only possible before SQLite initializes; later calls change nothing. */
 	sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+	sqlite3_config(SQLITE_CONFIG_LOG, sqlite_log, NULL);
 	pthread_mutex_init(&s->readers_lock, NULL);
 	pthread_mutex_init(&s->hook_lock, NULL);
 	pthread_mutex_init(&s->subs_lock, NULL);

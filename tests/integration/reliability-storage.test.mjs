@@ -22,10 +22,10 @@ import { mkdtempSync, rmdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { existsSync, writeFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, writeFileSync, rmSync, statSync, openSync, writeSync, closeSync } from 'node:fs';
 import {
   relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery, waitDelivery,
-  waitUntil, sleep, cleanup, withLogs, faultEnv, holdWriteLock,
+  waitUntil, sleep, cleanup, withLogs, faultEnv, holdWriteLock, assertError,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -480,4 +480,38 @@ test('publishes failed with their batch say why, never "not an error"', withLogs
     assert.ok(!/not an error/.test(m), `a 503 said: ${m}`);
     assert.match(m, /^storage (unavailable|error): /, m);
   }
+}));
+
+// A damaged page that start-up does not read: a read through it gets a 503 whose "try
+// again" can never succeed, so the operator must hear of it. SQLite reports the damage
+// to its error log; the relay writes that to stderr (once a minute at most).
+test('a damaged page found by a read is logged, once a minute at most', withLogs(async () => {
+  const first = await startRelay();
+  const batch = Array.from({ length: 1000 }, (_, i) => ({ type: 'dmg.x', data: { i, pad: 'p'.repeat(200) } }));
+  for (let k = 0; k < 3; k++) assert.equal((await api(first, 'POST', '/v1/events/batch', batch)).status, 202);
+  await first.stop();
+  const q = spawnSync('sqlite3', [first.dbPath,
+    "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY pageno LIMIT 1 OFFSET 10; PRAGMA page_size;"],
+    { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(q.status, 0, q.stderr);
+  const [pgno, pageSize] = q.stdout.trim().split('\n').map(Number);
+  assert.ok(pgno > 1 && pageSize > 0, q.stdout);
+  const fd = openSync(first.dbPath, 'r+');
+  writeSync(fd, Buffer.alloc(pageSize, 0xa5), 0, pageSize, (pgno - 1) * pageSize);
+  closeSync(fd);
+
+  const relay = await startRelay({ dbPath: first.dbPath });
+  let status = 200;
+  for (let after = '', pages = 0; status === 200 && pages < 100; pages++) {
+    const res = await api(relay, 'GET', `/v1/events?limit=200${after}`);
+    status = res.status;
+    if (status === 200 && !res.json.next) break;
+    if (status === 200) after = `&after=${encodeURIComponent(res.json.next)}`;
+    else assertError(res, 503, 'storage_unavailable', 'a read through the damaged page');
+  }
+  assert.equal(status, 503, 'the damaged page was read');
+  await waitUntil(() => /the database file is damaged: database disk image is malformed/.test(relay.stderr), 3000, 'the damage logged');
+  for (let i = 0; i < 5; i++) await api(relay, 'GET', '/v1/events?limit=1000');
+  await sleep(200);
+  assert.equal(relay.stderr.match(/the database file is damaged/g).length, 1, 'once a minute at most');
 }));
