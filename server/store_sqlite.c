@@ -3725,6 +3725,23 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	prune_schedule(s);
 	return s;
 fail:
+	if (s->wdb && ((sqlite3_errcode(s->wdb) & 0xff) == SQLITE_READONLY ||
+	               (sqlite3_errcode(s->wdb) & 0xff) == SQLITE_CANTOPEN)) {
+		/* SQLite says "readonly database" when it is the directory that is read-only */
+		char dir[PATH_MAX];
+		snprintf(dir, sizeof dir, "%s", opts->path);
+		char *slash = strrchr(dir, '/');
+		if (!slash)
+			snprintf(dir, sizeof dir, ".");
+		else
+			slash[slash == dir ? 1 : 0] = '\0';
+		size_t used = strlen(err);
+		if (access(dir, W_OK) != 0 && used < errlen)
+			snprintf(err + used, errlen - used,
+			         " (the directory %s is not writable: SQLite creates the database's"
+			         " -wal and -shm files there)",
+			         dir);
+	}
 	store_close(s);
 	return NULL;
 }
