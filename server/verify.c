@@ -45,13 +45,14 @@ struct verify_args {
 	const char *signature; /* the whole webhook-signature value */
 	const char *body_path;
 	const char *headers_path;
+	const char *secret_path; /* --secret-file: the secret kept off the command line */
 	int64_t tolerance; /* seconds */
 	int64_t now;       /* unix seconds: --now, else the clock */
 	int have_now;
 };
 
 static const char verify_usage[] =
-    "usage: hookrelay verify --secret whsec_...|whpk_... --body FILE\n"
+    "usage: hookrelay verify (--secret whsec_...|whpk_... | --secret-file FILE) --body FILE\n"
     "                        (--id ID --timestamp TS --signature 'v1,...' | --headers FILE)\n"
     "                        [--tolerance SECONDS] [--now UNIX_SECONDS]\n"
     "\n"
@@ -61,6 +62,8 @@ static const char verify_usage[] =
     "'name: value' lines holding webhook-id, webhook-timestamp and webhook-signature (flags\n"
     "given as well win). --tolerance is how far the timestamp may be from now (default\n"
     "300 s); --now replaces the clock, e.g. to check a captured request later.\n"
+    "--secret-file reads the secret from the first line of FILE, keeping it out of ps and\n"
+    "the shell's history.\n"
     "Exit status: 0 valid, 1 not valid, 2 usage error.\n";
 
 /* Reads a whole file into a malloc'd buffer with a NUL after its len bytes. */
@@ -194,6 +197,8 @@ static int parse_args(int argc, char **argv, struct verify_args *args)
 			slot = &args->timestamp;
 		else if (FLAG_IS("--signature"))
 			slot = &args->signature;
+		else if (FLAG_IS("--secret-file"))
+			slot = &args->secret_path;
 		else if (FLAG_IS("--body"))
 			slot = &args->body_path;
 		else if (FLAG_IS("--headers"))
@@ -230,9 +235,15 @@ static int parse_args(int argc, char **argv, struct verify_args *args)
 		if (!eq)
 			i++;
 	}
-	if (!args->secret || !args->body_path) {
-		fprintf(stderr, "hookrelay verify: --secret and --body are required\n\n%s",
-		        verify_usage);
+	if (args->secret && args->secret_path) {
+		fprintf(stderr, "hookrelay verify: --secret and --secret-file: give one\n");
+		goto out;
+	}
+	if ((!args->secret && !args->secret_path) || !args->body_path) {
+		fprintf(
+		    stderr,
+		    "hookrelay verify: --secret (or --secret-file) and --body are required\n\n%s",
+		    verify_usage);
 		goto out;
 	}
 	rc = 0;
@@ -679,6 +690,8 @@ int verify_main(int argc, char **argv)
 	char *headers = NULL;
 	size_t body_len = 0;
 	size_t headers_len = 0;
+	char *secret = NULL; /* --secret-file's text */
+	size_t secret_len = 0;
 	const char *why = NULL;
 	int64_t ts = 0;
 	int nv1, others, match;
@@ -692,6 +705,16 @@ int verify_main(int argc, char **argv)
 		goto out;
 	default:
 		goto out;
+	}
+	if (args.secret_path) {
+		secret = read_file(args.secret_path, &secret_len, "secret");
+		if (!secret)
+			goto out;
+		size_t len = strcspn(secret, "\r\n"); /* its first line, white space dropped */
+		while (len > 0 && (secret[len - 1] == ' ' || secret[len - 1] == '\t'))
+			len--;
+		secret[len] = '\0';
+		args.secret = secret + strspn(secret, " \t");
 	}
 	if (args.headers_path) {
 		headers = read_file(args.headers_path, &headers_len, "headers");
@@ -742,5 +765,8 @@ out:
 	fflush(stdout);
 	free(body);
 	free(headers);
+	if (secret)
+		OPENSSL_cleanse(secret, secret_len);
+	free(secret);
 	return rc;
 }

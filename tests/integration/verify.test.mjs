@@ -216,3 +216,19 @@ test('an envelope around 64 MiB of data verifies', () => {
   assert.equal(r.code, 0, r.out.slice(0, 500));
   assert.match(r.out, /^valid/);
 });
+
+// A secret given on the command line shows in ps and the shell's history: --secret-file
+// reads it from the first line of a file (white space around it dropped).
+test('--secret-file reads the secret from a file; with --secret too it is a usage error', () => {
+  const ok = verify({ '--secret': null, '--secret-file': file(`  ${SECRET} \r\nsecond line\n`) });
+  assert.equal(ok.code, 0, ok.out);
+  assert.match(ok.out, /^valid/);
+  const wrong = verify({ '--secret': null, '--secret-file': file('whsec_' + Buffer.alloc(32, 1).toString('base64')) });
+  assertInvalid(wrong, /signature mismatch/);
+  const both = verify({ '--secret-file': file(SECRET) });
+  assert.equal(both.code, 2, both.out);
+  assert.match(both.out, /--secret and --secret-file: give one/);
+  const missing = verify({ '--secret': null, '--secret-file': path.join(dir, 'no-such-file') });
+  assert.equal(missing.code, 2, missing.out);
+  assert.match(missing.out, /cannot read secret file/);
+});
