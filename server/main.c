@@ -527,28 +527,33 @@ static void ensure_db_dir(const char *path)
  * and so locked, until the process exits, and is never closed while SQLite has the
  * file open (closing another descriptor of the file would drop SQLite's locks). */
 /*
- * The process, other than this one, that has db_path open through SQLite in WAL mode, or
- * 0. Every such connection holds a read lock on one byte of the -shm file while it is
- * open (SQLite's unix VFS: byte 128, its "DMS" lock). A hookrelay from before the flock
- * below took none (nor does another program), and starting beside it would clear the
- * leases of what it is sending and send that again, or migrate the schema under it.
+ * Whether another process has db_path open through SQLite in WAL mode: 1 (its pid in
+ * *pid, or 0 when it is not visible from here, e.g. in another PID namespace), or 0.
+ * Every such connection holds a read lock on one byte of the -shm file while it is open
+ * (SQLite's unix VFS: byte 128, its "DMS" lock); the -shm file is beside the database's
+ * real path, symlinks resolved. A hookrelay from before the flock below took none (nor
+ * does another program), and starting beside it would clear the leases of what it is
+ * sending and send that again, or migrate the schema under it.
  */
-static long shm_holder(const char *db_path)
+static int shm_held(const char *db_path, long *pid)
 {
-	char shm[PATH_MAX];
+	char real[PATH_MAX], shm[PATH_MAX + 8];
 	struct flock probe = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 128, .l_len = 1};
-	long pid = 0;
+	int held = 0;
 
-	if ((size_t)snprintf(shm, sizeof shm, "%s-shm", db_path) >= sizeof shm)
-		return 0;
-	int fd = open(shm, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (!realpath(db_path, real))
+		return 0; /* SQLite will not open it either, and says why */
+	snprintf(shm, sizeof shm, "%s-shm", real);
+	int fd = open(shm, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) /* none: no one has it open in WAL mode (or it cannot be read: SQLite
 	               will say so) */
 		return 0;
-	if (fcntl(fd, F_GETLK, &probe) == 0 && probe.l_type != F_UNLCK)
-		pid = (long)probe.l_pid;
+	if (fcntl(fd, F_GETLK, &probe) == 0 && probe.l_type != F_UNLCK) {
+		held = 1;
+		*pid = (long)probe.l_pid;
+	}
 	close(fd); /* this process holds no lock on it yet: closing drops none */
-	return pid;
+	return held;
 }
 
 static int lock_database(const char *db_path)
@@ -571,25 +576,33 @@ static int lock_database(const char *db_path)
 		close(fd);
 		return -1;
 	}
-	long holder = shm_holder(db_path);
-	if (holder != 0) {
-		fprintf(
-		    stderr,
-		    "hookrelay: %s is open in process %ld (an older hookrelay, or another program"
-		    " using it); stop that first: one relay per database\n",
-		    db_path, holder);
+	long holder = 0;
+	if (shm_held(db_path, &holder)) {
+		char who[64] = "another process";
+		if (holder > 0)
+			snprintf(who, sizeof who, "process %ld", holder);
+		fprintf(stderr,
+		        "hookrelay: %s is open in %s (an older hookrelay, or another program using"
+		        " it); stop that first: one relay per database\n",
+		        db_path, who);
 		close(fd);
 		return -1;
 	}
-	struct stat st;
-	if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
-		fprintf(
-		    stderr,
-		    "hookrelay: warning: %s can be read by other users (mode %03o: made by an older"
-		    " hookrelay, say); it holds the signing secrets:"
-		    " chmod 600 it and its -wal and -shm files\n",
-		    db_path, (unsigned)(st.st_mode & 0777));
 	return fd;
+}
+
+/* Once the database is known to be hookrelay's: one others can read (made before the
+ * owner-only umask, say) holds the signing secrets. */
+static void warn_if_readable(const char *db_path, int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) == 0 && (st.st_mode & 077) != 0)
+		fprintf(stderr,
+		        "hookrelay: warning: %s can be read by other users (mode %03o: made by an"
+		        " older hookrelay, say); it holds the signing secrets: chmod 600 it and its"
+		        " -wal and -shm files\n",
+		        db_path, (unsigned)(st.st_mode & 0777));
 }
 
 /* Gives deliveries in flight STOP_DEADLINE_MS to finish; says so if they take a while, and
@@ -679,7 +692,8 @@ static int serve(int argc, char **argv)
 	raise_open_file_limit(&cfg);
 	umask(077); /* the database holds the subscriptions' secrets: owner only */
 	ensure_db_dir(cfg.db_path);
-	if (lock_database(cfg.db_path) < 0)
+	int db_fd = lock_database(cfg.db_path);
+	if (db_fd < 0)
 		goto out;
 	struct store_options sopts = {
 	    .path = cfg.db_path,
@@ -693,6 +707,7 @@ static int serve(int argc, char **argv)
 		fprintf(stderr, "hookrelay: %s: %s\n", cfg.db_path, err);
 		goto out;
 	}
+	warn_if_readable(cfg.db_path, db_fd);
 	struct api_options aopts = {
 	    .admin_keys = cfg.admin_keys,
 	    .publish_keys = cfg.publish_keys,

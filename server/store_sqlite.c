@@ -3528,9 +3528,9 @@ static int check_ours(sqlite3 *db, char *err, size_t errlen)
 	int version = 0, tables = 0, ours = 0;
 
 	if (read_int(db, "PRAGMA user_version", &version, err, errlen) != 0 ||
-	    read_int(db, "SELECT count(*) FROM sqlite_schema", &tables, err, errlen) != 0 ||
+	    read_int(db, "SELECT count(*) FROM sqlite_master", &tables, err, errlen) != 0 ||
 	    read_int(db,
-	             "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name IN"
+	             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN"
 	             " ('subscriptions', 'events', 'deliveries', 'attempts')",
 	             &ours, err, errlen) != 0)
 		return -1;
@@ -3538,6 +3538,14 @@ static int check_ours(sqlite3 *db, char *err, size_t errlen)
 		snprintf(err, errlen,
 		         "database schema version %d is newer than this hookrelay knows (%d)", version,
 		         schema_migration_count);
+		return -1;
+	}
+	if (version == 0 && ours == 4) { /* sqlite3's .dump keeps no user_version */
+		snprintf(err, errlen,
+		         "has hookrelay's tables but no schema version (restored from sqlite3's"
+		         " .dump, which drops it?); restore with .backup or VACUUM INTO, or set"
+		         " PRAGMA user_version to the version it was made with; nothing in it was"
+		         " changed");
 		return -1;
 	}
 	if ((version == 0 && tables > 0) || (version > 0 && ours < 4)) {
@@ -3582,6 +3590,8 @@ fail:
  * (the client gets a 503 and would retry for ever; the operator must hear of it). At
  * most one line a minute, saying how many were left out. Any thread.
  */
+static atomic_int sqlite_log_on; /* from the end of store_open: before, its error says it */
+
 static void sqlite_log(void *arg, int code, const char *msg)
 {
 	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -3589,7 +3599,8 @@ static void sqlite_log(void *arg, int code, const char *msg)
 	static long unsaid;
 	(void)arg;
 
-	if ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB)
+	if (!atomic_load(&sqlite_log_on) ||
+	    ((code & 0xff) != SQLITE_CORRUPT && (code & 0xff) != SQLITE_NOTADB))
 		return;
 	pthread_mutex_lock(&lock);
 	int64_t now = clock_mono_ms();
@@ -3665,10 +3676,21 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	    migrate(s->wdb, err, errlen) != 0)
 		goto fail;
 	/* Older versions kept leases in the rows: what was in flight when one stopped is due
-	 * again now. */
+	 * again now. And secrets that sign nothing any more leave the file: those of
+	 * subscriptions deleted before a delete took them along, and those past their
+	 * grace (a rotation deletes them too, but there may be none for a long time). */
 	if (exec_sql(s->wdb, "UPDATE deliveries SET leased = 0 WHERE state = 0 AND leased = 1", err,
 	             errlen) != 0)
 		goto fail;
+	if (exec_with_id_time(s,
+	                      "DELETE FROM subscription_secrets WHERE (expires_at IS NOT"
+	                      " NULL AND expires_at <= ?2) OR subscription_id IN (SELECT id FROM"
+	                      " subscriptions WHERE deleted_at IS NOT NULL)",
+	                      0, clock_now_ms()) != 0) {
+		snprintf(err, errlen, "deleting secrets that sign nothing: %s",
+		         sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
 	if (sqlite3_create_function_v2(s->wdb, "in_flight", 1, SQLITE_UTF8 | SQLITE_DIRECTONLY, s,
 	                               sql_in_flight, NULL, NULL, NULL) != SQLITE_OK) {
 		snprintf(err, errlen, "registering in_flight(): %s", sqlite3_errmsg(s->wdb));
@@ -3723,6 +3745,7 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	}
 	sweep_schedule(s);
 	prune_schedule(s);
+	atomic_store(&sqlite_log_on, 1);
 	return s;
 fail:
 	if (s->wdb && ((sqlite3_errcode(s->wdb) & 0xff) == SQLITE_READONLY ||

@@ -30,6 +30,7 @@
 /* bytes read from --body / --headers: the largest envelope, --max-body's 64 MiB of data
  * and the rest of the envelope around it */
 #define VERIFY_FILE_MAX ((64u << 20) + (64u << 10))
+#define VERIFY_SECRET_FILE_MAX 4096       /* bytes of a --secret-file */
 #define VERIFY_SHOW_MAX 200               /* body bytes shown escaped on a mismatch */
 #define VERIFY_TOLERANCE 300              /* seconds, the Standard Webhooks default */
 #define VERIFY_KEY_MIN 24                 /* bytes in a v1 key */
@@ -66,8 +67,9 @@ static const char verify_usage[] =
     "the shell's history.\n"
     "Exit status: 0 valid, 1 not valid, 2 usage error.\n";
 
-/* Reads a whole file into a malloc'd buffer with a NUL after its len bytes. */
-static char *read_file(const char *path, size_t *len, const char *what)
+/* Reads a whole file of at most max bytes into a malloc'd buffer with a NUL after its
+ * len bytes. A secret's file is read unbuffered, so that no copy stays in stdio's. */
+static char *read_file(const char *path, size_t *len, const char *what, size_t max)
 {
 	FILE *f = NULL;
 	char *buf = NULL;
@@ -82,12 +84,14 @@ static char *read_file(const char *path, size_t *len, const char *what)
 		fprintf(stderr, "hookrelay verify: cannot read %s file %s\n", what, path);
 		goto out;
 	}
+	if (max < VERIFY_FILE_MAX)
+		setvbuf(f, NULL, _IONBF, 0);
 	buf = malloc(cap);
 	if (!buf)
 		goto nomem;
 	for (;;) {
 		if (cap - used < 2) { /* room for the byte past the limit, and a NUL */
-			size_t want = cap * 2 < VERIFY_FILE_MAX + 2 ? cap * 2 : VERIFY_FILE_MAX + 2;
+			size_t want = cap * 2 < max + 2 ? cap * 2 : max + 2;
 			grown = realloc(buf, want);
 			if (!grown)
 				goto nomem;
@@ -96,12 +100,12 @@ static char *read_file(const char *path, size_t *len, const char *what)
 		}
 		n = fread(buf + used, 1, cap - used - 1, f);
 		used += n;
-		if (used > VERIFY_FILE_MAX) {
-			fprintf(
-			    stderr,
-			    "hookrelay verify: %s file %s is over 64 MiB and 64 KiB (no envelope"
-			    " is larger)\n",
-			    what, path);
+		if (used > max) {
+			fprintf(stderr, "hookrelay verify: %s file %s is over %zu bytes%s\n", what,
+			        path, max,
+			        max == VERIFY_FILE_MAX
+			            ? " (64 MiB and 64 KiB: no envelope is larger)"
+			            : "");
 			goto out;
 		}
 		if (n == 0)
@@ -707,24 +711,31 @@ int verify_main(int argc, char **argv)
 		goto out;
 	}
 	if (args.secret_path) {
-		secret = read_file(args.secret_path, &secret_len, "secret");
+		secret = read_file(args.secret_path, &secret_len, "secret", VERIFY_SECRET_FILE_MAX);
 		if (!secret)
 			goto out;
-		size_t len = strcspn(secret, "\r\n"); /* its first line, white space dropped */
+		size_t len = 0; /* its first line, white space dropped */
+		while (len < secret_len && secret[len] != '\r' && secret[len] != '\n')
+			len++;
+		if (memchr(secret, '\0', len)) {
+			fprintf(stderr, "hookrelay verify: secret file %s holds a NUL byte\n",
+			        args.secret_path);
+			goto out;
+		}
 		while (len > 0 && (secret[len - 1] == ' ' || secret[len - 1] == '\t'))
 			len--;
 		secret[len] = '\0';
 		args.secret = secret + strspn(secret, " \t");
 	}
 	if (args.headers_path) {
-		headers = read_file(args.headers_path, &headers_len, "headers");
+		headers = read_file(args.headers_path, &headers_len, "headers", VERIFY_FILE_MAX);
 		if (!headers)
 			goto out;
 		apply_headers(headers, &args);
 	}
 	if (check_present(&args) != 0)
 		goto out;
-	body = read_file(args.body_path, &body_len, "body");
+	body = read_file(args.body_path, &body_len, "body", VERIFY_FILE_MAX);
 	if (!body)
 		goto out;
 

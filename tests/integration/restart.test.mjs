@@ -591,25 +591,47 @@ test('refused at start, unchanged: another program\'s database, one open in anot
     assert.equal(res.status, 1, res.stderr);
     assert.match(res.stderr, /not a hookrelay database/);
     assert.match(res.stderr, why);
+    assert.doesNotMatch(res.stderr, /damaged|can be read by other users/, 'no word of ours about a file that is not ours');
     assert.equal(sql(db, 'PRAGMA journal_mode'), 'delete', `${name} was switched to WAL`);
     assert.equal(sql(db, "SELECT group_concat(name) FROM sqlite_schema WHERE type = 'table'"),
       name === 'theirs.db' ? 'invoices' : 'events', `${name} was given hookrelay's tables`);
   }
 
+  // Not a database at all: refused, and not called damaged.
+  const text = path.join(dir, 'notes.db');
+  writeFileSync(text, 'hello\n'.repeat(100));
+  const notDb = serve(text);
+  assert.equal(notDb.status, 1, notDb.stderr);
+  assert.match(notDb.stderr, /file is not a database/);
+  assert.doesNotMatch(notDb.stderr, /damaged/);
+
   // A database made by a relay, then held open by another process (sqlite3 here; a
-  // hookrelay from before the flock looks the same).
+  // hookrelay from before the flock looks the same), whatever path names it.
   const first = await startRelay();
   await first.stop();
+  // sqlite3's .dump keeps no schema version: such a restore is named, not taken for
+  // another program's file.
+  const dump = spawnSync('sqlite3', [first.dbPath, '.dump'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(dump.status, 0, dump.stderr);
+  const restored = path.join(dir, 'restored.db');
+  assert.equal(spawnSync('sqlite3', [restored], { input: dump.stdout, encoding: 'utf8', timeout: 10_000 }).status, 0);
+  const fromDump = serve(restored);
+  assert.equal(fromDump.status, 1, fromDump.stderr);
+  assert.match(fromDump.stderr, /has hookrelay's tables but no schema version \(restored from sqlite3's \.dump/);
+  const link = path.join(dir, 'link.db');
+  symlinkSync(first.dbPath, link);
   const holder = spawn('sqlite3', [first.dbPath], { stdio: ['pipe', 'pipe', 'pipe'] });
   try {
     let out = '';
     holder.stdout.on('data', (d) => { out += d; });
     holder.stdin.write('SELECT count(*) FROM events;\nSELECT 42;\n');
     await waitUntil(() => out.includes('42'), 5000, 'sqlite3 has the database open');
-    const res = serve(first.dbPath);
-    assert.ok(!res.error, `started beside another process: ${res.stdout}`);
-    assert.equal(res.status, 1, res.stderr);
-    assert.match(res.stderr, new RegExp(`is open in process ${holder.pid} `));
+    for (const db of [first.dbPath, link]) {
+      const res = serve(db);
+      assert.ok(!res.error, `started beside another process through ${db}: ${res.stdout}`);
+      assert.equal(res.status, 1, res.stderr);
+      assert.match(res.stderr, new RegExp(`is open in process ${holder.pid} `));
+    }
   } finally {
     holder.stdin.end();
     await new Promise((resolve) => (holder.exitCode !== null ? resolve() : holder.on('exit', resolve)));

@@ -328,6 +328,22 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
     `SELECT count(*) FROM subscription_secrets WHERE subscription_id = ${sub.id.slice(4)}`], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(left.status, 0, left.stderr);
   assert.equal(left.stdout.trim(), '0', 'secrets of the deleted subscription left in the database');
+
+  // Secrets that sign nothing are deleted at start too: a deleted subscription's, kept by
+  // a version before the delete took them along, and ones past their grace (a rotation
+  // deletes those, but none may come for a long time).
+  const live = await createSub(relay, r, { event_types: ['rot.live'] });
+  await relay.stop();
+  const plant = spawnSync('sqlite3', [relay.dbPath,
+    `INSERT INTO subscription_secrets(subscription_id, secret, created_at, expires_at) VALUES
+     (${sub.id.slice(4)}, '${mine}', 0, NULL), (${live.id.slice(4)}, '${fresh}', 0, 1)`], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(plant.status, 0, plant.stderr);
+  const again = await startRelay({ dbPath: relay.dbPath });
+  await again.stop();
+  const kept = spawnSync('sqlite3', [relay.dbPath,
+    'SELECT subscription_id, secret FROM subscription_secrets ORDER BY id'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(kept.status, 0, kept.stderr);
+  assert.equal(kept.stdout.trim(), `${live.id.slice(4)}|${live.secret}`, 'only the live subscription\'s current secret is left');
 }));
 
 // An operator's typo must not be a silent success: {"grace": 0} used to rotate with the

@@ -231,4 +231,11 @@ test('--secret-file reads the secret from a file; with --secret too it is a usag
   const missing = verify({ '--secret': null, '--secret-file': path.join(dir, 'no-such-file') });
   assert.equal(missing.code, 2, missing.out);
   assert.match(missing.out, /cannot read secret file/);
+  // a secret is short: not 64 MiB of /dev/zero read first; and a NUL does not cut it
+  const endless = verify({ '--secret': null, '--secret-file': '/dev/zero' });
+  assert.equal(endless.code, 2, endless.out);
+  assert.match(endless.out, /secret file \/dev\/zero is over 4096 bytes/);
+  const nul = verify({ '--secret': null, '--secret-file': file(`${SECRET}\0junk\n`) });
+  assert.equal(nul.code, 2, nul.out);
+  assert.match(nul.out, /holds a NUL byte/);
 });
