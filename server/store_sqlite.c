@@ -3670,6 +3670,9 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	             err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA cache_size=-16000", err, errlen) != 0 ||
 	    exec_sql(s->wdb, "PRAGMA temp_store=MEMORY", err, errlen) != 0 ||
+	    /* a deleted secret is overwritten, not left in a free page (Debian's SQLite does
+	     * this by default; others do not) */
+	    exec_sql(s->wdb, "PRAGMA secure_delete=ON", err, errlen) != 0 ||
 	    /* A burst can outrun the checkpointer and grow the WAL far past CHECKPOINT_PAGES;
 	     * without a limit the file keeps that size on disk after it is reset. */
 	    set_journal_limit(s, WAL_SIZE_LIMIT, err, errlen) != 0 ||
