@@ -636,14 +636,18 @@ static char encoded_separator_mark;
 /* 1 if the path of a raw request target (before its query) holds %00 or %2F. */
 static int path_has_encoded_separator(const char *uri)
 {
-	for (const char *p = target_path(uri); *p && *p != '?' && *p != '#'; p++)
+	/* From the start, not from target_path(): in the absolute form an authority like
+	 * "h%2Fv1%2Fsubscriptions%2Fsub_4%00x" decodes into a path of its own, and no real
+	 * authority holds either escape. */
+	for (const char *p = uri; *p && *p != '?' && *p != '#'; p++)
 		if (p[0] == '%' &&
 		    ((p[1] == '0' && p[2] == '0') || (p[1] == '2' && (p[2] == 'F' || p[2] == 'f'))))
 			return 1;
 	return 0;
 }
 
-/* MHD's URI callback: sees the request target before MHD decodes it. Decoded, a %00
+/* MHD's URI callback: sees the request target before MHD decodes it (all of it: the
+ * absolute form's authority too). Decoded, a %00
  * ended the path where it stood (DELETE /v1/subscriptions/sub_4%00x deleted sub_4, and
  * /v1/subscriptions/sub_1%00/stats answered as /v1/subscriptions/sub_1), and a %2F split
  * a segment (/v1/deliveries/dlv_1%2Fretry routed as .../retry): a proxy allowing or
