@@ -86,7 +86,9 @@ enum store_call_kind {
 	STORE_COMPLETE,       /* internal: the dispatcher's results */
 	STORE_SWEEP,          /* internal: fails a chunk of a deleted subscription's pending
 	                         deliveries */
-	STORE_PRUNE           /* internal: deletes a chunk of events past the retention */
+	STORE_PRUNE,          /* internal: deletes a chunk of events past the retention */
+	STORE_WAKE            /* internal: writes nothing; its done() runs on the writer
+	                         thread (a checkpoint has caught up: see prune_schedule) */
 };
 
 /* Whether a call's answer promises its writes are on disk. Claims (which write nothing)
@@ -96,7 +98,7 @@ enum store_call_kind {
 static inline int store_call_durable(enum store_call_kind kind)
 {
 	return kind != STORE_CLAIM && kind != STORE_COMPLETE && kind != STORE_SWEEP &&
-	       kind != STORE_PRUNE;
+	       kind != STORE_PRUNE && kind != STORE_WAKE;
 }
 
 /* Whether a call changes a subscription, so that the writer ends its batch after it:

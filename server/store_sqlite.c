@@ -302,6 +302,11 @@ struct store {
 	pthread_mutex_t ckpt_lock;
 	pthread_cond_t ckpt_wake;
 	int ckpt_wanted;                /* the WAL passed CHECKPOINT_PAGES */
+	atomic_uint ckpt_caught_up;     /* checkpoints that copied every frame of the WAL */
+	atomic_int wake_wanted;         /* the writer waits for the next such checkpoint */
+	atomic_int wake_queued;         /* wake_call is in the writer's queue */
+	struct store_call wake_call;    /* STORE_WAKE, queued by the checkpointer */
+	int wake_off;                   /* under ckpt_lock: the writer is stopping */
 	int ckpt_stop;
 	pthread_mutex_t readers_lock;
 	sqlite3 *readers[READERS_MAX];  /* idle read-only connections */
@@ -342,6 +347,8 @@ struct store {
 		int queued;             /* call is in the writer's queue */
 		int failing;            /* the last prune's batch failed (said once a streak) */
 		int64_t next_at;        /* unix ms: the next prune is queued after this */
+		int wal_wait;           /* a catch-up waits for a checkpoint to catch up */
+		unsigned wal_gen;       /* ckpt_caught_up when it began to wait */
 		struct prune_pass {
 			int64_t start;      /* events.seq: every event up to it is gone */
 			int64_t pos;        /* the events up to here are gone or kept */
@@ -1925,6 +1932,14 @@ static void prune_done(struct store_call *call);
 /* After a COMMIT (and at open): queues a prune once it is time. */
 static void prune_schedule(struct store *s)
 {
+	/* A catch-up (prunes back to back, retention first turned on over a long history)
+	 * gave the checkpointer no gap in which to catch up, so the WAL never restarted and
+	 * grew to several times the database (409 MB beside 64). Past CHECKPOINT_PAGES the
+	 * next chunk waits for a checkpoint that copies every frame (the checkpointer then
+	 * wakes us with a STORE_WAKE); its own transaction then restarts the WAL. */
+	if (s->prune.wal_wait && atomic_load(&s->ckpt_caught_up) == s->prune.wal_gen)
+		return;
+	s->prune.wal_wait = 0;
 	if (s->retention_ms > 0 && clock_now_ms() >= s->prune.next_at)
 		queue_own_call(s, &s->prune.call, STORE_PRUNE, prune_done, &s->prune.queued);
 }
@@ -1943,9 +1958,14 @@ static void prune_done(struct store_call *call)
 		        "once until it succeeds)\n",
 		        call->why[0] ? call->why : "storage error");
 	s->prune.failing = call->rc != STORE_OK;
-	if (call->rc == STORE_OK && s->prune.pass.more)
+	if (call->rc == STORE_OK && s->prune.pass.more) {
 		s->prune.next_at = 0;
-	else
+		if (s->wal_last_frames >= CHECKPOINT_PAGES) {
+			atomic_store(&s->wake_wanted, 1); /* before the count is read */
+			s->prune.wal_gen = atomic_load(&s->ckpt_caught_up);
+			s->prune.wal_wait = 1;
+		}
+	} else
 		s->prune.next_at = clock_now_ms() + PRUNE_EVERY_MS;
 	prune_schedule(s);
 }
@@ -3071,6 +3091,9 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		case STORE_PRUNE:
 			c->rc = apply_prune(s, c);
 			break;
+		case STORE_WAKE:
+			c->rc = STORE_OK;
+			break;
 		}
 		if (c->rc == STORE_OK) {
 			nchanged += span;
@@ -3465,6 +3488,30 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 	return SQLITE_OK;
 }
 
+static void wake_done(struct store_call *call)
+{
+	struct store *s = call->arg;
+
+	atomic_store(&s->wake_queued, 0);
+	prune_schedule(s);
+}
+
+/* The checkpointer thread: makes the writer run prune_schedule soon (one STORE_WAKE at a
+ * time; none once store_close has begun to stop the writer). */
+static void wake_writer(struct store *s)
+{
+	pthread_mutex_lock(&s->ckpt_lock);
+	if (!s->wake_off && !atomic_exchange(&s->wake_queued, 1)) {
+		memset(&s->wake_call, 0, sizeof(s->wake_call));
+		s->wake_call.kind = STORE_WAKE;
+		s->wake_call.done = wake_done;
+		s->wake_call.arg = s;
+		if (writer_submit(s->writer, &s->wake_call, 1) != 0)
+			atomic_store(&s->wake_queued, 0); /* stopping */
+	}
+	pthread_mutex_unlock(&s->ckpt_lock);
+}
+
 static void *checkpointer_main(void *arg)
 {
 	struct store *s = arg;
@@ -3489,7 +3536,14 @@ static void *checkpointer_main(void *arg)
 		pthread_mutex_unlock(&s->ckpt_lock);
 		if (stop)
 			break;
-		sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		int frames = -1, copied = -2;
+		if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames,
+		                              &copied) == SQLITE_OK &&
+		    frames == copied) {
+			atomic_fetch_add(&s->ckpt_caught_up, 1);
+			if (atomic_exchange(&s->wake_wanted, 0))
+				wake_writer(s);
+		}
 	}
 	sqlite3_close(db);
 	return NULL;
@@ -3776,6 +3830,11 @@ void store_close(struct store *s)
 {
 	if (!s)
 		return;
+	if (s->checkpointer_running) { /* no STORE_WAKE from here on */
+		pthread_mutex_lock(&s->ckpt_lock);
+		s->wake_off = 1;
+		pthread_mutex_unlock(&s->ckpt_lock);
+	}
 	writer_stop(s->writer);
 	if (s->checkpointer_running) {
 		pthread_mutex_lock(&s->ckpt_lock);

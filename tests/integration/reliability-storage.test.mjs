@@ -227,6 +227,37 @@ test('a long WAL comes back down in steps while publishing goes on, not in one c
   }
 }));
 
+// Retention turned on over a long history deletes chunk after chunk with no pause: the
+// checkpointer never caught up, the WAL never restarted, and it grew to several times
+// the database (409 MB beside a 64 MB database in an operator's run; 91 MB beside 83
+// here). Past the checkpoint threshold (32 MiB of WAL) each chunk now waits for a
+// checkpoint that copies every frame.
+test('a retention catch-up does not grow the WAL past its checkpoint threshold', withLogs(async () => {
+  const first = await startRelay();
+  const batch = Array.from({ length: 250 }, (_, i) => ({ type: 'old.x', data: { i, pad: 'x'.repeat(2000) } }));
+  for (let k = 0; k < 80; k++) {
+    const res = await api(first, 'POST', '/v1/events/batch', batch);
+    assert.equal(res.status, 202, res.text);
+  }
+  await first.stop();
+  const MiB = 1048576;
+  const dbBytes = statSync(first.dbPath).size;
+  assert.ok(dbBytes > 60 * MiB, `the history is ${dbBytes} bytes`);
+  const walBytes = () => { try { return statSync(first.dbPath + '-wal').size; } catch { return 0; } };
+  const sizes = [];
+  const sampler = setInterval(() => sizes.push(walBytes()), 10);
+  try {
+    const relay = await startRelay({ dbPath: first.dbPath, args: ['--retention', '1s'] });
+    await waitUntil(async () => (await api(relay, 'GET', '/v1/events?limit=2')).json.data.length <= 1,
+      120_000, 'the history deleted', 200);
+    clearInterval(sampler);
+    const peak = Math.max(0, ...sizes);
+    assert.ok(peak <= 48 * MiB, `the WAL reached ${(peak / MiB).toFixed(1)} MiB beside a ${(dbBytes / MiB).toFixed(0)} MiB database`);
+  } finally {
+    clearInterval(sampler);
+  }
+}));
+
 // After a write that changes a subscription (here its health: the first failed attempt
 // sets failing_since) the writer reads the row back into its cache. When that read
 // fails, the subscription must keep delivering on the settings it had, and the read is
