@@ -47,6 +47,12 @@
  * libmicrohttpd keeps for it (7 words) */
 #define HTTP_RECORD_BYTES 60
 #define DISCARD_MIN (8u * 1024 * 1024) /* max(DISCARD_FACTOR * max_body, DISCARD_MIN) bytes */
+/* A reply is held in memory until its client has read it all. Replies of LARGE_REPLY
+ * bytes and up (list pages reach 4 MiB) count against HELD_REPLIES_MAX in all: past it a
+ * large reply is a 503 instead, so that clients that stop reading cannot pin pages until
+ * the memory runs out (1,024 connections of 4 MiB). */
+#define LARGE_REPLY (64u * 1024)
+#define HELD_REPLIES_MAX (64u * 1024 * 1024)
 
 struct http_server {
 	struct MHD_Daemon *daemon;
@@ -65,7 +71,59 @@ struct http_server {
 	unsigned int log_shown;   /* messages written in it */
 	unsigned long log_dropped; /* messages not written in it */
 	atomic_ulong refused[HTTP_REFUSED_KINDS]; /* 503s answered, by code (http_refused) */
+	atomic_size_t large_held;                 /* bytes of large replies libmicrohttpd holds */
 };
+
+/* A large reply's body and what it counts for, freed by libmicrohttpd. */
+struct large_reply {
+	struct http_server *srv;
+	size_t len;
+	char *body;
+};
+
+static void large_reply_free(void *cls)
+{
+	struct large_reply *r = cls;
+
+	atomic_fetch_sub(&r->srv->large_held, r->len);
+	free(r->body);
+	free(r);
+}
+
+/* A response for body (malloc'd, or NULL for none; freed in any case), counted against
+ * HELD_REPLIES_MAX when large. NULL: out of memory, or no room (*full set). */
+static struct MHD_Response *response_for(struct http_server *srv, char *body, size_t len, int *full)
+{
+	struct MHD_Response *resp;
+	struct large_reply *r;
+
+	*full = 0;
+	if (!body || len < LARGE_REPLY) {
+		resp = MHD_create_response_from_buffer(
+		    len, body, body ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+		if (!resp)
+			free(body);
+		return resp;
+	}
+	if (atomic_fetch_add(&srv->large_held, len) + len > HELD_REPLIES_MAX) {
+		atomic_fetch_sub(&srv->large_held, len);
+		*full = 1;
+		free(body);
+		return NULL;
+	}
+	r = malloc(sizeof *r);
+	resp = r ? MHD_create_response_from_buffer_with_free_callback_cls(len, body,
+	                                                                  large_reply_free, r)
+	         : NULL;
+	if (!resp) {
+		atomic_fetch_sub(&srv->large_held, len);
+		free(r);
+		free(body);
+		return NULL;
+	}
+	*r = (struct large_reply){srv, len, body};
+	return resp;
+}
 
 struct reply_header {
 	char *name;
@@ -109,14 +167,18 @@ static size_t discard_limit(const struct http_server *srv)
 static void queue_reply_as(struct http_request *req, int status, const char *content_type,
                            char *body, size_t len)
 {
-	struct MHD_Response *resp;
+	int full;
+	struct MHD_Response *resp = response_for(req->srv, body, len, &full);
 
-	resp = MHD_create_response_from_buffer(len, body, body ? MHD_RESPMEM_MUST_FREE
-	                                                       : MHD_RESPMEM_PERSISTENT);
-	if (!resp) {
-		free(body);
+	if (full) {
+		http_reply_error(
+		    req, 503, "overloaded",
+		    "too many large replies are waiting for their clients to read them;"
+		    " retry shortly");
 		return;
 	}
+	if (!resp)
+		return;
 	if (body)
 		MHD_add_response_header(resp, "Content-Type", content_type);
 	int retry_after = 0;

@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import {
-  startRelay, startReceiver, createSub, api, postEvent, listAll, cleanup, withLogs, sleep,
+  startRelay, startReceiver, createSub, api, postEvent, listAll, cleanup, withLogs, sleep, waitUntil,
 } from './harness.mjs';
 import { SOAK, SLOW, tryPost, rssMiB } from './reliability/lib.mjs';
 
@@ -282,4 +282,48 @@ test('a slow read does not hold up publishing, and reads past the read queue are
   assert.ok(by[200] >= 256, `the queued reads were answered: ${JSON.stringify(by)}`);
   assert.ok(healthMs < 500 * SLOW, `/healthz took ${healthMs.toFixed(0)} ms during the read storm`);
   assert.ok(publishMs < 500 * SLOW, `a publish took ${publishMs.toFixed(0)} ms during the read storm`);
+}));
+
+// A reply is held in memory until its client has read it. Clients that ask for 4 MiB
+// list pages and read nothing pinned one each, on up to 1,024 connections (an operator
+// saw 150 of them take the relay from 70 MB to 611 MB): large replies now count against
+// 64 MiB in all, and past it a large read is 503 overloaded until they are read or gone.
+test('clients that do not read their large replies cannot pin more than 64 MiB', withLogs(async () => {
+  const relay = await startRelay();
+  const event = { type: 'big.page', data: { pad: 'p'.repeat(60_000) } };
+  for (let k = 0; k < 7; k++) {
+    const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 10 }, () => event));
+    assert.equal(res.status, 202, res.text);
+  }
+  const page = '/v1/events?type=big.page&limit=1000';
+  const probe = await api(relay, 'GET', page);
+  assert.equal(probe.status, 200, probe.text);
+  assert.ok(probe.text.length > 3.5 * 1048576, `a page of ${probe.text.length} bytes`);
+
+  const stalled = [];
+  try {
+    for (let i = 0; i < 24; i++) {
+      const sock = net.connect(relay.port, '127.0.0.1');
+      sock.on('error', () => {});
+      sock.on('connect', () => {
+        sock.pause(); // reads nothing: the reply stays in the relay
+        sock.write(`GET ${page} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      });
+      stalled.push(sock);
+    }
+    let refused = null;
+    await waitUntil(async () => {
+      const res = await api(relay, 'GET', page);
+      if (res.status === 503) refused = res;
+      return res.status === 503;
+    }, 20_000 * SLOW, 'a large read refused while 24 pages wait for readers', 100);
+    assert.equal(refused.json.error.code, 'overloaded', refused.text);
+    assert.match(refused.headers.get('retry-after') ?? '', /^\d+$/);
+    const small = await api(relay, 'GET', '/v1/events?type=big.page&limit=1');
+    assert.equal(small.status, 200, 'small replies are not held to it');
+  } finally {
+    for (const sock of stalled) sock.destroy();
+  }
+  await waitUntil(async () => (await api(relay, 'GET', page)).status === 200, 10_000 * SLOW,
+    'large reads served again once the stalled clients are gone', 100);
 }));
