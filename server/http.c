@@ -479,6 +479,8 @@ struct request_shape {
 	int codings;                /* Transfer-Encoding headers */
 	int other_coding;           /* one that is not exactly "chunked" */
 	int hosts;                  /* Host headers */
+	int authorizations;         /* Authorization headers */
+	int content_types;          /* Content-Type headers */
 	int spaced_name;            /* a name with white space in it (before its colon) */
 	size_t bytes;               /* of libmicrohttpd's pool the request takes, about */
 };
@@ -515,6 +517,10 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
 			f->other_coding = 1;
 	} else if (strcasecmp(name, MHD_HTTP_HEADER_HOST) == 0) {
 		f->hosts++;
+	} else if (strcasecmp(name, MHD_HTTP_HEADER_AUTHORIZATION) == 0) {
+		f->authorizations++;
+	} else if (strcasecmp(name, MHD_HTTP_HEADER_CONTENT_TYPE) == 0) {
+		f->content_types++;
 	}
 	return MHD_YES;
 }
@@ -524,7 +530,8 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
  * of the body would then be taken for the next request (request smuggling); a header
  * name with white space before its colon, for the same reason; or an HTTP/1.1 request
  * without exactly one Host header (RFC 9112 3.2: a server must answer 400), which a
- * proxy and we could route differently. Sets *too_big for a header block over
+ * proxy and we could route differently; or two Authorization or Content-Type headers,
+ * of which a proxy and we could read different ones. Sets *too_big for a header block over
  * HTTP_HEADERS_MAX (answered 431). */
 static const char *request_conflict(const struct http_request *req, const char *url,
                                     const char *version, int *too_big)
@@ -550,6 +557,11 @@ static const char *request_conflict(const struct http_request *req, const char *
 		return "the request has more than one Host header";
 	if (f.hosts == 0 && version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0)
 		return "an HTTP/1.1 request needs a Host header";
+	/* We read the first; a proxy in front may read the last (whose key, whose type?) */
+	if (f.authorizations > 1)
+		return "the request has more than one Authorization header";
+	if (f.content_types > 1)
+		return "the request has more than one Content-Type header";
 	return NULL;
 }
 

@@ -68,6 +68,9 @@ test('an ambiguous body length or Host is 400 malformed_request and closes the c
     // header, so this one would go by its Content-Length and a proxy maybe by the other
     ['Content-Length with a space before its colon', `Content-Length : ${body.length}\r\n`],
     ['Transfer-Encoding with a space before its colon', `Content-Length: ${body.length}\r\nTransfer-Encoding : chunked\r\n`],
+    // we read the first, a proxy may read the last: two keys, or two types, are no answer
+    ['two Authorization headers', `Content-Length: ${body.length}\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n`],
+    ['two Content-Type headers', `Content-Length: ${body.length}\r\nContent-Type: text/plain\r\n`],
   ]) {
     const t0 = performance.now();
     const got = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
