@@ -105,7 +105,10 @@ static struct MHD_Response *response_for(struct http_server *srv, char *body, si
 			free(body);
 		return resp;
 	}
-	if (atomic_fetch_add(&srv->large_held, len) + len > HELD_REPLIES_MAX) {
+	/* (one reply alone always goes: an event of --max-body's 64 MiB, shown in its
+	 * envelope, is longer than the budget, and no retry would ever get it) */
+	size_t before = atomic_fetch_add(&srv->large_held, len);
+	if (before != 0 && before + len > HELD_REPLIES_MAX) {
 		atomic_fetch_sub(&srv->large_held, len);
 		*full = 1;
 		free(body);
@@ -675,8 +678,10 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	/* A client that waits for 100 Continue sends no body if refused now. */
 	req->hold = !req->too_large && !(expect && strcasecmp(expect, "100-continue") == 0);
 	if (req->encoded_separator)
-		http_reply_error(req, 404, "not_found",
-		                 "no route: the path holds an encoded NUL or slash (%%00 or %%2F)");
+		http_reply_error(
+		    req, 404, "not_found",
+		    "no route: the path holds an encoded NUL or slash (%%00 or %%2F), or"
+		    " a '#'");
 	else
 		route_match(req, target_path(url));
 	req->hold = 0;
@@ -712,10 +717,12 @@ static int path_has_encoded_separator(const char *uri)
 {
 	/* From the start, not from target_path(): in the absolute form an authority like
 	 * "h%2Fv1%2Fsubscriptions%2Fsub_4%00x" decodes into a path of its own, and no real
-	 * authority holds either escape. */
-	for (const char *p = uri; *p && *p != '?' && *p != '#'; p++)
-		if (p[0] == '%' &&
-		    ((p[1] == '0' && p[2] == '0') || (p[1] == '2' && (p[2] == 'F' || p[2] == 'f'))))
+	 * authority holds either escape. Up to the query only: libmicrohttpd takes a '#'
+	 * for part of the path (and "http://h#/v1/..." routes as /v1/...), and a request
+	 * target never holds a fragment, so a '#' is refused as well. */
+	for (const char *p = uri; *p && *p != '?'; p++)
+		if (*p == '#' || (p[0] == '%' && ((p[1] == '0' && p[2] == '0') ||
+		                                  (p[1] == '2' && (p[2] == 'F' || p[2] == 'f')))))
 			return 1;
 	return 0;
 }

@@ -101,6 +101,9 @@
  * comes down a step at each restart instead (they follow each other within seconds). */
 #define WAL_SIZE_LIMIT ((int64_t)64 << 20)
 #define WAL_CUT_STEP ((int64_t)8 << 20)
+#define CHECKPOINT_RETRY_MS                                                                        \
+	100                        /* while a prune waits, a checkpoint a reader held back is      \
+	                              tried again this often */
 #define CHECKPOINT_SHRINK_PAGES 64 /* WAL pages that wake the checkpointer while the file
                                       is longer than WAL_SIZE_LIMIT */
 
@@ -306,6 +309,7 @@ struct store {
 	atomic_int wake_wanted;         /* the writer waits for the next such checkpoint */
 	atomic_int wake_queued;         /* wake_call is in the writer's queue */
 	struct store_call wake_call;    /* STORE_WAKE, queued by the checkpointer */
+	sqlite3 *ckpt_db;               /* the checkpointer's connection */
 	int wake_off;                   /* under ckpt_lock: the writer is stopping */
 	int ckpt_stop;
 	pthread_mutex_t readers_lock;
@@ -1960,10 +1964,15 @@ static void prune_done(struct store_call *call)
 	s->prune.failing = call->rc != STORE_OK;
 	if (call->rc == STORE_OK && s->prune.pass.more) {
 		s->prune.next_at = 0;
-		if (s->wal_last_frames >= CHECKPOINT_PAGES) {
-			atomic_store(&s->wake_wanted, 1); /* before the count is read */
+		if (s->checkpointer_running && s->wal_last_frames >= CHECKPOINT_PAGES) {
+			/* the count first: the checkpointer then runs at least once more, until
+			 * one checkpoint copies every frame, and only then wakes us */
 			s->prune.wal_gen = atomic_load(&s->ckpt_caught_up);
 			s->prune.wal_wait = 1;
+			pthread_mutex_lock(&s->ckpt_lock);
+			atomic_store(&s->wake_wanted, 1);
+			pthread_cond_signal(&s->ckpt_wake);
+			pthread_mutex_unlock(&s->ckpt_lock);
 		}
 	} else
 		s->prune.next_at = clock_now_ms() + PRUNE_EVERY_MS;
@@ -3515,37 +3524,40 @@ static void wake_writer(struct store *s)
 static void *checkpointer_main(void *arg)
 {
 	struct store *s = arg;
-	sqlite3 *db = NULL;
+	sqlite3 *db = s->ckpt_db;
+	int retry = 0; /* the last checkpoint left frames while a prune waits */
 
-	if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-	    SQLITE_OK) {
-		fprintf(stderr, "hookrelay: checkpointer cannot open %s; SQLite will checkpoint"
-		                " in the writer\n", s->path);
-		sqlite3_close(db);
-		return NULL;
-	}
-	sqlite3_busy_timeout(db, 1000);
-	/* A fresh connection knows the file is in WAL mode only once it has read it. */
-	exec_sql(db, "PRAGMA journal_mode=WAL", NULL, 0);
 	for (;;) {
 		pthread_mutex_lock(&s->ckpt_lock);
-		while (!s->ckpt_wanted && !s->ckpt_stop)
+		while (!s->ckpt_wanted && !s->ckpt_stop && !atomic_load(&s->wake_wanted))
 			pthread_cond_wait(&s->ckpt_wake, &s->ckpt_lock);
+		if (retry && !s->ckpt_wanted && !s->ckpt_stop) {
+			/* a reader held frames back: try again in a while, not in a spin */
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += CHECKPOINT_RETRY_MS * 1000000L;
+			if (until.tv_nsec >= 1000000000L) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&s->ckpt_wake, &s->ckpt_lock, &until);
+		}
 		int stop = s->ckpt_stop;
 		s->ckpt_wanted = 0;
 		pthread_mutex_unlock(&s->ckpt_lock);
 		if (stop)
 			break;
 		int frames = -1, copied = -2;
-		if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames,
-		                              &copied) == SQLITE_OK &&
-		    frames == copied) {
+		int full = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames,
+		                                     &copied) == SQLITE_OK &&
+		           frames == copied;
+		if (full) {
 			atomic_fetch_add(&s->ckpt_caught_up, 1);
 			if (atomic_exchange(&s->wake_wanted, 0))
 				wake_writer(s);
 		}
+		retry = !full && atomic_load(&s->wake_wanted);
 	}
-	sqlite3_close(db);
 	return NULL;
 }
 
@@ -3784,11 +3796,29 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 	}
 	pthread_mutex_init(&s->ckpt_lock, NULL);
 	pthread_cond_init(&s->ckpt_wake, NULL);
-	if (pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
+	/* The checkpointer's connection is opened here: without it the WAL hook is not
+	 * installed, and SQLite checkpoints inside the writer's commits as it would. */
+	if (sqlite3_open_v2(s->path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
+		fprintf(stderr,
+		        "hookrelay: checkpointer cannot open %s (%s); SQLite will checkpoint"
+		        " in the writer\n",
+		        s->path, s->ckpt_db ? sqlite3_errmsg(s->ckpt_db) : "out of memory");
+		sqlite3_close(s->ckpt_db);
+		s->ckpt_db = NULL;
+	} else {
+		sqlite3_busy_timeout(s->ckpt_db, 1000);
+		/* A fresh connection knows the file is in WAL mode only once it has read it. */
+		exec_sql(s->ckpt_db, "PRAGMA journal_mode=WAL", NULL, 0);
+	}
+	if (s->ckpt_db && pthread_create(&s->checkpointer, NULL, checkpointer_main, s) == 0) {
 		pthread_setname_np(s->checkpointer, "hr-checkpoint");
 		s->checkpointer_running = 1;
 		measure_wal(s); /* without the hook the limit stays WAL_SIZE_LIMIT */
 		sqlite3_wal_hook(s->wdb, on_wal_commit, s); /* replaces the automatic checkpoint */
+	} else if (s->ckpt_db) {
+		sqlite3_close(s->ckpt_db);
+		s->ckpt_db = NULL;
 	}
 	s->source.ctx = s;
 	s->source.claim = source_claim;
@@ -3842,6 +3872,7 @@ void store_close(struct store *s)
 		pthread_cond_signal(&s->ckpt_wake);
 		pthread_mutex_unlock(&s->ckpt_lock);
 		pthread_join(s->checkpointer, NULL);
+		sqlite3_close(s->ckpt_db);
 		pthread_cond_destroy(&s->ckpt_wake);
 		pthread_mutex_destroy(&s->ckpt_lock);
 	}

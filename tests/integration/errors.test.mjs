@@ -453,7 +453,8 @@ test('an encoded NUL or slash in the path is 404, and the id in front of it is u
     assertError(res, 404, 'not_found', `${method} ${p}`);
   }
   // ... and in the absolute form's authority, which decodes into a path of its own
-  for (const target of [`http://h%2Fv1%2Fsubscriptions%2F${id}%00x`, `http://h%2Fv1%2Fsubscriptions%2F${id}`]) {
+  for (const target of [`http://h%2Fv1%2Fsubscriptions%2F${id}%00x`, `http://h%2Fv1%2Fsubscriptions%2F${id}`,
+    `http://h#/v1/subscriptions/${id}%00x`, `http://h#%2Fv1%2Fsubscriptions%2F${id}%00x`, `/v1/subscriptions/${id}#x`]) {
     const got = await rawExchange(`DELETE ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`, () => false);
     assert.match(got, /^HTTP\/1\.1 404 /, `DELETE ${target}: ${got}`);
     assert.match(got, /encoded NUL or slash/, got);
