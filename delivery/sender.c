@@ -596,6 +596,19 @@ static int waited_for_connection(const char *error)
 	return end != after + 7 && strncmp(end, " ms", 3) == 0 && ms >= 0 && ms <= 5;
 }
 
+/* Whether error is curl's "Connection timed out after N milliseconds" (its own
+ * connect or TLS handshake ran out of time), with N in *ms. */
+static int own_connect_ms(const char *error, long *ms)
+{
+	static const char prefix[] = "Connection timed out after ";
+	char *end;
+
+	if (strncmp(error, prefix, sizeof prefix - 1) != 0)
+		return 0;
+	*ms = strtol(error + sizeof prefix - 1, &end, 10);
+	return end != error + sizeof prefix - 1 && strcmp(end, " milliseconds") == 0 && *ms >= 0;
+}
+
 /* libcurl's built-in CA locations: its bundle file (CURLINFO_CAINFO) copied into file,
  * or file[0] = '\0' if it has none (or curl cannot start); returns 1 if it also names a
  * CA directory (CURLINFO_CAPATH). */
@@ -837,6 +850,7 @@ int sender_next(struct sender *s, struct sender_done *out)
 	long status = 0;
 	struct curl_header *h = NULL;
 	CURLcode cc;
+	long own_ms = 0;
 
 	memset(out, 0, sizeof *out);
 	out->retry_after_ms = -1;
@@ -902,6 +916,17 @@ int sender_next(struct sender *s, struct sender_done *out)
 		         "timed out waiting for a connection to %s (another request's connection "
 		         "to it did not complete)",
 		         host->key);
+	} else if (cc == CURLE_OPERATION_TIMEDOUT && own_connect_ms(t->res->error, &own_ms) &&
+	           (clock_mono_us() - t->start_mono_us) / 1000 > own_ms + 100) {
+		/* It waited on another request's connection first (CURLOPT_PIPEWAIT), then
+		 * made its own: curl's N is only the second part, "timed out after 992 ms"
+		 * under a 3 s timeout, which reads as a short connect timeout of ours. */
+		long long waited =
+		    (long long)((clock_mono_us() - t->start_mono_us) / 1000) - own_ms;
+		snprintf(t->res->error, sizeof t->res->error,
+		         "timed out connecting to %s: %lld ms waiting for another request's"
+		         " connection to it, then %ld ms for its own (connect or TLS handshake)",
+		         host->key, waited, own_ms);
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}

@@ -164,10 +164,41 @@ test('an https receiver whose handshake stalls: a burst ends at the timeout, and
     // start a connection of its own when the first fails; libcurl says "SSL connection
     // timeout" for one that ends in the TLS handshake.)
     const waited = errors.filter((e) => /^timed out waiting for a connection to 127\.0\.0\.1:\d+ \(another request's connection to it did not complete\)$/.test(e));
-    const own = errors.filter((e) => /timed out after \d+ milliseconds|^SSL connection timeout$/.test(e));
+    const own = errors.filter((e) => /timed out after \d+ milliseconds|^SSL connection timeout$|^timed out connecting to 127\.0\.0\.1:\d+: \d+ ms waiting for another request's connection to it, then \d+ ms for its own/.test(e));
     assert.equal(waited.length + own.length, 8, JSON.stringify(errors));
     assert.ok(waited.length >= 4, JSON.stringify(errors));
     assert.ok(errors.every((e) => !/resolve/i.test(e)), JSON.stringify(errors));
+  } finally {
+    silent.close();
+  }
+}));
+
+// A delivery that first waits on another request's connection to a stalled receiver and
+// then makes its own said curl's "Connection timed out after 992 milliseconds" under a
+// 3 s timeout: it read as a short connect timeout of ours. The text now gives both parts.
+test('an attempt that waited on another connection, then timed out on its own, says both', withLogs(async () => {
+  const silent = net.createServer((socket) => { socket.on('data', () => {}); socket.on('error', () => {}); });
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  try {
+    const relay = await startRelay({ args: ['--delivery-timeout', '2s'], retrySchedule: '1h' });
+    const url = `https://127.0.0.1:${silent.address().port}/hook`;
+    const sub = await api(relay, 'POST', '/v1/subscriptions', { url, event_types: ['#'], max_in_flight: 4 });
+    assert.equal(sub.status, 201, sub.text);
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await api(relay, 'POST', '/v1/events', { type: 'order.updated', data: { i } })).status, 202);
+      await new Promise((resolve) => setTimeout(resolve, 700));
+    }
+    const ds = await waitUntil(async () => {
+      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${sub.json.id}`);
+      const all = await Promise.all(l.json.data.map((d) => getDelivery(relay, d.id)));
+      return all.length === 3 && all.every((d) => d.attempts.length >= 1) ? all : false;
+    }, 15_000, 'every delivery attempted');
+    for (const d of ds) {
+      const a = d.attempts[0];
+      const curl = /^Connection timed out after (\d+) milliseconds$/.exec(a.error ?? '');
+      assert.ok(!curl || Number(curl[1]) >= a.duration_ms - 150,
+        `${d.id}: "${a.error}" after ${a.duration_ms} ms of attempt`);
+    }
   } finally {
     silent.close();
   }
