@@ -41,9 +41,10 @@
  *   one CA file: libcurl's built-in bundle (the system's), or opts.ca_file. Not a CA
  *   directory too (CURLOPT_CAPATH is cleared: Debian's libcurl sets /etc/ssl/certs), as
  *   without one libcurl loads the file once into the multi handle's store and keeps it
- *   (CURLOPT_CA_CACHE_TIMEOUT -1); with a directory it parsed the whole system bundle
- *   again for every new connection, ~40 ms of this thread each (measured). Only a
- *   libcurl built with a directory and no bundle file keeps its directory (ca_dir_only).
+ *   (CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS: a file replaced in place, as a
+ *   mounted ConfigMap or cert-manager does, is read again within that); with a directory it parsed
+ * the whole system bundle again for every new connection, ~40 ms of this thread each (measured).
+ * Only a libcurl built with a directory and no bundle file keeps its directory (ca_dir_only).
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
@@ -92,6 +93,7 @@ struct transfer {
 };
 
 #define SENDER_HOST_BUCKETS 1024 /* hash chains in the host table (a power of two) */
+#define CA_CACHE_SECONDS 600L    /* the CA file is parsed again at most this often */
 
 /* One receiver host:port with transfers live or waiting. */
 struct host {
@@ -372,8 +374,9 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 		set_error(res, "curl refused the request options");
 		goto out;
 	}
-	if ((!s->ca_dir_only && (curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
-	                         curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, -1L) != CURLE_OK)) ||
+	if ((!s->ca_dir_only &&
+	     (curl_easy_setopt(e, CURLOPT_CAPATH, NULL) != CURLE_OK ||
+	      curl_easy_setopt(e, CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS) != CURLE_OK)) ||
 	    (s->opts.ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, s->opts.ca_file) != CURLE_OK)) {
 		set_error(res, "curl refused the CA file options");
 		goto out;
