@@ -919,9 +919,11 @@ int sender_next(struct sender *s, struct sender_done *out)
 		         "timed out waiting for a connection to %s (another request's connection "
 		         "to it did not complete)",
 		         host->key);
-	} else if (cc == CURLE_OPERATION_TIMEDOUT && own_connect_ms(t->res->error, &own_ms) &&
+	} else if (cc == CURLE_OPERATION_TIMEDOUT && strncasecmp(t->job->url, "https:", 6) == 0 &&
+	           own_connect_ms(t->res->error, &own_ms) &&
 	           (clock_mono_us() - t->start_mono_us) / 1000 > own_ms + 100) {
-		/* It waited on another request's connection first (CURLOPT_PIPEWAIT), then
+		/* It waited on another request's connection first (CURLOPT_PIPEWAIT, https
+		 * only), then
 		 * made its own: curl's N is only the second part, "timed out after 992 ms"
 		 * under a 3 s timeout, which reads as a short connect timeout of ours. */
 		long long waited =

@@ -253,7 +253,7 @@ static enum ingest_rc check_event(struct ingest *in, const char *p, const char *
 	}
 	ev->type = take_string(in, f->type, f->type_end, &len);
 	if (!ev->type) {
-		snprintf(why, whylen, "%stype must be a string", where);
+		snprintf(why, whylen, "%stype must be a string, without \\u0000", where);
 		return INGEST_INVALID;
 	}
 	if (len > MATCHER_TYPE_MAX) {

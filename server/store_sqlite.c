@@ -1943,6 +1943,8 @@ static void prune_schedule(struct store *s)
 	 * wakes us with a STORE_WAKE); its own transaction then restarts the WAL. */
 	if (s->prune.wal_wait && atomic_load(&s->ckpt_caught_up) == s->prune.wal_gen)
 		return;
+	if (s->prune.wal_wait) /* (a checkpoint came before the ask: no retries for it) */
+		atomic_store(&s->wake_wanted, 0);
 	s->prune.wal_wait = 0;
 	if (s->retention_ms > 0 && clock_now_ms() >= s->prune.next_at)
 		queue_own_call(s, &s->prune.call, STORE_PRUNE, prune_done, &s->prune.queued);
@@ -3533,8 +3535,8 @@ static void *checkpointer_main(void *arg)
 			pthread_cond_wait(&s->ckpt_wake, &s->ckpt_lock);
 		if (retry && !s->ckpt_wanted && !s->ckpt_stop) {
 			/* a reader held frames back: try again in a while, not in a spin */
-			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
+			struct timespec until; /* (ckpt_wake waits on the monotonic clock) */
+			clock_gettime(CLOCK_MONOTONIC, &until);
 			until.tv_nsec += CHECKPOINT_RETRY_MS * 1000000L;
 			if (until.tv_nsec >= 1000000000L) {
 				until.tv_sec++;
@@ -3795,7 +3797,11 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		goto fail;
 	}
 	pthread_mutex_init(&s->ckpt_lock, NULL);
-	pthread_cond_init(&s->ckpt_wake, NULL);
+	pthread_condattr_t monotonic;
+	pthread_condattr_init(&monotonic);
+	pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->ckpt_wake, &monotonic);
+	pthread_condattr_destroy(&monotonic);
 	/* The checkpointer's connection is opened here: without it the WAL hook is not
 	 * installed, and SQLite checkpoints inside the writer's commits as it would. */
 	if (sqlite3_open_v2(s->path, &s->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
