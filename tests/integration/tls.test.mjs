@@ -143,19 +143,26 @@ test('HTTP/2 receiver: deliveries go as concurrent streams on one connection, si
   assert.equal((await waitDelivery(relay, last.id, 'delivered')).attempts[0].http_status, 200);
 }));
 
-test('an https receiver whose handshake stalls: a burst ends at the timeout, and the waiting ones say what they waited for', withLogs(async () => {
+// A listener that takes TCP connections and never answers (a TLS handshake that
+// stalls), a relay, and a subscription of every event to it over https.
+async function stalledHttpsSubscription(timeout, maxInFlight) {
   const silent = net.createServer((socket) => { socket.on('data', () => {}); socket.on('error', () => {}); });
   await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const relay = await startRelay({ args: ['--delivery-timeout', timeout], retrySchedule: '1h' });
+  const url = `https://127.0.0.1:${silent.address().port}/hook`;
+  const res = await api(relay, 'POST', '/v1/subscriptions', { url, event_types: ['#'], max_in_flight: maxInFlight });
+  assert.equal(res.status, 201, res.text);
+  return { silent, relay, sub: res.json };
+}
+
+test('an https receiver whose handshake stalls: a burst ends at the timeout, and the waiting ones say what they waited for', withLogs(async () => {
+  const { silent, relay, sub } = await stalledHttpsSubscription('1s', 8);
   try {
-    const relay = await startRelay({ args: ['--delivery-timeout', '1s'], retrySchedule: '1h' });
-    const url = `https://127.0.0.1:${silent.address().port}/hook`;
-    const res = await api(relay, 'POST', '/v1/subscriptions', { url, event_types: ['#'], max_in_flight: 8 });
-    assert.equal(res.status, 201, res.text);
     const batch = await api(relay, 'POST', '/v1/events/batch',
       Array.from({ length: 8 }, (_, i) => ({ type: 'order.updated', data: { i } })));
     assert.equal(batch.status, 202, batch.text);
     const errors = await waitUntil(async () => {
-      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${res.json.id}`);
+      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${sub.id}`);
       const e = l.json.data.map((d) => d.last_error);
       return e.every((x) => x) ? e : false;
     }, 8000, 'every delivery attempted');
@@ -177,19 +184,14 @@ test('an https receiver whose handshake stalls: a burst ends at the timeout, and
 // then makes its own said curl's "Connection timed out after 992 milliseconds" under a
 // 3 s timeout: it read as a short connect timeout of ours. The text now gives both parts.
 test('an attempt that waited on another connection, then timed out on its own, says both', withLogs(async () => {
-  const silent = net.createServer((socket) => { socket.on('data', () => {}); socket.on('error', () => {}); });
-  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const { silent, relay, sub } = await stalledHttpsSubscription('2s', 4);
   try {
-    const relay = await startRelay({ args: ['--delivery-timeout', '2s'], retrySchedule: '1h' });
-    const url = `https://127.0.0.1:${silent.address().port}/hook`;
-    const sub = await api(relay, 'POST', '/v1/subscriptions', { url, event_types: ['#'], max_in_flight: 4 });
-    assert.equal(sub.status, 201, sub.text);
     for (let i = 0; i < 3; i++) {
       assert.equal((await api(relay, 'POST', '/v1/events', { type: 'order.updated', data: { i } })).status, 202);
       await new Promise((resolve) => setTimeout(resolve, 700));
     }
     const ds = await waitUntil(async () => {
-      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${sub.json.id}`);
+      const l = await api(relay, 'GET', `/v1/deliveries?subscription=${sub.id}`);
       const all = await Promise.all(l.json.data.map((d) => getDelivery(relay, d.id)));
       return all.length === 3 && all.every((d) => d.attempts.length >= 1) ? all : false;
     }, 15_000, 'every delivery attempted');
