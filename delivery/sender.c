@@ -41,10 +41,11 @@
  *   one CA file: libcurl's built-in bundle (the system's), or opts.ca_file. Not a CA
  *   directory too (CURLOPT_CAPATH is cleared: Debian's libcurl sets /etc/ssl/certs), as
  *   without one libcurl loads the file once into the multi handle's store and keeps it
- *   (CURLOPT_CA_CACHE_TIMEOUT, CA_CACHE_SECONDS: a file replaced in place, as a
- *   mounted ConfigMap or cert-manager does, is read again within that); with a directory it parsed
- * the whole system bundle again for every new connection, ~40 ms of this thread each (measured).
- * Only a libcurl built with a directory and no bundle file keeps its directory (ca_dir_only).
+ *   for CA_CACHE_SECONDS (CURLOPT_CA_CACHE_TIMEOUT: a file replaced in place, as a
+ *   mounted ConfigMap or cert-manager does, is read again within that); with a
+ *   directory it parsed the whole system bundle again for every new connection, ~40 ms
+ *   of this thread each (measured). Only a libcurl built with a directory and no bundle
+ *   file keeps its directory (ca_dir_only).
  *
  * Threads: everything here runs on the owning thread (the dispatcher's), except
  * sender_wakeup(), which only calls curl_multi_wakeup() (documented thread-safe).
@@ -854,6 +855,7 @@ int sender_next(struct sender *s, struct sender_done *out)
 	struct curl_header *h = NULL;
 	CURLcode cc;
 	long own_ms = 0;
+	int64_t ran_ms = 0;
 
 	memset(out, 0, sizeof *out);
 	out->retry_after_ms = -1;
@@ -921,17 +923,14 @@ int sender_next(struct sender *s, struct sender_done *out)
 		         host->key);
 	} else if (cc == CURLE_OPERATION_TIMEDOUT && strncasecmp(t->job->url, "https:", 6) == 0 &&
 	           own_connect_ms(t->res->error, &own_ms) &&
-	           (clock_mono_us() - t->start_mono_us) / 1000 > own_ms + 100) {
+	           (ran_ms = (clock_mono_us() - t->start_mono_us) / 1000) > own_ms + 100) {
 		/* It waited on another request's connection first (CURLOPT_PIPEWAIT, https
-		 * only), then
-		 * made its own: curl's N is only the second part, "timed out after 992 ms"
-		 * under a 3 s timeout, which reads as a short connect timeout of ours. */
-		long long waited =
-		    (long long)((clock_mono_us() - t->start_mono_us) / 1000) - own_ms;
+		 * only), then made its own: curl's N is only the second part, "timed out after
+		 * 992 ms" under a 3 s timeout, which reads as a short connect timeout of ours. */
 		snprintf(t->res->error, sizeof t->res->error,
 		         "timed out connecting to %s: %lld ms waiting for another request's"
 		         " connection to it, then %ld ms for its own (connect or TLS handshake)",
-		         host->key, waited, own_ms);
+		         host->key, (long long)(ran_ms - own_ms), own_ms);
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}

@@ -101,9 +101,8 @@
  * comes down a step at each restart instead (they follow each other within seconds). */
 #define WAL_SIZE_LIMIT ((int64_t)64 << 20)
 #define WAL_CUT_STEP ((int64_t)8 << 20)
-#define CHECKPOINT_RETRY_MS                                                                        \
-	100                        /* while a prune waits, a checkpoint a reader held back is      \
-	                              tried again this often */
+/* ms: while a prune waits, a checkpoint that a reader held back is tried again this often */
+#define CHECKPOINT_RETRY_MS 100
 #define CHECKPOINT_SHRINK_PAGES 64 /* WAL pages that wake the checkpointer while the file
                                       is longer than WAL_SIZE_LIMIT */
 
@@ -1744,10 +1743,10 @@ static enum store_rc apply_sub_delete(struct store *s, struct store_call *call, 
 
 	if (found <= 0)
 		return found == 0 ? STORE_NOTFOUND : fail_storage(s, call);
-	/* The first chunk now, so that a small backlog is failed by the time we answer; the
-	 * rest in STORE_SWEEP calls after the COMMIT (sweep_add). */
 	/* Its secrets sign nothing from here on (a retry or replay of a deleted subscription is
-	 * refused), so they do not stay in the file and its backups either. */
+	 * refused), so they do not stay in the file and its backups either. The first chunk
+	 * of its backlog now, so that a small one is failed by the time we answer; the rest
+	 * in STORE_SWEEP calls after the COMMIT (sweep_add). */
 	if (exec_with_id_time(
 	        s,
 	        "UPDATE subscriptions SET deleted_at = ?2, enabled = 0, updated_at = ?2"
