@@ -585,9 +585,9 @@ static void return_leases(struct store *s, struct complete_args *a, int *made_du
 		a->leases_returned = 1;
 		for (int i = 0; i < a->n; i++) {
 			struct sub_entry *sub = store_sub_find(s, a->results[i]->subscription_id);
+			/* a retry, or a job put back, is pending again */
 			if (sub)
-				store_sub_ask(
-				    s, sub); /* a retry, or a job put back, is pending again */
+				store_sub_ask(s, sub);
 			if (sub && sub->leased > 0) {
 				if (sub->leased >= sub->max_in_flight)
 					a->room_freed = 1;

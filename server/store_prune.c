@@ -7,9 +7,9 @@
  *   oldest first, with their deliveries and attempts; an event with a pending delivery
  *   (in flight, retrying or held) is kept, and looked at again a minute later. The
  *   newest event and the one holding the newest delivery are never deleted, so that no
- *   id is handed out twice (prune_newest). A prune is
- *   queued after a COMMIT once prune.next_at has passed; the dispatcher's claims commit
- *   at least once a second, so an idle relay prunes too.
+ *   id is handed out twice (prune_newest). A prune is queued after a COMMIT once
+ *   prune.next_at has passed; the dispatcher's claims commit at least once a second, so
+ *   an idle relay prunes too.
  */
 
 #include "store_internal.h"

@@ -6,8 +6,9 @@
  * - Read routes borrow a read-only connection from `readers` (mutex-guarded stack);
  *   one connection is used by one thread at a time.
  * Durability:
- *   Reads likewise show events up to synced_seq and deliveries up to synced_delivery:
- *   none is shown that a power cut could take back (SQLite would give its id again).
+ *   Reads show events up to synced_seq and deliveries up to synced_delivery, as claims
+ *   take them (store_claim.c): none is shown that a power cut could take back (SQLite
+ *   would give its id again).
  */
 
 #include "store_internal.h"

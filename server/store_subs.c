@@ -363,8 +363,8 @@ int store_reload_subscription(struct store *s, int64_t id)
 	if (fresh.url) {
 		char key[TARGET_HOST_KEY_MAX];
 		target_host_key(fresh.url, key);
-		fresh.host =
-		    store_host_intern(s, key); /* -1 (out of memory): no host limit for it */
+		/* -1 (out of memory): no host limit for it */
+		fresh.host = store_host_intern(s, key);
 	}
 	fresh.headers_json = store_strdup_or_null(store_column_text(st, 1));
 	fresh.enabled = sqlite3_column_int(st, 2);
@@ -413,8 +413,8 @@ int store_reload_subscription(struct store *s, int64_t id)
 	fresh.version =
 	    old_version && fresh.settings_hash == old_hash ? old_version : ++s->last_sub_version;
 	{
-		const struct sub_entry *old =
-		    store_sub_find(s, id); /* (before subs_reserve moves it) */
+		/* (before subs_reserve moves it) */
+		const struct sub_entry *old = store_sub_find(s, id);
 		fresh.url_version = old && old->url && strcmp(old->url, fresh.url) == 0
 		                        ? old->url_version
 		                        : fresh.version;
