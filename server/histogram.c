@@ -37,7 +37,7 @@ void histogram_observe(struct histogram *h, int64_t us)
 		us = 0;
 	while (i < sc->bounds && us > sc->bound_us[i])
 		i++;
-	atomic_fetch_add(&h->bucket[i], 1); /* seq_cst: see count_results */
+	atomic_fetch_add(&h->bucket[i], 1); /* seq_cst: see store_count_results */
 	/* no atomic add for a double in C11: one thread observes, so this rarely loops */
 	double sum = atomic_load(&h->sum_us);
 	while (!atomic_compare_exchange_weak(&h->sum_us, &sum, sum + (double)us))

@@ -88,7 +88,7 @@ enum store_call_kind {
 	                         deliveries */
 	STORE_PRUNE,          /* internal: deletes a chunk of events past the retention */
 	STORE_WAKE            /* internal: writes nothing; its done() runs on the writer
-	                         thread (a checkpoint has caught up: see prune_schedule) */
+	                         thread (a checkpoint has caught up: see store_prune_schedule) */
 };
 
 /* Whether a call's answer promises its writes are on disk. Claims (which write nothing)
