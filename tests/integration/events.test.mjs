@@ -499,14 +499,21 @@ test('--retention: older events go with their deliveries and attempts; pending o
   const [dDone] = await eventDeliveries(relay, done.id);
   const nobody = await postEvent(relay, { type: 'ret.nobody' });
   assert.equal(nobody.deliveries, 0);
-  const pending = await postEvent(relay, { type: 'ret.pending' }); // the newest, for now
+  const pending = await postEvent(relay, { type: 'ret.pending' });
+  const pendingAt = Date.now();
   const [dPending] = await eventDeliveries(relay, pending.id);
-  await ok.waitFor(1);
+  // A newer event with a delivery of its own: the prune never deletes the newest event
+  // nor the one holding the newest delivery, so without it the pending event would be
+  // kept for being the newest, and "pending ones wait" could not fail.
+  await postEvent(relay, { type: 'ret.done' });
+  await ok.waitFor(2);
   await bad.waitFor(1);
 
   // The prune that deletes one may come a moment before the other is past the retention.
   await waitUntil(async () => (await gone(done.id)) && (await gone(nobody.id)), 10_000,
     'the delivered event and the one nobody wanted deleted after the retention', 100);
+  // The pending event is past the retention too, and a prune (once a second) has run since.
+  await sleep(Math.max(0, pendingAt + 3000 + 1500 - Date.now()));
   assertError(await api(relay, 'GET', `/v1/deliveries/${dDone.id}`), 404, 'not_found', 'its delivery');
   const rows = spawnSync('sqlite3', [relay.dbPath, `SELECT count(*) FROM attempts WHERE delivery_id =
     ${Number(dDone.id.replace('dlv_', ''))}`], { encoding: 'utf8', timeout: 10_000 });
@@ -528,7 +535,7 @@ test('--retention: older events go with their deliveries and attempts; pending o
   await bad.waitFor(2);
   const last = await postEvent(relay, { type: 'ret.done' });
   const [dLast] = await eventDeliveries(relay, last.id);
-  await ok.waitFor(2);
+  await ok.waitFor(3);
   await waitUntil(() => gone(pending.id), 10_000, 'the kept event deleted once delivered', 100);
 
   // Every event has expired; the newest stays so that SQLite cannot hand its ids out again.
