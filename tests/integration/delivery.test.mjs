@@ -45,7 +45,7 @@ function assertAttemptShape(a, n) {
 }
 
 test('retries: 500, 500, then 200 is delivered on the third attempt with the same webhook-id', withLogs(async () => {
-  const relay = await startRelay({ retrySchedule: '200ms,200ms,200ms' });
+  const relay = await startRelay({ retrySchedule: '200ms,700ms,200ms' });
   const r = await startReceiver({ behavior: [
     { status: 500, body: 'boom-1' }, { status: 500, body: 'boom-2' }, { status: 200, body: 'thanks' },
   ] });
@@ -77,9 +77,12 @@ test('retries: 500, 500, then 200 is delivered on the third attempt with the sam
     assert.ok(q.body.equals(reqs[0].body));
     assert.equal(verifySigned(q, sub.secret).id, ev.id);
   }
-  // The schedule is honoured (200ms +-20%, loosely: not immediately).
-  assert.ok(reqs[1].arrivedMono - reqs[0].arrivedMono >= 120, 'retry 1 waited');
-  assert.ok(reqs[2].arrivedMono - reqs[1].arrivedMono >= 120, 'retry 2 waited');
+  // The schedule is honoured, each retry waiting its own step (200ms, then 700ms; +-20%,
+  // loosely): the second retry does not reuse the first step, nor the first the second.
+  const gap1 = reqs[1].arrivedMono - reqs[0].arrivedMono;
+  const gap2 = reqs[2].arrivedMono - reqs[1].arrivedMono;
+  assert.ok(gap1 >= 120 && gap1 < 540 * SLOW, `retry 1 came ${gap1.toFixed(0)} ms after attempt 1 (step 200ms)`);
+  assert.ok(gap2 >= 540, `retry 2 came ${gap2.toFixed(0)} ms after attempt 2 (step 700ms)`);
 
   const list = await api(relay, 'GET', `/v1/deliveries?event=${ev.id}`);
   assert.equal(list.json.data[0].status, 'delivered');
