@@ -183,6 +183,55 @@ test('429 with Retry-After keeps the delivery pending until then', withLogs(asyn
   await assertNoMore(r, 1, 800);
 }));
 
+// README: "delivered if the receiver answered 2xx". Receivers often answer 202 Accepted;
+// every other test's receiver answers 200 or 204.
+test('any 2xx answer is delivered on its first attempt: 201, 202, 299', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const statuses = [201, 202, 299];
+  const r = await startReceiver({
+    behavior: (req) => ({ status: statuses[JSON.parse(req.body.toString()).data.i], body: 'accepted' }),
+  });
+  await createSub(relay, r);
+  for (const [i, status] of statuses.entries()) {
+    const ev = await postEvent(relay, { type: 'ok.any', data: { i } });
+    const id = (await oneDelivery(relay, ev.id)).id;
+    const d = await waitUntil(async () => {
+      const x = await getDelivery(relay, id);
+      return x.status !== 'pending' ? x : false;
+    }, 5000, `delivery answered ${status} settled`);
+    assert.equal(d.status, 'delivered', `${status}: ${JSON.stringify(d.attempts)}`);
+    assert.deepEqual(d.attempts.map((a) => a.http_status), [status]);
+  }
+  await assertNoMore(r, 3, 400);
+}));
+
+// README: 429/503 with Retry-After "push the next attempt back". One naming a time before
+// the schedule's step does not bring the retry forward, and on other statuses it is not
+// followed at all.
+test('Retry-After only pushes a retry back: earlier than the step, or on a 500, the schedule holds', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '700ms' });
+  const seen = new Set();
+  const r = await startReceiver({
+    behavior: (req) => {
+      const id = req.headers['webhook-id'];
+      if (seen.has(id)) return { status: 200 };
+      seen.add(id);
+      const { status } = JSON.parse(req.body.toString()).data;
+      return { status, retryAfter: status === 503 ? 0 : 3600 };
+    },
+  });
+  await createSub(relay, r);
+  for (const status of [503, 500]) {
+    const ev = await postEvent(relay, { type: 'ra.short', data: { status } });
+    const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered', 5000);
+    assert.deepEqual(d.attempts.map((x) => x.http_status), [status, 200]);
+    const [a, b] = d.attempts;
+    const gap = Date.parse(b.started_at) - (Date.parse(a.started_at) + a.duration_ms);
+    assert.ok(gap >= 560 - 5, `${status} with Retry-After: retried ${gap} ms after, before its 700ms step`);
+    assert.ok(gap <= 840 + 300 * SLOW, `${status} with Retry-After: retried ${gap} ms after, not on its 700ms step`);
+  }
+}));
+
 test('redirects are not followed and count as failures', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms' });
   const r = await startReceiver({ behavior: (req) => (req.url.startsWith('/moved')
