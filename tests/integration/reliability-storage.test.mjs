@@ -182,7 +182,7 @@ function loadgen(args) {
 
 test('a long WAL comes back down in steps while publishing goes on, not in one cut that stops the writer', {
   skip: existsSync(LOADGEN) ? false : `needs ${LOADGEN} (make builds it)`,
-}, withLogs(async () => {
+}, withLogs(async (t) => {
   // A burst of batches (receivers that never answer, so the writer does little but
   // publish) makes the WAL long; SQLite cuts it back in the first commit after it
   // restarts, on the writer thread, and freeing a MiB took ~0.5-1.5 ms on ext4 here.
@@ -212,7 +212,8 @@ test('a long WAL comes back down in steps while publishing goes on, not in one c
     const peak = Math.max(...sizes);
     const trace = `WAL MiB every ~0.5 s: ${sizes.filter((_, i) => i % 50 === 0).map((b) => (b / MiB).toFixed(0)).join(' ')}`;
     if (peak <= 112 * MiB) {
-      console.log(`# the WAL never passed 112 MiB (a slow machine?), no cut to tell: ${trace}`);
+      // Nothing was checked: say so in the report (skipped), not as a pass.
+      t.skip(`the WAL never passed 112 MiB (a slow machine?), no cut to tell: ${trace}`);
       return;
     }
     let biggestCut = 0;
