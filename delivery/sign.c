@@ -558,6 +558,19 @@ out:
 	return rc;
 }
 
+int sign_secret_same(const char *a, const char *b)
+{
+	struct key ka, kb;
+	int same = 0;
+
+	if (key_parse(a, &ka, NULL) == 0 && key_parse(b, &kb, NULL) == 0)
+		same = ka.kind == kb.kind && ka.len == kb.len &&
+		       CRYPTO_memcmp(ka.raw, kb.raw, ka.len) == 0;
+	OPENSSL_cleanse(&ka, sizeof(ka));
+	OPENSSL_cleanse(&kb, sizeof(kb));
+	return same;
+}
+
 int sign_secret_generate(char *out, size_t out_size)
 {
 	unsigned char raw[V1_KEY_GEN];

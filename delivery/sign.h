@@ -48,6 +48,10 @@ char *sign_cache_header_value(struct sign_cache *c, const char *secrets, const c
  * Returns 0, or -1 with *why set to a literal reason. */
 int sign_secret_check(const char *secret, const char **why);
 
+/* 1 if a and b are the same key however their base64 is spelled (unused low bits
+ * differ), 0 if not or if either is malformed. Compares in constant time. */
+int sign_secret_same(const char *a, const char *b);
+
 /* Generates a fresh "whsec_" secret of 32 random bytes (OpenSSL RAND_bytes) into out
  * (SIGN_SECRET_MAX bytes). Returns 0 or -1. */
 int sign_secret_generate(char *out, size_t out_size);

@@ -26,6 +26,7 @@
 
 #include "clock.h"
 #include "matcher.h"
+#include "sign.h"
 #include "target.h"
 #include "util.h"
 
@@ -784,20 +785,22 @@ enum store_rc store_apply_sub_rotate(struct store *s, struct store_call *call, i
 	if (found <= 0)
 		return found == 0 ? STORE_NOTFOUND : store_fail_storage(s, call);
 	/* A rotation "to" the secret in use (a pasted value) would keep a leaked secret
-	 * current with no end, and send its signature twice. */
+	 * current with no end, and send its signature twice. Compared as keys: base64 spells
+	 * one key several ways (the unused low bits of its last character). */
 	if (sqlite3_prepare_v2(s->wdb,
-	                       "SELECT 1 FROM subscription_secrets WHERE subscription_id = ?1"
-	                       " AND secret = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+	                       "SELECT secret FROM subscription_secrets WHERE subscription_id = ?1"
+	                       " AND (expires_at IS NULL OR expires_at > ?2)",
 	                       -1, &st, NULL) != SQLITE_OK)
 		goto fail;
 	sqlite3_bind_int64(st, 1, call->id);
-	sqlite3_bind_text(st, 2, json_string_value(json_object_get(f, "secret")), -1,
-	                  SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, now);
-	int step = sqlite3_step(st);
+	sqlite3_bind_int64(st, 2, now);
+	int step, in_use = 0;
+	while (!in_use && (step = sqlite3_step(st)) == SQLITE_ROW)
+		in_use = sign_secret_same(store_column_text(st, 0),
+		                          json_string_value(json_object_get(f, "secret")));
 	sqlite3_finalize(st);
 	st = NULL;
-	if (step == SQLITE_ROW) {
+	if (in_use) {
 		snprintf(call->why, sizeof(call->why),
 		         "that secret is already this subscription's (current or in its grace);"
 		         " rotate to a new one");

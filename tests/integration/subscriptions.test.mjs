@@ -307,6 +307,12 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   // a leaked secret would stay current with no end (and sign twice). A 409 says so.
   const same = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: mine });
   assertError(same, 409, 'conflict', 'rotate to the current secret');
+  // The same key spelled another way (base64's unused low bits set) is the same secret.
+  const respelled = mine.replace(/w==$/, 'x==');
+  assert.notEqual(respelled, mine);
+  assert.deepEqual(Buffer.from(respelled.slice(6), 'base64'), Buffer.from(mine.slice(6), 'base64'));
+  const sameKey = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { secret: respelled });
+  assertError(sameKey, 409, 'conflict', 'rotate to the current key spelled another way');
   const fresh = 'whsec_' + Buffer.alloc(32, 9).toString('base64');
   const rot3 = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 3600, secret: fresh });
   assert.equal(rot3.status, 200, rot3.text);

@@ -248,6 +248,32 @@ static void test_generate(void)
 	CHECK(sign_keypair_generate(NULL, pk) == -1);
 }
 
+/* One key spelled two ways in base64 is one secret; another key, another kind or a
+ * malformed text is not. */
+static void test_secret_same(void)
+{
+	char a[SIGN_SECRET_MAX];
+	char sk[SIGN_SECRET_MAX];
+	char pk[SIGN_SECRET_MAX];
+	/* 40 bytes of 3: the last character carries 4 unused bits ('w' = 110000) */
+	const char *forty = "whsec_AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw==";
+	const char *respelled = "whsec_AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAx==";
+	const char *other = "whsec_AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDBA==";
+
+	CHECK(sign_secret_same(forty, forty) == 1);
+	CHECK(sign_secret_same(forty, respelled) == 1);
+	CHECK(sign_secret_same(forty, other) == 0);
+	CHECK(sign_secret_generate(a, sizeof(a)) == 0);
+	CHECK(sign_secret_same(a, a) == 1);
+	CHECK(sign_secret_same(a, forty) == 0);
+	CHECK(sign_keypair_generate(sk, pk) == 0);
+	CHECK(sign_secret_same(sk, sk) == 1);
+	CHECK(sign_secret_same(sk, a) == 0);
+	CHECK(sign_secret_same(forty, "nope") == 0);
+	CHECK(sign_secret_same("nope", "nope") == 0);
+	CHECK(sign_secret_same(NULL, forty) == 0);
+}
+
 /* A cached key signs every later message as a fresh one would: the published vectors
  * on first use and on reuse, other messages, several secrets, and malformed texts. */
 static void test_cache_same_as_uncached(void)
@@ -341,6 +367,7 @@ int main(void)
 	test_verify();
 	test_secret_check();
 	test_generate();
+	test_secret_same();
 	test_cache_same_as_uncached();
 	test_cache_eviction();
 	return CHECK_DONE();
