@@ -648,6 +648,95 @@ static void test_matcher_unchanged_keeps_index(void)
 	matcher_free(m);
 }
 
+static int cmp_id(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* Subscriptions added one by one between matches join the index as it is (no rebuild),
+ * through many growths of its arrays and edge table, and it answers as brute force does;
+ * a removal or a change of patterns still rebuilds it. */
+static void test_matcher_adds_keep_index(void)
+{
+	static const char *const pattern_words[] = {"a", "b", "c", "order", "*", "#", "a*", ""};
+	static const char *const type_words[] = {"a", "b", "c", "order", "x"};
+	enum { SUBS = 3000, PMAX = 3, TYPES = 40 };
+	static char pats[SUBS][PMAX][80];
+	int npats[SUBS] = {0};
+	struct matcher *m = matcher_new();
+	int64_t *ids = NULL;
+	size_t cap = 0;
+	uint32_t state = 777;
+	long mismatches = 0, hits = 0;
+
+	CHECK(m != NULL);
+	if (!m)
+		return;
+	const char *first[] = {"order.#"};
+	CHECK(matcher_set(m, 100000, first, 1) == 0);
+	CHECK(matcher_match(m, "order.created", &ids, &cap) == 1 && matcher_builds(m) == 1);
+	for (int id = 0; id < SUBS; id++) {
+		const char *list[PMAX];
+		npats[id] = 1 + (int)(rnd(&state) % PMAX);
+		for (int k = 0; k < npats[id]; k++) {
+			random_text(pats[id][k], sizeof pats[id][k], pattern_words,
+			            sizeof pattern_words / sizeof *pattern_words, 5, &state);
+			list[k] = pats[id][k];
+		}
+		/* ids out of order too: the entries move, their blobs do not */
+		int64_t sid = id % 2 ? id + 1 : 50000 - id;
+		CHECK(matcher_set(m, sid, list, (size_t)npats[id]) == 0);
+		if (id % 97 != 0 && id != SUBS - 1)
+			continue;
+		for (int q = 0; q < TYPES; q++) {
+			char type[80];
+			int64_t want[SUBS + 1];
+			int nwant = 0;
+			random_text(type, sizeof type, type_words,
+			            sizeof type_words / sizeof *type_words, 6, &state);
+			for (int j = 0; j <= id; j++) {
+				int hit = 0;
+				for (int k = 0; k < npats[j] && !hit; k++)
+					hit = pattern_match(pats[j][k], type);
+				if (hit)
+					want[nwant++] = j % 2 ? j + 1 : 50000 - j;
+			}
+			if (pattern_match("order.#", type))
+				want[nwant++] = 100000;
+			qsort(want, (size_t)nwant, sizeof *want, cmp_id);
+			int n = matcher_match(m, type, &ids, &cap);
+			hits += nwant;
+			if (!ids_equal(ids, n, want, nwant) && mismatches++ < 3)
+				fprintf(stderr, "  adds: '%s' matched %d, brute force %d\n", type,
+				        n, nwant);
+		}
+	}
+	CHECK(mismatches == 0);
+	CHECK(hits > 1000); /* not a vacuous comparison */
+	CHECK(matcher_builds(m) == 1);
+	/* a removal, or new patterns for one that exists, rebuilds */
+	matcher_remove(m, 100000);
+	CHECK(matcher_match(m, "order", &ids, &cap) >= 0 && matcher_builds(m) == 2);
+	const char *other[] = {"zzz.*"};
+	CHECK(matcher_set(m, 2, other, 1) == 0); /* sub 2 exists (id 1 above) */
+	int n = matcher_match(m, "zzz.top", &ids, &cap);
+	CHECK(n >= 1 && matcher_builds(m) == 3);
+	int found = 0;
+	for (int i = 0; i < n; i++)
+		found |= ids[i] == 2;
+	CHECK(found);
+	const char *mine[] = {"qqq.only"};
+	CHECK(matcher_set(m, 1, mine, 1) == 0); /* new: joins without a rebuild */
+	n = matcher_match(m, "qqq.only", &ids, &cap);
+	found = 0;
+	for (int i = 0; i < n; i++)
+		found |= ids[i] == 1;
+	CHECK(found && matcher_builds(m) == 3);
+	free(ids);
+	matcher_free(m);
+}
+
 int main(void)
 {
 	test_checks();
@@ -658,5 +747,6 @@ int main(void)
 	test_matcher_index_random();
 	test_matcher_index_many();
 	test_matcher_unchanged_keeps_index();
+	test_matcher_adds_keep_index();
 	return CHECK_DONE();
 }
