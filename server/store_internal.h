@@ -261,6 +261,10 @@ struct complete_args {
 	int room_freed;      /* returning them gave a full subscription room */
 };
 
+/* The functions one store file calls in another, by the file that defines them; each is
+ * described where it is defined, with the thread it runs on when that is not the
+ * writer's (the store_source_* ones are the dispatcher's). */
+
 /* store_sqlite.c */
 int store_exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen);
 void store_bind_text_or_null(sqlite3_stmt *st, int i, const char *text);
