@@ -229,6 +229,18 @@ test('events: wrong types and invalid event types are 422 invalid_field', withLo
   const edge2 = await api(relay, 'POST', '/v1/events', { type: 'x'.repeat(64), id: 'edge-64-chars' });
   assert.equal(edge2.status, 202, `a 64-char word is allowed: ${edge2.text}`);
   accepted.extra.push(edge.json.id, edge2.json.id);
+  // key, id and the Idempotency-Key header take up to 255 bytes: 256 is refused above.
+  const k255 = 'k'.repeat(255);
+  const edge3 = await api(relay, 'POST', '/v1/events', { type: 'ok.type', key: k255, id: 'i'.repeat(255) });
+  assert.equal(edge3.status, 202, `a 255-byte key and id are allowed: ${edge3.text}`);
+  const edge4 = await api(relay, 'POST', '/v1/events', { type: 'ok.type' }, { 'Idempotency-Key': 'h'.repeat(255) });
+  assert.equal(edge4.status, 202, `a 255-byte Idempotency-Key is allowed: ${edge4.text}`);
+  accepted.extra.push(edge3.json.id, edge4.json.id);
+  const shown = (await api(relay, 'GET', `/v1/events/${edge3.json.id}`)).json;
+  assert.equal(shown.key, k255);
+  assert.equal(shown.idempotency_key, 'i'.repeat(255));
+  assertError(await api(relay, 'POST', '/v1/events', { type: 'ok.type' }, { 'Idempotency-Key': 'h'.repeat(256) }),
+    422, 'invalid_field', '256-byte Idempotency-Key');
   await assertNothingStored();
 }));
 
