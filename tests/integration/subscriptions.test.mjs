@@ -377,6 +377,40 @@ test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and r
   verifySigned(req, sub.secret);
 }));
 
+test('custom headers and description: the limits are inclusive, one more is 422, control characters are refused', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const headers = Object.fromEntries(Array.from({ length: 32 }, (_, i) => [`X-H${i}`, `v${i}`]));
+  headers['X-H0'] = 'v'.repeat(4096);
+  headers['X-H1'] = 'tab\tinside';
+  const sub = await createSub(relay, r, { headers, description: 'd'.repeat(1024) });
+  assert.equal(sub.description.length, 1024);
+  await postEvent(relay, { type: 'lim.x' });
+  const [req] = await r.waitFor(1);
+  for (const [name, value] of Object.entries(headers)) {
+    assert.equal(req.headers[name.toLowerCase()], value, `custom header ${name} is sent as stored`);
+  }
+  const base = { url: `${r.url}/hook`, event_types: ['#'] };
+  const refused = [
+    ['33 headers', { headers: { ...headers, 'X-H32': 'v' } }],
+    ['a 4097-byte value', { headers: { 'X-A': 'v'.repeat(4097) } }],
+    ['a 257-byte name', { headers: { ['N'.repeat(257)]: 'v' } }],
+    ['a 1025-byte description', { description: 'd'.repeat(1025) }],
+    ['a control character in a value', { headers: { 'X-A': 'a\u0001b' } }],
+    ['DEL in a value', { headers: { 'X-A': 'a\u007fb' } }],
+  ];
+  for (const [what, body] of refused) {
+    assertError(await api(relay, 'POST', '/v1/subscriptions', { ...base, ...body }), 422, 'invalid_field', `create with ${what}`);
+    assertError(await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, body), 422, 'invalid_field', `PATCH with ${what}`);
+  }
+  assert.equal((await listAll(relay, '/v1/subscriptions')).length, 1, 'no refused subscription was stored');
+  const after = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+  assert.deepEqual(after.headers, headers, 'no refused PATCH changed the headers');
+  assert.equal(after.description, 'd'.repeat(1024));
+  const named = await api(relay, 'POST', '/v1/subscriptions', { ...base, headers: { ['N'.repeat(256)]: 'v' } });
+  assert.equal(named.status, 201, `a 256-byte header name is allowed: ${named.text}`);
+}));
+
 test('stats: pending (in flight included), failed, and since when the oldest is due', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms' });
   const hang = await startReceiver({ behavior: { hang: true } });
