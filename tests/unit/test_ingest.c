@@ -47,6 +47,15 @@ static void test_exact_data(void)
 	}
 	ingest_free(in);
 
+	/* Pretty-printed data (newlines, tabs, CRLF between tokens) is sent compact; the
+	 * white space inside strings stays. */
+	in = NULL;
+	CHECK(parse("{\n\t\"type\": \"a\",\r\n\t\"data\": {\r\n\t\t\"x\": [\n1,\n\t2\n],\n"
+	            "\t\t\"s\": \"\\n \\t\"\r\n\t}\n}\n",
+	            0, &in) == INGEST_OK);
+	CHECK(in && data_is(in, 0, "{\"x\":[1,2],\"s\":\"\\n \\t\"}"));
+	ingest_free(in);
+
 	/* An escaped key is still "data"; a "data" inside a string or nested is not. */
 	in = NULL;
 	CHECK(parse("{\"key\":\"\\\"data\\\":2\",\"type\":\"a\",\"d\\u0061ta\":{\"data\":1}}", 0,
