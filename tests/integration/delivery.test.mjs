@@ -828,6 +828,35 @@ for (const [what, args, path] of [
   }));
 }
 
+// The reserve is for subscriptions that are not failing: a failing one with nothing in
+// flight (its last attempt got a 500, its retry now due) must not take the last slot,
+// or a receiver that then hangs holds it for the whole timeout and a healthy
+// subscription's events wait behind it.
+test('a failing subscription with nothing in flight does not take the reserve', withLogs(async () => {
+  const relay = await startRelay({ args: ['--max-in-flight', '8', '--delivery-timeout', '5s'], retrySchedule: '100ms,100ms,100ms' });
+  const hang = await startReceiver({ behavior: { hang: true } });
+  const flaky = await startReceiver({ behavior: (_q, i) => (i === 0 ? { status: 500 } : { hang: true }) });
+  const healthy = await startReceiver();
+  await createSub(relay, hang, { event_types: ['hold.*'], max_in_flight: 7 });
+  const held = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 10 }, (_, i) => ({ type: 'hold.tick', data: { i } })));
+  assert.equal(held.status, 202, held.text);
+  await hang.waitFor(7, 3000); // 7 of the 8 slots held; the eighth is the reserve
+  await createSub(relay, flaky, { event_types: ['flaky.*'] });
+  await createSub(relay, healthy, { event_types: ['ok.*'] });
+  await postEvent(relay, { type: 'flaky.tick' });
+  await flaky.waitFor(1, 3000); // fresh: it may use the reserve, and gets a 500
+  await sleep(500); // its retries come due, failing, with nothing in flight
+  assert.equal(flaky.requests.length, 1, 'a failing subscription took the reserved slot for its retry');
+  const t0 = performance.now();
+  await postEvent(relay, { type: 'ok.tick' });
+  await healthy.waitFor(1, 4000);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 1500, `the healthy event waited ${ms.toFixed(0)} ms`);
+  hang.dropConnections();
+  flaky.dropConnections();
+}));
+
 // Backlogged subscriptions share what is not kept back, in turn: with shares of all of
 // --max-in-flight the last in the round got one request at a time, from the reserve
 // (16 at the defaults: 14 had 15.6 in flight, 2 had 1), and the claim, never full
