@@ -353,6 +353,12 @@ test('list query parameters: unknown, repeated or without a value are 422 naming
   }
   // a NUL inside a filter would cut it short: type=a%00b listed type a
   assertError(await api(relay, 'GET', '/v1/events?type=a%00b'), 422, 'invalid_field', 'type with %00');
+  // a type no event can have is the caller's mistake, not an empty page
+  for (const type of ['a..b', 'a.*', 'order.%23', 'a%20b']) {
+    const res = await api(relay, 'GET', `/v1/events?type=${type}`);
+    assertError(res, 422, 'invalid_field', `GET /v1/events?type=${type}`);
+    assert.match(res.json.error.message, /^type: /);
+  }
   assertError(await api(relay, 'GET', '/v1/deliveries?status=pending%00x'), 422, 'invalid_field', 'status with %00');
   const typo = await api(relay, 'GET', '/v1/deliveries?stat=failed');
   assert.match(typo.json.error.message, /known: limit, after, subscription, event, status\)/);
