@@ -346,15 +346,18 @@ test('a failed read after PATCH enabled:false still stops new deliveries', withL
 // the read routes did, but /metrics, which a monitor polls while the disk is failing,
 // answered without it (as did /healthz, whose sqlite3_exec the shim cannot reach; the
 // header is now added to every 503 in one place, http.c).
-test('a store that does not answer: /metrics and reads are 503 with Retry-After', withLogs(async () => {
+test('a store that does not answer: /healthz, /metrics and reads are 503 with Retry-After', withLogs(async () => {
   const flag = path.join(tmpDir(), 'faults-on');
   const relay = await startRelay({
     env: faultEnv({
       FAULT_STEP_FLAG: flag,
-      FAULT_STEP_SQL: 'SELECT (SELECT count(*) FROM subscriptions@1|SELECT d.id, e.id@1',
+      FAULT_STEP_SQL: 'SELECT (SELECT count(*) FROM subscriptions@1|SELECT d.id, e.id@1|SELECT 1 FROM events@1',
     }),
   });
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
   writeFileSync(flag, '');
+  const health = await api(relay, 'GET', '/healthz');
+  assertError(health, 503, 'storage_unavailable', '/healthz with reads failing');
   for (const route of ['/metrics', '/v1/deliveries']) {
     const r = await api(relay, 'GET', route);
     assert.equal(r.status, 503, `${route}: ${r.text}`);
@@ -363,6 +366,7 @@ test('a store that does not answer: /metrics and reads are 503 with Retry-After'
   }
   rmSync(flag);
   assert.equal((await api(relay, 'GET', '/metrics')).status, 200, 'and it answers again');
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'healthy again');
 }));
 
 // A publish is answered after the fdatasync of its batch; the COMMIT comes before, and
