@@ -364,7 +364,8 @@ enum store_rc store_health(struct store *s)
 	sqlite3_stmt *st = NULL;
 	enum store_rc rc = STORE_ERR;
 	/* prepared and stepped, not sqlite3_exec: the tests' fault shim fails a step */
-	if (db && sqlite3_prepare_v2(db, "SELECT 1 FROM events LIMIT 1", -1, &st, NULL) == SQLITE_OK) {
+	if (db &&
+	    sqlite3_prepare_v2(db, "SELECT 1 FROM events LIMIT 1", -1, &st, NULL) == SQLITE_OK) {
 		int step = sqlite3_step(st);
 		if (step == SQLITE_ROW || step == SQLITE_DONE)
 			rc = STORE_OK;
