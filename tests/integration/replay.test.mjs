@@ -152,6 +152,10 @@ test('replay refuses what it cannot do, with the documented errors', withLogs(as
   const backwards = await api(relay, 'POST', path, { since, until: '2025-12-31T00:00:00Z' });
   assertError(backwards, 422, 'invalid_field', 'until before since');
   assert.match(backwards.json.error.message, /until must be after since/);
+  // an empty range is a mistake too: `until` is exclusive, so since = until names nothing
+  const empty = await api(relay, 'POST', path, { since, until: since });
+  assertError(empty, 422, 'invalid_field', 'until equal to since');
+  assert.match(empty.json.error.message, /until must be after since/);
   const typo = await api(relay, 'POST', path, { since, untill: '2026-02-01T00:00:00Z' });
   assertError(typo, 422, 'invalid_field', 'a misspelt field');
   assert.match(typo.json.error.message, /^untill: unknown field/);
@@ -159,4 +163,29 @@ test('replay refuses what it cannot do, with the documented errors', withLogs(as
   assertError(await api(relay, 'POST', path, '{"since":', { 'content-type': 'application/json' }), 400, 'malformed_json', 'cut JSON');
   assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`)).status, 204);
   assertError(await api(relay, 'POST', path, { since }), 404, 'not_found', 'a deleted subscription');
+}));
+
+// `until` must hold back what comes at and after it, even events the subscription has no
+// delivery of yet (in the first test every later event already had one, so a replay
+// that ignored `until` made the same count).
+test('replay with until sends only the events before it; the rest wait for their own call', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const since = await instant();
+  const first = await postEvent(relay, { type: 'stock.moved', data: { n: 1 } });
+  const until = await instant();
+  const later = [];
+  for (let n = 2; n <= 3; n++) later.push(await postEvent(relay, { type: 'stock.moved', data: { n } }));
+  const sub = await createSub(relay, r, { event_types: ['stock.*'] });
+
+  const bounded = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/replay`, { since, until });
+  assert.deepEqual([bounded.status, bounded.json], [202, { replayed: 1, next: null }], bounded.text);
+  await r.waitFor(1, 5000 * SLOW);
+  await assertNoMore(r, 1, 500);
+  assert.deepEqual(ids(r), [first.id]);
+
+  const rest = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/replay`, { since: until });
+  assert.deepEqual([rest.status, rest.json], [202, { replayed: 2, next: null }], rest.text);
+  await r.waitFor(3, 5000 * SLOW);
+  assert.deepEqual(ids(r), [first.id, ...later.map((e) => e.id)]);
 }));
