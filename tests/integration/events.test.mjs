@@ -651,3 +651,21 @@ test('a header stored before its name was reserved is not sent', withLogs(async 
   assert.equal(req.headers['webhook-id'], ev.id, 'a stored webhook-id does not replace ours');
   assert.deepEqual(verifySigned(req, sub.secret).data, { n: 1 });
 }));
+
+// The API accepts an empty header value, and what is stored must be what is sent: curl
+// takes "Name:" with nothing after it as "remove this header", so the sender has to
+// write it its own way ("Name;") for the header to arrive, empty.
+test('custom headers arrive as stored, an empty value as an empty header', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const headers = { 'X-Tenant': 'acme', 'X-Empty-Flag': '', Authorization: 'Bearer t0k3n' };
+  const sub = await createSub(relay, r, { event_types: ['hdr.#'], headers });
+  assert.deepEqual((await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.headers, headers);
+  await postEvent(relay, { type: 'hdr.sent', data: { n: 1 } });
+  const [req] = await r.waitFor(1, 5000);
+  assert.equal(req.headers['x-tenant'], 'acme');
+  assert.equal(req.headers.authorization, 'Bearer t0k3n');
+  assert.equal(req.headers['x-empty-flag'], '', 'the empty header is sent, empty');
+  assert.equal(req.headers['content-length'], String(req.body.length));
+  assert.deepEqual(verifySigned(req, sub.secret).data, { n: 1 });
+}));
