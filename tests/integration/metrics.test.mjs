@@ -313,3 +313,53 @@ test('hookrelay_writer_queue counts writes waiting for the writer, and falls bac
   await waitUntil(async () => (await metrics(relay)).hookrelay_writer_queue === 0, 3000,
     'the gauge back at 0');
 }));
+
+// What Prometheus reads: every family once, with one HELP and one TYPE before its samples,
+// the type right (rate() of a gauge, or a counter read as a gauge, gives wrong graphs
+// without an error), and no series twice. And a batch counts each of its events.
+test('/metrics text: one HELP and TYPE per family, the right type, no series twice; a batch counts each event', withLogs(async () => {
+  const relay = await startRelay();
+  const ok = await startReceiver();
+  await createSub(relay, ok, { event_types: ['f.#'] });
+  const batch = await api(relay, 'POST', '/v1/events/batch', [{ type: 'f.a' }, { type: 'f.b' }, { type: 'f.c' }]);
+  assert.equal(batch.status, 202, batch.text);
+  await postEvent(relay, { type: 'f.d' });
+  await ok.waitFor(4);
+  await waitUntil(async () => (await metrics(relay))['hookrelay_delivery_attempts_total{outcome="delivered"}'] === 4,
+    5000, 'four attempts counted');
+  const m = await metrics(relay);
+  assert.equal(m.hookrelay_events_published_total, 4, 'three in a batch and one alone');
+
+  const text = (await api(relay, 'GET', '/metrics')).text;
+  const histograms = ['hookrelay_delivery_attempt_duration_seconds', 'hookrelay_delivery_latency_seconds',
+    'hookrelay_wal_sync_duration_seconds'];
+  const help = new Map();
+  const type = new Map();
+  const series = new Set();
+  for (const line of text.split('\n')) {
+    if (line === '') continue;
+    let g = line.match(/^# (HELP|TYPE) ([a-z_]+) (.+)$/);
+    if (g) {
+      const seen = g[1] === 'HELP' ? help : type;
+      assert.ok(!seen.has(g[2]), `a second # ${g[1]} for ${g[2]}`);
+      seen.set(g[2], g[3]);
+      continue;
+    }
+    g = line.match(/^([a-z_]+)(\{[^}]*\})? \S+$/);
+    assert.ok(g, `not a sample line: ${line}`);
+    assert.ok(!series.has(g[1] + (g[2] ?? '')), `series twice: ${line}`);
+    series.add(g[1] + (g[2] ?? ''));
+    const family = histograms.find((h) => g[1].startsWith(h)) ?? g[1];
+    assert.ok(type.has(family) && help.has(family), `${line}: no # HELP and # TYPE before it`);
+  }
+  assert.deepEqual([...help.keys()], [...type.keys()], 'each family has both, in the same order');
+  for (const [family, t] of type) {
+    const want = histograms.includes(family) ? 'histogram' : family.endsWith('_total') ? 'counter' : 'gauge';
+    assert.equal(t, want, `# TYPE ${family}`);
+  }
+  for (const f of ['hookrelay_events_published_total', 'hookrelay_delivery_attempts_total', 'hookrelay_deliveries_pending',
+    'hookrelay_deliveries_in_flight', 'hookrelay_subscriptions', 'hookrelay_subscriptions_failing',
+    'hookrelay_writer_queue', 'hookrelay_store_write_failures_total', 'hookrelay_requests_refused_total', ...histograms]) {
+    assert.ok(type.has(f), `${f} is written`);
+  }
+}));
