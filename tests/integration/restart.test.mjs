@@ -601,6 +601,22 @@ test('refused at start, unchanged: another program\'s database, one open in anot
       name === 'theirs.db' ? 'invoices' : 'events', `${name} was given hookrelay's tables`);
   }
 
+  // A database a newer hookrelay has migrated: refused (this build cannot know what its
+  // migrations changed), named as newer, and left as it was. One version ahead is
+  // enough to be refused.
+  {
+    const made = await startRelay();
+    await made.stop();
+    const version = Number(sql(made.dbPath, 'PRAGMA user_version'));
+    assert.ok(version >= 1, `a relay's database has a schema version: ${version}`);
+    sql(made.dbPath, `PRAGMA user_version = ${version + 1}`);
+    const res = serve(made.dbPath);
+    assert.ok(!res.error, `started on a newer database: ${res.stdout}`);
+    assert.equal(res.status, 1, res.stderr);
+    assert.match(res.stderr, new RegExp(`database schema version ${version + 1} is newer than this hookrelay knows \\(${version}\\)`));
+    assert.equal(sql(made.dbPath, 'PRAGMA user_version'), String(version + 1), 'its version was left as it was');
+  }
+
   // Not a database at all: refused, and not called damaged.
   const text = path.join(dir, 'notes.db');
   writeFileSync(text, 'hello\n'.repeat(100));
