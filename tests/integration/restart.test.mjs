@@ -322,6 +322,19 @@ test('bad flags are refused at start with a non-zero exit', withLogs(async () =>
 test('--retention and --disable-after take 0 in any duration spelling', withLogs(async () => {
   const relay = await startRelay({ args: ['--retention', '0s', '--disable-after', '0d'] });
   assert.equal((await api(relay, 'GET', '/healthz')).status, 200);
+  // 0 is "keep for ever", not "keep nothing": delivered events stay past a prune's turn
+  // (the prune looks once a second; the newest event is always kept, so two older ones)
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['keep.#'] });
+  const evs = [];
+  for (let i = 0; i < 3; i++) evs.push(await postEvent(relay, { type: 'keep.me', data: { i } }));
+  await r.waitFor(3);
+  await sleep(2500);
+  for (const ev of evs) {
+    const got = await api(relay, 'GET', `/v1/events/${ev.id}`);
+    assert.equal(got.status, 200, `${ev.id} kept under --retention 0: ${got.text}`);
+    assert.equal(got.json.deliveries.length, 1);
+  }
   const half = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', path.join(tmpDir(), 'h.db'), '--retention', '500ms'],
     { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL' });
   assert.equal(half.status, 2, 'under a second, not zero: still refused');
