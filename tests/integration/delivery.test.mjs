@@ -139,6 +139,8 @@ test('410 Gone disables the subscription with a reason and fails the delivery', 
   const d = await waitDelivery(relay, d0.id, 'failed');
   assert.equal(d.attempt_count, 1, 'no retry after 410');
   assert.equal(d.attempts[0].http_status, 410);
+  assert.equal(d.attempts[0].error, 'HTTP 410: receiver says gone', 'the log says why it stopped');
+  assert.equal(d.last_error, 'HTTP 410: receiver says gone');
   const s = await waitUntil(async () => {
     const g = await api(relay, 'GET', `/v1/subscriptions/${sub.id}`);
     return g.json.enabled === false ? g.json : false;
@@ -244,6 +246,8 @@ test('redirects are not followed and count as failures', withLogs(async () => {
   const ev = await postEvent(relay, { type: 'redir.test' });
   const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'failed');
   assert.deepEqual(d.attempts.map((a) => a.http_status), [302, 302]);
+  // a 302 reads as a failure: the log says it was a redirect we did not follow
+  assert.deepEqual(d.attempts.map((a) => a.error), ['redirect not followed (HTTP 302)', 'redirect not followed (HTTP 302)']);
   assert.ok(r.requests.every((q) => q.url === '/hook'), `followed a redirect: ${r.requests.map((q) => q.url)}`);
 }));
 
