@@ -8,7 +8,8 @@
  *   both change only after the COMMIT that changed the row (store_reload_subscription; one
  *   that cannot read the row keeps the entry as it was and is tried again after the next
  *   COMMIT), except a subscription's lease count, which a completion lowers when it is
- *   applied (return_leases) so that a claim in the same batch can use the room.
+ *   applied (return_leases, store_claim.c) so that a claim in the same batch can use the
+ *   room.
  * - a deleted subscription's pending deliveries are failed SWEEP_CHUNK rows per batch
  *   (the delete does the first chunk, STORE_SWEEP calls the rest, one at a time in the
  *   queue), so that deleting a subscription with a million pending rows neither holds
@@ -63,8 +64,8 @@ void store_sub_entry_clear(struct sub_entry *e)
 
 /* The quiet bits: a claim sets subs[k]'s when it finds it idle with nothing pending and
  * nothing leased; whatever may make one of its deliveries claimable clears it
- * (store_sub_ask, store_account_claimed), and any change to the array's order clears them all. A
- * claim then steps over runs of quiet subscriptions 64 at a time. */
+ * (store_sub_ask, store_account_claimed), and any change to the array's order clears
+ * them all. A claim then steps over runs of quiet subscriptions 64 at a time. */
 void store_quiet_clear_all(struct store *s)
 {
 	if (s->quiet)
