@@ -378,6 +378,9 @@ test('--api-key: 401 without or with a wrong bearer, works with it; healthz need
   assertError(await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/', event_types: ['#'] }), 401, 'unauthorized', 'subscribe without key');
   const h = await api(relay, 'GET', '/healthz');
   assert.equal(h.status, 200);
+  // RFC 9110 11.1: the scheme is case-insensitive; some clients send "bearer".
+  assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'bearer s3cret-key-0123456789abcdef' })).status, 200,
+    'a lower-case "bearer" scheme');
   const ev = await api(relay, 'POST', '/v1/events', { type: 'auth.ok' }, good);
   assert.equal(ev.status, 202, ev.text);
   const list = await api(relay, 'GET', '/v1/events', undefined, good);
@@ -454,6 +457,11 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
     [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
     [['--max-idle-connections', '-1'], {}, /--max-idle-connections wants 0\.\.100000, not '-1'/],
     [[], { HOOKRELAY_MAX_IDLE_CONNECTIONS: 'many' }, /\(from HOOKRELAY_MAX_IDLE_CONNECTIONS\)/],
+    // a guessable key: 15 characters is one short of the least taken
+    [['--api-key', 'fifteen-chars-k'], {}, /--api-key: a key must be at least 16 characters/],
+    // reachable from other hosts with no key at all
+    [['--listen', '0.0.0.0:0'], {}, /refusing to listen on 0\.0\.0\.0 without an API key/],
+    [['--listen', '[::]:0'], {}, /refusing to listen on :: without an API key/],
   ]) {
     const res = spawnSync(relayBin(), ['serve', '--listen', '127.0.0.1:0', '--db', db, ...args],
       { encoding: 'utf8', timeout: 5000, killSignal: 'SIGKILL', env: { ...process.env, ...env } });
@@ -474,7 +482,7 @@ test('HOOKRELAY_ALLOW_PRIVATE_TARGETS=false keeps the guard; a flag replaces its
   // A bad value in the environment is overridden by the flag, and a key given by flag
   // replaces the environment's (rotating a key by flag must retire the old one).
   const keys = await startRelay({
-    args: ['--api-key', 'flag-key-0123456789abcdef', '--max-body', '4KiB'],
+    args: ['--api-key=flag-key-0123456789abcdef', '--max-body', '4KiB'], // both spellings of a flag
     env: { HOOKRELAY_API_KEY: 'env-key-0123456789abcdef', HOOKRELAY_MAX_BODY: 'lots' },
   });
   assertError(await api(keys, 'GET', '/v1/events', undefined, { authorization: 'Bearer env-key-0123456789abcdef' }),
@@ -490,6 +498,13 @@ test('--api-key-file: white space around a key is not part of it', withLogs(asyn
   const relay = await startRelay({ args: ['--api-key-file', file, '--api-key-file', longest] });
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer spaced-key-0123456789abcdef' })).status, 200);
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: `Bearer ${'L'.repeat(1023)}` })).status, 200);
+}));
+
+test('--listen localhost:PORT listens on 127.0.0.1; a key of exactly 16 characters is taken', withLogs(async () => {
+  const relay = await startRelay({ bare: true, args: ['--listen', 'localhost:0', '--db', path.join(tmpDir(), 'lh.db'),
+    '--api-key', 'sixteen-chars-ky'] });
+  // startRelay waited for "listening on http://127.0.0.1:PORT"
+  assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer sixteen-chars-ky' })).status, 200);
 }));
 
 // Checking a restored backup with `serve --db backup.db` while production holds the port
