@@ -299,6 +299,39 @@ test('batch: all items are stored and delivered, ids in order', withLogs(async (
   }
 }));
 
+// A batch answers 202 when it stored anything, 200 only when every item replayed an id
+// already stored; each replayed item's place in ids holds the stored event's id.
+test('batch: items replaying stored ids get their events\' ids; 200 only when every item replays', withLogs(async () => {
+  const relay = await startRelay();
+  const first = await postEvent(relay, { type: 'rb.one', id: 'rb-1' });
+  const mixed = await api(relay, 'POST', '/v1/events/batch', [{ type: 'rb.one', id: 'rb-1' }, { type: 'rb.two', id: 'rb-2' }]);
+  assert.equal(mixed.status, 202, `one item new: ${mixed.text}`);
+  assert.equal(mixed.json.ids[0], first.id, 'the replayed item names the stored event');
+  assert.notEqual(mixed.json.ids[1], first.id);
+  const again = await api(relay, 'POST', '/v1/events/batch', [{ type: 'rb.one', id: 'rb-1' }, { type: 'rb.two', id: 'rb-2' }]);
+  assert.equal(again.status, 200, `every item replayed: ${again.text}`);
+  assert.deepEqual(again.json.ids, mixed.json.ids);
+  assert.equal((await listAll(relay, '/v1/events')).length, 2, 'two events stored in all');
+}));
+
+// "key": null is the same as no key (the envelope shows key null); white space between
+// the tokens of data (tabs, CR/LF, spaces) is not part of the envelope, inside strings it is.
+test('publish: key null is no key; white space between data\'s tokens is dropped, inside strings kept', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['ws.#'] });
+  const body = '{"type":"ws.x","key":null,"data":{\t"a" :\r\n[1,\t2 ],\n "s":"x \\t y"\t}}';
+  const res = await api(relay, 'POST', '/v1/events', body);
+  assert.equal(res.status, 202, res.text);
+  const [q] = await r.waitFor(1, 5000);
+  const env = verifySigned(q, sub.secret);
+  assert.equal(env.key, null);
+  assert.match(q.body.toString(), /"key":null,"timestamp":"[^"]+","data":\{"a":\[1,2\],"s":"x \\t y"\}\}$/);
+  const got = await api(relay, 'GET', `/v1/events/${res.json.id}`);
+  assert.equal(got.json.key, null);
+  assert.ok(got.text.includes('"data":{"a":[1,2],"s":"x \\t y"}'), got.text);
+}));
+
 test('batch: one invalid item rejects the whole batch and stores nothing', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
