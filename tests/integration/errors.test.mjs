@@ -385,6 +385,42 @@ test('body over --max-body is 413 payload_too_large, promptly', withLogs(async (
   accepted.extra.push(fits.json.id);
 }));
 
+// The limit is inclusive: a body of exactly --max-body bytes is taken, declared or
+// chunked; one byte more is 413 either way.
+test('a body of exactly --max-body bytes is accepted, by Content-Length and chunked; one more is 413', withLogs(async () => {
+  const sized = (n, id) => {
+    const head = `{"type":"exact.size","id":"${id}","data":"`;
+    return head + 'e'.repeat(n - head.length - 2) + '"}';
+  };
+  const chunked = (body) => new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: relay.port, method: 'POST', path: '/v1/events',
+      headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, timeout: 5000 },
+    (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', reject);
+    req.write(body.slice(0, 1000));
+    req.end(body.slice(1000));
+  });
+  const exact = sized(4096, 'exact-cl');
+  assert.equal(Buffer.byteLength(exact), 4096);
+  const byLength = await api(relay, 'POST', '/v1/events', exact);
+  assert.equal(byLength.status, 202, `4096 bytes by Content-Length: ${byLength.text}`);
+  accepted.extra.push(byLength.json.id);
+  const byChunks = await chunked(sized(4096, 'exact-ch'));
+  assert.equal(byChunks.status, 202, `4096 bytes chunked: ${byChunks.text}`);
+  accepted.extra.push(JSON.parse(byChunks.text).id);
+  assertError(await api(relay, 'POST', '/v1/events', sized(4097, 'over-cl')), 413, 'payload_too_large', '4097 bytes by Content-Length');
+  const over = await chunked(sized(4097, 'over-ch'));
+  assert.equal(over.status, 413, `4097 bytes chunked: ${over.text}`);
+  await assertNothingStored();
+}));
+
 test('body over --max-body without Content-Length (chunked) is 413 too', withLogs(async () => {
   const { port } = relay;
   const result = await new Promise((resolve, reject) => {
@@ -422,6 +458,10 @@ test('wrong content type is 415 unsupported_media_type; charset parameter is fin
   const ok = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-ok' }), { 'content-type': 'application/json; charset=utf-8' });
   assert.equal(ok.status, 202, ok.text);
   accepted.extra.push(ok.json.id);
+  // RFC 9110 8.3.1: white space may stand before a parameter's ';'
+  const spaced = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-spaced' }), { 'content-type': 'application/json ; charset=utf-8' });
+  assert.equal(spaced.status, 202, `application/json ; charset=utf-8: ${spaced.text}`);
+  accepted.extra.push(spaced.json.id);
 }));
 
 test('unknown ids on every {id} route are 404 not_found; unknown routes too', withLogs(async () => {
