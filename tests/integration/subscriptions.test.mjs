@@ -377,6 +377,22 @@ test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and r
   verifySigned(req, sub.secret);
 }));
 
+// The documented maxima are inclusive (64 patterns, max_in_flight 1000), and a
+// description can be cleared again with null.
+test('64 event_types and max_in_flight 1000 are taken; PATCH description null clears it', withLogs(async () => {
+  const relay = await startRelay();
+  const patterns = Array.from({ length: 64 }, (_, i) => `p${i}.*`);
+  const created = await api(relay, 'POST', '/v1/subscriptions',
+    { url: 'http://127.0.0.1:9/hook', event_types: patterns, max_in_flight: 1000, description: 'to clear' });
+  assert.equal(created.status, 201, created.text);
+  assert.equal(created.json.event_types.length, 64);
+  assert.equal(created.json.max_in_flight, 1000);
+  const cleared = await api(relay, 'PATCH', `/v1/subscriptions/${created.json.id}`, { description: null });
+  assert.equal(cleared.status, 200, cleared.text);
+  assert.equal(cleared.json.description, null);
+  assert.equal((await api(relay, 'GET', `/v1/subscriptions/${created.json.id}`)).json.description, null);
+}));
+
 test('custom headers and description: the limits are inclusive, one more is 422, control characters are refused', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
