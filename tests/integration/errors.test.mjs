@@ -463,6 +463,10 @@ test('wrong content type is 415 unsupported_media_type; charset parameter is fin
   const spaced = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-spaced' }), { 'content-type': 'application/json ; charset=utf-8' });
   assert.equal(spaced.status, 202, `application/json ; charset=utf-8: ${spaced.text}`);
   accepted.extra.push(spaced.json.id);
+  // RFC 9110 8.3.1: the type and subtype are case-insensitive
+  const upper = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-upper' }), { 'content-type': 'Application/JSON' });
+  assert.equal(upper.status, 202, `Application/JSON: ${upper.text}`);
+  accepted.extra.push(upper.json.id);
 }));
 
 test('unknown ids on every {id} route are 404 not_found; unknown routes too', withLogs(async () => {
