@@ -142,9 +142,54 @@ static void test_group_commit(void)
 	CHECK(batch_is(&r, 1, &order[1], N - 1));
 }
 
+/* A full queue refuses what may be refused (a publish gets its 503) but always takes what
+ * may not: the dispatcher's claims and results, whose loss would leave deliveries leased
+ * until the next start. The writer is held in its first batch while the queue fills. */
+static void test_full_queue_takes_must(void)
+{
+	struct recorder r = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+	enum { MAX_QUEUE = 3 };
+	struct store_call calls[MAX_QUEUE + 4];
+	memset(calls, 0, sizeof(calls));
+	for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
+		calls[i].kind = STORE_INGEST;
+		calls[i].done = count_done;
+		calls[i].arg = &r;
+	}
+	struct writer *w = writer_start(record_batch, no_sync, &r, MAX_QUEUE, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	CHECK(writer_submit(w, &calls[0], 0) == 0);
+	pthread_mutex_lock(&r.mu);
+	while (!r.entered)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	int taken = 1;
+	for (int i = 1; i <= MAX_QUEUE; i++)
+		taken += writer_submit(w, &calls[i], 0) == 0;
+	CHECK(taken == 1 + MAX_QUEUE);
+	CHECK(writer_queued(w) == MAX_QUEUE);
+	CHECK(writer_submit(w, &calls[MAX_QUEUE + 1], 0) == -1); /* full: refused */
+	calls[MAX_QUEUE + 2].kind = STORE_CLAIM;
+	calls[MAX_QUEUE + 3].kind = STORE_COMPLETE;
+	CHECK(writer_submit(w, &calls[MAX_QUEUE + 2], 1) == 0); /* full, but must: taken */
+	CHECK(writer_submit(w, &calls[MAX_QUEUE + 3], 1) == 0);
+	CHECK(writer_queued(w) == MAX_QUEUE + 2);
+	pthread_mutex_lock(&r.mu);
+	r.released = 1;
+	pthread_cond_broadcast(&r.cv);
+	while (r.done < MAX_QUEUE + 3)
+		pthread_cond_wait(&r.cv, &r.mu);
+	pthread_mutex_unlock(&r.mu);
+	writer_stop(w);
+	CHECK(r.done == MAX_QUEUE + 3); /* every call taken was run, the refused one was not */
+}
+
 int main(void)
 {
 	test_group_commit();
 	test_subscription_write_ends_batch();
+	test_full_queue_takes_must();
 	return CHECK_DONE();
 }
