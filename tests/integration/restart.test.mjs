@@ -43,6 +43,37 @@ test('kill -9 with deliveries in flight: after restart every accepted event is d
   assert.equal(subs.status, 200, 'subscription survives the crash');
 }));
 
+// A DELETE fails its subscription's pending deliveries, but the ones in flight stay
+// pending until their attempt ends. A crash then leaves them pending with nothing in
+// flight: the start must find the deleted subscription and finish its sweep, or they
+// stayed "pending" forever (and held their events past the retention).
+test('kill -9 after a DELETE with deliveries in flight: the restart fails them, unsent', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '30s'], retrySchedule: '200ms' });
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { event_types: ['gone.*'] });
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push((await postEvent(relay, { type: 'gone.test', data: { i } })).id);
+  await r.waitFor(3, 5000); // all three in flight, hanging
+  assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`)).status, 204);
+  const held = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+  assert.deepEqual(held.map((d) => d.status), ['pending', 'pending', 'pending'], 'in flight at the DELETE');
+  await relay.kill9();
+  r.dropConnections();
+  r.setBehavior({ status: 200 });
+  const before = r.requests.length;
+
+  const again = await startRelay({ dbPath: relay.dbPath, retrySchedule: '200ms' });
+  await waitUntil(async () => (await listAll(again, `/v1/deliveries?subscription=${sub.id}&status=failed`)).length === 3,
+    5000, 'the deleted subscription\'s deliveries failed after the restart');
+  for (const d of held) {
+    const one = await api(again, 'GET', `/v1/deliveries/${d.id}`);
+    assert.equal(one.status, 200, one.text);
+    assert.equal(one.json.status, 'failed', one.text);
+    assert.equal(one.json.last_error, 'subscription deleted', one.text);
+  }
+  assert.equal(r.requests.length, before, 'nothing sent for a deleted subscription');
+}));
+
 test('kill -9 during a burst of publishes: every 202 survives the restart', withLogs(async () => {
   const relay = await startRelay();
   const acceptedIds = [];
