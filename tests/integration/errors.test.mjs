@@ -507,6 +507,9 @@ test('an encoded NUL or slash in the path is 404, and the id in front of it is u
     ['PATCH', `/v1/subscriptions/${id}%2F`, { enabled: false }],
     ['PATCH', `/v1/subscriptions/${id}%00`, { enabled: false }],
     ['GET', `/v1/subscriptions/${id}%00/stats`],
+    // a real route behind the escape, in both cases: decoded, these answer the stats
+    ['GET', `/v1/subscriptions/${id}%2Fstats`],
+    ['GET', `/v1/subscriptions/${id}%2fstats`],
     ['GET', `/v1/events/${accepted.id}%00x`],
     ['GET', '/v1/deliveries%00/dlv_1'],
     ['POST', '/v1/deliveries/dlv_1%2fretry'],
