@@ -268,6 +268,7 @@ static void test_retry_after(void)
 	    {"Fri, 31 Dec 9999 23:59:59 GMT", 7 * DAY},   /* capped */
 	    {"Sun, 06 Nov 1994 08:49:37 GMT", 0},         /* past: now */
 	    {"Thu, 01 Jan 1970 00:00:00 GMT", 0},         /* past: now */
+	    {"Tue, 31 Dec 2024 23:59:59 GMT", 0},         /* a second past: now, not before */
 	    {"Mon, 01 Jan 2025 00:02:00 GMT", 2 * MIN},   /* weekday name not cross-checked */
 	    {" Wed, 01 Jan 2025 00:02:00 GMT ", 2 * MIN}, /* OWS around the value */
 	    {"Wed, 01 Jan 2025 00:02:00 UTC", -1},
