@@ -27,6 +27,14 @@ static void test_burst_then_steady(void)
 	CHECK(start(&b, 5, T0 + 200, 100) == 1);
 	CHECK(rate_limit_next_ms(&b, 5, T0 + 200) == T0 + 400);
 
+	/* 3/s: a token every 333.3 ms; the next start is promised at the first ms that
+	 * holds a whole token (334), not a ms early when the bucket still has 999/1000 */
+	struct rate_bucket third = {0};
+	CHECK(start(&third, 3, T0, 100) == 1);
+	CHECK(rate_limit_next_ms(&third, 3, T0) == T0 + 334);
+	CHECK(start(&third, 3, T0 + 333, 100) == 0);
+	CHECK(start(&third, 3, T0 + 334, 100) == 1);
+
 	/* 1000/s: a burst of 100 (a tenth of a second's worth), then one a ms */
 	struct rate_bucket fast = {0};
 	CHECK(start(&fast, 1000, T0, 5000) == 100);
