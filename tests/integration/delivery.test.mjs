@@ -10,6 +10,7 @@ import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
   listAll,
+  holdWriteLock,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -782,6 +783,53 @@ for (const change of ['delete', 'url', 'disable']) {
       assert.equal(on.status, 200, on.text);
       await old.waitFor(N, 15000);
     }
+  }));
+}
+
+// A claim and a PATCH can share one writer batch: the claim reads the subscription as
+// it was, and its jobs reach the dispatcher only after the PATCH has committed. The
+// dispatcher's last look (store_source_current) must then put them back unsent, or one
+// more delivery goes to the old url (or out of a disabled subscription) after the
+// change was answered. At rate_limit 1 the second delivery's claim comes on a timer a
+// second after the first; a write lock held from outside stalls the writer in a
+// publish's batch meanwhile, so that claim and then the PATCH queue behind it and share
+// the next batch.
+for (const change of ['url', 'disable']) {
+  test(`a job claimed in the batch of a PATCH (${change}) is not sent with the old settings`, withLogs(async () => {
+    const relay = await startRelay({ retrySchedule: '1h' });
+    const old = await startReceiver();
+    const fresh = await startReceiver();
+    const sub = await createSub(relay, old, { event_types: ['race.*'], rate_limit: 1 });
+    fresh.secrets.push(...old.secrets);
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 3 }, (_, i) => ({ type: 'race.tick', data: { i } })));
+    assert.equal(res.status, 202, res.text);
+    await old.waitFor(1, 3000); // the burst of one; the next token comes in a second
+    const t1 = performance.now();
+    const lock = await holdWriteLock(relay.dbPath);
+    let patch;
+    let blocked;
+    try {
+      blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // waits for the lock
+      await sleep(1300 - (performance.now() - t1)); // the timed claim queues behind it
+      patch = api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
+        change === 'url' ? { url: fresh.url + '/hook' } : { enabled: false });
+      await sleep(200);
+    } finally {
+      await lock.release();
+    }
+    assert.equal((await blocked).status, 202);
+    const answer = await patch;
+    assert.equal(answer.status, 200, answer.text);
+    if (change === 'url') {
+      await fresh.waitFor(2, 4000); // the other two, at the new url, a second apart
+    } else {
+      await sleep(1500);
+      const all = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+      assert.equal(all.filter((d) => d.status === 'pending').length, 2, 'held while disabled');
+    }
+    assert.equal(old.requests.length, 1, `the old settings got ${old.requests.length} requests, not 1`);
+    assert.equal(fresh.requests.length, change === 'url' ? 2 : 0);
   }));
 }
 
