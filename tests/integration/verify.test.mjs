@@ -126,6 +126,14 @@ test('v1a (ed25519): whpk_ verifies; a changed body, a missing v1a entry or a ba
   const other = generateKeyPairSync('ed25519').privateKey;
   const foreign = `v1a,${cryptoSign(null, Buffer.from(`${ID}.${TS}.${BODY}`), other).toString('base64')}`;
   assertInvalid(verify({ '--secret': whpk, '--signature': foreign }), /no v1a signature verified/);
+  // during a rotation the matching entry is named: the second of two here, after another
+  // key's; and the first of two that both verify (the newest key signs first)
+  const second = verify({ '--secret': whpk, '--signature': `${foreign} ${v1a(BODY)}` });
+  assert.equal(second.code, 0, second.out);
+  assert.match(second.out, /^valid \(signature 2 of 2 matched, v1a\)/);
+  const twice = verify({ '--secret': whpk, '--signature': `${v1a(BODY)} ${v1a(BODY)}` });
+  assert.equal(twice.code, 0, twice.out);
+  assert.match(twice.out, /^valid \(signature 1 of 2 matched, v1a\)/);
 });
 
 test('the private key whsk_ is a usage error pointing at the public key', () => {
