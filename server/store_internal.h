@@ -146,6 +146,8 @@ struct store {
 	                                   entry's id, enabled, version) only under subs_lock,
 	                                   which the dispatcher takes to read them (current) */
 	size_t nsubs, subs_cap;
+	size_t subs_skip;      /* entries of the allocation before subs (freed by
+	                          removals near the front; subs_cap counts them) */
 	uint64_t *quiet;       /* writer: bit k set = subs[k] has look 0, nothing pending and
 	                          nothing leased, so a claim passes it by (see store_sub_ask) */
 	size_t quiet_words;    /* allocated */

@@ -1198,7 +1198,8 @@ void store_close(struct store *s)
 		sqlite3_close(s->readers[i]);
 	for (size_t i = 0; i < s->nsubs; i++)
 		store_sub_entry_clear(&s->subs[i]);
-	free(s->subs);
+	if (s->subs)
+		free(s->subs - s->subs_skip);
 	free(s->quiet);
 	for (size_t i = 0; i < s->nhosts; i++)
 		free(s->hosts[i].key);
