@@ -36,6 +36,27 @@ async function assertNothingStored() {
 
 const SUB = { url: 'http://127.0.0.1:9/hook', event_types: ['a.*'] };
 
+/** POSTs the parts to /v1/events as a chunked body (no Content-Length). Resolves
+ * {status, text}; a hang-up mid-upload resolves {status: 'closed'} when closedOk. */
+function postChunked(parts, { closedOk = false } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: relay.port, method: 'POST', path: '/v1/events',
+      headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, timeout: 5000 },
+    (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
+    req.on('error', (err) => (closedOk && (err.code === 'EPIPE' || err.code === 'ECONNRESET')
+      ? resolve({ status: 'closed', text: err.code }) : reject(err)));
+    for (const part of parts.slice(0, -1)) req.write(part);
+    req.end(parts[parts.length - 1]);
+  });
+}
+
 /** Writes raw bytes on a fresh connection to the relay; resolves with what came back once
  * enough(text) holds, the relay closes, or 3 s pass. */
 function rawExchange(raw, enough) {
@@ -393,21 +414,7 @@ test('a body of exactly --max-body bytes is accepted, by Content-Length and chun
     const head = `{"type":"exact.size","id":"${id}","data":"`;
     return head + 'e'.repeat(n - head.length - 2) + '"}';
   };
-  const chunked = (body) => new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: relay.port, method: 'POST', path: '/v1/events',
-      headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, timeout: 5000 },
-    (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { text += d; });
-      res.on('end', () => resolve({ status: res.statusCode, text }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', reject);
-    req.write(body.slice(0, 1000));
-    req.end(body.slice(1000));
-  });
+  const chunked = (body) => postChunked([body.slice(0, 1000), body.slice(1000)]);
   const exact = sized(4096, 'exact-cl');
   assert.equal(Buffer.byteLength(exact), 4096);
   const byLength = await api(relay, 'POST', '/v1/events', exact);
@@ -423,24 +430,8 @@ test('a body of exactly --max-body bytes is accepted, by Content-Length and chun
 }));
 
 test('body over --max-body without Content-Length (chunked) is 413 too', withLogs(async () => {
-  const { port } = relay;
-  const result = await new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/events',
-      headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' }, timeout: 5000 },
-    (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => { text += d; });
-      res.on('end', () => resolve({ status: res.statusCode, text }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error('no answer within 5 s')));
-    req.on('error', (err) => (err.code === 'EPIPE' || err.code === 'ECONNRESET'
-      ? resolve({ status: 'closed', text: err.code }) : reject(err)));
-    req.write('{"type":"chunked.big","data":"');
-    for (let i = 0; i < 16; i++) req.write('z'.repeat(4096));
-    req.end('"}');
-  });
+  const result = await postChunked(['{"type":"chunked.big","data":"',
+    ...Array.from({ length: 16 }, () => 'z'.repeat(4096)), '"}'], { closedOk: true });
   assert.equal(result.status, 413, `chunked oversize body: ${JSON.stringify(result)}`);
   assert.equal(JSON.parse(result.text).error.code, 'payload_too_large');
 }));
