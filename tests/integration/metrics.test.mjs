@@ -101,6 +101,20 @@ test('/metrics histograms: each attempt\'s duration, and each delivery\'s latenc
     const buckets = Object.keys(m).filter((k) => k.startsWith(`${name}_bucket`)).map((k) => m[k]);
     assert.equal(buckets.length, 18, `${name}: 17 bounds and +Inf`);
     assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b), `${name}: cumulative`);
+    // The sum is in seconds, as the bounds are: each observation lies between its
+    // bucket's lower and upper bound, so the sum does too (a sum in another unit, or
+    // buckets that do not hold what was observed, falls outside).
+    let lo = 0, hi = 0, prevBound = 0, prevCount = 0;
+    for (const k of Object.keys(m).filter((key) => key.startsWith(`${name}_bucket`) && !key.includes('+Inf'))) {
+      const bound = Number(k.match(/le="([^"]+)"/)[1]);
+      const n = m[k] - prevCount;
+      lo += n * prevBound;
+      hi += n * bound;
+      prevBound = bound;
+      prevCount = m[k];
+    }
+    assert.equal(prevCount, m[`${name}_count`], `${name}: every observation under the last bound`);
+    assert.ok(m[`${name}_sum`] >= lo && m[`${name}_sum`] <= hi, `${name}_sum ${m[`${name}_sum`]} s within [${lo}, ${hi}]`);
   }
   // The flaky receiver's two answers were quick; the slow one's three took 300 ms each.
   assert.equal(m[`${dur}_bucket{le="0.25"}`], 2, 'attempts under 250 ms');
