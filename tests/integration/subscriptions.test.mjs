@@ -67,12 +67,14 @@ test('create returns the subscription and its secret; reads never show a secret'
     assert.ok(!r.text.includes(sub.secret.slice(6)), 'secret value leaked');
     assert.ok(!r.text.includes(own.slice(6)), 'secret value leaked');
   }
+  // newest first (docs/api.md), in one page and across pages
+  const newestFirst = [other.json.id, mine.json.id, sub.id];
+  assert.deepEqual(list.json.data.map((s) => s.id), newestFirst, 'the list is newest first');
   const page = await api(relay, 'GET', '/v1/subscriptions?limit=2');
-  assert.equal(page.json.data.length, 2);
+  assert.deepEqual(page.json.data.map((s) => s.id), newestFirst.slice(0, 2), 'the first page has the newest two');
   assert.equal(typeof page.json.next, 'string');
   const all = await listAll(relay, '/v1/subscriptions', 1);
-  assert.deepEqual(new Set(all.map((s) => s.id)), new Set([sub.id, mine.json.id, other.json.id]));
-  assert.equal(all.length, 3);
+  assert.deepEqual(all.map((s) => s.id), newestFirst, 'one a page: newest first, each once');
 }));
 
 test('PATCH: disabling stops new deliveries, re-enabling resumes them; other fields update', withLogs(async () => {
