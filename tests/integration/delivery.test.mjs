@@ -368,13 +368,15 @@ test('deliveries queued behind --max-per-host get the whole timeout once they ar
 // and holds it to --max-per-host, so hookrelay must count both spellings as that one
 // host too. Counted as two, it let through twice the cap, and curl queued the rest with
 // their timeout running: attempts timed out that the receiver never got.
-test('two spellings of one receiver share its --max-per-host', withLogs(async () => {
+for (const [spelling, respell] of [['127.1', (u) => u.replace('127.0.0.1', '127.1')],
+  ['a port with a leading zero', (u) => u.replace(/:(\d+)$/, ':0$1')]]) {
+test(`two spellings of one receiver share its --max-per-host (${spelling})`, withLogs(async () => {
   // 900 ms a request, two at a time: a request queued in curl behind two others would
   // take 1.8 s from its start, past the 1.6 s timeout
   const relay = await startRelay({ args: ['--delivery-timeout', `${1600 * SLOW}ms`, '--max-per-host', '2'], retrySchedule: '5m' });
   const r = await startReceiver({ behavior: { delayMs: 900 } });
   await createSub(relay, r, { event_types: ['spell.*'], max_in_flight: 8 });
-  await createSub(relay, r, { event_types: ['spell.*'], max_in_flight: 8, url: r.url.replace('127.0.0.1', '127.1') + '/short' });
+  await createSub(relay, r, { event_types: ['spell.*'], max_in_flight: 8, url: respell(r.url) + '/short' });
   const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 3 }, (_, i) => ({ type: 'spell.x', data: { i } })));
   assert.equal(res.status, 202, res.text);
   const ds = await waitUntil(async () => {
@@ -388,6 +390,7 @@ test('two spellings of one receiver share its --max-per-host', withLogs(async ()
   }
   assert.equal(r.requests.length, 6);
 }));
+}
 
 test('a kept-alive connection closed under each request: every delivery still succeeds at once', withLogs(async () => {
   // The receiver drops each connection when its second request arrives, unanswered: the
