@@ -1194,3 +1194,37 @@ test('subscriptions idle through many claims are sent what becomes due for them:
   assert.equal(replay.json.replayed, 1, replay.text);
   await waitUntil(() => arrived(events[2].id) === 2, 5000 * SLOW, 'the replayed event sent to the newcomer');
 }));
+
+// The sender keeps each secrets text's prepared keys in one of 1024 slots, chosen by an
+// FNV-1a hash of the text. Two subscriptions whose secrets share a slot must each still
+// be signed with their own key: a slot reused without comparing the whole text would
+// sign one subscription's deliveries with the other's secret (a receiver rejects them,
+// and one tenant's key signs for another).
+function fnv1a(s) {
+  let h = 2166136261;
+  for (const c of Buffer.from(s)) h = Math.imul(h ^ c, 16777619) >>> 0;
+  return h;
+}
+
+test('two secrets that share a signing-cache slot each sign with their own key', withLogs(async () => {
+  const secret = (i) => 'whsec_' + Buffer.alloc(32, 0).fill(String(i).padStart(8, '0'), 0, 8).toString('base64');
+  const bySlot = new Map();
+  let pair;
+  for (let i = 0; !pair; i++) {
+    const slot = fnv1a(secret(i)) & 1023;
+    if (bySlot.has(slot)) pair = [bySlot.get(slot), secret(i)];
+    else bySlot.set(slot, secret(i));
+  }
+  assert.notEqual(pair[0], pair[1]);
+  const relay = await startRelay();
+  const ra = await startReceiver();
+  const rb = await startReceiver();
+  await createSub(relay, ra, { event_types: ['slot.*'], secret: pair[0], max_in_flight: 1 });
+  await createSub(relay, rb, { event_types: ['slot.*'], secret: pair[1], max_in_flight: 1 });
+  for (let i = 0; i < 3; i++) await postEvent(relay, { type: 'slot.x', data: { i } });
+  await ra.waitFor(3);
+  await rb.waitFor(3);
+  for (const [r, s] of [[ra, pair[0]], [rb, pair[1]]]) {
+    for (const q of r.requests) assert.doesNotThrow(() => verifySigned(q, s), `signed with the subscription's own secret: ${q.headers['webhook-signature']}`);
+  }
+}));
