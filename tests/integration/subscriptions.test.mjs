@@ -356,6 +356,38 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
 
 // An operator's typo must not be a silent success: {"grace": 0} used to rotate with the
 // default day of grace, leaving a leaked secret valid; {"event_type": [...]} changed nothing.
+// docs/api.md: at most 10 old secrets sign beside the current one; an 11th rotation
+// within a grace retires the oldest early. Fewer, and a receiver still holding a secret
+// a few rotations back (well inside its grace) starts rejecting; more, and the header
+// grows without end.
+test('rotate-secret: the current secret and the 10 newest old ones sign, newest first', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const secret = (i) => 'whsec_' + Buffer.alloc(32, i + 1).toString('base64');
+  const sub = await createSub(relay, r, { event_types: ['many.*'], secret: secret(0) });
+  const expect = async (n, newest) => {
+    const ev = await postEvent(relay, { type: 'many.x' });
+    const q = (await r.waitFor(n))[n - 1];
+    assert.equal(q.headers['webhook-id'], ev.id);
+    const at = new Date(Number(q.headers['webhook-timestamp']) * 1000);
+    const want = [];
+    for (let i = newest; i >= Math.max(0, newest - 10); i--) want.push(new Webhook(secret(i)).sign(ev.id, at, q.body));
+    assert.deepEqual(q.headers['webhook-signature'].split(' '), want, `after ${newest} rotations`);
+  };
+  for (let i = 1; i <= 3; i++) {
+    const rot = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 3600, secret: secret(i) });
+    assert.equal(rot.status, 200, rot.text);
+    r.secrets.push(secret(i));
+  }
+  await expect(1, 3);
+  for (let i = 4; i <= 11; i++) {
+    const rot = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 3600, secret: secret(i) });
+    assert.equal(rot.status, 200, rot.text);
+    r.secrets.push(secret(i));
+  }
+  await expect(2, 11); // secret(0), the 11th back, no longer signs
+}));
+
 test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and recover', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
