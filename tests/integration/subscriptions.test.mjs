@@ -386,6 +386,16 @@ test('rotate-secret: the current secret and the 10 newest old ones sign, newest 
     r.secrets.push(secret(i));
   }
   await expect(2, 11); // secret(0), the 11th back, no longer signs
+  // A longer key that starts with the current one's bytes is another secret, not the
+  // same one respelled: the rotation to it is taken, not refused as a 409.
+  const longer = 'whsec_' + Buffer.concat([Buffer.alloc(32, 12), Buffer.alloc(16, 99)]).toString('base64');
+  const rot = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 0, secret: longer });
+  assert.equal(rot.status, 200, rot.text);
+  r.secrets.push(longer);
+  const ev = await postEvent(relay, { type: 'many.x' });
+  const q = (await r.waitFor(3))[2];
+  assert.equal(q.headers['webhook-signature'],
+    new Webhook(longer).sign(ev.id, new Date(Number(q.headers['webhook-timestamp']) * 1000), q.body));
 }));
 
 test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and recover', withLogs(async () => {
