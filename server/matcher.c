@@ -523,6 +523,18 @@ static void trie_insert(struct trie *t, const struct split *p, int64_t id)
 
 /* Rebuilds m->trie from the entries. Returns 0, or -1 on out of memory (the old trie is
  * then gone and m->trie_stale still set). */
+/* Adds e's valid patterns and their words to the counts (an invalid one matches nothing
+ * and is not in the trie). */
+static void entry_count(const struct matcher_entry *e, size_t *words, size_t *patterns)
+{
+	for (size_t k = 0; k < e->n; k++) {
+		if (e->patterns[k].n < 1)
+			continue;
+		*words += (size_t)e->patterns[k].n;
+		(*patterns)++;
+	}
+}
+
 static int trie_build(struct matcher *m)
 {
 	struct trie t;
@@ -532,14 +544,8 @@ static int trie_build(struct matcher *m)
 
 	trie_cleanup(&m->trie);
 	memset(&t, 0, sizeof(t));
-	for (size_t i = 0; i < m->count; i++) {
-		for (size_t k = 0; k < m->entries[i].n; k++) {
-			if (m->entries[i].patterns[k].n < 1)
-				continue; /* invalid: matches nothing */
-			words += (size_t)m->entries[i].patterns[k].n;
-			patterns++;
-		}
-	}
+	for (size_t i = 0; i < m->count; i++)
+		entry_count(&m->entries[i], &words, &patterns);
 	if (words >= UINT32_MAX / 4)
 		return -1;
 	while (slots < 2 * words)
@@ -565,6 +571,22 @@ static int trie_build(struct matcher *m)
 	return 0;
 }
 
+/* arr (of *cap elements of `size` bytes, allocated) grown to hold `need`, at least
+ * doubling, the new elements zeroed; arr itself when it has room. NULL out of memory
+ * (arr is then as it was). */
+static void *array_reserve(void *arr, size_t *cap, size_t need, size_t size)
+{
+	if (need <= *cap)
+		return arr;
+	size_t grown = *cap * 2 > need ? *cap * 2 : need;
+	char *p = realloc(arr, grown * size);
+	if (!p)
+		return NULL;
+	memset(p + *cap * size, 0, (grown - *cap) * size);
+	*cap = grown;
+	return p;
+}
+
 /* Makes room in t for `words` more words in `patterns` more patterns: the node and end
  * arrays grow (at least doubling), and the edges move to a table twice as large or more
  * when they could fill over half of it. Returns 0, or -1 on out of memory (t is then
@@ -573,25 +595,16 @@ static int trie_reserve(struct trie *t, size_t words, size_t patterns)
 {
 	if (words >= UINT32_MAX / 4 - t->nnodes)
 		return -1;
-	if (t->nnodes + words > t->nodes_cap) {
-		size_t cap =
-		    t->nodes_cap * 2 > t->nnodes + words ? t->nodes_cap * 2 : t->nnodes + words;
-		struct trie_node *nodes = realloc(t->nodes, cap * sizeof(*nodes));
-		if (!nodes)
-			return -1;
-		memset(nodes + t->nodes_cap, 0, (cap - t->nodes_cap) * sizeof(*nodes));
-		t->nodes = nodes;
-		t->nodes_cap = cap;
-	}
-	if (t->nends + patterns > t->ends_cap) {
-		size_t cap =
-		    t->ends_cap * 2 > t->nends + patterns ? t->ends_cap * 2 : t->nends + patterns;
-		struct trie_end *ends = realloc(t->ends, cap * sizeof(*ends));
-		if (!ends)
-			return -1;
-		t->ends = ends;
-		t->ends_cap = cap;
-	}
+	struct trie_node *nodes =
+	    array_reserve(t->nodes, &t->nodes_cap, t->nnodes + words, sizeof(*nodes));
+	if (!nodes)
+		return -1;
+	t->nodes = nodes;
+	struct trie_end *ends =
+	    array_reserve(t->ends, &t->ends_cap, t->nends + patterns, sizeof(*ends));
+	if (!ends)
+		return -1;
+	t->ends = ends;
 	size_t slots = t->edge_mask + 1;
 	if (2 * (t->nedges + words) > slots) {
 		struct trie_edge *old = t->edges;
@@ -620,12 +633,7 @@ static int trie_add_entry(struct trie *t, const struct matcher_entry *e)
 	size_t words = 0;
 	size_t patterns = 0;
 
-	for (size_t k = 0; k < e->n; k++) {
-		if (e->patterns[k].n < 1)
-			continue; /* invalid: matches nothing */
-		words += (size_t)e->patterns[k].n;
-		patterns++;
-	}
+	entry_count(e, &words, &patterns);
 	if (trie_reserve(t, words, patterns) != 0)
 		return -1;
 	for (size_t k = 0; k < e->n; k++)
