@@ -89,6 +89,9 @@ static const struct target_rule target_rules[] = {
 
 static const char target_localhost_why[] =
     "url points at localhost (a loopback address, 127.0.0.0/8 and ::1)" TARGET_HINT;
+static const char target_address_as_name_why[] =
+    "url has an IPv4 address with a trailing dot, which would be looked up as a host name;"
+    " write the address without the dot";
 
 /* 1 if the first `bits` bits of a and b are equal. */
 static int prefix_match(const unsigned char *a, const unsigned char *b, int bits)
@@ -338,6 +341,7 @@ static int host_check(char *host, const struct target_policy *policy, const char
 		rc = 0;
 		goto out;
 	}
+	size_t written_len = len;
 	while (len > 0 && host[len - 1] == '.')
 		host[--len] = '\0';
 	if (len == 0) {
@@ -354,7 +358,8 @@ static int host_check(char *host, const struct target_policy *policy, const char
 		rc = 0;
 		goto out;
 	}
-	if (inet_pton(AF_INET, host, addr) != 1) {
+	int dotted_quad = inet_pton(AF_INET, host, addr) == 1;
+	if (!dotted_quad) {
 		if (inet_aton(host, &v4) == 0) {
 			rc = 0; /* a name: resolved and checked at delivery, not now */
 			goto out;
@@ -364,6 +369,13 @@ static int host_check(char *host, const struct target_policy *policy, const char
 	r = blocking_rule(policy, AF_INET, addr);
 	if (r) {
 		*why = r->url_why;
+		goto out;
+	}
+	/* libcurl connects to an IPv4 literal only as a plain dotted quad; "127.0.0.1." (or
+	 * any form libcurl left as it was) it takes for a name and asks the resolver about,
+	 * which fails at every attempt after sending a query off the machine */
+	if (!dotted_quad || written_len != len) {
+		*why = target_address_as_name_why;
 		goto out;
 	}
 	rc = 0;

@@ -289,6 +289,7 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
     { ...SUB, headers: { 'X-A': ' padded' } },
     { ...SUB, headers: { 'X-A': 'padded\t' } },
     { ...SUB, url: 'http://127.0.0.1:0/hook' }, // nothing listens on port 0
+    { ...SUB, url: 'http://127.0.0.1.:9/hook' }, // libcurl would look the address up as a name
     { ...SUB, max_in_flight: 0 },
     { ...SUB, max_in_flight: 1001 },
     { ...SUB, max_in_flight: '16' },
@@ -325,8 +326,11 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
   }
   const named = await api(relay, 'POST', '/v1/subscriptions', { ...SUB, url: 'ftp://x' });
   assert.match(named.json.error.message, /url/, 'message names the field');
+  const dotted = await api(relay, 'POST', '/v1/subscriptions', { ...SUB, url: 'http://127.0.0.1.:9/hook' });
+  assert.match(dotted.json.error.message, /trailing dot/, 'message says what to change');
   const id = subsBefore[0].id;
   for (const body of [{ enabled: 'yes' }, { event_types: 'x' }, { headers: [] }, { url: 'not a url' },
+    { url: 'http://127.0.0.1.:9/hook' },
     { headers: { 'webhook-signature': 'x' } }, { rate_limit: 0 }, { rate_limit: false }]) {
     const res = await api(relay, 'PATCH', `/v1/subscriptions/${id}`, body);
     assertError(res, 422, 'invalid_field', `PATCH ${JSON.stringify(body)}`);

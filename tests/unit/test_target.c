@@ -390,6 +390,13 @@ static const struct test_url test_urls[] = {
     {TP_DEFAULT, "http://127.0.0.1./", "(127.0.0.0/8)"},
     {TP_DEFAULT, "http://0x7f.1./", "(127.0.0.0/8)"},
     {TP_DEFAULT, "http://2130706433./", "(127.0.0.0/8)"},
+    /* allowed addresses, but libcurl would resolve these as names, and fail */
+    {TP_PRIVATE, "http://127.0.0.1.:8080/hook", "IPv4 address with a trailing dot"},
+    {TP_PRIVATE, "http://0x7f.1./", "IPv4 address with a trailing dot"},
+    {TP_PRIVATE, "http://2130706433../", "IPv4 address with a trailing dot"},
+    {TP_DEFAULT, "http://8.8.8.8./", "IPv4 address with a trailing dot"},
+    {TP_DEFAULT, "http://example.com./", NULL}, /* a name's trailing dot is its own */
+    {TP_PRIVATE, "http://localhost./", NULL},
     {TP_DEFAULT, "http://0/", "an unspecified address (0.0.0.0/8)"},
     {TP_DEFAULT, "http://0.0.0.0:9000/", "(0.0.0.0/8)"},
     {TP_DEFAULT, "http://10.1.2.3/", "url points at a private address (10.0.0.0/8); " HINT},
