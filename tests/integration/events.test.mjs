@@ -646,6 +646,39 @@ test('lists without ?limit= give 50 a page, then the rest through next', withLog
   }
 }));
 
+// A page of one ends on the newest row when that row is the whole page: its cursor is
+// then the newest id the relay has, and the next page must start below it, not at the
+// top again (the walk never ended, showing the newest row on every page).
+test('lists with ?limit=1 walk every item once, the newest included', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const subs = [await createSub(relay, r, { event_types: ['one.#'] }), await createSub(relay, r, { event_types: ['one.#'] })];
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push((await postEvent(relay, { type: 'one.item', data: { i } })).id);
+  await r.waitFor(6, 10_000);
+  await waitUntil(async () => (await listAll(relay, '/v1/deliveries?status=delivered')).length === 6,
+    5000, 'six deliveries delivered');
+  const allDeliveries = (await listAll(relay, '/v1/deliveries')).map((d) => d.id);
+  for (const [route, expect] of [
+    ['/v1/events', [...ids].reverse()],
+    ['/v1/deliveries', allDeliveries],
+    ['/v1/subscriptions', subs.map((s) => s.id).reverse()],
+  ]) {
+    const seen = [];
+    let url = `${route}?limit=1`;
+    for (let page = 0; ; page++) {
+      assert.ok(page <= expect.length, `${route}?limit=1 does not end: ${seen.join(' ')}`);
+      const res = await api(relay, 'GET', url);
+      assert.equal(res.status, 200, res.text);
+      assert.ok(res.json.data.length <= 1, `${route}: a page of ${res.json.data.length}`);
+      seen.push(...res.json.data.map((x) => x.id));
+      if (res.json.next === null) break;
+      url = `${route}?limit=1&after=${encodeURIComponent(res.json.next)}`;
+    }
+    assert.deepEqual(seen, expect, `${route}?limit=1: each item once, newest first`);
+  }
+}));
+
 // A key stored before such keys were refused (or by hand) must not break the event reads:
 // bytes that are not UTF-8 show as '?', and every page stays JSON.
 test('an event whose stored idempotency key is not UTF-8 still reads as JSON', withLogs(async () => {
