@@ -189,3 +189,31 @@ test('replay with until sends only the events before it; the rest wait for their
   await r.waitFor(3, 5000 * SLOW);
   assert.deepEqual(ids(r), [first.id, ...later.map((e) => e.id)]);
 }));
+
+// The range's ends at an event's own millisecond: a client replaying "from this event
+// on" or "up to that one" passes the timestamps the relay showed. since takes the event
+// stamped with it, until does not (the test above only used instants between events).
+test('replay since an event\'s timestamp includes it; until another\'s excludes it', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const evs = [];
+  for (let n = 1; n <= 3; n++) {
+    evs.push(await postEvent(relay, { type: 'edge.hit', data: { n } }));
+    await sleep(5);
+  }
+  const stamp = async (e) => (await api(relay, 'GET', `/v1/events/${e.id}`)).json.timestamp;
+  const [t1, t2] = [await stamp(evs[0]), await stamp(evs[1])];
+  assert.notEqual(t1, t2);
+  const sub = await createSub(relay, r, { event_types: ['edge.*'] });
+
+  const bounded = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/replay`, { since: t1, until: t2 });
+  assert.deepEqual([bounded.status, bounded.json], [202, { replayed: 1, next: null }], bounded.text);
+  await r.waitFor(1, 5000 * SLOW);
+  await assertNoMore(r, 1, 300);
+  assert.deepEqual(ids(r), [evs[0].id]);
+
+  const rest = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/replay`, { since: t2 });
+  assert.deepEqual([rest.status, rest.json], [202, { replayed: 2, next: null }], rest.text);
+  await r.waitFor(3, 5000 * SLOW);
+  assert.deepEqual(ids(r), evs.map((e) => e.id));
+}));
