@@ -124,6 +124,38 @@ test('recover re-queues only the failed deliveries created since its since', wit
   assert.equal(dOld.status, 'failed', 'the failure from before since stays failed');
 }));
 
+// since is inclusive: a client recovering "from this failure on" passes the created_at
+// the delivery log shows, and that delivery must come back with the later ones (the test
+// above only used an instant between two deliveries).
+test('recover since a failed delivery\'s created_at re-queues that delivery too', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: { status: 500 } });
+  const sub = await createSub(relay, r, { event_types: ['edge.#'] });
+  const evs = [];
+  for (let i = 0; i < 3; i++) {
+    evs.push(await postEvent(relay, { type: 'edge.fail', data: { i } }));
+    await sleep(5);
+  }
+  const failed = await waitUntil(async () => {
+    const ds = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=failed`);
+    return ds.length === 3 ? ds : false;
+  }, 5000 * SLOW, '3 deliveries failed', 50);
+  const second = failed.find((d) => d.event_id === evs[1].id);
+  const first = failed.find((d) => d.event_id === evs[0].id);
+  assert.ok(second.created_at > first.created_at, `${first.created_at} ${second.created_at}`);
+
+  r.setBehavior({ status: 200 });
+  const before = r.requests.length;
+  const rec = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/recover`, { since: second.created_at });
+  assert.equal(rec.status, 202, rec.text);
+  assert.deepEqual(rec.json, { requeued: 2 });
+  await r.waitFor(before + 2);
+  await sleep(300);
+  const sent = r.requests.slice(before).map((q) => q.headers['webhook-id']);
+  assert.deepEqual(new Set(sent), new Set([evs[1].id, evs[2].id]), `sent ${sent}`);
+  assert.equal(sent.length, 2);
+}));
+
 // A client that re-applies a whole subscription sends "enabled": true to one that is
 // already enabled: that must not restart the --disable-after clock of a failing receiver.
 test('PATCH enabled:true on an enabled subscription keeps failing_since', withLogs(async () => {
