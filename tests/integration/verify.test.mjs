@@ -89,6 +89,25 @@ test('--headers reads raw "name: value" lines instead of the three flags', () =>
   assert.match(r.out, /^valid/);
 });
 
+// --help: "flags given as well win". A receiver checks a captured request's headers
+// file against a corrected value by adding its flag; the file's line must not replace it.
+test('--headers with a flag given as well: the flag wins, for each of the three', () => {
+  const raw = (id, ts, sig) => file(`webhook-id: ${id}\nwebhook-timestamp: ${ts}\nwebhook-signature: ${sig}\n`);
+  const bad = hmacWithKey(Buffer.alloc(32, 7));
+  for (const [headers, flags, what] of [
+    [raw(ID, TS, bad), { '--signature': SIG }, 'signature'],
+    [raw('msg_other', TS, SIG), { '--id': ID }, 'id'],
+    [raw(ID, TS + 1, SIG), { '--timestamp': String(TS) }, 'timestamp'],
+  ]) {
+    const r = verify({ '--id': null, '--timestamp': null, '--signature': null, '--headers': headers, ...flags });
+    assert.equal(r.code, 0, `--${what} given beside a file holding another: ${r.out}`);
+    assert.match(r.out, /^valid/);
+  }
+  // and the other way: a good file does not save a bad flag
+  const r = verify({ '--id': null, '--timestamp': null, '--signature': bad, '--headers': raw(ID, TS, SIG) });
+  assertInvalid(r, /signature mismatch/);
+});
+
 test('a missing header value is a usage error naming it', () => {
   const r = verify({ '--signature': null });
   assert.equal(r.code, 2, r.out);
