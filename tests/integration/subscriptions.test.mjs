@@ -216,6 +216,19 @@ test('DELETE: 204, then 404; no new deliveries; pending deliveries become failed
   await assertNoMore(r, 1, 300);
 }));
 
+// The list's first page and the pages after a cursor are two queries: a deleted
+// subscription must stay out of both (the DELETE test above reads one page only).
+test('the subscription list leaves deleted ones out on every page', withLogs(async () => {
+  const relay = await startRelay();
+  const subs = [];
+  for (let i = 0; i < 6; i++) subs.push(await createSub(relay, null, { url: `http://127.0.0.1:9/h${i}` }));
+  for (const i of [0, 2, 5]) assert.equal((await api(relay, 'DELETE', `/v1/subscriptions/${subs[i].id}`)).status, 204);
+  const live = [4, 3, 1].map((i) => subs[i].id);
+  assert.deepEqual((await listAll(relay, '/v1/subscriptions')).map((x) => x.id), live, 'one page');
+  assert.deepEqual((await listAll(relay, '/v1/subscriptions', 1)).map((x) => x.id), live, 'pages of one');
+  assert.deepEqual((await listAll(relay, '/v1/subscriptions', 2)).map((x) => x.id), live, 'pages of two');
+}));
+
 test('DELETE with a backlog of 2,500 pending: all become failed in chunks, and a restart finishes a cut-short sweep', withLogs(async () => {
   // One delivery hangs in flight (max_in_flight 1); the other 2,499 wait in the queue.
   // Retries an hour apart: the hung one is sent once, whenever it times out.
