@@ -276,8 +276,12 @@ static void rolled_back_spill(const char *dir, int close_after)
 
 /* A write that fails while a read empties the buffer (the disk is full) fails only the
  * statement when it has a statement journal: the transaction goes on, and its COMMIT
- * lists the spilled frames that were held back. They must still reach the file then. */
-static void read_flush_fails(const char *dir)
+ * lists the spilled frames that were held back. They must still reach the file then.
+ * nth 0: every WAL write fails meanwhile; else only the nth from the statement's start,
+ * once: with 2, the first 96 KiB piece of the held frames reaches the file and the rest
+ * keeps waiting (moved to the buffer's front: written from where it was, the COMMIT
+ * wrote the first piece's bytes again over the frames after it). */
+static void read_flush_fails(const char *dir, int nth)
 {
 	char path[64];
 	snprintf(path, sizeof(path), "%s/readfail.db", dir);
@@ -291,9 +295,11 @@ static void read_flush_fails(const char *dir)
 	           " INSERT INTO t SELECT i, i, randomblob(900) FROM n;"
 	           " PRAGMA wal_checkpoint(TRUNCATE)") == SQLITE_OK);
 	CHECK(exec(w, "BEGIN; UPDATE t SET v = randomblob(900) WHERE id <= 300") == SQLITE_OK);
-	fail_wal = 1;
+	fail_wal = nth == 0;
+	fail_wal_nth = nth;
 	int rc = exec(w, "INSERT INTO t(u, v) SELECT u + 100000, v FROM t WHERE id <= 300");
 	fail_wal = 0;
+	fail_wal_nth = 0;
 	CHECK(rc == SQLITE_FULL);
 	if (!sqlite3_get_autocommit(w))
 		CHECK(exec(w, "COMMIT") == SQLITE_OK);
@@ -417,7 +423,8 @@ int main(void)
 
 	rolled_back_spill(dir, 0);
 	rolled_back_spill(dir, 1);
-	read_flush_fails(dir);
+	read_flush_fails(dir, 0);
+	read_flush_fails(dir, 2);
 
 	unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", NULL);
 	remove_db(path);
