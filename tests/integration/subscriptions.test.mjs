@@ -585,6 +585,26 @@ test('delivery log: filters by subscription, event and status', withLogs(async (
   assert.equal(d.attempts.length, 1);
 }));
 
+// docs/api.md: last_http_status is "null if none", and 0 means an attempt got no
+// response. A delivery not attempted yet (its first attempt still in flight here) must
+// say null, in the log and by id, not claim the receiver never answered.
+test('delivery log: a delivery with no attempt ended yet has last_http_status and last_error null', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: { hang: true } });
+  const sub = await createSub(relay, r, { event_types: ['slow.#'] });
+  const ev = await postEvent(relay, { type: 'slow.one' });
+  await r.waitFor(1);
+  const [listed] = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+  const one = await getDelivery(relay, listed.id);
+  for (const d of [listed, one, (await eventDeliveries(relay, ev.id))[0]]) {
+    assert.equal(d.status, 'pending', JSON.stringify(d));
+    assert.equal(d.attempt_count, 0, JSON.stringify(d));
+    assert.equal(d.last_http_status, null, JSON.stringify(d));
+    assert.equal(d.last_error, null, JSON.stringify(d));
+  }
+  assert.deepEqual(one.attempts, []);
+}));
+
 test('healthz answers 200 ok', withLogs(async () => {
   const relay = await startRelay();
   const res = await api(relay, 'GET', '/healthz');
