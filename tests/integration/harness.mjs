@@ -50,7 +50,7 @@ export function relayBin() {
   const bin = process.env.HOOKRELAY_BIN;
   assert.ok(bin, 'HOOKRELAY_BIN must point at the hookrelay binary');
   assert.ok(existsSync(bin), `HOOKRELAY_BIN=${bin} does not exist`);
-  return bin;
+  return path.resolve(bin); // a test that runs it from another directory (cwd) finds it too
 }
 
 /**
