@@ -5,12 +5,13 @@
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
   listAll,
-  holdWriteLock,
+  holdWriteLock, faultEnv, tmpDir,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -742,6 +743,43 @@ test('rate_limit can be raised and removed; the waiting backlog then goes at onc
   assert.equal(read.json.rate_limit, null);
   const plain = await createSub(relay, null, { url: r.url + '/other', event_types: ['none.*'] });
   assert.equal(plain.rate_limit, null, 'no limit unless one is set');
+}));
+
+// A claim that asks a rate-limited subscription and finds nothing it may send yet (here,
+// its event is committed but its sync is stalled) must not spend a token: a claim takes
+// only the tokens of the deliveries it leased. Charged for the ones it asked for, every
+// claim in the stall (the completions of a busy subscription beside it make many) drained
+// the bucket, and at rate_limit 1 the event, its first in a long while, went out up to a
+// second after its 202 instead of at once.
+test('claims that find nothing to send do not spend a rate-limited subscription\'s tokens', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'slow-disk');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_FSYNC_MS: '1100' }) });
+  const limited = await startReceiver();
+  const busy = await startReceiver({ behavior: { delayMs: 20 } });
+  await createSub(relay, limited, { event_types: ['token.one'], rate_limit: 1 });
+  await createSub(relay, busy, { event_types: ['token.busy'], max_in_flight: 1 });
+  // A backlog answered one at a time: each of its completions makes a claim, through
+  // the stall below (completions wait for no sync).
+  const backlog = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 400 }, (_, i) => ({ type: 'token.busy', data: { i } })));
+  assert.equal(backlog.status, 202, backlog.text);
+  await busy.waitFor(3, 3000);
+  writeFileSync(flag, '');
+  let accepted;
+  try {
+    const ev = await postEvent(relay, { type: 'token.one' }); // answered after its 1.1 s sync
+    accepted = performance.now();
+    assert.ok(busy.requests.length < 400, 'the busy subscription still had work through the stall');
+    assert.ok(ev.id);
+  } finally {
+    rmSync(flag);
+  }
+  const [req] = await limited.waitFor(1, 3000);
+  const ms = req.arrivedMono - accepted;
+  console.log(`rate_limit 1 beside claims in a stalled sync: sent ${ms.toFixed(0)} ms after its 202`);
+  // at once, ~10-100 ms; with its token spent by a claim in the stall, 0.9 s
+  assert.ok(ms < 500, `the event waited ${ms.toFixed(0)} ms for a token no delivery took`);
+  busy.dropConnections();
 }));
 
 // Deliveries beyond --max-per-host wait in hookrelay, already claimed with the
