@@ -834,9 +834,11 @@ for (const change of ['delete', 'url', 'disable']) {
 // change was answered. At rate_limit 1 the second delivery's claim comes on a timer a
 // second after the first; a write lock held from outside stalls the writer in a
 // publish's batch meanwhile, so that claim and then the PATCH queue behind it and share
-// the next batch.
-for (const change of ['url', 'disable']) {
-  test(`a job claimed in the batch of a PATCH (${change}) is not sent with the old settings`, withLogs(async () => {
+// the next batch. A DELETE there leaves the job to be failed when it comes back unsent
+// (the DELETE's own sweep skipped it, leased): it leaves pending then, in the log and
+// in /metrics' pending gauge alike.
+for (const change of ['url', 'disable', 'delete']) {
+  test(`a job claimed in the batch of a ${change === 'delete' ? 'DELETE' : `PATCH (${change})`} is not sent with the old settings`, withLogs(async () => {
     const relay = await startRelay({ retrySchedule: '1h' });
     const old = await startReceiver();
     const fresh = await startReceiver();
@@ -853,16 +855,26 @@ for (const change of ['url', 'disable']) {
     try {
       blocked = api(relay, 'POST', '/v1/events', { type: 'other.x' }); // waits for the lock
       await sleep(1300 - (performance.now() - t1)); // the timed claim queues behind it
-      patch = api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
-        change === 'url' ? { url: fresh.url + '/hook' } : { enabled: false });
+      patch = change === 'delete' ? api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`)
+        : api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
+          change === 'url' ? { url: fresh.url + '/hook' } : { enabled: false });
       await sleep(200);
     } finally {
       await lock.release();
     }
     assert.equal((await blocked).status, 202);
     const answer = await patch;
-    assert.equal(answer.status, 200, answer.text);
-    if (change === 'url') {
+    assert.equal(answer.status, change === 'delete' ? 204 : 200, answer.text);
+    if (change === 'delete') {
+      await sleep(1500);
+      const all = await listAll(relay, `/v1/deliveries?subscription=${sub.id}`);
+      assert.deepEqual(all.map((d) => d.status).sort(), ['delivered', 'failed', 'failed']);
+      assert.ok(all.filter((d) => d.status === 'failed')
+        .every((d) => d.last_error === 'subscription deleted' && d.attempt_count === 0), JSON.stringify(all));
+      const pending = async () => Number((await api(relay, 'GET', '/metrics')).text
+        .match(/^hookrelay_deliveries_pending (\d+)/m)?.[1]);
+      await waitUntil(async () => (await pending()) === 0, 2000, 'no delivery pending in /metrics');
+    } else if (change === 'url') {
       await fresh.waitFor(2, 4000); // the other two, at the new url, a second apart
     } else {
       await sleep(1500);
