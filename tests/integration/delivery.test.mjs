@@ -1015,6 +1015,27 @@ test('backlogged subscriptions get even shares beside the reserve', withLogs(asy
   assert.ok(Math.min(...counts) >= 0.75 * Math.max(...counts), `uneven shares: ${counts.join(' ')}`);
 }));
 
+// The eighth of the slots (and of a host's room) kept for fresh subscriptions is kept
+// only from a cap of 4 up: below, a reserve of one would leave a lone backlogged
+// subscription half of --max-per-host 2, or two thirds of --max-in-flight 3, for good.
+// Every slot goes out together; no more than the cap does.
+for (const [flag, cap] of [['--max-per-host', 2], ['--max-in-flight', 3]]) {
+  test(`a cap below 4 keeps no reserve: all of ${flag} ${cap} is used`, withLogs(async () => {
+    const relay = await startRelay({ args: [flag, String(cap)] });
+    const r = await startReceiver({ behavior: { delayMs: 600 } });
+    await createSub(relay, r, { event_types: ['small.*'], max_in_flight: 8 });
+    const res = await api(relay, 'POST', '/v1/events/batch',
+      Array.from({ length: 2 * cap }, (_, i) => ({ type: 'small.tick', data: { i } })));
+    assert.equal(res.status, 202, res.text);
+    const at = (await r.waitFor(2 * cap, 8000 * SLOW)).map((q) => q.arrivedMono);
+    const together = at[cap - 1] - at[0];
+    console.log(`${flag} ${cap}: the first ${cap} requests arrived within ${together.toFixed(0)} ms`);
+    // sent together, a few ms apart; one held back waits for the first 600 ms answer
+    assert.ok(together < 300, `only part of ${flag} ${cap} was used: request ${cap} came ${together.toFixed(0)} ms after the first`);
+    assert.ok(at[cap] - at[0] >= 500, `more than ${cap} went at once`);
+  }));
+}
+
 // Subscriptions sharing one receiver host take turns at its --max-per-host room: a
 // claim cut short by the host's room must not start from the same subscription again
 // (the first one's whole backlog went before the others' first delivery), also while a
