@@ -827,6 +827,12 @@ for (const change of ['delete', 'url', 'disable']) {
   }));
 }
 
+/** hookrelay_deliveries_<name> in /metrics. */
+async function gauge(relay, name) {
+  const m = (await api(relay, 'GET', '/metrics')).text.match(new RegExp(`^hookrelay_deliveries_${name} (\\d+)`, 'm'));
+  return m ? Number(m[1]) : NaN;
+}
+
 // A claim and a PATCH can share one writer batch: the claim reads the subscription as
 // it was, and its jobs reach the dispatcher only after the PATCH has committed. The
 // dispatcher's last look (store_source_current) must then put them back unsent, or one
@@ -871,9 +877,7 @@ for (const change of ['url', 'disable', 'delete']) {
       assert.deepEqual(all.map((d) => d.status).sort(), ['delivered', 'failed', 'failed']);
       assert.ok(all.filter((d) => d.status === 'failed')
         .every((d) => d.last_error === 'subscription deleted' && d.attempt_count === 0), JSON.stringify(all));
-      const pending = async () => Number((await api(relay, 'GET', '/metrics')).text
-        .match(/^hookrelay_deliveries_pending (\d+)/m)?.[1]);
-      await waitUntil(async () => (await pending()) === 0, 2000, 'no delivery pending in /metrics');
+      await waitUntil(async () => (await gauge(relay, 'pending')) === 0, 2000, 'no delivery pending in /metrics');
     } else if (change === 'url') {
       await fresh.waitFor(2, 4000); // the other two, at the new url, a second apart
     } else {
@@ -883,6 +887,8 @@ for (const change of ['url', 'disable', 'delete']) {
     }
     assert.equal(old.requests.length, 1, `the old settings got ${old.requests.length} requests, not 1`);
     assert.equal(fresh.requests.length, change === 'url' ? 2 : 0);
+    // the job put back unsent is no longer in flight either
+    await waitUntil(async () => (await gauge(relay, 'in_flight')) === 0, 2000, 'nothing in flight in /metrics');
   }));
 }
 
