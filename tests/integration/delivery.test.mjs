@@ -1042,6 +1042,34 @@ for (const [flag, cap] of [['--max-per-host', 2], ['--max-in-flight', 3]]) {
   }));
 }
 
+// The shares are of what is not kept back: 4 busy subscriptions at --max-in-flight 32
+// (a reserve of 4) get 7 each. Shares of all 32 (8 each, their whole max_in_flight)
+// left the last in the round the 4 above the reserve, for as long as the others'
+// requests hang; with receivers that answer, the claims' round evens that out over
+// time, which is all the test above sees.
+test('busy subscriptions whose receivers hang hold even shares of what is not kept back', withLogs(async () => {
+  const relay = await startRelay({ args: ['--max-in-flight', '32', '--delivery-timeout', '10s'], retrySchedule: '1h' });
+  const receivers = [];
+  for (let i = 0; i < 4; i++) {
+    const r = await startReceiver({ behavior: { hang: true } });
+    receivers.push(r);
+    await createSub(relay, r, { event_types: ['hung.*'], max_in_flight: 8 });
+  }
+  // one request each first: the claims then count four busy subscriptions
+  await postEvent(relay, { type: 'hung.first' });
+  for (const r of receivers) await r.waitFor(1, 3000);
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 12 }, (_, i) => ({ type: 'hung.tick', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await waitUntil(() => receivers.reduce((n, r) => n + r.requests.length, 0) >= 26, 3000 * SLOW,
+    'the shares taken', 10);
+  await sleep(300); // nothing more goes out: the other 4 slots are the reserve
+  const counts = receivers.map((r) => r.requests.length);
+  console.log(`requests in flight per subscription: ${counts.join(' ')}`);
+  assert.deepEqual(counts, [7, 7, 7, 7], `uneven shares: ${counts.join(' ')}`);
+  for (const r of receivers) r.dropConnections();
+}));
+
 // Subscriptions sharing one receiver host take turns at its --max-per-host room: a
 // claim cut short by the host's room must not start from the same subscription again
 // (the first one's whole backlog went before the others' first delivery), also while a
