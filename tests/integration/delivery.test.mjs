@@ -436,6 +436,37 @@ test('a slow failure waits its whole step before the retry; each attempt is sign
   assert.ok(Number(r.requests[1].headers['webhook-timestamp']) > Number(r.requests[0].headers['webhook-timestamp']));
 }));
 
+// A failure's retry is timed by the dispatcher, which knows it before the store does:
+// the answer to a claim that was out when the result came (or that went with it) was
+// made with the delivery still in flight, and says nothing of the retry. That answer
+// must not push the retry back to the dispatcher's one-second look. Here the claim is
+// held out by a write lock taken from outside (the writer waits for it in the batch of
+// a publish that no subscription wants), and the failure comes while it waits.
+test('a retry whose failure came while a claim was out goes at its step, not at the next look', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '200ms' });
+  const r = await startReceiver({ behavior: (_q, i) => (i === 0 ? { delayMs: 1500, status: 500 } : {}) });
+  await createSub(relay, r, { event_types: ['late.*'] });
+  await postEvent(relay, { type: 'late.tick' });
+  await r.waitFor(1, 3000);
+  const lock = await holdWriteLock(relay.dbPath);
+  let blocked;
+  let released;
+  try {
+    blocked = api(relay, 'POST', '/v1/events', { type: 'nobody.wants' }); // waits for the lock
+    // a claim (the dispatcher looks once a second) queues behind it; the 500 comes at 1.5 s
+    await sleep(2000);
+  } finally {
+    await lock.release();
+    released = performance.now();
+  }
+  assert.equal((await blocked).status, 202);
+  const reqs = await r.waitFor(2, 3000);
+  const ms = reqs[1].arrivedMono - released;
+  console.log(`retry due during a held claim: sent ${ms.toFixed(0)} ms after the claim could be answered`);
+  // due at ~1.7 s, so at once once the claim is answered; left to the next look, ~1 s
+  assert.ok(ms < 500, `the retry, due before the lock went, waited ${ms.toFixed(0)} ms more`);
+}));
+
 test('slow receiver within the timeout is delivered', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '3s'] });
   const r = await startReceiver({ behavior: { delayMs: 1000, status: 204, body: '' } });
