@@ -194,3 +194,29 @@ test('a request that cannot be started goes back unsent and is sent once it can 
     return all.length === 2 && all.every((d) => d.status === 'delivered');
   }, 5000 * SLOW, 'both delivered', 50);
 }));
+
+// A job put back unsent is due again at once, and its result must wake the dispatcher
+// for it: nothing else will (here nothing else is published). Without that wake it
+// waited for the dispatcher's one-second look instead of the 200 ms pause after a
+// failed start.
+test('a job put back unsent is claimed again without waiting for the next look', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_CURL_INIT: '1' }) });
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['again.#'] });
+  writeFileSync(flag, '');
+  let failedAt;
+  try {
+    await postEvent(relay, { type: 'again.a' });
+    await waitUntil(() => /out of memory starting transfers/.test(relay.stderrText), 5000 * SLOW,
+      'the start failed', 5);
+    failedAt = performance.now();
+  } finally {
+    rmSync(flag);
+  }
+  const [req] = await r.waitFor(1, 5000 * SLOW);
+  const ms = req.arrivedMono - failedAt;
+  console.log(`put back unsent: sent ${ms.toFixed(0)} ms after the failed start was logged`);
+  // the next claim comes 200 ms after the failed one; the next look, ~1 s
+  assert.ok(ms < 650, `the job put back waited ${ms.toFixed(0)} ms to be sent`);
+}));
