@@ -412,15 +412,29 @@ test('--publish-key: publishes, single and batch; every other /v1 route is 403',
     '--publish-key', 'publish-key-0123456789abcdef'] });
   assert.equal((await api(relay, 'POST', '/v1/events', { type: 'pub.one' }, pub)).status, 202);
   assert.equal((await api(relay, 'POST', '/v1/events/batch', [{ type: 'pub.two' }], pub)).status, 202);
+  // a subscription the admin made: no method but publishing may reach it with a publish key
+  const made = await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/hook', event_types: ['other.*'] }, admin);
+  assert.equal(made.status, 201, made.text);
+  const sub = `/v1/subscriptions/${made.json.id}`;
+  const since = { since: '1970-01-01T00:00:00Z' };
   for (const [method, route, body] of [
     ['GET', '/v1/events'], ['GET', '/v1/subscriptions'], ['GET', '/v1/deliveries'],
     ['POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/hook', event_types: ['#'] }],
     ['POST', '/v1/deliveries/dlv_1/retry'], ['GET', '/metrics'],
+    ['GET', sub], ['GET', `${sub}/stats`], ['HEAD', sub], ['PATCH', sub, { enabled: false }], ['DELETE', sub],
+    ['POST', `${sub}/rotate-secret`, { grace_seconds: 0 }], ['POST', `${sub}/recover`, since],
+    ['POST', `${sub}/replay`, since], ['GET', '/v1/deliveries/dlv_1'],
   ]) {
-    assertError(await api(relay, method, route, body, pub), 403, 'forbidden', `${method} ${route} with a publish key`);
+    const res = await api(relay, method, route, body, pub);
+    if (method === 'HEAD') assert.equal(res.status, 403, `${method} ${route} with a publish key`);
+    else assertError(res, 403, 'forbidden', `${method} ${route} with a publish key`);
   }
-  assert.deepEqual((await api(relay, 'GET', '/v1/subscriptions', undefined, admin)).json.data, [],
-    'the publish key created nothing');
+  const kept = await api(relay, 'GET', sub, undefined, admin);
+  assert.equal(kept.status, 200, `the publish key deleted nothing: ${kept.text}`);
+  assert.equal(kept.json.enabled, true, 'the publish key changed nothing');
+  assert.equal(kept.json.updated_at, made.json.updated_at, 'the publish key changed nothing');
+  assert.deepEqual((await api(relay, 'GET', '/v1/subscriptions', undefined, admin)).json.data.map((s) => s.id),
+    [made.json.id], 'the publish key created nothing');
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, admin)).json.data.length, 2);
 }));
 
