@@ -446,6 +446,18 @@ test('--api-key: 401 without or with a wrong bearer, works with it; healthz need
   assertError(await api(relay, 'GET', '/v1/events', undefined, { authorization: 's3cret-key-0123456789abcdef' }), 401, 'unauthorized', 'no Bearer');
   assertError(await api(relay, 'POST', '/v1/events', { type: 'auth.x' }), 401, 'unauthorized', 'publish without key');
   assertError(await api(relay, 'POST', '/v1/subscriptions', { url: 'http://127.0.0.1:9/', event_types: ['#'] }), 401, 'unauthorized', 'subscribe without key');
+  // RFC 9110 11.6.1: a 401 names the scheme to use, whatever was wrong with the key,
+  // and also when the refusal was held while the body was read
+  for (const [what, method, headers, body] of [
+    ['no key', 'GET', {}], ['a wrong key', 'GET', { authorization: 'Bearer wrong-key-0123456789abcdef' }],
+    ['another scheme', 'GET', { authorization: 'Basic czNjcmV0' }],
+    ['no key, with a body', 'POST', {}, { type: 'auth.x' }],
+    ['a wrong key, with a body', 'POST', { authorization: 'Bearer wrong-key-0123456789abcdef' }, { type: 'auth.x' }],
+  ]) {
+    const res = await api(relay, method, '/v1/events', body, headers);
+    assertError(res, 401, 'unauthorized', what);
+    assert.equal(res.headers.get('www-authenticate'), 'Bearer', `WWW-Authenticate of a 401 for ${what}`);
+  }
   const h = await api(relay, 'GET', '/healthz');
   assert.equal(h.status, 200);
   // RFC 9110 11.1: the scheme is case-insensitive; some clients send "bearer".
