@@ -367,6 +367,47 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   assert.equal(kept.stdout.trim(), `${live.id.slice(4)}|${live.secret}`, 'only the live subscription\'s current secret is left');
 }));
 
+// docs/api.md: rotate-secret's body may be left out (then with no Content-Type): a new
+// secret and a day's grace for the old one; grace_seconds runs from 0 to 2,592,000 (30
+// days), both ends taken. A route whose body is optional must not answer 415 for none.
+test('rotate-secret with no body rotates with a grace; grace_seconds is taken up to 30 days', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['nobody.*'] });
+  const path = `/v1/subscriptions/${sub.id}/rotate-secret`;
+  const rot = await api(relay, 'POST', path);
+  assert.equal(rot.status, 200, `rotate-secret with no body: ${rot.text}`);
+  assert.equal(rot.json.id, sub.id);
+  assert.match(rot.json.secret, /^whsec_[A-Za-z0-9+/]+={0,2}$/);
+  assert.notEqual(rot.json.secret, sub.secret);
+  r.secrets.push(rot.json.secret);
+  const ev = await postEvent(relay, { type: 'nobody.x' });
+  const [q] = await r.waitFor(1);
+  assert.equal(q.headers['webhook-id'], ev.id);
+  const at = new Date(Number(q.headers['webhook-timestamp']) * 1000);
+  assert.deepEqual(q.headers['webhook-signature'].split(' '),
+    [new Webhook(rot.json.secret).sign(ev.id, at, q.body), new Webhook(sub.secret).sign(ev.id, at, q.body)],
+    'the new secret signs, and the old one beside it in its grace');
+
+  const most = await api(relay, 'POST', path, { grace_seconds: 30 * 86400 });
+  assert.equal(most.status, 200, `grace_seconds of 30 days: ${most.text}`);
+  r.secrets.push(most.json.secret);
+  const none = await api(relay, 'POST', path, { grace_seconds: 0 });
+  assert.equal(none.status, 200, `grace_seconds 0: ${none.text}`);
+  r.secrets.push(none.json.secret);
+  for (const grace of [30 * 86400 + 1, -1, 1.5, '60', null]) {
+    const res = await api(relay, 'POST', path, { grace_seconds: grace });
+    assertError(res, 422, 'invalid_field', `grace_seconds ${JSON.stringify(grace)}`);
+    assert.match(res.json.error.message, /grace_seconds must be an integer from 0 to 2592000/);
+  }
+  const ev2 = await postEvent(relay, { type: 'nobody.y' });
+  const q2 = (await r.waitFor(2))[1];
+  assert.equal(q2.headers['webhook-id'], ev2.id);
+  assert.equal(q2.headers['webhook-signature'],
+    new Webhook(none.json.secret).sign(ev2.id, new Date(Number(q2.headers['webhook-timestamp']) * 1000), q2.body),
+    'grace 0 stopped every older secret; the refused calls rotated nothing');
+}));
+
 // An operator's typo must not be a silent success: {"grace": 0} used to rotate with the
 // default day of grace, leaving a leaked secret valid; {"event_type": [...]} changed nothing.
 // docs/api.md: at most 10 old secrets sign beside the current one; an 11th rotation
