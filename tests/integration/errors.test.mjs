@@ -450,6 +450,18 @@ test('wrong content type is 415 unsupported_media_type; charset parameter is fin
   assert.equal(none.status, 415, 'no content type at all');
   const sub = await api(relay, 'POST', '/v1/subscriptions', JSON.stringify(SUB), { 'content-type': 'text/plain' });
   assertError(sub, 415, 'unsupported_media_type', 'subscription as text/plain');
+  // rotate-secret's body is optional, but one that is sent must be JSON
+  const rotated = await api(relay, 'POST', `/v1/subscriptions/${subsBefore[0].id}/rotate-secret`, '{"grace_seconds":0}',
+    { 'content-type': 'text/plain' });
+  assertError(rotated, 415, 'unsupported_media_type', 'rotate-secret as text/plain');
+  await assertNothingStored();
+  // A route that takes no body ignores any body sent, whatever its type (docs/api.md).
+  const made = await api(relay, 'POST', '/v1/subscriptions', SUB);
+  assert.equal(made.status, 201, made.text);
+  const deleted = await api(relay, 'DELETE', `/v1/subscriptions/${made.json.id}`, 'not json', { 'content-type': 'text/plain' });
+  assert.equal(deleted.status, 204, `DELETE with a text/plain body: ${deleted.text}`);
+  assertError(await api(relay, 'POST', '/v1/deliveries/dlv_999999/retry', 'x=1', { 'content-type': 'application/x-www-form-urlencoded' }),
+    404, 'not_found', 'retry with a form body: the body is ignored, the id looked up');
   await assertNothingStored();
   const ok = await api(relay, 'POST', '/v1/events', JSON.stringify({ type: 'ct.ok', id: 'ct-ok' }), { 'content-type': 'application/json; charset=utf-8' });
   assert.equal(ok.status, 202, ok.text);
