@@ -559,6 +559,25 @@ test('wrong method on a known path is 405 with Allow', withLogs(async () => {
     assertError(res, 405, 'method_not_allowed', `${method} ${p}`);
     assert.match(res.headers.get('allow') ?? '', allow, `Allow header of ${method} ${p}`);
   }
+  // Allow lists exactly the methods the path takes, HEAD wherever GET is (RFC 9110
+  // 10.2.1), on literal and {id} paths alike; OPTIONS is one more method no path takes.
+  const sub = `/v1/subscriptions/${subsBefore[0].id}`;
+  const paths = [
+    ['/healthz', 'GET, HEAD'], ['/metrics', 'GET, HEAD'], ['/v1/events', 'GET, HEAD, POST'],
+    ['/v1/events/batch', 'POST'], [`/v1/events/${accepted.id}`, 'GET, HEAD'],
+    ['/v1/subscriptions', 'GET, HEAD, POST'], [sub, 'DELETE, GET, HEAD, PATCH'], [`${sub}/stats`, 'GET, HEAD'],
+    [`${sub}/rotate-secret`, 'POST'], [`${sub}/recover`, 'POST'], [`${sub}/replay`, 'POST'],
+    ['/v1/deliveries', 'GET, HEAD'], ['/v1/deliveries/dlv_1', 'GET, HEAD'], ['/v1/deliveries/dlv_1/retry', 'POST'],
+  ];
+  for (const [p, allow] of paths) {
+    const sorted = (text) => (text ?? '').split(',').map((m) => m.trim()).sort().join(', ');
+    const other = ['GET', 'POST', 'PATCH', 'DELETE'].find((m) => !allow.split(', ').includes(m));
+    for (const method of ['OPTIONS', 'PUT', other]) {
+      const res = await api(relay, method, p, method === 'GET' || method === 'OPTIONS' ? undefined : {});
+      assertError(res, 405, 'method_not_allowed', `${method} ${p}`);
+      assert.equal(sorted(res.headers.get('allow')), allow, `Allow header of ${method} ${p}`);
+    }
+  }
   await assertNothingStored();
 }));
 
