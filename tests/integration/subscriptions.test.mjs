@@ -463,6 +463,12 @@ test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and r
   const patched = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { event_type: ['other.#'] });
   assertError(patched, 422, 'invalid_field', 'PATCH event_type');
   assert.deepEqual((await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.event_types, ['t.#']);
+  // secret is a field of create, not of PATCH: a 200 would say it changed while the old
+  // one went on signing
+  const newSecret = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`,
+    { secret: 'whsec_' + Buffer.alloc(32, 7).toString('base64'), enabled: true });
+  assertError(newSecret, 422, 'invalid_field', 'PATCH secret');
+  assert.match(newSecret.json.error.message, /rotate-secret/);
   const rotated = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace: 0 });
   assertError(rotated, 422, 'invalid_field', 'rotate-secret with grace');
   assert.match(rotated.json.error.message, /^grace: unknown field \(known: grace_seconds, secret\)/);
