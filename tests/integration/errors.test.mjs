@@ -438,6 +438,15 @@ test('body over --max-body without Content-Length (chunked) is 413 too', withLog
     ...Array.from({ length: 16 }, () => 'z'.repeat(4096)), '"}'], { closedOk: true });
   assert.equal(result.status, 413, `chunked oversize body: ${JSON.stringify(result)}`);
   assert.equal(JSON.parse(result.text).error.code, 'payload_too_large');
+  // All of it sent (and dropped), the 413 still closes the connection, as docs/api.md says.
+  const chunk = 'z'.repeat(5000);
+  const t0 = performance.now();
+  const text = await rawExchange('POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Transfer-Encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n${chunk}\r\n0\r\n\r\n`, () => false);
+  const took = performance.now() - t0;
+  assert.match(text, /^HTTP\/1\.1 413 [\s\S]*"payload_too_large"/, text);
+  assert.match(text, /\r\nConnection: close\r\n/i, text);
+  assert.ok(took < 1500, `the relay closed the connection ${Math.round(took)} ms after the 413 (rawExchange waits 3 s if it stays open)`);
 }));
 
 test('wrong content type is 415 unsupported_media_type; charset parameter is fine', withLogs(async () => {
