@@ -619,6 +619,62 @@ test('a refusal decided before the body still reads it: the connection serves th
   assert.match(text, /HTTP\/1\.1 200 /, `the second request on the connection is answered: ${text}`);
 }));
 
+/** Streams `total` bytes of chunked body after `head` on a fresh connection, as fast as
+ * the relay reads them; resolves {answer, hungUp}: what came back, and whether the relay
+ * closed the connection before answering. */
+function streamChunked(head, total) {
+  return new Promise((resolve) => {
+    let answer = '';
+    let sent = 0;
+    let finished = false;
+    const sock = net.connect(relay.port, '127.0.0.1');
+    const done = (hungUp) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      sock.destroy();
+      resolve({ answer, hungUp });
+    };
+    const timer = setTimeout(() => done(false), 60_000);
+    sock.on('data', (d) => {
+      answer += d;
+      if (/\r\n\r\n[\s\S]*\}/.test(answer)) done(false);
+    });
+    sock.on('close', () => done(true));
+    sock.on('error', () => done(true));
+    const piece = Buffer.from(`10000\r\n${'p'.repeat(0x10000)}\r\n`);
+    const pump = () => {
+      while (sent < total && !finished) {
+        sent += 0x10000;
+        if (!sock.write(piece)) {
+          sock.once('drain', pump);
+          return;
+        }
+      }
+      if (!finished) sock.write('0\r\n\r\n');
+    };
+    sock.on('connect', () => {
+      sock.write(head);
+      pump();
+    });
+  });
+}
+
+// A refusal held while its body is dropped, and a chunked body over --max-body, are read
+// only so far (16 x --max-body, at least 8 MiB): a client streaming on past that, with no
+// key or to no route, is hung up on rather than kept reading for ever.
+test('a refused or oversize chunked body is dropped only up to the bound, then the connection is closed', withLogs(async () => {
+  const total = 24 * 1024 * 1024;
+  for (const [what, target] of [['no route (a held 404)', '/nope'], ['over --max-body (413)', '/v1/events']]) {
+    const res = await streamChunked(`POST ${target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      'Transfer-Encoding: chunked\r\n\r\n', total);
+    assert.ok(res.hungUp, `${what}: 24 MiB were read and answered: ${res.answer.slice(0, 300)}`);
+    assert.equal(res.answer, '', `${what}: hung up on without an answer`);
+  }
+  assert.equal((await api(relay, 'GET', '/healthz')).status, 200, 'and the relay goes on');
+  await assertNothingStored();
+}));
+
 test('Expect: 100-continue to a refused request gets the refusal, not 100 Continue', withLogs(async () => {
   const raw = 'POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
     'Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n';
