@@ -338,11 +338,18 @@ test('subscriptions: wrong field types and bad values are 422 invalid_field', wi
   await assertNothingStored();
 }));
 
-test('list limits out of range are 422 invalid_field', withLogs(async () => {
+test('list limits out of range, and cursors that no page gave, are 422 invalid_field', withLogs(async () => {
   for (const route of ['/v1/events', '/v1/subscriptions', '/v1/deliveries']) {
     for (const limit of ['0', '1001', 'abc', '-1', '1.5']) {
       const res = await api(relay, 'GET', `${route}?limit=${limit}`);
       assertError(res, 422, 'invalid_field', `GET ${route}?limit=${limit}`);
+    }
+    // a damaged cursor is the caller's mistake: taken for none, the first page would come
+    // back, and a client walking pages would go round for ever
+    for (const after of ['abc', '0', '-5', '1.5', '', '9223372036854775808']) {
+      const res = await api(relay, 'GET', `${route}?after=${after}`);
+      assertError(res, 422, 'invalid_field', `GET ${route}?after=${after}`);
+      assert.match(res.json.error.message, /after must be a cursor/);
     }
     for (const limit of ['1', '1000']) {
       const res = await api(relay, 'GET', `${route}?limit=${limit}`);
