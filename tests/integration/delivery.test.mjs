@@ -608,6 +608,25 @@ test('error responses: body snippet is logged, capped at 4 KiB', withLogs(async 
   assert.equal(d.attempts[1].response_body, 'x'.repeat(4096), 'first 4 KiB of the body');
 }));
 
+// The 1 MiB read limit is on the body's size, not one byte short of it: an answer of
+// exactly 1 MiB is read to its end and logged without an error; one byte more is cut
+// off and says so. (The 5 MiB test only showed that far past it is cut.)
+test('a response body of exactly 1 MiB is read whole; one byte more is not', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '100ms' });
+  const r = await startReceiver({ behavior: [
+    { status: 500, body: 'y'.repeat(1024 * 1024) },
+    { status: 200, body: 'z'.repeat(1024 * 1024 + 1) },
+  ] });
+  await createSub(relay, r);
+  const ev = await postEvent(relay, { type: 'mib.body' });
+  const d = await waitDelivery(relay, (await oneDelivery(relay, ev.id)).id, 'delivered');
+  assert.deepEqual(d.attempts.map((a) => a.http_status), [500, 200]);
+  assert.equal(d.attempts[0].error, 'HTTP 500', 'exactly 1 MiB: read whole, no cut');
+  assert.equal(d.attempts[0].response_body, 'y'.repeat(4096));
+  assert.equal(d.attempts[1].error, 'response body over 1 MiB (not read past it)');
+  assert.equal(d.attempts[1].response_body, 'z'.repeat(4096));
+}));
+
 // A receiver's body is bytes, not always UTF-8 (a Latin-1 error page, gzip), and the 4 KiB
 // cut can fall inside a character: the attempt log still reads, showing such bytes as '?'.
 test('response bodies that are not UTF-8 still show in the delivery log', withLogs(async () => {
