@@ -516,6 +516,31 @@ test('serve --help, -h and --version answer instead of failing', withLogs(async 
   assert.match(v.stdout, /^hookrelay \d/);
 }));
 
+// The command itself, before serve: only `serve --help/--version` were run, so the bare
+// command's exit status (a script's `hookrelay || ...`), the top-level --version and an
+// unknown command's refusal could change unseen.
+test('hookrelay alone, help, --version and an unknown command: usage, version, exit codes', withLogs(async () => {
+  const run = (args) => spawnSync(relayBin(), args, { encoding: 'utf8', timeout: 10_000 });
+  const bare = run([]);
+  assert.equal(bare.status, 2, 'no command is a usage error');
+  assert.equal(bare.stdout, '', 'its usage goes to stderr');
+  assert.match(bare.stderr, /^usage: hookrelay serve/);
+  for (const args of [['help'], ['--help'], ['-h']]) {
+    const h = run(args);
+    assert.equal(h.status, 0, `${args}: ${h.stderr}`);
+    assert.match(h.stdout, /^usage: hookrelay serve[\s\S]*--listen ADDR:PORT/, `${args} prints the usage`);
+    assert.equal(h.stderr, '');
+  }
+  const v = run(['--version']);
+  assert.equal(v.status, 0, v.stderr);
+  assert.match(v.stdout, /^hookrelay \d+\.\d+\.\d+\n$/);
+  assert.equal(run(['serve', '--version']).stdout, v.stdout, 'serve --version says the same');
+  const unknown = run(['frobnicate']);
+  assert.equal(unknown.status, 2, `an unknown command: exit ${unknown.status}`);
+  assert.equal(unknown.stdout, '');
+  assert.match(unknown.stderr, /^hookrelay: unknown command 'frobnicate'\n\nusage: hookrelay serve/);
+}));
+
 test('refused at start: a switch that is not a boolean, a key file with no key, a publish key alone, a non-numeric address', withLogs(async () => {
   const dir = tmpDir();
   const db = path.join(dir, 'refused.db');
