@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { Webhook } from 'standardwebhooks';
 import {
-  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError,
+  startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, relayBin,
   assertNoMore, listAll, waitUntil, eventDeliveries, sleep, cleanup, withLogs,
 } from './harness.mjs';
 
@@ -734,4 +734,31 @@ test('custom headers arrive as stored, an empty value as an empty header', withL
   assert.equal(req.headers['x-empty-flag'], '', 'the empty header is sent, empty');
   assert.equal(req.headers['content-length'], String(req.body.length));
   assert.deepEqual(verifySigned(req, sub.secret).data, { n: 1 });
+}));
+
+// What a receiver sees besides the custom headers, exactly: a user-agent naming this
+// version (receivers log and allow-list it; the old check was only /^hookrelay\//),
+// content-type application/json with no parameter, and no header beyond curl's accept.
+// A body past curl's Expect threshold (1 MiB) too: the relay never waits for 100-continue.
+test('a delivery carries exactly these headers: user-agent with the version, content-type, webhook-*', withLogs(async () => {
+  const version = spawnSync(relayBin(), ['--version'], { encoding: 'utf8', timeout: 10_000 })
+    .stdout.trim().replace(/^hookrelay /, '');
+  assert.match(version, /^\d+\.\d+\.\d+$/);
+  const relay = await startRelay({ args: ['--max-body', '2MiB'] });
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['exact.#'] });
+  await postEvent(relay, { type: 'exact.small', data: { n: 1 } });
+  await postEvent(relay, { type: 'exact.big', data: { pad: 'p'.repeat(1024 * 1024 + 100) } });
+  const reqs = await r.waitFor(2, 8000);
+  for (const req of reqs) {
+    assert.deepEqual(Object.keys(req.headers).sort(), ['accept', 'content-length', 'content-type',
+      'host', 'user-agent', 'webhook-id', 'webhook-signature', 'webhook-timestamp'],
+    `headers of a ${req.body.length}-byte delivery`);
+    assert.equal(req.headers['user-agent'], `hookrelay/${version}`);
+    assert.equal(req.headers['content-type'], 'application/json');
+    assert.equal(req.headers.host, `127.0.0.1:${r.port}`);
+    assert.match(req.headers['webhook-id'], /^evt_[0-9A-Za-z]{26}$/);
+    assert.match(req.headers['webhook-timestamp'], /^[1-9]\d{9}$/);
+    verifySigned(req, sub.secret);
+  }
 }));
