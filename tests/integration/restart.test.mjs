@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { writeFileSync, statSync, symlinkSync, existsSync } from 'node:fs';
+import { writeFileSync, statSync, symlinkSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
   waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries,
@@ -323,6 +325,60 @@ test('deliveries an older version held with no due time go out once enabled afte
   const on = await api(again, 'PATCH', `/v1/subscriptions/${sub.id}`, { enabled: true });
   assert.equal(on.status, 200, on.text);
   await r.waitFor(6, 5000);
+}));
+
+// A database made by the first release (schema 001 alone, user_version 1), with a
+// subscription and a pending delivery in it: every migration runs on it in order, and
+// what it held reads and sends as if made today. The other upgrade tests start from
+// the current schema with a version put back, so a migration's defaults for rows that
+// existed before it (002's max_in_flight, 005's rate_limit) went unchecked.
+test('a database of schema version 1 is migrated: its subscription and pending delivery work', withLogs(async () => {
+  const schemaDir = fileURLToPath(new URL('../../schema/', import.meta.url));
+  const migrations = readdirSync(schemaDir).filter((f) => /^\d{3}_.*\.sql$/.test(f)).sort();
+  assert.ok(migrations.length > 1);
+  const r = await startReceiver();
+  const secret = 'whsec_' + randomBytes(32).toString('base64');
+  r.secrets.push(secret);
+  const now = Date.now();
+  const evId = 'evt_' + '01JOLDSCHEMA'.padEnd(26, '0');
+  const envelope = JSON.stringify({ id: evId, type: 'legacy.v1', key: null,
+    timestamp: new Date(now).toISOString(), data: { n: 1 } });
+  const q = (t) => `'${t.replaceAll("'", "''")}'`;
+  const dbPath = path.join(tmpDir(), 'v1.db');
+  const made = spawnSync('sqlite3', [dbPath], { encoding: 'utf8', timeout: 10_000, input:
+    readFileSync(path.join(schemaDir, migrations[0]), 'utf8') + `;
+    PRAGMA user_version = 1;
+    INSERT INTO subscriptions (id, url, event_types, headers, created_at, updated_at)
+      VALUES (1, ${q(r.url + '/old')}, '["legacy.#"]', '{"X-Old":"yes"}', ${now}, ${now});
+    INSERT INTO subscription_secrets (subscription_id, secret, created_at) VALUES (1, ${q(secret)}, ${now});
+    INSERT INTO events (seq, id, type, created_at, envelope) VALUES (1, ${q(evId)}, 'legacy.v1', ${now}, CAST(${q(envelope)} AS BLOB));
+    INSERT INTO deliveries (id, event_seq, subscription_id, next_attempt_at, created_at, updated_at)
+      VALUES (1, 1, 1, ${now}, ${now}, ${now});
+  ` });
+  assert.equal(made.status, 0, made.stderr);
+
+  const relay = await startRelay({ dbPath });
+  const [req] = await r.waitFor(1, 8000);
+  assert.equal(req.url, '/old');
+  assert.equal(req.body.toString(), envelope, 'the stored bytes are sent');
+  assert.equal(req.headers['x-old'], 'yes');
+  assert.deepEqual(verifySigned(req, secret).data, { n: 1 });
+  const sub = await api(relay, 'GET', '/v1/subscriptions/sub_1');
+  assert.equal(sub.status, 200, sub.text);
+  assert.equal(sub.json.max_in_flight, 16, 'the default of migration 002');
+  assert.equal(sub.json.rate_limit, null, 'no limit (migration 005)');
+  assert.equal(sub.json.failing_since, null);
+  assert.equal(sub.json.enabled, true);
+  assert.equal(sub.json.signature_algorithm, 'hmac-sha256');
+  await waitUntil(async () => (await api(relay, 'GET', '/v1/deliveries/dlv_1')).json?.status === 'delivered',
+    5000, 'the old pending delivery is delivered');
+  // and new work goes on beside it
+  const ev = await postEvent(relay, { type: 'legacy.after' });
+  const [, fresh] = await r.waitFor(2, 5000);
+  assert.equal(fresh.headers['webhook-id'], ev.id);
+  await relay.stop();
+  const v = spawnSync('sqlite3', [dbPath, 'PRAGMA user_version'], { encoding: 'utf8', timeout: 10_000 });
+  assert.equal(v.stdout.trim(), String(migrations.length), 'every migration applied');
 }));
 
 test('--help lists every flag', withLogs(async () => {
