@@ -259,7 +259,8 @@ test('SIGTERM with a delivery hanging in flight exits 0 and the delivery resumes
 }));
 
 // The stop gives deliveries in flight 5 s; the operator is told, and a second signal puts
-// them back at once instead of waiting out the 5 s.
+// them back at once instead of waiting out the 5 s. The HTTP side stops first: nothing
+// checked that it did (stopping it after the deliveries went unseen).
 test('a second SIGTERM while deliveries finish stops at once; they are sent after restart', withLogs(async () => {
   const relay = await startRelay({ args: ['--delivery-timeout', '60s'] });
   const r = await startReceiver({ behavior: { hang: true } });
@@ -270,6 +271,14 @@ test('a second SIGTERM while deliveries finish stops at once; they are sent afte
   relay.proc.kill('SIGTERM');
   await waitUntil(() => /send SIGINT or SIGTERM again to stop now/.test(relay.stderrText), 3000,
     'the stop says it is waiting for deliveries in flight');
+  // While they finish, the address is already given up: new connections are refused at
+  // once (a load balancer moves on), not served for the 5 s of the wait.
+  const connect = await new Promise((resolve) => {
+    const sock = net.connect(relay.port, '127.0.0.1');
+    sock.once('connect', () => { sock.destroy(); resolve('connected'); });
+    sock.once('error', (err) => resolve(err.code));
+  });
+  assert.equal(connect, 'ECONNREFUSED', 'a new connection while deliveries finish');
   relay.proc.kill('SIGTERM');
   await relay.exited;
   const took = Date.now() - t0;
