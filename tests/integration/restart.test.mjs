@@ -679,6 +679,34 @@ test('--listen localhost:PORT listens on 127.0.0.1; a key of exactly 16 characte
   assert.equal((await api(relay, 'GET', '/v1/events', undefined, { authorization: 'Bearer sixteen-chars-ky' })).status, 200);
 }));
 
+// --help and the error text give [::1]:8080 as the IPv6 form: the brackets are dropped
+// to bind, and put back in the printed URL (which a script pastes into curl). No test
+// listened on IPv6, so either could break unseen.
+test('--listen [::1]:0 listens on IPv6 loopback and prints a URL with brackets', withLogs(async (t) => {
+  const v6 = await new Promise((resolve) => {
+    const probe = net.createServer().once('error', () => resolve(false));
+    probe.listen(0, '::1', () => probe.close(() => resolve(true)));
+  });
+  if (!v6) return t.skip('no IPv6 loopback here');
+  const proc = spawn(relayBin(), ['serve', '--listen', '[::1]:0', '--db', path.join(tmpDir(), 'v6.db')],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  proc.stdout.on('data', (d) => { out += d; });
+  proc.stderr.on('data', (d) => { err += d; });
+  const exited = new Promise((resolve) => proc.on('exit', (code) => resolve(code)));
+  try {
+    await waitUntil(() => /\n/.test(out) || proc.exitCode !== null, 10_000, 'the listening line');
+    const m = out.match(/^hookrelay listening on http:\/\/\[::1\]:(\d+)\n$/);
+    assert.ok(m, `stdout: ${JSON.stringify(out)}; stderr: ${err}`);
+    const res = await fetch(`http://[::1]:${m[1]}/healthz`);
+    assert.equal(res.status, 200);
+  } finally {
+    proc.kill('SIGTERM');
+  }
+  assert.equal(await exited, 0, err);
+}));
+
 // Checking a restored backup with `serve --db backup.db` while production holds the port
 // must not send the backup's pending deliveries to the real receivers.
 test('a relay that cannot listen sends nothing, and exits 1', withLogs(async () => {
