@@ -87,6 +87,32 @@ static void test_table(void)
 	      !e.too_deep);
 }
 
+/* Each byte after a backslash, NUL among them: only " \\ / b f n r t and u (with four hex
+ * digits) make an escape. The table above goes through strlen, so it cannot hold a NUL,
+ * and the jansson comparison's alphabet has none: a backslash before a raw NUL byte, let
+ * through, put a string into the stored data that ends the envelope early (it is kept
+ * as a C string), and every subscriber got invalid JSON. */
+static void test_escapes(void)
+{
+	int wrong = 0;
+
+	for (int c = 0; c < 256; c++) {
+		char text[8] = {'"', '\\', (char)c, '0', '0', '4', '1', '"'};
+		struct json_check_error e;
+		int want = c != 0 && strchr("\"\\/bfnrtu", c) != NULL;
+		/* "\c0041": an escape and four digits, or four digits after a \u */
+		int got = json_check(text, sizeof(text), 64, &e) == 0;
+		if (got != want && wrong++ < 5)
+			fprintf(stderr, "  escape byte 0x%02x: %s\n", c, got ? "accepted" : "refused");
+	}
+	CHECK(wrong == 0);
+	/* and as an event's data, the way ingest meets it */
+	static const char nul_escape[] = "{\"type\":\"a\",\"data\":\"x\\\0\"}";
+	struct json_check_error e;
+	CHECK(json_check(nul_escape, sizeof(nul_escape) - 1, 64, &e) == -1 &&
+	      strcmp(e.reason, "invalid escape in a string") == 0);
+}
+
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static uint64_t next(void)
 {
@@ -207,6 +233,7 @@ static void test_utf8_repair(void)
 int main(void)
 {
 	test_table();
+	test_escapes();
 	test_utf8_seq();
 	test_utf8_repair();
 	test_against_jansson();
