@@ -113,6 +113,26 @@ static void test_escapes(void)
 	      strcmp(e.reason, "invalid escape in a string") == 0);
 }
 
+/* Each byte below 0x20 raw in a string is refused (RFC 8259 7: escape it); 0x20 and DEL
+ * are not control characters to JSON. The table held only 0x01, the jansson comparison's
+ * alphabet 0x01 and nothing else below 0x20: a raw 0x1f let through reached subscribers
+ * whose strict parsers refuse it. */
+static void test_control_bytes(void)
+{
+	int wrong = 0;
+
+	for (int c = 0; c <= 0x7f; c++) {
+		char text[5] = {'"', 'a', (char)c, 'x', '"'}; /* backslash-x: no escape */
+		struct json_check_error e;
+		int want = c >= 0x20 && c != '"' && c != '\\';
+		int got = json_check(text, sizeof(text), 64, &e) == 0;
+		if (got != want && wrong++ < 5)
+			fprintf(stderr, "  raw byte 0x%02x in a string: %s\n", c,
+			        got ? "accepted" : "refused");
+	}
+	CHECK(wrong == 0);
+}
+
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static uint64_t next(void)
 {
@@ -234,6 +254,7 @@ int main(void)
 {
 	test_table();
 	test_escapes();
+	test_control_bytes();
 	test_utf8_seq();
 	test_utf8_repair();
 	test_against_jansson();
