@@ -133,6 +133,30 @@ static void test_control_bytes(void)
 	CHECK(wrong == 0);
 }
 
+/* A \u escape takes four hex digits in either case and nothing else, at each of the
+ * four places: the table tried only G, the jansson comparison's alphabet only a-f and
+ * A-F, so a lax digit test ("\u00g0" taken) went unseen, and the event it let in reached
+ * subscribers as JSON their parsers refuse. */
+static void test_hex_digits(void)
+{
+	int wrong = 0;
+
+	for (int at = 0; at < 4; at++) {
+		for (int c = 0; c < 256; c++) {
+			char text[8] = {'"', '\\', 'u', '0', '0', '0', '0', '"'};
+			struct json_check_error e;
+			int want = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+			           (c >= 'A' && c <= 'F'); /* \ud000 and the like: no surrogates */
+			text[3 + at] = (char)c;
+			int got = json_check(text, sizeof(text), 64, &e) == 0;
+			if (got != want && wrong++ < 5)
+				fprintf(stderr, "  byte 0x%02x as \\u digit %d: %s\n", c, at + 1,
+				        got ? "accepted" : "refused");
+		}
+	}
+	CHECK(wrong == 0);
+}
+
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 static uint64_t next(void)
 {
@@ -255,6 +279,7 @@ int main(void)
 	test_table();
 	test_escapes();
 	test_control_bytes();
+	test_hex_digits();
 	test_utf8_seq();
 	test_utf8_repair();
 	test_against_jansson();
