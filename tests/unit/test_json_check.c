@@ -83,6 +83,35 @@ static void test_table(void)
 	struct json_check_error e;
 	CHECK(json_check("[[[]]]", 6, 3, &e) == 0);
 	CHECK(json_check("[[[[]]]]", 8, 3, &e) == -1 && e.too_deep == 1);
+	/* Objects count as arrays do, alone or mixed with them: a limit kept for arrays only
+	 * let {"a":{"a":...}} past the event's 64 levels, and, deeper than the stack of open
+	 * containers, write past it. */
+	static const char *const at_limit[] = {"{\"a\":{\"a\":{}}}", "[{\"a\":[]}]",
+	                                       "{\"a\":[{}]}"};
+	static const char *const past_limit[] = {"{\"a\":{\"a\":{\"a\":{}}}}",
+	                                         "[{\"a\":[{}]}]", "{\"a\":[{\"b\":[]}]}",
+	                                         "[[[{}]]]"};
+	for (size_t i = 0; i < sizeof(at_limit) / sizeof(at_limit[0]); i++)
+		CHECK(json_check(at_limit[i], strlen(at_limit[i]), 3, &e) == 0);
+	for (size_t i = 0; i < sizeof(past_limit) / sizeof(past_limit[0]); i++)
+		CHECK(json_check(past_limit[i], strlen(past_limit[i]), 3, &e) == -1 &&
+		      e.too_deep == 1);
+	/* deeper than any limit honoured: refused as too deep, nothing written past */
+	char *objects = malloc(6 * 1000 + 1000 + 1);
+	CHECK(objects != NULL);
+	if (objects) {
+		size_t n = 0;
+		for (int i = 0; i < 1000; i++) {
+			memcpy(objects + n, "{\"a\":", 5);
+			n += 5;
+		}
+		objects[n++] = '1';
+		memset(objects + n, '}', 1000);
+		n += 1000;
+		CHECK(json_check(objects, n, 64, &e) == -1 && e.too_deep == 1);
+		CHECK(json_check(objects, n, 100000, &e) == -1 && e.too_deep == 1);
+		free(objects);
+	}
 	CHECK(json_check("{\n \"a\": x}", 10, 64, &e) == -1 && e.line == 2 && e.column == 7 &&
 	      !e.too_deep);
 }
