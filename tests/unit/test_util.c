@@ -1,6 +1,7 @@
 /*
  * test_util.c - util_parse_time, the RFC 3339 reader behind the recover route's "since":
- * real dates only (no 31 February, 29 February only in leap years), offsets within a day,
+ * real dates only (no 31 February, 29 February only in leap years, no day, month, minute or
+ * second past its range), offsets within a day,
  * and the instant each spelling names; util_format_time: the libc spelling, from arithmetic,
  * read back to the same instant; util_parse_id: one spelling per id; event ids: fresh ones
  * sort by their millisecond, and util_event_id_floor sits between one millisecond's ids
@@ -43,6 +44,18 @@ static void test_parse_time(void)
 	    {"2026-11-24T00:00:00+23:60", 0, 0},
 	    {"2026-13-01T00:00:00Z", 0, 0},
 	    {"2026-11-24T24:00:00Z", 0, 0},
+	    /* each field's first value out of range, beside its last one in range: a 0 day
+	     * or month (month_days[-1]), minute 60 or second 61 read as a real time
+	     * shifts a since or until instead of a 422 */
+	    {"2026-01-01T00:00:00Z", 1, 1767225600000},
+	    {"2026-11-30T23:59:59.999Z", 1, 1796083199999},
+	    {"2026-12-01T00:59:00Z", 1, 1796086740000},
+	    {"2026-11-00T00:00:00Z", 0, 0},
+	    {"2026-00-10T00:00:00Z", 0, 0},
+	    {"2026-11-24T00:60:00Z", 0, 0},
+	    {"2026-11-24T00:00:61Z", 0, 0},
+	    {"2026-11-24T00:00:00Z ", 0, 0},
+	    {"2026-11-24T00:00:00+01:00:00", 0, 0},
 	    {"2026-11-24T00:00:00", 0, 0}, /* no offset */
 	    {"2026-11-24", 0, 0},
 	};
