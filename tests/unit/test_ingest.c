@@ -157,6 +157,18 @@ static void test_errors(void)
 	CHECK(parse(batch, 1, &in) == INGEST_OK);
 	ingest_free(in);
 	in = NULL;
+	/* "id": null is no id, as "key": null is no key: a client that writes its absent
+	 * fields as null is not refused, and the Idempotency-Key header still counts. */
+	CHECK(parse("{\"type\":\"a\",\"id\":null,\"key\":null}", 0, &in) == INGEST_OK);
+	CHECK(in && ingest_events(in)[0].idempotency_key == NULL && ingest_events(in)[0].key == NULL);
+	ingest_free(in);
+	in = NULL;
+	static const char id_null[] = "{\"type\":\"a\",\"id\":null}";
+	CHECK(ingest_parse(id_null, strlen(id_null), 0, "idem-2", 0, &in, why, sizeof(why)) ==
+	      INGEST_OK);
+	CHECK(in && strcmp(ingest_events(in)[0].idempotency_key, "idem-2") == 0);
+	ingest_free(in);
+	in = NULL;
 	CHECK(ingest_parse("{\"type\":\"a\"}", 12, 0, "", 0, &in, why, sizeof(why)) == INGEST_INVALID);
 	CHECK(ingest_parse("{\"type\":\"a\"}", 12, 0, "idem-1", 0, &in, why, sizeof(why)) == INGEST_OK);
 	CHECK(in && strcmp(ingest_events(in)[0].idempotency_key, "idem-1") == 0);
