@@ -452,6 +452,42 @@ test('rotate-secret: the current secret and the 10 newest old ones sign, newest 
     new Webhook(longer).sign(ev.id, new Date(Number(q.headers['webhook-timestamp']) * 1000), q.body));
 }));
 
+// docs/api.md: the old secret signs beside the new one "until the grace ends", and not
+// after, with no other rotation or restart to end it: the cache keeps an old secret with
+// its expiry, and each attempt leaves out the ones past it. Every other rotation test
+// ended a grace with a second rotation (which deletes the secret), so an old secret that
+// went on signing after its grace was not seen.
+test('rotate-secret: the old secret stops signing when its grace ends, with nothing else happening', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['graced.*'] });
+  const grace = 2 * SLOW; // seconds: the first delivery must go out well inside it
+  const rot = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: grace });
+  assert.equal(rot.status, 200, rot.text);
+  const rotatedBy = Date.now(); // the grace ends at most `grace` seconds after this
+  r.secrets.push(rot.json.secret);
+
+  const e1 = await postEvent(relay, { type: 'graced.in' });
+  const [q1] = await r.waitFor(1);
+  assert.equal(q1.headers['webhook-id'], e1.id);
+  const at1 = new Date(Number(q1.headers['webhook-timestamp']) * 1000);
+  assert.deepEqual(q1.headers['webhook-signature'].split(' '),
+    [new Webhook(rot.json.secret).sign(e1.id, at1, q1.body), new Webhook(sub.secret).sign(e1.id, at1, q1.body)],
+    'inside the grace: the new secret and the old one');
+
+  await sleep(rotatedBy + grace * 1000 + 100 - Date.now());
+  const e2 = await postEvent(relay, { type: 'graced.out' });
+  const q2 = (await r.waitFor(2))[1];
+  assert.equal(q2.headers['webhook-id'], e2.id);
+  assert.equal(q2.headers['webhook-signature'],
+    new Webhook(rot.json.secret).sign(e2.id, new Date(Number(q2.headers['webhook-timestamp']) * 1000), q2.body),
+    'past the grace: the new secret alone');
+  assert.throws(() => verifySigned(q2, sub.secret), 'the old secret no longer signs');
+  // Nor is it this subscription's any more: a rotation back to it is taken, not a 409.
+  const back = await api(relay, 'POST', `/v1/subscriptions/${sub.id}/rotate-secret`, { grace_seconds: 0, secret: sub.secret });
+  assert.equal(back.status, 200, `rotating back to a secret past its grace: ${back.text}`);
+}));
+
 test('misspelt fields are refused with 422 by create, PATCH, rotate-secret and recover', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
