@@ -264,6 +264,38 @@ test('a retention catch-up does not grow the WAL past its checkpoint threshold',
 // fails, the subscription must keep delivering on the settings it had, and the read is
 // tried again: dropped from the cache instead, its events got no deliveries and its
 // retries were never sent, until a restart.
+// A completion (an attempt's result) whose write fails is rolled back to its savepoint
+// and applied again: what it took out of the pending gauge must come back with it, or
+// each failed try counts the same delivery out once more. The random faults above hit a
+// completion's last write too rarely to show it; here every one fails for a while.
+test('a completion whose write fails and is applied again counts its delivery out of pending once', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({
+    env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'UPDATE deliveries SET state = ?2@1' }),
+  });
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['gauge.#'] });
+  const pending = async () => Number((await api(relay, 'GET', '/metrics')).text
+    .match(/^hookrelay_deliveries_pending (-?\d+)$/m)?.[1]);
+  writeFileSync(flag, '');
+  const ids = [];
+  for (let i = 0; i < 3; i++) {
+    const res = await api(relay, 'POST', '/v1/events', { type: 'gauge.x', data: { i } });
+    assert.equal(res.status, 202, res.text);
+    ids.push(res.json.id);
+  }
+  await r.waitFor(3, 5000 * SLOW); // sent; their results cannot be written
+  await sleep(200);
+  assert.equal(await pending(), 3, 'nothing delivered is written yet');
+  rmSync(flag);
+  for (const id of ids) {
+    const [d] = await listAll(relay, `/v1/deliveries?event=${id}&subscription=${sub.id}`);
+    await waitDelivery(relay, d.id, 'delivered', 5000 * SLOW);
+  }
+  await sleep(100);
+  assert.equal(await pending(), 0, 'each delivery counted out of pending once');
+}));
+
 test('a failed read of a changed subscription keeps it delivering, and is tried again', withLogs(async () => {
   const flag = path.join(tmpDir(), 'faults-on');
   const relay = await startRelay({
