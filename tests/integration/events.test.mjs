@@ -7,8 +7,9 @@ import { spawnSync } from 'node:child_process';
 import { Webhook } from 'standardwebhooks';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, relayBin,
-  assertNoMore, listAll, waitUntil, eventDeliveries, sleep, cleanup, withLogs,
+  assertNoMore, listAll, waitUntil, eventDeliveries, sleep, cleanup, withLogs, waitDelivery,
 } from './harness.mjs';
+import { SLOW } from './reliability/lib.mjs';
 
 afterEach(cleanup);
 
@@ -268,6 +269,50 @@ test('idempotency: the same id or Idempotency-Key is stored and delivered once',
   assert.equal(events.find((e) => e.id === h1.json.id).idempotency_key, 'key-7');
   const dl = await listAll(relay, '/v1/deliveries');
   assert.equal(dl.length, 4, 'no extra delivery rows for replays');
+}));
+
+// A replay answers what the first call did whatever became of its event since: its
+// deliveries delivered count as much as pending ones, after a restart too. Every other
+// replay came while the first's deliveries were still pending, so a count of only the
+// pending ones (a replay of a delivered event answering "deliveries": 0) passed. And
+// publishes of one key racing each other (often in one writer transaction, where the
+// lookup must see the row the transaction just wrote) store the event once.
+test('idempotency: a replay after the deliveries ended, after a restart, or racing the first answers as the first', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  await createSub(relay, r, { event_types: ['idem.#'] });
+  await createSub(relay, null, { url: r.url + '/two', event_types: ['idem.*'] }).then((s) => r.secrets.push(s.secret));
+  const first = await api(relay, 'POST', '/v1/events', { type: 'idem.done', id: 'idem-1' });
+  assert.equal(first.status, 202, first.text);
+  assert.equal(first.json.deliveries, 2);
+  for (const d of await listAll(relay, `/v1/deliveries?event=${first.json.id}`)) {
+    await waitDelivery(relay, d.id, 'delivered', 8000 * SLOW);
+  }
+  const after = await api(relay, 'POST', '/v1/events', { type: 'idem.done', id: 'idem-1' });
+  assert.equal(after.status, 200, after.text);
+  assert.deepEqual(after.json, first.json, 'a replay once its deliveries were delivered');
+
+  const racing = await Promise.all(Array.from({ length: 8 }, (_, i) => api(relay, 'POST', '/v1/events',
+    { type: 'idem.race', data: { i } }, { 'Idempotency-Key': 'idem-race' })));
+  assert.deepEqual(racing.map((res) => res.status).sort(), [200, 200, 200, 200, 200, 200, 200, 202],
+    racing.map((res) => res.text).join(' | '));
+  const won = racing.find((res) => res.status === 202).json;
+  assert.equal(won.deliveries, 2);
+  for (const res of racing) assert.deepEqual(res.json, won, 'every racer names the one event stored');
+  await r.waitFor(4, 5000 * SLOW);
+  await assertNoMore(r, 4);
+
+  await relay.stop();
+  const again = await startRelay({ dbPath: relay.dbPath });
+  for (const [body, headers, want] of [[{ type: 'idem.done', id: 'idem-1' }, {}, first.json],
+    [{ type: 'idem.race' }, { 'Idempotency-Key': 'idem-race' }, won]]) {
+    const res = await api(again, 'POST', '/v1/events', body, headers);
+    assert.equal(res.status, 200, `after a restart: ${res.text}`);
+    assert.deepEqual(res.json, want, 'after a restart: the first answer');
+  }
+  assert.equal((await listAll(again, '/v1/events')).length, 2, 'two events stored in all');
+  assert.equal((await listAll(again, '/v1/deliveries')).length, 4, 'and their four deliveries');
+  await assertNoMore(r, 4);
 }));
 
 test('batch: all items are stored and delivered, ids in order', withLogs(async () => {
