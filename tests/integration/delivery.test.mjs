@@ -11,7 +11,7 @@ import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertNoMore, assertError,
   waitUntil, eventDeliveries, getDelivery, waitDelivery, closedPortUrl, cleanup, withLogs, sleep,
   listAll,
-  holdWriteLock, faultEnv, tmpDir,
+  holdWriteLock, faultEnv, tmpDir, metricValue,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -878,10 +878,7 @@ for (const change of ['delete', 'url', 'disable']) {
 }
 
 /** hookrelay_deliveries_<name> in /metrics. */
-async function gauge(relay, name) {
-  const m = (await api(relay, 'GET', '/metrics')).text.match(new RegExp(`^hookrelay_deliveries_${name} (\\d+)`, 'm'));
-  return m ? Number(m[1]) : NaN;
-}
+const gauge = (relay, name) => metricValue(relay, `hookrelay_deliveries_${name}`);
 
 // A claim and a PATCH can share one writer batch: the claim reads the subscription as
 // it was, and its jobs reach the dispatcher only after the PATCH has committed. The
@@ -972,9 +969,7 @@ test('a dead receiver shared by many subscriptions does not starve a healthy one
   assert.ok(ms < 4000, `the healthy receiver waited ${ms.toFixed(0)} ms for 30 deliveries`);
   assert.equal(dead.requests.length, 2, 'the dead host got only its --max-per-host');
   // once the healthy results are written: the two sent to the dead host, nothing queued
-  const inFlight = async () => Number((await api(relay, 'GET', '/metrics')).text
-    .match(/^hookrelay_deliveries_in_flight (\d+)/m)?.[1]);
-  await waitUntil(async () => (await inFlight()) === 2, 2000, 'two in flight');
+  await waitUntil(async () => (await gauge(relay, 'in_flight')) === 2, 2000, 'two in flight');
   dead.dropConnections();
 }));
 

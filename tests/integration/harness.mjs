@@ -573,6 +573,13 @@ export async function getDelivery(relay, id) {
   return res.json;
 }
 
+/** The value of one sample of /metrics, named as it is written there (labels included:
+ * 'hookrelay_requests_refused_total{code="overloaded"}'), or NaN when it is missing. */
+export async function metricValue(relay, sample) {
+  const line = (await api(relay, 'GET', '/metrics')).text.split('\n').find((l) => l.startsWith(`${sample} `));
+  return line === undefined ? NaN : Number(line.slice(sample.length + 1));
+}
+
 /** Waits until delivery `id` reaches `status`; returns the delivery with its attempts. */
 export async function waitDelivery(relay, id, status, timeoutMs = 8000) {
   return waitUntil(async () => {

@@ -11,6 +11,7 @@ import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import {
   startRelay, startReceiver, createSub, api, postEvent, listAll, cleanup, withLogs, sleep, waitUntil,
+  metricValue,
 } from './harness.mjs';
 import { SOAK, SLOW, tryPost, rssMiB } from './reliability/lib.mjs';
 
@@ -64,9 +65,8 @@ test('400 concurrent POSTs against --max-queue 8 and one HTTP thread: 202 or 503
   // is not enforced (or the writer became fast enough to need a bigger burst here).
   assert.ok((small.counts[503] ?? 0) > 0, `no 503 among ${N} concurrent POSTs with --max-queue 8`);
   // and /metrics counts each one turned away (nothing else said so)
-  const refused = (await api(relay, 'GET', '/metrics')).text
-    .match(/^hookrelay_requests_refused_total\{code="overloaded"\} (\d+)$/m)?.[1];
-  assert.equal(Number(refused), (small.counts[503] ?? 0) + (big.counts[503] ?? 0),
+  const refused = await metricValue(relay, 'hookrelay_requests_refused_total{code="overloaded"}');
+  assert.equal(refused, (small.counts[503] ?? 0) + (big.counts[503] ?? 0),
     'hookrelay_requests_refused_total{code="overloaded"} counts the 503s');
   assert.ok(small.accepted.length > 0, 'some POSTs accepted during the burst');
   assert.ok(small.peak < RSS_LIMIT_MIB && big.peak < RSS_LIMIT_MIB,
