@@ -16,6 +16,13 @@ afterEach(cleanup);
 
 // Every documented field must be there. Extra fields are tolerated (adding a field does
 // not break a client), but docs/api.md should list them.
+/** The signatures of event `id` under each secret, in that order, as the Standard
+ * Webhooks package makes them at the timestamp request q was sent with. */
+function signatures(q, id, ...secrets) {
+  const at = new Date(Number(q.headers['webhook-timestamp']) * 1000);
+  return secrets.map((secret) => new Webhook(secret).sign(id, at, q.body));
+}
+
 function assertHasKeys(obj, keys) {
   const missing = keys.filter((k) => !(k in obj));
   assert.deepEqual(missing, [], `missing documented fields in ${JSON.stringify(obj)}`);
@@ -292,9 +299,9 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   assert.equal(sigs.length, 2, `two signatures in grace: ${q2.headers['webhook-signature']}`);
   assert.equal(verifySigned(q2, rot.json.secret).id, e2.id, 'verifies with the new secret');
   assert.equal(verifySigned(q2, old).id, e2.id, 'verifies with the old secret');
-  const ts = new Date(Number(q2.headers['webhook-timestamp']) * 1000);
-  assert.equal(sigs[0], new Webhook(rot.json.secret).sign(e2.id, ts, q2.body), 'new signature first');
-  assert.equal(sigs[1], new Webhook(old).sign(e2.id, ts, q2.body), 'old signature second');
+  const [byNew, byOld] = signatures(q2, e2.id, rot.json.secret, old);
+  assert.equal(sigs[0], byNew, 'new signature first');
+  assert.equal(sigs[1], byOld, 'old signature second');
   assert.throws(() => verifySigned(q2, 'whsec_' + Buffer.alloc(32, 1).toString('base64')));
   assert.ok(e1.id);
 
@@ -337,10 +344,8 @@ test('rotate-secret with grace: deliveries carry new and old signatures, both ve
   const e4 = await postEvent(relay, { type: 'rot.refused' });
   const q4 = (await r.waitFor(4))[3];
   assert.equal(q4.headers['webhook-id'], e4.id);
-  assert.deepEqual(q4.headers['webhook-signature'].split(' '), [
-    new Webhook(fresh).sign(e4.id, new Date(Number(q4.headers['webhook-timestamp']) * 1000), q4.body),
-    new Webhook(mine).sign(e4.id, new Date(Number(q4.headers['webhook-timestamp']) * 1000), q4.body),
-  ], 'the refused rotations changed nothing');
+  assert.deepEqual(q4.headers['webhook-signature'].split(' '), signatures(q4, e4.id, fresh, mine),
+    'the refused rotations changed nothing');
 
   // A deleted subscription's secrets are not kept in the file.
   const del = await api(relay, 'DELETE', `/v1/subscriptions/${sub.id}`);
@@ -384,9 +389,7 @@ test('rotate-secret with no body rotates with a grace; grace_seconds is taken up
   const ev = await postEvent(relay, { type: 'nobody.x' });
   const [q] = await r.waitFor(1);
   assert.equal(q.headers['webhook-id'], ev.id);
-  const at = new Date(Number(q.headers['webhook-timestamp']) * 1000);
-  assert.deepEqual(q.headers['webhook-signature'].split(' '),
-    [new Webhook(rot.json.secret).sign(ev.id, at, q.body), new Webhook(sub.secret).sign(ev.id, at, q.body)],
+  assert.deepEqual(q.headers['webhook-signature'].split(' '), signatures(q, ev.id, rot.json.secret, sub.secret),
     'the new secret signs, and the old one beside it in its grace');
 
   const most = await api(relay, 'POST', path, { grace_seconds: 30 * 86400 });
@@ -403,8 +406,7 @@ test('rotate-secret with no body rotates with a grace; grace_seconds is taken up
   const ev2 = await postEvent(relay, { type: 'nobody.y' });
   const q2 = (await r.waitFor(2))[1];
   assert.equal(q2.headers['webhook-id'], ev2.id);
-  assert.equal(q2.headers['webhook-signature'],
-    new Webhook(none.json.secret).sign(ev2.id, new Date(Number(q2.headers['webhook-timestamp']) * 1000), q2.body),
+  assert.equal(q2.headers['webhook-signature'], signatures(q2, ev2.id, none.json.secret)[0],
     'grace 0 stopped every older secret; the refused calls rotated nothing');
 }));
 
@@ -423,9 +425,9 @@ test('rotate-secret: the current secret and the 10 newest old ones sign, newest 
     const ev = await postEvent(relay, { type: 'many.x' });
     const q = (await r.waitFor(n))[n - 1];
     assert.equal(q.headers['webhook-id'], ev.id);
-    const at = new Date(Number(q.headers['webhook-timestamp']) * 1000);
-    const want = [];
-    for (let i = newest; i >= Math.max(0, newest - 10); i--) want.push(new Webhook(secret(i)).sign(ev.id, at, q.body));
+    const signing = []; // the current secret, then the 10 newest old ones
+    for (let i = newest; i >= Math.max(0, newest - 10); i--) signing.push(secret(i));
+    const want = signatures(q, ev.id, ...signing);
     assert.deepEqual(q.headers['webhook-signature'].split(' '), want, `after ${newest} rotations`);
   };
   for (let i = 1; i <= 3; i++) {
@@ -448,8 +450,7 @@ test('rotate-secret: the current secret and the 10 newest old ones sign, newest 
   r.secrets.push(longer);
   const ev = await postEvent(relay, { type: 'many.x' });
   const q = (await r.waitFor(3))[2];
-  assert.equal(q.headers['webhook-signature'],
-    new Webhook(longer).sign(ev.id, new Date(Number(q.headers['webhook-timestamp']) * 1000), q.body));
+  assert.equal(q.headers['webhook-signature'], signatures(q, ev.id, longer)[0]);
 }));
 
 // docs/api.md: the old secret signs beside the new one "until the grace ends", and not
@@ -470,17 +471,14 @@ test('rotate-secret: the old secret stops signing when its grace ends, with noth
   const e1 = await postEvent(relay, { type: 'graced.in' });
   const [q1] = await r.waitFor(1);
   assert.equal(q1.headers['webhook-id'], e1.id);
-  const at1 = new Date(Number(q1.headers['webhook-timestamp']) * 1000);
-  assert.deepEqual(q1.headers['webhook-signature'].split(' '),
-    [new Webhook(rot.json.secret).sign(e1.id, at1, q1.body), new Webhook(sub.secret).sign(e1.id, at1, q1.body)],
+  assert.deepEqual(q1.headers['webhook-signature'].split(' '), signatures(q1, e1.id, rot.json.secret, sub.secret),
     'inside the grace: the new secret and the old one');
 
   await sleep(rotatedBy + grace * 1000 + 100 - Date.now());
   const e2 = await postEvent(relay, { type: 'graced.out' });
   const q2 = (await r.waitFor(2))[1];
   assert.equal(q2.headers['webhook-id'], e2.id);
-  assert.equal(q2.headers['webhook-signature'],
-    new Webhook(rot.json.secret).sign(e2.id, new Date(Number(q2.headers['webhook-timestamp']) * 1000), q2.body),
+  assert.equal(q2.headers['webhook-signature'], signatures(q2, e2.id, rot.json.secret)[0],
     'past the grace: the new secret alone');
   assert.throws(() => verifySigned(q2, sub.secret), 'the old secret no longer signs');
   // Nor is it this subscription's any more: a rotation back to it is taken, not a 409.
