@@ -246,7 +246,16 @@ test('a slow read does not hold up publishing, and reads past the read queue are
     [`/v1/deliveries?subscription=${sub.id}&status=pending`, 1],
     ['/v1/deliveries?limit=1000', 4],
   ]) {
-    const { read, p50 } = await publishBesideReads(relay, path, readers);
+    // Up to three rounds: a busy machine (another test file running beside this one) can
+    // slow one round's publishes for reasons of its own (CI once read p50 3.6 ms against
+    // reads of 6.2 ms, where 1.0 against 4.7 is usual); publishes that wait behind reads
+    // fail every round.
+    let round;
+    for (let k = 0; k < 3; k++) {
+      round = await publishBesideReads(relay, path, readers);
+      if (round.read >= 4 && round.p50 < round.read / 2) break;
+    }
+    const { read, p50 } = round;
     assert.ok(read >= 4, `GET ${path} took ${read.toFixed(1)} ms: too fast to tell anything`);
     assert.ok(p50 < read / 2, `publishes waited behind GET ${path}: p50 ${p50.toFixed(1)} ms against reads of ${read.toFixed(1)} ms`);
   }
