@@ -132,6 +132,7 @@ struct store_call {
 	void *arg;
 	/* private to the store */
 	struct store_call *next;
+	int64_t due_ms; /* writer_submit_later: monotonic ms from which it may run */
 	void *internal;
 };
 

@@ -871,8 +871,11 @@ static void complete_done(struct store_call *call)
 	struct complete_args *a = call->internal;
 	struct store *s = call->arg;
 
-	if (call->rc != STORE_OK && writer_submit(s->writer, call, 1) == 0)
-		return; /* storage failed: keep the results and try again next batch */
+	/* Storage failed: keep the results and apply them again after a pause. Right away,
+	 * a write that kept failing while the rest of its batch committed (so the writer
+	 * did not pause) was tried tens of thousands of times a second. */
+	if (call->rc != STORE_OK && writer_submit_later(s->writer, call, STORE_RETRY_PAUSE_MS) == 0)
+		return;
 	for (int i = 0; i < a->n; i++)
 		delivery_result_free(a->results[i]);
 	free(a->results);

@@ -390,7 +390,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 	s->batch_new_events = 0;
 	s->batch_pending = 0;
 	if (s->last_batch_failed)
-		usleep(100 * 1000); /* storage was failing: do not spin */
+		usleep(STORE_RETRY_PAUSE_MS * 1000); /* storage was failing: do not spin */
 	/* The lock wait is for a passing holder. Once a batch has failed (another process
 	 * holds the lock, say), each batch queued behind it waits only briefly: else the
 	 * n-th queued write got its 503 after n times the wait, and a stop took as long. */

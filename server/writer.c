@@ -5,16 +5,19 @@
  * exactly once, after the batch that ran it ended (committed or rolled back) and, for a
  * durable call of a batch that needs a sync, after a sync that began once that batch had
  * committed (a sync does not fail: the store stops the process if it cannot sync).
- * The queue never holds more than max_queue optional calls. A call that changes a
- * subscription is the last of its batch (store_call_ends_batch). Only the writer thread
- * touches the write connection (through the batch function); the sync function must
- * not use it.
+ * The queue never holds more than max_queue optional calls. A call submitted for later
+ * waits in a second list, in the order of its due time (submission order among equal
+ * ones), and joins the queue's tail once due, or at once when stopping. A call that
+ * changes a subscription is the last of its batch (store_call_ends_batch). Only the
+ * writer thread touches the write connection (through the batch function); the sync
+ * function must not use it.
  */
 #include "writer.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "clock.h"
 #include "store.h"
 
 struct writer {
@@ -24,6 +27,7 @@ struct writer {
 	pthread_cond_t sync_wake;       /* syncer: calls to sync or stopping */
 	struct store_call *head, *tail; /* FIFO, linked through call->next */
 	size_t queued;                  /* calls in the list */
+	struct store_call *later;       /* not due yet, by due_ms, through call->next */
 	size_t max_queue;               /* calls accepted before submit says no */
 	size_t max_batch;               /* calls per transaction */
 	struct store_call *sync_head, *sync_tail; /* committed, waiting for a sync */
@@ -63,6 +67,38 @@ static void *syncer_main(void *arg)
 	return NULL;
 }
 
+static void queue_append(struct writer *w, struct store_call *call)
+{
+	call->next = NULL;
+	if (w->tail)
+		w->tail->next = call;
+	else
+		w->head = call;
+	w->tail = call;
+	w->queued++;
+}
+
+/* Moves the calls submitted for later that are due (all of them when stopping) to the
+ * queue. Returns the due time of the first still waiting, or -1 if none waits. */
+static int64_t later_move_due(struct writer *w)
+{
+	int64_t now = clock_mono_ms();
+
+	while (w->later && (w->stopping || w->later->due_ms <= now)) {
+		struct store_call *c = w->later;
+		w->later = c->next;
+		queue_append(w, c);
+	}
+	return w->later ? w->later->due_ms : -1;
+}
+
+static void wait_until_ms(struct writer *w, int64_t due_ms)
+{
+	struct timespec ts = {.tv_sec = (time_t)(due_ms / 1000),
+	                      .tv_nsec = (long)(due_ms % 1000) * 1000000};
+	pthread_cond_timedwait(&w->wake, &w->lock, &ts); /* w->wake runs on CLOCK_MONOTONIC */
+}
+
 static void *writer_main(void *arg)
 {
 	struct writer *w = arg;
@@ -72,8 +108,15 @@ static void *writer_main(void *arg)
 		int needs_sync;
 
 		pthread_mutex_lock(&w->lock);
-		while (!w->head && !w->stopping)
-			pthread_cond_wait(&w->wake, &w->lock);
+		for (;;) {
+			int64_t next_due = later_move_due(w);
+			if (w->head || w->stopping)
+				break;
+			if (next_due < 0)
+				pthread_cond_wait(&w->wake, &w->lock);
+			else
+				wait_until_ms(w, next_due);
+		}
 		if (!w->head && w->stopping) {
 			pthread_mutex_unlock(&w->lock);
 			break;
@@ -150,8 +193,12 @@ struct writer *writer_start(writer_batch_fn fn, writer_sync_fn sync, void *ctx,
 	w->ctx = ctx;
 	w->max_queue = max_queue;
 	w->max_batch = max_batch;
+	pthread_condattr_t monotonic;
+	pthread_condattr_init(&monotonic);
+	pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_cond_init(&w->wake, NULL);
+	pthread_cond_init(&w->wake, &monotonic);
+	pthread_condattr_destroy(&monotonic);
 	pthread_cond_init(&w->sync_wake, NULL);
 	if (pthread_create(&w->syncer, NULL, syncer_main, w) != 0) {
 		writer_free(w);
@@ -178,14 +225,28 @@ int writer_submit(struct writer *w, struct store_call *call, int must)
 	pthread_mutex_lock(&w->lock);
 	if (w->stopping || (!must && w->queued >= w->max_queue))
 		goto out;
-	call->next = NULL;
-	if (w->tail)
-		w->tail->next = call;
-	else
-		w->head = call;
-	w->tail = call;
-	w->queued++;
+	queue_append(w, call);
 	pthread_cond_signal(&w->wake);
+	rc = 0;
+out:
+	pthread_mutex_unlock(&w->lock);
+	return rc;
+}
+
+int writer_submit_later(struct writer *w, struct store_call *call, int delay_ms)
+{
+	int rc = -1;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->stopping)
+		goto out;
+	call->due_ms = clock_mono_ms() + delay_ms;
+	struct store_call **at = &w->later; /* behind every call due no later */
+	while (*at && (*at)->due_ms <= call->due_ms)
+		at = &(*at)->next;
+	call->next = *at;
+	*at = call;
+	pthread_cond_signal(&w->wake); /* the writer may be waiting for an earlier due time */
 	rc = 0;
 out:
 	pthread_mutex_unlock(&w->lock);

@@ -35,6 +35,12 @@ struct writer *writer_start(writer_batch_fn fn, writer_sync_fn sync, void *ctx,
  * `must` is 0. `must` = 1 always queues (the dispatcher's results may not be dropped). */
 int writer_submit(struct writer *w, struct store_call *call, int must);
 
+/* Queues a call to run no sooner than delay_ms from now, behind the calls queued by
+ * then (a call whose storage failed, tried again after a pause without pausing the
+ * others). Always queues, as `must` does. Returns 0, or -1 when stopping (the call is
+ * untouched). At the stop, calls still waiting run at once. */
+int writer_submit_later(struct writer *w, struct store_call *call, int delay_ms);
+
 /* Calls queued and not yet started (for /metrics). */
 size_t writer_queued(struct writer *w);
 

@@ -6,12 +6,15 @@
  *
  * The batch function records each batch's kinds; the first batch blocks until the test
  * has queued the rest, so their grouping is decided by the writer, not by timing.
+ * And a call submitted for later (a completion whose storage failed) waits its pause
+ * without holding up the calls behind it, and runs at once when the writer stops.
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "check.h"
+#include "clock.h"
 #include "store.h"
 #include "writer.h"
 
@@ -186,10 +189,74 @@ static void test_full_queue_takes_must(void)
 	CHECK(r.done == MAX_QUEUE + 3); /* every call taken was run, the refused one was not */
 }
 
+/* Waits until r has answered n calls; returns the monotonic ms it saw that at. */
+static int64_t wait_done(struct recorder *r, int n)
+{
+	pthread_mutex_lock(&r->mu);
+	while (r->done < n)
+		pthread_cond_wait(&r->cv, &r->mu);
+	pthread_mutex_unlock(&r->mu);
+	return clock_mono_ms();
+}
+
+/* Calls submitted for later run in the order of their due times, each no sooner than
+ * its pause, and a call submitted plainly meanwhile runs at once. */
+static void test_later_waits_its_pause(void)
+{
+	struct recorder r = {
+	    .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .released = 1};
+	struct store_call later_long = {.kind = STORE_COMPLETE, .done = count_done, .arg = &r};
+	struct store_call later_short = {.kind = STORE_CLAIM, .done = count_done, .arg = &r};
+	struct store_call now = {.kind = STORE_INGEST, .done = count_done, .arg = &r};
+	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	int64_t t0 = clock_mono_ms();
+	CHECK(writer_submit_later(w, &later_long, 300) == 0);
+	CHECK(writer_submit_later(w, &later_short, 100) == 0); /* due first, submitted second */
+	CHECK(writer_submit(w, &now, 0) == 0);
+	int64_t now_ms = wait_done(&r, 1) - t0;
+	int64_t short_ms = wait_done(&r, 2) - t0;
+	int64_t long_ms = wait_done(&r, 3) - t0;
+	writer_stop(w);
+	CHECK(now_ms < 100);
+	CHECK(short_ms >= 100 && short_ms < 300);
+	CHECK(long_ms >= 300);
+	CHECK(r.nbatches == 3);
+	CHECK(batch_is(&r, 0, (enum store_call_kind[]){STORE_INGEST}, 1));
+	CHECK(batch_is(&r, 1, (enum store_call_kind[]){STORE_CLAIM}, 1));
+	CHECK(batch_is(&r, 2, (enum store_call_kind[]){STORE_COMPLETE}, 1));
+	if (now_ms >= 100 || short_ms < 100 || short_ms >= 300 || long_ms < 300)
+		fprintf(stderr, "  now %lld ms, short %lld ms, long %lld ms\n", (long long)now_ms,
+		        (long long)short_ms, (long long)long_ms);
+}
+
+/* At the stop, a call waiting for later runs at once (its results are written, or
+ * dropped by its done() if they fail again), and nothing more is taken for later. */
+static void test_later_runs_at_stop(void)
+{
+	struct recorder r = {
+	    .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .released = 1};
+	struct store_call later = {.kind = STORE_COMPLETE, .done = count_done, .arg = &r};
+	struct writer *w = writer_start(record_batch, no_sync, &r, 100, 64);
+	CHECK(w != NULL);
+	if (!w)
+		return;
+	int64_t t0 = clock_mono_ms();
+	CHECK(writer_submit_later(w, &later, 60 * 1000) == 0);
+	writer_stop(w);
+	CHECK(r.done == 1);
+	CHECK(clock_mono_ms() - t0 < 5000);
+	CHECK(batch_is(&r, 0, (enum store_call_kind[]){STORE_COMPLETE}, 1));
+}
+
 int main(void)
 {
 	test_group_commit();
 	test_subscription_write_ends_batch();
 	test_full_queue_takes_must();
+	test_later_waits_its_pause();
+	test_later_runs_at_stop();
 	return CHECK_DONE();
 }
