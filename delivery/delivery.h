@@ -132,6 +132,15 @@ struct delivery_store {
 	int (*current)(void *ctx, int64_t subscription_id, uint64_t subscription_version);
 };
 
+/* A job with copies of the strings and the body, all in one allocation with it (the
+ * store makes jobs on its thread and the dispatcher frees them on another: each free
+ * of another thread's memory takes that thread's malloc arena lock). url and secrets are
+ * required; event_id, body and headers_json may be NULL (an event pruned: no id, no
+ * body), and stay NULL in the job. The body gets a NUL after body_len bytes. Set the
+ * other fields after. NULL when out of memory. */
+struct delivery_job *delivery_job_new(const char *url, const char *event_id,
+                                      const unsigned char *body, size_t body_len,
+                                      const char *secrets, const char *headers_json);
 void delivery_job_free(struct delivery_job *job);       /* accepts NULL */
 void delivery_result_free(struct delivery_result *res); /* accepts NULL */
 

@@ -219,42 +219,37 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
                                       int64_t now_ms)
 {
 	sqlite3_stmt *env = s->st[ST_ENVELOPE];
-	struct delivery_job *job = calloc(1, sizeof(*job));
+	struct delivery_job *job = NULL;
+	char *secrets = sub_secrets_text(sub, now_ms);
 
-	if (!job)
-		return NULL;
-	job->delivery_id = sqlite3_column_int64(row, 0);
-	job->subscription_id = sqlite3_column_int64(row, 2);
-	job->attempt = sqlite3_column_int(row, 3) + 1;
-	job->url = strdup(sub->url);
-	job->headers_json = store_strdup_or_null(sub->headers_json);
-	job->secrets = sub_secrets_text(sub, now_ms);
-	job->subscription_version = sub->version;
 	sqlite3_bind_int64(env, 1, sqlite3_column_int64(row, 1));
 	int step = sqlite3_step(env);
-	if (step == SQLITE_ROW) {
+	/* A failed read, or memory run out, fails the claim (retried), not an attempt: sent
+	 * without its body, a job was signed over "" and a 2xx marked it delivered. */
+	if (secrets && step == SQLITE_ROW) {
+		const char *event_id = store_column_text(env, 0);
+		const unsigned char *body = sqlite3_column_blob(env, 1);
 		int len = sqlite3_column_bytes(env, 1);
-		job->event_id = store_strdup_or_null(store_column_text(env, 0));
-		job->published_at_ms = sqlite3_column_int64(env, 2);
-		job->body = malloc((size_t)len + 1);
-		if (job->body) {
-			memcpy(job->body, sqlite3_column_blob(env, 1), (size_t)len);
-			job->body[len] = '\0';
-			job->body_len = (size_t)len;
+		if (event_id) {
+			job = delivery_job_new(sub->url, event_id,
+			                       body ? body : (const unsigned char *)"", (size_t)len,
+			                       secrets, sub->headers_json);
+			if (job)
+				job->published_at_ms = sqlite3_column_int64(env, 2);
 		}
+	} else if (secrets && step == SQLITE_DONE) {
+		/* Its event pruned (no row): no event id, and the sender fails the attempt
+		 * with a clear error. */
+		job = delivery_job_new(sub->url, NULL, NULL, 0, secrets, sub->headers_json);
 	}
 	sqlite3_reset(env);
-	/* A failed read, or a part that memory ran out for, fails the claim (retried), not
-	 * an attempt: sent without its body, a job was signed over "" and a 2xx marked it
-	 * delivered. */
-	if ((step != SQLITE_ROW && step != SQLITE_DONE) || !job->url || !job->secrets ||
-	    (sub->headers_json && !job->headers_json) ||
-	    (step == SQLITE_ROW && (!job->event_id || !job->body))) {
-		delivery_job_free(job);
-		return NULL;
+	free(secrets);
+	if (job) {
+		job->delivery_id = sqlite3_column_int64(row, 0);
+		job->subscription_id = sqlite3_column_int64(row, 2);
+		job->attempt = sqlite3_column_int(row, 3) + 1;
+		job->subscription_version = sub->version;
 	}
-	/* Its event pruned (no row): no event id, and the sender fails the attempt with a
-	 * clear error. */
 	return job;
 }
 

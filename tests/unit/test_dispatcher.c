@@ -404,30 +404,18 @@ struct test_store {
 	int n_deferred;
 };
 
-static char *test_strdup_or_null(const char *s)
-{
-	return s ? strdup(s) : NULL;
-}
-
 static struct delivery_job *test_job_copy(const struct delivery_job *src)
 {
-	struct delivery_job *j = calloc(1, sizeof *j);
-
+	struct delivery_job *j = delivery_job_new(src->url, src->event_id, src->body, src->body_len,
+	                                          src->secrets, src->headers_json);
 	if (!j)
 		return NULL;
-	*j = *src;
-	j->url = test_strdup_or_null(src->url);
-	j->event_id = test_strdup_or_null(src->event_id);
-	j->secrets = test_strdup_or_null(src->secrets);
-	j->headers_json = test_strdup_or_null(src->headers_json);
-	j->body = malloc(src->body_len ? src->body_len : 1);
-	if (j->body)
-		memcpy(j->body, src->body, src->body_len);
-	if (!j->url || !j->event_id || !j->secrets || !j->body ||
-	    (src->headers_json && !j->headers_json)) {
-		delivery_job_free(j);
-		return NULL;
-	}
+	j->delivery_id = src->delivery_id;
+	j->subscription_id = src->subscription_id;
+	j->attempt = src->attempt;
+	j->subscription_version = src->subscription_version;
+	j->published_at_ms = src->published_at_ms;
+	j->fills_subscription = src->fills_subscription;
 	return j;
 }
 

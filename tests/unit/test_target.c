@@ -585,22 +585,14 @@ static int test_pending(struct test_listener *l, int *conn)
 
 static struct delivery_job *test_job(const char *url)
 {
-	struct delivery_job *job = calloc(1, sizeof *job);
-
+	struct delivery_job *job =
+	    delivery_job_new(url, "evt_ssrf_1", (const unsigned char *)TEST_BODY,
+	                     sizeof TEST_BODY - 1, TEST_SECRET, NULL);
 	if (!job)
 		return NULL;
 	job->delivery_id = 1;
 	job->subscription_id = 1;
 	job->attempt = 1;
-	job->url = strdup(url);
-	job->event_id = strdup("evt_ssrf_1");
-	job->secrets = strdup(TEST_SECRET);
-	job->body = (unsigned char *)strdup(TEST_BODY);
-	job->body_len = sizeof TEST_BODY - 1;
-	if (!job->url || !job->event_id || !job->secrets || !job->body) {
-		delivery_job_free(job);
-		return NULL;
-	}
 	return job;
 }
 
