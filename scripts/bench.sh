@@ -162,6 +162,25 @@ wrk_rate() {
 		'BEGIN { print k * (r - b) / (d / 1e6) }'
 }
 
+# cpu_ticks PID: user + system clock ticks the process has used (proc(5) fields 14, 15)
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# pids_ticks PID...: cpu_ticks summed
+pids_ticks() {
+	local p t=0
+	for p in "$@"; do t=$((t + $(cpu_ticks "$p"))); done
+	echo "$t"
+}
+# machine_ticks: "busy all" clock ticks of every CPU so far (/proc/stat's cpu line; idle
+# and iowait are not busy)
+machine_ticks() { awk '$1 == "cpu" { all = 0; for (i = 2; i <= 9; i++) all += $i; print all - $5 - $6, all; exit }' /proc/stat; }
+# machine_busy BEFORE AFTER: the share of the machine's CPU time that was busy between them
+machine_busy() {
+	awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+		if (y[2] > x[2]) printf "%.0f%%", 100 * (y[1] - x[1]) / (y[2] - x[2]); else print "?" }'
+}
+# per_item_us TICKS COUNT: clock ticks as µs of CPU per item
+per_item_us() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0) }'; }
+
 # ---- 1. bare ceilings ------------------------------------------------------------------
 log "1a: bare libmicrohttpd + wrk"
 start_mhd sink --status 202 --threads 2
@@ -180,10 +199,12 @@ rm -f "$RUN"/bare.db*
 
 log "1c: bare libcurl multi"
 start_mhd curlrecv --status 200 --threads 2
+C_RECV0=$(cpu_ticks "$MHD_PID") C_MACHINE0=$(machine_ticks)
 C=$("$BIN/bare_curl" --url "http://127.0.0.1:$MHD_PORT/hook" --body "$EVENT" --inflight 128 \
 	--seconds "$DUR" --requests 2000000)
 CEIL_CURL=$(kv requests_per_s "$C")
 row "1c bare libcurl multi, 128 in flight, keep-alive, to bare MHD (200)" "$(fmt_int "$CEIL_CURL") req/s" "—" "—"
+note "row 1c: bare_curl used $(awk -v c="$(kv cpu_us "$C")" -v n="$(kv ok "$C")" 'BEGIN { printf "%.0f", (n > 0 ? c / n : 0) }') µs of CPU per request, its receiver $(per_item_us "$(($(cpu_ticks "$MHD_PID") - C_RECV0))" "$(kv ok "$C")") µs; the machine was $(machine_busy "$C_MACHINE0" "$(machine_ticks)") busy"
 stop "$MHD_PID" bare_mhd
 
 # ---- relay helpers --------------------------------------------------------------------
@@ -289,8 +310,6 @@ vmhwm() {
 	done 2>/dev/null <"/proc/$1/status"
 	echo "? (process gone)"
 }
-# cpu_ticks PID: user + system clock ticks the process has used (proc(5) fields 14, 15)
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # thread_ticks PID: "name=ticks" for each of its threads, names with spaces dropped (the
 # comm is field 2 in parentheses; the relay names its threads hr-writer, hr-dispatch, ...)
 thread_ticks() {
@@ -529,7 +548,7 @@ wait_stable() { # ports...: until the receivers' total stops moving (1 s steady,
 # and a backlog of EVENTS x 3.
 section_delivery() {
 	local id=${1:-4} caps=${2:-default caps} events=${4:-$BACKLOG_EVENTS} others=${5:-0} rflags=${6:-}
-	local r1 r2 r3 expect got base t0 t_end t_done el n hwm_before probe left ticks0
+	local r1 r2 r3 expect got base t0 t_end t_done el n hwm_before probe left ticks0 recv0 recv1 machine0 machine1
 	[ $# -lt 3 ] || local SUB_FIELDS=$3
 	# shellcheck disable=SC2086 # rflags: flags, split
 	if [ "$id" = 4 ]; then start_held_relay d delivery || return 1; else start_held_relay w "delivery$id" $rflags || return 1; fi
@@ -567,6 +586,8 @@ section_delivery() {
 	t0=$(date +%s.%N)
 	ticks0=$(cpu_ticks "$RELAY_PID")
 	threads0=$(thread_ticks "$RELAY_PID")
+	# shellcheck disable=SC2086 # RECV: pids, split
+	recv0=$(pids_ticks $RECV) machine0=$(machine_ticks)
 	set_enabled true || return 1
 	# BENCH_PERF=FILE: a perf profile of the relay's first 8 s of draining, for tuning
 	[ -z "${BENCH_PERF:-}" ] || [ "$id" != 4 ] || perf record ${BENCH_PERF_OPT:--g} -p "$RELAY_PID" -o "$BENCH_PERF" -- sleep 8 >/dev/null 2>&1 &
@@ -585,6 +606,8 @@ section_delivery() {
 		fi
 		sleep 0.25
 	done
+	# shellcheck disable=SC2086 # RECV: pids, split
+	recv1=$(pids_ticks $RECV) machine1=$(machine_ticks)
 	# drained: it ended at the last arrival, not at the poll that saw it (up to 0.3 s on)
 	t_done=$(date +%s.%N)
 	[ "$got" -lt "$expect" ] || t_done=$(recv_last "$t_done" "$r1" "$r2" "$r3")
@@ -593,6 +616,7 @@ section_delivery() {
 	alive || relay_gone delivery
 	note "row $id: the relay used $(awk -v t="$(($(cpu_ticks "$RELAY_PID") - ticks0))" -v hz="$(getconf CLK_TCK)" -v g="$((got - base))" -v e="$el" 'BEGIN { printf "%.2f CPUs while draining, %.0f µs of CPU per delivery", t / hz / e, (g > 0 ? t / hz * 1e6 / g : 0) }')"
 	note "row $id: µs of CPU per delivery by thread: $(thread_cpu_per "$threads0" "$(thread_ticks "$RELAY_PID")" "$((got - base))")"
+	note "row $id: the receivers used $(per_item_us "$((recv1 - recv0))" "$((got - base))") µs of CPU per delivery; the machine was $(machine_busy "$machine0" "$machine1") busy while draining (up to the poll that saw it drained)"
 	if [ "$got" -ge "$expect" ]; then
 		row "$id hookrelay delivery: $(fmt_int "$((expect - base))") pending deliveries, 3 bare receivers, $caps" \
 			"$(fmt_int "$n") deliveries/s (drained in $(printf '%.1f' "$el") s)" "$(fmt_int "$CEIL_CURL") req/s (1c)" "$(pct "$n" "$CEIL_CURL")"
