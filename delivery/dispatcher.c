@@ -51,6 +51,12 @@
  *   have its flag set by the one before, and the loop ending after the last claim is
  *   taken never frees d under an on_claimed still running.
  *
+ * The thread runs opts.nice lower in CPU priority than the rest of the process. Events
+ * are accepted on other threads, and a publisher waits for its answer while a delivery
+ * can wait: on a machine with no CPU to spare, publishing took 31,300 events/s beside
+ * deliveries at equal priority and 35,900 at nice +10 (averages of three runs); deliveries
+ * catch up once the CPU is free, and on a machine with CPU to spare nothing changes.
+ *
  * Threads: dispatcher_start and the stop (dispatcher_stop, _stop_for, _hurry) on the
  * main thread; dispatcher_wake and the
  * claim's done() on any thread (atomics and curl_multi_wakeup only); everything else on
@@ -66,7 +72,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "backoff.h"
 #include "clock.h"
@@ -509,6 +518,25 @@ static int wait_ms(struct dispatcher *d, const struct loop *lp, int stopping, in
 	return t < 0 ? 0 : (int)t;
 }
 
+/* Adds nice to this thread's nice value (on Linux a thread's own; 19 at most). A
+ * failure only costs the priority, and is said once. */
+static void lower_priority(int nice)
+{
+	id_t tid = (id_t)syscall(SYS_gettid);
+	int now;
+
+	if (nice <= 0)
+		return;
+	errno = 0;
+	now = getpriority(PRIO_PROCESS, tid);
+	if (now == -1 && errno != 0)
+		now = 0;
+	if (setpriority(PRIO_PROCESS, tid, now + nice > 19 ? 19 : now + nice) != 0)
+		fprintf(stderr,
+		        "hookrelay: dispatcher: could not lower its CPU priority by %d: %s\n", nice,
+		        strerror(errno));
+}
+
 static void *dispatcher_main(void *arg)
 {
 	struct dispatcher *d = arg;
@@ -517,6 +545,7 @@ static void *dispatcher_main(void *arg)
 	int64_t now, mono;
 
 	rng_seed(d);
+	lower_priority(d->opts.nice);
 	for (;;) {
 		now = clock_now_ms();
 		mono = clock_mono_ms();

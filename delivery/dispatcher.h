@@ -21,6 +21,8 @@ struct dispatcher_options {
 	int max_in_flight;              /* transfers in flight at once, all targets */
 	int max_per_host;               /* requests at once per host:port (see sender.h) */
 	int max_idle_connections;       /* connections kept open beyond those in flight */
+	int nice;                       /* added to the dispatcher thread's nice value (lower
+	                                   CPU priority than the threads that take events) */
 	int timeout_ms;                 /* whole-request timeout per attempt */
 	const int64_t *retry_schedule;  /* ms delays after attempt 1, 2, ...; borrowed */
 	int retry_count;                /* entries in retry_schedule */

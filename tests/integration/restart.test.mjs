@@ -629,6 +629,7 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
     [[], { HOOKRELAY_MAX_BODY: 'lots' }, /--max-body wants .* \(from HOOKRELAY_MAX_BODY\)/],
     [['--max-idle-connections', '-1'], {}, /--max-idle-connections wants 0\.\.100000, not '-1'/],
     [[], { HOOKRELAY_MAX_IDLE_CONNECTIONS: 'many' }, /\(from HOOKRELAY_MAX_IDLE_CONNECTIONS\)/],
+    [['--delivery-nice', '20'], {}, /--delivery-nice wants 0\.\.19, not '20'/],
     // a guessable key: 15 characters is one short of the least taken
     [['--api-key', 'fifteen-chars-k'], {}, /--api-key: a key must be at least 16 characters/],
     // reachable from other hosts with no key at all
@@ -642,6 +643,41 @@ test('refused at start: a switch that is not a boolean, a key file with no key, 
     assert.equal(res.status, 2, `${what}: ${res.stderr}`);
     assert.match(res.stderr, says, what);
   }
+}));
+
+// The delivery thread runs at a lower CPU priority than the threads that take events
+// (top -H shows it in NI), so that on a machine with no CPU to spare a publisher's
+// answer does not wait behind deliveries; --delivery-nice 0 puts them level.
+test('the delivery thread runs --delivery-nice (default 10) below the others', withLogs(async () => {
+  // "name nice" of each thread: /proc/PID/task/TID/stat, field 19 (the 17th after the
+  // ") " that ends the name)
+  const threadNices = async (pid) => {
+    for (let i = 0; i < 100; i++) {
+      const nices = {};
+      for (const tid of readdirSync(`/proc/${pid}/task`)) {
+        const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        nices[name] = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+      }
+      if ('hr-dispatch' in nices) return nices;
+      await sleep(20);
+    }
+    throw new Error('no hr-dispatch thread');
+  };
+  const level = Number(readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[16]);
+  const byDefault = await startRelay();
+  const even = await startRelay({ args: ['--delivery-nice', '0'] });
+  const fromEnv = await startRelay({ env: { HOOKRELAY_DELIVERY_NICE: '3' } });
+  for (const [relay, lower] of [[byDefault, 10], [even, 0], [fromEnv, 3]]) {
+    const nices = await threadNices(relay.proc.pid);
+    assert.equal(nices['hr-dispatch'], Math.min(19, level + lower), JSON.stringify(nices));
+    assert.equal(nices['hr-writer'], level, JSON.stringify(nices));
+  }
+  // and it still delivers
+  const r = await startReceiver();
+  await createSub(byDefault, r, { event_types: ['nice.*'] });
+  await postEvent(byDefault, { type: 'nice.x' });
+  await r.waitFor(1, 5000);
 }));
 
 test('HOOKRELAY_ALLOW_PRIVATE_TARGETS=false keeps the guard; a flag replaces its variable', withLogs(async () => {
