@@ -259,22 +259,24 @@ test('a retention catch-up does not grow the WAL past its checkpoint threshold',
   }
 }));
 
-// After a write that changes a subscription (here its health: the first failed attempt
-// sets failing_since) the writer reads the row back into its cache. When that read
-// fails, the subscription must keep delivering on the settings it had, and the read is
-// tried again: dropped from the cache instead, its events got no deliveries and its
-// retries were never sent, until a restart.
-// A completion (an attempt's result) whose write fails is rolled back to its savepoint
-// and applied again: what it took out of the pending gauge must come back with it, or
-// each failed try counts the same delivery out once more. The random faults above hit a
-// completion's last write too rarely to show it; here every one fails for a while.
-test('a completion whose write fails and is applied again counts its delivery out of pending once', withLogs(async () => {
+// A relay whose completions' last write (the delivery's new state) fails while the flag
+// file exists, a receiver, and a subscription of it to `types`.
+async function failingCompletions(types) {
   const flag = path.join(tmpDir(), 'faults-on');
   const relay = await startRelay({
     env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'UPDATE deliveries SET state = ?2@1' }),
   });
   const r = await startReceiver();
-  const sub = await createSub(relay, r, { event_types: ['gauge.#'] });
+  const sub = await createSub(relay, r, { event_types: types });
+  return { flag, relay, r, sub };
+}
+
+// A completion (an attempt's result) whose write fails is rolled back to its savepoint
+// and applied again: what it took out of the pending gauge must come back with it, or
+// each failed try counts the same delivery out once more. The random faults above hit a
+// completion's last write too rarely to show it; here every one fails for a while.
+test('a completion whose write fails and is applied again counts its delivery out of pending once', withLogs(async () => {
+  const { flag, relay, r, sub } = await failingCompletions(['gauge.#']);
   const pending = () => metricValue(relay, 'hookrelay_deliveries_pending'); // a drift shows below 0
   writeFileSync(flag, '');
   const ids = [];
@@ -301,12 +303,7 @@ test('a completion whose write fails and is applied again counts its delivery ou
 // fast, for as long as the fault lasted. The pause is the completion's own: publishes
 // beside it are not slowed (pausing the whole writer would have held each one 100 ms).
 test('a completion whose write keeps failing is tried again after a pause, and publishes stay prompt', withLogs(async () => {
-  const flag = path.join(tmpDir(), 'faults-on');
-  const relay = await startRelay({
-    env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'UPDATE deliveries SET state = ?2@1' }),
-  });
-  const r = await startReceiver();
-  const sub = await createSub(relay, r, { event_types: ['stuck.#'] });
+  const { flag, relay, r, sub } = await failingCompletions(['stuck.#']);
   const failures = () => metricValue(relay, 'hookrelay_store_write_failures_total');
   writeFileSync(flag, '');
   const first = await api(relay, 'POST', '/v1/events', { type: 'stuck.x', data: 0 });
@@ -335,6 +332,11 @@ test('a completion whose write keeps failing is tried again after a pause, and p
   assert.equal(r.requests.length, 1, 'sent once: its result was kept, not the attempt made again');
 }));
 
+// After a write that changes a subscription (here its health: the first failed attempt
+// sets failing_since) the writer reads the row back into its cache. When that read
+// fails, the subscription must keep delivering on the settings it had, and the read is
+// tried again: dropped from the cache instead, its events got no deliveries and its
+// retries were never sent, until a restart.
 test('a failed read of a changed subscription keeps it delivering, and is tried again', withLogs(async () => {
   const flag = path.join(tmpDir(), 'faults-on');
   const relay = await startRelay({
