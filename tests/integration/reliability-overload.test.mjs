@@ -232,7 +232,13 @@ async function publishBesideReads(relay, path, readers) {
 }
 
 test('a slow read does not hold up publishing, and reads past the read queue are refused', { timeout: 120_000 }, withLogs(async () => {
-  const relay = await startRelay();
+  // --synchronous normal: a publish is answered without waiting for the WAL's fdatasync.
+  // This test is about the HTTP thread, not the disk; with the fsync in, a disk busy with
+  // another test file's writes put 1-2 ms into each publish's p50 and 25-45 ms into its
+  // tail (here, beside a dd writing with conv=fdatasync), against reads of 5-7 ms. Reads
+  // on the HTTP thread still fail every round: p50 4.2-4.7 ms against reads of 4.3-5.1
+  // ms (7.5-8.3 ms with the fsync).
+  const relay = await startRelay({ args: ['--synchronous', 'normal'] });
   const r = await startReceiver();
   const sub = await createSub(relay, r, { event_types: ['hist.*'], max_in_flight: 64 });
   const N = 30_000;
