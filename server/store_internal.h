@@ -21,9 +21,9 @@
 #define CHECKPOINT_PAGES 8000   /* WAL pages (32 MiB) that wake the checkpointer: the
                                    fewer checkpoints, the fewer times a hot index page
                                    is copied to the db */
-#define STORE_RETRY_PAUSE_MS                                                                       \
-	100 /* after storage failed: before the next batch, or                                     \
-	       before a failed completion is applied again */
+/* After storage failed: the pause before the next batch, and before a failed completion
+ * is applied again. */
+#define STORE_RETRY_PAUSE_MS 100
 
 enum delivery_state { STATE_PENDING = 0, STATE_DELIVERED = 1, STATE_FAILED = 2 };
 
