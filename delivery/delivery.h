@@ -34,8 +34,12 @@ struct delivery_job {
 	                                  delivery_store.current */
 	int64_t published_at_ms;       /* unix ms its event was published (the envelope's
 	                                  timestamp) */
-	int fills_subscription;        /* its claim left the subscription at max_in_flight:
-	                                  new work for it waits for this one's result */
+	int max_in_flight;             /* the most of its subscription's jobs the sender
+	                                  runs at once (0: no limit of its own); the store
+	                                  may lease more, which wait in the sender */
+	int fills_subscription;        /* its claim left the subscription with all the
+	                                  leases it may hold: new work for it waits for
+	                                  this one's result */
 };
 
 enum delivery_outcome {

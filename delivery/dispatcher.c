@@ -268,7 +268,9 @@ static int collect(struct dispatcher *d, struct loop *lp)
 			lp->next_due = 0; /* a host has room again: what waited for it may go */
 		if (lp->claim_out)
 			lp->ended_meanwhile = 1;
-		if (done.released) { /* its subscription changed while it waited: unsent */
+		/* unsent: its subscription changed while it waited, or an earlier request of
+		 * it got no 2xx */
+		if (done.released) {
 			done.result->outcome = DELIVERY_RELEASED;
 			done.result->next_attempt_at_ms = 0;
 			delivery_job_free(done.job);

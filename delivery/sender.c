@@ -9,8 +9,11 @@
  * connection closed under it, and only a reset clears that count, so without it every
  * sixth such race in a handle's life failed its job ("Connection died, tried 5 times").
  *
- * No host gets more transfers at once than max_per_host: the ones beyond wait here, in
- * a queue per host, and go to curl as its transfers to that host end. (Handed to curl,
+ * No host gets more transfers at once than max_per_host, and no subscription more than
+ * its job's max_in_flight (the store leases jobs ahead of that: see
+ * store_sub_lease_max): the ones beyond wait here, in a queue per host, and go to curl
+ * as transfers to that host, or of that subscription, end; a subscription's jobs start
+ * in the order they came, another's behind them in the queue may pass them. (Handed to curl,
  * they would wait in curl's own queue with their CURLOPT_TIMEOUT_MS already running, so
  * a slow receiver made attempts time out that were never sent; and curl walks its
  * queued transfers on every call.) A job's attempt, its started_at and its signature's
@@ -25,6 +28,12 @@
  * - A job's transfer points at its host (from sender_start until transfer_finish);
  *   host->live counts that host's transfers on `live` and is at most max_per_host; a
  *   host is in the table while it has a live or waiting transfer, and freed after.
+ * - Likewise its subscription's sub_wire at that host (from sender_start until
+ *   transfer_finish, or until it goes to `failed` unsent): live counts those of its
+ *   transfers on `live` (at most its newest job's max_in_flight, when that is set),
+ *   waiting those on the host's queue; it is in the table while either is above 0, and
+ *   freed no later than its host. A transfer that ends without a 2xx takes its
+ *   subscription's waiting jobs at that host to `failed`, unsent.
  * - While a transfer is live, curl writes its error text straight into
  *   res->error (CURLOPT_ERRORBUFFER) and reads the request body straight from
  *   job->body (CURLOPT_POSTFIELDS, no copy). Both belong to the transfer until it is
@@ -89,11 +98,13 @@ struct transfer {
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
 	int sockets;                  /* sockets on_open_socket opened for this job */
 	struct host *host;            /* the job's host while it has a job, else NULL */
+	struct sub_wire *sub;         /* the job's subscription while it has a job, else NULL */
 	int unwanted;                 /* 1: on `failed` unsent, as still_wanted said no */
 	struct transfer *prev, *next; /* links in the list the transfer is on */
 };
 
 #define SENDER_HOST_BUCKETS 1024 /* hash chains in the host table (a power of two) */
+#define SENDER_SUB_BUCKETS 1024  /* hash chains in the subscription table (a power of two) */
 #define CA_CACHE_SECONDS 600L    /* the CA file is parsed again at most this often */
 
 /* One receiver host:port with transfers live or waiting. */
@@ -106,6 +117,20 @@ struct host {
 	char key[];                /* "host:port", host in lower case */
 };
 
+/* One subscription with transfers live or waiting, at one host: all of them are on that
+ * host's live count or queue, so that the end of one of its requests, which pumps that
+ * host, reaches its waiting jobs. (After a change of url its jobs for the old host are
+ * an entry of their own; they are not sent, as their version is no longer current.) */
+struct sub_wire {
+	struct sub_wire *chain; /* next in the same bucket */
+	int64_t id;
+	const struct host *host;
+	int live;    /* its transfers added to the multi handle */
+	int waiting; /* its jobs on its host's queue */
+	int max;     /* the max_in_flight of its newest job (0: no limit), for all of them:
+	                one cap keeps its jobs in order, and a PATCH applies at once */
+};
+
 struct sender {
 	CURLM *multi;               /* owned */
 	struct sender_options opts; /* copy; user_agent borrowed */
@@ -114,6 +139,7 @@ struct sender {
 	struct transfer *idle;      /* reusable easy handles; singly linked through next */
 	int in_flight;              /* jobs taken and not yet handed back */
 	struct host *hosts[SENDER_HOST_BUCKETS]; /* hosts with a transfer, by host_key hash */
+	struct sub_wire *subs[SENDER_SUB_BUCKETS]; /* subscriptions with a transfer, by id */
 	struct sign_cache *signer;               /* owned; subscriptions' keys, prepared once */
 	int ca_dir_only; /* libcurl has a CA directory and no bundle file, and there is
 	                    no --ca-file: keep its directory (and so no cached store) */
@@ -440,6 +466,52 @@ static void host_forget_if_done(struct sender *s, struct host *h)
 	free(h);
 }
 
+static size_t sub_bucket(int64_t id)
+{
+	return (size_t)((uint64_t)id * 0x9E3779B97F4A7C15ull >> 54) & (SENDER_SUB_BUCKETS - 1);
+}
+
+/* The entry of subscription id at host h, added if new. NULL if out of memory. */
+static struct sub_wire *sub_wire_get(struct sender *s, int64_t id, const struct host *h)
+{
+	size_t b = sub_bucket(id);
+	struct sub_wire *w;
+
+	for (w = s->subs[b]; w; w = w->chain)
+		if (w->id == id && w->host == h)
+			return w;
+	w = calloc(1, sizeof *w);
+	if (!w)
+		return NULL;
+	w->id = id;
+	w->host = h;
+	w->chain = s->subs[b];
+	s->subs[b] = w;
+	return w;
+}
+
+/* Frees w once nothing of it is live or waiting. */
+static void sub_wire_forget_if_done(struct sender *s, struct sub_wire *w)
+{
+	struct sub_wire **link;
+
+	if (w->live > 0 || w->waiting > 0)
+		return;
+	for (link = &s->subs[sub_bucket(w->id)]; *link; link = &(*link)->chain) {
+		if (*link == w) {
+			*link = w->chain;
+			break;
+		}
+	}
+	free(w);
+}
+
+/* Whether t's subscription may have one more transfer live. */
+static int sub_wire_has_room(const struct transfer *t)
+{
+	return t->sub->max <= 0 || t->sub->live < t->sub->max;
+}
+
 static void waiting_push(struct host *h, struct transfer *t)
 {
 	t->next = NULL;
@@ -449,20 +521,21 @@ static void waiting_push(struct host *h, struct transfer *t)
 		h->waiting = t;
 	h->waiting_tail = t;
 	h->nwaiting++;
+	t->sub->waiting++;
 }
 
-static struct transfer *waiting_pop(struct host *h)
+/* Takes t, which follows prev (NULL: t is the first), off h's queue. */
+static void waiting_unlink(struct host *h, struct transfer *prev, struct transfer *t)
 {
-	struct transfer *t = h->waiting;
-
-	if (t) {
+	if (prev)
+		prev->next = t->next;
+	else
 		h->waiting = t->next;
-		if (!h->waiting)
-			h->waiting_tail = NULL;
-		t->next = NULL;
-		h->nwaiting--;
-	}
-	return t;
+	if (h->waiting_tail == t)
+		h->waiting_tail = prev;
+	t->next = NULL;
+	h->nwaiting--;
+	t->sub->waiting--;
 }
 
 static void live_push(struct sender *s, struct transfer *t)
@@ -505,22 +578,64 @@ static void transfer_activate(struct sender *s, struct transfer *t)
 	} else if (transfer_setup(s, t) == 0) {
 		if (curl_multi_add_handle(s->multi, t->easy) == CURLM_OK) {
 			t->host->live++;
+			t->sub->live++;
 			live_push(s, t);
 			return;
 		}
 		set_error(t->res, "curl could not add the transfer");
 	}
 	t->host = NULL;
+	sub_wire_forget_if_done(s, t->sub); /* not live: counted nowhere now */
+	t->sub = NULL;
 	t->next = s->failed;
 	s->failed = t;
 }
 
-/* Hands h's waiting jobs to curl while h has fewer than max_per_host live; frees h if
- * nothing of it is left. */
+/* Puts w's jobs waiting on h's queue on `failed`, unsent, to go back to the store as
+ * released (due again, no attempt logged): its receiver just answered something other
+ * than a 2xx, and the store, once it has that result, may disable the subscription (a
+ * 410), hold it back or lease it no further ahead. Sent, those jobs would have met the
+ * same answer (a 410 failed each, where the store would have held them). */
+static void sub_wire_release_waiting(struct sender *s, struct host *h, struct sub_wire *w)
+{
+	struct transfer *prev = NULL, *t = h->waiting;
+
+	while (t && w->waiting > 0) {
+		struct transfer *next = t->next;
+		if (t->sub == w) {
+			waiting_unlink(h, prev, t);
+			transfer_start_clock(t); /* never sent: no time spent */
+			set_error(t->res, "not sent: an earlier request of its subscription was "
+			                  "answered without a 2xx");
+			t->unwanted = 1;
+			t->host = NULL;
+			t->sub = NULL; /* w stays: the transfer that ended still counts in it */
+			t->next = s->failed;
+			s->failed = t;
+		} else {
+			prev = t;
+		}
+		t = next;
+	}
+}
+
+/* Hands h's waiting jobs to curl, in order, while h has fewer than max_per_host live,
+ * passing over those whose subscription is at its max_in_flight (and so, as its live
+ * count does not fall meanwhile, its later ones too); frees h if nothing of it is left. */
 static void host_pump(struct sender *s, struct host *h)
 {
-	while (h->live < s->opts.max_per_host && h->waiting)
-		transfer_activate(s, waiting_pop(h));
+	struct transfer *prev = NULL, *t = h->waiting;
+
+	while (t && h->live < s->opts.max_per_host) {
+		struct transfer *next = t->next;
+		if (sub_wire_has_room(t)) {
+			waiting_unlink(h, prev, t);
+			transfer_activate(s, t);
+		} else {
+			prev = t;
+		}
+		t = next;
+	}
 	host_forget_if_done(s, h);
 }
 
@@ -534,6 +649,7 @@ static struct host *live_remove(struct sender *s, struct transfer *t)
 	live_unlink(s, t);
 	t->host = NULL;
 	h->live--;
+	t->sub->live--;
 	return h;
 }
 
@@ -545,6 +661,10 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 
 	curl_easy_reset(t->easy);
 	curl_slist_free_all(t->headers);
+	if (t->sub) {
+		sub_wire_forget_if_done(s, t->sub);
+		t->sub = NULL;
+	}
 	if (took_us < 0)
 		took_us = 0;
 	t->res->duration_us = took_us;
@@ -696,9 +816,18 @@ void sender_free(struct sender *s)
 		while (s->hosts[b]) {
 			struct host *h = s->hosts[b];
 			s->hosts[b] = h->chain;
-			while ((t = waiting_pop(h)) != NULL)
+			while ((t = h->waiting) != NULL) {
+				h->waiting = t->next;
 				transfer_destroy(t);
+			}
 			free(h);
+		}
+	}
+	for (size_t b = 0; b < SENDER_SUB_BUCKETS; b++) {
+		while (s->subs[b]) {
+			struct sub_wire *w = s->subs[b];
+			s->subs[b] = w->chain;
+			free(w);
 		}
 	}
 	while (s->failed) {
@@ -780,8 +909,9 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	struct transfer *t = NULL;
 	struct delivery_result *res = NULL;
 	struct host *h = host_get(s, job->url);
+	struct sub_wire *w = h ? sub_wire_get(s, job->subscription_id, h) : NULL;
 
-	if (!h)
+	if (!w)
 		goto out;
 	res = calloc(1, sizeof *res);
 	if (!res)
@@ -809,6 +939,8 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	t->job = job;
 	t->res = res;
 	t->host = h;
+	t->sub = w;
+	w->max = job->max_in_flight;
 	res = NULL;
 	s->in_flight++;
 	waiting_push(h, t);
@@ -816,8 +948,10 @@ int sender_start(struct sender *s, struct delivery_job *job)
 	rc = 0;
 out:
 	free(res);
+	if (rc != 0 && w)
+		sub_wire_forget_if_done(s, w); /* made for this job alone */
 	if (rc != 0 && h)
-		host_forget_if_done(s, h); /* a host made for this job alone */
+		host_forget_if_done(s, h);
 	return rc;
 }
 
@@ -934,6 +1068,8 @@ int sender_next(struct sender *s, struct sender_done *out)
 	} else if (t->res->error[0] == '\0') {
 		set_error(t->res, curl_easy_strerror(cc));
 	}
+	if (!out->complete || t->res->http_status < 200 || t->res->http_status > 299)
+		sub_wire_release_waiting(s, host, t->sub);
 	transfer_finish(s, t, out);
 	host_pump(s, host); /* its connection is free for the host's next job */
 	return 1;
@@ -951,7 +1087,8 @@ int sender_release(struct sender *s, struct sender_done *out)
 		for (h = s->hosts[b]; h && !h->waiting; h = h->chain)
 			;
 		if (h) {
-			t = waiting_pop(h);
+			t = h->waiting;
+			waiting_unlink(h, NULL, t);
 			t->host = NULL;
 			transfer_start_clock(t); /* never sent: no time spent */
 		}
@@ -979,5 +1116,6 @@ void sender_each_host(const struct sender *s, void (*each)(void *arg, const char
 {
 	for (size_t b = 0; b < SENDER_HOST_BUCKETS; b++)
 		for (const struct host *h = s->hosts[b]; h; h = h->chain)
-			each(arg, h->key, h->live + h->nwaiting);
+			each(arg, h->key,
+			     h->live < s->opts.max_per_host ? h->live : h->live + h->nwaiting);
 }

@@ -86,12 +86,13 @@ int sender_header_reserved(const char *name);
 void sender_free(struct sender *s);
 
 /* Starts the signed POST for job and takes ownership of it; nothing is sent until
- * sender_perform(). With max_per_host of its host's jobs already with curl, it waits
- * for one of them to end; its attempt (started_at, signature timestamp, timeout) begins
- * when it is handed to curl. A job that cannot be sent (malformed secret or headers, curl
- * refuses it) still comes back from sender_next() with complete = 0 and the reason
- * in result->error. Returns 0, or -1 only when out of memory: then the job is still
- * the caller's. */
+ * sender_perform(). With max_per_host of its host's jobs already with curl, or
+ * job->max_in_flight of its subscription's (when above 0), it waits for one of them to
+ * end, behind the earlier waiting jobs of its subscription; its attempt (started_at,
+ * signature timestamp, timeout) begins when it is handed to curl. A job that cannot be
+ * sent (malformed secret or headers, curl refuses it) still comes back from
+ * sender_next() with complete = 0 and the reason in result->error. Returns 0, or -1
+ * only when out of memory: then the job is still the caller's. */
 int sender_start(struct sender *s, struct delivery_job *job);
 
 /* Moves every transfer forward as far as it can without blocking. Returns 0 or -1. */
@@ -117,7 +118,10 @@ int sender_release(struct sender *s, struct sender_done *out);
 int sender_in_flight(const struct sender *s);
 
 /* Calls each(arg, key, used) for every receiver host with jobs sent or waiting: key is
- * its target_host_key (valid during the call only), used how many jobs it has. */
+ * its target_host_key (valid during the call only), used how many of its connections
+ * its jobs take or wait for: those sent, and while all max_per_host are taken, those
+ * waiting too (below that, a job waits only for its subscription's max_in_flight: it
+ * leaves the host's room to others). */
 void sender_each_host(const struct sender *s, void (*each)(void *arg, const char *key, int used),
                       void *arg);
 

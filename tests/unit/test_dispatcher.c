@@ -92,6 +92,8 @@ static struct test_route test_routes[] = {
     {.path = "/slowish", .statuses = {200}, .sleep_ms = 300},
     {.path = "/queued", .statuses = {200}, .sleep_ms = 300},
     {.path = "/unwanted", .statuses = {200}, .sleep_ms = 300},
+    {.path = "/persub", .statuses = {200}, .sleep_ms = 300},
+    {.path = "/persub500", .statuses = {500}, .sleep_ms = 100},
     {.path = "/wake", .statuses = {204}},
     {.path = "/large", .statuses = {200}},
 };
@@ -416,6 +418,7 @@ static struct delivery_job *test_job_copy(const struct delivery_job *src)
 	j->subscription_version = src->subscription_version;
 	j->published_at_ms = src->published_at_ms;
 	j->fills_subscription = src->fills_subscription;
+	j->max_in_flight = src->max_in_flight;
 	return j;
 }
 
@@ -842,6 +845,10 @@ static void test_single_attempts(void)
 	badsecret = test_store_add(st, "/ok", "whsec_not*base64", NULL);
 	big = test_store_add(st, "/big", TEST_SECRET, NULL);
 	huge = test_store_add(st, "/huge", TEST_SECRET, NULL);
+	/* each its own subscription: after the 410, a subscription's jobs still waiting
+	 * for the host would go back unsent */
+	for (i = 0; i < st->n_slots; i++)
+		st->slots[i].tmpl->subscription_id = 100 + i;
 	t0 = clock_mono_ms();
 	d = dispatcher_start(&o, &st->iface);
 	CHECK(d != NULL);
@@ -1089,6 +1096,76 @@ static void test_host_queue_unwanted_released(void)
 	test_store_free(st);
 }
 
+/* The store leases a subscription more jobs than its max_in_flight (its lead): the
+ * sender runs no more than that many of them at once, starts the rest in order as those
+ * end, and another subscription's job on the same host goes past them at once. */
+static void test_sub_queue_max_in_flight(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	struct delivery_result *r[5];
+	int ids[5];
+
+	o.max_per_host = 8;
+	for (int i = 0; i < 5; i++) {
+		ids[i] = test_store_add(st, "/persub", TEST_SECRET, NULL);
+		CHECK(ids[i] == i + 1);
+		st->slots[i].tmpl->max_in_flight = 2;
+		st->slots[i].tmpl->subscription_id = i < 4 ? 7 : 8; /* the last another's */
+	}
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	CHECK(test_store_wait(st, 5, 5000));
+	dispatcher_stop(d, 1000);
+	for (int i = 0; i < 5; i++) {
+		r[i] = test_result(st, ids[i], 0);
+		CHECK(r[i] && r[i]->outcome == DELIVERY_DELIVERED);
+		if (!r[i])
+			goto out;
+	}
+	/* the first two at once, with the other subscription's */
+	CHECK(llabs(r[1]->started_at_ms - r[0]->started_at_ms) < 150);
+	CHECK(llabs(r[4]->started_at_ms - r[0]->started_at_ms) < 150);
+	/* the third and fourth once those two ended (300 ms each), in order */
+	CHECK(r[2]->started_at_ms >= r[0]->started_at_ms + 250);
+	CHECK(r[3]->started_at_ms >= r[0]->started_at_ms + 250);
+	CHECK(r[2]->started_at_ms <= r[3]->started_at_ms);
+	CHECK(test_rx_hits(test_route_find("/persub")) == 5);
+out:
+	test_store_free(st);
+}
+
+/* A request answered without a 2xx sends its subscription's waiting jobs back unsent
+ * (released), as the store may disable the subscription or hold it back once it has
+ * that result: sent, a 410 would have failed each of them. */
+static void test_sub_queue_released_after_failure(void)
+{
+	struct test_store *st = test_store_new();
+	struct dispatcher_options o = test_opts();
+	struct dispatcher *d;
+	int retried = 0, released = 0;
+
+	o.retry_schedule = test_schedule_slow;
+	o.retry_count = 1;
+	st->release_ends = 1;
+	for (int i = 0; i < 3; i++) {
+		CHECK(test_store_add(st, "/persub500", TEST_SECRET, NULL) == i + 1);
+		st->slots[i].tmpl->max_in_flight = 1;
+	}
+	d = dispatcher_start(&o, &st->iface);
+	CHECK(d != NULL);
+	CHECK(test_store_wait(st, 3, 5000));
+	dispatcher_stop(d, 1000);
+	for (int i = 0; i < st->n_results; i++) {
+		retried += st->results[i]->outcome == DELIVERY_RETRY;
+		released += st->results[i]->outcome == DELIVERY_RELEASED;
+	}
+	CHECK(retried == 1 && released == 2);
+	CHECK(test_rx_hits(test_route_find("/persub500")) == 1);
+	test_store_free(st);
+}
+
 /* A store that never takes them: the stop still ends, and drops them (ASan: freed). */
 static void test_complete_refused_at_stop(void)
 {
@@ -1284,6 +1361,8 @@ int main(void)
 		test_complete_refused_at_stop();
 		test_host_queue_timeout_from_send();
 		test_host_queue_unwanted_released();
+		test_sub_queue_max_in_flight();
+		test_sub_queue_released_after_failure();
 		test_wake();
 		test_stop_releases();
 		test_stop_hurried();
