@@ -249,6 +249,7 @@ static struct delivery_job *claim_job(struct store *s, sqlite3_stmt *row, const 
 		job->subscription_id = sqlite3_column_int64(row, 2);
 		job->attempt = sqlite3_column_int(row, 3) + 1;
 		job->subscription_version = sub->version;
+		job->max_in_flight = sub->max_in_flight;
 	}
 	return job;
 }
@@ -302,7 +303,8 @@ static int claim_limit(int free, int reserve, int fresh)
 
 /*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
- * stopped, each subscription up to its max_in_flight and what its rate_limit has left:
+ * stopped, each subscription up to its lease max (store_sub_lease_max: its
+ * max_in_flight, or twice that while its receiver answers) and what its rate_limit has left:
  * one slow or dead receiver cannot take every slot. next_due is the earliest time one of
  * the subscriptions with room has a job due (and, if it is rate limited, a token).
  * A claim whose batch fails keeps the tokens it took: the limit errs on the slow side.
@@ -322,13 +324,13 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 	if (s->batch_top_seq > written)
 		written = s->batch_top_seq; /* this batch's own, not committed yet */
 	/* Deliveries this claim cannot take yet, of subscriptions it could give them to (a
-	 * subscription at its max_in_flight gets its wake from a completion instead; one at
+	 * subscription at its lease max gets its wake from a completion instead; one at
 	 * its share, from any request's end: see host_full below). */
 	for (size_t k = 0; k < nsubs && written > synced; k++) {
 		const struct sub_entry *sub = &s->subs[k];
 		int64_t newest = sub->newest_seq < written ? sub->newest_seq : written;
 		if (sub->enabled && sub->disabled_in_batch != s->batch_no &&
-		    sub->leased < sub->max_in_flight && newest > missed)
+		    sub->leased < store_sub_lease_max(sub, a->now_ms) && newest > missed)
 			missed = newest;
 	}
 	if (missed > synced)
@@ -415,7 +417,8 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 			sub->claim_no = s->claim_no;
 			sub->claimed = 0;
 		}
-		int cap = pass < 2 && share < sub->max_in_flight ? share : sub->max_in_flight;
+		const int lease_max = store_sub_lease_max(sub, a->now_ms);
+		int cap = pass < 2 && share < lease_max ? share : lease_max;
 		int room = cap - sub->leased - sub->claimed;
 		int want = room < a->max - a->njobs ? room : a->max - a->njobs;
 		int step, before = a->njobs, more_due = 0;
@@ -426,7 +429,7 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 			a->sub_full = 1;
 			if (pass < 2) {
 				busy += sub->leased > 0;
-				held += cap < sub->max_in_flight;
+				held += cap < lease_max;
 			}
 			continue; /* full: its completions wake the dispatcher */
 		}
@@ -463,7 +466,7 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 			}
 			sqlite3_reset(st);
 			sub->claimed += a->njobs - before;
-			if (sub->leased + sub->claimed >= sub->max_in_flight)
+			if (sub->leased + sub->claimed >= lease_max)
 				for (int j = before; j < a->njobs; j++)
 					a->jobs[j]->fills_subscription = 1;
 			rate_limit_take(&sub->bucket, sub->rate_limit, a->njobs - before);
@@ -508,11 +511,11 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 		}
 		sqlite3_reset(nd);
 		busy += more_due || a->njobs > before || sub->leased > 0;
-		held += more_due && cap < sub->max_in_flight; /* more due than its share took */
+		held += more_due && cap < lease_max; /* more due than its share took */
 	}
 	s->claim_busy_subs = busy > 0 ? busy : 1;
 	/* One the share held back is woken by no completion of its own (those wake only a
-	 * subscription at its max_in_flight), and a next due would spin: the dispatcher
+	 * subscription at its max_in_flight or above), and a next due would spin: the dispatcher
 	 * claims again when any request ends, as for a full host. Without this a draining
 	 * backlog stalled for the dispatcher's 1 s reclaim timer. */
 	if (held > 0)
@@ -584,6 +587,8 @@ static void return_leases(struct store *s, struct complete_args *a, int *made_du
 			if (sub)
 				store_sub_ask(s, sub);
 			if (sub && sub->leased > 0) {
+				/* at max_in_flight or above: it may have been at its lease
+				 * max, which may be lower now (its lead window ended) */
 				if (sub->leased >= sub->max_in_flight)
 					a->room_freed = 1;
 				sub->leased--;
@@ -747,6 +752,9 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 		if (store_step_done(at) != 0)
 			return store_fail_storage(s, call);
 
+		if (sub && r->outcome == DELIVERY_DELIVERED &&
+		    r->subscription_version >= sub->url_version)
+			sub->answered_ms = now; /* its receiver answers: claims may lease ahead */
 		enum delivery_state state = outcome_state[r->outcome];
 		const char *error = r->error[0] ? r->error : NULL;
 		if (state == STATE_PENDING && !sub) {

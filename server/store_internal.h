@@ -53,7 +53,10 @@ struct sub_entry {
 	struct rate_bucket bucket;  /* what rate_limit has left now (claims take from it) */
 
 	int64_t id;
-	int max_in_flight;            /* leases this subscription may hold at once */
+	int max_in_flight;            /* its requests the sender runs at once; with the
+	                                 lead, up to twice as many leases (see
+	                                 store_sub_lease_max) */
+	int64_t answered_ms;          /* unix ms of its last 2xx result applied; 0 = none */
 	uint64_t version;             /* new whenever a reload changes what a job copies (url,
 	                                 headers, secrets) or enabled: a job made at another
 	                                 version is not sent (current) */
@@ -286,6 +289,30 @@ enum store_rc store_load_delivery_json(sqlite3 *db, int64_t id, json_t **out);
 
 /* store_subs.c */
 struct sub_entry *store_sub_find(struct store *s, int64_t id);
+
+/* How recent a subscription's last 2xx must be for its claims to lease ahead. */
+#define STORE_LEAD_WINDOW_MS 1000
+
+/*
+ * The leases a subscription may hold at now_ms: its max_in_flight, which the sender
+ * keeps to on the wire, and as many again (its lead) while its receiver answers 2xx,
+ * one within STORE_LEAD_WINDOW_MS, and it has no rate_limit. The lead waits in the
+ * sender and goes the moment one of its requests ends, rather than after the claim
+ * that request's result makes room for: a fast receiver sat idle for that round trip
+ * through the writer (~0.3-1 ms) at every turn (six alternating drains of 600,000
+ * deliveries to three fast receivers: 42,400/s on average without, 45,700 with). A
+ * receiver that hangs or fails gets no lead, so that dead ones hold no more slots than
+ * they send on (and the sender hands back a subscription's waiting jobs unsent when a
+ * request of it gets no 2xx); nor does a rate limit, whose tokens a claim takes.
+ */
+static inline int store_sub_lease_max(const struct sub_entry *sub, int64_t now_ms)
+{
+	if (sub->rate_limit == 0 && sub->answered_ms != 0 && now_ms >= sub->answered_ms &&
+	    now_ms - sub->answered_ms < STORE_LEAD_WINDOW_MS) /* a clock stepped back: none */
+		return 2 * sub->max_in_flight;
+	return sub->max_in_flight;
+}
+
 void store_sub_entry_clear(struct sub_entry *e);
 void store_quiet_clear_all(struct store *s);
 void store_quiet_clear(struct store *s, const struct sub_entry *sub);

@@ -238,10 +238,10 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (store_step_done(dl) != 0)
 				goto fail;
 			s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
-			/* A subscription at its max_in_flight gets no claim now: the completion
-			 * that gives it room wakes the dispatcher. Under a backlog that spares a
-			 * claim and a wake-up per event. */
-			if (!sub || sub->leased < sub->max_in_flight)
+			/* A subscription with all the leases it may hold gets no claim now: the
+			 * completion that gives it room wakes the dispatcher. Under a backlog
+			 * that spares a claim and a wake-up per event. */
+			if (!sub || sub->leased < store_sub_lease_max(sub, now))
 				*made_due = 1;
 			if (sub && seq > sub->newest_seq)
 				sub->newest_seq = seq;

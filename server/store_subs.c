@@ -350,6 +350,7 @@ int store_reload_subscription(struct store *s, int64_t id)
 		fresh.health_lines = old ? old->health_lines : 0;
 		fresh.health_unlogged = old ? old->health_unlogged : 0;
 		fresh.newest_seq = old ? old->newest_seq : 0;
+		fresh.answered_ms = old ? old->answered_ms : 0;
 		fresh.look = 1; /* enabled again, or new settings: ask */
 		fresh.bucket =
 		    old ? old->bucket : (struct rate_bucket){0}; /* a PATCH is no refill */

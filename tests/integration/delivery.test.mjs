@@ -160,6 +160,27 @@ test('410 Gone disables the subscription with a reason and fails the delivery', 
   assert.equal(re.json.disabled_reason, null);
 }));
 
+// A receiver answering 2xx gets deliveries leased ahead (waiting in hookrelay beyond its
+// max_in_flight). When it turns to 410, those must not go out after it: each would fail
+// with its own 410, where the disabled subscription holds them for `recover`. Only the
+// requests already on the wire fail.
+test('a 410 fails only the requests already sent, not those leased ahead', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '1h' });
+  const r = await startReceiver({ behavior: (_q, i) => (i < 30 ? { status: 200, delayMs: 20 } : { status: 410, delayMs: 40 }) });
+  const sub = await createSub(relay, r, { max_in_flight: 3 });
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: 80 }, (_, i) => ({ type: 'gone.lead', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await waitUntil(async () => (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json.enabled === false,
+    10_000, 'subscription disabled by the 410');
+  await sleep(300);
+  const failed = await listAll(relay, `/v1/deliveries?subscription=${sub.id}&status=failed`);
+  const gone = r.requests.length - 30;
+  console.log(`after the first 410: ${gone} requests answered 410, ${failed.length} deliveries failed`);
+  assert.ok(gone >= 1 && gone <= 3, `${gone} requests met the 410 (max_in_flight 3)`);
+  assert.equal(failed.length, gone);
+}));
+
 test('503 with Retry-After: 1 delays the next attempt by at least a second', withLogs(async () => {
   const relay = await startRelay({ retrySchedule: '100ms,100ms' });
   const r = await startReceiver({ behavior: [{ status: 503, retryAfter: 1, body: 'busy' }, { status: 200 }] });
@@ -337,6 +358,33 @@ test('a subscription at its cap keeps every slot busy while a backlog drains', w
   // here, 4.5 s under ASan on a starved machine); a slot left to the one-second look made
   // it 6-10 s. The plain build's run holds the bound; the sanitizer's gets SLOW times it.
   assert.ok(took < 5000 * SLOW, `drained ${N} in ${Math.round(took)} ms`);
+}));
+
+// While its receiver answers 2xx, a subscription's claims lease up to twice its
+// max_in_flight, so that the next job is in hand the moment a request ends (rather than
+// after a round trip through the writer). The lead waits in the sender: the receiver
+// never has more than max_in_flight requests at once.
+test('a subscription leased ahead still has at most max_in_flight requests at once', withLogs(async () => {
+  const relay = await startRelay();
+  const DELAY = 100;
+  const r = await startReceiver({ behavior: { delayMs: DELAY } });
+  await createSub(relay, r, { max_in_flight: 3 });
+  const N = 45;
+  const res = await api(relay, 'POST', '/v1/events/batch',
+    Array.from({ length: N }, (_, i) => ({ type: 'lead.drain', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  let leased = 0;
+  while (r.requests.length < N) {
+    leased = Math.max(leased, await metricValue(relay, 'hookrelay_deliveries_in_flight'));
+    await sleep(10);
+  }
+  await r.waitFor(N, 15_000 * SLOW);
+  // each request holds its place for DELAY ms; the next may come as it ends
+  const at = r.requests.map((q) => q.arrivedMono).sort((a, b) => a - b);
+  const most = Math.max(...at.map((t) => at.filter((u) => u <= t && u > t - (DELAY - 20)).length));
+  console.log(`max_in_flight 3: at most ${most} requests at once, up to ${leased} leased`);
+  assert.equal(most, 3, `${most} requests at once`);
+  assert.ok(leased > 3 && leased <= 6, `${leased} deliveries leased at once (lead: up to 6)`);
 }));
 
 // More deliveries in flight to one host than --max-per-host: the ones beyond the cap wait
