@@ -10,14 +10,14 @@
  * sixth such race in a handle's life failed its job ("Connection died, tried 5 times").
  *
  * No host gets more transfers at once than max_per_host, and no subscription more than
- * its job's max_in_flight (the store leases jobs ahead of that: see
+ * its jobs' max_in_flight (the store leases jobs ahead of that: see
  * store_sub_lease_max): the ones beyond wait here, in a queue per host, and go to curl
  * as transfers to that host, or of that subscription, end; a subscription's jobs start
- * in the order they came, another's behind them in the queue may pass them. (Handed to curl,
- * they would wait in curl's own queue with their CURLOPT_TIMEOUT_MS already running, so
- * a slow receiver made attempts time out that were never sent; and curl walks its
- * queued transfers on every call.) A job's attempt, its started_at and its signature's
- * timestamp begin when it goes to curl.
+ * in the order they came, another's behind them in the queue may pass them. (Handed
+ * to curl, they would wait in curl's own queue with their CURLOPT_TIMEOUT_MS already
+ * running, so a slow receiver made attempts time out that were never sent; and curl
+ * walks its queued transfers on every call.) A job's attempt, its started_at and its
+ * signature's timestamp begin when it goes to curl.
  *
  * Invariants:
  * - A transfer is on exactly one list: `live` (added to the multi handle), `failed`
