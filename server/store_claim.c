@@ -304,8 +304,8 @@ static int claim_limit(int free, int reserve, int fresh)
 /*
  * Leases due jobs, subscription by subscription, round-robin from where the last claim
  * stopped, each subscription up to its lease max (store_sub_lease_max: its
- * max_in_flight, or twice that while its receiver answers) and what its rate_limit has left:
- * one slow or dead receiver cannot take every slot. next_due is the earliest time one of
+ * max_in_flight, or twice that while its receiver answers) and what its rate_limit has
+ * left: one slow or dead receiver cannot take every slot. next_due is the earliest time one of
  * the subscriptions with room has a job due (and, if it is rate limited, a token).
  * A claim whose batch fails keeps the tokens it took: the limit errs on the slow side.
  */
@@ -515,9 +515,9 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 	}
 	s->claim_busy_subs = busy > 0 ? busy : 1;
 	/* One the share held back is woken by no completion of its own (those wake only a
-	 * subscription at its max_in_flight or above), and a next due would spin: the dispatcher
-	 * claims again when any request ends, as for a full host. Without this a draining
-	 * backlog stalled for the dispatcher's 1 s reclaim timer. */
+	 * subscription at its max_in_flight or above), and a next due would spin: the
+	 * dispatcher claims again when any request ends, as for a full host. Without this a
+	 * draining backlog stalled for the dispatcher's 1 s reclaim timer. */
 	if (held > 0)
 		a->host_full = 1;
 	/* A full claim: the next one starts after the subscription that filled it. */

@@ -307,8 +307,9 @@ struct sub_entry *store_sub_find(struct store *s, int64_t id);
  */
 static inline int store_sub_lease_max(const struct sub_entry *sub, int64_t now_ms)
 {
-	if (sub->rate_limit == 0 && sub->answered_ms != 0 && now_ms >= sub->answered_ms &&
-	    now_ms - sub->answered_ms < STORE_LEAD_WINDOW_MS) /* a clock stepped back: none */
+	/* never answered: answered_ms 0 is far behind; a clock stepped back: no lead */
+	if (sub->rate_limit == 0 && now_ms >= sub->answered_ms &&
+	    now_ms - sub->answered_ms < STORE_LEAD_WINDOW_MS)
 		return 2 * sub->max_in_flight;
 	return sub->max_in_flight;
 }
