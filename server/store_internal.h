@@ -108,6 +108,12 @@ enum {
 	ST_COUNT
 };
 
+/* Delivery rows one INSERT writes at most. One statement for many rows opens SQLite's
+ * cursors (the table's and its six indexes') once for them all: in alternating runs of
+ * batch ingest the writer spent 6.3-6.7 µs an event against 8.8-9.8 with a statement a
+ * row (and no less with 256 rows a statement). */
+#define STORE_DELIVERY_ROWS 64
+
 struct store {
 	sqlite3 *wdb;                   /* the write connection: writer thread only */
 	sqlite3_stmt *st[ST_COUNT];     /* prepared on wdb */
@@ -167,6 +173,12 @@ struct store {
 	uint64_t claim_no;              /* numbers each application of a claim (claim_host) */
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
+	/* writer: delivery rows an ingest call has made and not inserted yet (event seq and
+	   subscription id, in order), and the statements inserting k of them at once
+	   (rows_insert[k - 1], prepared when first needed) */
+	int64_t rows_pending[2 * STORE_DELIVERY_ROWS];
+	int nrows_pending;
+	sqlite3_stmt *rows_insert[STORE_DELIVERY_ROWS];
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
 	void (*due_hook)(void *);
 	void *due_arg;

@@ -177,6 +177,60 @@ enum store_rc store_fail_storage(struct store *s, struct store_call *call)
 	return STORE_ERR;
 }
 
+/* The statement inserting k delivery rows (1 <= k <= STORE_DELIVERY_ROWS), due at ?1, each
+ * row an event seq and a subscription id from ?2 on; prepared on first use, kept until
+ * store_close. NULL if SQLite cannot prepare it.
+ * OR FAIL: an ingest call runs without a savepoint (a failed one fails its whole batch),
+ * and with the default ABORT a statement of many rows opens a statement journal, which
+ * copies each page it touches first (one statement of three rows cost the writer more
+ * than three of one row). */
+static sqlite3_stmt *rows_insert_stmt(struct store *s, int k)
+{
+	if (s->rows_insert[k - 1])
+		return s->rows_insert[k - 1];
+	char sql[128 + STORE_DELIVERY_ROWS * 40];
+	int len = snprintf(sql, sizeof(sql),
+	                   "INSERT OR FAIL INTO deliveries(event_seq, subscription_id, state,"
+	                   " attempt_count, next_attempt_at, created_at, updated_at) VALUES");
+	for (int i = 0; i < k; i++)
+		len +=
+		    snprintf(sql + len, sizeof(sql) - (size_t)len, "%s(?%d, ?%d, 0, 0, ?1, ?1, ?1)",
+		             i ? ", " : " ", 2 + 2 * i, 3 + 2 * i);
+	if (sqlite3_prepare_v3(s->wdb, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->rows_insert[k - 1],
+	                       NULL) != SQLITE_OK)
+		return NULL;
+	return s->rows_insert[k - 1];
+}
+
+/* Inserts the delivery rows apply_ingest has gathered, due at `now`: up to 8 in one
+ * statement of their number, more in statements of 64, 32, 16 or 8 (so at most 11
+ * statements are ever prepared). 0, or -1 on a storage error (the rows are dropped
+ * either way: the call fails with them). */
+static int rows_flush(struct store *s, int64_t now)
+{
+	int left = s->nrows_pending;
+	const int64_t *row = s->rows_pending;
+
+	s->nrows_pending = 0;
+	while (left > 0) {
+		int k = left;
+		if (k > 8)
+			k = k >= 64 ? 64 : k >= 32 ? 32 : k >= 16 ? 16 : 8;
+		sqlite3_stmt *st = rows_insert_stmt(s, k);
+		if (!st)
+			return -1;
+		sqlite3_bind_int64(st, 1, now);
+		for (int i = 0; i < 2 * k; i++)
+			sqlite3_bind_int64(st, 2 + i, row[i]);
+		if (store_step_done(st) != 0)
+			return -1;
+		s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
+		row += 2 * k;
+		left -= k;
+	}
+	return 0;
+}
+
 static enum store_rc apply_ingest(struct store *s, struct store_call *call, int *made_due)
 {
 	int64_t now = clock_now_ms();
@@ -185,6 +239,9 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		struct store_event *ev = &call->events[i];
 		int n;
 
+		/* The lookup counts a stored event's deliveries, and this call's rows are not
+		 * inserted yet; but no key can be an earlier event's of the same call (a batch
+		 * whose ids repeat is refused before it gets here, ingest.c). */
 		if (ev->idempotency_key) {
 			sqlite3_stmt *st = s->st[ST_IDEM_LOOKUP];
 			sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
@@ -223,7 +280,6 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		n = matcher_match(s->matcher, ev->type, &s->match_ids, &s->match_cap);
 		if (n < 0)
 			goto fail;
-		sqlite3_stmt *dl = s->st[ST_DELIVERY_INSERT];
 		int made = 0;
 		for (int k = 0; k < n; k++) {
 			struct sub_entry *sub = store_sub_find(s, s->match_ids[k]);
@@ -232,12 +288,11 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (sub && sub->disabled_in_batch == s->batch_no)
 				continue;
 			made++;
-			sqlite3_bind_int64(dl, 1, seq);
-			sqlite3_bind_int64(dl, 2, s->match_ids[k]);
-			sqlite3_bind_int64(dl, 3, now);
-			if (store_step_done(dl) != 0)
+			if (s->nrows_pending == STORE_DELIVERY_ROWS && rows_flush(s, now) != 0)
 				goto fail;
-			s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
+			s->rows_pending[2 * s->nrows_pending] = seq;
+			s->rows_pending[2 * s->nrows_pending + 1] = s->match_ids[k];
+			s->nrows_pending++;
 			/* A subscription with all the leases it may hold gets no claim now: the
 			 * completion that gives it room wakes the dispatcher. Under a backlog
 			 * that spares a claim and a wake-up per event. */
@@ -252,8 +307,11 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		ev->replayed = 0;
 		s->batch_pending += made;
 	}
+	if (rows_flush(s, now) != 0)
+		goto fail;
 	return STORE_OK;
 fail:
+	s->nrows_pending = 0;
 	return store_fail_storage(s, call);
 }
 
@@ -1194,6 +1252,8 @@ void store_close(struct store *s)
 	}
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(s->st[i]);
+	for (int i = 0; i < STORE_DELIVERY_ROWS; i++)
+		sqlite3_finalize(s->rows_insert[i]);
 	for (int i = 0; i < s->nreaders; i++)
 		sqlite3_close(s->readers[i]);
 	for (size_t i = 0; i < s->nsubs; i++)

@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, writeFileSync, rmSync, statSync, openSync, writeSync, closeSync } from 'node:fs';
 import {
   relayBin, tmpDir, startRelay, startReceiver, createSub, api, listAll, getDelivery, waitDelivery,
-  waitUntil, sleep, cleanup, withLogs, faultEnv, holdWriteLock, assertError, metricValue,
+  waitUntil, sleep, cleanup, withLogs, faultEnv, holdWriteLock, assertError, metricValue, assertNoMore,
 } from './harness.mjs';
 import { SLOW } from './reliability/lib.mjs';
 
@@ -598,6 +598,52 @@ test('publishes failed with their batch say why, never "not an error"', withLogs
   for (const m of Object.keys(messages)) {
     assert.ok(!/not an error/.test(m), `a 503 said: ${m}`);
     assert.match(m, /^storage (unavailable|error): /, m);
+  }
+}));
+
+// An ingest call runs without a savepoint, and its events' delivery rows go in by
+// statements of many rows each (INSERT OR FAIL, no statement journal): a statement that
+// fails must fail its whole batch. Every event answered 202 has all its deliveries, and
+// one answered 503 left nothing behind, in single publishes and batches alike.
+test('a delivery row that fails to insert fails its batch whole: no event kept with some of its deliveries', withLogs(async () => {
+  const flag = path.join(tmpDir(), 'faults-on');
+  const relay = await startRelay({ env: faultEnv({ FAULT_STEP_FLAG: flag, FAULT_STEP_SQL: 'INSERT OR FAIL INTO deliveries@0.01' }) });
+  const receivers = [];
+  for (let i = 0; i < 3; i++) {
+    receivers.push(await startReceiver());
+    await createSub(relay, receivers[i], { event_types: ['part.#'] });
+  }
+  writeFileSync(flag, '');
+  const accepted = [];
+  let refused = 0;
+  const take = (res, ids) => {
+    if (res.status === 202) {
+      accepted.push(...ids(res));
+    } else {
+      assertError(res, 503, 'storage_unavailable', 'a publish whose delivery rows failed');
+      refused++;
+    }
+  };
+  try {
+    for (let round = 0; round < 4; round++) {
+      const singles = Array.from({ length: 60 },
+        (_, i) => api(relay, 'POST', '/v1/events', { type: 'part.one', data: { round, i } }));
+      const batches = Array.from({ length: 4 }, (_, i) => api(relay, 'POST', '/v1/events/batch',
+        Array.from({ length: 40 }, (_, j) => ({ type: 'part.many', data: { round, i, j } }))));
+      for (const res of await Promise.all(singles)) take(res, (r) => [r.json.id]);
+      for (const res of await Promise.all(batches)) take(res, (r) => r.json.ids);
+    }
+  } finally {
+    rmSync(flag);
+  }
+  console.log(`${accepted.length} events accepted, ${refused} publishes refused`);
+  assert.ok(refused > 0 && accepted.length > 0, `${refused} refused, ${accepted.length} accepted`);
+  const stored = await listAll(relay, '/v1/events');
+  assert.deepEqual(new Set(stored.map((e) => e.id)), new Set(accepted), 'exactly the accepted events are stored');
+  for (const r of receivers) {
+    await r.waitFor(accepted.length, 15_000);
+    await assertNoMore(r, accepted.length);
+    assert.deepEqual(new Set(r.requests.map((q) => q.headers['webhook-id'])), new Set(accepted));
   }
 }));
 
