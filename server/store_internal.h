@@ -173,11 +173,14 @@ struct store {
 	uint64_t claim_no;              /* numbers each application of a claim (claim_host) */
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
-	/* writer: delivery rows an ingest call has made and not inserted yet (event seq and
-	   subscription id, in order), and the statements inserting k of them at once
-	   (rows_insert[k - 1], prepared when first needed) */
+	/* writer: delivery rows the ingest calls of the running batch have made and not
+	   inserted yet (event seq and subscription id, in order; inserted before any other
+	   call runs and before the COMMIT), when the first of them was made, and the
+	   statements inserting k of them at once (rows_insert[k - 1], prepared when first
+	   needed) */
 	int64_t rows_pending[2 * STORE_DELIVERY_ROWS];
 	int nrows_pending;
+	int64_t rows_made_ms;
 	sqlite3_stmt *rows_insert[STORE_DELIVERY_ROWS];
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
 	void (*due_hook)(void *);

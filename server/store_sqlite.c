@@ -202,11 +202,11 @@ static sqlite3_stmt *rows_insert_stmt(struct store *s, int k)
 	return s->rows_insert[k - 1];
 }
 
-/* Inserts the delivery rows apply_ingest has gathered, due at `now`: up to 8 in one
- * statement of their number, more in statements of 64, 32, 16 or 8 (so at most 11
- * statements are ever prepared). 0, or -1 on a storage error (the rows are dropped
- * either way: the call fails with them). */
-static int rows_flush(struct store *s, int64_t now)
+/* Inserts the delivery rows apply_ingest has gathered, due when the first of them was
+ * made: up to 8 in one statement of their number, more in statements of 64, 32, 16 or 8
+ * (so at most 11 statements are ever prepared). 0, or -1 on a storage error (the rows
+ * are dropped either way: their batch fails with them). */
+static int rows_flush(struct store *s)
 {
 	int left = s->nrows_pending;
 	const int64_t *row = s->rows_pending;
@@ -219,7 +219,7 @@ static int rows_flush(struct store *s, int64_t now)
 		sqlite3_stmt *st = rows_insert_stmt(s, k);
 		if (!st)
 			return -1;
-		sqlite3_bind_int64(st, 1, now);
+		sqlite3_bind_int64(st, 1, s->rows_made_ms);
 		for (int i = 0; i < 2 * k; i++)
 			sqlite3_bind_int64(st, 2 + i, row[i]);
 		if (store_step_done(st) != 0)
@@ -239,9 +239,10 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		struct store_event *ev = &call->events[i];
 		int n;
 
-		/* The lookup counts a stored event's deliveries, and this call's rows are not
-		 * inserted yet; but no key can be an earlier event's of the same call (a batch
-		 * whose ids repeat is refused before it gets here, ingest.c). */
+		/* The lookup counts a stored event's deliveries: an earlier call of this batch
+		 * may have made the event with the same key (a batch's own ids differ, ingest.c) */
+		if (ev->idempotency_key && rows_flush(s) != 0)
+			goto fail;
 		if (ev->idempotency_key) {
 			sqlite3_stmt *st = s->st[ST_IDEM_LOOKUP];
 			sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
@@ -288,8 +289,10 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (sub && sub->disabled_in_batch == s->batch_no)
 				continue;
 			made++;
-			if (s->nrows_pending == STORE_DELIVERY_ROWS && rows_flush(s, now) != 0)
+			if (s->nrows_pending == STORE_DELIVERY_ROWS && rows_flush(s) != 0)
 				goto fail;
+			if (s->nrows_pending == 0)
+				s->rows_made_ms = now;
 			s->rows_pending[2 * s->nrows_pending] = seq;
 			s->rows_pending[2 * s->nrows_pending + 1] = s->match_ids[k];
 			s->nrows_pending++;
@@ -307,11 +310,8 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		ev->replayed = 0;
 		s->batch_pending += made;
 	}
-	if (rows_flush(s, now) != 0)
-		goto fail;
 	return STORE_OK;
 fail:
-	s->nrows_pending = 0;
 	return store_fail_storage(s, call);
 }
 
@@ -471,6 +471,12 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		 * the per-call SAVEPOINT, whose statement journal copies every page it touches:
 		 * that copy was half the writer's time per event. */
 		int guarded = c->kind != STORE_INGEST;
+		/* The delivery rows of the ingest calls before this one go in before anything
+		 * else reads deliveries (and outside this call's savepoint) */
+		if (guarded && rows_flush(s) != 0) {
+			c->rc = STORE_OK; /* not run: answered "storage unavailable" below */
+			goto abandon;
+		}
 		int64_t pending_before = s->batch_pending;
 		int64_t top_delivery_before = s->batch_top_delivery;
 		size_t span = c->kind == STORE_COMPLETE
@@ -578,7 +584,7 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 			goto finish;
 		}
 	}
-	if (store_step_done(s->st[ST_COMMIT]) == 0) {
+	if (rows_flush(s) == 0 && store_step_done(s->st[ST_COMMIT]) == 0) {
 		committed = 1;
 		goto finish;
 	}
@@ -587,6 +593,7 @@ abandon: /* nothing of this batch is kept */
 	if (!sqlite3_get_autocommit(s->wdb))
 		store_exec_sql(s->wdb, "ROLLBACK", NULL, 0);
 finish:
+	s->nrows_pending = 0; /* the rows of a batch that failed went with it */
 	if (!committed)
 		batch_reason(s, changed, batch_why, sizeof(batch_why)); /* BEGIN failed, say */
 	s->last_batch_failed = !committed;
