@@ -89,7 +89,6 @@ enum {
 	ST_CLAIM,
 	ST_NEXT_DUE,
 	ST_ENVELOPE,
-	ST_ATTEMPT_INSERT,
 	ST_DELIVERY_FINISH,
 	ST_DELIVERY_RELEASE,
 	ST_DELIVERY_ORPHANED,
@@ -108,11 +107,11 @@ enum {
 	ST_COUNT
 };
 
-/* Delivery rows one INSERT writes at most. One statement for many rows opens SQLite's
- * cursors (the table's and its six indexes') once for them all: in alternating runs of
- * batch ingest the writer spent 6.3-6.7 µs an event against 8.8-9.8 with a statement a
- * row (and no less with 256 rows a statement). */
-#define STORE_DELIVERY_ROWS 64
+/* Rows one INSERT of the writer's writes at most (store_rows_stmt). One statement for
+ * many rows opens SQLite's cursors (a table's and its indexes') once for them all: in
+ * alternating runs of batch ingest the writer spent 6.3-6.7 µs an event against 8.8-9.8
+ * with a statement a delivery row (and no less with 256 rows a statement). */
+#define STORE_ROWS_MAX 64
 
 struct store {
 	sqlite3 *wdb;                   /* the write connection: writer thread only */
@@ -176,12 +175,13 @@ struct store {
 	/* writer: delivery rows the ingest calls of the running batch have made and not
 	   inserted yet (event seq and subscription id, in order; inserted before any other
 	   call runs and before the COMMIT), when the first of them was made, and the
-	   statements inserting k of them at once (rows_insert[k - 1], prepared when first
+	   statements inserting k of them at once (deliveries_insert[k - 1], prepared when first
 	   needed) */
-	int64_t rows_pending[2 * STORE_DELIVERY_ROWS];
+	int64_t rows_pending[2 * STORE_ROWS_MAX];
 	int nrows_pending;
 	int64_t rows_made_ms;
-	sqlite3_stmt *rows_insert[STORE_DELIVERY_ROWS];
+	sqlite3_stmt *deliveries_insert[STORE_ROWS_MAX];
+	sqlite3_stmt *attempts_insert[STORE_ROWS_MAX]; /* writer: a completion's attempts */
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
 	void (*due_hook)(void *);
 	void *due_arg;
@@ -293,6 +293,17 @@ int store_exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen);
 void store_bind_text_or_null(sqlite3_stmt *st, int i, const char *text);
 const char *store_column_text(sqlite3_stmt *st, int i);
 int store_step_done(sqlite3_stmt *st);
+/* The statement "<head><row>, <row>, ..." of k rows (1 <= k <= STORE_ROWS_MAX), from
+ * cache[k - 1] or prepared into it (finalized by store_close); its parameters are the
+ * rows' in order. NULL if SQLite cannot prepare it. The writer's use OR FAIL: a
+ * statement of many rows with the default ABORT opens a statement journal, which copies
+ * each page it touches first (one of three rows cost the writer more than three of one
+ * row), and a failed one fails its call or batch, whose rollback takes the rows back. */
+sqlite3_stmt *store_rows_stmt(struct store *s, sqlite3_stmt **cache, const char *head,
+                              const char *row, int k);
+/* How many of `left` rows the next such statement takes: all up to 8, else 64, 32, 16 or
+ * 8 (at most 11 statements prepared for each cache). */
+int store_rows_chunk(int left);
 int store_exec_with_id_time(struct store *s, const char *sql, int64_t id, int64_t now);
 enum store_rc store_fail_storage(struct store *s, struct store_call *call);
 void store_queue_own_call(struct store *s, struct store_call *c, enum store_call_kind kind,

@@ -72,8 +72,6 @@ static const char *const writer_sql[ST_COUNT] = {
     [ST_NEXT_DUE] = "SELECT min(next_attempt_at) FROM deliveries WHERE subscription_id = ?1"
                     " AND state = 0 AND leased = 0 AND event_seq <= ?2 AND NOT in_flight(id)",
     [ST_ENVELOPE] = "SELECT id, envelope, created_at FROM events WHERE seq = ?1",
-    [ST_ATTEMPT_INSERT] = "INSERT INTO attempts(delivery_id, attempt, started_at, duration_ms,"
-                          " http_status, error, response_body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [ST_DELIVERY_FINISH] = "UPDATE deliveries SET state = ?2, attempt_count = ?3,"
                            " next_attempt_at = ?4, last_http_status = ?5, last_error = ?6,"
                            " updated_at = ?7 WHERE id = ?1",
@@ -177,35 +175,48 @@ enum store_rc store_fail_storage(struct store *s, struct store_call *call)
 	return STORE_ERR;
 }
 
-/* The statement inserting k delivery rows (1 <= k <= STORE_DELIVERY_ROWS), due at ?1, each
- * row an event seq and a subscription id from ?2 on; prepared on first use, kept until
- * store_close. NULL if SQLite cannot prepare it.
- * OR FAIL: an ingest call runs without a savepoint (a failed one fails its whole batch),
- * and with the default ABORT a statement of many rows opens a statement journal, which
- * copies each page it touches first (one statement of three rows cost the writer more
- * than three of one row). */
-static sqlite3_stmt *rows_insert_stmt(struct store *s, int k)
+sqlite3_stmt *store_rows_stmt(struct store *s, sqlite3_stmt **cache, const char *head,
+                              const char *row, int k)
 {
-	if (s->rows_insert[k - 1])
-		return s->rows_insert[k - 1];
-	char sql[128 + STORE_DELIVERY_ROWS * 40];
-	int len = snprintf(sql, sizeof(sql),
-	                   "INSERT OR FAIL INTO deliveries(event_seq, subscription_id, state,"
-	                   " attempt_count, next_attempt_at, created_at, updated_at) VALUES");
-	for (int i = 0; i < k; i++)
-		len +=
-		    snprintf(sql + len, sizeof(sql) - (size_t)len, "%s(?%d, ?%d, 0, 0, ?1, ?1, ?1)",
-		             i ? ", " : " ", 2 + 2 * i, 3 + 2 * i);
-	if (sqlite3_prepare_v3(s->wdb, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->rows_insert[k - 1],
-	                       NULL) != SQLITE_OK)
+	if (cache[k - 1])
+		return cache[k - 1];
+	size_t head_len = strlen(head), row_len = strlen(row);
+	char *sql = malloc(head_len + (size_t)k * (row_len + 2) + 1);
+	if (!sql)
 		return NULL;
-	return s->rows_insert[k - 1];
+	char *at = sql;
+	memcpy(at, head, head_len);
+	at += head_len;
+	for (int i = 0; i < k; i++) {
+		if (i > 0) {
+			*at++ = ',';
+			*at++ = ' ';
+		}
+		memcpy(at, row, row_len);
+		at += row_len;
+	}
+	*at = '\0';
+	if (sqlite3_prepare_v3(s->wdb, sql, -1, SQLITE_PREPARE_PERSISTENT, &cache[k - 1], NULL) !=
+	    SQLITE_OK)
+		cache[k - 1] = NULL;
+	free(sql);
+	return cache[k - 1];
 }
 
+int store_rows_chunk(int left)
+{
+	if (left <= 8)
+		return left;
+	return left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : 8;
+}
+
+static const char delivery_rows_head[] =
+    "INSERT OR FAIL INTO deliveries(event_seq, subscription_id, state, attempt_count,"
+    " next_attempt_at, created_at, updated_at) VALUES ";
+
 /* Inserts the delivery rows apply_ingest has gathered, due when the first of them was
- * made: up to 8 in one statement of their number, more in statements of 64, 32, 16 or 8
- * (so at most 11 statements are ever prepared). 0, or -1 on a storage error (the rows
- * are dropped either way: their batch fails with them). */
+ * made. 0, or -1 on a storage error (the rows are dropped either way: their batch fails
+ * with them). OR FAIL: see store_rows_stmt. */
 static int rows_flush(struct store *s)
 {
 	int left = s->nrows_pending;
@@ -213,15 +224,17 @@ static int rows_flush(struct store *s)
 
 	s->nrows_pending = 0;
 	while (left > 0) {
-		int k = left;
-		if (k > 8)
-			k = k >= 64 ? 64 : k >= 32 ? 32 : k >= 16 ? 16 : 8;
-		sqlite3_stmt *st = rows_insert_stmt(s, k);
+		int k = store_rows_chunk(left);
+		sqlite3_stmt *st = store_rows_stmt(s, s->deliveries_insert, delivery_rows_head,
+		                                   "(?, ?, 0, 0, ?, ?, ?)", k);
 		if (!st)
 			return -1;
-		sqlite3_bind_int64(st, 1, s->rows_made_ms);
-		for (int i = 0; i < 2 * k; i++)
-			sqlite3_bind_int64(st, 2 + i, row[i]);
+		for (int i = 0; i < k; i++) {
+			sqlite3_bind_int64(st, 5 * i + 1, row[2 * i]);
+			sqlite3_bind_int64(st, 5 * i + 2, row[2 * i + 1]);
+			for (int j = 3; j <= 5; j++)
+				sqlite3_bind_int64(st, 5 * i + j, s->rows_made_ms);
+		}
 		if (store_step_done(st) != 0)
 			return -1;
 		s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
@@ -289,7 +302,7 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			if (sub && sub->disabled_in_batch == s->batch_no)
 				continue;
 			made++;
-			if (s->nrows_pending == STORE_DELIVERY_ROWS && rows_flush(s) != 0)
+			if (s->nrows_pending == STORE_ROWS_MAX && rows_flush(s) != 0)
 				goto fail;
 			if (s->nrows_pending == 0)
 				s->rows_made_ms = now;
@@ -1259,8 +1272,10 @@ void store_close(struct store *s)
 	}
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(s->st[i]);
-	for (int i = 0; i < STORE_DELIVERY_ROWS; i++)
-		sqlite3_finalize(s->rows_insert[i]);
+	for (int i = 0; i < STORE_ROWS_MAX; i++) {
+		sqlite3_finalize(s->deliveries_insert[i]);
+		sqlite3_finalize(s->attempts_insert[i]);
+	}
 	for (int i = 0; i < s->nreaders; i++)
 		sqlite3_close(s->readers[i]);
 	for (size_t i = 0; i < s->nsubs; i++)

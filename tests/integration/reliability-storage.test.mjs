@@ -96,7 +96,7 @@ test('storage errors inside batches (savepoints, claims, attempt logs): every 20
       // The claim's own query rarely (a failed claim waits 200 ms and more before the
       // next), the event it reads for each job often.
       FAULT_STEP_SQL: ['SAVEPOINT', 'RELEASE', 'ROLLBACK TO', 'SELECT id, event_seq, subscription_id@0.005',
-        'SELECT id, envelope@0.1', 'INSERT INTO attempts@0.05', 'UPDATE deliveries SET state@0.05'].join('|'),
+        'SELECT id, envelope@0.1', 'INSERT OR FAIL INTO attempts@0.05', 'UPDATE deliveries SET state@0.05'].join('|'),
     }),
   });
   // Receivers that answer 500 to the first request for a third of the events: retries.
