@@ -712,44 +712,38 @@ static const enum delivery_state outcome_state[] = {
 	[DELIVERY_RELEASED] = STATE_PENDING,
 };
 
-static const char attempt_rows_head[] =
-    "INSERT OR FAIL INTO attempts(delivery_id, attempt, started_at, duration_ms, http_status,"
-    " error, response_body) VALUES ";
-
-/* Logs the attempts of results r[0..*n), a statement of many rows at a time (the
- * results, their error texts and response snippets outlive the call); empties *n.
- * 0, or -1 on a storage error. */
-static int attempts_insert(struct store *s, const struct delivery_result **r, int *n)
+/* A completion's attempt row: result i of the array arg (its error text and response
+ * snippet are the call's until it is answered). */
+static void bind_attempt_row(sqlite3_stmt *st, int p, int i, void *arg)
 {
-	int left = *n;
+	const struct delivery_result *r = ((const struct delivery_result **)arg)[i];
+	sqlite3_bind_int64(st, p + 1, r->delivery_id);
+	sqlite3_bind_int(st, p + 2, r->attempt);
+	sqlite3_bind_int64(st, p + 3, r->started_at_ms);
+	sqlite3_bind_int(st, p + 4, r->duration_ms);
+	sqlite3_bind_int(st, p + 5, r->http_status);
+	store_bind_text_or_null(st, p + 6, r->error[0] ? r->error : NULL);
+	if (r->response_snippet)
+		sqlite3_bind_blob(st, p + 7, r->response_snippet, (int)r->snippet_len,
+		                  SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, p + 7);
+}
 
+static const struct store_rows attempt_rows = {
+    .head = "INSERT OR FAIL INTO attempts(delivery_id, attempt, started_at, duration_ms,"
+            " http_status, error, response_body) VALUES ",
+    .row = "(?, ?, ?, ?, ?, ?, ?)",
+    .params = 7,
+    .bind = bind_attempt_row,
+};
+
+/* Logs the attempts gathered in r[0..*n) and empties it. 0, or -1 on a storage error. */
+static int attempts_flush(struct store *s, const struct delivery_result **r, int *n)
+{
+	int k = *n;
 	*n = 0;
-	while (left > 0) {
-		int k = store_rows_chunk(left);
-		sqlite3_stmt *st = store_rows_stmt(s, s->attempts_insert, attempt_rows_head,
-		                                   "(?, ?, ?, ?, ?, ?, ?)", k);
-		if (!st)
-			return -1;
-		for (int i = 0; i < k; i++) {
-			int p = 7 * i;
-			sqlite3_bind_int64(st, p + 1, r[i]->delivery_id);
-			sqlite3_bind_int(st, p + 2, r[i]->attempt);
-			sqlite3_bind_int64(st, p + 3, r[i]->started_at_ms);
-			sqlite3_bind_int(st, p + 4, r[i]->duration_ms);
-			sqlite3_bind_int(st, p + 5, r[i]->http_status);
-			store_bind_text_or_null(st, p + 6, r[i]->error[0] ? r[i]->error : NULL);
-			if (r[i]->response_snippet)
-				sqlite3_bind_blob(st, p + 7, r[i]->response_snippet,
-				                  (int)r[i]->snippet_len, SQLITE_STATIC);
-			else
-				sqlite3_bind_null(st, p + 7);
-		}
-		if (store_step_done(st) != 0)
-			return -1;
-		r += k;
-		left -= k;
-	}
-	return 0;
+	return store_rows_insert(s, s->attempt_rows, &attempt_rows, k, (void *)r);
 }
 
 enum store_rc store_apply_complete(struct store *s, struct store_call *call, int64_t *changed,
@@ -780,7 +774,7 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 			continue;
 		}
 
-		if (nattempts == STORE_ROWS_MAX && attempts_insert(s, attempts, &nattempts) != 0)
+		if (nattempts == STORE_ROWS_MAX && attempts_flush(s, attempts, &nattempts) != 0)
 			return store_fail_storage(s, call);
 		attempts[nattempts++] = r;
 
@@ -817,7 +811,7 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 		    track_health(s, sub, r, now, &changed[i]) != 0)
 			return store_fail_storage(s, call);
 	}
-	if (attempts_insert(s, attempts, &nattempts) != 0)
+	if (attempts_flush(s, attempts, &nattempts) != 0)
 		return store_fail_storage(s, call);
 	return_leases(s, a, made_due);
 	return STORE_OK;

@@ -107,11 +107,19 @@ enum {
 	ST_COUNT
 };
 
-/* Rows one INSERT of the writer's writes at most (store_rows_stmt). One statement for
+/* Rows one INSERT of the writer's writes at most (store_rows_insert). One statement for
  * many rows opens SQLite's cursors (a table's and its indexes') once for them all: in
  * alternating runs of batch ingest the writer spent 6.3-6.7 µs an event against 8.8-9.8
  * with a statement a delivery row (and no less with 256 rows a statement). */
 #define STORE_ROWS_MAX 64
+
+/* A kind of row the writer inserts many at a time (store_rows_insert). */
+struct store_rows {
+	const char *head; /* "INSERT OR FAIL INTO t(c1, c2, ...) VALUES " */
+	const char *row;  /* "(?, ?, ...)" */
+	int params;       /* the ?s in row */
+	void (*bind)(sqlite3_stmt *st, int p, int i, void *arg);
+};
 
 struct store {
 	sqlite3 *wdb;                   /* the write connection: writer thread only */
@@ -175,13 +183,13 @@ struct store {
 	/* writer: delivery rows the ingest calls of the running batch have made and not
 	   inserted yet (event seq and subscription id, in order; inserted before any other
 	   call runs and before the COMMIT), when the first of them was made, and the
-	   statements inserting k of them at once (deliveries_insert[k - 1], prepared when first
+	   statements inserting k of them at once (delivery_rows[k - 1], prepared when first
 	   needed) */
 	int64_t rows_pending[2 * STORE_ROWS_MAX];
 	int nrows_pending;
 	int64_t rows_made_ms;
-	sqlite3_stmt *deliveries_insert[STORE_ROWS_MAX];
-	sqlite3_stmt *attempts_insert[STORE_ROWS_MAX]; /* writer: a completion's attempts */
+	sqlite3_stmt *delivery_rows[STORE_ROWS_MAX];
+	sqlite3_stmt *attempt_rows[STORE_ROWS_MAX]; /* writer: a completion's attempts */
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */
 	void (*due_hook)(void *);
 	void *due_arg;
@@ -293,17 +301,15 @@ int store_exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen);
 void store_bind_text_or_null(sqlite3_stmt *st, int i, const char *text);
 const char *store_column_text(sqlite3_stmt *st, int i);
 int store_step_done(sqlite3_stmt *st);
-/* The statement "<head><row>, <row>, ..." of k rows (1 <= k <= STORE_ROWS_MAX), from
- * cache[k - 1] or prepared into it (finalized by store_close); its parameters are the
- * rows' in order. NULL if SQLite cannot prepare it. The writer's use OR FAIL: a
- * statement of many rows with the default ABORT opens a statement journal, which copies
- * each page it touches first (one of three rows cost the writer more than three of one
- * row), and a failed one fails its call or batch, whose rollback takes the rows back. */
-sqlite3_stmt *store_rows_stmt(struct store *s, sqlite3_stmt **cache, const char *head,
-                              const char *row, int k);
-/* How many of `left` rows the next such statement takes: all up to 8, else 64, 32, 16 or
- * 8 (at most 11 statements prepared for each cache). */
-int store_rows_chunk(int left);
+/* Inserts n rows of one kind, a statement of many rows at a time: `bind` binds row i's
+ * values (from arg) to parameters p + 1 ... p + params; the statements of k rows are
+ * cached in cache[k - 1] (STORE_ROWS_MAX of them, finalized by store_close). The
+ * writer's kinds use OR FAIL: a statement of many rows with the default ABORT opens a
+ * statement journal, which copies each page it touches first (one of three rows cost
+ * the writer more than three of one row), and a failed one fails its call or its
+ * batch, whose rollback takes the rows back. 0, or -1 on a storage error. */
+int store_rows_insert(struct store *s, sqlite3_stmt **cache, const struct store_rows *kind, int n,
+                      void *arg);
 int store_exec_with_id_time(struct store *s, const char *sql, int64_t id, int64_t now);
 enum store_rc store_fail_storage(struct store *s, struct store_call *call);
 void store_queue_own_call(struct store *s, struct store_call *c, enum store_call_kind kind,

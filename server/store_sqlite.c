@@ -175,24 +175,26 @@ enum store_rc store_fail_storage(struct store *s, struct store_call *call)
 	return STORE_ERR;
 }
 
-sqlite3_stmt *store_rows_stmt(struct store *s, sqlite3_stmt **cache, const char *head,
-                              const char *row, int k)
+/* The statement of k of kind's rows (1 <= k <= STORE_ROWS_MAX), from cache[k - 1] or
+ * prepared into it. NULL if SQLite cannot prepare it. */
+static sqlite3_stmt *rows_stmt(struct store *s, sqlite3_stmt **cache, const struct store_rows *kind,
+                               int k)
 {
 	if (cache[k - 1])
 		return cache[k - 1];
-	size_t head_len = strlen(head), row_len = strlen(row);
+	size_t head_len = strlen(kind->head), row_len = strlen(kind->row);
 	char *sql = malloc(head_len + (size_t)k * (row_len + 2) + 1);
 	if (!sql)
 		return NULL;
 	char *at = sql;
-	memcpy(at, head, head_len);
+	memcpy(at, kind->head, head_len);
 	at += head_len;
 	for (int i = 0; i < k; i++) {
 		if (i > 0) {
 			*at++ = ',';
 			*at++ = ' ';
 		}
-		memcpy(at, row, row_len);
+		memcpy(at, kind->row, row_len);
 		at += row_len;
 	}
 	*at = '\0';
@@ -203,44 +205,62 @@ sqlite3_stmt *store_rows_stmt(struct store *s, sqlite3_stmt **cache, const char 
 	return cache[k - 1];
 }
 
-int store_rows_chunk(int left)
+int store_rows_insert(struct store *s, sqlite3_stmt **cache, const struct store_rows *kind, int n,
+                      void *arg)
 {
-	if (left <= 8)
-		return left;
-	return left >= 64 ? 64 : left >= 32 ? 32 : left >= 16 ? 16 : 8;
-}
-
-static const char delivery_rows_head[] =
-    "INSERT OR FAIL INTO deliveries(event_seq, subscription_id, state, attempt_count,"
-    " next_attempt_at, created_at, updated_at) VALUES ";
-
-/* Inserts the delivery rows apply_ingest has gathered, due when the first of them was
- * made. 0, or -1 on a storage error (the rows are dropped either way: their batch fails
- * with them). OR FAIL: see store_rows_stmt. */
-static int rows_flush(struct store *s)
-{
-	int left = s->nrows_pending;
-	const int64_t *row = s->rows_pending;
-
-	s->nrows_pending = 0;
-	while (left > 0) {
-		int k = store_rows_chunk(left);
-		sqlite3_stmt *st = store_rows_stmt(s, s->deliveries_insert, delivery_rows_head,
-		                                   "(?, ?, 0, 0, ?, ?, ?)", k);
+	for (int done = 0; done < n;) {
+		int k = n - done; /* all up to 8, else 64, 32, 16 or 8: at most 11 statements */
+		if (k > 8)
+			k = k >= 64 ? 64 : k >= 32 ? 32 : k >= 16 ? 16 : 8;
+		sqlite3_stmt *st = rows_stmt(s, cache, kind, k);
 		if (!st)
 			return -1;
-		for (int i = 0; i < k; i++) {
-			sqlite3_bind_int64(st, 5 * i + 1, row[2 * i]);
-			sqlite3_bind_int64(st, 5 * i + 2, row[2 * i + 1]);
-			for (int j = 3; j <= 5; j++)
-				sqlite3_bind_int64(st, 5 * i + j, s->rows_made_ms);
-		}
+		for (int i = 0; i < k; i++)
+			kind->bind(st, i * kind->params, done + i, arg);
 		if (store_step_done(st) != 0)
 			return -1;
-		s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
-		row += 2 * k;
-		left -= k;
+		done += k;
 	}
+	return 0;
+}
+
+static void rows_finalize(sqlite3_stmt **cache)
+{
+	for (int i = 0; i < STORE_ROWS_MAX; i++)
+		sqlite3_finalize(cache[i]);
+}
+
+/* A delivery row apply_ingest gathered: event seq, subscription id, due (and made) when
+ * the first of the batch's was made. */
+static void bind_delivery_row(sqlite3_stmt *st, int p, int i, void *arg)
+{
+	const struct store *s = arg;
+	sqlite3_bind_int64(st, p + 1, s->rows_pending[2 * i]);
+	sqlite3_bind_int64(st, p + 2, s->rows_pending[2 * i + 1]);
+	for (int j = 3; j <= 5; j++)
+		sqlite3_bind_int64(st, p + j, s->rows_made_ms);
+}
+
+static const struct store_rows delivery_rows = {
+    .head = "INSERT OR FAIL INTO deliveries(event_seq, subscription_id, state, attempt_count,"
+            " next_attempt_at, created_at, updated_at) VALUES ",
+    .row = "(?, ?, 0, 0, ?, ?, ?)",
+    .params = 5,
+    .bind = bind_delivery_row,
+};
+
+/* Inserts the delivery rows apply_ingest has gathered. 0, or -1 on a storage error (the
+ * rows are dropped either way: their batch fails with them). */
+static int rows_flush(struct store *s)
+{
+	int n = s->nrows_pending;
+
+	s->nrows_pending = 0;
+	if (n == 0)
+		return 0;
+	if (store_rows_insert(s, s->delivery_rows, &delivery_rows, n, s) != 0)
+		return -1;
+	s->batch_top_delivery = sqlite3_last_insert_rowid(s->wdb);
 	return 0;
 }
 
@@ -1272,10 +1292,8 @@ void store_close(struct store *s)
 	}
 	for (int i = 0; i < ST_COUNT; i++)
 		sqlite3_finalize(s->st[i]);
-	for (int i = 0; i < STORE_ROWS_MAX; i++) {
-		sqlite3_finalize(s->deliveries_insert[i]);
-		sqlite3_finalize(s->attempts_insert[i]);
-	}
+	rows_finalize(s->delivery_rows);
+	rows_finalize(s->attempt_rows);
 	for (int i = 0; i < s->nreaders; i++)
 		sqlite3_close(s->readers[i]);
 	for (size_t i = 0; i < s->nsubs; i++)
