@@ -533,6 +533,47 @@ test('GET /v1/events/{id} returns the event with its deliveries', withLogs(async
   assert.ok(wh.verify(r1.requests[0].body, r1.requests[0].headers));
 }));
 
+// The writer inserts the delivery rows of a batch 64 to a statement, so the rows of one
+// event can fall in two statements. With 1 to 3 matching subscriptions per event, each
+// receiver must get exactly its events, and each event's deliveries name its own.
+test('a batch of 300 events with 1 to 3 matching subscriptions each: every delivery is its event\'s', withLogs(async () => {
+  const relay = await startRelay();
+  const recv = { all: await startReceiver(), a: await startReceiver(), ab: await startReceiver() };
+  const subs = {
+    all: await createSub(relay, recv.all, { event_types: ['rows.#'] }),
+    a: await createSub(relay, recv.a, { event_types: ['rows.a'] }),
+    ab: await createSub(relay, recv.ab, { event_types: ['rows.a', 'rows.b'] }),
+  };
+  const types = ['rows.a', 'rows.b', 'rows.c'];
+  const items = Array.from({ length: 300 }, (_, i) => ({ type: types[(i * 7) % 3 === 0 ? 2 : i % 2], data: { i } }));
+  const res = await api(relay, 'POST', '/v1/events/batch', items);
+  assert.equal(res.status, 202, res.text);
+  const want = { all: [], a: [], ab: [] };
+  items.forEach((it, i) => {
+    const id = res.json.ids[i];
+    want.all.push(id);
+    if (it.type === 'rows.a') want.a.push(id);
+    if (it.type !== 'rows.c') want.ab.push(id);
+  });
+  for (const k of Object.keys(recv)) {
+    await recv[k].waitFor(want[k].length, 15_000);
+    await assertNoMore(recv[k], want[k].length, k === 'all' ? 300 : 0);
+    assert.deepEqual(new Set(recv[k].requests.map((q) => q.headers['webhook-id'])), new Set(want[k]), k);
+    for (const q of recv[k].requests) {
+      const env = verifySigned(q, subs[k].secret);
+      assert.equal(env.id, q.headers['webhook-id']);
+      assert.equal(env.type, items[env.data.i].type, `${k}: the body is its event's`);
+    }
+  }
+  for (const i of [0, 1, 2, 63, 64, 150, 299]) {
+    const got = (await eventDeliveries(relay, res.json.ids[i])).map((d) => d.subscription_id).sort();
+    const expect = [subs.all.id];
+    if (items[i].type === 'rows.a') expect.push(subs.a.id);
+    if (items[i].type !== 'rows.c') expect.push(subs.ab.id);
+    assert.deepEqual(got, expect.sort(), `event ${i} (${items[i].type})`);
+  }
+}));
+
 test('concurrent publishes: every one is accepted, stored and delivered once to each subscriber', withLogs(async () => {
   const relay = await startRelay();
   const r1 = await startReceiver();
