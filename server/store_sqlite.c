@@ -264,6 +264,27 @@ static int rows_flush(struct store *s)
 	return 0;
 }
 
+/* Looks ev's idempotency key up: SQLITE_ROW with ev's id, deliveries and replayed set
+ * to the stored event's, SQLITE_DONE if none has it, or an error. */
+static int idem_lookup(struct store *s, struct store_event *ev)
+{
+	sqlite3_stmt *st = s->st[ST_IDEM_LOOKUP];
+	sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
+	int step = sqlite3_step(st);
+	if (step == SQLITE_ROW) {
+		const char *stored = store_column_text(st, 0);
+		if (!stored)
+			step = SQLITE_NOMEM;
+		else
+			snprintf(ev->id, sizeof(ev->id), "%s", stored);
+		ev->deliveries = sqlite3_column_int(st, 1);
+		ev->replayed = 1;
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return step;
+}
+
 static enum store_rc apply_ingest(struct store *s, struct store_call *call, int *made_due)
 {
 	int64_t now = clock_now_ms();
@@ -272,25 +293,17 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 		struct store_event *ev = &call->events[i];
 		int n;
 
-		/* The lookup counts a stored event's deliveries: an earlier call of this batch
-		 * may have made the event with the same key (a batch's own ids differ, ingest.c) */
-		if (ev->idempotency_key && rows_flush(s) != 0)
-			goto fail;
 		if (ev->idempotency_key) {
-			sqlite3_stmt *st = s->st[ST_IDEM_LOOKUP];
-			sqlite3_bind_text(st, 1, ev->idempotency_key, -1, SQLITE_STATIC);
-			int step = sqlite3_step(st);
-			if (step == SQLITE_ROW) {
-				const char *stored = store_column_text(st, 0);
-				if (!stored)
-					step = SQLITE_NOMEM;
-				else
-					snprintf(ev->id, sizeof(ev->id), "%s", stored);
-				ev->deliveries = sqlite3_column_int(st, 1);
-				ev->replayed = 1;
+			int step = idem_lookup(s, ev);
+			/* It counted a stored event's deliveries, and an earlier call of this batch
+			 * may have made that event (a batch's own ids differ, ingest.c) with rows
+			 * not inserted yet: count again after they are. Flushing before every
+			 * lookup gave a batch whose items all have ids a statement per event. */
+			if (step == SQLITE_ROW && s->nrows_pending > 0) {
+				if (rows_flush(s) != 0)
+					goto fail;
+				step = idem_lookup(s, ev);
 			}
-			sqlite3_reset(st);
-			sqlite3_clear_bindings(st);
 			if (step == SQLITE_ROW)
 				continue;
 			if (step != SQLITE_DONE)

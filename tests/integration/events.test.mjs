@@ -277,6 +277,29 @@ test('idempotency: the same id or Idempotency-Key is stored and delivered once',
 // pending ones (a replay of a delivered event answering "deliveries": 0) passed. And
 // publishes of one key racing each other (often in one writer transaction, where the
 // lookup must see the row the transaction just wrote) store the event once.
+// Replays that reach the writer in the same batch as the first: its delivery rows are
+// not inserted yet when they look the key up (they go in with the batch's others), and
+// each must still answer the first's count. A big batch publish ahead of them keeps the
+// writer busy while they queue, so they share its next batch.
+test('idempotency: replays in the same writer batch as the first answer its deliveries', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver({ behavior: { status: 500 } });
+  await createSub(relay, r, { event_types: ['same.#'] });
+  await createSub(relay, r, { event_types: ['same.*'] });
+  const filler = Array.from({ length: 1000 }, (_, i) => ({ type: 'fill.x', data: { i, pad: 'f'.repeat(100) } }));
+  for (let round = 0; round < 3; round++) {
+    const big = Promise.all([0, 1].map(() => api(relay, 'POST', '/v1/events/batch', filler)));
+    await sleep(2);
+    const racing = await Promise.all(Array.from({ length: 12 }, (_, i) => api(relay, 'POST', '/v1/events',
+      { type: 'same.x', data: { i } }, { 'Idempotency-Key': `same-${round}` })));
+    for (const res of await big) assert.equal(res.status, 202, res.text);
+    const won = racing.find((res) => res.status === 202);
+    assert.ok(won, racing.map((res) => res.text).join(' | '));
+    assert.equal(won.json.deliveries, 2);
+    for (const res of racing) assert.deepEqual(res.json, won.json, `round ${round}: every racer names the event and its 2 deliveries`);
+  }
+}));
+
 test('idempotency: a replay after the deliveries ended, after a restart, or racing the first answers as the first', withLogs(async () => {
   const relay = await startRelay();
   const r = await startReceiver();
