@@ -181,13 +181,11 @@ struct store {
 	int64_t *match_ids;             /* matcher_match scratch */
 	size_t match_cap;
 	/* writer: delivery rows the ingest calls of the running batch have made and not
-	   inserted yet (event seq and subscription id, in order; inserted before any other
-	   call runs and before the COMMIT), when the first of them was made, and the
-	   statements inserting k of them at once (delivery_rows[k - 1], prepared when first
-	   needed) */
-	int64_t rows_pending[2 * STORE_ROWS_MAX];
+	   inserted yet (event seq, subscription id and the unix ms it was made, in order;
+	   inserted before any other call runs and before the COMMIT), and the statements
+	   inserting k of them at once (delivery_rows[k - 1], prepared when first needed) */
+	int64_t rows_pending[3 * STORE_ROWS_MAX];
 	int nrows_pending;
-	int64_t rows_made_ms;
 	sqlite3_stmt *delivery_rows[STORE_ROWS_MAX];
 	sqlite3_stmt *attempt_rows[STORE_ROWS_MAX]; /* writer: a completion's attempts */
 	pthread_mutex_t hook_lock;      /* guards due_hook/due_arg against a concurrent reset */

@@ -230,15 +230,15 @@ static void rows_finalize(sqlite3_stmt **cache)
 		sqlite3_finalize(cache[i]);
 }
 
-/* A delivery row apply_ingest gathered: event seq, subscription id, due (and made) when
- * the first of the batch's was made. */
+/* A delivery row apply_ingest gathered: event seq, subscription id, and when it was
+ * made (due then). */
 static void bind_delivery_row(sqlite3_stmt *st, int p, int i, void *arg)
 {
-	const struct store *s = arg;
-	sqlite3_bind_int64(st, p + 1, s->rows_pending[2 * i]);
-	sqlite3_bind_int64(st, p + 2, s->rows_pending[2 * i + 1]);
+	const int64_t *row = ((const struct store *)arg)->rows_pending + 3 * i;
+	sqlite3_bind_int64(st, p + 1, row[0]);
+	sqlite3_bind_int64(st, p + 2, row[1]);
 	for (int j = 3; j <= 5; j++)
-		sqlite3_bind_int64(st, p + j, s->rows_made_ms);
+		sqlite3_bind_int64(st, p + j, row[2]);
 }
 
 static const struct store_rows delivery_rows = {
@@ -337,11 +337,10 @@ static enum store_rc apply_ingest(struct store *s, struct store_call *call, int 
 			made++;
 			if (s->nrows_pending == STORE_ROWS_MAX && rows_flush(s) != 0)
 				goto fail;
-			if (s->nrows_pending == 0)
-				s->rows_made_ms = now;
-			s->rows_pending[2 * s->nrows_pending] = seq;
-			s->rows_pending[2 * s->nrows_pending + 1] = s->match_ids[k];
-			s->nrows_pending++;
+			int64_t *row = s->rows_pending + 3 * s->nrows_pending++;
+			row[0] = seq;
+			row[1] = s->match_ids[k];
+			row[2] = now;
 			/* A subscription with all the leases it may hold gets no claim now: the
 			 * completion that gives it room wakes the dispatcher. Under a backlog
 			 * that spares a claim and a wake-up per event. */
