@@ -516,9 +516,11 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		 * the per-call SAVEPOINT, whose statement journal copies every page it touches:
 		 * that copy was half the writer's time per event. */
 		int guarded = c->kind != STORE_INGEST;
-		/* The delivery rows of the ingest calls before this one go in before anything
-		 * else reads deliveries (and outside this call's savepoint) */
-		if (guarded && rows_flush(s) != 0) {
+		/* The delivery rows of the ingest calls before this one go in first: this call
+		 * may read deliveries, and its savepoint must not take them back. Rows or a
+		 * savepoint that cannot be written, rolled back to or released (the disk, say)
+		 * fail the whole batch: else a failed call's writes could be committed. */
+		if (guarded && (rows_flush(s) != 0 || store_step_done(s->st[ST_SAVEPOINT]) != 0)) {
 			c->rc = STORE_OK; /* not run: answered "storage unavailable" below */
 			goto abandon;
 		}
@@ -527,12 +529,6 @@ static int store_run_batch(void *ctx, struct store_call **calls, size_t n)
 		size_t span = c->kind == STORE_COMPLETE
 		                  ? (size_t)((struct complete_args *)c->internal)->n
 		                  : 1; /* its entries in changed[] */
-		/* A savepoint that cannot be taken, rolled back to or released (the disk, say)
-		 * fails the whole batch: else a failed call's writes could be committed. */
-		if (guarded && store_step_done(s->st[ST_SAVEPOINT]) != 0) {
-			c->rc = STORE_OK; /* not run: answered "storage unavailable" below */
-			goto abandon;
-		}
 		if (guarded) /* from 0 at each call */
 			sqlite3_db_status(s->wdb, SQLITE_DBSTATUS_CACHE_SPILL, &spill_now,
 			                  &spill_high, 1);
