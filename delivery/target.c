@@ -68,6 +68,8 @@ static const struct target_rule target_rules[] = {
          1),
     RULE(AF_INET6, 96, 12, "an IPv4-mapped address (::ffff:0:0/96) of a blocked IPv4 address", 0, 0,
          0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff),
+    RULE(AF_INET6, 96, 12, "an IPv4-translated address (::ffff:0:0:0/96) of a blocked IPv4 address",
+         0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0),
     RULE(AF_INET6, 96, 12, "an IPv4-compatible address (::/96) of a blocked IPv4 address", 0),
     RULE(AF_INET6, 96, 12, "a NAT64 address (64:ff9b::/96) of a blocked IPv4 address", 0, 0x64,
          0xff, 0x9b),
@@ -383,6 +385,14 @@ out:
 	return rc;
 }
 
+static int ascii_only(const char *text)
+{
+	for (const unsigned char *c = (const unsigned char *)text; *c; c++)
+		if (*c >= 0x80)
+			return 0;
+	return 1;
+}
+
 int target_url_check(const char *url, const struct target_policy *policy, const char **why)
 {
 	CURLU *u = NULL;
@@ -428,6 +438,18 @@ int target_url_check(const char *url, const struct target_policy *policy, const 
 	if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0') {
 		*why = "url has no host";
 		goto out;
+	}
+	/* A Unicode name is checked as the ASCII name libcurl connects to (IDNA, which
+	 * needs a UTF-8 LC_CTYPE, as main sets): "１２７.0.0.1" is 127.0.0.1 and
+	 * "ⓛⓞⓒⓐⓛⓗⓞⓢⓣ" localhost, and a name IDNA refuses could never be reached. */
+	if (!ascii_only(host)) {
+		curl_free(host);
+		host = NULL;
+		if (curl_url_get(u, CURLUPART_HOST, &host, CURLU_PUNYCODE) != CURLUE_OK ||
+		    !ascii_only(host)) {
+			*why = "url has a host name that is not a valid international domain name";
+			goto out;
+		}
 	}
 	if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK) {

@@ -51,9 +51,6 @@ test('SSRF guard, in a loopback-only network namespace: registration refuses, de
     if (s.loopbackName) {
       assert.match(s.blockedError, /^blocked: (127\.\d+\.\d+\.\d+|::1) is a loopback address/, ctx);
     }
-    // 127。0。0。1 and fullwidth digits: libcurl's IDNA makes them 127.0.0.1, refused.
-    assert.equal(s.unicodeBlocked.length, 2, ctx);
-    for (const e of s.unicodeBlocked) assert.match(e, /^blocked: 127\.0\.0\.1 is a loopback address/, ctx);
     assert.equal(s.allowListDelivered, s.allowListName ? 4 : 2, ctx);
     assert.equal(s.receiverRequests, s.allowListDelivered,
       'the receiver got exactly the allow-listed deliveries, nothing while blocked');

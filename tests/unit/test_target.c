@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -164,6 +165,9 @@ static const struct test_addr test_addrs[] = {
     {"::ffff:169.254.169.254", "(::ffff:0:0/96)"},
     {"::ffff:0.0.0.0", "(::ffff:0:0/96)"},
     {"::ffff:8.8.8.8", NULL},
+    {"::ffff:0:127.0.0.1", "IPv4-translated address (::ffff:0:0:0/96)"},
+    {"::ffff:0:a00:1", "(::ffff:0:0:0/96)"},
+    {"::ffff:0:8.8.8.8", NULL},
     {"::127.0.0.1", "IPv4-compatible address (::/96)"},
     {"::10.0.0.1", "(::/96)"},
     {"::2", "(::/96)"}, /* 0.0.0.2 */
@@ -440,6 +444,40 @@ static const struct test_url test_urls[] = {
     {TP_DEFAULT, "http://[2001:db8::1]/", "documentation address (2001:db8::/32)"},
     {TP_DEFAULT, "http://[100::1]/", "discard-only address (100::/64)"},
     {TP_DEFAULT, "http://[::ffff:192.0.0.192]/", "(::ffff:0:0/96)"},
+    {TP_DEFAULT, "http://[::ffff:0:7f00:1]/", "IPv4-translated address (::ffff:0:0:0/96)"},
+    {TP_DEFAULT, "http://[::ffff:0:808:808]/", NULL},
+
+    /* a Unicode host is checked as the name libcurl's IDNA makes of it */
+    {TP_DEFAULT, "http://\xef\xbc\x91\xef\xbc\x92\xef\xbc\x97.0.0.1:18917/", "(127.0.0.0/8)"},
+    {TP_DEFAULT,
+     "http://127\xe3\x80\x82"
+     "0\xe3\x80\x82"
+     "0\xe3\x80\x82"
+     "1/",
+     "(127.0.0.0/8)"},
+    {TP_DEFAULT, "http://\xef\xbc\x91\xef\xbc\x90.0.0.1/", "(10.0.0.0/8)"},
+    {TP_DEFAULT,
+     "http://\xe2\x93\x9b\xe2\x93\x9e\xe2\x93\x92\xe2\x93\x90\xe2\x93\x9b"
+     "\xe2\x93\x97\xe2\x93\x9e\xe2\x93\xa2\xe2\x93\xa3/",
+     "url points at localhost"},
+    {TP_PRIVATE, "http://\xef\xbc\x91\xef\xbc\x92\xef\xbc\x97.0.0.1:18917/", NULL},
+    {TP_DEFAULT,
+     "http://b\xc3\xbc"
+     "cher.example/",
+     NULL},
+    {TP_DEFAULT,
+     "http://b%C3%BC"
+     "cher.example/",
+     NULL},
+    {TP_DEFAULT,
+     "http://a\xe2\x80\x8f"
+     "b.example/",
+     "not a valid international domain name"},
+    {TP_DEFAULT, "http://xn--bcher-kva.example/", NULL},
+    {TP_DEFAULT,
+     "http://example.com/b\xc3\xbc"
+     "cher?q=\xc3\xbc",
+     NULL}, /* only the host */
 
     /* localhost names */
     {TP_DEFAULT, "http://localhost/", "url points at localhost"},
@@ -773,6 +811,7 @@ static void test_host_key(void)
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
+	setlocale(LC_CTYPE, "C.UTF-8"); /* as main: libcurl reads a Unicode host as UTF-8 */
 	/* Loopback only: an inherited proxy must not get between us and the socket (the
 	 * sender ignores proxies anyway; this keeps the curl_url checks plain too). */
 	unsetenv("http_proxy");
