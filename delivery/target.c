@@ -565,12 +565,18 @@ void target_host_key(const char *url, char *out)
 	}
 	/* curl's own reading, the host it connects to and counts connections under: IPv4 in
 	 * any spelling as a dotted quad, IPv6 compressed and without its zone, %-escapes
-	 * decoded. (A Unicode host stays as written: curl 7.88 gives no punycode here, so
-	 * a receiver named both ways counts as two.) */
+	 * decoded, a Unicode name as its punycode (IDNA, in the UTF-8 LC_CTYPE main sets;
+	 * left as written if IDNA refuses it, as no attempt reaches it then). */
 	u = curl_url();
 	if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
 	    curl_url_get(u, CURLUPART_HOST, &host, CURLU_URLDECODE) == CURLUE_OK &&
 	    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+		char *ascii = NULL;
+		if (!ascii_only(host) &&
+		    curl_url_get(u, CURLUPART_HOST, &ascii, CURLU_PUNYCODE) == CURLUE_OK) {
+			curl_free(host);
+			host = ascii;
+		}
 		size_t n = strlen(host);
 		while (n > 0 && host[n - 1] == '.') /* example.com. is example.com */
 			n--;

@@ -795,6 +795,12 @@ static void test_host_key(void)
 	    {"http://Example.COM.:8080/", "example.com:8080"},
 	    {"https://EXAMPLE.com:0443/", "example.com:443"},
 	    {"http://a-b.example/", "a-b.example:80"},
+	    /* curl connects to a Unicode name as its punycode */
+	    {"http://B\xc3\xbc"
+	     "cher.example/",
+	     "xn--bcher-kva.example:80"},
+	    {"http://xn--bcher-kva.example/", "xn--bcher-kva.example:80"},
+	    {"http://\xef\xbc\x91\xef\xbc\x92\xef\xbc\x97.0.0.1:81/", "127.0.0.1:81"},
 	    {NULL, ":80"},
 	};
 	char key[TARGET_HOST_KEY_MAX];
