@@ -543,6 +543,10 @@ static const char *request_conflict(const struct http_request *req, const char *
 	struct request_shape f = {0};
 	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, shape_step, &f);
 	MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, size_step, &f.bytes);
+	/* libmicrohttpd copies a Cookie header into the pool to split it, a record a
+	 * cookie: counted once, a large one left no room for the answer (the request was
+	 * run, the event stored, and the client got none) */
+	MHD_get_connection_values_n(req->conn, MHD_COOKIE_KIND, size_step, &f.bytes);
 	f.bytes += strlen(url);
 	*too_big = f.bytes > HTTP_HEADERS_MAX;
 	if (*too_big)
