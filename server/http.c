@@ -133,6 +133,8 @@ struct reply_header {
 	char *value;
 };
 
+#define HEADERS_TRIMMED_MAX 4 /* header values http_header trims per request (3 are read) */
+
 struct http_request {
 	struct http_server *srv;
 	struct MHD_Connection *conn;
@@ -154,6 +156,8 @@ struct http_request {
 	char *path_copy;
 	struct reply_header headers[REPLY_HEADERS_MAX];
 	int nheaders;
+	char *trimmed[HEADERS_TRIMMED_MAX]; /* http_header's copies of values it trimmed */
+	int ntrimmed;
 	void (*then)(struct http_request *, void *);
 	void *then_arg;
 	int suspended;
@@ -335,9 +339,25 @@ int http_query_each(const struct http_request *req,
 	return w.rc;
 }
 
-const char *http_header(const struct http_request *req, const char *name)
+const char *http_header(struct http_request *req, const char *name)
 {
-	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+	const char *value = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+	size_t len = value ? strlen(value) : 0;
+	char *copy;
+
+	/* RFC 9110 5.5: white space around a value is not part of it; libmicrohttpd drops
+	 * only the white space before it. (Kept, "Idempotency-Key: k " and "k" were two
+	 * keys, and a key followed by a space was a 401.) A value that ends in some is
+	 * copied without it, once per request; out of memory, or past the slots, the value
+	 * is given as it came, as before. */
+	if (len == 0 || (value[len - 1] != ' ' && value[len - 1] != '\t'))
+		return value;
+	while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+		len--;
+	if (req->ntrimmed == HEADERS_TRIMMED_MAX || !(copy = strndup(value, len)))
+		return value;
+	req->trimmed[req->ntrimmed++] = copy;
+	return copy;
 }
 
 struct header_count {
@@ -882,6 +902,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	}
 	if (req->held)
 		MHD_destroy_response(req->held); /* the client left before its body was in */
+	for (int i = 0; i < req->ntrimmed; i++)
+		free(req->trimmed[i]);
 	free(req->path_copy);
 	free(req->body);
 	free(req);

@@ -45,8 +45,9 @@ const char *http_query(const struct http_request *req, const char *name);
 #define HTTP_QUERY_NUL (-1000)
 int http_query_each(const struct http_request *req,
                     int (*fn)(void *ctx, const char *name, const char *value), void *ctx);
-/* The first header of that name (case-insensitive), or NULL. */
-const char *http_header(const struct http_request *req, const char *name);
+/* The first header of that name (case-insensitive), without the white space at its end
+ * (valid while req is), or NULL. */
+const char *http_header(struct http_request *req, const char *name);
 /* How many headers of that name the request has. */
 int http_header_count(const struct http_request *req, const char *name);
 const char *http_body(const struct http_request *req, size_t *len);
