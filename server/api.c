@@ -152,6 +152,11 @@ json_t *api_parse_body(struct http_request *req)
 		    req, 422, "invalid_field",
 		    "a string at line %d, column %d holds \\u0000, which no field may hold",
 		    error.line, error.column);
+	else if (!v && json_error_code(&error) == json_error_numeric_overflow)
+		/* valid JSON too (RFC 8259 leaves the range to us), and no field holds it */
+		http_reply_error(req, 422, "invalid_field",
+		                 "a number at line %d, column %d is too large for any field",
+		                 error.line, error.column);
 	else if (!v)
 		http_reply_error(req, 400, "malformed_json", "invalid JSON at line %d, column %d: %s",
 		                 error.line, error.column, error.text);

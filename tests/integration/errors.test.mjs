@@ -185,6 +185,15 @@ test('malformed JSON is 400 malformed_json', withLogs(async () => {
     assert.match(res.json.error.message, /holds \\u0000/);
     assert.doesNotMatch(res.json.error.message, /JSON_ALLOW_NUL/);
   }
+  // So is a number past what a field can hold: a wrong value, not broken JSON
+  for (const [method, route, body] of [
+    ['POST', '/v1/subscriptions', '{"url":"http://127.0.0.1:9/x","event_types":["a.*"],"max_in_flight":100000000000000000000000}'],
+    ['PATCH', `/v1/subscriptions/${subsBefore[0].id}`, '{"rate_limit":1e400}'],
+  ]) {
+    const res = await api(relay, method, route, body);
+    assertError(res, 422, 'invalid_field', `${method} ${route} ${body}`);
+    assert.match(res.json.error.message, /too large for any field/);
+  }
   await assertNothingStored();
 }));
 
