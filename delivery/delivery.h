@@ -66,6 +66,11 @@ struct delivery_result {
 	size_t snippet_len;             /* bytes */
 	enum delivery_outcome outcome;
 	int64_t next_attempt_at_ms;     /* unix ms, meaningful for DELIVERY_RETRY only */
+	int64_t schedule_next_ms;       /* unix ms the retry schedule alone would try again
+	                                   (no Retry-After), or -1 if it has no attempt left;
+	                                   meaningful for RETRY, FAILED and GONE: the store
+	                                   goes by it for an answer from a url the
+	                                   subscription has left since */
 	int64_t published_at_ms;        /* as in the job */
 	uint64_t subscription_version;  /* as in the job: the settings it was sent with */
 };

@@ -175,6 +175,11 @@ static void decide(struct dispatcher *d, const struct sender_done *done)
 		r->outcome = DELIVERY_DELIVERED;
 		return;
 	}
+	delay = backoff_delay_ms(d->opts.retry_schedule, d->opts.retry_count, r->attempt,
+	                         rng_next(&d->rng));
+	/* Counted from the end of the failed attempt: a slow failure must not eat the wait. */
+	next = delay < 0 ? -1 : r->started_at_ms + r->duration_ms + delay;
+	r->schedule_next_ms = next;
 	if (done->complete && status == 410) {
 		r->outcome = DELIVERY_GONE;
 		snprintf(r->error, sizeof r->error, "HTTP 410: receiver says gone");
@@ -189,14 +194,10 @@ static void decide(struct dispatcher *d, const struct sender_done *done)
 		else
 			snprintf(r->error, sizeof r->error, "no response");
 	}
-	delay = backoff_delay_ms(d->opts.retry_schedule, d->opts.retry_count, r->attempt,
-	                         rng_next(&d->rng));
 	if (delay < 0) {
 		r->outcome = DELIVERY_FAILED;
 		return;
 	}
-	/* Counted from the end of the failed attempt: a slow failure must not eat the wait. */
-	next = r->started_at_ms + r->duration_ms + delay;
 	if ((status == 429 || status == 503) && done->retry_after_ms > next)
 		next = done->retry_after_ms;
 	r->outcome = DELIVERY_RETRY;
@@ -280,9 +281,16 @@ static int collect(struct dispatcher *d, struct loop *lp)
 		decide(d, &done);
 		if (done.job->fills_subscription)
 			lp->frees_full = 1; /* an event published meanwhile waits for this room */
-		/* A retry due sooner than our next look must not wait for it. */
-		if (done.result->outcome == DELIVERY_RETRY) {
-			int64_t at = done.result->next_attempt_at_ms;
+		/* A retry due sooner than our next look must not wait for it. The store may
+		 * make a 410 or a Retry-After from a url the subscription has left a retry
+		 * on the plain schedule instead: look then too (the look finds nothing due
+		 * otherwise). */
+		const struct delivery_result *r = done.result;
+		int64_t at = r->outcome == DELIVERY_RETRY ? r->next_attempt_at_ms : INT64_MAX;
+		if ((r->outcome == DELIVERY_RETRY || r->outcome == DELIVERY_GONE) &&
+		    r->schedule_next_ms >= 0 && r->schedule_next_ms < at)
+			at = r->schedule_next_ms;
+		if (at != INT64_MAX) {
 			if (at < lp->next_due)
 				lp->next_due = at;
 			if (at < lp->retry_due)

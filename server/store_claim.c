@@ -778,10 +778,21 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 			return store_fail_storage(s, call);
 		attempts[nattempts++] = r;
 
-		if (sub && r->outcome == DELIVERY_DELIVERED &&
-		    r->subscription_version >= sub->url_version)
+		/* An answer from a url the subscription has left since the job was made speaks
+		 * for that receiver, not the current one: it counts for neither's health
+		 * (below), and its 410 or Retry-After does not decide the delivery, which
+		 * goes on by the plain schedule (a 410 failed it for good while the
+		 * subscription stayed enabled, and the new url was never tried). */
+		int current_url = !sub || r->subscription_version >= sub->url_version;
+		enum delivery_outcome outcome = r->outcome;
+		int64_t next_attempt_at = r->next_attempt_at_ms;
+		if (!current_url && (outcome == DELIVERY_GONE || outcome == DELIVERY_RETRY)) {
+			outcome = r->schedule_next_ms >= 0 ? DELIVERY_RETRY : DELIVERY_FAILED;
+			next_attempt_at = r->schedule_next_ms;
+		}
+		if (sub && outcome == DELIVERY_DELIVERED && current_url)
 			sub->answered_ms = now; /* its receiver answers: claims may lease ahead */
-		enum delivery_state state = outcome_state[r->outcome];
+		enum delivery_state state = outcome_state[outcome];
 		const char *error = r->error[0] ? r->error : NULL;
 		if (state == STATE_PENDING && !sub) {
 			state = STATE_FAILED; /* deleted while in flight */
@@ -795,7 +806,7 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 		sqlite3_bind_int(fin, 2, (int)state);
 		sqlite3_bind_int(fin, 3, r->attempt);
 		if (state == STATE_PENDING)
-			sqlite3_bind_int64(fin, 4, r->next_attempt_at_ms);
+			sqlite3_bind_int64(fin, 4, next_attempt_at);
 		else
 			sqlite3_bind_null(fin, 4);
 		if (r->http_status)
@@ -807,8 +818,7 @@ enum store_rc store_apply_complete(struct store *s, struct store_call *call, int
 		if (store_step_done(fin) != 0)
 			return store_fail_storage(s, call);
 
-		if (sub && r->subscription_version >= sub->url_version &&
-		    track_health(s, sub, r, now, &changed[i]) != 0)
+		if (sub && current_url && track_health(s, sub, r, now, &changed[i]) != 0)
 			return store_fail_storage(s, call);
 	}
 	if (attempts_flush(s, attempts, &nattempts) != 0)

@@ -7,7 +7,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startRelay, startReceiver, api, createSub, postEvent, listAll, waitUntil, sleep, cleanup,
-  withLogs, holdWriteLock, eventDeliveries,
+  withLogs, holdWriteLock, eventDeliveries, waitDelivery,
 } from './harness.mjs';
 import { SLOW, idsOf } from './reliability/lib.mjs';
 
@@ -222,6 +222,30 @@ test('a 410 from the old url, after a PATCH of the url, does not disable the sub
   assert.equal(after.failing_since, null);
   await postEvent(relay, { type: 'gone.b' });
   await fresh.waitFor(1, 3000);
+}));
+
+// Nor does it decide the delivery: a 410 failed it for good (the subscription enabled,
+// the new url never tried), a Retry-After of an hour put off the new url's first try.
+// The delivery goes on by the plain schedule, to the new url.
+test('a 410 or a Retry-After from the old url, after a PATCH of the url, leaves the delivery to the plain schedule', withLogs(async () => {
+  const relay = await startRelay({ retrySchedule: '300ms' });
+  for (const [type, what, answer] of [['moved.gone', '410', { delayMs: 800, status: 410 }],
+    ['moved.later', '429 with Retry-After: 3600', { delayMs: 800, status: 429, retryAfter: 3600 }]]) {
+    const old = await startReceiver({ behavior: answer });
+    const fresh = await startReceiver();
+    const sub = await createSub(relay, old, { event_types: [type] });
+    const ev = await postEvent(relay, { type, data: what });
+    await old.waitFor(1, 3000);
+    const moved = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: `${fresh.url}/hook` });
+    assert.equal(moved.status, 200, moved.text);
+    const [d] = await eventDeliveries(relay, ev.id);
+    const done = await waitDelivery(relay, d.id, 'delivered', 5000);
+    assert.deepEqual(done.attempts.map((a) => a.http_status), [answer.status, 200], `${what}: ${JSON.stringify(done)}`);
+    assert.equal(fresh.requests.length, 1, `${what}: the new url got it`);
+    const after = (await api(relay, 'GET', `/v1/subscriptions/${sub.id}`)).json;
+    assert.equal(after.enabled, true, `${what}: disabled: ${after.disabled_reason}`);
+    assert.equal(old.requests.length, 1, `${what}: nothing more went to the old url`);
+  }
 }));
 
 // The results that disable a subscription (a 410) and the dispatcher's next claim can
