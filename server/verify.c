@@ -260,14 +260,18 @@ static int check_present(const struct verify_args *args)
 {
 	int rc = 0;
 
-	if (!args->id || !args->timestamp || !args->signature) {
+	/* empty is missing, as the standardwebhooks libraries say ("Missing required
+	 * headers"): a signature over an empty id proves nothing about which message */
+	if (!args->id || !*args->id || !args->timestamp || !*args->timestamp || !args->signature ||
+	    !*args->signature) {
 		fprintf(
 		    stderr,
 		    "hookrelay verify: missing%s%s%s: pass --id, --timestamp and --signature, or\n"
 		    "  --headers FILE with 'webhook-id:', 'webhook-timestamp:' and "
 		    "'webhook-signature:' lines\n",
-		    args->id ? "" : " webhook-id", args->timestamp ? "" : " webhook-timestamp",
-		    args->signature ? "" : " webhook-signature");
+		    args->id && *args->id ? "" : " webhook-id",
+		    args->timestamp && *args->timestamp ? "" : " webhook-timestamp",
+		    args->signature && *args->signature ? "" : " webhook-signature");
 		rc = -1;
 	}
 	return rc;

@@ -112,6 +112,12 @@ test('a missing header value is a usage error naming it', () => {
   const r = verify({ '--signature': null });
   assert.equal(r.code, 2, r.out);
   assert.match(r.out, /missing webhook-signature/);
+  // empty is missing, as in the standardwebhooks libraries
+  for (const [flag, name] of [['--id', 'webhook-id'], ['--timestamp', 'webhook-timestamp'], ['--signature', 'webhook-signature']]) {
+    const e = verify({ [flag]: '' });
+    assert.equal(e.code, 2, `${flag} '': ${e.out}`);
+    assert.match(e.out, new RegExp(`missing ${name}`), e.out);
+  }
 });
 
 test('secret without the whsec_ prefix', () => {
