@@ -281,14 +281,16 @@ static int collect(struct dispatcher *d, struct loop *lp)
 		decide(d, &done);
 		if (done.job->fills_subscription)
 			lp->frees_full = 1; /* an event published meanwhile waits for this room */
-		/* A retry due sooner than our next look must not wait for it. The store may
-		 * make a 410 or a Retry-After from a url the subscription has left a retry
-		 * on the plain schedule instead: look then too (the look finds nothing due
-		 * otherwise). */
+		/* A retry due sooner than our next look must not wait for it. The store makes
+		 * a 410 or a Retry-After from a url the subscription has left a retry on the
+		 * plain schedule instead: for a job whose subscription changed since, look
+		 * then too (only then: a Retry-After heeded would bring a look for nothing; a
+		 * change landing after this is met by the once-a-second look). */
 		const struct delivery_result *r = done.result;
 		int64_t at = r->outcome == DELIVERY_RETRY ? r->next_attempt_at_ms : INT64_MAX;
 		if ((r->outcome == DELIVERY_RETRY || r->outcome == DELIVERY_GONE) &&
-		    r->schedule_next_ms >= 0 && r->schedule_next_ms < at)
+		    r->schedule_next_ms >= 0 && r->schedule_next_ms < at &&
+		    !d->store->current(d->store->ctx, r->subscription_id, r->subscription_version))
 			at = r->schedule_next_ms;
 		if (at != INT64_MAX) {
 			if (at < lp->next_due)
