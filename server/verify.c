@@ -18,6 +18,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -277,19 +278,42 @@ static int check_present(const struct verify_args *args)
 	return rc;
 }
 
-/* "whsec_" + base64(raw) into out. Returns 0, or -1 if raw is no v1 key length. */
-static int secret_from_bytes(const void *raw, size_t len, char *out, size_t out_size)
+/* 1 if some v1 entry of the header is HMAC-SHA256 of the signed content keyed with
+ * these bytes as they are: the key a careless sender uses, of any length. */
+static int signed_with_raw_key(const void *key, size_t key_len, const struct verify_args *a,
+                               int64_t ts, const unsigned char *body, size_t len)
 {
-	const size_t plen = strlen("whsec_");
-	int rc = -1;
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+	OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
+	                       OSSL_PARAM_construct_end()};
+	unsigned char digest[EVP_MAX_MD_SIZE];
+	char value[SIGN_ONE_MAX];
+	char ts_text[24];
+	size_t digest_len = 0;
+	int found = 0;
 
-	if (len < VERIFY_KEY_MIN || len > VERIFY_KEY_MAX || out_size < plen + (len + 2) / 3 * 4 + 1)
+	snprintf(ts_text, sizeof(ts_text), ".%" PRId64 ".", ts);
+	if (!ctx || !EVP_MAC_init(ctx, key, key_len, params) ||
+	    !EVP_MAC_update(ctx, (const unsigned char *)a->id, strlen(a->id)) ||
+	    !EVP_MAC_update(ctx, (const unsigned char *)ts_text, strlen(ts_text)) ||
+	    !EVP_MAC_update(ctx, body, len) ||
+	    !EVP_MAC_final(ctx, digest, &digest_len, sizeof(digest)) || digest_len != 32)
 		goto out;
-	memcpy(out, "whsec_", plen);
-	EVP_EncodeBlock((unsigned char *)out + plen, raw, (int)len);
-	rc = 0;
+	memcpy(value, "v1,", 3);
+	EVP_EncodeBlock((unsigned char *)value + 3, digest, (int)digest_len);
+	for (const char *p = a->signature; *p && !found;) {
+		size_t tok;
+
+		p += strspn(p, " ");
+		tok = strcspn(p, " ");
+		found = tok == strlen(value) && memcmp(p, value, tok) == 0;
+		p += tok;
+	}
 out:
-	return rc;
+	EVP_MAC_CTX_free(ctx);
+	EVP_MAC_free(mac);
+	return found;
 }
 
 static int is_b64(const char *s, const char *alphabet_extra)
@@ -379,8 +403,10 @@ static void explain_header(const char *header)
 	printf("  received: '%s'\n", header);
 	printf("  expected: space-separated entries like "
 	       "'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE='\n");
-	if (strncmp(header, "v1a,", 4) == 0)
-		printf("  hint: v1a entries are ed25519 signatures; this checks v1 (HMAC) only\n");
+	if (strncmp(header, "v1a,", 4) == 0 || strstr(header, " v1a,"))
+		printf("  hint: v1a entries are ed25519 signatures: check them with the "
+		       "subscription's\n  public key, --secret whpk_... (a whsec_ secret checks v1 "
+		       "entries only)\n");
 	else if (strncmp(header, "sha256=", 7) == 0 || strncmp(header, "v1=", 3) == 0)
 		printf("  hint: that is another provider's format; Standard Webhooks uses 'v1,'\n");
 	else if (header[0] && is_b64(header, "+/"))
@@ -432,8 +458,16 @@ static int hint_reserialized(const struct verify_args *a, int64_t ts, const char
 	    {JSON_INDENT(2) | JSON_SORT_KEYS, "pretty-printed with sorted keys"},
 	    {0, "with ', ' and ': ' separators"},
 	};
-	json_t *root = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+	json_error_t error;
+	json_t *root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &error);
 	int differs = 0;
+
+	/* The relay sends what its parser took: integers past 64 bits, say, that jansson
+	 * here refuses. Not JSON at all needs no line. */
+	if (!root && len > 0 &&
+	    (body[strspn(body, " \t\r\n")] == '{' || body[strspn(body, " \t\r\n")] == '['))
+		printf("  - (the body was not compared with its re-serialized forms: %s)\n",
+		       error.text);
 
 	for (size_t i = 0; root && i < sizeof(forms) / sizeof(forms[0]); i++) {
 		char *text = json_dumps(root, forms[i].flags | JSON_ENCODE_ANY);
@@ -504,18 +538,15 @@ out:
 static void hint_key(const struct verify_args *a, int64_t ts, const unsigned char *body, size_t len,
                      int *explained)
 {
-	char alt[SIGN_SECRET_MAX * 2];
 	const char *b64 = a->secret + strlen("whsec_");
 
-	if (!*explained && secret_from_bytes(a->secret, strlen(a->secret), alt, sizeof(alt)) == 0 &&
-	    signed_by(alt, a, ts, body, len)) {
+	if (!*explained && signed_with_raw_key(a->secret, strlen(a->secret), a, ts, body, len)) {
 		printf(
 		    "  - FOUND: the signature was made with the secret's text, 'whsec_' included, "
 		    "as the\n    HMAC key; the key is base64-decode(secret without 'whsec_')\n");
 		*explained = 1;
 	}
-	if (!*explained && secret_from_bytes(b64, strlen(b64), alt, sizeof(alt)) == 0 &&
-	    signed_by(alt, a, ts, body, len)) {
+	if (!*explained && signed_with_raw_key(b64, strlen(b64), a, ts, body, len)) {
 		printf("  - FOUND: the signature was made with the secret's base64 text (without "
 		       "'whsec_')\n    as the HMAC key, not decoded; the key is "
 		       "base64-decode(secret without 'whsec_')\n");
@@ -582,6 +613,13 @@ static int check_timestamp(const struct verify_args *a, int64_t *ts, const char 
 	int64_t off;
 	int rc = -1;
 
+	if (util_parse_int(a->timestamp, 0, INT64_MAX / 2, ts) != 0 &&
+	    a->timestamp[strspn(a->timestamp, "0123456789")] == '\0') {
+		printf("invalid: the timestamp '%s' is out of range: webhook-timestamp is whole "
+		       "unix seconds,\n  e.g. 1614265330\n",
+		       a->timestamp);
+		goto out;
+	}
 	if (util_parse_int(a->timestamp, 0, INT64_MAX / 2, ts) != 0) {
 		printf(
 		    "invalid: the timestamp '%s' is not a number: webhook-timestamp is whole unix "

@@ -183,12 +183,16 @@ test('signature header without v1 entries', () => {
   assertInvalid(verify({ '--signature': SIG.slice(3) }),
     /webhook-signature header is malformed: it has no 'v1,<base64>' entries/, /bare signature/);
   assertInvalid(verify({ '--signature': 'sha256=abcdef' }), /malformed/, /another provider/);
+  // ed25519 entries, alone or after another: checked with the public key, not a whsec_
+  for (const sig of [`v1a,${'A'.repeat(86)}==`, `v2,xyz v1a,${'A'.repeat(86)}==`])
+    assertInvalid(verify({ '--signature': sig }), /v1a entries are ed25519 signatures: check them with the subscription's\s+public key, --secret whpk_/);
 });
 
 test('timestamp that is not a number, or not written as one', () => {
   assertInvalid(verify({ '--timestamp': '2021-02-25T15:02:10Z' }), /is not a number/, /unix\s+seconds/);
   // a receiver signs the header's text: 01614265330 is not 1614265330
   assertInvalid(verify({ '--timestamp': `0${TS}` }), /not written as a plain number/);
+  assertInvalid(verify({ '--timestamp': '9223372036854775807' }), /'9223372036854775807' is out of range/);
 });
 
 test('timestamp outside the tolerance says how far off and why the window exists', () => {
@@ -229,6 +233,27 @@ test('mismatch from a sender keying HMAC with the secret text is found', () => {
     /FOUND: the signature was made with the secret's text, 'whsec_' included/);
   assertInvalid(verify({ '--signature': hmacWithKey(SECRET.slice(6)) }),
     /FOUND: the signature was made with the secret's base64 text \(without 'whsec_'\)/);
+});
+
+// The relay signs keys of 24 to 64 bytes; the careless sender's key is the text, of
+// any length (with a 64-byte key the text is 94 bytes, and was not tried).
+test('the secret-text mistake is found for a 64-byte secret too', () => {
+  const secret = `whsec_${Buffer.alloc(64, 9).toString('base64')}`;
+  assertInvalid(verify({ '--secret': secret, '--signature': hmacWithKey(secret) }),
+    /FOUND: the signature was made with the secret's text, 'whsec_' included/);
+  assertInvalid(verify({ '--secret': secret, '--signature': hmacWithKey(secret.slice(6)) }),
+    /FOUND: the signature was made with the secret's base64 text/);
+});
+
+// Event data may hold \u0000 (the relay takes it); a body that cannot be re-serialized
+// here (an integer past 64 bits) says so rather than leaving the hint out silently.
+test('a re-serialized body holding \\u0000 is found; one that cannot be parsed here says so', () => {
+  const sent = '{"a": "x\\u0000y"}';
+  const signedForm = '{"a":"x\\u0000y"}';
+  const r = verify({ '--body': file(sent), '--signature': hmacWithKey(Buffer.from(SECRET.slice(6), 'base64'), signedForm) });
+  assertInvalid(r, /FOUND: the signature matches this body re-serialized compact/);
+  const big = verify({ '--body': file('{"n": 123456789012345678901234567890}') });
+  assertInvalid(big, /the body was not compared with its re-serialized forms: .*integer/);
 });
 
 test('the body is shown escaped and cut at 200 bytes', () => {
