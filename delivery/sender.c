@@ -94,6 +94,7 @@ struct transfer {
 	int64_t start_mono_us;        /* monotonic µs it went to curl, for its duration */
 	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
+	int head_done;                /* 1 once the last response head seen ended (blank line) */
 	const struct target_policy *targets; /* borrowed from the sender's options */
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
 	int sockets;                  /* sockets on_open_socket opened for this job */
@@ -332,6 +333,21 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 	return n;
 }
 
+/* CURLOPT_HEADERFUNCTION: notes whether the newest response head (a status line, then
+ * header lines) has reached its blank line. curl 7.88 ends a transfer whose connection
+ * closed in the middle of the head with CURLE_OK. */
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct transfer *t = userp;
+	size_t n = size * nmemb;
+
+	if (n >= 5 && memcmp(data, "HTTP/", 5) == 0)
+		t->head_done = 0;
+	else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n'))
+		t->head_done = 1;
+	return n;
+}
+
 /* Builds the request for t->job on t->easy. On failure returns -1 with the reason in
  * t->res->error; the caller reports the job as not sent. */
 static int transfer_setup(struct sender *s, struct transfer *t)
@@ -388,6 +404,8 @@ static int transfer_setup(struct sender *s, struct transfer *t)
 	    curl_easy_setopt(e, CURLOPT_POSTFIELDS, (const void *)job->body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
 	    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)t) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
+	    curl_easy_setopt(e, CURLOPT_HEADERDATA, (void *)t) != CURLE_OK ||
 	    /* https: HTTP/2 where the receiver offers it, and a transfer to a host whose
 	     * connection is still being made waits to learn whether it can be a stream of
 	     * it (without, a burst of 8 to a new HTTP/2 receiver opened 8 connections).
@@ -678,6 +696,7 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->res = NULL;
 	t->body_seen = 0;
 	t->too_big = 0;
+	t->head_done = 0;
 	t->targets = NULL;
 	t->blocked[0] = '\0';
 	t->prev = NULL;
@@ -1022,6 +1041,12 @@ int sender_next(struct sender *s, struct sender_done *out)
 	if (cc == CURLE_OK) {
 		out->complete = 1;
 		t->res->error[0] = '\0';
+		if (t->res->http_status != 0 && !t->head_done)
+			snprintf(
+			    t->res->error, sizeof t->res->error,
+			    "HTTP %d, response headers cut short: the connection closed before "
+			    "their end",
+			    t->res->http_status);
 	} else if (t->too_big) {
 		/* The status line arrived: the receiver answered, and its status decides the
 		 * outcome. We only stopped reading a body we would not keep anyway. */
@@ -1038,10 +1063,12 @@ int sender_next(struct sender *s, struct sender_done *out)
 		char curl_text[DELIVERY_ERROR_MAX]; /* a copy: the text is rewritten in place */
 		memcpy(curl_text, t->res->error, sizeof curl_text);
 		curl_text[sizeof curl_text - 1] = '\0';
-		snprintf(
-		    t->res->error, sizeof t->res->error, "HTTP %d, %s: %.200s", t->res->http_status,
-		    cut ? "response body cut short" : "response malformed after the status line",
-		    curl_text[0] ? curl_text : curl_easy_strerror(cc));
+		snprintf(t->res->error, sizeof t->res->error, "HTTP %d, %s: %.200s",
+		         t->res->http_status,
+		         !cut           ? "response malformed after the status line"
+		         : t->head_done ? "response body cut short"
+		                        : "response headers cut short",
+		         curl_text[0] ? curl_text : curl_easy_strerror(cc));
 		out->complete = 1;
 	} else if (t->blocked[0] != '\0' && cc == CURLE_COULDNT_CONNECT && t->sockets == 0) {
 		/* Every address was refused by the guard: curl's text would only say it could

@@ -79,6 +79,7 @@ test('https receiver with a cert from --ca-file: delivered, signed, one TLS conn
   const ds = await eventDeliveries(relay, ids[19]);
   const d = await waitDelivery(relay, ds[0].id, 'delivered');
   assert.equal(d.attempts[0].http_status, 200);
+  assert.equal(d.attempts[0].error, null);
   // kept alive: twenty deliveries, one handshake
   assert.deepEqual(r.handshakes, { full: 1, resumed: 0 });
   assert.equal(reqs.filter((q) => q.perConnection === 1).length, 1, 'one TLS connection');
@@ -140,7 +141,9 @@ test('HTTP/2 receiver: deliveries go as concurrent streams on one connection, si
   assert.equal(r.handshakes.full + r.handshakes.resumed, 1, 'one connection');
   assert.ok(most >= 4, `streams at once on it: ${most}`);
   const last = (await eventDeliveries(relay, res.json.ids[23]))[0];
-  assert.equal((await waitDelivery(relay, last.id, 'delivered')).attempts[0].http_status, 200);
+  const done = (await waitDelivery(relay, last.id, 'delivered')).attempts[0];
+  assert.equal(done.http_status, 200);
+  assert.equal(done.error, null, 'a whole HTTP/2 answer is not logged as odd');
 }));
 
 // A listener that takes TCP connections and never answers (a TLS handshake that
