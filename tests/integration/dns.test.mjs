@@ -17,9 +17,10 @@ const CHILD = path.join(here, 'netns', 'dns-child.mjs');
 const IDN_CHILD = path.join(here, 'netns', 'idn-child.mjs');
 const CHILD_TIMEOUT_MS = 60_000;
 
-// Network and mount namespaces need CAP_SYS_ADMIN (root, or a user namespace).
-function namespacesWork() {
-  const r = spawnSync('unshare', ['-mn', 'sh', '-c', 'ip link set lo up && mount --bind /dev/null /dev/null && test -e /etc/resolv.conf'],
+// Network and mount namespaces need CAP_SYS_ADMIN (root, or a user namespace), and the
+// file to fake must be there to mount over (a bare chroot may have no /etc/hosts).
+function namespacesWork(file) {
+  const r = spawnSync('unshare', ['-mn', 'sh', '-c', `ip link set lo up && mount --bind /dev/null /dev/null && test -e ${file}`],
     { timeout: 10_000 });
   return r.status === 0;
 }
@@ -44,13 +45,13 @@ function runChild() {
 }
 
 test('a name server that never answers costs only that delivery its timeout',
-  { skip: namespacesWork() ? false : 'unshare -mn is not permitted here: cannot fake the name server' },
+  { skip: namespacesWork('/etc/resolv.conf') ? false : 'unshare -mn is not permitted here, or there is no /etc/resolv.conf: cannot fake the name server' },
   async () => {
     assertChildPassed(await runChild(), 'DNS-SUMMARY');
   });
 
 test('a receiver named in Unicode (an IDN) is delivered to, at its punycode name',
-  { skip: namespacesWork() ? false : 'unshare -mn is not permitted here: cannot fake /etc/hosts' },
+  { skip: namespacesWork('/etc/hosts') ? false : 'unshare -mn is not permitted here, or there is no /etc/hosts: cannot fake it' },
   async () => {
     const hosts = path.join(tmpDir(), 'hosts');
     writeFileSync(hosts, '127.0.0.1 localhost\n127.0.0.1 xn--bcher-kva.test\n');
