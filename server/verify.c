@@ -757,6 +757,9 @@ int verify_main(int argc, char **argv)
 		if (!secret)
 			goto out;
 		size_t len = 0; /* its first line, white space dropped */
+		size_t skip = 0; /* a UTF-8 byte order mark some editors write, as --api-key-file */
+		if (secret_len >= 3 && memcmp(secret, "\xef\xbb\xbf", 3) == 0)
+			skip = len = 3;
 		while (len < secret_len && secret[len] != '\r' && secret[len] != '\n')
 			len++;
 		if (memchr(secret, '\0', len)) {
@@ -767,7 +770,7 @@ int verify_main(int argc, char **argv)
 		while (len > 0 && (secret[len - 1] == ' ' || secret[len - 1] == '\t'))
 			len--;
 		secret[len] = '\0';
-		args.secret = secret + strspn(secret, " \t");
+		args.secret = secret + skip + strspn(secret + skip, " \t");
 	}
 	if (args.headers_path) {
 		headers = read_file(args.headers_path, &headers_len, "headers", VERIFY_FILE_MAX);

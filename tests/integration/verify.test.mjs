@@ -281,6 +281,8 @@ test('--secret-file reads the secret from a file; with --secret too it is a usag
   const ok = verify({ '--secret': null, '--secret-file': file(`  ${SECRET} \r\nsecond line\n`) });
   assert.equal(ok.code, 0, ok.out);
   assert.match(ok.out, /^valid/);
+  const bom = verify({ '--secret': null, '--secret-file': file(`\ufeff${SECRET}\n`) }); // as editors save it
+  assert.equal(bom.code, 0, bom.out);
   const wrong = verify({ '--secret': null, '--secret-file': file('whsec_' + Buffer.alloc(32, 1).toString('base64')) });
   assertInvalid(wrong, /signature mismatch/);
   const both = verify({ '--secret-file': file(SECRET) });
