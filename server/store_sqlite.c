@@ -853,8 +853,8 @@ static void wake_done(struct store_call *call)
 	store_prune_schedule(s);
 }
 
-/* The checkpointer thread: makes the writer run store_prune_schedule soon (one STORE_WAKE at a
- * time; none once store_close has begun to stop the writer). */
+/* The checkpointer thread, and store_open: makes the writer run store_prune_schedule soon
+ * (one STORE_WAKE at a time; none once store_close has begun to stop the writer). */
 static void wake_writer(struct store *s)
 {
 	pthread_mutex_lock(&s->ckpt_lock);
@@ -1252,8 +1252,10 @@ struct store *store_open(const struct store_options *opts, char *err, size_t err
 		snprintf(err, errlen, "cannot start the writer thread");
 		goto fail;
 	}
-	store_sweep_schedule(s);
-	store_prune_schedule(s);
+	/* The sweep and prune due at open are queued by the end of this call's batch, on the
+	 * writer thread: from here they raced the writer's own queuing after a batch the
+	 * sweep had started (ThreadSanitizer, a restart after a DELETE with --retention). */
+	wake_writer(s);
 	atomic_store(&sqlite_log_on, 1);
 	return s;
 fail:
