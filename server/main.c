@@ -108,7 +108,7 @@ static const char usage[] =
  * error names where the bad value is. */
 static const char *config_source;
 
-static void die(const char *fmt, const char *arg)
+_Noreturn static void die(const char *fmt, const char *arg)
 {
 	fprintf(stderr, "hookrelay: ");
 	fprintf(stderr, fmt, arg);

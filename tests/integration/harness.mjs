@@ -26,7 +26,8 @@ export { sleep };
 const HOST = '127.0.0.1';
 const START_TIMEOUT_MS = Number(process.env.HOOKRELAY_TEST_START_TIMEOUT_MS || 10_000);
 const STOP_TIMEOUT_MS = Number(process.env.HOOKRELAY_TEST_STOP_TIMEOUT_MS || 10_000);
-const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: LeakSanitizer'];
+const SANITIZER_MARKERS = ['ERROR: AddressSanitizer', 'runtime error:', 'ERROR: LeakSanitizer',
+  'WARNING: ThreadSanitizer'];
 
 const liveRelays = new Set();
 const allRelays = []; // every relay started in this file, in order (for failure logs)
