@@ -144,7 +144,7 @@ run: deps
 	@$(MAKE) --no-print-directory build/hookrelay
 	@mkdir -p -m 700 data
 	@echo "make run: --allow-private-targets is on so subscriptions may point at this machine"
-	./build/hookrelay serve --db ./data/hookrelay.db --allow-private-targets
+	./build/hookrelay serve --db ./data/hookrelay.db --allow-private-targets $(ARGS)
 
 unit: $(UNIT_BIN)
 	@scripts/run-unit.sh $(UNIT_BIN)
