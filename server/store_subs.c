@@ -128,6 +128,10 @@ static uint64_t sub_settings_hash(const struct sub_entry *e)
 	h = hash_more(h, e->url);
 	h = hash_more(h, e->headers_json);
 	h = hash_more(h, e->enabled ? "on" : "off");
+	/* max_in_flight and rate_limit too: jobs claimed (and leased ahead) under the old
+	 * ones must not go out after a PATCH changing them has been answered */
+	snprintf(num, sizeof(num), "%d/%d", e->max_in_flight, e->rate_limit);
+	h = hash_more(h, num);
 	for (int i = 0; i < e->nsecrets; i++) {
 		snprintf(num, sizeof(num), "%lld", (long long)e->secrets[i].expires_at);
 		h = hash_more(hash_more(h, e->secrets[i].secret), num);

@@ -168,6 +168,41 @@ test('PATCH url: the next delivery goes to the new URL even when the writer ran 
   assert.equal(after.requests.length, 2, 'the two deliveries not in flight at the PATCH go to the new URL');
 }));
 
+// A PATCH of max_in_flight or rate_limit changes the subscription's settings version, as
+// one of its url does: the jobs taken ahead under the old limits (up to max_in_flight
+// more, waiting in hookrelay) are put back unsent. Before, after a PATCH from 8 to 2 was
+// answered, requests went on starting with 8 at once for ~400 ms, and after one setting
+// rate_limit 5, 12-17 started in the first second.
+test('PATCH max_in_flight or rate_limit: no request goes out past the new limit once answered', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '10s'] });
+  const DELAY = 400;
+  const capped = await startReceiver({ behavior: { delayMs: DELAY } });
+  const limited = await startReceiver({ behavior: { delayMs: 100 } });
+  const c = await createSub(relay, capped, { event_types: ['cap.#'], max_in_flight: 8 });
+  const l = await createSub(relay, limited, { event_types: ['rate.#'], max_in_flight: 16 });
+  for (const type of ['cap.x', 'rate.x']) {
+    const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 300 }, (_, i) => ({ type, data: { i } })));
+    assert.equal(res.status, 202, res.text);
+  }
+  await capped.waitFor(24, 10_000); // draining, answered 2xx: taking jobs ahead
+  await limited.waitFor(64, 10_000);
+  const [toCap, toRate] = await Promise.all([
+    api(relay, 'PATCH', `/v1/subscriptions/${c.id}`, { max_in_flight: 2 }),
+    api(relay, 'PATCH', `/v1/subscriptions/${l.id}`, { rate_limit: 5 })]);
+  assert.equal(toCap.status, 200, toCap.text);
+  assert.equal(toRate.status, 200, toRate.text);
+  const answered = performance.now();
+  await sleep(2000);
+  const at = capped.requests.map((q) => q.arrivedMono).sort((a, b) => a - b);
+  const late = at.filter((t) => t > answered + 5);
+  assert.ok(late.length >= 4, `${late.length} requests in the 2 s after the PATCH to 2`);
+  // each holds its place for DELAY ms: those it overlaps arrived within DELAY before it
+  const most = Math.max(...late.map((t) => at.filter((u) => u <= t && u > t - (DELAY - 50)).length));
+  assert.ok(most <= 2, `a request started with ${most} at once after the PATCH to max_in_flight 2 was answered`);
+  const firstSecond = limited.requests.filter((q) => q.arrivedMono > answered + 5 && q.arrivedMono < answered + 1000).length;
+  assert.ok(firstSecond <= 6, `${firstSecond} requests in the first second after the PATCH to rate_limit 5 was answered`);
+}));
+
 // While another process holds the write lock, each subscription write is its own
 // batch; the first waits the writer's 5 s for the lock, the ones queued behind it must
 // not wait 5 s more each (they got their 503 at 5, 10, 15 and 20 s).
