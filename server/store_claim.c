@@ -425,6 +425,13 @@ enum store_rc store_apply_claim(struct store *s, struct store_call *call)
 
 		if (!sub->enabled || sub->disabled_in_batch == s->batch_no)
 			continue; /* disabled: held */
+		/* A job of it put back unsent is still leased until its batch commits, and
+		 * this claim cannot see it: taking the next ones now sent them first. The
+		 * commit wakes the dispatcher (made_due). */
+		if (sub->releasing > 0) {
+			a->sub_full = 1;
+			continue;
+		}
 		if (room <= 0) {
 			a->sub_full = 1;
 			if (pass < 2) {
@@ -539,6 +546,8 @@ void store_count_results(struct store *s, const struct store_call *c)
 		struct sub_entry *sub = store_sub_find(s, a->results[i]->subscription_id);
 		if (sub)
 			store_sub_ask(s, sub);
+		if (sub && a->results[i]->outcome == DELIVERY_RELEASED && sub->releasing > 0)
+			sub->releasing--;
 	}
 	/* The counters before the histograms, and store_stats reads them the other way
 	 * round (seq_cst): a scrape never shows a histogram's _count ahead of them. */
@@ -586,6 +595,8 @@ static void return_leases(struct store *s, struct complete_args *a, int *made_du
 			/* a retry, or a job put back, is pending again */
 			if (sub)
 				store_sub_ask(s, sub);
+			if (sub && a->results[i]->outcome == DELIVERY_RELEASED)
+				sub->releasing++; /* until its COMMIT: store_count_results */
 			if (sub && sub->leased > 0) {
 				/* at max_in_flight or above: it may have been at its lease
 				 * max, which may be lower now (its lead window ended) */

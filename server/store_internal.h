@@ -47,6 +47,8 @@ struct sub_entry {
 	                               something may have made one pending since the last
 	                               claim that asked (see store_apply_claim) */
 	int enabled;                /* 0: disabled, its deliveries held */
+	int releasing;              /* jobs put back unsent whose result is not committed
+	                               yet: claims skip it meanwhile, so they keep their place */
 	int leased;                 /* leases it holds now (committed claims - applied
 	                               completions) */
 	int rate_limit;             /* deliveries it may start a second; 0 = no limit */

@@ -350,6 +350,7 @@ int store_reload_subscription(struct store *s, int64_t id)
 			old_hash = old->settings_hash;
 		}
 		fresh.leased = old ? old->leased : 0; /* leases outlive a change of settings */
+		fresh.releasing = old ? old->releasing : 0;
 		fresh.health_log_minute = old ? old->health_log_minute : 0;
 		fresh.health_lines = old ? old->health_lines : 0;
 		fresh.health_unlogged = old ? old->health_unlogged : 0;

@@ -203,6 +203,29 @@ test('PATCH max_in_flight or rate_limit: no request goes out past the new limit 
   assert.ok(firstSecond <= 6, `${firstSecond} requests in the first second after the PATCH to rate_limit 5 was answered`);
 }));
 
+// At max_in_flight 1 deliveries arrive in order while none fails, PATCHes or not. A job
+// taken ahead and put back by a PATCH stayed leased until its batch committed, and a claim
+// in that batch took the next delivery first (~14 of 300 out of order per run).
+test('max_in_flight 1: PATCHes during a drain do not reorder deliveries', withLogs(async () => {
+  const relay = await startRelay();
+  const r = await startReceiver();
+  const sub = await createSub(relay, r, { event_types: ['order.#'], max_in_flight: 1 });
+  const N = 300;
+  const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: N }, (_, i) => ({ type: 'order.x', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  let k = 0;
+  const deadline = performance.now() + 20_000 * SLOW;
+  while (r.requests.length < N && performance.now() < deadline) {
+    const p = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { headers: { 'X-K': String(k++) } });
+    assert.equal(p.status, 200, p.text);
+  }
+  await r.waitFor(N, 5000);
+  const seq = r.requests.map((q) => JSON.parse(q.body).data.i);
+  const late = seq.filter((v, i) => i > 0 && v < Math.max(...seq.slice(0, i)));
+  assert.deepEqual(late, [], `${k} PATCHes; out of order: ${late.slice(0, 10).join(', ')}`);
+  assert.equal(new Set(seq).size, N);
+}));
+
 // While another process holds the write lock, each subscription write is its own
 // batch; the first waits the writer's 5 s for the lock, the ones queued behind it must
 // not wait 5 s more each (they got their 503 at 5, 10, 15 and 20 s).
