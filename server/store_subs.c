@@ -441,6 +441,11 @@ int store_reload_subscription(struct store *s, int64_t id)
 		fresh.url_version = old && old->url && strcmp(old->url, fresh.url) == 0
 		                        ? old->url_version
 		                        : fresh.version;
+		/* a new url's receiver has answered nothing yet: no lead for it, so that the
+		 * requests still running at the old url and the new ones together stay within
+		 * max_in_flight */
+		if (fresh.url_version == fresh.version && old)
+			fresh.answered_ms = 0;
 	}
 	/* What can fail comes before the matcher changes: room for a new entry, then the
 	 * matcher (which keeps the old patterns when it fails). */

@@ -203,6 +203,34 @@ test('PATCH max_in_flight or rate_limit: no request goes out past the new limit 
   assert.ok(firstSecond <= 6, `${firstSecond} requests in the first second after the PATCH to rate_limit 5 was answered`);
 }));
 
+// A new url's receiver has answered nothing: the subscription takes no jobs ahead for it
+// until it does, so the requests still running at the old url and those to the new one
+// together stay within max_in_flight (there were 15 at once at max_in_flight 8: 7 old, 8 new).
+test('PATCH url to another receiver: old and new together stay within max_in_flight', withLogs(async () => {
+  const relay = await startRelay({ args: ['--delivery-timeout', '10s'] });
+  let now = 0;
+  let most = 0;
+  let n = 0;
+  // staggered answers (400-700 ms), counted across both receivers as they arrive
+  const behavior = () => {
+    const delayMs = 400 + ((n++ * 37) % 300);
+    most = Math.max(most, ++now);
+    setTimeout(() => { now--; }, delayMs);
+    return { delayMs };
+  };
+  const before = await startReceiver({ behavior });
+  const after = await startReceiver({ behavior });
+  after.secrets.push(...before.secrets);
+  const sub = await createSub(relay, before, { event_types: ['moving.#'], max_in_flight: 8 });
+  const res = await api(relay, 'POST', '/v1/events/batch', Array.from({ length: 200 }, (_, i) => ({ type: 'moving.x', data: { i } })));
+  assert.equal(res.status, 202, res.text);
+  await before.waitFor(30, 10_000); // answering 2xx: taking jobs ahead
+  const p = await api(relay, 'PATCH', `/v1/subscriptions/${sub.id}`, { url: after.url + '/hook' });
+  assert.equal(p.status, 200, p.text);
+  await after.waitFor(16, 10_000);
+  assert.ok(most <= 8, `${most} requests at once across the old and the new url`);
+}));
+
 // At max_in_flight 1 deliveries arrive in order while none fails, PATCHes or not. A job
 // taken ahead and put back by a PATCH stayed leased until its batch committed, and a claim
 // in that batch took the next delivery first (~14 of 300 out of order per run).
