@@ -146,6 +146,7 @@ struct http_request {
 	int too_large;          /* body passed max_body */
 	int ambiguous;          /* framing or Host ambiguous: refused, connection closed */
 	int encoded_separator;  /* the raw path held %00 or %2F (see on_uri) */
+	size_t header_bytes;    /* of libmicrohttpd's pool the request line and headers take */
 	const struct route *route; /* set by route_find once routed and authorized */
 	int hold;               /* replies are held (see held), not queued yet */
 	struct MHD_Response *held; /* a reply route_find made, queued once the body is in */
@@ -558,7 +559,7 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
  * of which a proxy and we could read different ones. Sets *too_big for a header block over
  * HTTP_HEADERS_MAX (answered 431). */
 static const char *request_conflict(const struct http_request *req, const char *url,
-                                    const char *version, int *too_big)
+                                    const char *version, int *too_big, size_t *bytes)
 {
 	struct request_shape f = {0};
 	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, shape_step, &f);
@@ -568,6 +569,7 @@ static const char *request_conflict(const struct http_request *req, const char *
 	 * run, the event stored, and the client got none) */
 	MHD_get_connection_values_n(req->conn, MHD_COOKIE_KIND, size_step, &f.bytes);
 	f.bytes += strlen(url);
+	*bytes = f.bytes;
 	*too_big = f.bytes > HTTP_HEADERS_MAX;
 	if (*too_big)
 		return "the request headers (with the URL) are over 24 KiB in all";
@@ -715,7 +717,7 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
 	int too_big;
-	const char *conflict = request_conflict(req, url, version, &too_big);
+	const char *conflict = request_conflict(req, url, version, &too_big, &req->header_bytes);
 	if (conflict) { /* refused at once, whatever the route; the connection is closed */
 		req->ambiguous = 1;
 		if (too_big)
@@ -870,8 +872,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (!req->route)
 		return MHD_NO; /* route_find could not even build its refusal (out of memory) */
 	if (!req->routed) {
+		size_t trailers = 0;
 		req->routed = 1;
-		route_run(req);
+		/* A chunked body's trailers come after the headers were checked and take the
+		 * same pool: counted here, or they left no room for the answer (a publish
+		 * stored, the client told nothing). */
+		MHD_get_connection_values_n(conn, MHD_FOOTER_KIND, size_step, &trailers);
+		if (req->header_bytes + trailers > HTTP_HEADERS_MAX) {
+			req->ambiguous = 1; /* the connection is closed */
+			http_reply_error(req, 431, "headers_too_large",
+			                 "the request headers and trailers (with the URL) are over "
+			                 "24 KiB in all");
+		} else {
+			route_run(req);
+		}
 		if (!req->replied && !req->suspended)
 			http_reply_error(req, 500, "internal", "no reply");
 	}
