@@ -53,6 +53,10 @@
  * the memory runs out (1,024 connections of 4 MiB). */
 #define LARGE_REPLY (64u * 1024)
 #define HELD_REPLIES_MAX (64u * 1024 * 1024)
+/* Request bodies being received, in all: past it a body is dropped as it comes and
+ * answered 503 (1,024 clients trickling --max-body each held 1 GiB at the default).
+ * Bodies up to LARGE_REPLY are not counted, and one body alone always goes. */
+#define BODIES_MAX (64u * 1024 * 1024)
 
 struct http_server {
 	struct MHD_Daemon *daemon;
@@ -72,6 +76,7 @@ struct http_server {
 	unsigned long log_dropped; /* messages not written in it */
 	atomic_ulong refused[HTTP_REFUSED_KINDS]; /* 503s answered, by code (http_refused) */
 	atomic_size_t large_held;                 /* bytes of large replies libmicrohttpd holds */
+	atomic_size_t bodies_held;                /* bytes allocated for request bodies */
 };
 
 /* A large reply's body and what it counts for, freed by libmicrohttpd. */
@@ -144,6 +149,7 @@ struct http_request {
 	size_t body_cap;        /* bytes allocated for body (> body_len) */
 	size_t body_seen;       /* bytes received, held or dropped */
 	int too_large;          /* body passed max_body */
+	int no_room;            /* bodies_held was full: body dropped, answered 503 */
 	int ambiguous;          /* framing or Host ambiguous: refused, connection closed */
 	int encoded_separator;  /* the raw path held %00 or %2F (see on_uri) */
 	size_t header_bytes;    /* of libmicrohttpd's pool the request line and headers take */
@@ -595,12 +601,19 @@ static const char *request_conflict(const struct http_request *req, const char *
 	return NULL;
 }
 
+/* The bytes a body of this allocation counts toward BODIES_MAX. */
+static size_t body_charge(size_t cap)
+{
+	return cap > LARGE_REPLY ? cap : 0;
+}
+
 /* Makes room for `more` bytes after the body (and its NUL), doubling what it has.
  * Grown to fit each chunk instead, the body was copied whole at every chunk where the
  * allocator cannot grow it in place (glibc's mremap hides it; under ASan a 64 MiB
  * publish took 106 s, 1.1-1.3 s now). Not to a declared length: that would let a client pin
  * --max-body of memory by sending one byte. The caller has checked that body_len + more
- * is within max_body. Returns 0, or -1 out of memory. */
+ * is within max_body. Returns 0, 1 if that would pass BODIES_MAX (nothing allocated), or
+ * -1 out of memory. */
 static int body_reserve(struct http_request *req, size_t more)
 {
 	size_t need = req->body_len + more + 1;
@@ -612,9 +625,19 @@ static int body_reserve(struct http_request *req, size_t more)
 		cap = need;
 	if (cap > req->srv->max_body + 1)
 		cap = req->srv->max_body + 1;
+	/* bodies of up to LARGE_REPLY bytes are not counted: small publishes always go */
+	size_t own = body_charge(req->body_cap);
+	size_t charge = body_charge(cap) - own;
+	size_t before = atomic_fetch_add(&req->srv->bodies_held, charge);
+	if (charge && before > own && before + charge > BODIES_MAX) { /* others' too */
+		atomic_fetch_sub(&req->srv->bodies_held, charge);
+		return 1;
+	}
 	char *grown = realloc(req->body, cap);
-	if (!grown)
+	if (!grown) {
+		atomic_fetch_sub(&req->srv->bodies_held, charge);
 		return -1;
+	}
 	req->body = grown;
 	req->body_cap = cap;
 	return 0;
@@ -748,6 +771,12 @@ static void route_run(struct http_request *req)
 		reply_too_large(req);
 		return;
 	}
+	if (req->no_room) {
+		http_reply_error(
+		    req, 503, "overloaded",
+		    "too many request bodies are being received at once; retry shortly");
+		return;
+	}
 	if (found->body == BODY_JSON || (found->body == BODY_OPTIONAL_JSON && req->body_len > 0)) {
 		if (!content_type_is_json(http_header(req, "Content-Type"))) {
 			http_reply_error(req, 415, "unsupported_media_type",
@@ -844,7 +873,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			req->too_large = 1;
 			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
 		}
-		if (body_reserve(req, n) != 0)
+		if (req->no_room)
+			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
+		int reserved = body_reserve(req, n);
+		if (reserved > 0) { /* no room: drop the body, 503 at its end */
+			req->no_room = 1;
+			return MHD_YES;
+		}
+		if (reserved != 0)
 			return MHD_NO;
 		memcpy(req->body + req->body_len, upload_data, n);
 		req->body_len += n;
@@ -919,6 +955,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	for (int i = 0; i < req->ntrimmed; i++)
 		free(req->trimmed[i]);
 	free(req->path_copy);
+	atomic_fetch_sub(&req->srv->bodies_held, body_charge(req->body_cap));
 	free(req->body);
 	free(req);
 	*con_cls = NULL;
