@@ -95,6 +95,7 @@ struct transfer {
 	size_t body_seen;             /* bytes of response body received, <= SENDER_BODY_MAX */
 	int too_big;                  /* 1 once the body passed SENDER_BODY_MAX */
 	int head_done;                /* 1 once the last response head seen ended (blank line) */
+	int head_final;               /* the last head seen is a final one (not 1xx) */
 	const struct target_policy *targets; /* borrowed from the sender's options */
 	char blocked[DELIVERY_ERROR_MAX];    /* first address refused by the guard, or "" */
 	int sockets;                  /* sockets on_open_socket opened for this job */
@@ -335,16 +336,22 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 
 /* CURLOPT_HEADERFUNCTION: notes whether the newest response head (a status line, then
  * header lines) has reached its blank line. curl 7.88 ends a transfer whose connection
- * closed in the middle of the head with CURLE_OK. */
+ * closed in the middle of the head with CURLE_OK. Once the final head has ended, what
+ * comes is a chunked body's trailers (curl passes them here, without their blank line). */
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct transfer *t = userp;
 	size_t n = size * nmemb;
 
-	if (n >= 5 && memcmp(data, "HTTP/", 5) == 0)
+	if (t->head_done && t->head_final)
+		return n;
+	if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+		const char *space = memchr(data, ' ', n);
+		t->head_final = !space || space + 1 >= data + n || space[1] != '1';
 		t->head_done = 0;
-	else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n'))
+	} else if ((n == 2 && data[0] == '\r' && data[1] == '\n') || (n == 1 && data[0] == '\n')) {
 		t->head_done = 1;
+	}
 	return n;
 }
 
@@ -697,6 +704,7 @@ static void transfer_finish(struct sender *s, struct transfer *t, struct sender_
 	t->body_seen = 0;
 	t->too_big = 0;
 	t->head_done = 0;
+	t->head_final = 0;
 	t->targets = NULL;
 	t->blocked[0] = '\0';
 	t->prev = NULL;
