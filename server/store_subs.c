@@ -438,13 +438,12 @@ int store_reload_subscription(struct store *s, int64_t id)
 	{
 		/* (before subs_reserve moves it) */
 		const struct sub_entry *old = store_sub_find(s, id);
-		fresh.url_version = old && old->url && strcmp(old->url, fresh.url) == 0
-		                        ? old->url_version
-		                        : fresh.version;
+		int same_url = old && old->url && strcmp(old->url, fresh.url) == 0;
+		fresh.url_version = same_url ? old->url_version : fresh.version;
 		/* a new url's receiver has answered nothing yet: no lead for it, so that the
 		 * requests still running at the old url and the new ones together stay within
-		 * max_in_flight */
-		if (fresh.url_version == fresh.version && old)
+		 * max_in_flight (only on a change: a reload for its health keeps the url) */
+		if (old && !same_url)
 			fresh.answered_ms = 0;
 	}
 	/* What can fail comes before the matcher changes: room for a new entry, then the
