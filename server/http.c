@@ -866,7 +866,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
 		if (req->replied)
 			return MHD_YES;
-		if (req->too_large || req->body_len + n > srv->max_body) {
+		if (req->too_large || req->body_seen > srv->max_body) { /* (held or dropped) */
 			/* A chunked body has no length to refuse up front, and MHD 0.9.75 cannot
 			 * answer mid-upload: drop the bytes (no memory held) and answer 413 at the
 			 * end, unless the sender goes on past the discard bound: then hang up. */
@@ -876,8 +876,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (req->no_room)
 			return req->body_seen > discard_limit(srv) ? MHD_NO : MHD_YES;
 		int reserved = body_reserve(req, n);
-		if (reserved > 0) { /* no room: drop the body, 503 at its end */
+		if (reserved > 0) { /* no room: drop the body (and what it had), 503 at its end */
 			req->no_room = 1;
+			atomic_fetch_sub(&srv->bodies_held, body_charge(req->body_cap));
+			free(req->body);
+			req->body = NULL;
+			req->body_len = req->body_cap = 0;
 			return MHD_YES;
 		}
 		if (reserved != 0)
