@@ -356,12 +356,14 @@ test('clients that stall in the middle of large bodies cannot pin more than 64 M
   const relay = await startRelay({ args: ['--max-body', '8MiB'] });
   const stalled = [];
   try {
-    for (let i = 0; i < 12; i++) { // 7 MiB each sent of 8 declared: 84 MiB wanted
+    // 1.5 MiB each sent of 8 declared, 75 MiB wanted: the budget fills to within a
+    // holder's last step (under 1 MiB) of 64 MiB, where the 6 MiB publish cannot fit
+    for (let i = 0; i < 50; i++) {
       const sock = net.connect(relay.port, '127.0.0.1');
       sock.on('error', () => {});
       await new Promise((resolve) => sock.on('connect', resolve));
       sock.write(`POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${8 * 1048576 - 64}\r\n\r\n{"type":"stall.x","data":"${'x'.repeat(7 * 1048576)}`);
+        `Content-Length: ${8 * 1048576 - 64}\r\n\r\n{"type":"stall.x","data":"${'x'.repeat(1.5 * 1048576)}`);
       stalled.push(sock);
     }
     const large = JSON.stringify({ type: 'large.x', data: 'y'.repeat(6 * 1048576) });
@@ -370,7 +372,7 @@ test('clients that stall in the middle of large bodies cannot pin more than 64 M
       const res = await api(relay, 'POST', '/v1/events', large);
       if (res.status === 503) refused = res;
       return res.status === 503;
-    }, 20_000 * SLOW, 'a large publish refused while 12 large bodies are half sent', 100);
+    }, 20_000 * SLOW, 'a large publish refused while 50 large bodies are half sent', 100);
     assert.equal(refused.json.error.code, 'overloaded', refused.text);
     assert.match(refused.headers.get('retry-after') ?? '', /^\d+$/);
     const small = await postEvent(relay, { type: 'small.x', data: { pad: 'p'.repeat(30_000) } });
