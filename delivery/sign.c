@@ -264,8 +264,9 @@ static void prepared_clear(struct prepared *p)
 	memset(p, 0, sizeof(*p));
 }
 
-/* Prepares parsed key k. Returns 0, or -1 with p cleared. */
-static int prepared_init(struct prepared *p, const struct key *k)
+/* Prepares a v1 (HMAC-SHA256) key of these bytes, of any length. Returns 0, or -1 with
+ * p cleared. */
+static int prepared_init_hmac(struct prepared *p, const unsigned char *raw, size_t len)
 {
 	EVP_MAC *mac = NULL;
 	char digest[] = "SHA256";
@@ -273,12 +274,7 @@ static int prepared_init(struct prepared *p, const struct key *k)
 	int rc = -1;
 
 	memset(p, 0, sizeof(*p));
-	p->kind = k->kind;
-	if (k->kind == KEY_V1A) {
-		p->ed = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, k->raw, ED_SEED_LEN);
-		rc = p->ed != NULL ? 0 : -1;
-		goto out;
-	}
+	p->kind = KEY_V1;
 	mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
 	if (mac == NULL)
 		goto out;
@@ -287,7 +283,7 @@ static int prepared_init(struct prepared *p, const struct key *k)
 		goto out;
 	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0);
 	params[1] = OSSL_PARAM_construct_end();
-	if (EVP_MAC_init(p->hmac, k->raw, k->len, params) != 1)
+	if (EVP_MAC_init(p->hmac, raw, len, params) != 1)
 		goto out;
 	rc = 0;
 out:
@@ -295,6 +291,17 @@ out:
 	if (rc != 0)
 		prepared_clear(p);
 	return rc;
+}
+
+/* Prepares parsed key k. Returns 0, or -1 with p cleared. */
+static int prepared_init(struct prepared *p, const struct key *k)
+{
+	if (k->kind == KEY_V1)
+		return prepared_init_hmac(p, k->raw, k->len);
+	memset(p, 0, sizeof(*p));
+	p->kind = KEY_V1A;
+	p->ed = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, k->raw, ED_SEED_LEN);
+	return p->ed != NULL ? 0 : -1;
 }
 
 static int sign_ed25519(EVP_PKEY *pkey, const unsigned char *msg, size_t msg_len,
@@ -619,8 +626,9 @@ out:
 	return rc;
 }
 
-int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
-                const unsigned char *body, size_t body_len, const char *header_value)
+/* sign_verify with a prepared key. */
+static int prepared_verify(struct prepared *p, const char *msg_id, int64_t timestamp,
+                           const unsigned char *body, size_t body_len, const char *header_value)
 {
 	char expected[SIGN_ONE_MAX];
 	size_t exp_len;
@@ -628,20 +636,39 @@ int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
 	const char *tok;
 	size_t tok_len;
 	int matched = 0;
-	int rc = -1;
 
-	if (header_value == NULL)
-		goto out;
-	if (sign_one(secret, msg_id, timestamp, body, body_len, expected, sizeof(expected)) != 0)
-		goto out;
+	if (header_value == NULL ||
+	    prepared_sign(p, msg_id, timestamp, body, body_len, expected, sizeof(expected)) != 0)
+		return -1;
 	exp_len = strlen(expected);
 	while (next_token(header_value, &pos, &tok, &tok_len) == 0) {
 		if (tok_len == exp_len && CRYPTO_memcmp(tok, expected, exp_len) == 0)
 			matched = 1;
 	}
-	if (matched)
-		rc = 0;
-out:
+	return matched ? 0 : -1;
+}
+
+int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
+                const unsigned char *body, size_t body_len, const char *header_value)
+{
+	struct prepared p;
+	int rc = -1;
+
+	if (prepared_from_secret(&p, secret) == 0)
+		rc = prepared_verify(&p, msg_id, timestamp, body, body_len, header_value);
+	prepared_clear(&p);
+	return rc;
+}
+
+int sign_verify_hmac_key(const void *key, size_t key_len, const char *msg_id, int64_t timestamp,
+                         const unsigned char *body, size_t body_len, const char *header_value)
+{
+	struct prepared p;
+	int rc = -1;
+
+	if (prepared_init_hmac(&p, key, key_len) == 0)
+		rc = prepared_verify(&p, msg_id, timestamp, body, body_len, header_value);
+	prepared_clear(&p);
 	return rc;
 }
 

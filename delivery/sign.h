@@ -68,6 +68,11 @@ int sign_public_key(const char *secret, char *public_out, size_t out_size);
 int sign_verify(const char *secret, const char *msg_id, int64_t timestamp,
                 const unsigned char *body, size_t body_len, const char *header_value);
 
+/* As sign_verify, with these bytes as the HMAC key as they are, of any length (not a
+ * secret's decoded base64): for telling which mistaken key a sender used. */
+int sign_verify_hmac_key(const void *key, size_t key_len, const char *msg_id, int64_t timestamp,
+                         const unsigned char *body, size_t body_len, const char *header_value);
+
 /* Verifies the "v1a,..." entries of a webhook-signature header value with an ed25519
  * public key "whpk_...": returns the 1-based number of the first entry that verifies,
  * 0 if none does, -1 if the key is malformed. *entries gets the number of v1a entries. */

@@ -18,7 +18,6 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,37 +282,7 @@ static int check_present(const struct verify_args *args)
 static int signed_with_raw_key(const void *key, size_t key_len, const struct verify_args *a,
                                int64_t ts, const unsigned char *body, size_t len)
 {
-	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-	EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-	OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
-	                       OSSL_PARAM_construct_end()};
-	unsigned char digest[EVP_MAX_MD_SIZE];
-	char value[SIGN_ONE_MAX];
-	char ts_text[24];
-	size_t digest_len = 0;
-	int found = 0;
-
-	snprintf(ts_text, sizeof(ts_text), ".%" PRId64 ".", ts);
-	if (!ctx || !EVP_MAC_init(ctx, key, key_len, params) ||
-	    !EVP_MAC_update(ctx, (const unsigned char *)a->id, strlen(a->id)) ||
-	    !EVP_MAC_update(ctx, (const unsigned char *)ts_text, strlen(ts_text)) ||
-	    !EVP_MAC_update(ctx, body, len) ||
-	    !EVP_MAC_final(ctx, digest, &digest_len, sizeof(digest)) || digest_len != 32)
-		goto out;
-	memcpy(value, "v1,", 3);
-	EVP_EncodeBlock((unsigned char *)value + 3, digest, (int)digest_len);
-	for (const char *p = a->signature; *p && !found;) {
-		size_t tok;
-
-		p += strspn(p, " ");
-		tok = strcspn(p, " ");
-		found = tok == strlen(value) && memcmp(p, value, tok) == 0;
-		p += tok;
-	}
-out:
-	EVP_MAC_CTX_free(ctx);
-	EVP_MAC_free(mac);
-	return found;
+	return sign_verify_hmac_key(key, key_len, a->id, ts, body, len, a->signature) == 0;
 }
 
 static int is_b64(const char *s, const char *alphabet_extra)
