@@ -562,10 +562,10 @@ static enum MHD_Result shape_step(void *arg, enum MHD_ValueKind kind, const char
  * name with white space before its colon, for the same reason; or an HTTP/1.1 request
  * without exactly one Host header (RFC 9112 3.2: a server must answer 400), which a
  * proxy and we could route differently; or two Authorization or Content-Type headers,
- * of which a proxy and we could read different ones. Sets *too_big for a header block over
- * HTTP_HEADERS_MAX (answered 431). */
+ * of which a proxy and we could read different ones. Sets *bytes to what the request
+ * line and headers take of libmicrohttpd's pool: over HTTP_HEADERS_MAX, answered 431. */
 static const char *request_conflict(const struct http_request *req, const char *url,
-                                    const char *version, int *too_big, size_t *bytes)
+                                    const char *version, size_t *bytes)
 {
 	struct request_shape f = {0};
 	MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, shape_step, &f);
@@ -576,8 +576,7 @@ static const char *request_conflict(const struct http_request *req, const char *
 	MHD_get_connection_values_n(req->conn, MHD_COOKIE_KIND, size_step, &f.bytes);
 	f.bytes += strlen(url);
 	*bytes = f.bytes;
-	*too_big = f.bytes > HTTP_HEADERS_MAX;
-	if (*too_big)
+	if (f.bytes > HTTP_HEADERS_MAX)
 		return "the request headers (with the URL) are over 24 KiB in all";
 	if (f.spaced_name)
 		return "a header name has white space before its colon";
@@ -739,11 +738,10 @@ static void route_find(struct http_request *req, const char *url, const char *ve
 	const char *expect =
 	    MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
 
-	int too_big;
-	const char *conflict = request_conflict(req, url, version, &too_big, &req->header_bytes);
+	const char *conflict = request_conflict(req, url, version, &req->header_bytes);
 	if (conflict) { /* refused at once, whatever the route; the connection is closed */
 		req->ambiguous = 1;
-		if (too_big)
+		if (req->header_bytes > HTTP_HEADERS_MAX)
 			http_reply_error(req, 431, "headers_too_large", "%s", conflict);
 		else
 			http_reply_error(req, 400, "malformed_request", "%s", conflict);
