@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import {
-  startRelay, api, assertError, listAll, postEvent, cleanup, withLogs,
+  startRelay, api, assertError, listAll, postEvent, cleanup, withLogs, rawExchange as relayExchange,
 } from './harness.mjs';
 
 // One relay for the whole file: every bad request hits the same process, and the last
@@ -57,21 +57,9 @@ function postChunked(parts, { closedOk = false } = {}) {
   });
 }
 
-/** Writes raw bytes on a fresh connection to the relay; resolves with what came back once
- * enough(text) holds, the relay closes, or 3 s pass. */
+/** harness's rawExchange with this file's relay. */
 function rawExchange(raw, enough) {
-  return new Promise((resolve, reject) => {
-    let got = '';
-    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
-    const done = () => { clearTimeout(timer); sock.destroy(); resolve(got); };
-    const timer = setTimeout(done, 3000);
-    sock.on('data', (d) => {
-      got += d;
-      if (enough(got)) done();
-    });
-    sock.on('close', done);
-    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
-  });
+  return relayExchange(relay, raw, enough);
 }
 
 // Request smuggling: a proxy in front that reads the other length would take the rest of

@@ -344,6 +344,24 @@ export function assertError(res, status, code, what = '') {
   assert.ok(res.json.error.message.length > 0, `empty error.message: ${ctx}`);
 }
 
+/** Writes raw bytes on a fresh connection to the relay (for what fetch would not send);
+ * resolves with what came back once enough(text) holds, the relay closes, or timeoutMs
+ * pass. */
+export function rawExchange(relay, raw, enough = () => false, timeoutMs = 3000) {
+  return new Promise((resolve, reject) => {
+    let got = '';
+    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write(raw));
+    const done = () => { clearTimeout(timer); sock.destroy(); resolve(got); };
+    const timer = setTimeout(done, timeoutMs);
+    sock.on('data', (d) => {
+      got += d;
+      if (enough(got)) done();
+    });
+    sock.on('close', done);
+    sock.on('error', (e) => { clearTimeout(timer); reject(e); });
+  });
+}
+
 /**
  * Holds the database's write lock from an sqlite3 session, as an operator's shell could:
  * the relay's writer then waits (its busy timeout is 5 s) and what is submitted meanwhile

@@ -11,7 +11,7 @@ import net from 'node:net';
 import { Worker } from 'node:worker_threads';
 import {
   startRelay, startReceiver, createSub, api, postEvent, listAll, cleanup, withLogs, sleep, waitUntil,
-  metricValue,
+  metricValue, rawExchange,
 } from './harness.mjs';
 import { SOAK, SLOW, tryPost, rssMiB } from './reliability/lib.mjs';
 
@@ -378,17 +378,10 @@ test('clients that stall in the middle of large bodies cannot pin more than 64 M
     const small = await postEvent(relay, { type: 'small.x', data: { pad: 'p'.repeat(30_000) } });
     assert.ok(small.id, 'small bodies are not held to it');
     // a body past --max-body is still 413 (not a 503 that a retry could never get past)
-    const over = await new Promise((resolve) => {
-      let got = '';
-      const sock = net.connect(relay.port, '127.0.0.1', () => {
-        const chunk = `{"type":"over.x","data":"${'o'.repeat(9 * 1048576)}"}`;
-        sock.write(`POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
-          `Transfer-Encoding: chunked\r\n\r\n${chunk.length.toString(16)}\r\n${chunk}\r\n0\r\n\r\n`);
-      });
-      sock.on('data', (d) => { got += d; if (/\r\n\r\n[\s\S]*\}/.test(got)) sock.destroy(); });
-      sock.on('close', () => resolve(got));
-      sock.on('error', () => {});
-    });
+    const chunk = `{"type":"over.x","data":"${'o'.repeat(9 * 1048576)}"}`;
+    const over = await rawExchange(relay, 'POST /v1/events HTTP/1.1\r\nHost: x\r\n' +
+      'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n' +
+      `${chunk.length.toString(16)}\r\n${chunk}\r\n0\r\n\r\n`, (got) => /\r\n\r\n[\s\S]*\}/.test(got), 20_000 * SLOW);
     assert.match(over, /^HTTP\/1\.1 413 /, over.slice(0, 200));
   } finally {
     for (const sock of stalled) sock.destroy();

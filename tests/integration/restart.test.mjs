@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import {
   startRelay, startReceiver, api, createSub, postEvent, verifySigned, assertError, listAll,
-  waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries,
+  waitUntil, sleep, relayBin, tmpDir, cleanup, withLogs, eventDeliveries, rawExchange,
 } from './harness.mjs';
 
 afterEach(cleanup);
@@ -530,14 +530,8 @@ test('--api-key: 401 without or with a wrong bearer, works with it; healthz need
     'a lower-case "bearer" scheme');
   // RFC 9110 5.5: white space after a value is not part of it (fetch would trim it
   // itself, so this goes over a raw socket)
-  const spaced = await new Promise((resolve, reject) => {
-    let got = '';
-    const sock = net.connect(relay.port, '127.0.0.1', () => sock.write('GET /v1/events HTTP/1.1\r\nHost: x\r\n' +
-      'Authorization: Bearer s3cret-key-0123456789abcdef \t \r\nConnection: close\r\n\r\n'));
-    sock.on('data', (d) => { got += d; });
-    sock.on('close', () => resolve(got));
-    sock.on('error', reject);
-  });
+  const spaced = await rawExchange(relay, 'GET /v1/events HTTP/1.1\r\nHost: x\r\n' +
+    'Authorization: Bearer s3cret-key-0123456789abcdef \t \r\nConnection: close\r\n\r\n');
   assert.match(spaced, /^HTTP\/1\.1 200 /, `a key followed by white space: ${spaced.slice(0, 200)}`);
   const ev = await api(relay, 'POST', '/v1/events', { type: 'auth.ok' }, good);
   assert.equal(ev.status, 202, ev.text);
